@@ -1,0 +1,37 @@
+"""The composition root: the one place concrete adapters are wired into an :class:`Engine`."""
+
+from __future__ import annotations
+
+from comptroller.clock import SystemClock
+from comptroller.config import Policy
+from comptroller.engine import Engine
+from comptroller.ports import Clock, LedgerStore
+from comptroller.prices import PriceBook
+from comptroller.storage import store_from_url
+
+__all__ = ["build_engine", "price_book"]
+
+
+def price_book(policy: Policy) -> PriceBook:
+    """genai-prices with the policy's overrides and aliases on top."""
+    return PriceBook(overrides=policy.price_overrides(), aliases=policy.aliases)
+
+
+def build_engine(*, db_url: str, policy: Policy, clock: Clock | None = None,
+                 store: LedgerStore | None = None) -> Engine:
+    """An engine on the ledger at ``db_url`` with the policy's budgets installed.
+
+    Args:
+        db_url: ``memory://`` or ``sqlite:///path`` (see :func:`store_from_url`).
+        policy: the validated policy; its budgets are created or replaced in the ledger.
+        clock: the time source (default: the system clock).
+        store: an already open store (then ``db_url`` is ignored).
+
+    Raises:
+        StoreURLError: for an unknown URL scheme.
+    """
+    ledger = store or store_from_url(db_url)
+    for budget in policy.budget_list():
+        ledger.put_budget(budget)
+    return Engine(store=ledger, prices=price_book(policy), clock=clock or SystemClock(), caps=policy.caps(),
+                  ttl_s=policy.ttl_s)

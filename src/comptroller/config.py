@@ -1,0 +1,223 @@
+"""Policy and price-override files (TOML), validated once at start.
+
+A policy file configures replay (and later the gateway)::
+
+    namespace = "replay"          # namespace of replayed calls
+    default_model = "gpt-3.5-turbo-16k"   # for records with no model label
+    output_cap_tokens = 4096      # per-turn output cap when a request has none
+    ttl_s = 600                   # reservation lease, seconds
+
+    [output_caps]                 # per-agent caps
+    "Programmer" = 2048
+
+    [aliases]                     # recorded label -> priced model
+    "ModelType.GPT_3_5_TURBO" = "gpt-3.5-turbo-16k"
+
+    [prices."llama-3.1-8b-local"] # a local model, or a replacement price
+    input_mtok = "0"              # USD per million tokens, as a string (exact)
+    output_mtok = "0"
+
+    [[budgets]]
+    level = "conversation"        # namespace | tenant | agent | agent_conversation | conversation | task
+    limit_usd = "0.50"            # or limit_mc = 50000
+    period = "total"              # total | day | week | month
+    # scope ids; leave the level's own id out for "every scope at this level"
+    # conversation = "chatdev/Gomoku_..."
+
+A price-override file is the same format with only ``[aliases]`` and ``[prices]``.
+Errors name the file, the field and what to write instead.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from comptroller.domain.budgets import ANY_SCOPE, DEFAULT_ALERT_THRESHOLDS_PCT, Budget, BudgetError, Period
+from comptroller.domain.caps import OutputCaps
+from comptroller.domain.money import usd_to_mc_half_up
+from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
+from comptroller.domain.scopes import Level, scope_key
+
+__all__ = ["ConfigError", "Policy", "load_policy", "scope_for"]
+
+
+class ConfigError(ValueError):
+    """A policy or price file is unreadable or invalid; the message names file and field."""
+
+
+def _decimal(value: Any, field_name: str) -> Decimal:
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{field_name} must be a decimal number such as \"0.50\", got {value!r}") from None
+    if not result.is_finite() or result < 0:
+        raise ValueError(f"{field_name} must be finite and >= 0, got {value!r}")
+    return result
+
+
+class _Tier(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = Field(ge=0)
+    price: Any
+
+
+class _Tiered(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: Any
+    tiers: list[_Tier]
+
+
+class PriceOverride(BaseModel):
+    """One configured price, USD per million tokens (strings keep decimals exact)."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_mtok: Any
+    output_mtok: Any
+    cache_read_mtok: Any = None
+    cache_write_mtok: Any = None
+    cache_write_1h_mtok: Any = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    context_window: int | None = Field(default=None, ge=1)
+
+    @staticmethod
+    def _rate(value: Any, name: str) -> Rate | None:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            tiered = _Tiered.model_validate(value)
+            return TieredRate(_decimal(tiered.base, name),
+                              tuple((t.start, _decimal(t.price, name)) for t in sorted(tiered.tiers,
+                                                                                        key=lambda t: t.start)))
+        return _decimal(value, name)
+
+    def to_price(self, model: str, source: str) -> ModelPrice:
+        """The domain price for ``model``."""
+        rates = {name: self._rate(getattr(self, name), name) for name in (
+            "input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")}
+        input_rate, output_rate = rates.pop("input_mtok"), rates.pop("output_mtok")
+        assert input_rate is not None and output_rate is not None
+        return ModelPrice(model=model, input_mtok=input_rate, output_mtok=output_rate, source=source,
+                          max_output_tokens=self.max_output_tokens, context_window=self.context_window,
+                          **rates)
+
+
+class BudgetSpec(BaseModel):
+    """A budget as written in a policy file."""
+
+    model_config = ConfigDict(extra="forbid")
+    level: Level
+    limit_usd: Any = None
+    limit_mc: int | None = Field(default=None, ge=0)
+    period: Period = Period.TOTAL
+    timezone: str = "UTC"
+    alert_thresholds_pct: list[int] = Field(default_factory=lambda: list(DEFAULT_ALERT_THRESHOLDS_PCT))
+    namespace: str | None = None
+    tenant: str | None = None
+    agent: str | None = None
+    conversation: str | None = None
+    task: str | None = None
+
+    def to_budget(self, default_namespace: str) -> Budget:
+        """The domain budget."""
+        if (self.limit_usd is None) == (self.limit_mc is None):
+            raise ValueError("give exactly one of limit_usd (\"2.50\") or limit_mc (250000)")
+        limit = self.limit_mc if self.limit_mc is not None else usd_to_mc_half_up(
+            _decimal(self.limit_usd, "limit_usd"))
+        scope = scope_for(self.level, namespace=self.namespace or default_namespace, tenant=self.tenant,
+                          agent=self.agent, conversation=self.conversation, task=self.task)
+        return Budget(level=self.level, scope=scope, limit_mc=limit, period=self.period,
+                      timezone=self.timezone, alert_thresholds_pct=tuple(self.alert_thresholds_pct))
+
+
+def scope_for(level: Level, *, namespace: str | None, tenant: str | None = None, agent: str | None = None,
+              conversation: str | None = None, task: str | None = None) -> str:
+    """The scope key a budget at ``level`` targets, or ``*`` when the level's own id is not given.
+
+    Parent ids default to ``"default"`` (the attribution default). Raises ValueError when
+    ``level`` needs an id that is missing while its own id is given (agent_conversation).
+    """
+    ns, ten = namespace or "default", tenant or "default"
+    if level is Level.NAMESPACE:
+        return scope_key(namespace) if namespace else ANY_SCOPE
+    own = {Level.TENANT: tenant, Level.AGENT: agent, Level.AGENT_CONVERSATION: agent,
+           Level.CONVERSATION: conversation, Level.TASK: task}[level]
+    if own is None:
+        return ANY_SCOPE
+    if level is Level.TENANT:
+        return scope_key(ns, own)
+    if level is Level.AGENT:
+        return scope_key(ns, ten, own)
+    if level is Level.AGENT_CONVERSATION:
+        if conversation is None:
+            raise ValueError("an agent_conversation budget for one agent needs its conversation too")
+        return scope_key(ns, ten, own, conversation)
+    return scope_key(ns, own)
+
+
+class Policy(BaseModel):
+    """A validated policy: attribution defaults, caps, prices, aliases and budgets."""
+
+    model_config = ConfigDict(extra="forbid")
+    namespace: str = "replay"
+    default_model: str | None = None
+    output_cap_tokens: int | None = Field(default=None, ge=1)
+    output_caps: dict[str, int] = Field(default_factory=dict)
+    ttl_s: float = Field(default=600.0, gt=0, le=86_400)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    prices: dict[str, PriceOverride] = Field(default_factory=dict)
+    budgets: list[BudgetSpec] = Field(default_factory=list)
+    source: str = "policy"
+
+    @field_validator("output_caps")
+    @classmethod
+    def _caps_positive(cls, caps: dict[str, int]) -> dict[str, int]:
+        for agent, cap in caps.items():
+            if cap < 1:
+                raise ValueError(f"output cap for {agent!r} must be >= 1 token, got {cap}")
+        return caps
+
+    def caps(self) -> OutputCaps:
+        """The per-turn output caps."""
+        return OutputCaps(default_tokens=self.output_cap_tokens, by_agent=dict(self.output_caps))
+
+    def price_overrides(self) -> dict[str, ModelPrice]:
+        """Configured prices by model id."""
+        return {model: p.to_price(model, f"{self.source} [prices]") for model, p in self.prices.items()}
+
+    def budget_list(self) -> list[Budget]:
+        """Configured budgets."""
+        return [spec.to_budget(self.namespace) for spec in self.budgets]
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """Read and validate a policy (or price-override) TOML file; None gives the empty policy.
+
+    Raises:
+        ConfigError: naming the file and the field at fault.
+    """
+    if path is None:
+        return Policy()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such policy file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        policy = Policy.model_validate({**data, "source": str(path)})
+        policy.price_overrides()
+        policy.budget_list()
+        policy.caps()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+    except (ValueError, BudgetError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return policy

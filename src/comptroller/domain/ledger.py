@@ -1,0 +1,206 @@
+"""Ledger records: reservations, account views, usage-log rows and events.
+
+A reservation is a lease (TigerBeetle's pending transfer, Stripe's authorization):
+it holds ``ceiling_mc`` on every account that applies to the call until it is
+settled (the actual cost is charged, the rest returns), released (all returns),
+or expires (all returns by itself, so a crashed caller leaks nothing). It resolves
+exactly once; later settles and releases answer a code and change nothing, except
+that a settle after release or expiry still records the true cost (``settled_late``),
+because a provider bills a call whether or not its lease ran out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from comptroller.domain.budgets import Budget
+from comptroller.domain.codes import Code
+from comptroller.domain.refusals import Refusal
+from comptroller.domain.scopes import Attribution
+from comptroller.domain.usage import Usage
+
+__all__ = [
+    "AccountView",
+    "Event",
+    "ReleaseResult",
+    "ReserveRequest",
+    "ReserveResult",
+    "Reservation",
+    "ReservationState",
+    "SettleResult",
+    "UsageRecord",
+]
+
+_MAX_TTL_S = 24 * 3600.0
+
+
+class ReservationState(StrEnum):
+    """Where a reservation is in its life."""
+
+    PENDING = "pending"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """What a caller asks the ledger to hold before a call.
+
+    Attributes:
+        idempotency_key: caller-supplied id; a retry with the same key and request
+            gets the first answer, with another request ``idempotency_conflict``.
+        attribution: who the call is for.
+        model: the priced model id.
+        ceiling_mc: the amount to hold on every applicable account, millicents.
+        input_tokens_max: the input bound the ceiling was priced from, tokens.
+        output_tokens_max: the output cap the ceiling was priced from, tokens.
+        ttl_s: lease length in seconds (0 < ttl_s <= 86,400).
+
+    Raises:
+        ValueError: on a negative ceiling, a non-positive or over-long ttl, or an
+            empty idempotency key.
+    """
+
+    idempotency_key: str
+    attribution: Attribution
+    model: str
+    ceiling_mc: int
+    input_tokens_max: int
+    output_tokens_max: int
+    ttl_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.idempotency_key:
+            raise ValueError("idempotency_key must be a non-empty string")
+        if type(self.ceiling_mc) is not int or self.ceiling_mc < 0:
+            raise ValueError(f"ceiling_mc must be a non-negative integer, got {self.ceiling_mc!r}")
+        if not 0 < self.ttl_s <= _MAX_TTL_S:
+            raise ValueError(f"ttl_s must be in (0, {_MAX_TTL_S:.0f}] seconds, got {self.ttl_s!r}")
+
+    def same_request(self, other: Reservation) -> bool:
+        """True if ``other`` was made from an equal request (for idempotent retries)."""
+        return (other.attribution, other.model, other.ceiling_mc) == (
+            self.attribution, self.model, self.ceiling_mc)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A lease on budget money, as stored."""
+
+    id: str
+    idempotency_key: str
+    attribution: Attribution
+    model: str
+    ceiling_mc: int
+    input_tokens_max: int
+    output_tokens_max: int
+    created_at: datetime
+    expires_at: datetime
+    state: ReservationState
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """One budget's account for one scope and period, as read inside a transaction.
+
+    Attributes:
+        budget: the budget definition (limit, level, period).
+        scope: the concrete scope key (never ``*``).
+        period_key: the period (``total`` or the ISO date it starts on).
+        settled_mc: spend charged so far in the period, millicents.
+        reserved_mc: money held by pending reservations, millicents.
+        alert_pct_fired: the highest alert threshold already fired this period (0: none).
+    """
+
+    budget: Budget
+    scope: str
+    period_key: str
+    settled_mc: int
+    reserved_mc: int
+    alert_pct_fired: int = 0
+
+    @property
+    def remaining_mc(self) -> int:
+        """Limit minus settled minus reserved (negative after a ceiling miss)."""
+        return self.budget.limit_mc - self.settled_mc - self.reserved_mc
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One row of the usage log: a resolved call.
+
+    ``outcome`` is ``settled``, ``settled_late``, ``released`` or ``expired``;
+    released and expired rows cost 0 and carry no tokens. ``cost_mc > ceiling_mc``
+    marks a ceiling miss.
+    """
+
+    reservation_id: str
+    idempotency_key: str
+    attribution: Attribution
+    model: str
+    reserved_at: datetime
+    resolved_at: datetime
+    usage: Usage
+    cost_mc: int
+    ceiling_mc: int
+    outcome: str
+
+    @property
+    def ceiling_miss(self) -> bool:
+        """True when the call cost more than its reservation held."""
+        return self.cost_mc > self.ceiling_mc
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something owners are told about: an alert, a refusal, (later) a breaker trip.
+
+    Attributes:
+        ts: when (aware UTC).
+        kind: ``alert`` | ``refusal`` | ...
+        code: the result code or rule.
+        level: the level concerned, if any.
+        scope: the scope key concerned, if any.
+        detail: JSON-serialisable values seen (limit, spend, threshold...).
+    """
+
+    ts: datetime
+    kind: str
+    code: str
+    level: str | None = None
+    scope: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """The ledger's answer to a reserve: a reservation, or the refusal."""
+
+    code: Code
+    reservation: Reservation | None = None
+    refusal: Refusal | None = None
+
+    @property
+    def admitted(self) -> bool:
+        """True if money is held (now or by the earlier request with this key)."""
+        return self.reservation is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """The ledger's answer to a settle."""
+
+    code: Code
+    record: UsageRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    """The ledger's answer to a release."""
+
+    code: Code
+

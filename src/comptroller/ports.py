@@ -1,0 +1,116 @@
+"""Ports: the interfaces the engine depends on, implemented by adapters at the edge.
+
+* :class:`LedgerStore`: budgets, reservations, the usage log and events
+  (``comptroller.storage``: memory, sqlite).
+* :class:`Clock`: the only way the core learns the time (``comptroller.clock``).
+* :class:`PriceSource`: a model's price at a moment (``comptroller.prices``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from comptroller.domain.budgets import Budget
+from comptroller.domain.ledger import (
+    AccountView,
+    Event,
+    ReleaseResult,
+    Reservation,
+    ReserveRequest,
+    ReserveResult,
+    SettleResult,
+    UsageRecord,
+)
+from comptroller.domain.pricing import ModelPrice
+from comptroller.domain.usage import Usage
+
+__all__ = ["Clock", "LedgerStore", "PriceSource"]
+
+
+class Clock(Protocol):
+    """A source of the current time."""
+
+    def now(self) -> datetime:
+        """The current instant, an aware UTC datetime."""
+        ...
+
+
+class PriceSource(Protocol):
+    """Resolves a model label to its price at a moment."""
+
+    def resolve(self, model: str) -> str:
+        """The priced model id for a label (aliases applied). Raises UnknownModelError."""
+        ...
+
+    def price(self, model: str, at: datetime) -> ModelPrice:
+        """The price of ``model`` (a label or id) at ``at``. Raises UnknownModelError."""
+        ...
+
+
+@runtime_checkable
+class LedgerStore(Protocol):
+    """Durable budgets, reservations and usage; every write is atomic and idempotent.
+
+    Contract (checked by ``tests/contract`` against every backend):
+
+    * ``reserve`` holds ``ceiling_mc`` on every applicable account or on none, and
+      never lets ``settled + reserved`` exceed a limit through admission;
+    * ``settle`` charges the actual cost once; repeats answer ``already_settled``;
+    * ``release`` returns the hold once; expired leases return by themselves;
+    * the sum of the usage log's ``cost_mc`` equals the sum of ``settled_mc`` over
+      each budget's accounts that were touched.
+    """
+
+    def put_budget(self, budget: Budget) -> None:
+        """Create or replace the budget with ``budget.id``."""
+        ...
+
+    def delete_budget(self, budget_id: str) -> bool:
+        """Delete a budget; True if it existed. Its accounts stay for history."""
+        ...
+
+    def budgets(self) -> list[Budget]:
+        """Every budget, ordered by id."""
+        ...
+
+    def reserve(self, request: ReserveRequest, now: datetime) -> ReserveResult:
+        """Hold ``request.ceiling_mc`` on every applicable account, atomically, or refuse."""
+        ...
+
+    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime) -> SettleResult:
+        """Charge the actual cost, return the rest of the hold, append one usage row."""
+        ...
+
+    def release(self, reservation_id: str, now: datetime) -> ReleaseResult:
+        """Return the whole hold (the call failed or was abandoned)."""
+        ...
+
+    def expire(self, now: datetime) -> int:
+        """Return the holds of every lease expired at ``now``; the number expired."""
+        ...
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        """One reservation by id, or None."""
+        ...
+
+    def accounts(self) -> list[AccountView]:
+        """Every account (budget, scope, period) with its settled and reserved money."""
+        ...
+
+    def usage_records(self) -> Iterator[UsageRecord]:
+        """The usage log in settle order."""
+        ...
+
+    def record_event(self, event: Event) -> None:
+        """Append an event (a refusal, an alert...)."""
+        ...
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        """Events in time order, optionally of one kind."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...

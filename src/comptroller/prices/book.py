@@ -1,0 +1,152 @@
+"""The price book: a model label -> its :class:`ModelPrice` at a moment.
+
+Resolution order for a label:
+
+1. ``aliases`` (configured): a recorded label -> another label or model id,
+   followed up to 8 hops (e.g. ``ModelType.GPT_3_5_TURBO`` -> ``gpt-3.5-turbo-16k``);
+2. ``overrides`` (configured): a price for a local or custom model, or a
+   replacement for genai-prices' price of a known one (e.g. the price billed in 2023);
+3. genai-prices' bundled snapshot (offline; never fetched at run time), priced at
+   the call's timestamp, since genai-prices keeps dated price changes.
+
+An unknown label is an :class:`UnknownModelError` that names the closest known
+names and how to configure a price.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from importlib.metadata import version
+from typing import Any
+
+from genai_prices import data_snapshot, types
+
+from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
+
+__all__ = ["PriceBook", "UnknownModelError"]
+
+_MAX_ALIAS_HOPS = 8
+_SOURCE = f"genai-prices {version('genai-prices')}"
+
+
+class UnknownModelError(LookupError):
+    """A model label has no price: neither configured nor in genai-prices."""
+
+    def __init__(self, model: str, suggestions: list[str]) -> None:
+        self.model = model
+        self.suggestions = suggestions
+        near = f" Closest known names: {', '.join(suggestions)}." if suggestions else ""
+        super().__init__(
+            f"unknown model {model!r}: no configured price and not in genai-prices.{near} "
+            f"Map it with an alias ([aliases] \"{model}\" = \"<known model>\") or price it in the "
+            f"price-override TOML ([prices.\"{model}\"] input_mtok = \"0.50\", output_mtok = \"1.50\")."
+        )
+
+
+def _rate(value: Any) -> Rate | None:
+    if value is None:
+        return None
+    if isinstance(value, types.TieredPrices):
+        return TieredRate(Decimal(value.base), tuple((t.start, Decimal(t.price)) for t in value.tiers))
+    return Decimal(value)
+
+
+class PriceBook:
+    """Resolves labels to prices from overrides, aliases and genai-prices.
+
+    Args:
+        overrides: model id -> price (takes precedence over genai-prices).
+        aliases: label -> label or model id.
+
+    Raises:
+        ValueError: on an alias cycle or chain longer than 8 hops (at lookup).
+    """
+
+    def __init__(self, *, overrides: Mapping[str, ModelPrice] | None = None,
+                 aliases: Mapping[str, str] | None = None) -> None:
+        self._overrides = dict(overrides or {})
+        self._aliases = dict(aliases or {})
+        self._snapshot = data_snapshot.get_snapshot()
+        self._models: dict[str, types.ModelInfo] = {}
+        self._converted: dict[tuple[str, int], ModelPrice] = {}
+        self._resolved: dict[str, str] = {}
+
+    def with_config(self, *, overrides: Mapping[str, ModelPrice], aliases: Mapping[str, str]) -> PriceBook:
+        """A new book with more overrides and aliases layered on top of this one's."""
+        return PriceBook(overrides={**self._overrides, **overrides}, aliases={**self._aliases, **aliases})
+
+    def resolve(self, model: str) -> str:
+        """Follow aliases to a model id, checking that it has a price.
+
+        Raises:
+            UnknownModelError: if the result is neither overridden nor in genai-prices.
+            ValueError: on an alias cycle.
+        """
+        cached = self._resolved.get(model)
+        if cached is not None:
+            return cached
+        label = model
+        for _ in range(_MAX_ALIAS_HOPS):
+            if label not in self._aliases:
+                break
+            label = self._aliases[label]
+        else:
+            raise ValueError(f"alias chain from {model!r} is longer than {_MAX_ALIAS_HOPS} hops or cyclic")
+        if label not in self._overrides:
+            self._model_info(label)
+        self._resolved[model] = label
+        return label
+
+    def _model_info(self, model_id: str) -> types.ModelInfo:
+        info = self._models.get(model_id)
+        if info is None:
+            try:
+                _, info = self._snapshot.find_provider_model(model_id, None, None, None)
+            except LookupError:
+                raise UnknownModelError(model_id, self._suggest(model_id)) from None
+            self._models[model_id] = info
+        return info
+
+    def price(self, model: str, at: datetime) -> ModelPrice:
+        """The price of a label at ``at`` (aware UTC).
+
+        Raises:
+            UnknownModelError: for an unknown label.
+        """
+        model_id = self.resolve(model)
+        override = self._overrides.get(model_id)
+        if override is not None:
+            return override
+        info = self._model_info(model_id)
+        raw = info.get_prices(at)
+        key = (model_id, id(raw))
+        converted = self._converted.get(key)
+        if converted is None:
+            converted = self._convert(model_id, info, raw)
+            self._converted[key] = converted
+        return converted
+
+    @staticmethod
+    def _convert(model_id: str, info: types.ModelInfo, raw: types.ModelPrice) -> ModelPrice:
+        input_rate, output_rate = _rate(raw.input_mtok), _rate(raw.output_mtok)
+        if input_rate is None and output_rate is None:
+            raise UnknownModelError(model_id, [])
+        return ModelPrice(
+            model=info.id,
+            input_mtok=input_rate if input_rate is not None else Decimal(0),
+            output_mtok=output_rate if output_rate is not None else Decimal(0),
+            cache_read_mtok=_rate(raw.cache_read_mtok),
+            cache_write_mtok=_rate(raw.cache_write_mtok),
+            cache_write_1h_mtok=_rate(raw.cache_write_1h_mtok),
+            source=_SOURCE,
+            context_window=info.context_window,
+        )
+
+    def _suggest(self, model: str) -> list[str]:
+        names = set(self._overrides) | set(self._aliases)
+        for provider in self._snapshot.providers:
+            names.update(m.id for m in provider.models)
+        return difflib.get_close_matches(model.lower(), sorted(names), n=3, cutoff=0.5)

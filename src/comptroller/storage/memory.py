@@ -1,0 +1,200 @@
+"""The in-memory ledger: the reference model every other backend is tested against.
+
+One lock serialises every operation, so it is safe across threads of one process
+(not across processes). It keeps everything in dicts and lists, and implements the
+contract of :class:`comptroller.ports.LedgerStore` in the plainest way.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
+from comptroller.domain.budgets import Budget
+from comptroller.domain.codes import Code
+from comptroller.domain.ledger import (
+    AccountView,
+    Event,
+    ReleaseResult,
+    Reservation,
+    ReservationState,
+    ReserveRequest,
+    ReserveResult,
+    SettleResult,
+    UsageRecord,
+)
+from comptroller.domain.usage import Usage
+from comptroller.storage.rows import alert_event, new_reservation, settled_record
+
+__all__ = ["MemoryStore"]
+
+_AccountKey = tuple[str, str, str]
+
+
+@dataclass
+class _Account:
+    budget: Budget
+    settled_mc: int = 0
+    reserved_mc: int = 0
+    alert_pct_fired: int = 0
+
+
+class MemoryStore:
+    """A :class:`~comptroller.ports.LedgerStore` held in process memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._budgets: dict[str, Budget] = {}
+        self._accounts: dict[_AccountKey, _Account] = {}
+        self._reservations: dict[str, Reservation] = {}
+        self._holds: dict[str, list[_AccountKey]] = {}
+        self._by_key: dict[str, str] = {}
+        self._leases: list[tuple[datetime, str]] = []
+        self._usage: list[UsageRecord] = []
+        self._events: list[Event] = []
+
+    # budgets
+    def put_budget(self, budget: Budget) -> None:
+        """Create or replace a budget."""
+        with self._lock:
+            self._budgets[budget.id] = budget
+
+    def delete_budget(self, budget_id: str) -> bool:
+        """Delete a budget; True if it existed."""
+        with self._lock:
+            return self._budgets.pop(budget_id, None) is not None
+
+    def budgets(self) -> list[Budget]:
+        """Every budget, ordered by id."""
+        with self._lock:
+            return [self._budgets[k] for k in sorted(self._budgets)]
+
+    # reservations
+    def reserve(self, request: ReserveRequest, now: datetime) -> ReserveResult:
+        """Hold the ceiling on every applicable account, or refuse."""
+        with self._lock:
+            self._expire_locked(now)
+            existing_id = self._by_key.get(request.idempotency_key)
+            if existing_id is not None:
+                existing = self._reservations[existing_id]
+                code = Code.ALREADY_RESERVED if request.same_request(existing) else Code.IDEMPOTENCY_CONFLICT
+                return ReserveResult(code, reservation=existing if code is Code.ALREADY_RESERVED else None)
+            keys = account_keys(request.attribution.scopes(), self._budgets.values(), now)
+            views = [self._view(b, scope, period) for b, scope, period in keys]
+            refusal = decide(request.ceiling_mc, views)
+            if refusal is not None:
+                return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal)
+            held = [(b.id, scope, period) for b, scope, period in keys]
+            for key in held:
+                self._accounts[key].reserved_mc += request.ceiling_mc
+            reservation = new_reservation(uuid.uuid4().hex, request, now)
+            self._reservations[reservation.id] = reservation
+            self._holds[reservation.id] = held
+            self._by_key[request.idempotency_key] = reservation.id
+            heapq.heappush(self._leases, (reservation.expires_at, reservation.id))
+            return ReserveResult(Code.OK, reservation=reservation)
+
+    def _view(self, budget: Budget, scope: str, period: str) -> AccountView:
+        account = self._accounts.setdefault((budget.id, scope, period), _Account(budget))
+        account.budget = budget
+        return AccountView(budget, scope, period, account.settled_mc, account.reserved_mc,
+                           account.alert_pct_fired)
+
+    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime) -> SettleResult:
+        """Charge the actual cost once; repeats answer ``already_settled``."""
+        with self._lock:
+            self._expire_locked(now)
+            reservation = self._reservations.get(reservation_id)
+            if reservation is None:
+                return SettleResult(Code.RESERVATION_NOT_FOUND)
+            if reservation.state is ReservationState.SETTLED:
+                record = next(r for r in self._usage if r.reservation_id == reservation_id)
+                return SettleResult(Code.ALREADY_SETTLED, record)
+            late = reservation.state is not ReservationState.PENDING
+            for key in self._holds[reservation_id]:
+                account = self._accounts[key]
+                if not late:
+                    account.reserved_mc -= reservation.ceiling_mc
+                self._charge(account, key, cost_mc, now)
+            record = settled_record(reservation, usage, cost_mc, now, late=late)
+            self._usage.append(record)
+            self._reservations[reservation_id] = replace(reservation, state=ReservationState.SETTLED)
+            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record)
+
+    def _charge(self, account: _Account, key: _AccountKey, cost_mc: int, now: datetime) -> None:
+        view = AccountView(account.budget, key[1], key[2], account.settled_mc, account.reserved_mc,
+                           account.alert_pct_fired)
+        account.settled_mc += cost_mc
+        for pct in alert_thresholds_crossed(view, account.settled_mc):
+            self._events.append(alert_event(view, pct, account.settled_mc, now))
+            account.alert_pct_fired = pct
+
+    def release(self, reservation_id: str, now: datetime) -> ReleaseResult:
+        """Return the whole hold once."""
+        with self._lock:
+            self._expire_locked(now)
+            reservation = self._reservations.get(reservation_id)
+            if reservation is None:
+                return ReleaseResult(Code.RESERVATION_NOT_FOUND)
+            if reservation.state is ReservationState.SETTLED:
+                return ReleaseResult(Code.ALREADY_SETTLED)
+            if reservation.state is not ReservationState.PENDING:
+                return ReleaseResult(Code.ALREADY_RELEASED)
+            self._unhold(reservation, ReservationState.RELEASED)
+            return ReleaseResult(Code.RELEASED)
+
+    def _unhold(self, reservation: Reservation, state: ReservationState) -> None:
+        for key in self._holds[reservation.id]:
+            self._accounts[key].reserved_mc -= reservation.ceiling_mc
+        self._reservations[reservation.id] = replace(reservation, state=state)
+
+    def expire(self, now: datetime) -> int:
+        """Return the holds of every lease expired at ``now``."""
+        with self._lock:
+            return self._expire_locked(now)
+
+    def _expire_locked(self, now: datetime) -> int:
+        expired = 0
+        while self._leases and self._leases[0][0] <= now:
+            _, reservation_id = heapq.heappop(self._leases)
+            reservation = self._reservations[reservation_id]
+            if reservation.state is ReservationState.PENDING:
+                self._unhold(reservation, ReservationState.EXPIRED)
+                expired += 1
+        return expired
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        """One reservation by id."""
+        with self._lock:
+            return self._reservations.get(reservation_id)
+
+    # reads
+    def accounts(self) -> list[AccountView]:
+        """Every account with its money."""
+        with self._lock:
+            return [AccountView(a.budget, k[1], k[2], a.settled_mc, a.reserved_mc, a.alert_pct_fired)
+                    for k, a in sorted(self._accounts.items())]
+
+    def usage_records(self) -> Iterator[UsageRecord]:
+        """The usage log in settle order."""
+        with self._lock:
+            records = list(self._usage)
+        return iter(records)
+
+    def record_event(self, event: Event) -> None:
+        """Append an event."""
+        with self._lock:
+            self._events.append(event)
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        """Events in time order, optionally of one kind."""
+        with self._lock:
+            return [e for e in self._events if kind is None or e.kind == kind]
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,368 @@
+"""The SQLite ledger: the embedded default, safe across threads and processes.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction, which takes SQLite's write lock
+before reading, so the read of account balances and the write of the hold cannot
+interleave with another writer in any thread or process (SQLite docs, "Transaction"
+and "Write-Ahead Logging"). WAL mode lets readers (reports) run beside writers;
+``synchronous=NORMAL`` in WAL keeps the database consistent after a crash and may
+lose only the last transactions on power loss (SQLite docs, "PRAGMA synchronous").
+A process killed mid-transaction leaves nothing half-written; its pending
+reservations return when their lease expires.
+
+Times are stored as UTC epoch seconds (REAL); money as INTEGER millicents.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
+from comptroller.domain.budgets import Budget
+from comptroller.domain.codes import Code
+from comptroller.domain.ledger import (
+    AccountView,
+    Event,
+    ReleaseResult,
+    Reservation,
+    ReservationState,
+    ReserveRequest,
+    ReserveResult,
+    SettleResult,
+    UsageRecord,
+)
+from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.usage import Usage
+from comptroller.storage.rows import alert_event, new_reservation, settled_record
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budgets (
+    id TEXT PRIMARY KEY, level TEXT NOT NULL, scope TEXT NOT NULL, period TEXT NOT NULL,
+    timezone TEXT NOT NULL, limit_mc INTEGER NOT NULL CHECK (limit_mc >= 0), alerts TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS budgets_level_scope ON budgets (level, scope);
+CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY, budget_id TEXT NOT NULL, scope TEXT NOT NULL, period_key TEXT NOT NULL,
+    settled_mc INTEGER NOT NULL DEFAULT 0, reserved_mc INTEGER NOT NULL DEFAULT 0 CHECK (reserved_mc >= 0),
+    alert_pct_fired INTEGER NOT NULL DEFAULT 0, UNIQUE (budget_id, scope, period_key));
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY, idempotency_key TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL, tenant TEXT NOT NULL, agent TEXT NOT NULL,
+    conversation TEXT, task TEXT, phase TEXT, model TEXT NOT NULL,
+    ceiling_mc INTEGER NOT NULL, input_tokens_max INTEGER NOT NULL, output_tokens_max INTEGER NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL, account_ids TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS reservations_pending ON reservations (expires_at) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS usage_log (
+    id INTEGER PRIMARY KEY, reservation_id TEXT NOT NULL UNIQUE, idempotency_key TEXT NOT NULL,
+    namespace TEXT NOT NULL, tenant TEXT NOT NULL, agent TEXT NOT NULL,
+    conversation TEXT, task TEXT, phase TEXT, model TEXT NOT NULL,
+    reserved_at REAL NOT NULL, resolved_at REAL NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
+    cache_write_1h_tokens INTEGER NOT NULL,
+    cost_mc INTEGER NOT NULL, ceiling_mc INTEGER NOT NULL, outcome TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, code TEXT NOT NULL,
+    level TEXT, scope TEXT, detail TEXT NOT NULL);
+"""
+
+_RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
+             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids")
+_USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
+               "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+               "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome")
+
+
+def _ts(at: datetime) -> float:
+    return at.timestamp()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _budget(row: Sequence[Any]) -> Budget:
+    return Budget(level=Level(row[1]), scope=row[2], period=row[3], timezone=row[4], limit_mc=row[5],
+                  alert_thresholds_pct=tuple(json.loads(row[6])))
+
+
+def _attribution(row: Sequence[Any]) -> Attribution:
+    return Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3], task=row[4],
+                       phase=row[5])
+
+
+class SQLiteStore:
+    """A :class:`~comptroller.ports.LedgerStore` in one SQLite file.
+
+    Args:
+        path: the database file (created with its schema if missing), or ``:memory:``.
+        busy_timeout_s: how long a writer waits for another's lock before failing.
+
+    Raises:
+        sqlite3.OperationalError: if the file cannot be opened, or the lock is not
+            obtained within ``busy_timeout_s``.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                     timeout=busy_timeout_s)
+        self._lock = threading.Lock()
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self._write() as cur:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            yield self._conn.cursor()
+
+    # budgets
+    def put_budget(self, budget: Budget) -> None:
+        """Create or replace a budget."""
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO budgets VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (budget.id, str(budget.level), budget.scope, str(budget.period), budget.timezone,
+                 budget.limit_mc, json.dumps(list(budget.alert_thresholds_pct))),
+            )
+
+    def delete_budget(self, budget_id: str) -> bool:
+        """Delete a budget; True if it existed."""
+        with self._write() as cur:
+            return cur.execute("DELETE FROM budgets WHERE id = ?", (budget_id,)).rowcount > 0
+
+    def budgets(self) -> list[Budget]:
+        """Every budget, ordered by id."""
+        with self._read() as cur:
+            return [_budget(r) for r in cur.execute("SELECT * FROM budgets ORDER BY id")]
+
+    # reservations
+    def reserve(self, request: ReserveRequest, now: datetime) -> ReserveResult:
+        """Hold the ceiling on every applicable account in one transaction, or refuse."""
+        with self._write() as cur:
+            self._expire(cur, now)
+            row = cur.execute(f"SELECT {_RES_COLS} FROM reservations WHERE idempotency_key = ?",
+                              (request.idempotency_key,)).fetchone()
+            if row is not None:
+                existing = self._reservation(row)
+                if request.same_request(existing):
+                    return ReserveResult(Code.ALREADY_RESERVED, reservation=existing)
+                return ReserveResult(Code.IDEMPOTENCY_CONFLICT)
+            scopes = request.attribution.scopes()
+            keys = account_keys(scopes, self._candidate_budgets(cur, scopes), now)
+            ids, views = self._accounts_for(cur, keys)
+            refusal = decide(request.ceiling_mc, views)
+            if refusal is not None:
+                return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal)
+            if ids:
+                cur.executemany("UPDATE accounts SET reserved_mc = reserved_mc + ? WHERE id = ?",
+                                [(request.ceiling_mc, i) for i in ids])
+            reservation = new_reservation(uuid.uuid4().hex, request, now)
+            a = request.attribution
+            cur.execute(
+                f"INSERT INTO reservations ({_RES_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation,
+                 a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
+                 request.output_tokens_max, _ts(now), _ts(reservation.expires_at), "pending",
+                 ",".join(map(str, ids))),
+            )
+            return ReserveResult(Code.OK, reservation=reservation)
+
+    @staticmethod
+    def _candidate_budgets(cur: sqlite3.Cursor, scopes: Sequence[tuple[Level, str]]) -> list[Budget]:
+        clauses = " OR ".join("(level = ? AND scope IN (?, '*'))" for _ in scopes)
+        params = [p for level, key in scopes for p in (str(level), key)]
+        return [_budget(r) for r in cur.execute(f"SELECT * FROM budgets WHERE {clauses}", params)]
+
+    @staticmethod
+    def _accounts_for(cur: sqlite3.Cursor, keys: Sequence[tuple[Budget, str, str]]
+                      ) -> tuple[list[int], list[AccountView]]:
+        ids: list[int] = []
+        views: list[AccountView] = []
+        for budget, scope, period in keys:
+            cur.execute("INSERT OR IGNORE INTO accounts (budget_id, scope, period_key) VALUES (?, ?, ?)",
+                        (budget.id, scope, period))
+            row = cur.execute(
+                "SELECT id, settled_mc, reserved_mc, alert_pct_fired FROM accounts "
+                "WHERE budget_id = ? AND scope = ? AND period_key = ?", (budget.id, scope, period)).fetchone()
+            ids.append(row[0])
+            views.append(AccountView(budget, scope, period, row[1], row[2], row[3]))
+        return ids, views
+
+    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime) -> SettleResult:
+        """Charge the actual cost once, return the rest, append one usage row."""
+        with self._write() as cur:
+            self._expire(cur, now)
+            row = cur.execute(f"SELECT {_RES_COLS} FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+            if row is None:
+                return SettleResult(Code.RESERVATION_NOT_FOUND)
+            reservation = self._reservation(row)
+            if reservation.state is ReservationState.SETTLED:
+                return SettleResult(Code.ALREADY_SETTLED, self._usage_row(cur, reservation_id))
+            late = reservation.state is not ReservationState.PENDING
+            held = 0 if late else reservation.ceiling_mc
+            for account_id in _ids(row[15]):
+                self._charge(cur, account_id, held, cost_mc, now)
+            record = settled_record(reservation, usage, cost_mc, now, late=late)
+            self._insert_usage(cur, record)
+            cur.execute("UPDATE reservations SET state = 'settled' WHERE id = ?", (reservation_id,))
+            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record)
+
+    def _charge(self, cur: sqlite3.Cursor, account_id: int, held_mc: int, cost_mc: int, now: datetime) -> None:
+        row = cur.execute(
+            "SELECT a.scope, a.period_key, a.settled_mc, a.reserved_mc, a.alert_pct_fired, b.id, b.level, "
+            "b.scope, b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a "
+            "LEFT JOIN budgets b ON b.id = a.budget_id WHERE a.id = ?", (account_id,)).fetchone()
+        fired = row[4]
+        if row[5] is not None:
+            view = AccountView(_budget(row[5:]), row[0], row[1], row[2], row[3], row[4])
+            for pct in alert_thresholds_crossed(view, row[2] + cost_mc):
+                self._insert_event(cur, alert_event(view, pct, row[2] + cost_mc, now))
+                fired = pct
+        cur.execute("UPDATE accounts SET settled_mc = settled_mc + ?, reserved_mc = reserved_mc - ?, "
+                    "alert_pct_fired = ? WHERE id = ?", (cost_mc, held_mc, fired, account_id))
+
+    def release(self, reservation_id: str, now: datetime) -> ReleaseResult:
+        """Return the whole hold once."""
+        with self._write() as cur:
+            self._expire(cur, now)
+            row = cur.execute("SELECT state, ceiling_mc, account_ids FROM reservations WHERE id = ?",
+                              (reservation_id,)).fetchone()
+            if row is None:
+                return ReleaseResult(Code.RESERVATION_NOT_FOUND)
+            if row[0] == "settled":
+                return ReleaseResult(Code.ALREADY_SETTLED)
+            if row[0] != "pending":
+                return ReleaseResult(Code.ALREADY_RELEASED)
+            self._unhold(cur, reservation_id, row[1], row[2], "released")
+            return ReleaseResult(Code.RELEASED)
+
+    @staticmethod
+    def _unhold(cur: sqlite3.Cursor, reservation_id: str, ceiling_mc: int, account_ids: str, state: str) -> None:
+        cur.executemany("UPDATE accounts SET reserved_mc = reserved_mc - ? WHERE id = ?",
+                        [(ceiling_mc, i) for i in _ids(account_ids)])
+        cur.execute("UPDATE reservations SET state = ? WHERE id = ?", (state, reservation_id))
+
+    def expire(self, now: datetime) -> int:
+        """Return the holds of every lease expired at ``now``."""
+        with self._write() as cur:
+            return self._expire(cur, now)
+
+    def _expire(self, cur: sqlite3.Cursor, now: datetime) -> int:
+        rows = cur.execute("SELECT id, ceiling_mc, account_ids FROM reservations "
+                           "WHERE state = 'pending' AND expires_at <= ?", (_ts(now),)).fetchall()
+        for reservation_id, ceiling_mc, account_ids in rows:
+            self._unhold(cur, reservation_id, ceiling_mc, account_ids, "expired")
+        return len(rows)
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        """One reservation by id."""
+        with self._read() as cur:
+            row = cur.execute(f"SELECT {_RES_COLS} FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+            return None if row is None else self._reservation(row)
+
+    @staticmethod
+    def _reservation(row: Sequence[Any]) -> Reservation:
+        return Reservation(
+            id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
+            ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
+            created_at=_dt(row[12]), expires_at=_dt(row[13]), state=ReservationState(row[14]),
+        )
+
+    # usage log and events
+    @staticmethod
+    def _insert_usage(cur: sqlite3.Cursor, r: UsageRecord) -> None:
+        a, u = r.attribution, r.usage
+        cur.execute(
+            f"INSERT INTO usage_log ({_USAGE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r.reservation_id, r.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation, a.task,
+             a.phase, r.model, _ts(r.reserved_at), _ts(r.resolved_at), u.input_tokens, u.output_tokens,
+             u.cache_read_tokens, u.cache_write_tokens, u.cache_write_1h_tokens, r.cost_mc, r.ceiling_mc,
+             r.outcome),
+        )
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> UsageRecord:
+        return UsageRecord(
+            reservation_id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
+            reserved_at=_dt(row[9]), resolved_at=_dt(row[10]),
+            usage=Usage(row[11], row[12], row[13], row[14], row[15]),
+            cost_mc=row[16], ceiling_mc=row[17], outcome=row[18],
+        )
+
+    def _usage_row(self, cur: sqlite3.Cursor, reservation_id: str) -> UsageRecord:
+        row = cur.execute(f"SELECT {_USAGE_COLS} FROM usage_log WHERE reservation_id = ?",
+                          (reservation_id,)).fetchone()
+        return self._record(row)
+
+    def accounts(self) -> list[AccountView]:
+        """Every account with its money (accounts of deleted budgets are left out)."""
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT a.scope, a.period_key, a.settled_mc, a.reserved_mc, a.alert_pct_fired, b.id, b.level, "
+                "b.scope, b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a "
+                "JOIN budgets b ON b.id = a.budget_id ORDER BY b.id, a.scope, a.period_key").fetchall()
+        return [AccountView(_budget(r[5:]), r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def usage_records(self) -> Iterator[UsageRecord]:
+        """The usage log in settle order."""
+        with self._read() as cur:
+            rows = cur.execute(f"SELECT {_USAGE_COLS} FROM usage_log ORDER BY id").fetchall()
+        return (self._record(r) for r in rows)
+
+    @staticmethod
+    def _insert_event(cur: sqlite3.Cursor, e: Event) -> None:
+        cur.execute("INSERT INTO events (ts, kind, code, level, scope, detail) VALUES (?,?,?,?,?,?)",
+                    (_ts(e.ts), e.kind, e.code, e.level, e.scope, json.dumps(e.detail, sort_keys=True)))
+
+    def record_event(self, event: Event) -> None:
+        """Append an event."""
+        with self._write() as cur:
+            self._insert_event(cur, event)
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        """Events in time order, optionally of one kind."""
+        with self._read() as cur:
+            rows = cur.execute("SELECT ts, kind, code, level, scope, detail FROM events "
+                               "WHERE ? IS NULL OR kind = ? ORDER BY id", (kind, kind)).fetchall()
+        return [Event(_dt(r[0]), r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+
+def _ids(account_ids: str) -> list[int]:
+    return [int(i) for i in account_ids.split(",") if i]
