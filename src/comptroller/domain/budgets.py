@@ -97,10 +97,13 @@ class Budget:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise BudgetError(f"unknown time zone {self.timezone!r}; use an IANA name such as 'UTC'") from None
-        thresholds = tuple(sorted(set(self.alert_thresholds_pct)))
-        if any(type(t) is not int or not 1 <= t <= 1000 for t in thresholds) or len(thresholds) > 16:
-            raise BudgetError(f"alert thresholds must be up to 16 integers in 1..1000 %, got {thresholds!r}")
-        object.__setattr__(self, "alert_thresholds_pct", thresholds)
+        raw = self.alert_thresholds_pct
+        # check the types before sorting: sorted() raises TypeError on mixed types
+        valid = isinstance(raw, tuple | list | set | frozenset) and all(
+            type(t) is int and 1 <= t <= 1000 for t in raw) and len(set(raw)) <= 16
+        if not valid:
+            raise BudgetError(f"alert thresholds must be up to 16 integers in 1..1000 %, got {raw!r}")
+        object.__setattr__(self, "alert_thresholds_pct", tuple(sorted(set(raw))))
 
     @property
     def id(self) -> str:

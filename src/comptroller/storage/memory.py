@@ -63,6 +63,9 @@ class MemoryStore:
         """Create or replace a budget."""
         with self._lock:
             self._budgets[budget.id] = budget
+            for (budget_id, _, _), account in self._accounts.items():
+                if budget_id == budget.id:  # accounts see the new limit at once, as in SQLite
+                    account.budget = budget
 
     def delete_budget(self, budget_id: str) -> bool:
         """Delete a budget; True if it existed."""
@@ -130,6 +133,8 @@ class MemoryStore:
         view = AccountView(account.budget, key[1], key[2], account.settled_mc, account.reserved_mc,
                            account.alert_pct_fired)
         account.settled_mc += cost_mc
+        if key[0] not in self._budgets:  # a deleted budget fires no alerts (as in SQLite)
+            return
         for pct in alert_thresholds_crossed(view, account.settled_mc):
             self._events.append(alert_event(view, pct, account.settled_mc, now))
             account.alert_pct_fired = pct
@@ -175,10 +180,10 @@ class MemoryStore:
 
     # reads
     def accounts(self) -> list[AccountView]:
-        """Every account with its money."""
+        """Every account with its money (accounts of deleted budgets are left out)."""
         with self._lock:
             return [AccountView(a.budget, k[1], k[2], a.settled_mc, a.reserved_mc, a.alert_pct_fired)
-                    for k, a in sorted(self._accounts.items())]
+                    for k, a in sorted(self._accounts.items()) if k[0] in self._budgets]
 
     def usage_records(self) -> Iterator[UsageRecord]:
         """The usage log in settle order."""

@@ -1,0 +1,237 @@
+"""``comptroller``: replay, report, budget and prices commands.
+
+Errors a user can fix (a bad file, an unknown model, an invalid budget) print one
+message naming what is wrong and what to do, and exit with status 2; nothing is
+written to the ledger by a command that fails validation.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from comptroller.bootstrap import build_engine, price_book
+from comptroller.clock import VirtualClock
+from comptroller.config import ConfigError, Policy, load_policy, scope_for
+from comptroller.domain.budgets import Budget, BudgetError, Period
+from comptroller.domain.caps import NoOutputCapError
+from comptroller.domain.money import format_usd, usd_to_mc_half_up
+from comptroller.domain.pricing import ModelPrice
+from comptroller.domain.scopes import Level
+from comptroller.prices import UnknownModelError
+from comptroller.replay import read_traces, replay
+from comptroller.replay.runner import MissingModelError
+from comptroller.replay.trace import TraceError
+from comptroller.reports import Report, build_report, rows_from_ledger, rows_from_replay
+from comptroller.reports.html import render_html
+from comptroller.reports.model import ReportRow
+from comptroller.reports.terminal import render_terminal
+from comptroller.storage import StoreURLError, store_from_url
+
+__all__ = ["app"]
+
+app = typer.Typer(help="comptroller: the economic control plane for multi-agent LLM systems.",
+                  no_args_is_help=True, add_completion=False)
+budget_app = typer.Typer(help="Set, list and delete budgets in a ledger.", no_args_is_help=True)
+prices_app = typer.Typer(help="Look up model prices.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+app.add_typer(prices_app, name="prices")
+
+console = Console()
+err = Console(stderr=True)
+_USER_ERRORS = (ConfigError, TraceError, UnknownModelError, MissingModelError, BudgetError, StoreURLError,
+                NoOutputCapError, FileNotFoundError, ValueError)
+DEFAULT_DB = "sqlite:///comptroller.db"
+DbOption = Annotated[str, typer.Option("--db", envvar="COMPTROLLER_DB", help="Ledger URL: sqlite:///path or memory://")]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _user_errors(func: _F) -> _F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except _USER_ERRORS as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def _policy(policy_path: Path | None, prices_path: Path | None, default_model: str | None) -> Policy:
+    policy = load_policy(policy_path)
+    if prices_path is not None:
+        extra = load_policy(prices_path)
+        policy = policy.model_copy(update={"prices": {**policy.prices, **extra.prices},
+                                           "aliases": {**policy.aliases, **extra.aliases}})
+    if default_model is not None:
+        policy = policy.model_copy(update={"default_model": default_model})
+    return policy
+
+
+def _write_outputs(report: Report, json_out: Path | None, html_out: Path | None, title: str) -> None:
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8")
+        console.print(f"JSON report written to {json_out}")
+    if html_out is not None:
+        render_html(report, html_out, title=title)
+        console.print(f"HTML report written to {html_out}")
+
+
+@app.command("replay")
+@_user_errors
+def replay_command(
+    paths: Annotated[list[Path], typer.Argument(help="JSONL trace files", exists=True, dir_okay=False)],
+    policy_path: Annotated[Path | None, typer.Option("--policy", help="Policy TOML (budgets, caps, aliases, prices)")] = None,
+    prices_path: Annotated[Path | None, typer.Option("--prices", help="Price-override TOML layered on the policy")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Ledger URL (default: a new temporary SQLite file)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write the report as self-contained HTML")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip and count malformed lines")] = False,
+    default_model: Annotated[str | None, typer.Option("--default-model", help="Model for records with no label")] = None,
+) -> None:
+    """Replay recorded LLM calls through the ledger and a policy, in virtual (recorded) time."""
+    policy = _policy(policy_path, prices_path, default_model)
+    records, skipped = read_traces(paths, skip_invalid=skip_invalid)
+    if not records:
+        raise ValueError("the trace files hold no calls")
+    clock = VirtualClock(records[0].ts)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = build_engine(db_url=db or f"sqlite:///{tmp}/replay.db", policy=policy, clock=clock)
+        with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=True, disable=len(records) < 5000) as progress:
+            task = progress.add_task("replay", total=len(records))
+            result = replay(records, engine=engine, clock=clock, policy=policy,
+                            on_progress=lambda done: progress.update(task, completed=done))
+        book = engine.prices
+        engine.store.close()
+
+    def ceiling(row: ReportRow, output_max: int) -> int:
+        from comptroller.domain.pricing import ceiling_mc
+
+        return ceiling_mc(book.price(row.model, row.ts), input_tokens_max=row.input_tokens,
+                          output_tokens_max=output_max)
+
+    report = build_report(rows_from_replay(result.outcomes), budgets=policy.budget_list(), skipped_lines=skipped,
+                          ceiling_fn=ceiling)
+    render_terminal(report, console)
+    _write_outputs(report, json_out, html_out, "comptroller replay: " + ", ".join(p.name for p in paths))
+
+
+@app.command("report")
+@_user_errors
+def report_command(
+    db: DbOption = DEFAULT_DB,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write the report as self-contained HTML")] = None,
+) -> None:
+    """Report cost and refusals from a ledger's usage log (the same report as replay)."""
+    store = store_from_url(db)
+    try:
+        rows = rows_from_ledger(store.usage_records(), store.events("refusal"))
+        report = build_report(rows, budgets=store.budgets())
+    finally:
+        store.close()
+    render_terminal(report, console)
+    _write_outputs(report, json_out, html_out, f"comptroller report: {db}")
+
+
+@budget_app.command("set")
+@_user_errors
+def budget_set(
+    level: Annotated[Level, typer.Option(help="Budget level")],
+    limit_usd: Annotated[str, typer.Option("--limit-usd", help="Limit in USD, e.g. 25.00")],
+    period: Annotated[Period, typer.Option(help="Roll-over period")] = Period.MONTH,
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the calendar")] = "UTC",
+    namespace: Annotated[str | None, typer.Option(help="Namespace id")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant id")] = None,
+    agent: Annotated[str | None, typer.Option(help="Agent id")] = None,
+    conversation: Annotated[str | None, typer.Option(help="Conversation id")] = None,
+    task: Annotated[str | None, typer.Option(help="Task id")] = None,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Create or replace a budget. Leave out the level's own id to set the default for every scope."""
+    try:
+        usd = Decimal(limit_usd)
+    except ArithmeticError:
+        raise BudgetError(f"--limit-usd must be a decimal amount such as 25.00, got {limit_usd!r}") from None
+    if not usd.is_finite() or usd < 0:
+        raise BudgetError(f"--limit-usd must be >= 0, got {limit_usd!r}")
+    scope = scope_for(level, namespace=namespace, tenant=tenant, agent=agent, conversation=conversation, task=task)
+    budget = Budget(level=level, scope=scope, limit_mc=usd_to_mc_half_up(usd), period=period, timezone=timezone)
+    store = store_from_url(db)
+    try:
+        store.put_budget(budget)
+    finally:
+        store.close()
+    console.print(f"budget {budget.id} set: {format_usd(budget.limit_mc)} per {budget.period}")
+
+
+@budget_app.command("list")
+@_user_errors
+def budget_list(db: DbOption = DEFAULT_DB) -> None:
+    """List budgets and the money on each of their accounts."""
+    store = store_from_url(db)
+    try:
+        budgets, accounts = store.budgets(), store.accounts()
+    finally:
+        store.close()
+    table = Table(title="Budgets")
+    for name in ("budget", "limit", "scope", "period", "settled", "reserved", "remaining"):
+        table.add_column(name)
+    for b in budgets:
+        table.add_row(b.id, format_usd(b.limit_mc), "", "", "", "", "")
+        for a in (a for a in accounts if a.budget.id == b.id):
+            table.add_row("", "", a.scope, a.period_key, format_usd(a.settled_mc), format_usd(a.reserved_mc),
+                          format_usd(a.remaining_mc))
+    console.print(table)
+
+
+@budget_app.command("delete")
+@_user_errors
+def budget_delete(budget_id: Annotated[str, typer.Argument(help="Budget id, as `budget list` shows")],
+                  db: DbOption = DEFAULT_DB) -> None:
+    """Delete a budget (its accounts stay for history)."""
+    store = store_from_url(db)
+    try:
+        found = store.delete_budget(budget_id)
+    finally:
+        store.close()
+    if not found:
+        raise BudgetError(f"no budget {budget_id!r}; `comptroller budget list` shows the ids")
+    console.print(f"budget {budget_id} deleted")
+
+
+def _rate_text(rate: object) -> str:
+    return "-" if rate is None else f"${rate}"
+
+
+@prices_app.command("show")
+@_user_errors
+def prices_show(
+    model: Annotated[str, typer.Argument(help="Model label or id")],
+    at: Annotated[str | None, typer.Option(help="ISO time to price at (default: now, UTC)")] = None,
+    prices_path: Annotated[Path | None, typer.Option("--prices", help="Price-override or policy TOML")] = None,
+) -> None:
+    """Show a model's price per million tokens (genai-prices, or your overrides)."""
+    when = datetime.fromisoformat(at) if at else datetime.now(UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    book = price_book(load_policy(prices_path))
+    price: ModelPrice = book.price(model, when)
+    table = Table(title=f"{model} -> {price.model} at {when.isoformat()} ({price.source})")
+    table.add_column("bucket")
+    table.add_column("USD per million tokens", justify="right")
+    for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok"):
+        table.add_row(name, _rate_text(getattr(price, name)))
+    table.caption = f"context window: {price.context_window or 'unknown'} tokens"
+    console.print(table)

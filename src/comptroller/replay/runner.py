@@ -1,0 +1,152 @@
+"""Run recorded calls through admit -> settle in virtual time.
+
+Each record becomes one call attributed to:
+
+* namespace: the policy's ``namespace`` (default ``replay``);
+* tenant: the part of ``run_id`` before the first ``/`` (``chatdev``), else ``default``;
+* agent: the record's ``agent``; phase: its ``phase``;
+* conversation and task: its ``run_id`` (one multi-agent run is one task, in one room).
+
+The model is the record's label mapped by the policy's aliases; else its
+``x_model_resolved``; else the label itself; a record with neither uses the
+policy's ``default_model``. The ceiling is the recorded input tokens plus the
+requested ``max_tokens`` (lowered to the policy's cap for the agent), else the cap,
+else the model's maximum output (:mod:`comptroller.domain.caps`).
+
+The virtual clock is set to each record's timestamp, the call admitted and, if
+admitted, settled with its recorded usage at the same instant. The idempotency
+key is ``run_id:seq``, so replaying a file twice into one ledger counts nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from comptroller.clock import VirtualClock
+from comptroller.config import Policy
+from comptroller.domain.codes import Code
+from comptroller.domain.pricing import cost_mc
+from comptroller.domain.scopes import Attribution
+from comptroller.domain.usage import Usage
+from comptroller.engine import Admission, CallRequest, Engine
+from comptroller.replay.trace import TraceRecord
+
+__all__ = ["CallOutcome", "MissingModelError", "ReplayResult", "attribution_for", "model_for", "replay"]
+
+
+class MissingModelError(ValueError):
+    """A record has no model label and the policy names no default model."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """What happened to one replayed call.
+
+    Attributes:
+        record: the recorded call.
+        attribution: who it was attributed to.
+        model: the priced model id.
+        code: ``settled`` / ``already_settled`` when admitted, else the refusal code.
+        refused_level: the level that refused, if refused.
+        ceiling_mc: the amount reserved (or asked for), millicents.
+        cost_mc: the call's cost at its time (settled; or prevented when refused), millicents.
+        output_tokens_max: the output bound used for the ceiling, tokens.
+    """
+
+    record: TraceRecord
+    attribution: Attribution
+    model: str
+    code: Code
+    refused_level: str | None
+    ceiling_mc: int
+    cost_mc: int
+    output_tokens_max: int
+
+    @property
+    def admitted(self) -> bool:
+        """True unless a rule refused the call."""
+        return self.refused_level is None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """Every call's outcome, in replay order, and the number of skipped input lines."""
+
+    outcomes: list[CallOutcome]
+    skipped: int = 0
+
+
+def model_for(record: TraceRecord, policy: Policy) -> str:
+    """The model label a record is priced as (see the module docstring).
+
+    Raises:
+        MissingModelError: when the record has no label and the policy no default_model.
+    """
+    if record.model is not None and record.model in policy.aliases:
+        return record.model
+    if record.model_resolved is not None and record.model_resolved in policy.aliases:
+        return record.model_resolved
+    if record.model_resolved is not None:
+        return record.model_resolved
+    if record.model is not None:
+        return record.model
+    if policy.default_model is not None:
+        return policy.default_model
+    raise MissingModelError(
+        f"{record.path}:{record.line}: the record has no model label; set default_model in the policy "
+        "or pass --default-model"
+    )
+
+
+def attribution_for(record: TraceRecord, policy: Policy) -> Attribution:
+    """The attribution of a replayed call (see the module docstring)."""
+    tenant = record.run_id.split("/", 1)[0] if "/" in record.run_id else "default"
+    return Attribution(namespace=policy.namespace, tenant=tenant, agent=record.agent,
+                       conversation=record.run_id, task=record.run_id, phase=record.phase)
+
+
+def _usage(record: TraceRecord) -> Usage:
+    return Usage(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
+                 cache_read_tokens=record.cache_read_tokens, cache_write_tokens=record.cache_write_tokens)
+
+
+def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy: Policy) -> CallOutcome:
+    clock.set(record.ts)
+    attribution = attribution_for(record, policy)
+    admission: Admission = engine.admit(CallRequest(
+        attribution=attribution, model=model_for(record, policy), input_tokens_max=record.input_tokens,
+        max_tokens=record.max_output_tokens, idempotency_key=f"{record.run_id}:{record.seq}"))
+    usage = _usage(record)
+    if admission.reservation is None:
+        assert admission.refusal is not None
+        prevented = cost_mc(engine.prices.price(admission.model, record.ts), usage)
+        return CallOutcome(record, attribution, admission.model, admission.code, str(admission.refusal.level),
+                           admission.ceiling_mc, prevented, admission.output_tokens_max)
+    settled = engine.settle(admission.reservation, usage)
+    assert settled.record is not None, f"settle answered {settled.code} for {record.path}:{record.line}"
+    return CallOutcome(record, attribution, admission.model, settled.code, None,
+                       settled.record.ceiling_mc, settled.record.cost_mc, admission.output_tokens_max)
+
+
+def replay(records: Sequence[TraceRecord], *, engine: Engine, clock: VirtualClock, policy: Policy,
+           on_progress: Callable[[int], None] | None = None) -> ReplayResult:
+    """Replay records (already in time order) through the engine.
+
+    Args:
+        records: from :func:`read_traces` (sorted by time).
+        engine: an engine whose clock is ``clock``.
+        clock: the virtual clock to move to each record's timestamp.
+        policy: attribution defaults and model mapping.
+        on_progress: called with the number of calls done, every 256 calls and at the end.
+
+    Raises:
+        MissingModelError, UnknownModelError, NoOutputCapError: on the first record
+            that cannot be priced or bounded; nothing after it is replayed.
+    """
+    outcomes: list[CallOutcome] = []
+    for i, record in enumerate(records, start=1):
+        outcomes.append(_replay_one(record, engine, clock, policy))
+        if on_progress is not None and (i % 256 == 0 or i == len(records)):
+            on_progress(i)
+    return ReplayResult(outcomes)

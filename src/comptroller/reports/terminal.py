@@ -1,0 +1,109 @@
+"""The report as rich terminal tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from comptroller.domain.money import format_usd
+from comptroller.reports.model import Group, Report
+
+__all__ = ["render_terminal"]
+
+_ROWS = 12
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _groups(title: str, groups: Sequence[Group], total_mc: int) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("", "left"), ("calls", "right"), ("input tok", "right"), ("output tok", "right"),
+                          ("cost", "right"), ("share", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for g in groups[:_ROWS]:
+        table.add_row(g.key, f"{g.calls:,}", f"{g.input_tokens:,}", f"{g.output_tokens:,}", format_usd(g.cost_mc),
+                      _pct(g.cost_mc, total_mc))
+    if len(groups) > _ROWS:
+        table.caption = f"{len(groups) - _ROWS} more in the JSON and HTML reports"
+    return table
+
+
+def _summary(report: Report) -> Table:
+    table = Table(title="Summary", title_justify="left", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    rows = [
+        ("calls (admitted / refused)", f"{report.calls:,} ({report.admitted_calls:,} / {report.refused_calls:,})"),
+        ("runs", f"{report.runs:,}"),
+        ("input / output tokens", f"{report.input_tokens:,} / {report.output_tokens:,}"),
+        ("input : output", f"{report.input_output_ratio:.2f} : 1"),
+        ("total cost", format_usd(report.cost_mc)),
+        ("cost per run P50 / P95", f"{format_usd(report.p50_run_cost_mc)} / {format_usd(report.p95_run_cost_mc)}"),
+        ("ceiling misses", f"{report.ceiling_misses:,}"),
+    ]
+    if report.refused_calls:
+        rows.append(("spend prevented by refusals", format_usd(report.prevented_mc)))
+    if report.skipped_lines:
+        rows.append(("invalid lines skipped", f"{report.skipped_lines:,}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _refusals(report: Report) -> Table:
+    table = Table(title="Refused calls by level and code", title_justify="left")
+    for name in ("level", "code", "calls", "spend prevented"):
+        table.add_column(name)
+    for g in report.refusals:
+        table.add_row(g.level, g.code, f"{g.calls:,}", format_usd(g.prevented_mc))
+    return table
+
+
+def _reconciliation(report: Report) -> Table:
+    table = Table(title="Reconciliation: computed vs logged cost", title_justify="left")
+    for name in ("model", "calls", "computed", "logged", "diff", ""):
+        table.add_column(name)
+    for r in report.reconciliation:
+        flag = "[red]price table disagrees: override it[/red]" if r.disagrees else "[green]agrees[/green]"
+        table.add_row(r.model, f"{r.calls:,}", format_usd(r.computed_mc), format_usd(r.logged_mc),
+                      f"{r.diff_pct:+.2f}%", flag)
+    return table
+
+
+def _headroom(report: Report) -> Table | None:
+    h = report.headroom
+    if h is None:
+        return None
+    table = Table(
+        title=(f"Reservation headroom over {h.calls:,} calls with a recorded max_tokens: reserved "
+               f"{format_usd(h.reserved_mc)} to settle {format_usd(h.settled_mc)} "
+               f"(requested output is a median {h.median_requested_over_actual_output}x the actual)"),
+        title_justify="left")
+    for name in ("agent", "calls", "cap (tokens)", "reserved as requested", "reserved with cap", "settled",
+                 "ceiling misses"):
+        table.add_column(name)
+    for c in h.by_agent[:_ROWS]:
+        table.add_row(c.agent, f"{c.calls:,}", f"{c.cap_tokens:,}", format_usd(c.reserved_requested_mc),
+                      format_usd(c.reserved_capped_mc), format_usd(c.settled_mc), f"{c.ceiling_misses:,}")
+    table.caption = "cap = the agent's largest output in this traffic, rounded up to 256 tokens"
+    return table
+
+
+def render_terminal(report: Report, console: Console) -> None:
+    """Print the report as tables."""
+    console.print(_summary(report))
+    console.print(_groups("Cost by agent", report.by_agent, report.cost_mc))
+    console.print(_groups("Cost by model", report.by_model, report.cost_mc))
+    console.print(_groups("Cost by phase", report.by_phase, report.cost_mc))
+    console.print(_groups("Top runs", report.top_runs, report.cost_mc))
+    if report.refusals:
+        console.print(_refusals(report))
+    if report.reconciliation:
+        console.print(_reconciliation(report))
+    headroom = _headroom(report)
+    if headroom is not None:
+        console.print(headroom)
