@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
-
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
-"""A fixed start instant for tests in virtual time (a Friday, noon UTC)."""
 
 StoreFactory = Callable[[Path], LedgerStore]
 

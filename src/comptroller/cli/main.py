@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from comptroller.bootstrap import build_engine, price_book
 from comptroller.clock import VirtualClock
@@ -27,7 +28,7 @@ from comptroller.config import ConfigError, Policy, load_policy, scope_for
 from comptroller.domain.budgets import Budget, BudgetError, Period
 from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.money import format_usd, usd_to_mc_half_up
-from comptroller.domain.pricing import ModelPrice
+from comptroller.domain.pricing import ModelPrice, ceiling_mc
 from comptroller.domain.scopes import Level
 from comptroller.prices import UnknownModelError
 from comptroller.replay import read_traces, replay
@@ -63,7 +64,7 @@ def _user_errors(func: _F) -> _F:
         try:
             return func(*args, **kwargs)
         except _USER_ERRORS as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False)
             raise typer.Exit(2) from None
     return wrapper  # type: ignore[return-value]
 
@@ -92,13 +93,13 @@ def _write_outputs(report: Report, json_out: Path | None, html_out: Path | None,
 @_user_errors
 def replay_command(
     paths: Annotated[list[Path], typer.Argument(help="JSONL trace files", exists=True, dir_okay=False)],
-    policy_path: Annotated[Path | None, typer.Option("--policy", help="Policy TOML (budgets, caps, aliases, prices)")] = None,
-    prices_path: Annotated[Path | None, typer.Option("--prices", help="Price-override TOML layered on the policy")] = None,
+    policy_path: Annotated[Path | None, typer.Option("--policy", help="Policy TOML: budgets, caps, prices")] = None,
+    prices_path: Annotated[Path | None, typer.Option("--prices", help="Price-override TOML on top")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Ledger URL (default: a new temporary SQLite file)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write the report as self-contained HTML")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip and count malformed lines")] = False,
-    default_model: Annotated[str | None, typer.Option("--default-model", help="Model for records with no label")] = None,
+    default_model: Annotated[str | None, typer.Option("--default-model", help="Model of unlabelled records")] = None,
 ) -> None:
     """Replay recorded LLM calls through the ledger and a policy, in virtual (recorded) time."""
     policy = _policy(policy_path, prices_path, default_model)
@@ -117,8 +118,6 @@ def replay_command(
         engine.store.close()
 
     def ceiling(row: ReportRow, output_max: int) -> int:
-        from comptroller.domain.pricing import ceiling_mc
-
         return ceiling_mc(book.price(row.model, row.ts), input_tokens_max=row.input_tokens,
                           output_tokens_max=output_max)
 

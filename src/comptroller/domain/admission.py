@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+
 from comptroller.domain.budgets import ANY_SCOPE, Budget, period_key
 from comptroller.domain.codes import Code
 from comptroller.domain.ledger import AccountView

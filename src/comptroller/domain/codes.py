@@ -33,3 +33,18 @@ class Code(StrEnum):
     ALREADY_RELEASED = "already_released"
     # settle or release of an id the ledger never saw
     RESERVATION_NOT_FOUND = "reservation_not_found"
+    # admission defenses (DESIGN.md rules 5 and 6; fixed order in comptroller.domain.defenses.order)
+    CIRCUIT_OPEN = "circuit_open"
+    """The spend-rate breaker of the agent or conversation is open (or half-open with its probe out)."""
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    """The scheduled run (heartbeat, cron job) the call belongs to is past its maximum duration."""
+    LOOP_DETECTED = "loop_detected"
+    """A loop detector fired before the repeated call was paid: same request, A-B-A-B, near-duplicate."""
+    RETRY_LIMIT = "retry_limit"
+    """The task has used its re-attempts for this UTC day."""
+    KILL_SWITCH = "kill_switch"
+    """The kill switch of the namespace (or another scope) is tripped; an admin must reset it."""
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    """The model is not among the agent's allowed models, or no fallback may take its place."""
+    PACE_EXCEEDED = "pace_exceeded"
+    """A period budget is being spent faster than the period passes, beyond slack and burst."""

@@ -26,10 +26,10 @@ __all__ = [
     "AccountView",
     "Event",
     "ReleaseResult",
-    "ReserveRequest",
-    "ReserveResult",
     "Reservation",
     "ReservationState",
+    "ReserveRequest",
+    "ReserveResult",
     "SettleResult",
     "UsageRecord",
 ]

@@ -206,7 +206,7 @@ CeilingFn = Callable[[ReportRow, int], int]
 
 
 def _cap_what_if(agent: str, rows: Sequence[ReportRow], ceiling_fn: CeilingFn) -> CapWhatIf:
-    cap = _CAP_ROUNDING * math.ceil(max(max(r.output_tokens for r in rows), 1) / _CAP_ROUNDING)
+    cap = _CAP_ROUNDING * math.ceil(max(1, *(r.output_tokens for r in rows)) / _CAP_ROUNDING)
     requested = capped = 0
     for r in rows:
         assert r.requested_max_tokens is not None

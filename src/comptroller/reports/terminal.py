@@ -38,7 +38,7 @@ def _summary(report: Report) -> Table:
     table.add_column(justify="right")
     rows = [
         ("calls (admitted / refused)", f"{report.calls:,} ({report.admitted_calls:,} / {report.refused_calls:,})"),
-        ("runs", f"{report.runs:,}"),
+        ("runs with admitted calls", f"{report.runs:,}"),
         ("input / output tokens", f"{report.input_tokens:,} / {report.output_tokens:,}"),
         ("input : output", f"{report.input_output_ratio:.2f} : 1"),
         ("total cost", format_usd(report.cost_mc)),

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 from comptroller.ports import LedgerStore
+from comptroller.storage.memory import MemoryStore
+from comptroller.storage.sqlite import SQLiteStore
 
 __all__ = ["StoreURLError", "store_from_url"]
 
@@ -26,18 +28,12 @@ def store_from_url(url: str) -> LedgerStore:
         StoreURLError: for an unknown scheme.
     """
     if url in ("memory://", "memory:"):
-        from comptroller.storage.memory import MemoryStore
-
         return MemoryStore()
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         path = path[1:] if path.startswith("/") else path
-        from comptroller.storage.sqlite import SQLiteStore
-
         return SQLiteStore(path or ":memory:")
     if "://" not in url:
-        from comptroller.storage.sqlite import SQLiteStore
-
         return SQLiteStore(url)
     scheme = url.split("://", 1)[0]
     raise StoreURLError(
