@@ -66,16 +66,22 @@ def test_malformed_line_names_file_line_and_field(tmp_path: Path) -> None:
     assert report["skipped_lines"] == 1 and report["calls"] == 4
 
 
-def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
-    """A record whose model has no price fails with the model named and how to configure it."""
-    record = json.loads(Path(SAMPLE).read_text().splitlines()[100])
+def test_unknown_model_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    """A late record whose model has no price fails with the model named, before any call reaches the ledger."""
+    lines = Path(SAMPLE).read_text().splitlines()[:50]
+    record = json.loads(lines[-1])
     record["model"], record["x_model_resolved"] = "gpt-3.5-turbo-17k", None
+    lines[-1] = json.dumps(record)
     trace = tmp_path / "unknown.jsonl"
-    trace.write_text(json.dumps(record) + "\n")
-    result = runner.invoke(app, ["replay", str(trace)])
+    trace.write_text("\n".join(lines) + "\n")
+    db = f"sqlite:///{tmp_path}/ledger.db"
+    result = runner.invoke(app, ["replay", str(trace), "--policy", POLICY, "--db", db])
     assert result.exit_code == 2
     assert "gpt-3.5-turbo-17k" in result.output and "gpt-3.5-turbo-16k" in result.output
     assert "[prices." in result.output
+    report = runner.invoke(app, ["report", "--db", db, "--json", str(tmp_path / "r.json")])
+    assert report.exit_code == 0, report.output
+    assert json.loads((tmp_path / "r.json").read_text())["calls"] == 0
 
 
 def test_budget_cli_sets_lists_and_rejects_bad_limits(tmp_path: Path) -> None:

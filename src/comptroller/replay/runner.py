@@ -129,6 +129,24 @@ def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy
                        settled.record.ceiling_mc, settled.record.cost_mc, admission.output_tokens_max)
 
 
+def preflight(records: Sequence[TraceRecord], *, engine: Engine, policy: Policy) -> None:
+    """Check that every record can be priced and bounded before anything is written.
+
+    Raises:
+        MissingModelError, UnknownModelError, NoOutputCapError: for the first record that cannot.
+    """
+    checked: set[tuple[str, str, int | None]] = set()
+    for record in records:
+        model = model_for(record, policy)
+        key = (model, record.agent, record.max_output_tokens)
+        if key in checked:
+            continue
+        price = engine.prices.price(model, record.ts)
+        engine.caps.output_tokens_max(agent=record.agent, requested=record.max_output_tokens, price=price,
+                                      input_tokens_max=record.input_tokens)
+        checked.add(key)
+
+
 def replay(records: Sequence[TraceRecord], *, engine: Engine, clock: VirtualClock, policy: Policy,
            on_progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Replay records (already in time order) through the engine.
@@ -141,9 +159,11 @@ def replay(records: Sequence[TraceRecord], *, engine: Engine, clock: VirtualCloc
         on_progress: called with the number of calls done, every 256 calls and at the end.
 
     Raises:
-        MissingModelError, UnknownModelError, NoOutputCapError: on the first record
-            that cannot be priced or bounded; nothing after it is replayed.
+        MissingModelError, UnknownModelError, NoOutputCapError: when a record cannot be
+            priced or bounded; checked for every record first (:func:`preflight`), so
+            nothing is written.
     """
+    preflight(records, engine=engine, policy=policy)
     outcomes: list[CallOutcome] = []
     for i, record in enumerate(records, start=1):
         outcomes.append(_replay_one(record, engine, clock, policy))
