@@ -270,7 +270,7 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         prevented_mc=sum(g.prevented_mc for g in refusal_groups),
         reconciliation=_reconcile(admitted), headroom=_headroom(admitted, ceiling_fn), timeline=_timeline(admitted),
         budgets=[{"id": b.id, "level": str(b.level), "scope": b.scope, "period": str(b.period),
-                  "limit_mc": b.limit_mc} for b in budgets],
+                  "timezone": b.timezone, "limit_mc": b.limit_mc} for b in budgets],
         skipped_lines=skipped_lines,
     )
 
