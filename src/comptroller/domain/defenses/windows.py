@@ -1,0 +1,48 @@
+"""Time windows aligned to the UNIX epoch, so every process counts the same windows.
+
+A window of ``window_s`` seconds has index ``floor((t - 1970-01-01T00:00Z) / window_s)``
+and covers ``[index * window_s, (index + 1) * window_s)`` seconds after the epoch.
+Two processes that see the same instant compute the same index without talking to
+each other; the index is exact integer arithmetic on :class:`~datetime.timedelta`
+(microseconds), never a float.
+
+Used by the spend-rate breaker (:mod:`comptroller.domain.breaker`) and the kill
+switch's automatic trigger (:mod:`.killswitch`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from comptroller.domain.defenses._checks import require_aware
+
+__all__ = ["EPOCH", "seconds_until", "window_bounds", "window_index"]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def window_index(now: datetime, window_s: int) -> int:
+    """The index of the aligned window containing ``now``.
+
+    Args:
+        now: an aware instant.
+        window_s: the window length, whole seconds (>= 1).
+
+    Raises:
+        ValueError: on a naive ``now`` or a window shorter than 1 s.
+    """
+    require_aware("now", now)
+    if window_s < 1:
+        raise ValueError(f"window_s must be >= 1 second, got {window_s!r}")
+    return (now - EPOCH) // timedelta(seconds=window_s)
+
+
+def window_bounds(index: int, window_s: int) -> tuple[datetime, datetime]:
+    """Start (inclusive) and end (exclusive) of window ``index``, aware UTC."""
+    start = EPOCH + timedelta(seconds=index * window_s)
+    return start, start + timedelta(seconds=window_s)
+
+
+def seconds_until(later: datetime, now: datetime) -> float:
+    """Seconds from ``now`` to ``later``, never negative (0 once ``later`` has passed)."""
+    return max(0.0, (later - now).total_seconds())
