@@ -23,6 +23,9 @@ from comptroller.domain.scopes import LEVELS, Level
 
 __all__ = ["account_keys", "alert_thresholds_crossed", "applicable_budgets", "decide"]
 
+_LEVEL_ORDER = {level: i for i, level in enumerate(LEVELS)}
+"""Rank of each level, broadest first."""
+
 
 def applicable_budgets(
     scopes: Sequence[tuple[Level, str]], budgets: Iterable[Budget]
@@ -52,8 +55,8 @@ def applicable_budgets(
         elif budget.scope == ANY_SCOPE:
             defaults[(budget.level, budget.period)] = budget
     chosen = {**defaults, **specific}
-    order = {level: i for i, level in enumerate(LEVELS)}
-    return [(b, by_level[b.level]) for _, b in sorted(chosen.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))]
+    return [(b, by_level[b.level])
+            for _, b in sorted(chosen.items(), key=lambda kv: (_LEVEL_ORDER[kv[0][0]], kv[0][1]))]
 
 
 def decide(ceiling_mc: int, accounts: Sequence[AccountView]) -> Refusal | None:
@@ -70,8 +73,7 @@ def decide(ceiling_mc: int, accounts: Sequence[AccountView]) -> Refusal | None:
     refusing = [a for a in accounts if a.settled_mc + a.reserved_mc + ceiling_mc > a.budget.limit_mc]
     if not refusing:
         return None
-    order = {level: i for i, level in enumerate(LEVELS)}
-    worst = min(refusing, key=lambda a: (a.remaining_mc, order[a.budget.level]))
+    worst = min(refusing, key=lambda a: (a.remaining_mc, _LEVEL_ORDER[a.budget.level]))
     return Refusal(
         code=Code.BUDGET_EXCEEDED,
         level=worst.budget.level,

@@ -50,12 +50,14 @@ LEVELS: tuple[Level, ...] = tuple(Level)
 
 
 def _escape(part: str) -> str:
+    if "|" not in part and "\\" not in part:  # the usual id: nothing to escape, no copies
+        return part
     return part.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def scope_key(*parts: str) -> str:
     """Join attribution ids into one scope key, escaping ``|`` and ``\\``."""
-    return "|".join(_escape(p) for p in parts)
+    return "|".join(map(_escape, parts))
 
 
 def _check_id(name: str, value: str | None, *, required: bool) -> None:
@@ -100,15 +102,19 @@ class Attribution:
 
     def scopes(self) -> tuple[tuple[Level, str], ...]:
         """``(level, scope key)`` for every level that applies to this call, broadest first."""
-        ns, tenant, agent = self.namespace, self.tenant, self.agent
+        # each id escaped once; joining escaped ids with "|" is scope_key(*ids)
+        ns = _escape(self.namespace)
+        tenant_key = f"{ns}|{_escape(self.tenant)}"
+        agent_key = f"{tenant_key}|{_escape(self.agent)}"
         out: list[tuple[Level, str]] = [
-            (Level.NAMESPACE, scope_key(ns)),
-            (Level.TENANT, scope_key(ns, tenant)),
-            (Level.AGENT, scope_key(ns, tenant, agent)),
+            (Level.NAMESPACE, ns),
+            (Level.TENANT, tenant_key),
+            (Level.AGENT, agent_key),
         ]
         if self.conversation is not None:
-            out.append((Level.AGENT_CONVERSATION, scope_key(ns, tenant, agent, self.conversation)))
-            out.append((Level.CONVERSATION, scope_key(ns, self.conversation)))
+            conversation = _escape(self.conversation)
+            out.append((Level.AGENT_CONVERSATION, f"{agent_key}|{conversation}"))
+            out.append((Level.CONVERSATION, f"{ns}|{conversation}"))
         if self.task is not None:
-            out.append((Level.TASK, scope_key(ns, self.task)))
+            out.append((Level.TASK, f"{ns}|{_escape(self.task)}"))
         return tuple(out)

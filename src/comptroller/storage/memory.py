@@ -88,11 +88,11 @@ class MemoryStore:
                 code = Code.ALREADY_RESERVED if request.same_request(existing) else Code.IDEMPOTENCY_CONFLICT
                 return ReserveResult(code, reservation=existing if code is Code.ALREADY_RESERVED else None)
             keys = account_keys(request.attribution.scopes(), self._budgets.values(), now)
-            views = [self._view(b, scope, period) for b, scope, period in keys]
+            held = [(b.id, scope, period) for b, scope, period in keys]
+            views = [self._view(key, b) for key, (b, _, _) in zip(held, keys, strict=True)]
             refusal = decide(request.ceiling_mc, views)
             if refusal is not None:
                 return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal)
-            held = [(b.id, scope, period) for b, scope, period in keys]
             for key in held:
                 self._accounts[key].reserved_mc += request.ceiling_mc
             reservation = new_reservation(uuid.uuid4().hex, request, now)
@@ -102,10 +102,12 @@ class MemoryStore:
             heapq.heappush(self._leases, (reservation.expires_at, reservation.id))
             return ReserveResult(Code.OK, reservation=reservation)
 
-    def _view(self, budget: Budget, scope: str, period: str) -> AccountView:
-        account = self._accounts.setdefault((budget.id, scope, period), _Account(budget))
+    def _view(self, key: _AccountKey, budget: Budget) -> AccountView:
+        account = self._accounts.get(key)
+        if account is None:
+            account = self._accounts[key] = _Account(budget)
         account.budget = budget
-        return AccountView(budget, scope, period, account.settled_mc, account.reserved_mc,
+        return AccountView(budget, key[1], key[2], account.settled_mc, account.reserved_mc,
                            account.alert_pct_fired)
 
     def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime) -> SettleResult:

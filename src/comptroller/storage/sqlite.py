@@ -10,6 +10,12 @@ A process killed mid-transaction leaves nothing half-written; its pending
 reservations return when their lease expires.
 
 Times are stored as UTC epoch seconds (REAL); money as INTEGER millicents.
+
+Budgets are read on every reserve and settle, so each store keeps them parsed in a
+:class:`_BudgetCache`. Triggers bump ``meta.budgets_version`` in the same
+transaction as any write to ``budgets`` (from this store, another process or plain
+SQL), and every write transaction reads that version before using the cache, so a
+cached budget is never older than the transaction that uses it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
-from comptroller.domain.budgets import Budget
+from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.ledger import (
     AccountView,
@@ -77,6 +84,16 @@ CREATE TABLE IF NOT EXISTS events (
     level TEXT, scope TEXT, detail TEXT NOT NULL);
 """
 
+# Any write to ``budgets`` bumps the version the budget caches check (statements with
+# inner ``;``, so run one by one rather than split with _SCHEMA).
+_BUMP = "BEGIN UPDATE meta SET value = value + 1 WHERE key = 'budgets_version'; END"
+_TRIGGERS = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS budgets_version_{op.lower()} AFTER {op} ON budgets {_BUMP}"
+    for op in ("INSERT", "UPDATE", "DELETE")
+)
+_BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
+_CACHE_ENTRIES_MAX = 100_000
+
 _RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
              "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids")
 _USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
@@ -102,6 +119,49 @@ def _attribution(row: Sequence[Any]) -> Attribution:
                        phase=row[5])
 
 
+class _BudgetCache:
+    """Parsed budgets of one ledger file, valid for one ``meta.budgets_version``.
+
+    Used only inside a write transaction (under the store's lock): :meth:`sync`
+    first, with the transaction's cursor, then lookups. A lookup that misses reads
+    the rows it needs; the cache holds at most ``_CACHE_ENTRIES_MAX`` entries per map
+    and starts over when full.
+    """
+
+    def __init__(self) -> None:
+        self.version: object = None
+        self._by_scope: dict[tuple[str, str], tuple[Budget, ...]] = {}
+        self._by_id: dict[str, Budget | None] = {}
+
+    def sync(self, cur: sqlite3.Cursor) -> None:
+        """Drop everything if a budget changed since the last transaction that used the cache."""
+        version = cur.execute("SELECT value FROM meta WHERE key = 'budgets_version'").fetchone()
+        if version is None or version[0] != self.version:
+            self._by_scope.clear()
+            self._by_id.clear()
+            self.version = None if version is None else version[0]
+
+    def for_scope(self, cur: sqlite3.Cursor, level: str, scope: str) -> tuple[Budget, ...]:
+        """The budgets set on exactly ``(level, scope)`` (``scope`` may be ``*``)."""
+        budgets = self._by_scope.get((level, scope))
+        if budgets is None:
+            if len(self._by_scope) >= _CACHE_ENTRIES_MAX:
+                self._by_scope.clear()
+            budgets = tuple(_budget(r) for r in cur.execute(
+                f"SELECT {_BUDGET_COLS} FROM budgets WHERE level = ? AND scope = ?", (level, scope)))
+            self._by_scope[(level, scope)] = budgets
+        return budgets
+
+    def by_id(self, cur: sqlite3.Cursor, budget_id: str) -> Budget | None:
+        """The budget with this id, or None if it was deleted."""
+        if budget_id not in self._by_id:
+            if len(self._by_id) >= _CACHE_ENTRIES_MAX:
+                self._by_id.clear()
+            row = cur.execute(f"SELECT {_BUDGET_COLS} FROM budgets WHERE id = ?", (budget_id,)).fetchone()
+            self._by_id[budget_id] = None if row is None else _budget(row)
+        return self._by_id[budget_id]
+
+
 class SQLiteStore:
     """A :class:`~comptroller.ports.LedgerStore` in one SQLite file.
 
@@ -121,14 +181,18 @@ class SQLiteStore:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout_s)
         self._lock = threading.Lock()
+        self._budgets = _BudgetCache()
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        _set_wal(self._conn, busy_timeout_s)
         self._conn.execute("PRAGMA synchronous = NORMAL")
         with self._write() as cur:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     cur.execute(statement)
+            for trigger in _TRIGGERS:
+                cur.execute(trigger)
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('budgets_version', '0')")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
@@ -199,23 +263,31 @@ class SQLiteStore:
             )
             return ReserveResult(Code.OK, reservation=reservation)
 
-    @staticmethod
-    def _candidate_budgets(cur: sqlite3.Cursor, scopes: Sequence[tuple[Level, str]]) -> list[Budget]:
-        clauses = " OR ".join("(level = ? AND scope IN (?, '*'))" for _ in scopes)
-        params = [p for level, key in scopes for p in (str(level), key)]
-        return [_budget(r) for r in cur.execute(f"SELECT * FROM budgets WHERE {clauses}", params)]
+    def _candidate_budgets(self, cur: sqlite3.Cursor, scopes: Sequence[tuple[Level, str]]) -> list[Budget]:
+        """Budgets set on one of the call's scopes or on its level's default ``*`` (from the cache)."""
+        self._budgets.sync(cur)
+        candidates: list[Budget] = []
+        for level, key in scopes:
+            candidates += self._budgets.for_scope(cur, level, key)
+            if key != ANY_SCOPE:
+                candidates += self._budgets.for_scope(cur, level, ANY_SCOPE)
+        return candidates
 
     @staticmethod
     def _accounts_for(cur: sqlite3.Cursor, keys: Sequence[tuple[Budget, str, str]]
                       ) -> tuple[list[int], list[AccountView]]:
+        """Ids and balances of the accounts a call touches, creating the missing ones (empty)."""
         ids: list[int] = []
         views: list[AccountView] = []
         for budget, scope, period in keys:
-            cur.execute("INSERT OR IGNORE INTO accounts (budget_id, scope, period_key) VALUES (?, ?, ?)",
-                        (budget.id, scope, period))
+            budget_id = budget.id
             row = cur.execute(
                 "SELECT id, settled_mc, reserved_mc, alert_pct_fired FROM accounts "
-                "WHERE budget_id = ? AND scope = ? AND period_key = ?", (budget.id, scope, period)).fetchone()
+                "WHERE budget_id = ? AND scope = ? AND period_key = ?", (budget_id, scope, period)).fetchone()
+            if row is None:
+                cur.execute("INSERT INTO accounts (budget_id, scope, period_key) VALUES (?, ?, ?)",
+                            (budget_id, scope, period))
+                row = (cur.lastrowid, 0, 0, 0)
             ids.append(row[0])
             views.append(AccountView(budget, scope, period, row[1], row[2], row[3]))
         return ids, views
@@ -232,26 +304,32 @@ class SQLiteStore:
                 return SettleResult(Code.ALREADY_SETTLED, self._usage_row(cur, reservation_id))
             late = reservation.state is not ReservationState.PENDING
             held = 0 if late else reservation.ceiling_mc
-            for account_id in _ids(row[15]):
-                self._charge(cur, account_id, held, cost_mc, now)
+            self._budgets.sync(cur)
+            cur.executemany(
+                "UPDATE accounts SET settled_mc = settled_mc + ?, reserved_mc = reserved_mc - ?, "
+                "alert_pct_fired = ? WHERE id = ?",
+                [(cost_mc, held, self._alerts(cur, i, cost_mc, now), i) for i in _ids(row[15])])
             record = settled_record(reservation, usage, cost_mc, now, late=late)
             self._insert_usage(cur, record)
             cur.execute("UPDATE reservations SET state = 'settled' WHERE id = ?", (reservation_id,))
             return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record)
 
-    def _charge(self, cur: sqlite3.Cursor, account_id: int, held_mc: int, cost_mc: int, now: datetime) -> None:
-        row = cur.execute(
-            "SELECT a.scope, a.period_key, a.settled_mc, a.reserved_mc, a.alert_pct_fired, b.id, b.level, "
-            "b.scope, b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a "
-            "LEFT JOIN budgets b ON b.id = a.budget_id WHERE a.id = ?", (account_id,)).fetchone()
-        fired = row[4]
-        if row[5] is not None:
-            view = AccountView(_budget(row[5:]), row[0], row[1], row[2], row[3], row[4])
-            for pct in alert_thresholds_crossed(view, row[2] + cost_mc):
-                self._insert_event(cur, alert_event(view, pct, row[2] + cost_mc, now))
-                fired = pct
-        cur.execute("UPDATE accounts SET settled_mc = settled_mc + ?, reserved_mc = reserved_mc - ?, "
-                    "alert_pct_fired = ? WHERE id = ?", (cost_mc, held_mc, fired, account_id))
+    def _alerts(self, cur: sqlite3.Cursor, account_id: int, cost_mc: int, now: datetime) -> int:
+        """Record the alerts a charge of ``cost_mc`` crosses on one account; its new ``alert_pct_fired``.
+
+        An account whose budget was deleted fires no alert.
+        """
+        budget_id, scope, period, settled_mc, reserved_mc, fired = cur.execute(
+            "SELECT budget_id, scope, period_key, settled_mc, reserved_mc, alert_pct_fired FROM accounts "
+            "WHERE id = ?", (account_id,)).fetchone()
+        budget = self._budgets.by_id(cur, budget_id)
+        if budget is None:
+            return int(fired)
+        view = AccountView(budget, scope, period, settled_mc, reserved_mc, fired)
+        for pct in alert_thresholds_crossed(view, settled_mc + cost_mc):
+            self._insert_event(cur, alert_event(view, pct, settled_mc + cost_mc, now))
+            fired = pct
+        return int(fired)
 
     def release(self, reservation_id: str, now: datetime) -> ReleaseResult:
         """Return the whole hold once."""
@@ -362,6 +440,24 @@ class SQLiteStore:
         """Close the connection."""
         with self._lock:
             self._conn.close()
+
+
+def _set_wal(conn: sqlite3.Connection, busy_timeout_s: float) -> None:
+    """Switch the file to WAL, retrying "database is locked" until the busy timeout.
+
+    ``PRAGMA journal_mode`` may answer SQLITE_BUSY at once, without calling the busy
+    handler, while another process converts a fresh file; without the retry, processes
+    opening a new ledger together fail now and then.
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _ids(account_ids: str) -> list[int]:
