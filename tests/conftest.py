@@ -1,10 +1,10 @@
-"""Shared fixtures: hypothesis profiles, the ledger backends, and request builders.
+"""Shared fixtures and settings: hypothesis profiles and the ledger store under test.
 
 Every contract test takes the ``store`` fixture, which runs it once per backend in
-:data:`BACKENDS`. Adding a backend (PostgreSQL) is one line there: a name and a
-factory taking pytest's ``tmp_path``.
+``ledger_kit.BACKENDS``. Adding a backend (PostgreSQL) is one line there: a name and
+a factory taking a directory for its files.
 
-Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE``): ``default`` keeps the
+Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE``): ``fast``, the default, keeps the
 suite within its time budget on a 2-core machine; ``thorough`` runs ten times as
 many examples for a nightly job.
 """
@@ -19,26 +19,17 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from comptroller.ports import LedgerStore
-from comptroller.storage.memory import MemoryStore
-from comptroller.storage.sqlite import SQLiteStore
+from ledger_kit import BACKENDS
 
 settings.register_profile(
-    "default", max_examples=40, stateful_step_count=40, deadline=None, database=None, print_blob=True,
+    "fast", max_examples=40, stateful_step_count=40, deadline=None, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
     "thorough", max_examples=400, stateful_step_count=80, deadline=None, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
-
-StoreFactory = Callable[[Path], LedgerStore]
-
-BACKENDS: dict[str, StoreFactory] = {
-    "memory": lambda tmp: MemoryStore(),
-    "sqlite": lambda tmp: SQLiteStore(tmp / "ledger.db"),
-    # "postgres": lambda tmp: PostgresStore(os.environ["COMPTROLLER_TEST_PG_URL"], schema=tmp.name),
-}
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
 @pytest.fixture(params=sorted(BACKENDS))

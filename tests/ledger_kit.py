@@ -7,16 +7,20 @@ for the root ``conftest.py`` (rootdir layout without ``__init__.py`` files).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from comptroller.domain.budgets import Budget, period_key
 from comptroller.domain.ledger import AccountView, ReserveRequest, UsageRecord
 from comptroller.domain.scopes import Attribution
 from comptroller.domain.usage import Usage
 from comptroller.ports import LedgerStore
+from comptroller.storage.memory import MemoryStore
+from comptroller.storage.sqlite import SQLiteStore
 
 __all__ = [
+    "BACKENDS",
     "T0",
     "USAGE",
     "account_of",
@@ -25,6 +29,17 @@ __all__ = [
     "reserve_request",
     "settled_by_account",
 ]
+
+BACKENDS: dict[str, Callable[[Path], LedgerStore]] = {
+    "memory": lambda directory: MemoryStore(),
+    "sqlite": lambda directory: SQLiteStore(directory / "ledger.db"),
+    # "postgres": lambda directory: PostgresStore(os.environ["COMPTROLLER_TEST_PG_URL"], schema=directory.name),
+}
+"""Every ledger backend by name: a factory opening an empty store with ``directory`` for its files.
+
+The contract tests, the stateful test and its differential twin all run once per
+entry, so a new backend is tested by adding one line here.
+"""
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 """A fixed start instant for tests in virtual time (a Friday, noon UTC)."""

@@ -39,9 +39,7 @@ from comptroller.domain.codes import Code
 from comptroller.domain.ledger import ReserveRequest, ReserveResult
 from comptroller.domain.scopes import LEVELS, Attribution, Level, scope_key
 from comptroller.ports import LedgerStore
-from comptroller.storage.memory import MemoryStore
-from comptroller.storage.sqlite import SQLiteStore
-from ledger_kit import USAGE
+from ledger_kit import BACKENDS, USAGE
 
 NS = "ns"
 BUDGETS = (
@@ -109,8 +107,10 @@ class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="ledger-machine-"))
-        self.stores: list[LedgerStore] = [
-            MemoryStore() if name == "memory" else SQLiteStore(self.tmp / "ledger.db") for name in self.backends]
+        self.stores: list[LedgerStore] = []
+        for name in self.backends:
+            (self.tmp / name).mkdir()
+            self.stores.append(BACKENDS[name](self.tmp / name))
         for store in self.stores:
             for budget in BUDGETS:
                 store.put_budget(budget)
@@ -333,25 +333,19 @@ class LedgerMachine(RuleBasedStateMachine):
             assert events[other] == events[0]
 
 
-class MemoryMachine(LedgerMachine):
-    """The reference model store against the test's model."""
-
-    backends = ("memory",)
-
-
-class SQLiteMachine(LedgerMachine):
-    """The SQLite store (a temporary file) against the test's model."""
-
-    backends = ("sqlite",)
+def _machine(backends: tuple[str, ...]) -> type[LedgerMachine]:
+    """A machine class driving ``backends`` side by side."""
+    name = "Versus".join(b.title() for b in backends)
+    return type(f"{name}Machine", (LedgerMachine,), {"backends": backends, "__doc__": f"{backends} vs the model."})
 
 
-class DifferentialMachine(LedgerMachine):
-    """Memory and SQLite side by side: same codes, refusals, accounts, usage log and events."""
-
-    backends = ("memory", "sqlite")
-
-
-TestMemoryLedger = MemoryMachine.TestCase
-TestMemoryLedger.settings = settings(max_examples=settings.default.max_examples * 4)
-TestSQLiteLedger = SQLiteMachine.TestCase
-TestMemoryVersusSQLite = DifferentialMachine.TestCase
+# One test per backend against the model (memory, the reference, with more examples), and one
+# differential test per other backend against memory: same codes, refusals, ledger and events.
+for _backend in BACKENDS:
+    _case = _machine((_backend,)).TestCase
+    if _backend == "memory":
+        _case.settings = settings(max_examples=settings.default.max_examples * 4)
+    globals()[f"Test{_backend.title()}Ledger"] = _case
+    if _backend != "memory":
+        globals()[f"TestMemoryVersus{_backend.title()}"] = _machine(("memory", _backend)).TestCase
+del _backend, _case  # pytest collects any TestCase left in the module, whatever its name

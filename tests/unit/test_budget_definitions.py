@@ -6,6 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
 
 from comptroller.domain.admission import account_keys, alert_thresholds_crossed, applicable_budgets, decide
 from comptroller.domain.budgets import (
@@ -128,6 +130,28 @@ def test_scope_key_escapes_separators_so_keys_never_collide() -> None:
     assert scope_key("a|b", "c") == "a\\|b|c"
     assert scope_key("a\\", "b") == "a\\\\|b"
     assert scope_key("a\\", "|b") != scope_key("a\\|", "b")
+
+
+ids = st.text(alphabet="ab|\\ ", min_size=1, max_size=5).filter(str.strip)
+
+
+@given(ns=ids, tenant=ids, agent=ids, conversation=ids, task=ids)
+def test_scopes_are_the_scope_keys_of_the_ids(ns: str, tenant: str, agent: str, conversation: str,
+                                              task: str) -> None:
+    """Each level's key is scope_key of the ids in the scopes table, whatever separators they contain."""
+    who = Attribution(namespace=ns, tenant=tenant, agent=agent, conversation=conversation, task=task)
+    assert dict(who.scopes()) == {
+        Level.NAMESPACE: scope_key(ns), Level.TENANT: scope_key(ns, tenant),
+        Level.AGENT: scope_key(ns, tenant, agent), Level.AGENT_CONVERSATION: scope_key(ns, tenant, agent, conversation),
+        Level.CONVERSATION: scope_key(ns, conversation), Level.TASK: scope_key(ns, task)}
+
+
+@given(a=st.lists(ids, min_size=1, max_size=4), b=st.lists(ids, min_size=1, max_size=4))
+@example(a=["a\\", "b"], b=["a|b"])
+def test_scope_keys_of_different_ids_differ(a: list[str], b: list[str]) -> None:
+    """scope_key is injective: two different id tuples never share a key."""
+    assume(a != b)
+    assert scope_key(*a) != scope_key(*b)
 
 
 def test_attribution_scopes_per_level() -> None:

@@ -131,11 +131,10 @@ class AccountView:
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
-    """One row of the usage log: a resolved call.
+    """One row of the usage log: a settled call (releases and expiries write no row).
 
-    ``outcome`` is ``settled``, ``settled_late``, ``released`` or ``expired``;
-    released and expired rows cost 0 and carry no tokens. ``cost_mc > ceiling_mc``
-    marks a ceiling miss.
+    ``outcome`` is ``settled``, or ``settled_late`` when the lease had expired or been
+    released first. ``cost_mc > ceiling_mc`` marks a ceiling miss.
     """
 
     reservation_id: str

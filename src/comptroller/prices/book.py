@@ -3,7 +3,7 @@
 Resolution order for a label:
 
 1. ``aliases`` (configured): a recorded label -> another label or model id,
-   followed up to 8 hops (e.g. ``ModelType.GPT_3_5_TURBO`` -> ``gpt-3.5-turbo-16k``);
+   followed for fewer than 8 hops (e.g. ``ModelType.GPT_3_5_TURBO`` -> ``gpt-3.5-turbo-16k``);
 2. ``overrides`` (configured): a price for a local or custom model, or a
    replacement for genai-prices' price of a known one (e.g. the price billed in 2023);
 3. genai-prices' bundled snapshot (offline; never fetched at run time), priced at

@@ -201,10 +201,11 @@ class SQLiteStore:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
+                cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
-            cur.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
