@@ -52,6 +52,7 @@ from comptroller.ports import LedgerStore
 from comptroller.prices import PriceBook
 from comptroller.storage.memory import MemoryStore
 from comptroller.storage.sqlite import SQLiteStore
+from markdown_block import update_block
 
 MODEL = "gpt-4o-mini"
 NAMESPACE = "bench"
@@ -60,8 +61,6 @@ AGENTS_PER_TENANT = 5
 CONVERSATIONS = 40
 STEP_S = 0.01
 START = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
-BEGIN_MARK = "<!-- bench_ledger:begin -->"
-END_MARK = "<!-- bench_ledger:end -->"
 CONFIGS = ("memory-store", "memory-engine", "sqlite-store", "sqlite-engine", "sqlite-store-N",
            "sqlite-engine-N")
 
@@ -222,18 +221,6 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, text: str) -> None:
-    """Replace the text between the bench_ledger markers in ``path`` (append them if missing)."""
-    block = f"{BEGIN_MARK}\n{text}\n{END_MARK}"
-    doc = path.read_text() if path.exists() else ""
-    if BEGIN_MARK in doc and END_MARK in doc:
-        head, rest = doc.split(BEGIN_MARK, 1)
-        doc = head + block + rest.split(END_MARK, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def profile(config: str, pairs: int, workdir: Path, top: int) -> None:
     """cProfile one single-process run and print the top functions by own and cumulative time."""
     kind, mode = config.split("-")[:2]
@@ -278,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(results)
     print(text)
     if args.markdown is not None:
-        update_markdown(args.markdown, text)
+        update_block(args.markdown, "bench_ledger", text)
 
 
 if __name__ == "__main__":

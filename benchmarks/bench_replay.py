@@ -39,12 +39,11 @@ from comptroller.clock import VirtualClock
 from comptroller.config import Policy, load_policy
 from comptroller.replay import read_traces, replay
 from comptroller.replay.trace import TraceRecord
+from markdown_block import update_block
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "data" / "traces" / "chatdev_warehouse.jsonl"
 POLICY = ROOT / "policies" / "chatdev.toml"
-BEGIN_MARK = "<!-- bench_replay:begin -->"
-END_MARK = "<!-- bench_replay:end -->"
 BACKENDS = ("memory", "sqlite")
 
 
@@ -113,18 +112,6 @@ def table(results: list[Result], calls: int) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, text: str) -> None:
-    """Replace the text between the bench_replay markers in ``path`` (append them if missing)."""
-    block = f"{BEGIN_MARK}\n{text}\n{END_MARK}"
-    doc = path.read_text() if path.exists() else ""
-    if BEGIN_MARK in doc and END_MARK in doc:
-        head, rest = doc.split(BEGIN_MARK, 1)
-        doc = head + block + rest.split(END_MARK, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def profile(backend: str, args: argparse.Namespace, workdir: Path) -> None:
     """cProfile ``args.repeats`` replays and print the top functions by own and cumulative time."""
     policy = load_policy(args.policy)
@@ -164,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(results, len(read_all(args.trace)))
     print(text)
     if args.markdown is not None:
-        update_markdown(args.markdown, text)
+        update_block(args.markdown, "bench_replay", text)
 
 
 if __name__ == "__main__":
