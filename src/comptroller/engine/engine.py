@@ -19,6 +19,7 @@ from datetime import datetime
 
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses.verdict import Verdict
 from comptroller.domain.ledger import Event, ReleaseResult, Reservation, ReserveRequest, SettleResult
 from comptroller.domain.pricing import ceiling_mc, cost_mc
 from comptroller.domain.refusals import Refusal
@@ -61,7 +62,10 @@ class Admission:
         output_tokens_max: the output bound used, tokens (send it upstream as ``max_tokens``).
         ceiling_mc: the amount held, millicents.
         reservation: the lease, when admitted.
-        refusal: why not, when refused.
+        refusal: the budget's numbers, when a budget refused.
+        verdict: why not, when refused by any rule (the one shape every edge renders:
+            ``code``, ``rule``, ``detector``, ``level``, ``scope``, ``message``,
+            ``retry_after_s``, ``evidence``).
     """
 
     code: Code
@@ -70,6 +74,7 @@ class Admission:
     ceiling_mc: int
     reservation: Reservation | None = None
     refusal: Refusal | None = None
+    verdict: Verdict | None = None
 
     @property
     def admitted(self) -> bool:
@@ -120,7 +125,8 @@ class Engine:
         if result.refusal is not None:
             self.store.record_event(_refusal_event(result.refusal, call.attribution, model, now))
         return Admission(code=result.code, model=model, output_tokens_max=output_max, ceiling_mc=ceiling,
-                         reservation=result.reservation, refusal=result.refusal)
+                         reservation=result.reservation, refusal=result.refusal,
+                         verdict=None if result.refusal is None else Verdict.from_refusal(result.refusal))
 
     def settle(self, reservation: Reservation, usage: Usage) -> SettleResult:
         """Charge the actual cost (priced at admission time) and return the rest of the hold.
