@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -24,6 +24,7 @@ from comptroller.domain.ledger import (
     UsageRecord,
 )
 from comptroller.domain.pricing import ModelPrice
+from comptroller.domain.state import AdmitGuard, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
 
 __all__ = ["Clock", "LedgerStore", "PriceSource"]
@@ -75,16 +76,26 @@ class LedgerStore(Protocol):
         """Every budget, ordered by id."""
         ...
 
-    def reserve(self, request: ReserveRequest, now: datetime) -> ReserveResult:
-        """Hold ``request.ceiling_mc`` on every applicable account, atomically, or refuse."""
+    def reserve(self, request: ReserveRequest, now: datetime, guard: AdmitGuard | None = None) -> ReserveResult:
+        """Hold ``request.ceiling_mc`` on every applicable account, atomically, or refuse.
+
+        In one transaction: answer a known idempotency key; else run ``guard`` on its
+        states and the call's accounts (a guard refusal appends its refusal event and
+        stops); else check every budget (a budget refusal appends its refusal event and
+        stops); else hold the ceiling and commit the guard's writes and events.
+        """
         ...
 
-    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime) -> SettleResult:
-        """Charge the actual cost, return the rest of the hold, append one usage row."""
+    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime,
+               guard: SettleGuard | None = None) -> SettleResult:
+        """Charge the actual cost, return the rest of the hold, append one usage row.
+
+        ``guard`` runs in the same transaction when the call is charged (not on a repeat).
+        """
         ...
 
-    def release(self, reservation_id: str, now: datetime) -> ReleaseResult:
-        """Return the whole hold (the call failed or was abandoned)."""
+    def release(self, reservation_id: str, now: datetime, guard: SettleGuard | None = None) -> ReleaseResult:
+        """Return the whole hold (the call failed or was abandoned); ``guard`` runs if it releases."""
         ...
 
     def expire(self, now: datetime) -> int:
@@ -101,6 +112,19 @@ class LedgerStore(Protocol):
 
     def usage_records(self) -> Iterator[UsageRecord]:
         """The usage log in settle order."""
+        ...
+
+    def state(self, key: StateKey) -> StoredState | None:
+        """One defense state, or None if it was never written."""
+        ...
+
+    def states(self, kind: str) -> list[StoredState]:
+        """Every state of one kind, ordered by key."""
+        ...
+
+    def put_state(self, state: StoredState, expected_version: int, events: Sequence[Event] = ()) -> bool:
+        """Compare-and-set: write ``state`` (and append ``events``) iff the stored version is
+        ``expected_version`` (0: the state must not exist yet). False, and nothing written, otherwise."""
         ...
 
     def record_event(self, event: Event) -> None:

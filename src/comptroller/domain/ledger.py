@@ -14,13 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comptroller.domain.budgets import Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution
 from comptroller.domain.usage import Usage
+
+if TYPE_CHECKING:
+    from comptroller.domain.defenses.verdict import Verdict
 
 __all__ = [
     "AccountView",
@@ -177,11 +180,19 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class ReserveResult:
-    """The ledger's answer to a reserve: a reservation, or the refusal."""
+    """The ledger's answer to a reserve: a reservation, or the refusal.
+
+    Attributes:
+        code: ``ok``/``already_reserved`` when admitted, else the refusing rule's code.
+        reservation: the hold, when admitted.
+        refusal: a budget's numbers, when a budget refused.
+        verdict: why not, for every refusal (a budget refusal as :meth:`Verdict.from_refusal`).
+    """
 
     code: Code
     reservation: Reservation | None = None
     refusal: Refusal | None = None
+    verdict: Verdict | None = None
 
     @property
     def admitted(self) -> bool:

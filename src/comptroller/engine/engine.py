@@ -42,6 +42,15 @@ class CallRequest:
         max_tokens: the requested output limit, if any (the cap may lower it).
         idempotency_key: the caller's id for this call (default: a new UUID).
         ttl_s: the lease length, seconds (default: the engine's).
+        run_id: the scheduled run (heartbeat, cron job) the call belongs to, if any;
+            its deadline applies (open it first with ``Engine.open_run``).
+        attempt_id: the attempt of the task this call belongs to (a scheduler's run id,
+            a retry counter); each new attempt id of a task counts against the re-attempt
+            limit (default: ``run_id``, else no counting).
+        fingerprint: :func:`comptroller.domain.defenses.similarity.fingerprint` of the model
+            and messages, for the same-request loop detector (None: detector skipped).
+        text: what the agent adds in this turn (its last message), for the alternation and
+            near-duplicate detectors (None: skipped).
     """
 
     attribution: Attribution
@@ -50,6 +59,10 @@ class CallRequest:
     max_tokens: int | None = None
     idempotency_key: str | None = None
     ttl_s: float | None = None
+    run_id: str | None = None
+    attempt_id: str | None = None
+    fingerprint: str | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
