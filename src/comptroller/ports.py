@@ -27,7 +27,7 @@ from comptroller.domain.pricing import ModelPrice
 from comptroller.domain.state import AdmitGuard, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
 
-__all__ = ["Clock", "LedgerStore", "PriceSource"]
+__all__ = ["Clock", "EventSink", "LedgerStore", "PriceSource"]
 
 
 class Clock(Protocol):
@@ -35,6 +35,19 @@ class Clock(Protocol):
 
     def now(self) -> datetime:
         """The current instant, an aware UTC datetime."""
+        ...
+
+
+class EventSink(Protocol):
+    """A subscriber to ledger events (``comptroller.notify``: structured log, webhook).
+
+    ``publish`` is called after the transaction that appended the events committed;
+    it must not block the call path nor raise into it. The events are durable in the
+    ledger whatever a sink does with them.
+    """
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Hand over committed events, oldest first."""
         ...
 
 

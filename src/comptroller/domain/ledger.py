@@ -187,12 +187,14 @@ class ReserveResult:
         reservation: the hold, when admitted.
         refusal: a budget's numbers, when a budget refused.
         verdict: why not, for every refusal (a budget refusal as :meth:`Verdict.from_refusal`).
+        events: the events this reserve appended (a refusal, a trip...), for subscribers.
     """
 
     code: Code
     reservation: Reservation | None = None
     refusal: Refusal | None = None
     verdict: Verdict | None = None
+    events: tuple[Event, ...] = ()
 
     @property
     def admitted(self) -> bool:
@@ -202,15 +204,17 @@ class ReserveResult:
 
 @dataclass(frozen=True, slots=True)
 class SettleResult:
-    """The ledger's answer to a settle."""
+    """The ledger's answer to a settle; ``events``: what it appended (alerts, breaker trips...)."""
 
     code: Code
     record: UsageRecord | None = None
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ReleaseResult:
-    """The ledger's answer to a release."""
+    """The ledger's answer to a release; ``events``: what it appended (a breaker closing...)."""
 
     code: Code
+    events: tuple[Event, ...] = ()
 

@@ -14,18 +14,24 @@ time of admission, with the model of the reservation.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses.chain import RUN, AdmitDefenses, CallFacts, Defenses, SettleDefenses
+from comptroller.domain.defenses.deadline import RunKind, ScheduledRun
+from comptroller.domain.defenses.pacing import PaceAction
+from comptroller.domain.defenses.pinning import PinningPolicy, Route, RouteReason, cheaper_models, route_request
 from comptroller.domain.defenses.verdict import Verdict
 from comptroller.domain.ledger import Event, ReleaseResult, Reservation, ReserveRequest, SettleResult
 from comptroller.domain.pricing import ceiling_mc, cost_mc
 from comptroller.domain.refusals import Refusal
-from comptroller.domain.scopes import Attribution
+from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.state import StateKey, StoredState
 from comptroller.domain.usage import Usage
-from comptroller.ports import Clock, LedgerStore, PriceSource
+from comptroller.ports import Clock, EventSink, LedgerStore, PriceSource
 
 __all__ = ["Admission", "CallRequest", "Engine"]
 
@@ -79,6 +85,8 @@ class Admission:
         verdict: why not, when refused by any rule (the one shape every edge renders:
             ``code``, ``rule``, ``detector``, ``level``, ``scope``, ``message``,
             ``retry_after_s``, ``evidence``).
+        route: where the call went and why (pinning, a paced downgrade), when admitted or
+            refused after pinning.
     """
 
     code: Code
@@ -88,6 +96,7 @@ class Admission:
     reservation: Reservation | None = None
     refusal: Refusal | None = None
     verdict: Verdict | None = None
+    route: Route | None = None
 
     @property
     def admitted(self) -> bool:
@@ -96,26 +105,36 @@ class Admission:
 
 
 class Engine:
-    """Composes pricing, output caps and the ledger for one call.
+    """Composes pricing, output caps, the runtime defenses and the ledger for one call.
 
     Args:
-        store: the ledger.
+        store: the ledger (it also keeps the defenses' state).
         prices: the price source (aliases and overrides included).
         clock: the time source.
         caps: per-turn output caps.
         ttl_s: default lease length, seconds.
+        defenses: the runtime defenses (default: budgets only; policies switch them on).
+        sinks: subscribers told of every event a call appends (refusals, trips, alerts), after commit.
     """
 
     def __init__(self, *, store: LedgerStore, prices: PriceSource, clock: Clock,
-                 caps: OutputCaps | None = None, ttl_s: float = 600.0) -> None:
+                 caps: OutputCaps | None = None, ttl_s: float = 600.0, defenses: Defenses | None = None,
+                 sinks: Sequence[EventSink] = ()) -> None:
         self.store = store
         self.prices = prices
         self.clock = clock
         self.caps = caps or OutputCaps()
         self.ttl_s = ttl_s
+        self.defenses = defenses or Defenses.budgets_only()
+        self.sinks = tuple(sinks)
+        self._settle_guard = SettleDefenses(self.defenses)
 
     def admit(self, call: CallRequest) -> Admission:
-        """Price the call's ceiling and reserve it on every applicable budget, or refuse.
+        """Run every defense in the fixed order, then reserve the ceiling on every budget, or refuse.
+
+        One store transaction decides: an idempotency key seen before is answered
+        first (``already_reserved``), then kill switch, pinning, deadline, loop,
+        breaker and pacing (:mod:`comptroller.domain.defenses.order`), then the budgets.
 
         Raises:
             UnknownModelError: for a model without a price.
@@ -123,44 +142,107 @@ class Engine:
             ValueError: on negative token bounds.
         """
         now = self.clock.now()
-        model = self.prices.resolve(call.model)
+        key = call.idempotency_key or uuid.uuid4().hex
+        requested = self.prices.resolve(call.model)
+        route = self._route(call.attribution, requested)
+        model = route.model if isinstance(route, Route) else requested
+        requests = {model: self._request(call, model, key, now)}
+        if isinstance(route, Route):
+            requests.update(self._downgrades(call, requests[model], key, now))
+        facts = CallFacts(call_id=key, attribution=call.attribution, route=route, requests=requests,
+                          run_id=call.run_id, attempt_id=call.attempt_id or call.run_id,
+                          fingerprint=call.fingerprint, text=call.text)
+        result = self.store.reserve(requests[model], now, AdmitDefenses(self.defenses, facts))
+        self._publish(result.events)
+        held = requests.get(result.reservation.model, requests[model]) if result.reservation else requests[model]
+        return Admission(code=result.code, model=held.model, output_tokens_max=held.output_tokens_max,
+                         ceiling_mc=held.ceiling_mc, reservation=result.reservation, refusal=result.refusal,
+                         verdict=result.verdict, route=_route_taken(route, held.model))
+
+    def _route(self, attribution: Attribution, model: str) -> Route | Verdict:
+        pinning = self.defenses.pinning
+        if pinning is None:
+            return Route(model, model, RouteReason.UNPINNED, "no model pins are configured")
+        agent_scope = dict(attribution.scopes())[Level.AGENT]
+        return route_request(pinning, agent=attribution.agent, scope=agent_scope, model=model)
+
+    def _request(self, call: CallRequest, model: str, key: str, now: datetime) -> ReserveRequest:
         price = self.prices.price(model, now)
         output_max = self.caps.output_tokens_max(agent=call.attribution.agent, requested=call.max_tokens,
                                                  price=price, input_tokens_max=call.input_tokens_max)
         ceiling = ceiling_mc(price, input_tokens_max=call.input_tokens_max, output_tokens_max=output_max)
-        request = ReserveRequest(
-            idempotency_key=call.idempotency_key or uuid.uuid4().hex,
-            attribution=call.attribution, model=model, ceiling_mc=ceiling,
-            input_tokens_max=call.input_tokens_max, output_tokens_max=output_max,
-            ttl_s=call.ttl_s or self.ttl_s,
-        )
-        result = self.store.reserve(request, now)
-        if result.refusal is not None:
-            self.store.record_event(_refusal_event(result.refusal, call.attribution, model, now))
-        return Admission(code=result.code, model=model, output_tokens_max=output_max, ceiling_mc=ceiling,
-                         reservation=result.reservation, refusal=result.refusal,
-                         verdict=None if result.refusal is None else Verdict.from_refusal(result.refusal))
+        return ReserveRequest(idempotency_key=key, attribution=call.attribution, model=model, ceiling_mc=ceiling,
+                              input_tokens_max=call.input_tokens_max, output_tokens_max=output_max,
+                              ttl_s=call.ttl_s or self.ttl_s)
+
+    def _downgrades(self, call: CallRequest, routed: ReserveRequest, key: str,
+                    now: datetime) -> dict[str, ReserveRequest]:
+        """The requests on the agent's cheaper allowed models, when pacing may downgrade to them."""
+        pinning, pacing = self.defenses.pinning, self.defenses.pacing
+        if pinning is None or pacing is None or pacing.action is not PaceAction.DOWNGRADE:
+            return {}
+        agent = call.attribution.agent
+        candidates = {m: self._request(call, m, key, now) for m in allowed_models(pinning, agent)
+                      if m != routed.model}
+        ceilings = {routed.model: routed.ceiling_mc, **{m: r.ceiling_mc for m, r in candidates.items()}}
+        cheaper = cheaper_models(pinning, agent=agent, model=routed.model, ceilings_mc=ceilings)
+        return {m: candidates[m] for m in cheaper}
 
     def settle(self, reservation: Reservation, usage: Usage) -> SettleResult:
         """Charge the actual cost (priced at admission time) and return the rest of the hold.
 
+        The breakers and automatic kill switches count the cost in the same transaction.
         Idempotent: a second settle answers ``already_settled`` and charges nothing.
         """
         price = self.prices.price(reservation.model, reservation.created_at)
-        return self.store.settle(reservation.id, usage, cost_mc(price, usage), self.clock.now())
+        result = self.store.settle(reservation.id, usage, cost_mc(price, usage), self.clock.now(),
+                                   self._settle_guard)
+        self._publish(result.events)
+        return result
 
     def release(self, reservation: Reservation) -> ReleaseResult:
-        """Return the whole hold: the call failed or was abandoned."""
-        return self.store.release(reservation.id, self.clock.now())
+        """Return the whole hold: the call failed or was abandoned (a breaker probe lease returns too)."""
+        result = self.store.release(reservation.id, self.clock.now(), self._settle_guard)
+        self._publish(result.events)
+        return result
+
+    def open_run(self, run_id: str, duration_s_max: float, *, attribution: Attribution,
+                 kind: RunKind = RunKind.SCHEDULED) -> ScheduledRun:
+        """Open a scheduled run (heartbeat, cron job) now; calls naming it are refused after its deadline.
+
+        Idempotent: opening a run id that exists returns the stored run unchanged.
+
+        Raises:
+            DefenseConfigError: on an empty run id or a duration outside (0, 7 days] s.
+        """
+        scope = dict(attribution.scopes())[Level.AGENT]
+        run = ScheduledRun(run_id=run_id, kind=kind, level=Level.AGENT, scope=scope, opened_at=self.clock.now(),
+                           duration_s_max=duration_s_max)
+        key = StateKey(RUN, run_id)
+        if self.store.put_state(StoredState(key, 1, run.to_record()), expected_version=0):
+            return run
+        stored = self.store.state(key)
+        assert stored is not None  # it existed: put_state refused because of it
+        return ScheduledRun.from_record(stored.record)
+
+    def _publish(self, events: Sequence[Event]) -> None:
+        if events:
+            for sink in self.sinks:
+                sink.publish(events)
 
 
-def _refusal_event(refusal: Refusal, attribution: Attribution, model: str, now: datetime) -> Event:
-    return Event(
-        ts=now, kind="refusal", code=str(refusal.code), level=str(refusal.level), scope=refusal.scope,
-        detail={
-            "budget_id": refusal.budget_id, "limit_mc": refusal.limit_mc, "settled_mc": refusal.settled_mc,
-            "reserved_mc": refusal.reserved_mc, "requested_mc": refusal.requested_mc, "model": model,
-            "agent": attribution.agent, "conversation": attribution.conversation, "task": attribution.task,
-            "phase": attribution.phase,
-        },
-    )
+def allowed_models(policy: PinningPolicy, agent: str) -> list[str]:
+    """The models an agent's pin allows (by name or by tier), sorted; empty if unpinned."""
+    pin = policy.pin_for(agent)
+    if pin is None:
+        return []
+    return sorted({*pin.models, *(m for m, tier in policy.model_tiers.items() if tier in pin.tiers)})
+
+
+def _route_taken(route: Route | Verdict, model: str) -> Route | None:
+    if isinstance(route, Verdict):
+        return None
+    if route.model == model:
+        return route
+    return Route(model, route.requested_model, RouteReason.PACING_DOWNGRADE,
+                 f"pacing moved the call from {route.model!r} to the cheaper allowed {model!r}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import heapq
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
 from comptroller.domain.budgets import Budget
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses.verdict import Verdict
 from comptroller.domain.ledger import (
     AccountView,
     Event,
@@ -28,8 +29,9 @@ from comptroller.domain.ledger import (
     SettleResult,
     UsageRecord,
 )
+from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
-from comptroller.storage.rows import alert_event, new_reservation, settled_record
+from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
 
 __all__ = ["MemoryStore"]
 
@@ -57,6 +59,7 @@ class MemoryStore:
         self._leases: list[tuple[datetime, str]] = []
         self._usage: list[UsageRecord] = []
         self._events: list[Event] = []
+        self._states: dict[StateKey, StoredState] = {}
 
     # budgets
     def put_budget(self, budget: Budget) -> None:
@@ -78,8 +81,8 @@ class MemoryStore:
             return [self._budgets[k] for k in sorted(self._budgets)]
 
     # reservations
-    def reserve(self, request: ReserveRequest, now: datetime) -> ReserveResult:
-        """Hold the ceiling on every applicable account, or refuse."""
+    def reserve(self, request: ReserveRequest, now: datetime, guard: AdmitGuard | None = None) -> ReserveResult:
+        """Answer a known key; else run the guard, then the budgets; hold the ceiling or refuse."""
         with self._lock:
             self._expire_locked(now)
             existing_id = self._by_key.get(request.idempotency_key)
@@ -90,9 +93,20 @@ class MemoryStore:
             keys = account_keys(request.attribution.scopes(), self._budgets.values(), now)
             held = [(b.id, scope, period) for b, scope, period in keys]
             views = [self._view(key, b) for key, (b, _, _) in zip(held, keys, strict=True)]
+            outcome = GuardOutcome()
+            if guard is not None:
+                outcome = guard.apply(self._read_states(guard.state_keys()), views, now)
+                if outcome.verdict is not None:
+                    refused = replace(outcome, events=(*outcome.events, refusal_event(outcome.verdict, request, now)))
+                    self._commit(refused)
+                    return ReserveResult(outcome.verdict.code, verdict=outcome.verdict, events=refused.events)
+                request = outcome.request or request
             refusal = decide(request.ceiling_mc, views)
             if refusal is not None:
-                return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal)
+                verdict = Verdict.from_refusal(refusal)
+                event = refusal_event(verdict, request, now)
+                self._events.append(event)
+                return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal, verdict=verdict, events=(event,))
             for key in held:
                 self._accounts[key].reserved_mc += request.ceiling_mc
             reservation = new_reservation(uuid.uuid4().hex, request, now)
@@ -100,7 +114,22 @@ class MemoryStore:
             self._holds[reservation.id] = held
             self._by_key[request.idempotency_key] = reservation.id
             heapq.heappush(self._leases, (reservation.expires_at, reservation.id))
-            return ReserveResult(Code.OK, reservation=reservation)
+            self._commit(outcome)
+            return ReserveResult(Code.OK, reservation=reservation, events=outcome.events)
+
+    def _read_states(self, keys: Iterable[StateKey]) -> dict[StateKey, StoredState]:
+        return {k: self._states[k] for k in sorted(set(keys)) if k in self._states}
+
+    def _commit(self, outcome: GuardOutcome) -> None:
+        for state in outcome.writes:
+            self._states[state.key] = state
+        self._events.extend(outcome.events)
+
+    def _after(self, guard: SettleGuard | None, reservation: Reservation, cost_mc: int | None,
+               now: datetime) -> None:
+        if guard is not None:
+            states = self._read_states(guard.state_keys(reservation))
+            self._commit(guard.apply(reservation, cost_mc, states, now))
 
     def _view(self, key: _AccountKey, budget: Budget) -> AccountView:
         account = self._accounts.get(key)
@@ -110,7 +139,8 @@ class MemoryStore:
         return AccountView(budget, key[1], key[2], account.settled_mc, account.reserved_mc,
                            account.alert_pct_fired)
 
-    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime) -> SettleResult:
+    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime,
+               guard: SettleGuard | None = None) -> SettleResult:
         """Charge the actual cost once; repeats answer ``already_settled``."""
         with self._lock:
             self._expire_locked(now)
@@ -121,6 +151,7 @@ class MemoryStore:
                 record = next(r for r in self._usage if r.reservation_id == reservation_id)
                 return SettleResult(Code.ALREADY_SETTLED, record)
             late = reservation.state is not ReservationState.PENDING
+            first = len(self._events)
             for key in self._holds[reservation_id]:
                 account = self._accounts[key]
                 if not late:
@@ -129,7 +160,8 @@ class MemoryStore:
             record = settled_record(reservation, usage, cost_mc, now, late=late)
             self._usage.append(record)
             self._reservations[reservation_id] = replace(reservation, state=ReservationState.SETTLED)
-            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record)
+            self._after(guard, reservation, cost_mc, now)
+            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record, tuple(self._events[first:]))
 
     def _charge(self, account: _Account, key: _AccountKey, cost_mc: int, now: datetime) -> None:
         view = AccountView(account.budget, key[1], key[2], account.settled_mc, account.reserved_mc,
@@ -141,7 +173,7 @@ class MemoryStore:
             self._events.append(alert_event(view, pct, account.settled_mc, now))
             account.alert_pct_fired = pct
 
-    def release(self, reservation_id: str, now: datetime) -> ReleaseResult:
+    def release(self, reservation_id: str, now: datetime, guard: SettleGuard | None = None) -> ReleaseResult:
         """Return the whole hold once."""
         with self._lock:
             self._expire_locked(now)
@@ -153,7 +185,9 @@ class MemoryStore:
             if reservation.state is not ReservationState.PENDING:
                 return ReleaseResult(Code.ALREADY_RELEASED)
             self._unhold(reservation, ReservationState.RELEASED)
-            return ReleaseResult(Code.RELEASED)
+            first = len(self._events)
+            self._after(guard, reservation, None, now)
+            return ReleaseResult(Code.RELEASED, tuple(self._events[first:]))
 
     def _unhold(self, reservation: Reservation, state: ReservationState) -> None:
         for key in self._holds[reservation.id]:
@@ -192,6 +226,27 @@ class MemoryStore:
         with self._lock:
             records = list(self._usage)
         return iter(records)
+
+    # defense state
+    def state(self, key: StateKey) -> StoredState | None:
+        """One defense state, or None."""
+        with self._lock:
+            return self._states.get(key)
+
+    def states(self, kind: str) -> list[StoredState]:
+        """Every state of one kind, ordered by key."""
+        with self._lock:
+            return [self._states[k] for k in sorted(self._states) if k.kind == kind]
+
+    def put_state(self, state: StoredState, expected_version: int, events: Sequence[Event] = ()) -> bool:
+        """Compare-and-set on the stored version (0: must not exist)."""
+        with self._lock:
+            current = self._states.get(state.key)
+            if (0 if current is None else current.version) != expected_version:
+                return False
+            self._states[state.key] = state
+            self._events.extend(events)
+            return True
 
     def record_event(self, event: Event) -> None:
         """Append an event."""

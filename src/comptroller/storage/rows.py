@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from comptroller.domain.ledger import (
     AccountView,
@@ -14,7 +15,10 @@ from comptroller.domain.ledger import (
 )
 from comptroller.domain.usage import Usage
 
-__all__ = ["alert_event", "new_reservation", "settled_record"]
+if TYPE_CHECKING:
+    from comptroller.domain.defenses.verdict import Verdict
+
+__all__ = ["alert_event", "new_reservation", "refusal_event", "settled_record"]
 
 
 def new_reservation(reservation_id: str, request: ReserveRequest, now: datetime) -> Reservation:
@@ -66,3 +70,10 @@ def alert_event(account: AccountView, pct: int, settled_mc: int, now: datetime) 
             "settled_mc": settled_mc,
         },
     )
+
+
+def refusal_event(verdict: Verdict, request: ReserveRequest, now: datetime) -> Event:
+    """The ``refusal`` event of a refused reserve: the verdict with who asked and for which model."""
+    a = request.attribution
+    return verdict.event(now, model=request.model, agent=a.agent, conversation=a.conversation, task=a.task,
+                         phase=a.phase, requested_mc=request.ceiling_mc)

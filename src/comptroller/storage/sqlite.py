@@ -25,8 +25,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses.verdict import Verdict
 from comptroller.domain.ledger import (
     AccountView,
     Event,
@@ -46,12 +48,14 @@ from comptroller.domain.ledger import (
     UsageRecord,
 )
 from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
-from comptroller.storage.rows import alert_event, new_reservation, settled_record
+from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the ledger; 2: adds ``states`` (defense state rows). Each version only adds tables."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,6 +86,9 @@ CREATE TABLE IF NOT EXISTS usage_log (
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, code TEXT NOT NULL,
     level TEXT, scope TEXT, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS states (
+    kind TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL CHECK (version >= 1),
+    record TEXT NOT NULL, PRIMARY KEY (kind, key));
 """
 
 # Any write to ``budgets`` bumps the version the budget caches check (statements with
@@ -181,6 +188,7 @@ class SQLiteStore:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout_s)
         self._lock = threading.Lock()
+        self._written: list[Event] = []  # events appended by the current write transaction, for its result
         self._budgets = _BudgetCache()
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         _set_wal(self._conn, busy_timeout_s)
@@ -191,12 +199,13 @@ class SQLiteStore:
                     cur.execute(statement)
             for trigger in _TRIGGERS:
                 cur.execute(trigger)
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('budgets_version', '0')")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
+            self._written = []
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -233,8 +242,8 @@ class SQLiteStore:
             return [_budget(r) for r in cur.execute("SELECT * FROM budgets ORDER BY id")]
 
     # reservations
-    def reserve(self, request: ReserveRequest, now: datetime) -> ReserveResult:
-        """Hold the ceiling on every applicable account in one transaction, or refuse."""
+    def reserve(self, request: ReserveRequest, now: datetime, guard: AdmitGuard | None = None) -> ReserveResult:
+        """Answer a known key; else run the guard, then the budgets; hold the ceiling or refuse (one transaction)."""
         with self._write() as cur:
             self._expire(cur, now)
             row = cur.execute(f"SELECT {_RES_COLS} FROM reservations WHERE idempotency_key = ?",
@@ -247,9 +256,20 @@ class SQLiteStore:
             scopes = request.attribution.scopes()
             keys = account_keys(scopes, self._candidate_budgets(cur, scopes), now)
             ids, views = self._accounts_for(cur, keys)
+            outcome = GuardOutcome()
+            if guard is not None:
+                outcome = guard.apply(self._read_states(cur, guard.state_keys()), views, now)
+                if outcome.verdict is not None:
+                    refused = replace(outcome, events=(*outcome.events, refusal_event(outcome.verdict, request, now)))
+                    self._commit(cur, refused)
+                    return ReserveResult(outcome.verdict.code, verdict=outcome.verdict, events=refused.events)
+                request = outcome.request or request
             refusal = decide(request.ceiling_mc, views)
             if refusal is not None:
-                return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal)
+                verdict = Verdict.from_refusal(refusal)
+                event = refusal_event(verdict, request, now)
+                self._insert_event(cur, event)
+                return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal, verdict=verdict, events=(event,))
             if ids:
                 cur.executemany("UPDATE accounts SET reserved_mc = reserved_mc + ? WHERE id = ?",
                                 [(request.ceiling_mc, i) for i in ids])
@@ -262,7 +282,31 @@ class SQLiteStore:
                  request.output_tokens_max, _ts(now), _ts(reservation.expires_at), "pending",
                  ",".join(map(str, ids))),
             )
-            return ReserveResult(Code.OK, reservation=reservation)
+            self._commit(cur, outcome)
+            return ReserveResult(Code.OK, reservation=reservation, events=outcome.events)
+
+    @staticmethod
+    def _read_states(cur: sqlite3.Cursor, keys: Iterable[StateKey]) -> dict[StateKey, StoredState]:
+        found: dict[StateKey, StoredState] = {}
+        for key in sorted(set(keys)):
+            row = cur.execute("SELECT version, record FROM states WHERE kind = ? AND key = ?",
+                              (key.kind, key.key)).fetchone()
+            if row is not None:
+                found[key] = StoredState(key, row[0], json.loads(row[1]))
+        return found
+
+    def _commit(self, cur: sqlite3.Cursor, outcome: GuardOutcome) -> None:
+        cur.executemany("INSERT OR REPLACE INTO states (kind, key, version, record) VALUES (?, ?, ?, ?)",
+                        [(w.key.kind, w.key.key, w.version, json.dumps(dict(w.record), sort_keys=True))
+                         for w in outcome.writes])
+        for event in outcome.events:
+            self._insert_event(cur, event)
+
+    def _after(self, cur: sqlite3.Cursor, guard: SettleGuard | None, reservation: Reservation,
+               cost_mc: int | None, now: datetime) -> None:
+        if guard is not None:
+            states = self._read_states(cur, guard.state_keys(reservation))
+            self._commit(cur, guard.apply(reservation, cost_mc, states, now))
 
     def _candidate_budgets(self, cur: sqlite3.Cursor, scopes: Sequence[tuple[Level, str]]) -> list[Budget]:
         """Budgets set on one of the call's scopes or on its level's default ``*`` (from the cache)."""
@@ -293,7 +337,8 @@ class SQLiteStore:
             views.append(AccountView(budget, scope, period, row[1], row[2], row[3]))
         return ids, views
 
-    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime) -> SettleResult:
+    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime,
+               guard: SettleGuard | None = None) -> SettleResult:
         """Charge the actual cost once, return the rest, append one usage row."""
         with self._write() as cur:
             self._expire(cur, now)
@@ -313,7 +358,8 @@ class SQLiteStore:
             record = settled_record(reservation, usage, cost_mc, now, late=late)
             self._insert_usage(cur, record)
             cur.execute("UPDATE reservations SET state = 'settled' WHERE id = ?", (reservation_id,))
-            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record)
+            self._after(cur, guard, reservation, cost_mc, now)
+            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record, tuple(self._written))
 
     def _alerts(self, cur: sqlite3.Cursor, account_id: int, cost_mc: int, now: datetime) -> int:
         """Record the alerts a charge of ``cost_mc`` crosses on one account; its new ``alert_pct_fired``.
@@ -332,20 +378,21 @@ class SQLiteStore:
             fired = pct
         return int(fired)
 
-    def release(self, reservation_id: str, now: datetime) -> ReleaseResult:
+    def release(self, reservation_id: str, now: datetime, guard: SettleGuard | None = None) -> ReleaseResult:
         """Return the whole hold once."""
         with self._write() as cur:
             self._expire(cur, now)
-            row = cur.execute("SELECT state, ceiling_mc, account_ids FROM reservations WHERE id = ?",
-                              (reservation_id,)).fetchone()
+            row = cur.execute(f"SELECT {_RES_COLS} FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
             if row is None:
                 return ReleaseResult(Code.RESERVATION_NOT_FOUND)
-            if row[0] == "settled":
+            reservation = self._reservation(row)
+            if reservation.state is ReservationState.SETTLED:
                 return ReleaseResult(Code.ALREADY_SETTLED)
-            if row[0] != "pending":
+            if reservation.state is not ReservationState.PENDING:
                 return ReleaseResult(Code.ALREADY_RELEASED)
-            self._unhold(cur, reservation_id, row[1], row[2], "released")
-            return ReleaseResult(Code.RELEASED)
+            self._unhold(cur, reservation_id, reservation.ceiling_mc, row[15], "released")
+            self._after(cur, guard, reservation, None, now)
+            return ReleaseResult(Code.RELEASED, tuple(self._written))
 
     @staticmethod
     def _unhold(cur: sqlite3.Cursor, reservation_id: str, ceiling_mc: int, account_ids: str, state: str) -> None:
@@ -420,10 +467,33 @@ class SQLiteStore:
             rows = cur.execute(f"SELECT {_USAGE_COLS} FROM usage_log ORDER BY id").fetchall()
         return (self._record(r) for r in rows)
 
-    @staticmethod
-    def _insert_event(cur: sqlite3.Cursor, e: Event) -> None:
+    def _insert_event(self, cur: sqlite3.Cursor, e: Event) -> None:
+        self._written.append(e)
         cur.execute("INSERT INTO events (ts, kind, code, level, scope, detail) VALUES (?,?,?,?,?,?)",
                     (_ts(e.ts), e.kind, e.code, e.level, e.scope, json.dumps(e.detail, sort_keys=True)))
+
+    # defense state
+    def state(self, key: StateKey) -> StoredState | None:
+        """One defense state, or None."""
+        with self._read() as cur:
+            return self._read_states(cur, [key]).get(key)
+
+    def states(self, kind: str) -> list[StoredState]:
+        """Every state of one kind, ordered by key."""
+        with self._read() as cur:
+            rows = cur.execute("SELECT key, version, record FROM states WHERE kind = ? ORDER BY key",
+                               (kind,)).fetchall()
+        return [StoredState(StateKey(kind, r[0]), r[1], json.loads(r[2])) for r in rows]
+
+    def put_state(self, state: StoredState, expected_version: int, events: Sequence[Event] = ()) -> bool:
+        """Compare-and-set on the stored version (0: must not exist), in one transaction."""
+        with self._write() as cur:
+            row = cur.execute("SELECT version FROM states WHERE kind = ? AND key = ?",
+                              (state.key.kind, state.key.key)).fetchone()
+            if (0 if row is None else row[0]) != expected_version:
+                return False
+            self._commit(cur, GuardOutcome(writes=(state,), events=tuple(events)))
+            return True
 
     def record_event(self, event: Event) -> None:
         """Append an event."""

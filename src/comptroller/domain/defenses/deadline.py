@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import parse_level, require_aware, require_seconds, require_text
 from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
-from comptroller.domain.defenses.verdict import Rule, Verdict
+from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
 from comptroller.domain.scopes import Level
 
 __all__ = ["RunKind", "ScheduledRun", "check_deadline", "find_run", "remaining_s"]
@@ -73,6 +74,22 @@ class ScheduledRun:
         require_aware("run.opened_at", self.opened_at)
         duration = require_seconds("run", "duration_s_max", self.duration_s_max, high=_WEEK_S)
         object.__setattr__(self, "duration_s_max", duration)
+
+    def to_record(self) -> dict[str, JsonScalar]:
+        """A flat JSON record of this run."""
+        return {"run_id": self.run_id, "kind": str(self.kind), "level": str(self.level), "scope": self.scope,
+                "opened_at": self.opened_at.isoformat(), "duration_s_max": self.duration_s_max}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, JsonScalar]) -> ScheduledRun:
+        """Read a record written by :meth:`to_record`. Raises ValueError on a missing or mistyped field."""
+        opened = rec.get_opt_dt(record, "opened_at")
+        duration = record.get("duration_s_max")
+        if opened is None or isinstance(duration, bool) or not isinstance(duration, int | float):
+            raise ValueError(f"run record needs opened_at and a numeric duration_s_max, got {dict(record)!r}")
+        return cls(run_id=rec.get_str(record, "run_id"), kind=RunKind(rec.get_str(record, "kind")),
+                   level=Level(rec.get_str(record, "level")), scope=rec.get_str(record, "scope"),
+                   opened_at=opened, duration_s_max=float(duration))
 
     @property
     def deadline_at(self) -> datetime:

@@ -29,11 +29,13 @@ defaults; the sources give the behaviours, not the thresholds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import require_aware, require_int, require_seconds, require_text
 from comptroller.domain.defenses.errors import DefenseConfigError
 from comptroller.domain.defenses.similarity import normalise_text, similarity
@@ -141,6 +143,25 @@ class LoopHistory:
     scope: str
     entries: tuple[LoopEntry, ...] = ()
     version: int = 0
+
+    def to_record(self) -> dict[str, JsonScalar]:
+        """A flat JSON record (the entries as JSON text, times as ISO-8601)."""
+        entries = [[e.call_id, e.agent, e.fingerprint, e.text, e.at.isoformat()] for e in self.entries]
+        return {"level": str(self.level), "scope": self.scope, "entries": json.dumps(entries),
+                "version": self.version}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, JsonScalar]) -> LoopHistory:
+        """Read a record written by :meth:`to_record`. Raises ValueError on a missing or mistyped field."""
+        raw = json.loads(rec.get_str(record, "entries"))
+        try:
+            entries = tuple(LoopEntry(str(c), str(a), str(f), str(t), datetime.fromisoformat(at))
+                            for c, a, f, t, at in raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"state record field 'entries' must be a JSON list of [call_id, agent, "
+                             f"fingerprint, text, at] rows, got {raw!r:.200}") from None
+        return cls(level=Level(rec.get_str(record, "level")), scope=rec.get_str(record, "scope"),
+                   entries=entries, version=rec.get_int(record, "version"))
 
 
 @dataclass(frozen=True, slots=True)

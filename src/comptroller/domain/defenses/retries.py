@@ -14,12 +14,15 @@ nothing, so a retried admission is never counted twice. The state holds at most
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import require_aware, require_int, require_text
-from comptroller.domain.defenses.verdict import Rule, Verdict
+from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
 from comptroller.domain.scopes import Level
 
 __all__ = ["RetryPolicy", "RetryState", "RetryStep", "check_attempt", "utc_day"]
@@ -63,6 +66,20 @@ class RetryState:
     day: str | None = None
     attempt_ids: tuple[str, ...] = ()
     version: int = 0
+
+    def to_record(self) -> dict[str, JsonScalar]:
+        """A flat JSON record (the attempt ids as JSON text)."""
+        return {"scope": self.scope, "day": self.day, "attempt_ids": json.dumps(list(self.attempt_ids)),
+                "version": self.version}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, JsonScalar]) -> RetryState:
+        """Read a record written by :meth:`to_record`. Raises ValueError on a missing or mistyped field."""
+        ids = json.loads(rec.get_str(record, "attempt_ids"))
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"state record field 'attempt_ids' must be a JSON list of strings, got {ids!r}")
+        return cls(scope=rec.get_str(record, "scope"), day=rec.get_opt_str(record, "day"),
+                   attempt_ids=tuple(ids), version=rec.get_int(record, "version"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,342 @@
+"""The defenses of one call, composed in the fixed order of checks, as the guards a store runs.
+
+:class:`Defenses` is the configuration of every layer (DESIGN.md rules 5 and 6).
+:class:`AdmitDefenses` is the :class:`~comptroller.domain.state.AdmitGuard` of one
+call: inside the reservation's transaction it reads the call's kill switches, its
+scheduled run, its task's retry state, its loop history and its breakers, and runs
+the checks in :data:`~comptroller.domain.defenses.order.CHECK_ORDER` (kill switch,
+pinning, deadline, loop, breaker, pacing; the store then checks the budgets). The
+first refusal wins and only a kill switch tripped on the way is written; when every
+check passes, every changed state is written with the reservation.
+:class:`SettleDefenses` counts a settled cost in the breakers and the automatic kill
+switches, and returns a released call's probe lease.
+
+State rows (:class:`~comptroller.domain.state.StateKey`):
+
+========  ======================  =============================================
+kind      key                     state
+========  ======================  =============================================
+breaker   ``level:scope``         :class:`~comptroller.domain.breaker.BreakerState`
+kill      ``level:scope``         :class:`.killswitch.KillSwitchState`
+retry     task scope key          :class:`.retries.RetryState`
+loop      ``level:scope``         :class:`.loops.LoopHistory`
+run       run id                  :class:`.deadline.ScheduledRun`
+========  ======================  =============================================
+
+Pure: no I/O and no clock; ``now`` comes from the store's caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Protocol, TypeVar
+
+from comptroller.domain import breaker
+from comptroller.domain.breaker import BreakerState
+from comptroller.domain.defenses import killswitch
+from comptroller.domain.defenses.breaker_policy import BreakerPolicy
+from comptroller.domain.defenses.deadline import ScheduledRun, check_deadline
+from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState, check_kill_switch
+from comptroller.domain.defenses.loops import LoopConfig, LoopHistory, LoopRequest, check_loops, loop_scope
+from comptroller.domain.defenses.pacing import PacingConfig, apply_pacing
+from comptroller.domain.defenses.pinning import PinningPolicy, Route
+from comptroller.domain.defenses.retries import RetryPolicy, RetryState, check_attempt
+from comptroller.domain.defenses.verdict import JsonScalar, Verdict
+from comptroller.domain.ledger import AccountView, Event, Reservation, ReserveRequest
+from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.state import GuardOutcome, StateKey, StoredState
+
+__all__ = [
+    "BREAKER",
+    "KILL",
+    "LOOP",
+    "RETRY",
+    "RUN",
+    "AdmitDefenses",
+    "CallFacts",
+    "Defenses",
+    "SettleDefenses",
+    "scoped_key",
+]
+
+BREAKER, KILL, RETRY, LOOP, RUN = "breaker", "kill_switch", "retry", "loop", "run"
+
+
+def scoped_key(kind: str, level: Level, scope: str) -> StateKey:
+    """The state key of a per-scope state (``level:scope``; levels contain no ``:``)."""
+    return StateKey(kind, f"{level}:{scope}")
+
+
+def _no_breakers() -> BreakerPolicy:
+    return BreakerPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Defenses:
+    """Every runtime defense's configuration; None switches a layer off.
+
+    Attributes:
+        breakers: which scopes have spend-rate breakers (default: every agent and conversation).
+        kill_switches: level -> automatic triggers of that level's switches (manual trips
+            work at every level regardless).
+        pinning: allowed models per agent (None: every agent unrestricted).
+        retries: the re-attempt limit per task per UTC day (counted when a call names an attempt).
+        loops: the loop detectors (run when a call carries a fingerprint or text).
+        pacing: pacing of period budgets (None: off).
+    """
+
+    breakers: BreakerPolicy | None = field(default_factory=_no_breakers)
+    kill_switches: Mapping[Level, KillSwitchConfig] = field(default_factory=dict)
+    pinning: PinningPolicy | None = None
+    retries: RetryPolicy | None = field(default_factory=RetryPolicy)
+    loops: LoopConfig | None = field(default_factory=LoopConfig)
+    pacing: PacingConfig | None = None
+
+    @classmethod
+    def budgets_only(cls) -> Defenses:
+        """No runtime defense: only the budgets (and manual kill switches) apply."""
+        return cls(breakers=None, retries=None, loops=None)
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What the admit checks know of one call.
+
+    Attributes:
+        call_id: the reservation's idempotency key.
+        attribution: who the call is for.
+        route: pinning's answer: the route, or its ``model_not_allowed`` verdict.
+        requests: model -> the reserve request on that model (the routed model, then the
+            cheaper allowed models pacing may downgrade to, priciest first).
+        run_id: the scheduled run the call belongs to, if any.
+        attempt_id: the task attempt the call belongs to, if any.
+        fingerprint, text: the loop detectors' inputs, if any.
+    """
+
+    call_id: str
+    attribution: Attribution
+    route: Route | Verdict
+    requests: Mapping[str, ReserveRequest]
+    run_id: str | None = None
+    attempt_id: str | None = None
+    fingerprint: str | None = None
+    text: str | None = None
+
+
+class _Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    def to_record(self) -> dict[str, JsonScalar]: ...
+
+
+_S = TypeVar("_S")
+
+
+def _load(states: Mapping[StateKey, StoredState], key: StateKey, parse: Callable[[Mapping[str, JsonScalar]], _S],
+          default: Callable[[], _S]) -> _S:
+    stored = states.get(key)
+    return default() if stored is None else parse(stored.record)
+
+
+def _write(key: StateKey, before: _Versioned, after: _Versioned) -> tuple[StoredState, ...]:
+    """The write of a changed state (none if its version did not move)."""
+    return () if after.version == before.version else (StoredState(key, after.version, after.to_record()),)
+
+
+@dataclass
+class _Changes:
+    writes: list[StoredState] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def outcome(self, verdict: Verdict | None = None, request: ReserveRequest | None = None) -> GuardOutcome:
+        return GuardOutcome(verdict, tuple(self.writes), tuple(self.events), request)
+
+
+class AdmitDefenses:
+    """The :class:`~comptroller.domain.state.AdmitGuard` of one call (see the module docstring)."""
+
+    def __init__(self, defenses: Defenses, facts: CallFacts) -> None:
+        self.defenses = defenses
+        self.facts = facts
+        self._scopes = facts.attribution.scopes()
+        self._loop_level, self._loop_scope = loop_scope(facts.attribution)
+        self._task = dict(self._scopes).get(Level.TASK)
+
+    def state_keys(self) -> list[StateKey]:
+        """The kill switches of every scope, the run, the retry state, the loop history, the breakers."""
+        keys = [scoped_key(KILL, level, scope) for level, scope in self._scopes]
+        if self.facts.run_id is not None:
+            keys.append(StateKey(RUN, self.facts.run_id))
+        if self._counts_attempts():
+            assert self._task is not None
+            keys.append(StateKey(RETRY, self._task))
+        if self._detects_loops():
+            keys.append(scoped_key(LOOP, self._loop_level, self._loop_scope))
+        keys += [scoped_key(BREAKER, level, scope) for level, scope, _ in self._breakers()]
+        return keys
+
+    def apply(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
+              now: datetime) -> GuardOutcome:
+        """Run the checks in order; the first refusal stops (only a kill-switch trip is kept)."""
+        changes = _Changes()
+        verdict = self._kill_switch(states, accounts, now, changes)
+        if verdict is not None:
+            return changes.outcome(verdict)
+        if isinstance(self.facts.route, Verdict):
+            return changes.outcome(self.facts.route)
+        kept = len(changes.writes), len(changes.events)
+        verdict = (self._deadline(states, now) or self._retries(states, now, changes)
+                   or self._loops(states, now, changes) or self._breaker(states, now, changes))
+        request = None
+        if verdict is None:
+            paced = self._pacing(accounts, self.facts.route, now)
+            verdict, request = (paced, None) if isinstance(paced, Verdict) else (None, paced)
+        if verdict is not None:
+            del changes.writes[kept[0]:], changes.events[kept[1]:]
+        return changes.outcome(verdict, request)
+
+    # rank 1
+    def _kill_switch(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
+                     now: datetime, changes: _Changes) -> Verdict | None:
+        switches = []
+        for level, scope in self._scopes:
+            key = scoped_key(KILL, level, scope)
+            state = _load(states, key, KillSwitchState.from_record, partial(KillSwitchState, level, scope))
+            config = self.defenses.kill_switches.get(level)
+            if config is not None and config.budget_pct_max is not None and not state.tripped:
+                state = self._budget_fraction(state, config, accounts, now=now, key=key, changes=changes)
+            switches.append(state)
+        return check_kill_switch(switches)
+
+    @staticmethod
+    def _budget_fraction(state: KillSwitchState, config: KillSwitchConfig, accounts: Sequence[AccountView], *,
+                         now: datetime, key: StateKey, changes: _Changes) -> KillSwitchState:
+        mine = [a for a in accounts if a.budget.level == state.level and a.scope == state.scope
+                and a.budget.limit_mc > 0]
+        if not mine:
+            return state
+        fullest = max(mine, key=lambda a: a.settled_mc / a.budget.limit_mc)
+        step = killswitch.record_spend(state, config, 0, now, budget_settled_mc=fullest.settled_mc,
+                                       budget_limit_mc=fullest.budget.limit_mc)
+        if not step.state.tripped:
+            return state
+        changes.writes += _write(key, state, step.state)
+        changes.events += step.events
+        return step.state
+
+    # rank 3
+    def _deadline(self, states: Mapping[StateKey, StoredState], now: datetime) -> Verdict | None:
+        if self.facts.run_id is None:
+            return None
+        stored = states.get(StateKey(RUN, self.facts.run_id))
+        return None if stored is None else check_deadline(ScheduledRun.from_record(stored.record), now)
+
+    # rank 4
+    def _counts_attempts(self) -> bool:
+        return self.defenses.retries is not None and self._task is not None and self.facts.attempt_id is not None
+
+    def _detects_loops(self) -> bool:
+        return self.defenses.loops is not None and (self.facts.fingerprint is not None
+                                                    or self.facts.text is not None)
+
+    def _retries(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
+        if not self._counts_attempts():
+            return None
+        assert self.defenses.retries is not None and self._task is not None and self.facts.attempt_id is not None
+        key = StateKey(RETRY, self._task)
+        task = self._task
+        state = _load(states, key, RetryState.from_record, lambda: RetryState(task))
+        step = check_attempt(state, self.defenses.retries, self.facts.attempt_id, now)
+        changes.writes += _write(key, state, step.state)
+        return step.verdict
+
+    def _loops(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
+        if not self._detects_loops():
+            return None
+        assert self.defenses.loops is not None
+        key = scoped_key(LOOP, self._loop_level, self._loop_scope)
+        level, scope = self._loop_level, self._loop_scope
+        history = _load(states, key, LoopHistory.from_record, lambda: LoopHistory(level, scope))
+        request = LoopRequest(call_id=self.facts.call_id, agent=self.facts.attribution.agent,
+                              fingerprint=self.facts.fingerprint or "", text=self.facts.text or "")
+        step = check_loops(history, self.defenses.loops, request, now)
+        changes.writes += _write(key, history, step.history)
+        return step.verdict
+
+    # rank 5
+    def _breakers(self) -> list[tuple[Level, str, breaker.BreakerConfig]]:
+        policy = self.defenses.breakers
+        return [] if policy is None else policy.breakers_for(self._scopes)
+
+    def _breaker(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
+        for level, scope, config in self._breakers():
+            key = scoped_key(BREAKER, level, scope)
+            state = _load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
+            step = breaker.admit(state, config, self.facts.call_id, now)
+            if step.verdict is not None:
+                return step.verdict
+            changes.writes += _write(key, state, step.state)
+            changes.events += step.events
+        return None
+
+    # rank 6
+    def _pacing(self, accounts: Sequence[AccountView], route: Route, now: datetime) -> Verdict | ReserveRequest | None:
+        config = self.defenses.pacing
+        if config is None:
+            return None
+        ceilings = {model: r.ceiling_mc for model, r in self.facts.requests.items()}
+        downgrades = [m for m in self.facts.requests if m != route.model]
+        paced = apply_pacing(config, accounts, route, ceilings_mc=ceilings, downgrades=downgrades, now=now)
+        if isinstance(paced, Verdict):
+            return paced
+        return None if paced.model == route.model else self.facts.requests[paced.model]
+
+
+class SettleDefenses:
+    """The :class:`~comptroller.domain.state.SettleGuard`: breakers and automatic kill switches count spend."""
+
+    def __init__(self, defenses: Defenses) -> None:
+        self.defenses = defenses
+
+    def _breakers(self, reservation: Reservation) -> list[tuple[Level, str, breaker.BreakerConfig]]:
+        policy = self.defenses.breakers
+        return [] if policy is None else policy.breakers_for(reservation.attribution.scopes())
+
+    def _kill_windows(self, reservation: Reservation) -> list[tuple[Level, str, KillSwitchConfig]]:
+        found = []
+        for level, scope in reservation.attribution.scopes():
+            config = self.defenses.kill_switches.get(level)
+            if config is not None and config.window_spend_mc_max is not None:
+                found.append((level, scope, config))
+        return found
+
+    def state_keys(self, reservation: Reservation) -> list[StateKey]:
+        """The call's breakers and the switches with a window trigger."""
+        return ([scoped_key(BREAKER, lv, sc) for lv, sc, _ in self._breakers(reservation)]
+                + [scoped_key(KILL, lv, sc) for lv, sc, _ in self._kill_windows(reservation)])
+
+    def apply(self, reservation: Reservation, cost_mc: int | None, states: Mapping[StateKey, StoredState],
+              now: datetime) -> GuardOutcome:
+        """Count ``cost_mc`` (a settle), or return the probe lease (a release: ``cost_mc`` None)."""
+        changes = _Changes()
+        call_id = reservation.idempotency_key
+        for level, scope, config in self._breakers(reservation):
+            key = scoped_key(BREAKER, level, scope)
+            state = _load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
+            step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
+                    else breaker.record_spend(state, config, cost_mc, now, call_id=call_id))
+            changes.writes += _write(key, state, step.state)
+            changes.events += step.events
+        if cost_mc is not None:
+            for level, scope, kill_config in self._kill_windows(reservation):
+                key = scoped_key(KILL, level, scope)
+                switch = _load(states, key, KillSwitchState.from_record,
+                               partial(KillSwitchState, level, scope))
+                kill_step = killswitch.record_spend(switch, kill_config, cost_mc, now)
+                changes.writes += _write(key, switch, kill_step.state)
+                changes.events += kill_step.events
+        return changes.outcome()
