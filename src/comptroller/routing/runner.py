@@ -124,6 +124,7 @@ class CascadeResult:
     Attributes:
         request_id: the id shared by the attempts.
         cascade: the cascade's name.
+        tiers: the cascade's tier names, cheapest first.
         outcome: answered, exhausted or refused.
         tier, model: who answered (or gave the last answer), None if nobody did.
         reply: that answer.
@@ -136,6 +137,7 @@ class CascadeResult:
 
     request_id: str
     cascade: str
+    tiers: tuple[str, ...]
     outcome: Outcome
     tier: str | None
     model: str | None
@@ -163,7 +165,8 @@ class CascadeResult:
 
     def to_event_detail(self) -> dict[str, Any]:
         """The ``route`` event's detail (JSON values)."""
-        return {"request_id": self.request_id, "cascade": self.cascade, "outcome": str(self.outcome),
+        return {"request_id": self.request_id, "cascade": self.cascade, "tiers": list(self.tiers),
+                "outcome": str(self.outcome),
                 "tier": self.tier, "model": self.model, "reason": self.reason, "route_reason": self.route_reason,
                 "cost_mc": self.cost_mc, "tiers_tried": list(dict.fromkeys(a.tier for a in self.attempts)),
                 "passed_over": [[p.tier, p.model, p.attempt, p.reason] for p in self.passed_over],
@@ -251,7 +254,8 @@ class _Run:
 
     def finish(self, outcome: Outcome, tier: str | None, model: str | None, reply: TierReply | None, reason: str,
                *, verdict: Verdict | None = None) -> CascadeResult:
-        result = CascadeResult(self.request.request_id, self.cascade.name, outcome, tier, model, reply, reason,
+        result = CascadeResult(self.request.request_id, self.cascade.name, tuple(t.name for t in self.cascade.tiers),
+                               outcome, tier, model, reply, reason,
                                self.route_reason, tuple(self.passed_over), tuple(self.attempts), verdict)
         scope = dict(self.request.attribution.scopes())[Level.AGENT]
         self.engine.store.record_event(Event(ts=self.engine.clock.now(), kind=ROUTE_EVENT, code=str(outcome),
