@@ -1,0 +1,166 @@
+"""The gateway's settings: the ``[gateway]`` table of the policy TOML file.
+
+::
+
+    namespace = "prod"                   # the policy (see comptroller.config): budgets, caps, prices
+    output_cap_tokens = 4096
+
+    [gateway]
+    body_bytes_max = 1048576             # a larger request body is refused (400) before parsing
+    connect_timeout_s = 5.0              # upstream connect timeout
+    read_timeout_s = 600.0               # upstream: longest wait for the next bytes
+    connect_retries = 2                  # retries on connection errors only (never after bytes were sent)
+    admin_key_env = "COMPTROLLER_ADMIN_KEY"   # an admin key from the environment (optional)
+    default_provider = "openai"          # for models not in [gateway.models] (optional)
+
+    [gateway.providers.openai]
+    base_url = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY"       # the provider key, read from the environment at start
+
+    [gateway.providers.local]
+    base_url = "http://127.0.0.1:8000/v1"    # vLLM, llama.cpp server, Ollama: any OpenAI-compatible API
+
+    [gateway.models]                     # model -> provider
+    "gpt-4o-mini" = "openai"
+    "llama-3.1-8b-local" = "local"
+
+Every model a client may call is either listed in ``[gateway.models]`` or goes to
+``default_provider``; it must also have a price (genai-prices or the policy's
+``[prices]``), or the call is refused with 400 before anything is reserved.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from comptroller.config import ConfigError, Policy
+
+__all__ = ["GatewayConfig", "ProviderConfig", "load_gateway_config"]
+
+
+class ProviderConfig(BaseModel):
+    """One OpenAI-compatible upstream.
+
+    Attributes:
+        base_url: the API root, ending before ``/chat/completions`` (e.g. ``https://api.openai.com/v1``).
+        api_key_env: the environment variable holding the provider's key (None: no key sent).
+        max_tokens_field: the request field that carries the output bound when the client sent
+            neither ``max_tokens`` nor ``max_completion_tokens``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = Field(pattern=r"^https?://")
+    api_key_env: str | None = None
+    max_tokens_field: str = Field(default="max_tokens", pattern=r"^(max_tokens|max_completion_tokens)$")
+
+    def api_key(self) -> str | None:
+        """The key from the environment, or None when none is configured.
+
+        Raises:
+            ConfigError: if ``api_key_env`` names an unset variable.
+        """
+        if self.api_key_env is None:
+            return None
+        value = os.environ.get(self.api_key_env)
+        if not value:
+            raise ConfigError(f"the provider key variable {self.api_key_env} is not set; export it, "
+                              "or remove api_key_env for an upstream that needs no key")
+        return value
+
+
+class GatewayConfig(BaseModel):
+    """The ``[gateway]`` table, validated.
+
+    Attributes:
+        providers: upstreams by name.
+        models: model -> provider name.
+        default_provider: the provider of models not in ``models`` (None: such models get 400).
+        body_bytes_max: the largest request body accepted, bytes.
+        connect_timeout_s, read_timeout_s, write_timeout_s, pool_timeout_s: upstream timeouts, seconds.
+        connect_retries: retries on connection errors only.
+        pool_connections_max: open upstream connections per provider and worker.
+        admin_key_env: environment variable holding an admin key (None: only stored admin keys).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict)
+    default_provider: str | None = None
+    body_bytes_max: int = Field(default=1_048_576, ge=1024)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=600.0, gt=0)
+    write_timeout_s: float = Field(default=30.0, gt=0)
+    pool_timeout_s: float = Field(default=30.0, gt=0)
+    connect_retries: int = Field(default=2, ge=0, le=10)
+    pool_connections_max: int = Field(default=256, ge=1)
+    admin_key_env: str | None = "COMPTROLLER_ADMIN_KEY"
+
+    @model_validator(mode="after")
+    def _providers_exist(self) -> GatewayConfig:
+        names = set(self.providers)
+        for model, provider in self.models.items():
+            if provider not in names:
+                raise ValueError(f"models.{model!r} names provider {provider!r}, which is not among "
+                                 f"[gateway.providers]: {sorted(names)}")
+        if self.default_provider is not None and self.default_provider not in names:
+            raise ValueError(f"default_provider {self.default_provider!r} is not among [gateway.providers]: "
+                             f"{sorted(names)}")
+        return self
+
+    def provider_for(self, model: str) -> str | None:
+        """The provider name serving ``model``, or None if no provider does."""
+        return self.models.get(model, self.default_provider)
+
+    def admin_key(self) -> str | None:
+        """The admin key from ``admin_key_env``, or None when unset or empty."""
+        if self.admin_key_env is None:
+            return None
+        return os.environ.get(self.admin_key_env) or None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def _policy(data: dict[str, Any], source: str) -> Policy:
+    try:
+        policy = Policy.model_validate({**data, "source": source})
+        policy.price_overrides()
+        policy.budget_list()
+        policy.caps()
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_problems(exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return policy
+
+
+def load_gateway_config(path: str | Path | None) -> tuple[Policy, GatewayConfig]:
+    """Read one TOML file: the policy (every table but ``[gateway]``) and the gateway settings.
+
+    Args:
+        path: the file; None gives the empty policy and a gateway with no providers.
+
+    Raises:
+        ConfigError: naming the file and the field at fault.
+    """
+    if path is None:
+        return Policy(namespace="default"), GatewayConfig()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    gateway_data = data.pop("gateway", {})
+    policy = _policy(data, str(path))
+    try:
+        gateway = GatewayConfig.model_validate(gateway_data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: gateway.{_problems(exc)}") from None
+    return policy, gateway

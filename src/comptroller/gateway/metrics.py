@@ -1,0 +1,82 @@
+"""Prometheus metrics of the gateway (``GET /metrics``).
+
+=========================================  =========  =========================================
+name                                       type       labels
+=========================================  =========  =========================================
+``comptroller_requests_total``             counter    ``endpoint``, ``status``
+``comptroller_tokens_total``               counter    ``model``, ``kind`` (input / output)
+``comptroller_cost_mc_total``              counter    ``model`` (settled millicents)
+``comptroller_refusals_total``             counter    ``code``, ``level``
+``comptroller_ledger_errors_total``        counter    ``op`` (admit / settle / release)
+``comptroller_breaker_open``               gauge      ``scope`` (1 open or half-open, 0 closed)
+``comptroller_gateway_overhead_seconds``   histogram  (time in the gateway, upstream excluded)
+``comptroller_upstream_seconds``           histogram  ``provider`` (request sent to last byte)
+=========================================  =========  =========================================
+
+With several worker processes (``comptroller serve --workers N``) set
+``PROMETHEUS_MULTIPROC_DIR`` (``serve`` does) and every worker writes its samples
+there; ``/metrics`` then sums all workers (prometheus_client docs, "Multiprocess Mode").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["GatewayMetrics"]
+
+_OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_UPSTREAM_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class _Breakers(Collector):
+    """Reads the breaker states at scrape time (not a per-process gauge, so workers agree)."""
+
+    def __init__(self, states: Callable[[], Iterable[tuple[str, bool]]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("comptroller_breaker_open", "1 if the spend-rate breaker is open or half-open",
+                                   labels=["scope"])
+        for scope, tripped in self._states():
+            family.add_metric([scope], 1.0 if tripped else 0.0)
+        yield family
+
+
+class GatewayMetrics:
+    """The gateway's metrics in their own registry (one per app, so tests can build many apps).
+
+    Args:
+        breaker_states: yields ``(scope, open_or_half_open)`` for the breaker gauge.
+    """
+
+    def __init__(self, breaker_states: Callable[[], Iterable[tuple[str, bool]]] = lambda: ()) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("comptroller_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
+        self.tokens = Counter("comptroller_tokens", "Tokens settled", ["model", "kind"], registry=r)
+        self.cost_mc = Counter("comptroller_cost_mc", "Settled cost, millicents", ["model"], registry=r)
+        self.refusals = Counter("comptroller_refusals", "Calls refused", ["code", "level"], registry=r)
+        self.ledger_errors = Counter("comptroller_ledger_errors", "Ledger operations that failed", ["op"], registry=r)
+        self.overhead_s = Histogram("comptroller_gateway_overhead_seconds",
+                                    "Time spent in the gateway per call, upstream excluded",
+                                    buckets=_OVERHEAD_BUCKETS_S, registry=r)
+        self.upstream_s = Histogram("comptroller_upstream_seconds", "Upstream time, request sent to last byte",
+                                    ["provider"], buckets=_UPSTREAM_BUCKETS_S, registry=r)
+        self._breakers = _Breakers(breaker_states)
+        r.register(self._breakers)
+        self.inflight = Gauge("comptroller_inflight_calls", "Calls between admit and settle/release",
+                              registry=r, multiprocess_mode="livesum")
+
+    def exposition(self) -> bytes:
+        """The text exposition format; every worker's samples in multiprocess mode."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            registry.register(self._breakers)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,129 @@
+"""The gateway's per-process parts, and the ledger calls made fail-closed.
+
+One :class:`Gateway` per worker process: the engine (on the shared ledger), the key
+store, the upstream pools, the metrics and the set of calls between admit and
+settle/release (released when the worker shuts down).
+
+Ledger calls run on the event loop's thread. A SQLite reserve or settle is one short
+``BEGIN IMMEDIATE`` transaction (~0.1 to 0.3 ms, see BENCHMARKS.md), cheaper than a
+hop to a worker thread and back; while one runs, the loop waits, exactly as it would
+for the write lock anyway. Any exception from the ledger other than a bad request
+(unknown model, no output bound) refuses the call with 503 ``ledger_unavailable``:
+the gateway never forwards a call it could not meter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from comptroller.domain.caps import NoOutputCapError
+from comptroller.domain.ledger import Reservation
+from comptroller.domain.usage import Usage
+from comptroller.engine import Admission, CallRequest, Engine
+from comptroller.gateway.config import GatewayConfig
+from comptroller.gateway.errors import GatewayError
+from comptroller.gateway.identity import Identity
+from comptroller.gateway.metrics import GatewayMetrics
+from comptroller.gateway.upstream import Upstreams
+from comptroller.prices import UnknownModelError
+
+__all__ = ["Gateway", "Settled"]
+
+log = logging.getLogger("comptroller.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a settle charged: the cost in millicents, or None if the ledger failed."""
+
+    cost_mc: int | None
+
+
+@dataclass
+class Gateway:
+    """Everything one worker needs to serve calls.
+
+    Attributes:
+        engine: the one admit -> settle / release path.
+        identity: API key authentication.
+        upstreams: the provider pools.
+        config: the ``[gateway]`` settings.
+        namespace: the namespace every call is attributed to (the policy's).
+        metrics: Prometheus metrics.
+        inflight: reservations admitted and not yet settled or released, by id.
+    """
+
+    engine: Engine
+    identity: Identity
+    upstreams: Upstreams
+    config: GatewayConfig
+    namespace: str
+    metrics: GatewayMetrics
+    inflight: dict[str, Reservation] = field(default_factory=dict)
+
+    def admit(self, call: CallRequest) -> Admission:
+        """Admit a call, fail-closed; an admitted call is tracked until settled or released.
+
+        Raises:
+            GatewayError: 400 for a model without a price or without an output bound;
+                503 ``ledger_unavailable`` for any ledger failure.
+        """
+        try:
+            admission = self.engine.admit(call)
+        except UnknownModelError as exc:
+            raise GatewayError(400, str(exc), code="model_not_found", param="model") from None
+        except NoOutputCapError as exc:
+            raise GatewayError(400, f"{exc}; send max_tokens", code="invalid_request", param="max_tokens") from None
+        except Exception:
+            log.exception("admit failed: refusing the call (fail closed)")
+            self.metrics.ledger_errors.labels("admit").inc()
+            raise GatewayError(503, "the ledger cannot be reached, so the call is refused rather than sent "
+                               "unmetered; retry shortly", type_="api_error", code="ledger_unavailable",
+                               headers={"Retry-After": "1"}) from None
+        if admission.reservation is not None:
+            self.inflight[admission.reservation.id] = admission.reservation
+            self.metrics.inflight.inc()
+        elif admission.verdict is not None:
+            level = "" if admission.verdict.level is None else str(admission.verdict.level)
+            self.metrics.refusals.labels(str(admission.verdict.code), level).inc()
+        return admission
+
+    def _done(self, reservation: Reservation) -> bool:
+        if self.inflight.pop(reservation.id, None) is None:
+            return False
+        self.metrics.inflight.dec()
+        return True
+
+    def settle(self, reservation: Reservation, usage: Usage) -> Settled:
+        """Charge what the call used. A ledger failure is logged: the hold stays until its lease
+        expires (money over-held for a while, never under-counted)."""
+        self._done(reservation)
+        try:
+            result = self.engine.settle(reservation, usage)
+        except Exception:
+            log.exception("settle of reservation %s failed; its hold returns at lease expiry", reservation.id)
+            self.metrics.ledger_errors.labels("settle").inc()
+            return Settled(None)
+        cost = None if result.record is None else result.record.cost_mc
+        if cost is not None:
+            self.metrics.cost_mc.labels(reservation.model).inc(cost)
+            self.metrics.tokens.labels(reservation.model, "input").inc(usage.input_tokens)
+            self.metrics.tokens.labels(reservation.model, "output").inc(usage.output_tokens)
+        return Settled(cost)
+
+    def release(self, reservation: Reservation) -> None:
+        """Return the hold of a call that was not made or failed before the provider billed it."""
+        self._done(reservation)
+        try:
+            self.engine.release(reservation)
+        except Exception:
+            log.exception("release of reservation %s failed; its hold returns at lease expiry", reservation.id)
+            self.metrics.ledger_errors.labels("release").inc()
+
+    def release_all(self) -> int:
+        """Release every call still in flight (worker shutdown); the number released."""
+        pending = list(self.inflight.values())
+        for reservation in pending:
+            self.release(reservation)
+        return len(pending)

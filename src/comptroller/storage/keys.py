@@ -1,0 +1,286 @@
+"""Gateway API keys, stored only as hashes, beside the ledger.
+
+A key is ``ck-<id>.<secret>``: a public 12-hex-digit id, to find the row, and a
+256-bit random secret (:func:`secrets.token_urlsafe`). The store keeps the id and
+the SHA-256 of the whole key, never the key itself; verification compares digests
+with :func:`hmac.compare_digest` (constant time). A fast hash is the right tool
+here: the secret has 256 bits of entropy, so there is nothing for a slow password
+hash to protect (OWASP "Password Storage Cheat Sheet" concerns low-entropy secrets).
+
+A key is bound to a tenant and optionally an agent (the gateway narrows attribution
+within that scope, never widens it), may list the models it may call, and may be
+an admin key (the admin API). Revoking is final.
+
+Backends behind :class:`KeyStore`: :class:`MemoryKeyStore` (tests, ``memory://``)
+and :class:`SQLiteKeyStore` (a table ``api_keys`` in the ledger's own SQLite file).
+A PostgreSQL store implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from comptroller.storage import StoreURLError
+
+__all__ = [
+    "ApiKey",
+    "ApiKeyError",
+    "KeyStore",
+    "MemoryKeyStore",
+    "SQLiteKeyStore",
+    "hash_key",
+    "keys_from_url",
+    "new_key",
+]
+
+_KEY = re.compile(r"^ck-([0-9a-f]{12})\.([A-Za-z0-9_-]{20,100})$")
+
+
+class ApiKeyError(ValueError):
+    """An API key operation got bad input: an unknown id, an empty tenant."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored API key (never the secret).
+
+    Attributes:
+        id: the public id (the ``<id>`` in ``ck-<id>.<secret>``).
+        tenant: the tenant every call with this key is attributed to.
+        agent: the agent the key is bound to, or None (the caller may name one).
+        name: a label for people.
+        admin: True for an admin key (the admin API; no chat calls).
+        models: the models this key may call, or None for every configured model.
+        created_at: when it was made (aware UTC).
+        revoked_at: when it was revoked, or None.
+        digest: hex SHA-256 of the whole key.
+    """
+
+    id: str
+    tenant: str
+    agent: str | None
+    name: str
+    admin: bool
+    models: tuple[str, ...] | None
+    created_at: datetime
+    revoked_at: datetime | None
+    digest: str
+
+    @property
+    def active(self) -> bool:
+        """True until revoked."""
+        return self.revoked_at is None
+
+
+def hash_key(plaintext: str) -> str:
+    """Hex SHA-256 of a key's UTF-8 bytes."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def new_key(*, tenant: str, agent: str | None = None, name: str = "", admin: bool = False,
+            models: tuple[str, ...] | None = None, now: datetime | None = None) -> tuple[ApiKey, str]:
+    """A fresh key record and its plaintext (shown once, never stored).
+
+    Raises:
+        ApiKeyError: for an empty tenant or agent, or an empty model list.
+    """
+    if not tenant.strip():
+        raise ApiKeyError("a key needs a tenant: pass --tenant NAME")
+    if agent is not None and not agent.strip():
+        raise ApiKeyError("agent must be a non-empty name, or left out for a key of the whole tenant")
+    if models is not None and not models:
+        raise ApiKeyError("models must name at least one model, or be left out for every configured model")
+    key_id = secrets.token_hex(6)
+    plaintext = f"ck-{key_id}.{secrets.token_urlsafe(32)}"
+    record = ApiKey(id=key_id, tenant=tenant, agent=agent, name=name, admin=admin, models=models,
+                    created_at=now or datetime.now(UTC), revoked_at=None, digest=hash_key(plaintext))
+    return record, plaintext
+
+
+def _match(record: ApiKey | None, plaintext: str) -> ApiKey | None:
+    digest = hash_key(plaintext)
+    if record is None:
+        hmac.compare_digest(digest, digest)  # the same work whether or not the id exists
+        return None
+    if not hmac.compare_digest(record.digest, digest) or not record.active:
+        return None
+    return record
+
+
+def _key_id(plaintext: str) -> str | None:
+    found = _KEY.match(plaintext)
+    return found.group(1) if found else None
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """Where API keys live. Every method is safe across threads."""
+
+    def add(self, record: ApiKey) -> None:
+        """Store a new key record (from :func:`new_key`)."""
+        ...
+
+    def verify(self, plaintext: str) -> ApiKey | None:
+        """The active key whose digest matches ``plaintext`` (constant-time compare), or None."""
+        ...
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """One key by id, revoked or not, or None."""
+        ...
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every key (of one tenant if given), oldest first."""
+        ...
+
+    def revoke(self, key_id: str, now: datetime) -> bool:
+        """Revoke a key; False if no such key. Revoking twice keeps the first time."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class MemoryKeyStore:
+    """Keys in a dict: for tests and the ``memory://`` ledger."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, ApiKey] = {}
+        self._lock = threading.Lock()
+
+    def add(self, record: ApiKey) -> None:
+        """Store a new key record."""
+        with self._lock:
+            self._keys[record.id] = record
+
+    def verify(self, plaintext: str) -> ApiKey | None:
+        """The active key matching ``plaintext``, or None."""
+        key_id = _key_id(plaintext)
+        return _match(self._keys.get(key_id) if key_id else None, plaintext)
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """One key by id, or None."""
+        return self._keys.get(key_id)
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every key (of one tenant if given), oldest first."""
+        with self._lock:
+            keys = list(self._keys.values())
+        return sorted((k for k in keys if tenant is None or k.tenant == tenant), key=lambda k: k.created_at)
+
+    def revoke(self, key_id: str, now: datetime) -> bool:
+        """Revoke a key; False if unknown."""
+        with self._lock:
+            record = self._keys.get(key_id)
+            if record is None:
+                return False
+            if record.active:
+                self._keys[key_id] = replace(record, revoked_at=now)
+            return True
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, digest TEXT NOT NULL, tenant TEXT NOT NULL, agent TEXT, name TEXT NOT NULL,
+    admin INTEGER NOT NULL, models TEXT, created_at REAL NOT NULL, revoked_at REAL)"""
+_COLS = "id, digest, tenant, agent, name, admin, models, created_at, revoked_at"
+
+
+def _row(row: tuple[object, ...]) -> ApiKey:
+    key_id, digest, tenant, agent, name, admin, models, created_at, revoked_at = row
+    return ApiKey(id=str(key_id), digest=str(digest), tenant=str(tenant),
+                  agent=None if agent is None else str(agent), name=str(name), admin=bool(admin),
+                  models=None if models is None else tuple(json.loads(str(models))),
+                  created_at=datetime.fromtimestamp(float(str(created_at)), UTC),
+                  revoked_at=None if revoked_at is None else datetime.fromtimestamp(float(str(revoked_at)), UTC))
+
+
+class SQLiteKeyStore:
+    """Keys in the table ``api_keys`` of a SQLite file (the ledger's own file by default).
+
+    Its own connection, in autocommit mode (each statement is one transaction), WAL like
+    the ledger, so gateway workers in several processes see a new or revoked key at once.
+
+    Raises:
+        sqlite3.OperationalError: if the file cannot be opened.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                     timeout=busy_timeout_s)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            self._conn.execute(_SCHEMA)
+
+    def add(self, record: ApiKey) -> None:
+        """Store a new key record."""
+        models = None if record.models is None else json.dumps(list(record.models))
+        revoked = None if record.revoked_at is None else record.revoked_at.timestamp()
+        with self._lock:
+            self._conn.execute(f"INSERT INTO api_keys ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (record.id, record.digest, record.tenant, record.agent, record.name,
+                                int(record.admin), models, record.created_at.timestamp(), revoked))
+
+    def verify(self, plaintext: str) -> ApiKey | None:
+        """The active key matching ``plaintext``, or None."""
+        key_id = _key_id(plaintext)
+        return _match(self.get(key_id) if key_id else None, plaintext)
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """One key by id, or None."""
+        with self._lock:
+            row = self._conn.execute(f"SELECT {_COLS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else _row(row)
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every key (of one tenant if given), oldest first."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_COLS} FROM api_keys WHERE ? IS NULL OR tenant = ? "
+                                      "ORDER BY created_at, id", (tenant, tenant)).fetchall()
+        return [_row(r) for r in rows]
+
+    def revoke(self, key_id: str, now: datetime) -> bool:
+        """Revoke a key; False if unknown."""
+        with self._lock:
+            self._conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                               (now.timestamp(), key_id))
+            found = self._conn.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return found is not None
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+
+def keys_from_url(url: str) -> KeyStore:
+    """The key store beside the ledger a URL names (see :func:`comptroller.storage.store_from_url`).
+
+    Raises:
+        StoreURLError: for an unknown scheme.
+    """
+    if url in ("memory://", "memory:"):
+        return MemoryKeyStore()
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") else path
+        return SQLiteKeyStore(path or ":memory:")
+    if "://" not in url:
+        return SQLiteKeyStore(url)
+    raise StoreURLError(f"no API key store for {url!r}; use memory:// or sqlite:///path/to/ledger.db")

@@ -1,0 +1,176 @@
+"""A stub OpenAI-compatible upstream on loopback: chat completions, plain and SSE with usage chunks.
+
+It answers ``POST /v1/chat/completions`` the way OpenAI's API does (API reference,
+"Create chat completion" and "The chat completion chunk object"):
+
+* the reply is ``reply_words`` words ``w0 w1 ...``, cut to the request's ``max_tokens``
+  (or ``max_completion_tokens``); one word is one completion token, and one stream
+  chunk carries one word;
+* ``prompt_tokens`` is :func:`prompt_tokens` of the messages (documented so tests
+  derive expected costs from it);
+* a stream ends with a chunk carrying ``finish_reason``, then, if
+  ``stream_options.include_usage``, a chunk with empty ``choices`` and the usage,
+  then ``data: [DONE]``.
+
+:class:`StubControl` sets latency, a delay per chunk, a failure status, or a
+connection drop after some chunks; it records every request body received. The server
+is uvicorn in a daemon thread (:class:`StubUpstream`), or a process
+(``python -m stub_upstream PORT``) for benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from loopback import LoopbackServer
+
+__all__ = ["StubControl", "StubUpstream", "prompt_tokens"]
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """The stub's prompt token count: words of every string content, plus 3 per message."""
+    words = sum(len(m["content"].split()) for m in messages if isinstance(m.get("content"), str))
+    return words + 3 * len(messages)
+
+
+@dataclass
+class StubControl:
+    """What the stub does next (set by tests) and what it saw.
+
+    Attributes:
+        reply_words: words in a full reply (before the max_tokens cut).
+        latency_s: wait before answering.
+        chunk_delay_s: wait between stream chunks.
+        fail_status: answer this HTTP status with an OpenAI error body instead.
+        drop_after_chunks: in a stream, cut the connection after this many content chunks.
+        omit_usage: leave ``usage`` out of answers (a provider that does not report it).
+        requests: every request body received, in order.
+    """
+
+    reply_words: int = 5
+    latency_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    fail_status: int | None = None
+    drop_after_chunks: int | None = None
+    omit_usage: bool = False
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    chunks_sent: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        """Back to the defaults, forgetting the requests seen."""
+        with self.lock:
+            self.reply_words, self.latency_s, self.chunk_delay_s = 5, 0.0, 0.0
+            self.fail_status = self.drop_after_chunks = None
+            self.omit_usage = False
+            self.requests.clear()
+            self.chunks_sent = 0
+
+
+def _usage(body: dict[str, Any], completion: int) -> dict[str, Any]:
+    prompt = prompt_tokens(body.get("messages") or [])
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0}}
+
+
+def _words(control: StubControl, body: dict[str, Any]) -> list[str]:
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or control.reply_words
+    return [f"w{i}" for i in range(min(control.reply_words, int(limit)))]
+
+
+async def _json(send: Any, status: int, payload: dict[str, Any]) -> None:
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None, usage: Any = None) -> bytes:
+    chunk: dict[str, Any] = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0,
+                             "model": body["model"],
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunk["usage"] = usage
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+async def _stream(control: StubControl, body: dict[str, Any], send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    words = _words(control, body)
+    await send({"type": "http.response.body", "body": _chunk(body, {"role": "assistant", "content": ""}, None),
+                "more_body": True})
+    for i, word in enumerate(words):
+        if control.drop_after_chunks is not None and i >= control.drop_after_chunks:
+            raise ConnectionAbortedError("stub: dropping the connection mid-stream")
+        if control.chunk_delay_s:
+            await asyncio.sleep(control.chunk_delay_s)
+        text = word if i == 0 else f" {word}"
+        await send({"type": "http.response.body", "body": _chunk(body, {"content": text}, None), "more_body": True})
+        with control.lock:
+            control.chunks_sent += 1
+    tail = _chunk(body, {}, "stop" if len(words) >= control.reply_words else "length")
+    if (body.get("stream_options") or {}).get("include_usage") and not control.omit_usage:
+        usage = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                 "choices": [], "usage": _usage(body, len(words))}
+        tail += f"data: {json.dumps(usage)}\n\n".encode()
+    await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
+
+
+def make_app(control: StubControl) -> Any:
+    """The stub as a raw ASGI app."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        body = json.loads(raw or b"{}")
+        with control.lock:
+            control.requests.append(body)
+        if control.latency_s:
+            await asyncio.sleep(control.latency_s)
+        if control.fail_status is not None:
+            await _json(send, control.fail_status, {"error": {"message": f"stub failure {control.fail_status}",
+                                                              "type": "server_error", "param": None,
+                                                              "code": "stub_failure"}})
+            return
+        if body.get("stream"):
+            await _stream(control, body, send)
+            return
+        words = _words(control, body)
+        answer: dict[str, Any] = {
+            "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
+                         "finish_reason": "stop" if len(words) >= control.reply_words else "length"}],
+        }
+        if not control.omit_usage:
+            answer["usage"] = _usage(body, len(words))
+        await _json(send, 200, answer)
+
+    return app
+
+
+class StubUpstream(LoopbackServer):
+    """The stub served by uvicorn in a daemon thread on 127.0.0.1 (a free port).
+
+    Use as a context manager; ``base_url`` ends in ``/v1``.
+    """
+
+    def __init__(self, control: StubControl | None = None) -> None:
+        self.control = control or StubControl()
+        super().__init__(make_app(self.control), lifespan="off")
+        self.base_url = f"{self.url}/v1"
+
+
+if __name__ == "__main__":  # python stub_upstream.py PORT: serve in this process (benchmarks)
+    uvicorn.run(make_app(StubControl()), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                lifespan="off", access_log=False)
