@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from comptroller.clock import SystemClock
 from comptroller.config import Policy
 from comptroller.engine import Engine
-from comptroller.ports import Clock, LedgerStore
+from comptroller.notify import sinks_from_config
+from comptroller.ports import Clock, EventSink, LedgerStore
 from comptroller.prices import PriceBook
 from comptroller.storage import store_from_url
 
@@ -18,7 +21,7 @@ def price_book(policy: Policy) -> PriceBook:
 
 
 def build_engine(*, db_url: str, policy: Policy, clock: Clock | None = None,
-                 store: LedgerStore | None = None) -> Engine:
+                 store: LedgerStore | None = None, sinks: Sequence[EventSink] | None = None) -> Engine:
     """An engine on the ledger at ``db_url`` with the policy's budgets installed.
 
     Args:
@@ -26,12 +29,15 @@ def build_engine(*, db_url: str, policy: Policy, clock: Clock | None = None,
         policy: the validated policy; its budgets are created or replaced in the ledger.
         clock: the time source (default: the system clock).
         store: an already open store (then ``db_url`` is ignored).
+        sinks: event subscribers (default: those of the policy's ``[notify]`` section).
 
     Raises:
         StoreURLError: for an unknown URL scheme.
+        ValueError: a webhook secret variable is unset (nothing started).
     """
     ledger = store or store_from_url(db_url)
     for budget in policy.budget_list():
         ledger.put_budget(budget)
+    subscribers = sinks_from_config(policy.notify, clock=clock) if sinks is None else sinks
     return Engine(store=ledger, prices=price_book(policy), clock=clock or SystemClock(), caps=policy.caps(),
-                  ttl_s=policy.ttl_s)
+                  ttl_s=policy.ttl_s, defenses=policy.defenses(), sinks=subscribers)

@@ -31,35 +31,25 @@ Errors name the file, the field and what to write instead.
 from __future__ import annotations
 
 import tomllib
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from comptroller.defenses_config import DefenseSections, RunsSection
 from comptroller.domain.budgets import ANY_SCOPE, DEFAULT_ALERT_THRESHOLDS_PCT, Budget, BudgetError, Period
 from comptroller.domain.caps import OutputCaps
-from comptroller.domain.money import usd_to_mc_half_up
+from comptroller.domain.defenses.chain import Defenses
+from comptroller.domain.money import parse_usd, usd_to_mc_half_up
 from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
 from comptroller.domain.scopes import Level, scope_key
+from comptroller.notify.config import NotifyConfig
 
 __all__ = ["ConfigError", "Policy", "load_policy", "scope_for"]
 
 
 class ConfigError(ValueError):
     """A policy or price file is unreadable or invalid; the message names file and field."""
-
-
-def _decimal(value: Any, field_name: str) -> Decimal:
-    if isinstance(value, float):
-        value = repr(value)
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"{field_name} must be a decimal number such as \"0.50\", got {value!r}") from None
-    if not result.is_finite() or result < 0:
-        raise ValueError(f"{field_name} must be finite and >= 0, got {value!r}")
-    return result
 
 
 class _Tier(BaseModel):
@@ -92,10 +82,10 @@ class PriceOverride(BaseModel):
             return None
         if isinstance(value, dict):
             tiered = _Tiered.model_validate(value)
-            return TieredRate(_decimal(tiered.base, name),
-                              tuple((t.start, _decimal(t.price, name)) for t in sorted(tiered.tiers,
+            return TieredRate(parse_usd(tiered.base, name),
+                              tuple((t.start, parse_usd(t.price, name)) for t in sorted(tiered.tiers,
                                                                                         key=lambda t: t.start)))
-        return _decimal(value, name)
+        return parse_usd(value, name)
 
     def to_price(self, model: str, source: str) -> ModelPrice:
         """The domain price for ``model``."""
@@ -129,7 +119,7 @@ class BudgetSpec(BaseModel):
         if (self.limit_usd is None) == (self.limit_mc is None):
             raise ValueError("give exactly one of limit_usd (\"2.50\") or limit_mc (250000)")
         limit = self.limit_mc if self.limit_mc is not None else usd_to_mc_half_up(
-            _decimal(self.limit_usd, "limit_usd"))
+            parse_usd(self.limit_usd, "limit_usd"))
         scope = scope_for(self.level, namespace=self.namespace or default_namespace, tenant=self.tenant,
                           agent=self.agent, conversation=self.conversation, task=self.task)
         return Budget(level=self.level, scope=scope, limit_mc=limit, period=self.period,
@@ -161,8 +151,13 @@ def scope_for(level: Level, *, namespace: str | None, tenant: str | None = None,
     return scope_key(ns, own)
 
 
-class Policy(BaseModel):
-    """A validated policy: attribution defaults, caps, prices, aliases and budgets."""
+class Policy(DefenseSections):
+    """A validated policy: attribution defaults, caps, prices, aliases, budgets, defenses, notifications.
+
+    The defense sections (``[breakers]``, ``[kill_switch]``, ``[retries]``, ``[loops]``,
+    ``[pinning]``, ``[pacing]``) are documented in :mod:`comptroller.defenses_config`;
+    ``[runs]`` gives replayed runs a deadline; ``[notify]`` is :mod:`comptroller.notify.config`.
+    """
 
     model_config = ConfigDict(extra="forbid")
     namespace: str = "replay"
@@ -173,6 +168,8 @@ class Policy(BaseModel):
     aliases: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     budgets: list[BudgetSpec] = Field(default_factory=list)
+    runs: RunsSection | None = None
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     source: str = "policy"
 
     @field_validator("output_caps")
@@ -195,6 +192,10 @@ class Policy(BaseModel):
         """Configured budgets."""
         return [spec.to_budget(self.namespace) for spec in self.budgets]
 
+    def defenses(self) -> Defenses:
+        """The runtime defenses. Raises DefenseConfigError (a ValueError) naming the bad field."""
+        return self.to_defenses(self.namespace)
+
 
 def load_policy(path: str | Path | None) -> Policy:
     """Read and validate a policy (or price-override) TOML file; None gives the empty policy.
@@ -215,6 +216,7 @@ def load_policy(path: str | Path | None) -> Policy:
         policy.price_overrides()
         policy.budget_list()
         policy.caps()
+        policy.defenses()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from None

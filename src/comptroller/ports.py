@@ -50,6 +50,10 @@ class EventSink(Protocol):
         """Hand over committed events, oldest first."""
         ...
 
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what is queued (bounded by ``timeout_s`` seconds) and stop."""
+        ...
+
 
 class PriceSource(Protocol):
     """Resolves a model label to its price at a moment."""

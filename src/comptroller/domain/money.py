@@ -14,9 +14,9 @@ Reports sum the settled integers, so totals are exact and reproducible.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 
-__all__ = ["MC_PER_USD", "format_usd", "mc_to_usd", "usd_to_mc_ceil", "usd_to_mc_half_up"]
+__all__ = ["MC_PER_USD", "format_usd", "mc_to_usd", "parse_usd", "usd_to_mc_ceil", "usd_to_mc_half_up"]
 
 MC_PER_USD = 100_000
 _MC_PER_USD_DEC = Decimal(MC_PER_USD)
@@ -68,3 +68,22 @@ def format_usd(mc: int) -> str:
 def _check(usd: Decimal) -> None:
     if not usd.is_finite() or usd < 0:
         raise ValueError(f"a USD amount must be finite and >= 0, got {usd!r}")
+
+
+def parse_usd(value: object, field_name: str) -> Decimal:
+    """A non-negative finite Decimal from a config value (a string such as ``"0.50"``, an int or a float).
+
+    Floats are read by their shortest repr, so ``0.1`` is ``Decimal("0.1")``.
+
+    Raises:
+        ValueError: naming ``field_name`` when the value is not a finite number >= 0.
+    """
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{field_name} must be a decimal number such as \"0.50\", got {value!r}") from None
+    if not result.is_finite() or result < 0:
+        raise ValueError(f"{field_name} must be finite and >= 0, got {value!r}")
+    return result

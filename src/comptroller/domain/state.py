@@ -78,8 +78,9 @@ class AdmitGuard(Protocol):
 
     The store answers an idempotency key it has seen (``already_reserved`` /
     ``idempotency_conflict``) before calling the guard. If the guard refuses, the store
-    appends the verdict's refusal event and nothing else; if the budgets then refuse,
-    the guard's writes and events are dropped with the reservation.
+    commits the outcome's writes and events (a refusing guard returns only what must
+    persist, such as a kill switch it tripped) and the verdict's refusal event; if the
+    budgets then refuse, the guard's writes and events are dropped with the reservation.
     """
 
     def state_keys(self) -> Sequence[StateKey]:

@@ -225,6 +225,11 @@ class Engine:
         assert stored is not None  # it existed: put_state refused because of it
         return ScheduledRun.from_record(stored.record)
 
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush and stop the event sinks (the store stays open: it belongs to the caller)."""
+        for sink in self.sinks:
+            sink.close(timeout_s)
+
     def _publish(self, events: Sequence[Event]) -> None:
         if events:
             for sink in self.sinks:
