@@ -94,8 +94,10 @@ def make_gateway(stub: StubUpstream, tmp_path: Path) -> Iterator[GatewayFactory]
         db = tmp_path / f"ledger{len(stack)}.db"
         engine = build_engine(db_url=f"sqlite:///{db}", policy=policy or stub_policy())
         keys = SQLiteKeyStore(db)
-        config = GatewayConfig(providers={"stub": ProviderConfig(base_url=stub.base_url)},
-                               models={MODEL: "stub", "other-model": "stub"}, admin_key_env=None, **gateway)
+        settings: dict[str, Any] = {"providers": {"stub": ProviderConfig(base_url=stub.base_url)},
+                                    "models": {MODEL: "stub", "other-model": "stub"}, "admin_key_env": None,
+                                    **gateway}
+        config = GatewayConfig(**settings)
         app = create_app(engine=engine, keys=keys, config=config, namespace=engine_namespace(policy))
         server = LoopbackServer(app).__enter__()
         stack.append(server)
