@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from comptroller.bootstrap import build_engine, price_book
+from comptroller.cli.serve import register as register_serve
 from comptroller.clock import VirtualClock
 from comptroller.config import ConfigError, Policy, load_policy, scope_for
 from comptroller.domain.budgets import Budget, BudgetError, Period
@@ -48,6 +49,7 @@ budget_app = typer.Typer(help="Set, list and delete budgets in a ledger.", no_ar
 prices_app = typer.Typer(help="Look up model prices.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 app.add_typer(prices_app, name="prices")
+register_serve(app)  # serve, key
 
 console = Console()
 err = Console(stderr=True)

@@ -1,0 +1,143 @@
+"""``comptroller serve`` (the gateway) and ``comptroller key create | list | revoke``.
+
+Registered on the main app by :func:`register`. ``serve`` validates the config file
+and the provider keys in the parent process, so a mistake is one message and exit
+status 2 before any worker starts; then uvicorn runs
+:func:`comptroller.gateway.app.app_from_env` in each of ``--workers`` processes, all on
+one ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from comptroller.config import ConfigError
+from comptroller.gateway.config import load_gateway_config
+from comptroller.storage import StoreURLError
+from comptroller.storage.keys import ApiKeyError, keys_from_url, new_key
+
+__all__ = ["key_app", "register", "serve_command"]
+
+console = Console()
+err = Console(stderr=True)
+key_app = typer.Typer(help="Create, list and revoke gateway API keys (stored hashed in the ledger file).",
+                      no_args_is_help=True)
+_F = TypeVar("_F", bound=Callable[..., Any])
+_USER_ERRORS = (ConfigError, ApiKeyError, StoreURLError, FileNotFoundError, ValueError)
+DEFAULT_DB = "sqlite:///comptroller.db"
+DbOption = Annotated[str, typer.Option("--db", envvar="COMPTROLLER_DB", help="Ledger URL: sqlite:///path")]
+
+
+def _user_errors(func: _F) -> _F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except _USER_ERRORS as exc:
+            err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False)
+            raise typer.Exit(2) from None
+    return wrapper  # type: ignore[return-value]
+
+
+@_user_errors
+def serve_command(
+    config: Annotated[Path | None, typer.Option("--config", envvar="COMPTROLLER_CONFIG", exists=True, dir_okay=False,
+                                                help="Policy TOML with a [gateway] table")] = None,
+    db: DbOption = DEFAULT_DB,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8787,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes (one ledger for all)")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the OpenAI-compatible gateway: point any OpenAI client's base_url at http://HOST:PORT/v1."""
+    if db.startswith("memory:") and workers > 1:
+        raise ValueError("a memory:// ledger cannot be shared by several workers; use --db sqlite:///ledger.db")
+    _, gateway = load_gateway_config(config)
+    for provider in gateway.providers.values():
+        provider.api_key()  # a missing provider key is an error now, not in every worker
+    if not gateway.providers:
+        err.print("warning: no [gateway.providers] configured; every chat call will answer 400", highlight=False)
+    os.environ["COMPTROLLER_DB"] = db
+    if config is not None:
+        os.environ["COMPTROLLER_CONFIG"] = str(config.resolve())
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="comptroller-metrics-")
+    console.print(f"comptroller gateway on http://{host}:{port}/v1 ({workers} worker(s), ledger {db})")
+    uvicorn.run("comptroller.gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, access_log=False, timeout_graceful_shutdown=30)
+
+
+@key_app.command("create")
+@_user_errors
+def key_create(
+    tenant: Annotated[str, typer.Option(help="The tenant every call with this key is attributed to")],
+    agent: Annotated[str | None, typer.Option(help="Bind the key to one agent")] = None,
+    name: Annotated[str, typer.Option(help="A label for people")] = "",
+    model: Annotated[list[str] | None, typer.Option("--model", help="A model the key may call (repeat)")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key (admin API only)")] = False,
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Create an API key. The key is printed once; only its hash is stored."""
+    record, plaintext = new_key(tenant=tenant, agent=agent, name=name, admin=admin,
+                                models=tuple(model) if model else None)
+    keys = keys_from_url(db)
+    try:
+        keys.add(record)
+    finally:
+        keys.close()
+    console.print(f"key {record.id} for tenant {tenant!r}" + (f", agent {agent!r}" if agent else "")
+                  + (" (admin)" if admin else "") + "; store it now, it is not shown again:")
+    print(plaintext)
+
+
+@key_app.command("list")
+@_user_errors
+def key_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys")] = None,
+             db: DbOption = DEFAULT_DB) -> None:
+    """List keys (never the secrets)."""
+    keys = keys_from_url(db)
+    try:
+        records = keys.keys(tenant)
+    finally:
+        keys.close()
+    table = Table(title="API keys")
+    for column in ("id", "tenant", "agent", "name", "admin", "models", "created", "revoked"):
+        table.add_column(column)
+    for k in records:
+        table.add_row(k.id, k.tenant, k.agent or "*", k.name, "yes" if k.admin else "",
+                      ", ".join(k.models) if k.models else "*", k.created_at.strftime("%Y-%m-%d %H:%M"),
+                      k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "")
+    console.print(table)
+
+
+@key_app.command("revoke")
+@_user_errors
+def key_revoke(key_id: Annotated[str, typer.Argument(help="The key id, as `key list` shows")],
+               db: DbOption = DEFAULT_DB) -> None:
+    """Revoke a key; calls with it get 401 from then on."""
+    keys = keys_from_url(db)
+    try:
+        found = keys.revoke(key_id, datetime.now(UTC))
+    finally:
+        keys.close()
+    if not found:
+        raise ApiKeyError(f"no key {key_id!r}; `comptroller key list` shows the ids")
+    console.print(f"key {key_id} revoked")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` and ``key`` to the main CLI."""
+    app.command("serve")(serve_command)
+    app.add_typer(key_app, name="key")
