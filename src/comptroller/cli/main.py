@@ -23,6 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from comptroller.bootstrap import build_engine, price_book
+from comptroller.cli.defenses import register as register_defenses
+from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
 from comptroller.clock import VirtualClock
 from comptroller.config import ConfigError, Policy, load_policy, scope_for
@@ -33,6 +35,7 @@ from comptroller.domain.pricing import ModelPrice, ceiling_mc
 from comptroller.domain.scopes import Level
 from comptroller.prices import UnknownModelError
 from comptroller.replay import read_traces, replay
+from comptroller.replay.inject import inject_loop, parse_loop_spec
 from comptroller.replay.runner import MissingModelError
 from comptroller.replay.trace import TraceError
 from comptroller.reports import Report, build_report, rows_from_ledger, rows_from_replay
@@ -49,7 +52,9 @@ budget_app = typer.Typer(help="Set, list and delete budgets in a ledger.", no_ar
 prices_app = typer.Typer(help="Look up model prices.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 app.add_typer(prices_app, name="prices")
+register_routing(app)  # eval-cascade, tco
 register_serve(app)  # serve, key
+register_defenses(app)  # kill, breaker
 
 console = Console()
 err = Console(stderr=True)
@@ -102,12 +107,16 @@ def replay_command(
     html_out: Annotated[Path | None, typer.Option("--html", help="Write the report as self-contained HTML")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip and count malformed lines")] = False,
     default_model: Annotated[str | None, typer.Option("--default-model", help="Model of unlabelled records")] = None,
+    inject_loop_spec: Annotated[str | None, typer.Option(
+        "--inject-loop", help="RUN_ID:FACTOR: re-attempt that run until it ran FACTOR times (a retry loop)")] = None,
 ) -> None:
     """Replay recorded LLM calls through the ledger and a policy, in virtual (recorded) time."""
     policy = _policy(policy_path, prices_path, default_model)
     records, skipped = read_traces(paths, skip_invalid=skip_invalid)
     if not records:
         raise ValueError("the trace files hold no calls")
+    if inject_loop_spec is not None:
+        records = inject_loop(records, *parse_loop_spec(inject_loop_spec))
     clock = VirtualClock(records[0].ts)
     with tempfile.TemporaryDirectory() as tmp:
         engine = build_engine(db_url=db or f"sqlite:///{tmp}/replay.db", policy=policy, clock=clock)
@@ -117,6 +126,8 @@ def replay_command(
             result = replay(records, engine=engine, clock=clock, policy=policy,
                             on_progress=lambda done: progress.update(task, completed=done))
         book = engine.prices
+        events = engine.store.events()
+        engine.close()
         engine.store.close()
 
     def ceiling(row: ReportRow, output_max: int) -> int:
@@ -124,7 +135,7 @@ def replay_command(
                           output_tokens_max=output_max)
 
     report = build_report(rows_from_replay(result.outcomes), budgets=policy.budget_list(), skipped_lines=skipped,
-                          ceiling_fn=ceiling)
+                          ceiling_fn=ceiling, events=events)
     render_terminal(report, console)
     _write_outputs(report, json_out, html_out, "comptroller replay: " + ", ".join(p.name for p in paths))
 
@@ -139,8 +150,9 @@ def report_command(
     """Report cost and refusals from a ledger's usage log (the same report as replay)."""
     store = store_from_url(db)
     try:
-        rows = rows_from_ledger(store.usage_records(), store.events("refusal"))
-        report = build_report(rows, budgets=store.budgets())
+        events = store.events()
+        rows = rows_from_ledger(store.usage_records(), (e for e in events if e.kind == "refusal"))
+        report = build_report(rows, budgets=store.budgets(), events=events)
     finally:
         store.close()
     render_terminal(report, console)
