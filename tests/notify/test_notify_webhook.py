@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -216,6 +217,7 @@ def test_large_publish_is_split_into_bounded_batches(make_receiver: Callable[...
     sink.publish(events(10))
     sink.close(timeout_s=10)
     assert seqs(receiver) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 3
     assert (sink.stats().delivered, sink.stats().delivered_events) == (3, 10)
 
 
@@ -237,3 +239,29 @@ def test_bad_url_or_secret_is_refused_at_construction(url: str, secret: str, mes
     """A sink is not made (no thread started) for a bad url or secret; the message says what to write."""
     with pytest.raises(ValueError, match=message):
         WebhookSink(url, secret)
+
+
+def test_concurrent_publishers_lose_nothing_uncounted(make_receiver: Callable[..., Receiver]) -> None:
+    """8 threads publishing into a small queue: every event is delivered or counted dropped, none twice."""
+    receiver = make_receiver(200)
+    sink = sink_for(receiver.url, queue_batches_max=5)
+    threads_n, per_thread = 8, 40
+
+    def publish_all(thread: int) -> None:
+        for i in range(per_thread):
+            sink.publish(events(1, first=thread * per_thread + i))
+
+    workers = [threading.Thread(target=publish_all, args=(t,)) for t in range(threads_n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    sink.close(timeout_s=30)
+
+    received = [seq for batch in seqs(receiver) for seq in batch]
+    stats = sink.stats()
+    assert len(received) == len(set(received)) == stats.delivered_events
+    assert stats.delivered_events + stats.dropped_events == threads_n * per_thread
+    assert stats.failed == 0
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    assert len(ids) == len(set(ids))

@@ -16,12 +16,14 @@ ledger's ``events`` table. :meth:`WebhookSink.stats` returns the counters.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -69,8 +71,12 @@ class WebhookStats:
 @dataclass(frozen=True, slots=True)
 class _Batch:
     msg_id: str
-    body: bytes
-    events: int
+    created_at: datetime
+    items: tuple[Event, ...]
+
+    @property
+    def events(self) -> int:
+        return len(self.items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,9 @@ class WebhookSink:
         self._closing = False
         self._abort = threading.Event()
         self._stats = WebhookStats()
+        # webhook-id: a random per-sink prefix and a counter (unique across processes, no syscall per batch)
+        self._id_prefix = f"msg_{uuid.uuid4().hex[:20]}"
+        self._id_counter = itertools.count()  # next() on a count is atomic under the GIL; a generator's is not
         self._backoff = wait_random_exponential(multiplier=self.options.backoff_initial_s,
                                                 max=self.options.backoff_max_s)
         self._thread = threading.Thread(target=self._run, name=f"comptroller-webhook {self._where}", daemon=True)
@@ -141,13 +150,17 @@ class WebhookSink:
     # -- caller side ---------------------------------------------------------------------------
 
     def publish(self, events: Sequence[Event]) -> None:
-        """Queue ``events`` for delivery (split into batches of ``batch_events_max``). Never blocks, never raises."""
+        """Queue ``events`` for delivery (split into batches of ``batch_events_max``). Never blocks, never raises.
+
+        The events are serialised on the delivery thread; they are frozen, and their
+        ``detail`` dicts must not be changed after publishing.
+        """
         try:
             size = self.options.batch_events_max
+            now = self._clock.now()
             for start in range(0, len(events), size):
-                chunk = events[start:start + size]
-                body = batch_body(chunk, created_at=self._clock.now())
-                self._enqueue(_Batch(f"msg_{uuid.uuid4().hex}", body, len(chunk)))
+                msg_id = f"{self._id_prefix}{next(self._id_counter):012x}"
+                self._enqueue(_Batch(msg_id, now, tuple(events[start:start + size])))
         except Exception:
             _log.exception("webhook %s: could not queue events; they stay in the ledger", self._where)
 
@@ -226,7 +239,8 @@ class WebhookSink:
             wait=self._wait, retry=retry_if_result(lambda attempt: attempt.retryable),
             sleep=self._sleep, before_sleep=self._on_retry,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None)
-        attempt: _Attempt | None = retrying(self._attempt, client, batch)
+        body = batch_body(batch.items, created_at=batch.created_at)
+        attempt: _Attempt | None = retrying(self._attempt, client, batch.msg_id, body)
         with self._cond:
             if attempt is not None and attempt.delivered:
                 self._count(delivered=1, delivered_events=batch.events)
@@ -235,14 +249,13 @@ class WebhookSink:
         _log.warning("webhook %s: gave up on batch %s (%d events): %s; the events stay in the ledger",
                      self._where, batch.msg_id, batch.events, attempt.describe() if attempt else "no attempt")
 
-    def _attempt(self, client: httpx.Client, batch: _Batch) -> _Attempt:
+    def _attempt(self, client: httpx.Client, msg_id: str, body: bytes) -> _Attempt:
         if self._abort.is_set():
             return _Attempt(error="close() timed out")
         timestamp_s = int(self._clock.now().timestamp())
-        headers = {"content-type": "application/json",
-                   **signature_headers(self._key, batch.msg_id, timestamp_s, batch.body)}
+        headers = {"content-type": "application/json", **signature_headers(self._key, msg_id, timestamp_s, body)}
         try:
-            response = client.post(self.url, content=batch.body, headers=headers)
+            response = client.post(self.url, content=body, headers=headers)
         except _RETRYABLE_ERRORS as exc:
             return _Attempt(error=f"{type(exc).__name__}: {exc}", transient=True)
         except httpx.HTTPError as exc:
