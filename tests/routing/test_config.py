@@ -116,14 +116,15 @@ def test_the_loaded_configuration_runs_through_the_engine() -> None:
 ])
 def test_configuration_errors_at_start_up(text: str, message: str) -> None:
     """Each mistake is a RoutingConfigError naming the file and the problem, before any call."""
-    with pytest.raises(RoutingConfigError, match="policy.toml") as caught:
+    with pytest.raises(RoutingConfigError, match=r"policy\.toml") as caught:
         _load(text)
     assert message in str(caught.value)
 
 
 def test_a_pinned_agent_routed_outside_its_models_is_a_start_up_error() -> None:
     """A rule sending a local-only agent to the frontier tier is refused when the configuration loads."""
-    rule = "\n[[routing.rules]]\nname = \"interns deep\"\nagents = [\"intern\"]\ncascade = \"support\"\ntier = \"frontier\""
+    rule = ("\n[[routing.rules]]\nname = \"interns deep\"\nagents = [\"intern\"]\ncascade = \"support\"\n"
+            "tier = \"frontier\"")
     pins = PinningPolicy(pins={"intern": AgentPin(models=("llama-local",))})
     with pytest.raises(RoutingConfigError, match="rule 'interns deep' routes agent 'intern'"):
         _load(POLICY + rule, pinning=pins)

@@ -13,7 +13,7 @@ from genai_prices import data_snapshot
 from typer.testing import CliRunner
 
 from comptroller.cli.main import app
-from comptroller.evaluation.cascade_eval import PRICED_AT, PRICE_ALIASES, CascadeEvaluation, evaluate_cascade
+from comptroller.evaluation.cascade_eval import PRICE_ALIASES, PRICED_AT, CascadeEvaluation, evaluate_cascade
 from comptroller.evaluation.gsm8k import load_gsm8k
 from comptroller.prices import PriceBook
 

@@ -1,7 +1,8 @@
 """Local GPU node vs API: cost per million output tokens and the daily break-even volume.
 
-Planning arithmetic, not ledger money: every figure is an exact :class:`~decimal.Decimal`
-in USD (never a float), rounded only for display. The model (all assumptions are inputs):
+Planning arithmetic, not ledger money: every figure is a :class:`~decimal.Decimal` in USD
+(never a float; sums and products are exact, a division rounds at Decimal's 28 significant
+digits), rounded only for display. The model (all assumptions are inputs):
 
 * a node costs the same every day whether busy or not: its purchase price amortised
   linearly over ``amortisation_months`` (a month is 365.25 / 12 = 30.4375 days), its
