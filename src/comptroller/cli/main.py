@@ -24,6 +24,7 @@ from rich.text import Text
 
 from comptroller.bootstrap import build_engine, price_book
 from comptroller.cli.defenses import register as register_defenses
+from comptroller.cli.group import group_app, simulate_app
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
 from comptroller.clock import VirtualClock
@@ -52,6 +53,8 @@ budget_app = typer.Typer(help="Set, list and delete budgets in a ledger.", no_ar
 prices_app = typer.Typer(help="Look up model prices.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 app.add_typer(prices_app, name="prices")
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(group_app, name="group")
 register_routing(app)  # eval-cascade, tco
 register_serve(app)  # serve, key
 register_defenses(app)  # kill, breaker

@@ -128,6 +128,19 @@ class GroupService:
             self.engine.store.record_event(self._event(definition, decision))
         return decision
 
+    def record(self, group_id: str, message: Message) -> None:
+        """Add ``message`` to the room without asking who answers it (a reply nobody is to answer).
+
+        It counts for cooldowns, loops and isolation views like any message.
+
+        Raises:
+            UnknownGroupError, UnknownMemberError, MessageError: as :meth:`dispatch`.
+        """
+        definition = self.group(group_id)
+        definition.dispatcher.check(message)
+        with self._lock:
+            self._rooms[group_id].history.append(message)
+
     def history(self, group_id: str) -> list[Message]:
         """The room's messages, oldest first."""
         self.group(group_id)
