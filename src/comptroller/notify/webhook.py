@@ -222,8 +222,12 @@ class WebhookSink:
             return self._queue.popleft()
 
     def _run(self) -> None:
-        timeout = httpx.Timeout(self.options.timeout_s)
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        try:
+            client = httpx.Client(timeout=httpx.Timeout(self.options.timeout_s), follow_redirects=False)
+        except Exception:
+            _log.exception("webhook %s: cannot make an HTTP client; nothing will be delivered", self._where)
+            return
+        with client:
             while (batch := self._next()) is not None:
                 try:
                     self._deliver(client, batch)
