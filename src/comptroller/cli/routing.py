@@ -19,22 +19,31 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from comptroller.bootstrap import price_book
+from comptroller.config import ConfigError, load_policy
+from comptroller.domain.money import format_usd
 from comptroller.domain.routing.errors import RoutingConfigError
 from comptroller.domain.routing.tco import GpuNode
+from comptroller.domain.routing.whatif import ModelMapping
 from comptroller.evaluation.cascade_eval import PRICE_ALIASES, CascadeEvaluation, evaluate_cascade
 from comptroller.evaluation.gsm8k import load_gsm8k
 from comptroller.evaluation.html import render_eval_html, render_tco_html
 from comptroller.evaluation.tco import DEFAULT_API_MODEL, DEFAULT_NODE, analyse_tco
+from comptroller.evaluation.whatif import what_if
 from comptroller.prices import PriceBook, UnknownModelError
+from comptroller.replay import read_traces
+from comptroller.replay.runner import MissingModelError
+from comptroller.replay.trace import TraceError
 from comptroller.reports.routing import render_routing_table
 
-__all__ = ["eval_cascade_command", "register", "tco_command"]
+__all__ = ["eval_cascade_command", "register", "tco_command", "what_if_command"]
 
 console = Console()
 err = Console(stderr=True)
 _F = TypeVar("_F", bound=Callable[..., Any])
 _DATA = Path(__file__).resolve().parents[3] / "data" / "routing"
-_USER_ERRORS = (FileNotFoundError, ValueError, UnknownModelError, RoutingConfigError)
+_USER_ERRORS = (FileNotFoundError, ValueError, UnknownModelError, RoutingConfigError, ConfigError, TraceError,
+                MissingModelError)
 
 
 def _user_errors(func: _F) -> _F:
@@ -158,7 +167,42 @@ def tco_command(
         render_tco_html(analysis, html_out)
 
 
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, model = value.partition("=")
+        if not sep or not name or not model:
+            raise ValueError(f"{option} takes NAME=MODEL (e.g. {option} Programmer=gpt-4o-mini), got {value!r}")
+        pairs[name] = model
+    return pairs
+
+
+@_user_errors
+def what_if_command(
+    paths: Annotated[list[Path], typer.Argument(help="Trace JSONL files (data/traces format)")],
+    policy_path: Annotated[Path | None, typer.Option("--policy", help="Policy TOML (aliases, prices)")] = None,
+    agent: Annotated[list[str] | None, typer.Option("--agent", help="AGENT=MODEL (repeatable)")] = None,
+    phase: Annotated[list[str] | None, typer.Option("--phase", help="PHASE=MODEL (repeatable)")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="MODEL=MODEL, e.g. a tier's (repeatable)")] = None,
+) -> None:
+    """Re-price recorded traffic under another model mapping (cost only: quality is not simulated)."""
+    policy = load_policy(policy_path)
+    mapping = ModelMapping(_pairs(agent or [], "--agent"), _pairs(phase or [], "--phase"),
+                           _pairs(model or [], "--model"))
+    records, _ = read_traces(paths)
+    result = what_if(records, mapping, policy=policy, prices=price_book(policy))
+    table = Table(title="What-if model mapping (COST ONLY)", title_justify="left")
+    for column in ("model", "mapped to", "by", "calls", "recorded cost", "mapped cost"):
+        table.add_column(column, justify="right" if "cost" in column or column == "calls" else "left")
+    for r in result.rows:
+        table.add_row(r.model, r.mapped_to, r.reason, f"{r.calls:,}", format_usd(r.recorded_mc),
+                      format_usd(r.mapped_mc))
+    table.caption = (f"total {format_usd(result.recorded_mc)} -> {format_usd(result.mapped_mc)}; {result.note}")
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``eval-cascade`` and ``tco`` to ``app``."""
+    """Add ``eval-cascade``, ``tco`` and ``what-if`` to ``app``."""
     app.command("eval-cascade")(eval_cascade_command)
     app.command("tco")(tco_command)
+    app.command("what-if")(what_if_command)
