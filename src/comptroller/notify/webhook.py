@@ -195,16 +195,15 @@ class WebhookSink:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(max(timeout_s, 0.0))
-        if not self._thread.is_alive():
-            return
-        self._abort.set()
+        if self._thread.is_alive():
+            self._abort.set()
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
             self._count(dropped=len(left), dropped_events=sum(b.events for b in left))
             self._cond.notify_all()
         if left:
-            _log.warning("webhook %s: close timed out after %.1f s; dropped %d queued batch(es); "
+            _log.warning("webhook %s: close gave up after %.1f s; dropped %d queued batch(es); "
                          "the events stay in the ledger", self._where, timeout_s, len(left))
 
     def _count(self, **increments: int) -> None:
