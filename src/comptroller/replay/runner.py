@@ -15,7 +15,13 @@ else the model's maximum output (:mod:`comptroller.domain.caps`).
 
 The virtual clock is set to each record's timestamp, the call admitted and, if
 admitted, settled with its recorded usage at the same instant. The idempotency
-key is ``run_id:seq``, so replaying a file twice into one ledger counts nothing twice.
+key is ``attempt_id:seq``, so replaying a file twice into one ledger counts nothing twice.
+
+Every runtime defense of the policy applies (kill switch, pinning, deadline, loop,
+breaker, pacing, budgets). Each run attempt (the recorded run, or a re-attempt
+injected by :mod:`comptroller.replay.inject`) is one scheduled run and one task
+attempt: with a ``[runs]`` section it is opened at its first call with that maximum
+duration, and each new attempt of a task counts against ``[retries]``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class CallOutcome:
         model: the priced model id.
         code: ``settled`` / ``already_settled`` when admitted, else the refusal code.
         refused_level: the level that refused, if refused.
+        refused_rule, detector: the rule and detector that refused (``budgets``/``budget``,
+            ``loop``/``retries_per_day``, ``breaker``/``open``...), if refused.
         ceiling_mc: the amount reserved (or asked for), millicents.
         cost_mc: the call's cost at its time (settled; or prevented when refused), millicents.
         output_tokens_max: the output bound used for the ceiling, tokens.
@@ -62,6 +70,8 @@ class CallOutcome:
     ceiling_mc: int
     cost_mc: int
     output_tokens_max: int
+    refused_rule: str | None = None
+    detector: str | None = None
 
     @property
     def admitted(self) -> bool:
@@ -111,18 +121,25 @@ def _usage(record: TraceRecord) -> Usage:
                  cache_read_tokens=record.cache_read_tokens, cache_write_tokens=record.cache_write_tokens)
 
 
-def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy: Policy) -> CallOutcome:
+def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy: Policy,
+                opened: set[str]) -> CallOutcome:
     clock.set(record.ts)
     attribution = attribution_for(record, policy)
+    run = record.attempt_id
+    if policy.runs is not None and run not in opened:
+        engine.open_run(run, policy.runs.duration_s_max, attribution=attribution)
+        opened.add(run)
     admission: Admission = engine.admit(CallRequest(
         attribution=attribution, model=model_for(record, policy), input_tokens_max=record.input_tokens,
-        max_tokens=record.max_output_tokens, idempotency_key=f"{record.run_id}:{record.seq}"))
+        max_tokens=record.max_output_tokens, idempotency_key=f"{run}:{record.seq}", run_id=run))
     usage = _usage(record)
     if admission.reservation is None:
-        assert admission.refusal is not None
+        verdict = admission.verdict
+        assert verdict is not None, f"admit refused without a verdict for {record.path}:{record.line}"
         prevented = cost_mc(engine.prices.price(admission.model, record.ts), usage)
-        return CallOutcome(record, attribution, admission.model, admission.code, str(admission.refusal.level),
-                           admission.ceiling_mc, prevented, admission.output_tokens_max)
+        return CallOutcome(record, attribution, admission.model, admission.code, str(verdict.level or "-"),
+                           admission.ceiling_mc, prevented, admission.output_tokens_max,
+                           refused_rule=str(verdict.rule), detector=verdict.detector)
     settled = engine.settle(admission.reservation, usage)
     assert settled.record is not None, f"settle answered {settled.code} for {record.path}:{record.line}"
     return CallOutcome(record, attribution, admission.model, settled.code, None,
@@ -165,8 +182,9 @@ def replay(records: Sequence[TraceRecord], *, engine: Engine, clock: VirtualCloc
     """
     preflight(records, engine=engine, policy=policy)
     outcomes: list[CallOutcome] = []
+    opened: set[str] = set()
     for i, record in enumerate(records, start=1):
-        outcomes.append(_replay_one(record, engine, clock, policy))
+        outcomes.append(_replay_one(record, engine, clock, policy, opened))
         if on_progress is not None and (i % 256 == 0 or i == len(records)):
             on_progress(i)
     return ReplayResult(outcomes)

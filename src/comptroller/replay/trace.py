@@ -51,6 +51,8 @@ class TraceRecord:
         input_tokens, output_tokens, cache_read_tokens, cache_write_tokens: tokens.
         logged_cost_usd: the cost the source system logged (``x_logged_cost_usd``).
         max_output_tokens: the ``max_tokens`` the source requested (``x_max_output_tokens``).
+        attempt: the re-attempt of the run this call belongs to: 0 for the recorded run;
+            ``replay --inject-loop`` adds copies 1, 2, ... (see :mod:`comptroller.replay.inject`).
     """
 
     path: str
@@ -68,6 +70,12 @@ class TraceRecord:
     cache_write_tokens: int
     logged_cost_usd: Decimal | None
     max_output_tokens: int | None
+    attempt: int = 0
+
+    @property
+    def attempt_id(self) -> str:
+        """The run attempt's id: ``run_id``, or ``run_id#k`` for the k-th injected re-attempt."""
+        return self.run_id if self.attempt == 0 else f"{self.run_id}#{self.attempt}"
 
 
 def _str(obj: dict[str, Any], name: str, *, required: bool) -> str | None:

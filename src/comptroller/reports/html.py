@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from comptroller.domain.budgets import Period, period_key
 from comptroller.domain.money import MC_PER_USD, format_usd
 from comptroller.reports.model import Group, Report
+from comptroller.reports.terminal import TRIP_HEADER, trip_rows
 
 __all__ = ["render_html"]
 
@@ -80,6 +81,7 @@ def _detail_tables(report: Report) -> list[str]:
     tables = [
         _rows_table("Refused calls by level and code", ("level", "code", "calls", "spend prevented"),
                     [(g.level, g.code, f"{g.calls:,}", format_usd(g.prevented_mc)) for g in report.refusals]),
+        _rows_table("Defense timeline: trips and defense refusals", TRIP_HEADER, trip_rows(report)),
         _rows_table("Reconciliation: computed vs logged cost", ("model", "calls", "computed", "logged", "diff", ""),
                     [(r.model, f"{r.calls:,}", format_usd(r.computed_mc), format_usd(r.logged_mc),
                       f"{r.diff_pct:+.2f}%", "price table disagrees" if r.disagrees else "agrees")

@@ -24,7 +24,7 @@ from comptroller.domain.ledger import Event, UsageRecord
 from comptroller.domain.money import MC_PER_USD, usd_to_mc_half_up
 from comptroller.replay.runner import CallOutcome
 
-__all__ = ["Report", "ReportRow", "build_report", "rows_from_ledger", "rows_from_replay"]
+__all__ = ["Report", "ReportRow", "TripEntry", "build_report", "rows_from_ledger", "rows_from_replay", "trip_timeline"]
 
 _RECONCILE_TOLERANCE_PCT = Decimal(1)
 _TOP_RUNS = 10
@@ -111,6 +111,30 @@ class Headroom:
 
 
 @dataclass
+class TripEntry:
+    """One line of the defense timeline: a breaker or kill-switch transition, or a run of refusals.
+
+    Attributes:
+        ts: when (the first refusal of a run of refusals), ISO-8601 UTC.
+        kind: ``breaker``, ``kill_switch`` or ``refusal``.
+        code: the transition (``opened``, ``tripped``...) or the refusal code.
+        level, scope: where.
+        detail: what was seen (the detector, the cooldown, the reason).
+        count: refusals of this code, detector and scope (1 for transitions).
+        last_ts: the last such refusal, ISO-8601 UTC.
+    """
+
+    ts: str
+    kind: str
+    code: str
+    level: str
+    scope: str
+    detail: str
+    count: int = 1
+    last_ts: str = ""
+
+
+@dataclass
 class Report:
     """Everything a report shows; JSON-ready through :meth:`to_dict`."""
 
@@ -135,6 +159,7 @@ class Report:
     timeline: list[tuple[str, int]]
     budgets: list[dict[str, Any]] = field(default_factory=list)
     skipped_lines: int = 0
+    trips: list[TripEntry] = field(default_factory=list)
 
     @property
     def input_output_ratio(self) -> float:
@@ -243,8 +268,36 @@ def _timeline(rows: Sequence[ReportRow]) -> list[tuple[str, int]]:
     return points
 
 
+_TRANSITION_KEYS = ("mode", "reason", "cooldown_s", "trips", "open_until", "by", "probe_spend_mc")
+
+
+def trip_timeline(events: Iterable[Event]) -> list[TripEntry]:
+    """The defense timeline: breaker and kill-switch transitions, and runs of defense refusals.
+
+    Budget refusals are left out (the refusals table counts them); other refusals are
+    grouped by (code, detector, scope) into one entry with the first and last time.
+    """
+    entries: list[TripEntry] = []
+    runs: dict[tuple[str, str, str], TripEntry] = {}
+    for e in sorted(events, key=lambda e: e.ts):
+        if e.kind in ("breaker", "kill_switch"):
+            detail = ", ".join(f"{k}={e.detail[k]}" for k in _TRANSITION_KEYS if e.detail.get(k) is not None)
+            entries.append(TripEntry(e.ts.isoformat(), e.kind, e.code, e.level or "-", e.scope or "-", detail))
+        elif e.kind == "refusal" and e.detail.get("rule") not in (None, "budgets"):
+            detector = str(e.detail.get("detector", "-"))
+            key = (e.code, detector, e.scope or "-")
+            entry = runs.get(key)
+            if entry is None:
+                entry = runs[key] = TripEntry(e.ts.isoformat(), "refusal", e.code, e.level or "-", e.scope or "-",
+                                              f"rule={e.detail.get('rule')}, detector={detector}", 0)
+                entries.append(entry)
+            entry.count += 1
+            entry.last_ts = e.ts.isoformat()
+    return entries
+
+
 def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), skipped_lines: int = 0,
-                 ceiling_fn: CeilingFn | None = None) -> Report:
+                 ceiling_fn: CeilingFn | None = None, events: Iterable[Event] = ()) -> Report:
     """Aggregate rows into a :class:`Report`.
 
     Args:
@@ -253,6 +306,7 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         skipped_lines: invalid input lines skipped (replay ``--skip-invalid``).
         ceiling_fn: prices a row's ceiling at another output bound; enables the
             reservation-headroom section (replay passes one built on its price book).
+        events: the ledger's events, for the defense timeline (:func:`trip_timeline`).
     """
     admitted = [r for r in rows if r.refused_level is None]
     refused = [r for r in rows if r.refused_level is not None]
@@ -271,7 +325,7 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         reconciliation=_reconcile(admitted), headroom=_headroom(admitted, ceiling_fn), timeline=_timeline(admitted),
         budgets=[{"id": b.id, "level": str(b.level), "scope": b.scope, "period": str(b.period),
                   "timezone": b.timezone, "limit_mc": b.limit_mc} for b in budgets],
-        skipped_lines=skipped_lines,
+        skipped_lines=skipped_lines, trips=trip_timeline(events),
     )
 
 

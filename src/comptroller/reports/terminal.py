@@ -63,6 +63,24 @@ def _refusals(report: Report) -> Table:
     return table
 
 
+def trip_rows(report: Report) -> list[tuple[str, ...]]:
+    """The defense timeline as table rows (shared by the terminal and HTML reports)."""
+    return [(t.ts[:19], t.kind, t.code, t.level, t.scope, f"{t.count:,}", (t.last_ts or t.ts)[:19], t.detail)
+            for t in report.trips]
+
+
+TRIP_HEADER = ("time (UTC)", "kind", "code", "level", "scope", "calls", "until", "detail")
+
+
+def _trips(report: Report) -> Table:
+    table = Table(title="Defense timeline: trips and defense refusals", title_justify="left")
+    for name in TRIP_HEADER:
+        table.add_column(name)
+    for row in trip_rows(report):
+        table.add_row(*row)
+    return table
+
+
 def _reconciliation(report: Report) -> Table:
     table = Table(title="Reconciliation: computed vs logged cost", title_justify="left")
     for name in ("model", "calls", "computed", "logged", "diff", ""):
@@ -102,6 +120,8 @@ def render_terminal(report: Report, console: Console) -> None:
     console.print(_groups("Top runs", report.top_runs, report.cost_mc))
     if report.refusals:
         console.print(_refusals(report))
+    if report.trips:
+        console.print(_trips(report))
     if report.reconciliation:
         console.print(_reconciliation(report))
     headroom = _headroom(report)

@@ -1,0 +1,139 @@
+"""``comptroller kill`` and ``comptroller breaker``: the admin side of the runtime defenses.
+
+A kill switch refuses every call in its scope until an admin resets it; a breaker
+opens by itself on a spend-rate runaway and can be reset by an admin. Both live in
+the ledger, so every process sharing it sees the change at once.
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from comptroller.cli.common import DEFAULT_DB, DbOption, console, user_errors
+from comptroller.clock import SystemClock
+from comptroller.config import scope_for
+from comptroller.domain.defenses.errors import DefenseError
+from comptroller.domain.money import format_usd
+from comptroller.domain.scopes import Level
+from comptroller.engine.admin import Admin, ConcurrentChangeError
+from comptroller.storage import StoreURLError, store_from_url
+
+__all__ = ["register"]
+
+kill_app = typer.Typer(help="Trip, reset and list kill switches.", no_args_is_help=True)
+breaker_app = typer.Typer(help="List and reset spend-rate circuit breakers.", no_args_is_help=True)
+_errors = user_errors(DefenseError, StoreURLError, ConcurrentChangeError, ValueError)
+
+LevelOption = Annotated[Level, typer.Option(help="Level of the scope")]
+NamespaceOption = Annotated[str, typer.Option(help="Namespace id")]
+TenantOption = Annotated[str | None, typer.Option(help="Tenant id")]
+AgentOption = Annotated[str | None, typer.Option(help="Agent id")]
+ConversationOption = Annotated[str | None, typer.Option(help="Conversation id")]
+TaskOption = Annotated[str | None, typer.Option(help="Task id")]
+ByOption = Annotated[str | None, typer.Option("--by", help="Who acts (default: the OS user)")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``kill`` and ``breaker`` command groups to ``app``."""
+    app.add_typer(kill_app, name="kill")
+    app.add_typer(breaker_app, name="breaker")
+
+
+def _scope(level: Level, namespace: str, tenant: str | None, agent: str | None, conversation: str | None,
+           task: str | None) -> str:
+    scope = scope_for(level, namespace=namespace, tenant=tenant, agent=agent, conversation=conversation, task=task)
+    if scope == "*":
+        raise ValueError(f"a {level} kill switch or breaker needs the {level}'s id (--{level.replace('_', '-')})")
+    return scope
+
+
+def _admin(db: str) -> Admin:
+    return Admin(store_from_url(db), SystemClock())
+
+
+@kill_app.command("on")
+@_errors
+def kill_on(reason: Annotated[str, typer.Option(help="Why (shown in every refusal)")],
+            level: LevelOption = Level.NAMESPACE, namespace: NamespaceOption = "replay", tenant: TenantOption = None,
+            agent: AgentOption = None, conversation: ConversationOption = None, task: TaskOption = None,
+            by: ByOption = None, db: DbOption = DEFAULT_DB) -> None:
+    """Trip a kill switch: every call in the scope is refused (kill_switch) until `kill off`."""
+    admin = _admin(db)
+    try:
+        state = admin.kill(level, _scope(level, namespace, tenant, agent, conversation, task),
+                           by=by or getpass.getuser(), reason=reason)
+    finally:
+        admin.store.close()
+    console.print(f"kill switch of {state.level} {state.scope!r} tripped by {state.by}: {state.reason}")
+
+
+@kill_app.command("off")
+@_errors
+def kill_off(level: LevelOption = Level.NAMESPACE, namespace: NamespaceOption = "replay", tenant: TenantOption = None,
+             agent: AgentOption = None, conversation: ConversationOption = None, task: TaskOption = None,
+             by: ByOption = None, db: DbOption = DEFAULT_DB) -> None:
+    """Reset a kill switch: calls are admitted again."""
+    admin = _admin(db)
+    try:
+        state = admin.unkill(level, _scope(level, namespace, tenant, agent, conversation, task),
+                             by=by or getpass.getuser())
+    finally:
+        admin.store.close()
+    console.print(f"kill switch of {state.level} {state.scope!r} reset")
+
+
+@kill_app.command("list")
+@_errors
+def kill_list(db: DbOption = DEFAULT_DB) -> None:
+    """List kill switches (tripped now or before)."""
+    admin = _admin(db)
+    try:
+        switches = admin.kill_switches()
+    finally:
+        admin.store.close()
+    table = Table(title="Kill switches")
+    for name in ("level", "scope", "tripped", "mode", "since", "by", "reason", "window spend"):
+        table.add_column(name)
+    for s in switches:
+        table.add_row(str(s.level), s.scope, "yes" if s.tripped else "no", str(s.mode or "-"),
+                      s.tripped_at.isoformat() if s.tripped_at else "-", s.by or "-", s.reason or "-",
+                      format_usd(s.window_spend_mc))
+    console.print(table)
+
+
+@breaker_app.command("list")
+@_errors
+def breaker_list(db: DbOption = DEFAULT_DB) -> None:
+    """List breakers with their state (closed, open, half-open), trips and cooldown end."""
+    admin = _admin(db)
+    try:
+        breakers = admin.breakers()
+    finally:
+        admin.store.close()
+    table = Table(title="Spend-rate breakers")
+    for name in ("level", "scope", "status", "trips", "open until", "window spend", "over streak"):
+        table.add_column(name)
+    for b in breakers:
+        table.add_row(str(b.level), b.scope, str(b.status), str(b.trips),
+                      b.open_until.isoformat() if b.open_until else "-", format_usd(b.window_spend_mc),
+                      str(b.over_streak))
+    console.print(table)
+
+
+@breaker_app.command("reset")
+@_errors
+def breaker_reset(level: LevelOption = Level.AGENT, namespace: NamespaceOption = "replay",
+                  tenant: TenantOption = None, agent: AgentOption = None, conversation: ConversationOption = None,
+                  by: ByOption = None, db: DbOption = DEFAULT_DB) -> None:
+    """Close a breaker and reset its cooldown (an admin's decision after a trip)."""
+    admin = _admin(db)
+    try:
+        state = admin.reset_breaker(level, _scope(level, namespace, tenant, agent, conversation, None),
+                                    by=by or getpass.getuser())
+    finally:
+        admin.store.close()
+    console.print(f"breaker of {state.level} {state.scope!r} is {state.status}")
