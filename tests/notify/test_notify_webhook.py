@@ -14,6 +14,7 @@ import pytest
 import standardwebhooks
 from webhook_receiver import HANG, Receiver, Step
 
+from comptroller.clock import VirtualClock
 from comptroller.domain.ledger import Event
 from comptroller.notify import (
     BATCH_TYPE,
@@ -265,3 +266,15 @@ def test_concurrent_publishers_lose_nothing_uncounted(make_receiver: Callable[..
     assert stats.failed == 0
     ids = [r.headers["webhook-id"] for r in receiver.requests]
     assert len(ids) == len(set(ids))
+
+
+def test_a_virtual_clock_stamps_the_body_but_never_the_signature(make_receiver: Callable[..., Receiver]) -> None:
+    """In replay the body's timestamp is virtual time; webhook-timestamp stays wall-clock, so it verifies."""
+    receiver = make_receiver(200)
+    virtual = VirtualClock(datetime(2024, 1, 1, tzinfo=UTC))
+    sink = WebhookSink(receiver.url, SECRET, options=WebhookOptions.model_validate(FAST), clock=virtual)
+    sink.publish(events(1))
+    sink.close(timeout_s=10)
+    request = receiver.requests[0]
+    assert json.loads(request.body)["timestamp"] == "2024-01-01T00:00:00Z"
+    standardwebhooks.Webhook(SECRET).verify(request.body, request.headers)  # checks against the real clock

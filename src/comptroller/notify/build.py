@@ -20,7 +20,8 @@ def sinks_from_config(config: NotifyConfig, *, environ: Mapping[str, str] | None
     Args:
         config: the validated ``[notify]`` section.
         environ: where ``secret_env`` variables are read (default ``os.environ``).
-        clock: the clock webhook timestamps come from (default the system clock).
+        clock: the engine's clock, stamped as each webhook body's ``timestamp`` (default the
+            system clock); the signed ``webhook-timestamp`` header is always wall-clock time.
 
     Raises:
         ValueError: a ``secret_env`` variable is unset, empty or invalid. Nothing is

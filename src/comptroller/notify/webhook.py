@@ -118,7 +118,10 @@ class WebhookSink:
         url: absolute http(s) URL receiving POSTs.
         secret: ``whsec_<base64>`` shared with the receiver (see ``signing.generate_secret``).
         options: timeouts, attempts, backoff, queue and batch bounds (defaults: WebhookOptions()).
-        clock: source of the ``webhook-timestamp`` and body ``timestamp`` (default SystemClock).
+        clock: the engine's time, stamped as the body's ``timestamp`` when events are
+            published (a VirtualClock in replay is fine). The ``webhook-timestamp`` header
+            is always the wall clock at each attempt: receivers check it against their
+            own clock to refuse replayed requests.
 
     Raises:
         ValueError: a bad url or secret (the message says what to write).
@@ -132,6 +135,7 @@ class WebhookSink:
         self.options = options or WebhookOptions()
         self._key = decode_secret(secret)
         self._clock: Clock = clock or SystemClock()
+        self._wall = SystemClock()
         parts = urlsplit(url)
         self._where = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
         self._queue: deque[_Batch] = deque()
@@ -255,7 +259,7 @@ class WebhookSink:
     def _attempt(self, client: httpx.Client, msg_id: str, body: bytes) -> _Attempt:
         if self._abort.is_set():
             return _Attempt(error="close() timed out")
-        timestamp_s = int(self._clock.now().timestamp())
+        timestamp_s = int(self._wall.now().timestamp())
         headers = {"content-type": "application/json", **signature_headers(self._key, msg_id, timestamp_s, body)}
         try:
             response = client.post(self.url, content=body, headers=headers)
