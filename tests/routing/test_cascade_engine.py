@@ -14,7 +14,7 @@ from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.pinning import AgentPin, PinningPolicy
 from comptroller.domain.pricing import ModelPrice, cost_mc
-from comptroller.domain.routing import Cascade, JsonSchemaGate, NonEmptyGate, Tier
+from comptroller.domain.routing import Cascade, CustomGate, GateResult, JsonSchemaGate, NonEmptyGate, Tier
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.usage import Usage
 from comptroller.engine import Engine
@@ -176,3 +176,14 @@ def test_a_start_tier_outside_the_cascade_is_an_error(start: int) -> None:
     with pytest.raises(ValueError, match="outside cascade"):
         run_cascade(_engine(MemoryStore()), _cascade(), CascadeRequest(WHO, 50), Upstream({}, Usage(1, 1)),
                     start_tier=start)
+
+
+def test_headers_are_single_line_ascii() -> None:
+    """Reasons with newlines or non-ASCII text become one ASCII line per header."""
+    def gate(answer: object) -> GateResult:
+        return GateResult("g", False, "line one\nline two — ü")
+    cascade = Cascade("c", (Tier("local", ("local-8b",), 1, (CustomGate("g", gate),)), Tier("frontier", ("frontier",))))
+    upstream = Upstream({"local-8b": ["x"], "frontier": ["y"]}, Usage(1, 1))
+    headers = run_cascade(_engine(MemoryStore()), cascade, CascadeRequest(WHO, 10), upstream).headers()
+    assert headers["x-comptroller-passed-over"] == "local#1: line one line two ? ?"
+    assert all(v.isascii() and "\n" not in v for v in headers.values())

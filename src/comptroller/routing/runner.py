@@ -156,7 +156,8 @@ class CascadeResult:
     def headers(self) -> dict[str, str]:
         """Response headers for the gateway (ASCII): cascade, tier, reason, request id."""
         def ascii_(text: str) -> str:
-            return text.encode("ascii", "replace").decode("ascii")[:512]
+            flat = " ".join(text.split())  # no CR/LF in a header value
+            return flat.encode("ascii", "replace").decode("ascii")[:512]
         passed = " | ".join(f"{p.tier}#{p.attempt}: {p.reason}" for p in self.passed_over)
         return {"x-comptroller-request-id": self.request_id, "x-comptroller-cascade": self.cascade,
                 "x-comptroller-outcome": str(self.outcome), "x-comptroller-tier": self.tier or "",
