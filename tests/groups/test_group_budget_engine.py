@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from group_kit import MEMBERS, RULES, T0, msg
 
 from comptroller.clock import VirtualClock
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
-from comptroller.domain.dispatch import DispatchConfig, Group, Kind, Mode, Reason
+from comptroller.domain.dispatch import DispatchConfig, Group, Kind, MessageError, Mode, Reason
 from comptroller.domain.pricing import ModelPrice, ceiling_mc
 from comptroller.domain.scopes import Level, scope_key
 from comptroller.domain.usage import Usage
@@ -90,6 +91,16 @@ def test_every_call_of_the_group_lands_on_its_conversation_and_each_decision_is_
     assert {x["agent"]: x["reason"] for x in event.detail["left_out"]} == {
         x.agent: str(x.reason) for x in decision.left_out}
     assert service.remaining("studio") == (50 * CALL_MC - CALL_MC) / (50 * CALL_MC)
+
+
+def test_a_message_id_reused_for_other_content_is_refused(store: LedgerStore) -> None:
+    """A retry with the same message is answered once; the same id with another text is an error, not recorded."""
+    service = _service(store, VirtualClock(T0))
+    service.dispatch("studio", msg(1, "user", "the python api is down"))
+    with pytest.raises(MessageError, match=r"message id 'm1' was already used for another message"):
+        service.dispatch("studio", msg(1, "user", "the css is broken"))
+    service.record("studio", msg(1, "user", "the python api is down"))
+    assert [m.text for m in service.history("studio")] == ["the python api is down"]
 
 
 def test_without_a_conversation_budget_the_group_runs_at_full_k(store: LedgerStore) -> None:

@@ -16,7 +16,9 @@ Dispatched agents then make their LLM calls through :meth:`GroupService.call` (a
 
 Rooms live in process memory (at most ``history_max`` messages each, oldest dropped);
 a restart starts each room empty (cooldowns and loop tails begin anew), while spend
-stays in the ledger. Posting a message id again answers the first decision (a safe retry).
+stays in the ledger. Posting a message id again (among the room's last 1,024) answers
+the first decision and changes nothing (a safe retry); the same id with other content is
+an error.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
-from comptroller.domain.dispatch import Dispatch, GroupError, Message, visible_history
+from comptroller.domain.dispatch import Dispatch, GroupError, Message, MessageError, visible_history
 from comptroller.domain.ledger import Event
 from comptroller.domain.scopes import Attribution, Level, scope_key
 from comptroller.engine import Admission, CallRequest, Engine
@@ -34,7 +36,7 @@ from comptroller.groups.config import GroupDefinition
 
 __all__ = ["GroupService", "UnknownGroupError"]
 
-_DECISIONS_KEPT = 1_024
+_IDS_KEPT = 1_024
 
 
 class UnknownGroupError(GroupError):
@@ -42,9 +44,27 @@ class UnknownGroupError(GroupError):
 
 
 class _Room:
+    """A room's history and its last message ids, each with the message and its decision (None: recorded)."""
+
     def __init__(self, history_max: int) -> None:
         self.history: deque[Message] = deque(maxlen=history_max)
-        self.decisions: OrderedDict[str, Dispatch] = OrderedDict()
+        self.seen: OrderedDict[str, tuple[Message, Dispatch | None]] = OrderedDict()
+
+    def repeat(self, message: Message) -> tuple[bool, Dispatch | None]:
+        """(True, the first answer) if this message id was taken before; raises if its content differs."""
+        earlier = self.seen.get(message.id)
+        if earlier is None:
+            return False, None
+        if earlier[0] != message:
+            raise MessageError(f"message id {message.id!r} was already used for another message in this group; "
+                               f"give each message its own id")
+        return True, earlier[1]
+
+    def add(self, message: Message, decision: Dispatch | None) -> None:
+        self.history.append(message)
+        self.seen[message.id] = (message, decision)
+        if len(self.seen) > _IDS_KEPT:
+            self.seen.popitem(last=False)
 
 
 class GroupService:
@@ -110,20 +130,20 @@ class GroupService:
 
         Raises:
             UnknownGroupError: for an unregistered group.
-            UnknownMemberError, MessageError: for a message the group cannot take (nothing is recorded).
+            UnknownMemberError, MessageError: for a message the group cannot take, or a message id
+                reused for another message (nothing is recorded).
         """
         definition = self.group(group_id)
         remaining = self.remaining(group_id)
         with self._lock:
             room = self._rooms[group_id]
-            earlier = room.decisions.get(message.id)
-            if earlier is not None:
+            seen, earlier = room.repeat(message)
+            if seen and earlier is not None:
                 return earlier
+            if seen:
+                raise MessageError(f"message {message.id!r} was recorded without dispatch; it has no decision")
             decision = definition.dispatcher.dispatch(message, list(room.history), remaining)
-            room.history.append(message)
-            room.decisions[message.id] = decision
-            if len(room.decisions) > _DECISIONS_KEPT:
-                room.decisions.popitem(last=False)
+            room.add(message, decision)
         if self.log_decisions:
             self.engine.store.record_event(self._event(definition, decision))
         return decision
@@ -139,7 +159,9 @@ class GroupService:
         definition = self.group(group_id)
         definition.dispatcher.check(message)
         with self._lock:
-            self._rooms[group_id].history.append(message)
+            room = self._rooms[group_id]
+            if not room.repeat(message)[0]:
+                room.add(message, None)
 
     def history(self, group_id: str) -> list[Message]:
         """The room's messages, oldest first."""
