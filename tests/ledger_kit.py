@@ -18,6 +18,7 @@ from comptroller.domain.usage import Usage
 from comptroller.ports import LedgerStore
 from comptroller.storage.memory import MemoryStore
 from comptroller.storage.sqlite import SQLiteStore
+from postgres.pg_kit import postgres_store
 
 __all__ = [
     "BACKENDS",
@@ -33,7 +34,7 @@ __all__ = [
 BACKENDS: dict[str, Callable[[Path], LedgerStore]] = {
     "memory": lambda directory: MemoryStore(),
     "sqlite": lambda directory: SQLiteStore(directory / "ledger.db"),
-    # "postgres": lambda directory: PostgresStore(os.environ["COMPTROLLER_TEST_PG_URL"], schema=directory.name),
+    "postgres": postgres_store,  # a fresh schema per store; skips when PostgreSQL is unreachable
 }
 """Every ledger backend by name: a factory opening an empty store with ``directory`` for its files.
 

@@ -1,0 +1,790 @@
+"""The PostgreSQL ledger: one truth for many gateway replicas on many hosts.
+
+Every write is one transaction at READ COMMITTED in which the rows it changes are
+locked with ``SELECT ... FOR UPDATE`` before they are read for a decision, always
+in one global order, so two transactions never wait on each other in a cycle:
+
+1. reservation rows (settle, release, the expiry sweep; the sweep takes them with
+   ``FOR UPDATE SKIP LOCKED``, so replicas sweeping at once split the work and none
+   waits on a lease another is settling);
+2. account rows, in ascending ``id`` (PostgreSQL locks the rows of a sorted
+   ``SELECT ... ORDER BY ... FOR UPDATE`` in that order: docs, "The Locking Clause");
+3. defense state rows, in ascending ``(kind, key)`` (``StateKey`` order).
+
+Missing account rows are created (empty) in a short transaction of their own before
+the reserve is retried, and the expiry sweep runs in its own transaction before the
+operation that found a lease due, so no transaction ever takes a lock out of that
+order. New state rows and a reservation whose idempotency key a concurrent reserve
+took at the same moment end in a unique violation; the transaction is rolled back
+and run again, at most :data:`_ATTEMPTS` times (also on a serialization failure or a
+deadlock, which the order above should make impossible).
+
+Round trips: statements are sent in libpq pipeline mode, so a reserve is two round
+trips (lock and read; then write and commit) and a settle two or three.
+
+Failure: every connection problem (the server restarting, a broken connection, the
+pool exhausted past ``pool_timeout_s``, a lock held past ``lock_timeout_s``) raises
+:class:`LedgerUnavailableError`, so a call fails closed and is never admitted
+unmetered. An operation that failed before it sent ``COMMIT`` wrote nothing and is
+retried on a fresh connection (this heals stale pooled connections after a restart);
+one that failed after may or may not have committed, and says so: retry it with the
+same idempotency key (reserve) or reservation id (settle, release), which is safe.
+The pool replaces broken connections by itself, so the store recovers when the
+database is back.
+
+Times are ``timestamptz`` (sessions run in UTC); money is ``bigint`` millicents; the
+schema is created and upgraded only by :func:`comptroller.storage.migrations.upgrade`
+(``comptroller db upgrade``), and checked when a store opens.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
+from comptroller.domain.budgets import ANY_SCOPE, Budget
+from comptroller.domain.codes import Code
+from comptroller.domain.defenses.verdict import Verdict
+from comptroller.domain.ledger import (
+    AccountView,
+    Event,
+    ReleaseResult,
+    Reservation,
+    ReservationState,
+    ReserveRequest,
+    ReserveResult,
+    SettleResult,
+    UsageRecord,
+)
+from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
+from comptroller.domain.usage import Usage
+from comptroller.storage.migrations import check_version
+from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
+from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
+
+__all__ = ["LedgerUnavailableError", "PostgresStore"]
+
+_T = TypeVar("_T")
+Conn = psycopg.Connection[TupleRow]
+
+_ATTEMPTS = 12
+_SWEEP_BATCH = 500
+_CACHE_ENTRIES_MAX = 100_000
+_POOL_PARAMS = {"pool_min_size": "min_size", "pool_max_size": "max_size", "pool_timeout_s": "timeout_s"}
+
+_BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
+_RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
+             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids")
+_USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
+               "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+               "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome")
+_ACCOUNT_COLS = "id, budget_id, scope, period_key, settled_mc, reserved_mc, alert_pct_fired"
+_LOCK_ACCOUNTS_BY_KEY = (
+    f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE (budget_id, scope, period_key) IN "
+    "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) ORDER BY id FOR UPDATE")
+_LOCK_ACCOUNTS_OF_RESERVATION = (
+    "SELECT a.id, a.budget_id, a.scope, a.period_key, a.settled_mc, a.reserved_mc, a.alert_pct_fired, "
+    "b.id, b.level, b.scope, b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a "
+    "LEFT JOIN budgets b ON b.id = a.budget_id "
+    "WHERE a.id = ANY((SELECT account_ids FROM reservations WHERE id = %s)::bigint[]) ORDER BY a.id FOR UPDATE OF a")
+_SETTLE_WRITE = (
+    "WITH charged AS (UPDATE accounts SET settled_mc = settled_mc + %s, reserved_mc = reserved_mc - %s, "
+    "alert_pct_fired = coalesce(f.pct, alert_pct_fired) FROM unnest(%s::bigint[]) AS t(id) "
+    "LEFT JOIN unnest(%s::bigint[], %s::integer[]) AS f(id, pct) ON f.id = t.id WHERE accounts.id = t.id), "
+    f"logged AS (INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 19)})) "
+    "UPDATE reservations SET state = 'settled' WHERE id = %s")
+_LOCK_STATES = ("SELECT kind, key, version, record FROM states WHERE (kind, key) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind, key FOR UPDATE")
+_DUE = "EXISTS (SELECT 1 FROM reservations WHERE state = 'pending' AND expires_at <= %s)"
+_RESERVE_READ = (f"SELECT (SELECT value FROM meta WHERE key = 'budgets_version'), {_DUE}, "
+                 "(SELECT id FROM reservations WHERE idempotency_key = %s)")
+_SETTLE_READ = (f"SELECT {', '.join('r.' + c for c in _RES_COLS.split(', '))}, {_DUE} "
+                "FROM reservations r WHERE r.id = %s FOR UPDATE OF r")
+
+
+class LedgerUnavailableError(RuntimeError):
+    """The ledger database cannot answer now: refuse the call (HTTP 503), never let it through unmetered.
+
+    Attributes:
+        outcome_unknown: True when the failure came after ``COMMIT`` was sent, so the
+            operation may have been applied: retry it with the same idempotency key or
+            reservation id (both are idempotent).
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+class _RetryError(Exception):
+    """Roll back and run the operation again (a conflict, new accounts, a due lease, new budgets)."""
+
+
+@dataclass
+class _Attempt:
+    """What one try of an operation did so far."""
+
+    commit_sent: bool = False
+    swept: bool = False
+
+
+@dataclass
+class _Budgets:
+    """Parsed budgets by exact ``(level, scope)``, valid for one ``meta.budgets_version``."""
+
+    version: int | None = None
+    by_scope: dict[tuple[str, str], tuple[Budget, ...]] = field(default_factory=dict)
+
+
+def _budget(row: Sequence[Any]) -> Budget:
+    return Budget(level=Level(row[1]), scope=row[2], period=row[3], timezone=row[4], limit_mc=row[5],
+                  alert_thresholds_pct=tuple(json.loads(row[6])))
+
+
+def _attribution(row: Sequence[Any]) -> Attribution:
+    return Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3], task=row[4],
+                       phase=row[5])
+
+
+def _reservation(row: Sequence[Any]) -> Reservation:
+    return Reservation(
+        id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
+        ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
+        created_at=row[12], expires_at=row[13], state=ReservationState(row[14]))
+
+
+def _record(row: Sequence[Any]) -> UsageRecord:
+    return UsageRecord(
+        reservation_id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
+        reserved_at=row[9], resolved_at=row[10], usage=Usage(row[11], row[12], row[13], row[14], row[15]),
+        cost_mc=row[16], ceiling_mc=row[17], outcome=row[18])
+
+
+def _state(row: Sequence[Any]) -> StoredState:
+    return StoredState(StateKey(row[0], row[1]), int(row[2]), row[3])
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (e.ts, e.kind, e.code, e.level, e.scope, json.dumps(e.detail, sort_keys=True))
+
+
+def _key_columns(keys: Sequence[StateKey]) -> tuple[list[str], list[str]]:
+    ordered = sorted(set(keys))
+    return [k.kind for k in ordered], [k.key for k in ordered]
+
+
+def split_url(url: str) -> tuple[str, dict[str, float]]:
+    """Separate the pool options (``pool_min_size``, ``pool_max_size``, ``pool_timeout_s``) from a libpq URL.
+
+    Returns:
+        The URL without them, and the options found (as numbers).
+
+    Raises:
+        ValueError: on a pool option that is not a number.
+    """
+    parts = urlsplit(url)
+    kept, options = [], {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _POOL_PARAMS:
+            try:
+                options[_POOL_PARAMS[name]] = float(value)
+            except ValueError:
+                raise ValueError(f"{name} in the ledger URL must be a number, got {value!r}") from None
+        else:
+            kept.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), options
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresStore:
+    """A :class:`~comptroller.ports.LedgerStore` in a PostgreSQL database, shared by any number of processes.
+
+    Args:
+        url: a libpq URL, ``postgresql://user@host:5432/db``; pool options may ride in
+            its query (``?pool_max_size=32&pool_timeout_s=2``).
+        schema: the schema holding the ledger (default: the server's ``search_path``).
+        min_size: connections kept open.
+        max_size: connections at most (one per concurrent operation).
+        timeout_s: how long an operation waits for a free connection, seconds, before
+            :class:`LedgerUnavailableError` ("pool exhausted").
+        connect_timeout_s: how long one connection attempt may take, seconds.
+        lock_timeout_s: how long a statement waits for a row lock, seconds, before the
+            operation fails (no replica can stall the others for longer).
+        statement_timeout_s: how long one statement may run, seconds.
+        durable: True (the default) waits for each commit to reach the disk; False sets
+            ``synchronous_commit = off``: a crash of the database server (not a restart)
+            may then lose the last fraction of a second of commits, never corrupt them
+            (PostgreSQL docs, "Asynchronous Commit"). For tests and benchmarks of CPU cost.
+
+    Raises:
+        SchemaVersionError: if the schema is behind (run ``comptroller db upgrade``) or ahead.
+        LedgerUnavailableError: if the database cannot be reached within ``timeout_s``.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 16,
+                 timeout_s: float = 5.0, connect_timeout_s: float = 5.0, lock_timeout_s: float = 10.0,
+                 statement_timeout_s: float = 30.0, durable: bool = True) -> None:
+        conninfo, options = split_url(url)
+        self.where = redact(conninfo) + (f" (schema {schema})" if schema else "")
+        self._timeout_s = options.get("timeout_s", timeout_s)
+        self._settings = {"TimeZone": "UTC", "lock_timeout": f"{int(lock_timeout_s * 1000)}ms",
+                          "statement_timeout": f"{int(statement_timeout_s * 1000)}ms",
+                          "idle_in_transaction_session_timeout": f"{int(max(lock_timeout_s, 60.0) * 1000)}ms"}
+        if not durable:
+            self._settings["synchronous_commit"] = "off"
+        self._schema = schema
+        max_conns = int(options.get("max_size", max_size))
+        self._pool = ConnectionPool(
+            conninfo, min_size=min(int(options.get("min_size", min_size)), max_conns), max_size=max_conns,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
+                    "application_name": "comptroller"},
+            configure=self._configure, timeout=self._timeout_s, open=False, name="comptroller-ledger")
+        self._budgets = _Budgets()
+        self._account_ids: dict[tuple[str, str, str], int] = {}
+        self._budgets_lock = threading.Lock()  # guards both caches
+        self._pool.open(wait=False)
+        try:
+            self._run(lambda conn, _: check_version(conn, self.where))
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _configure(self, conn: Conn) -> None:
+        for name, value in self._settings.items():
+            conn.execute(sql.SQL("SET {} TO {}").format(sql.Identifier(name), sql.Literal(value)))
+        if self._schema is not None:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+
+    # connections and transactions ---------------------------------------------------------------
+
+    def _unavailable(self, exc: Exception, *, outcome_unknown: bool = False) -> LedgerUnavailableError:
+        if isinstance(exc, PoolTimeout):
+            stats = self._pool.get_stats()
+            message = (f"ledger {self.where} unavailable: no database connection within {self._timeout_s:g} s "
+                       f"(pool of {self._pool.max_size}: {stats.get('pool_size', 0)} open, "
+                       f"{stats.get('pool_available', 0)} free, {stats.get('requests_waiting', 0)} waiting); "
+                       "the call is refused: retry later, or raise pool_max_size / pool_timeout_s")
+        elif isinstance(exc, errors.LockNotAvailable | errors.QueryCanceled):
+            message = (f"ledger {self.where} unavailable: a row stayed locked or a statement ran past its timeout "
+                       f"({exc.__class__.__name__}); the call is refused: retry later")
+        else:
+            message = (f"ledger {self.where} unavailable: {exc.__class__.__name__}: "
+                       f"{str(exc).strip() or 'connection lost'}; the call is refused: retry later")
+        if outcome_unknown:
+            message += (" (the database lost the connection while committing, so the operation may have been "
+                        "applied: retry it with the same idempotency key or reservation id)")
+        return LedgerUnavailableError(message, outcome_unknown=outcome_unknown)
+
+    def _run(self, op: Callable[[Conn, _Attempt], _T]) -> _T:
+        """Run ``op`` in a transaction on a pooled connection, again after a conflict; fail closed on I/O errors."""
+        attempt = _Attempt()
+        for n in range(_ATTEMPTS):
+            attempt.commit_sent = False
+            try:
+                with self._pool.connection(timeout=self._timeout_s) as conn:
+                    try:
+                        return op(conn, attempt)
+                    except (_RetryError, errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected):
+                        _rollback(conn)
+            except PoolTimeout as exc:
+                raise self._unavailable(exc) from exc
+            except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
+                raise self._unavailable(exc, outcome_unknown=attempt.commit_sent) from exc
+            except psycopg.OperationalError as exc:
+                if attempt.commit_sent or n == _ATTEMPTS - 1:
+                    raise self._unavailable(exc, outcome_unknown=attempt.commit_sent) from exc
+                self._pool.check()  # drop the other stale connections, then try on a fresh one
+                continue
+            time.sleep(random.uniform(0, 0.002 * (n + 1)))
+        raise LedgerUnavailableError(f"ledger {self.where}: the operation conflicted {_ATTEMPTS} times in a row; "
+                                     "the call is refused: retry later")
+
+    def _read(self, query: str | sql.Composed, params: Sequence[Any] = ()) -> list[TupleRow]:
+        def op(conn: Conn, _: _Attempt) -> list[TupleRow]:
+            return conn.execute(query, params).fetchall()
+        return self._run(op)
+
+    # budgets -----------------------------------------------------------------------------------
+
+    def put_budget(self, budget: Budget) -> None:
+        """Create or replace a budget (every replica sees it in its next reserve)."""
+        row = (budget.id, str(budget.level), budget.scope, str(budget.period), budget.timezone, budget.limit_mc,
+               json.dumps(list(budget.alert_thresholds_pct)))
+        self._read(f"INSERT INTO budgets ({_BUDGET_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                   "ON CONFLICT (id) DO UPDATE SET level = excluded.level, scope = excluded.scope, "
+                   "period = excluded.period, timezone = excluded.timezone, limit_mc = excluded.limit_mc, "
+                   "alerts = excluded.alerts RETURNING id", row)
+
+    def delete_budget(self, budget_id: str) -> bool:
+        """Delete a budget; True if it existed."""
+        return bool(self._read("DELETE FROM budgets WHERE id = %s RETURNING id", (budget_id,)))
+
+    def budgets(self) -> list[Budget]:
+        """Every budget, ordered by id."""
+        return [_budget(r) for r in self._read(f"SELECT {_BUDGET_COLS} FROM budgets ORDER BY id")]
+
+    def _candidates(self, scopes: Sequence[tuple[Level, str]]) -> tuple[int, list[Budget]]:
+        """The budgets set on the call's scopes or their level's ``*`` default, and the version they are from."""
+        wanted = [(str(level), key) for level, key in scopes]
+        wanted += [(str(level), ANY_SCOPE) for level, key in scopes if key != ANY_SCOPE]
+        with self._budgets_lock:
+            cache = self._budgets
+            if cache.version is not None and all(w in cache.by_scope for w in wanted):
+                return cache.version, [b for w in wanted for b in cache.by_scope[w]]
+        version, loaded = self._load_budgets(wanted)
+        return version, [b for w in wanted for b in loaded[w]]
+
+    def _load_budgets(self, pairs: Sequence[tuple[str, str]]) -> tuple[int, dict[tuple[str, str], tuple[Budget, ...]]]:
+        """Read the budgets of ``pairs`` and their version, and keep them in the cache."""
+        def op(conn: Conn, _: _Attempt) -> tuple[int, list[TupleRow]]:
+            with conn.pipeline():
+                version = conn.execute("SELECT value FROM meta WHERE key = 'budgets_version'")
+                rows = conn.execute(f"SELECT {_BUDGET_COLS} FROM budgets WHERE (level, scope) IN "
+                                    "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                                    ([p[0] for p in pairs], [p[1] for p in pairs]))
+            return int(_scalar(version) or 0), rows.fetchall()
+
+        version, rows = self._run(op)
+        grouped: dict[tuple[str, str], list[Budget]] = {p: [] for p in pairs}
+        for row in rows:
+            grouped.setdefault((row[1], row[2]), []).append(_budget(row))
+        loaded = {k: tuple(v) for k, v in grouped.items()}
+        with self._budgets_lock:
+            cache = self._budgets
+            if cache.version != version or len(cache.by_scope) >= _CACHE_ENTRIES_MAX:
+                cache.by_scope.clear()
+                cache.version = version
+            cache.by_scope.update(loaded)
+        return version, loaded
+
+    def _forget_budgets(self) -> None:
+        """Drop the cache: a budget changed since it was read."""
+        with self._budgets_lock:
+            self._budgets.version = None
+            self._budgets.by_scope.clear()
+
+    # expiry --------------------------------------------------------------------------------------
+
+    def expire(self, now: datetime) -> int:
+        """Return the holds of every lease expired at ``now``; the number this call expired.
+
+        Safe on many replicas at once: each sweep takes due leases with ``FOR UPDATE
+        SKIP LOCKED``, so every lease is expired by exactly one of them.
+        """
+        total = 0
+        while True:
+            done = self._run(lambda conn, _: self._sweep(conn, now))
+            total += done
+            if done < _SWEEP_BATCH:
+                return total
+
+    @staticmethod
+    def _sweep(conn: Conn, now: datetime) -> int:
+        conn.execute("BEGIN")
+        due = conn.execute(
+            "SELECT id, ceiling_mc, account_ids FROM reservations WHERE state = 'pending' AND expires_at <= %s "
+            "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED", (now, _SWEEP_BATCH)).fetchall()
+        if not due:
+            conn.execute("COMMIT")
+            return 0
+        returned: dict[int, int] = {}
+        for _, ceiling_mc, account_ids in due:
+            for account_id in account_ids:
+                returned[account_id] = returned.get(account_id, 0) + ceiling_mc
+        ids = sorted(returned)
+        with conn.pipeline():
+            conn.execute("SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+            conn.execute("UPDATE accounts SET reserved_mc = reserved_mc - d.mc FROM unnest(%s::bigint[], "
+                         "%s::bigint[]) AS d(id, mc) WHERE accounts.id = d.id", (ids, [returned[i] for i in ids]))
+            conn.execute("UPDATE reservations SET state = 'expired' WHERE id = ANY(%s)", ([r[0] for r in due],))
+            conn.execute("COMMIT")
+        return len(due)
+
+    def _sweep_first(self, conn: Conn, attempt: _Attempt, now: datetime) -> None:
+        """A lease is due: roll back, sweep in a transaction of its own, and retry (once per operation)."""
+        if not attempt.swept:
+            _rollback(conn)
+            self._sweep(conn, now)
+            attempt.swept = True
+            raise _RetryError
+
+    # reserve -------------------------------------------------------------------------------------
+
+    def reserve(self, request: ReserveRequest, now: datetime, guard: AdmitGuard | None = None) -> ReserveResult:
+        """Answer a known key; else run the guard, then the budgets; hold the ceiling on every account or refuse.
+
+        Raises:
+            LedgerUnavailableError: if the database cannot answer (the call must be refused).
+        """
+        scopes = request.attribution.scopes()
+        state_keys = sorted(set(guard.state_keys())) if guard is not None else []
+
+        def op(conn: Conn, attempt: _Attempt) -> ReserveResult:
+            version, candidates = self._candidates(scopes)
+            keys = account_keys(scopes, candidates, now)
+            wanted = [(b.id, s, p) for b, s, p in keys]
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                first = conn.execute(_RESERVE_READ, (now, request.idempotency_key))
+                locked = self._lock_accounts(conn, wanted)
+                states = conn.execute(_LOCK_STATES, _key_columns(state_keys)) if state_keys else None
+            seen, due, existing_id = first.fetchone() or (None, None, None)
+            if seen != version:
+                self._forget_budgets()
+                raise _RetryError
+            if due:
+                self._sweep_first(conn, attempt, now)
+            if existing_id is not None:
+                row = conn.execute(f"SELECT {_RES_COLS} FROM reservations WHERE id = %s", (existing_id,)).fetchone()
+                _rollback(conn)
+                if row is None:
+                    raise _RetryError
+                found = _reservation(row)
+                if request.same_request(found):
+                    return ReserveResult(Code.ALREADY_RESERVED, reservation=found)
+                return ReserveResult(Code.IDEMPOTENCY_CONFLICT)
+            by_key = self._learn_accounts(locked.fetchall())
+            if len(by_key) < len(set(wanted)):
+                _rollback(conn)
+                self._create_accounts(conn, sorted(set(wanted) - set(by_key)))
+                raise _RetryError
+            views = [AccountView(b, s, p, *by_key[(b.id, s, p)][4:7]) for b, s, p in keys]
+            ids = [by_key[k][0] for k in wanted]
+            read = {} if states is None else {StateKey(r[0], r[1]): _state(r) for r in states.fetchall()}
+            return self._admit(conn, attempt, request, now, guard=guard, views=views, ids=ids, read=read)
+
+        return self._run(op)
+
+    def _lock_accounts(self, conn: Conn, wanted: Sequence[tuple[str, str, str]]) -> psycopg.Cursor[TupleRow]:
+        """Queue the lock of the call's accounts, ascending id: by id when all are known, else by key."""
+        with self._budgets_lock:
+            ids = [self._account_ids.get(k) for k in wanted]
+        if all(i is not None for i in ids):
+            return conn.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                                (ids,))
+        return conn.execute(_LOCK_ACCOUNTS_BY_KEY, ([k[0] for k in wanted], [k[1] for k in wanted],
+                                                    [k[2] for k in wanted]))
+
+    def _learn_accounts(self, rows: Sequence[TupleRow]) -> dict[tuple[str, str, str], TupleRow]:
+        """Account rows by key; their ids are remembered (an account never changes id or goes away)."""
+        by_key = {(r[1], r[2], r[3]): r for r in rows}
+        with self._budgets_lock:
+            if len(self._account_ids) >= _CACHE_ENTRIES_MAX:
+                self._account_ids.clear()
+            self._account_ids.update((k, r[0]) for k, r in by_key.items())
+        return by_key
+
+    @staticmethod
+    def _create_accounts(conn: Conn, keys: Sequence[tuple[str, str, str]]) -> None:
+        """Insert empty accounts (sorted, in a transaction of their own: it holds no other lock)."""
+        conn.execute("INSERT INTO accounts (budget_id, scope, period_key) SELECT * FROM unnest(%s::text[], "
+                     "%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                     ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]))
+
+    def _admit(self, conn: Conn, attempt: _Attempt, request: ReserveRequest, now: datetime, *,
+               guard: AdmitGuard | None, views: list[AccountView], ids: list[int],
+               read: dict[StateKey, StoredState]) -> ReserveResult:
+        """Decide with the locked rows, then write and commit in one round trip."""
+        outcome = GuardOutcome()
+        if guard is not None:
+            outcome = guard.apply(read, views, now)
+            if outcome.verdict is not None:
+                refused = replace(outcome, events=(*outcome.events, refusal_event(outcome.verdict, request, now)))
+                self._commit(conn, attempt, refused, read)
+                return ReserveResult(outcome.verdict.code, verdict=outcome.verdict, events=refused.events)
+            request = outcome.request or request
+        refusal = decide(request.ceiling_mc, views)
+        if refusal is not None:
+            verdict = Verdict.from_refusal(refusal)
+            event = refusal_event(verdict, request, now)
+            self._commit(conn, attempt, GuardOutcome(events=(event,)), read)
+            return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal, verdict=verdict, events=(event,))
+        reservation = new_reservation(uuid.uuid4().hex, request, now)
+        a = request.attribution
+
+        def hold() -> None:
+            conn.execute(
+                "WITH held AS (UPDATE accounts SET reserved_mc = reserved_mc + %s WHERE id = ANY(%s)) "
+                f"INSERT INTO reservations ({_RES_COLS}) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)",
+                (request.ceiling_mc, ids, reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent,
+                 a.conversation, a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
+                 request.output_tokens_max, now, reservation.expires_at, ids))
+
+        self._commit(conn, attempt, outcome, read, hold)
+        return ReserveResult(Code.OK, reservation=reservation, events=outcome.events)
+
+    def _commit(self, conn: Conn, attempt: _Attempt, outcome: GuardOutcome, read: Mapping[StateKey, StoredState],
+                writes: Callable[[], None] | None = None) -> None:
+        """Send the ledger writes, the guard's state writes and events, and ``COMMIT``, in one round trip."""
+        attempt.commit_sent = True
+        with conn.pipeline():
+            if writes is not None:
+                writes()
+            for state in sorted(outcome.writes, key=lambda s: s.key):
+                _write_state(conn, state, read.get(state.key))
+            _insert_events(conn, outcome.events)
+            conn.execute("COMMIT")
+
+    # settle and release --------------------------------------------------------------------------
+
+    def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime,
+               guard: SettleGuard | None = None) -> SettleResult:
+        """Charge the actual cost once, return the rest of the hold, append one usage row.
+
+        Raises:
+            LedgerUnavailableError: if the database cannot answer; retry with the same
+                reservation id (a repeat answers ``already_settled`` and charges nothing).
+        """
+        def op(conn: Conn, attempt: _Attempt) -> SettleResult:
+            found = self._lock_reservation(conn, attempt, reservation_id, now)
+            if found is None:
+                _rollback(conn)
+                return SettleResult(Code.RESERVATION_NOT_FOUND)
+            reservation, due, accounts = found
+            if reservation.state is ReservationState.SETTLED:
+                usage_row = conn.execute(f"SELECT {_USAGE_COLS} FROM usage_log WHERE reservation_id = %s",
+                                         (reservation_id,)).fetchone()
+                _rollback(conn)
+                return SettleResult(Code.ALREADY_SETTLED, None if usage_row is None else _record(usage_row))
+            late = reservation.state is not ReservationState.PENDING or due
+            held = 0 if reservation.state is not ReservationState.PENDING else reservation.ceiling_mc
+            events: list[Event] = []
+            fired: dict[int, int] = {}
+            for row in accounts:
+                if row[7] is None:  # the budget was deleted: no alerts
+                    continue
+                view = AccountView(_budget(row[7:]), row[2], row[3], row[4], row[5], row[6])
+                for pct in alert_thresholds_crossed(view, row[4] + cost_mc):
+                    events.append(alert_event(view, pct, row[4] + cost_mc, now))
+                    fired[row[0]] = pct
+            record = settled_record(reservation, usage, cost_mc, now, late=late)
+            outcome = self._settle_guard(conn, guard, reservation, cost_mc, now)
+            ids = [r[0] for r in accounts]
+
+            def charge() -> None:
+                conn.execute(_SETTLE_WRITE, (cost_mc, held, ids, list(fired), list(fired.values()),
+                                             *_usage_row(record), reservation_id))
+                _insert_events(conn, events)
+
+            self._commit(conn, attempt, outcome[0], outcome[1], charge)
+            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record,
+                                (*events, *outcome[0].events))
+
+        return self._run(op)
+
+    def release(self, reservation_id: str, now: datetime, guard: SettleGuard | None = None) -> ReleaseResult:
+        """Return the whole hold once (the call failed or was abandoned).
+
+        Raises:
+            LedgerUnavailableError: if the database cannot answer; retry with the same reservation id.
+        """
+        def op(conn: Conn, attempt: _Attempt) -> ReleaseResult:
+            found = self._lock_reservation(conn, attempt, reservation_id, now)
+            if found is None:
+                _rollback(conn)
+                return ReleaseResult(Code.RESERVATION_NOT_FOUND)
+            reservation, due, accounts = found
+            if reservation.state is ReservationState.SETTLED:
+                _rollback(conn)
+                return ReleaseResult(Code.ALREADY_SETTLED)
+            if reservation.state is not ReservationState.PENDING:
+                _rollback(conn)
+                return ReleaseResult(Code.ALREADY_RELEASED)
+            ids = [r[0] for r in accounts]
+
+            def unhold(state: str) -> Callable[[], None]:
+                def writes() -> None:
+                    conn.execute("UPDATE accounts SET reserved_mc = reserved_mc - %s WHERE id = ANY(%s)",
+                                 (reservation.ceiling_mc, ids))
+                    conn.execute("UPDATE reservations SET state = %s WHERE id = %s", (state, reservation_id))
+                return writes
+
+            if due:  # its lease ran out before this release: it expires, as the sweep would have done
+                self._commit(conn, attempt, GuardOutcome(), {}, unhold("expired"))
+                return ReleaseResult(Code.ALREADY_RELEASED)
+            outcome, read = self._settle_guard(conn, guard, reservation, None, now)
+            self._commit(conn, attempt, outcome, read, unhold("released"))
+            return ReleaseResult(Code.RELEASED, outcome.events)
+
+        return self._run(op)
+
+    def _lock_reservation(self, conn: Conn, attempt: _Attempt, reservation_id: str, now: datetime
+                          ) -> tuple[Reservation, bool, list[TupleRow]] | None:
+        """Lock one reservation and then its accounts (ascending id); None if unknown.
+
+        Returns ``(reservation, due, account rows with their budget)``; ``due`` is True
+        when it is still pending but its lease has run out.
+        """
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            res = conn.execute(_SETTLE_READ, (now, reservation_id))
+            accounts = conn.execute(_LOCK_ACCOUNTS_OF_RESERVATION, (reservation_id,))
+        row = res.fetchone()
+        if row is None:
+            if _scalar(conn.execute(f"SELECT {_DUE}", (now,))):
+                self._sweep_first(conn, attempt, now)  # expire every due lease first, as the model does
+            return None
+        if row[16]:
+            self._sweep_first(conn, attempt, now)
+        reservation = _reservation(row)
+        by_id = {r[0]: r for r in accounts.fetchall()}
+        held = [by_id[i] for i in row[15] if i in by_id]  # in the reservation's order: alerts fire in it
+        due_self = reservation.state is ReservationState.PENDING and reservation.expires_at <= now
+        return reservation, due_self, held
+
+    @staticmethod
+    def _settle_guard(conn: Conn, guard: SettleGuard | None, reservation: Reservation, cost_mc: int | None,
+                      now: datetime) -> tuple[GuardOutcome, dict[StateKey, StoredState]]:
+        """Lock and read the guard's states (after the accounts), then run it."""
+        if guard is None:
+            return GuardOutcome(), {}
+        keys = list(guard.state_keys(reservation))
+        rows = conn.execute(_LOCK_STATES, _key_columns(keys)).fetchall() if keys else []
+        read = {StateKey(r[0], r[1]): _state(r) for r in rows}
+        return guard.apply(reservation, cost_mc, read, now), read
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        """One reservation by id, or None."""
+        rows = self._read(f"SELECT {_RES_COLS} FROM reservations WHERE id = %s", (reservation_id,))
+        return _reservation(rows[0]) if rows else None
+
+    # reads ---------------------------------------------------------------------------------------
+
+    def accounts(self) -> list[AccountView]:
+        """Every account with its money (accounts of deleted budgets are left out)."""
+        rows = self._read(
+            "SELECT a.scope, a.period_key, a.settled_mc, a.reserved_mc, a.alert_pct_fired, b.id, b.level, b.scope, "
+            "b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a JOIN budgets b ON b.id = a.budget_id "
+            "ORDER BY b.id, a.scope, a.period_key")
+        return [AccountView(_budget(r[5:]), r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def usage_records(self) -> Iterator[UsageRecord]:
+        """The usage log in settle order."""
+        return (_record(r) for r in self._read(f"SELECT {_USAGE_COLS} FROM usage_log ORDER BY id"))
+
+    def ledger_snapshot(self) -> LedgerSnapshot:
+        """Every account (deleted budgets' too), reservation and usage charge, read in one snapshot."""
+        def op(conn: Conn, _: _Attempt) -> LedgerSnapshot:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            accounts = conn.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY id").fetchall()
+            holds = conn.execute("SELECT id, state, ceiling_mc, account_ids FROM reservations ORDER BY id").fetchall()
+            charges = conn.execute("SELECT reservation_id, cost_mc FROM usage_log ORDER BY id").fetchall()
+            conn.execute("COMMIT")
+            refs = {r[0]: AccountRef(r[1], r[2], r[3]) for r in accounts}
+            missing = AccountRef("?", "?", "?")
+            return LedgerSnapshot(
+                balances=tuple(AccountBalance(refs[r[0]], r[4], r[5]) for r in accounts),
+                holds=tuple(Hold(r[0], ReservationState(r[1]), r[2],
+                                 tuple(refs.get(i, replace(missing, scope=f"account id {i}")) for i in r[3]))
+                            for r in holds),
+                charges=tuple(Charge(r[0], r[1]) for r in charges))
+        return self._run(op)
+
+    # defense state -------------------------------------------------------------------------------
+
+    def state(self, key: StateKey) -> StoredState | None:
+        """One defense state, or None if it was never written."""
+        rows = self._read("SELECT kind, key, version, record FROM states WHERE kind = %s AND key = %s",
+                          (key.kind, key.key))
+        return _state(rows[0]) if rows else None
+
+    def states(self, kind: str) -> list[StoredState]:
+        """Every state of one kind, ordered by key."""
+        return [_state(r) for r in self._read(
+            "SELECT kind, key, version, record FROM states WHERE kind = %s ORDER BY key", (kind,))]
+
+    def put_state(self, state: StoredState, expected_version: int, events: Sequence[Event] = ()) -> bool:
+        """Compare-and-set: write ``state`` and ``events`` iff the stored version is ``expected_version``."""
+        record = json.dumps(dict(state.record), sort_keys=True)
+
+        def op(conn: Conn, attempt: _Attempt) -> bool:
+            conn.execute("BEGIN")
+            if expected_version == 0:
+                cur = conn.execute("INSERT INTO states (kind, key, version, record) VALUES (%s, %s, %s, %s) "
+                                   "ON CONFLICT DO NOTHING", (state.key.kind, state.key.key, state.version, record))
+            else:
+                cur = conn.execute("UPDATE states SET version = %s, record = %s WHERE kind = %s AND key = %s "
+                                   "AND version = %s", (state.version, record, state.key.kind, state.key.key,
+                                                        expected_version))
+            if cur.rowcount != 1:
+                _rollback(conn)
+                return False
+            self._commit(conn, attempt, GuardOutcome(events=tuple(events)), {})
+            return True
+
+        return self._run(op)
+
+    # events --------------------------------------------------------------------------------------
+
+    def record_event(self, event: Event) -> None:
+        """Append an event."""
+        self._read("INSERT INTO events (ts, kind, code, level, scope, detail) VALUES (%s, %s, %s, %s, %s, %s) "
+                   "RETURNING id", _event_row(event))
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        """Events in time order, optionally of one kind."""
+        rows = self._read("SELECT ts, kind, code, level, scope, detail FROM events "
+                          "WHERE %s::text IS NULL OR kind = %s ORDER BY id", (kind, kind))
+        return [Event(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._pool.close()
+
+
+def _scalar(cur: psycopg.Cursor[TupleRow]) -> Any:
+    row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def _rollback(conn: Conn) -> None:
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("ROLLBACK")
+
+
+def _write_state(conn: Conn, state: StoredState, before: StoredState | None) -> None:
+    """Write a guard's state: update the locked row, or insert a new one (a racing insert retries the call)."""
+    record = json.dumps(dict(state.record), sort_keys=True)
+    if before is not None:
+        conn.execute("UPDATE states SET version = %s, record = %s WHERE kind = %s AND key = %s",
+                     (state.version, record, state.key.kind, state.key.key))
+    else:
+        conn.execute("INSERT INTO states (kind, key, version, record) VALUES (%s, %s, %s, %s)",
+                     (state.key.kind, state.key.key, state.version, record))
+
+
+def _insert_events(conn: Conn, events: Sequence[Event]) -> None:
+    if events:
+        conn.cursor().executemany("INSERT INTO events (ts, kind, code, level, scope, detail) "
+                                  "VALUES (%s, %s, %s, %s, %s, %s)", [_event_row(e) for e in events])
+
+
+def _usage_row(r: UsageRecord) -> tuple[Any, ...]:
+    a, u = r.attribution, r.usage
+    return (r.reservation_id, r.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation, a.task, a.phase,
+            r.model, r.reserved_at, r.resolved_at, u.input_tokens, u.output_tokens, u.cache_read_tokens,
+            u.cache_write_tokens, u.cache_write_1h_tokens, r.cost_mc, r.ceiling_mc, r.outcome)
