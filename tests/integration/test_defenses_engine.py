@@ -22,6 +22,7 @@ from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.chain import Defenses
+from comptroller.domain.defenses.errors import UnknownScopeError
 from comptroller.domain.defenses.killswitch import KillSwitchConfig
 from comptroller.domain.defenses.loops import LoopConfig
 from comptroller.domain.defenses.pacing import PaceAction, PacingConfig
@@ -281,8 +282,6 @@ def test_a_normal_probe_closes_the_breaker_and_a_release_returns_the_lease(store
 
 def test_an_admin_reset_closes_an_open_breaker_and_unknown_breakers_are_errors(store: LedgerStore) -> None:
     """reset_breaker closes it at once; resetting a breaker that never saw a call raises and writes nothing."""
-    from comptroller.domain.defenses.errors import UnknownScopeError
-
     clock = VirtualClock(START)
     engine = _engine(store, clock, replace(OFF, breakers=BreakerPolicy(levels={Level.AGENT: SMALL_BREAKER})))
     _open_breaker(engine, clock)

@@ -31,6 +31,7 @@ from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import StateKey, StoredState
 from comptroller.domain.usage import Usage
+from comptroller.notify.sink import FanOut
 from comptroller.ports import Clock, EventSink, LedgerStore, PriceSource
 
 __all__ = ["Admission", "CallRequest", "Engine"]
@@ -126,7 +127,7 @@ class Engine:
         self.caps = caps or OutputCaps()
         self.ttl_s = ttl_s
         self.defenses = defenses or Defenses.budgets_only()
-        self.sinks = tuple(sinks)
+        self.sinks = FanOut(list(sinks))
         self._settle_guard = SettleDefenses(self.defenses)
 
     def admit(self, call: CallRequest) -> Admission:
@@ -226,14 +227,12 @@ class Engine:
         return ScheduledRun.from_record(stored.record)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Flush and stop the event sinks (the store stays open: it belongs to the caller)."""
-        for sink in self.sinks:
-            sink.close(timeout_s)
+        """Flush and stop the event sinks within one deadline (the store stays open: it belongs to the caller)."""
+        self.sinks.close(timeout_s)
 
     def _publish(self, events: Sequence[Event]) -> None:
         if events:
-            for sink in self.sinks:
-                sink.publish(events)
+            self.sinks.publish(events)
 
 
 def allowed_models(policy: PinningPolicy, agent: str) -> list[str]:
