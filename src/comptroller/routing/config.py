@@ -31,6 +31,13 @@ TOML, inside a policy file::
     cascade = "support"                       #       daily_output_tokens_min
     tier = "frontier"                         # start here (default: the first tier)
 
+    [[routing.rules]]                         # local traffic only where a local node pays for itself:
+    name = "bulk to local"                    # the break-even volume `comptroller tco` prints
+    agents = ["indexer"]
+    daily_output_tokens_min = 5_762_056
+    cascade = "support"
+    tier = "local"
+
 :func:`load_routing` turns the two sections into a :class:`RoutingConfig` and raises
 :class:`~comptroller.domain.routing.errors.RoutingConfigError` at start-up, never at the
 first call, for: a cascade with no tiers, a schema that does not compile, a tier model
