@@ -1,6 +1,7 @@
 """A stub OpenAI-compatible upstream on loopback: chat completions, plain and SSE with usage chunks.
 
-It answers ``POST /v1/chat/completions`` the way OpenAI's API does (API reference,
+It answers ``POST /v1/chat/completions`` (and, for the SDK's Anthropic wrapper,
+``POST /v1/messages``) the way OpenAI's API does (API reference,
 "Create chat completion" and "The chat completion chunk object"):
 
 * the reply is ``reply_words`` words ``w0 w1 ...``, cut to the request's ``max_tokens``
@@ -51,6 +52,9 @@ class StubControl:
         fail_status: answer this HTTP status with an OpenAI error body instead.
         drop_after_chunks: in a stream, cut the connection after this many content chunks.
         omit_usage: leave ``usage`` out of answers (a provider that does not report it).
+        cached_tokens: prompt tokens reported as cache reads (OpenAI: inside ``prompt_tokens``;
+            Anthropic: ``cache_read_input_tokens``, outside ``input_tokens``).
+        cache_write_tokens: Anthropic ``cache_creation_input_tokens`` (outside ``input_tokens``).
         requests: every request body received, in order.
     """
 
@@ -60,6 +64,8 @@ class StubControl:
     fail_status: int | None = None
     drop_after_chunks: int | None = None
     omit_usage: bool = False
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     chunks_sent: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,14 +76,51 @@ class StubControl:
             self.reply_words, self.latency_s, self.chunk_delay_s = 5, 0.0, 0.0
             self.fail_status = self.drop_after_chunks = None
             self.omit_usage = False
+            self.cached_tokens = self.cache_write_tokens = 0
             self.requests.clear()
             self.chunks_sent = 0
 
 
-def _usage(body: dict[str, Any], completion: int) -> dict[str, Any]:
+def _usage(control: StubControl, body: dict[str, Any], completion: int) -> dict[str, Any]:
     prompt = prompt_tokens(body.get("messages") or [])
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0}}
+            "prompt_tokens_details": {"cached_tokens": min(control.cached_tokens, prompt)}}
+
+
+def _anthropic_usage(control: StubControl, body: dict[str, Any], output: int) -> dict[str, Any]:
+    return {"input_tokens": prompt_tokens(body.get("messages") or []), "output_tokens": output,
+            "cache_read_input_tokens": control.cached_tokens, "cache_creation_input_tokens": control.cache_write_tokens}
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _anthropic(control: StubControl, body: dict[str, Any], send: Any) -> None:
+    """Anthropic's Messages API (docs, "Messages" and "Streaming messages"), text only."""
+    words = _words(control, body)
+    text = " ".join(words)
+    usage = _anthropic_usage(control, body, len(words))
+    if not body.get("stream"):
+        await _json(send, 200, {"id": "msg_stub", "type": "message", "role": "assistant", "model": body["model"],
+                                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                                "stop_sequence": None, "usage": usage})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    start = {"type": "message_start", "message": {
+        "id": "msg_stub", "type": "message", "role": "assistant", "content": [], "model": body["model"],
+        "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}}
+    events = [_sse("message_start", start), _sse("content_block_start", {
+        "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})]
+    events += [_sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": w if i == 0 else f" {w}"}})
+               for i, w in enumerate(words)]
+    events += [_sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                          "stop_sequence": None},
+                                      "usage": {"output_tokens": len(words)}}),
+               _sse("message_stop", {"type": "message_stop"})]
+    await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
 
 
 def _words(control: StubControl, body: dict[str, Any]) -> list[str]:
@@ -118,7 +161,7 @@ async def _stream(control: StubControl, body: dict[str, Any], send: Any) -> None
     tail = _chunk(body, {}, "stop" if len(words) >= control.reply_words else "length")
     if (body.get("stream_options") or {}).get("include_usage") and not control.omit_usage:
         usage = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                 "choices": [], "usage": _usage(body, len(words))}
+                 "choices": [], "usage": _usage(control, body, len(words))}
         tail += f"data: {json.dumps(usage)}\n\n".encode()
     await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
 
@@ -143,6 +186,9 @@ def make_app(control: StubControl) -> Any:
                                                               "type": "server_error", "param": None,
                                                               "code": "stub_failure"}})
             return
+        if scope["path"].endswith("/messages"):
+            await _anthropic(control, body, send)
+            return
         if body.get("stream"):
             await _stream(control, body, send)
             return
@@ -153,7 +199,7 @@ def make_app(control: StubControl) -> Any:
                          "finish_reason": "stop" if len(words) >= control.reply_words else "length"}],
         }
         if not control.omit_usage:
-            answer["usage"] = _usage(body, len(words))
+            answer["usage"] = _usage(control, body, len(words))
         await _json(send, 200, answer)
 
     return app

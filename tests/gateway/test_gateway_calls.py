@@ -134,3 +134,18 @@ def test_key_models_restrict_calls_and_model_list(gw: Harness) -> None:
     with pytest.raises(openai.PermissionDeniedError) as caught:
         gw.client(key).chat.completions.create(model="other-model", messages=MESSAGES)
     assert caught.value.code == "model_not_allowed"
+
+
+def test_repeated_request_is_refused_as_a_loop_before_it_is_paid(gw: Harness) -> None:
+    """The gateway fills the fingerprint, so the engine's same-request detector refuses a repeat loop."""
+    messages = [{"role": "user", "content": "Try again, exactly the same."}]
+    client = gw.client(**{"X-Comptroller-Agent": "looper"})
+    client.chat.completions.create(model=MODEL, messages=messages)
+    client.chat.completions.create(model=MODEL, messages=messages)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=MODEL, messages=messages)
+    assert caught.value.code == "loop_detected"
+    assert caught.value.param == "agent"
+    assert len(gw.stub.control.requests) == 2
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Something new."}])
+    assert len(gw.stub.control.requests) == 3

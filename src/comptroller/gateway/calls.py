@@ -206,7 +206,7 @@ class _Tally:
 class _Relay(Response):
     """Streams the upstream SSE to the client, then settles (or, cut short, settles what was generated)."""
 
-    def __init__(self, gw: Gateway, upstream: Upstream, response: httpx.Response, admission: Admission,
+    def __init__(self, *, gw: Gateway, upstream: Upstream, response: httpx.Response, admission: Admission,
                  chat: ChatRequest, started: float, sent: float) -> None:
         # not Response.__init__: it would declare a Content-Length of the (empty) body
         self.status_code, self.media_type, self.background = 200, "text/event-stream", None
@@ -310,6 +310,20 @@ def _upstream_for(gw: Gateway, chat: ChatRequest, caller: Caller) -> Upstream:
     return upstream
 
 
+def _routed(gw: Gateway, chat: ChatRequest, admission: Admission, upstream: Upstream) -> tuple[Upstream, str]:
+    """The upstream and model the engine routed to: the client's, unless pinning or pacing moved the call."""
+    route = admission.route
+    if route is None or route.model == route.requested_model:
+        return upstream, chat.model
+    moved = gw.upstreams.for_model(route.model)
+    if moved is None:
+        assert admission.reservation is not None
+        gw.release(admission.reservation)
+        raise GatewayError(400, f"the engine routed the call to {route.model!r} ({route.detail}), but no provider "
+                           "serves it; add it to [gateway.models]", code="model_not_found", param="model")
+    return moved, route.model
+
+
 async def chat_completions(gw: Gateway, request: Request) -> Response:
     """Serve one chat completion: the whole call path (see the module docstring).
 
@@ -324,7 +338,9 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
     if admission.reservation is None:
         assert admission.verdict is not None
         return verdict_response(admission.verdict)
+    upstream, model = _routed(gw, chat, admission, upstream)
     body = forward_body(chat, admission.output_tokens_max, upstream.config)
+    body["model"] = model
     if not chat.stream:
         return await _unary(gw, upstream, body, admission, started)
     sent = time.perf_counter()
@@ -336,4 +352,5 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
             await response.aclose()
             gw.release(admission.reservation)
         return _upstream_failure(response.status_code, raw, upstream.name)
-    return _Relay(gw, upstream, response, admission, chat, started, sent)
+    return _Relay(gw=gw, upstream=upstream, response=response, admission=admission, chat=chat, started=started,
+                  sent=sent)

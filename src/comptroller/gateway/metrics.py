@@ -76,7 +76,7 @@ class GatewayMetrics:
         """The text exposition format; every worker's samples in multiprocess mode."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             registry.register(self._breakers)
             return generate_latest(registry)
         return generate_latest(self.registry)

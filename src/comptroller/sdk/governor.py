@@ -1,0 +1,205 @@
+"""The SDK's core: :class:`Comptroller`, attribution in a context variable, and scheduled runs.
+
+Every wrapped call (``comptroller.sdk.openai``, ``comptroller.sdk.anthropic``) goes
+through :meth:`Comptroller.admit` and then exactly one of :meth:`Comptroller.settle`
+or :meth:`Comptroller.release`: the same engine, the same defenses and budgets as the
+gateway and replay, without an HTTP hop.
+
+Attribution is, from weakest to strongest: the :class:`Comptroller`'s defaults, the
+wrapper's (``wrap(client, agent="writer")``), the innermost ``with
+comptroller.attribution(...)`` block (a :mod:`contextvars` variable, so it follows
+threads started with ``contextvars.copy_context`` and asyncio tasks), and the call's own
+``attribution=`` argument.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from comptroller.bootstrap import build_engine
+from comptroller.config import load_policy
+from comptroller.domain.defenses.similarity import fingerprint
+from comptroller.domain.ledger import Reservation, SettleResult
+from comptroller.domain.scopes import Attribution
+from comptroller.domain.usage import Usage
+from comptroller.engine import Admission, CallRequest, Engine
+from comptroller.sdk.errors import refused
+
+__all__ = ["CallContext", "Comptroller"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Attribution ids and run ids; None fields inherit from the enclosing context.
+
+    Attributes:
+        namespace, tenant, agent, conversation, task, phase: see :class:`Attribution`.
+        run_id: the scheduled run the calls belong to (its deadline applies).
+        attempt_id: the attempt of the task (counts against the re-attempt limit).
+    """
+
+    namespace: str | None = None
+    tenant: str | None = None
+    agent: str | None = None
+    conversation: str | None = None
+    task: str | None = None
+    phase: str | None = None
+    run_id: str | None = None
+    attempt_id: str | None = None
+
+    def over(self, base: CallContext) -> CallContext:
+        """This context's ids where set, else ``base``'s."""
+        return CallContext(**{f.name: getattr(self, f.name) if getattr(self, f.name) is not None
+                              else getattr(base, f.name) for f in fields(self)})
+
+    def attribution(self) -> Attribution:
+        """The attribution (``default`` for an unset namespace, tenant or agent).
+
+        Raises:
+            AttributionError: on an empty or over-long id.
+        """
+        return Attribution(namespace=self.namespace or "default", tenant=self.tenant or "default",
+                           agent=self.agent or "default", conversation=self.conversation, task=self.task,
+                           phase=self.phase)
+
+
+_CONTEXT: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
+    "comptroller_context", default=CallContext())  # noqa: B039 (CallContext is frozen)
+
+
+def last_text(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """The text of the last message (what the agent adds this turn), or None."""
+    if not messages:
+        return None
+    content = messages[-1].get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
+        return "\n".join(texts) or None
+    return None
+
+
+class Comptroller:
+    """The in-process control plane: wrap provider clients so every call is admitted and settled.
+
+    Args:
+        engine: the engine (build one with :meth:`from_policy` or :func:`comptroller.bootstrap.build_engine`).
+        namespace, tenant, agent: default attribution of every call.
+
+    Example::
+
+        comptroller = Comptroller.from_policy("policy.toml", db="sqlite:///ledger.db", tenant="acme")
+        client = comptroller.wrap(openai.OpenAI(), agent="writer")
+        with comptroller.attribution(conversation="c-17"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[...])   # may raise BudgetExceededError
+    """
+
+    def __init__(self, engine: Engine, *, namespace: str = "default", tenant: str | None = None,
+                 agent: str | None = None) -> None:
+        self.engine = engine
+        self.defaults = CallContext(namespace=namespace, tenant=tenant, agent=agent)
+
+    @classmethod
+    def from_policy(cls, policy: str | Path | None = None, *, db: str = "sqlite:///comptroller.db",
+                    tenant: str | None = None, agent: str | None = None) -> Comptroller:
+        """A Comptroller on the ledger at ``db`` with the policy file's budgets, caps, prices and defenses.
+
+        Raises:
+            ConfigError: for an invalid policy file.
+            StoreURLError: for an unknown ledger URL.
+        """
+        loaded = load_policy(policy)
+        return cls(build_engine(db_url=db, policy=loaded), namespace=loaded.namespace, tenant=tenant, agent=agent)
+
+    @contextmanager
+    def attribution(self, **ids: str | None) -> Iterator[CallContext]:
+        """Attribute the calls made inside the block (``agent=``, ``conversation=``, ``task=``, ...).
+
+        Raises:
+            TypeError: for an unknown id name.
+        """
+        token = _CONTEXT.set(CallContext(**ids).over(_CONTEXT.get()))
+        try:
+            yield _CONTEXT.get()
+        finally:
+            _CONTEXT.reset(token)
+
+    @contextmanager
+    def scheduled_run(self, run_id: str, max_duration_s: float, **ids: str | None) -> Iterator[CallContext]:
+        """A scheduled run (heartbeat, cron job) with a hard deadline (DESIGN.md rule 6, layer 1).
+
+        Opens the run in the ledger now (idempotent per ``run_id``); every call inside the block
+        carries ``run_id``, and once ``max_duration_s`` has passed since the run was opened the
+        engine refuses them with :class:`~comptroller.sdk.errors.DeadlineExceededError`.
+
+        Raises:
+            DefenseConfigError: on an empty run id or a duration outside (0, 7 days].
+        """
+        with self.attribution(run_id=run_id, **ids) as context:
+            self.engine.open_run(run_id, max_duration_s, attribution=context.over(self.defaults).attribution())
+            yield context
+
+    def context(self, wrapper: CallContext | None = None, call: CallContext | None = None) -> CallContext:
+        """The effective context: defaults < wrapper < ``with`` blocks < the call's own."""
+        effective = (wrapper or CallContext()).over(self.defaults)
+        effective = _CONTEXT.get().over(effective)
+        return effective if call is None else call.over(effective)
+
+    def admit(self, *, context: CallContext, model: str, messages: Sequence[Mapping[str, Any]],
+              input_tokens_max: int, max_tokens: int | None) -> Admission:
+        """Admit a call or raise its refusal.
+
+        Raises:
+            RefusedError: (a subclass per code) when any defense or budget refuses.
+            UnknownModelError: for a model without a price.
+            NoOutputCapError: when nothing bounds the output.
+        """
+        call = CallRequest(attribution=context.attribution(), model=model, input_tokens_max=input_tokens_max,
+                           max_tokens=max_tokens, run_id=context.run_id, attempt_id=context.attempt_id,
+                           fingerprint=fingerprint(model, messages), text=last_text(messages))
+        admission = self.engine.admit(call)
+        if admission.reservation is None:
+            assert admission.verdict is not None
+            raise refused(admission.verdict)
+        return admission
+
+    def settle(self, reservation: Reservation, usage: Usage | None) -> SettleResult:
+        """Charge what the call used; None (the provider reported nothing) charges the whole bound."""
+        return self.engine.settle(reservation, usage or bound(reservation))
+
+    def release(self, reservation: Reservation) -> None:
+        """Return the hold of a call that failed before the provider billed it."""
+        self.engine.release(reservation)
+
+    def wrap(self, client: Any, **ids: str | None) -> Any:
+        """Wrap an ``openai`` or ``anthropic`` client (sync or async); ``ids`` attribute its calls.
+
+        Raises:
+            TypeError: for any other client.
+        """
+        from comptroller.sdk.anthropic import wrap_anthropic  # noqa: PLC0415 (the wrappers import this module)
+        from comptroller.sdk.openai import wrap_openai  # noqa: PLC0415
+
+        module = type(client).__module__.split(".", 1)[0]
+        context = CallContext(**ids)
+        if module == "openai":
+            return wrap_openai(client, self, context)
+        if module == "anthropic":
+            return wrap_anthropic(client, self, context)
+        raise TypeError(f"cannot wrap a {type(client).__module__}.{type(client).__name__}: pass an openai.OpenAI, "
+                        "openai.AsyncOpenAI, anthropic.Anthropic or anthropic.AsyncAnthropic client")
+
+
+def bound(reservation: Reservation, output_tokens: int | None = None) -> Usage:
+    """The usage to charge when the provider reported none: the input bound and the output bound
+    (or ``output_tokens`` seen, if fewer), so the ledger never under-counts."""
+    out = reservation.output_tokens_max if output_tokens is None else min(output_tokens,
+                                                                          reservation.output_tokens_max)
+    return Usage(input_tokens=reservation.input_tokens_max, output_tokens=out)
+
