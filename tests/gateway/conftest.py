@@ -14,6 +14,8 @@ from typing import Any
 
 import openai
 import pytest
+from loopback import LoopbackServer
+from stub_upstream import StubControl, StubUpstream
 
 from comptroller.bootstrap import build_engine
 from comptroller.config import Policy
@@ -21,8 +23,6 @@ from comptroller.engine import Engine
 from comptroller.gateway.app import create_app
 from comptroller.gateway.config import GatewayConfig, ProviderConfig
 from comptroller.storage.keys import SQLiteKeyStore, new_key
-from loopback import LoopbackServer
-from stub_upstream import StubControl, StubUpstream
 
 MODEL = "stub-model"
 INPUT_MC_PER_TOKEN = 100   # input_mtok "1000" USD: 1000 * 100_000 mc / 1e6 tokens

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-
 from loopback import LoopbackServer
 
 __all__ = ["StubControl", "StubUpstream", "prompt_tokens"]

@@ -11,11 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
-from comptroller.bootstrap import build_engine  # noqa: E402 (after the path to the stub)
-from comptroller.clock import VirtualClock  # noqa: E402
-from comptroller.config import Policy  # noqa: E402
-from comptroller.sdk import Comptroller  # noqa: E402
-from stub_upstream import StubControl, StubUpstream  # noqa: E402
+from stub_upstream import StubControl, StubUpstream
+
+from comptroller.bootstrap import build_engine
+from comptroller.clock import VirtualClock
+from comptroller.config import Policy
+from comptroller.sdk import Comptroller
 
 MODEL = "stub-model"
 CAP = 32
