@@ -10,19 +10,21 @@
 
 from __future__ import annotations
 
+import psycopg
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
 from comptroller.storage import StoreURLError, store_from_url
-from comptroller.storage.migrations import LATEST_VERSION, SchemaVersionError
-from comptroller.storage.reconcile import Reconcilable, reconcile
+from comptroller.storage.migrations import LATEST_VERSION, SchemaVersionError, upgrade
+from comptroller.storage.postgres import LedgerUnavailableError, redact, split_url
+from comptroller.storage.reconcile import LedgerSnapshot, Reconcilable, reconcile
 
 __all__ = ["db_app"]
 
 db_app = typer.Typer(help="The ledger database: schema upgrades and the reconciliation check.",
                      no_args_is_help=True)
-_ERRORS = (StoreURLError, SchemaVersionError, ValueError, RuntimeError, OSError)
+_ERRORS = (StoreURLError, SchemaVersionError, LedgerUnavailableError, ValueError, OSError)
 
 
 def _is_postgres(url: str) -> bool:
@@ -37,17 +39,13 @@ def upgrade_command(db: DbOption = DEFAULT_DB) -> None:
         store_from_url(db).close()
         console.print(f"{db}: SQLite and memory ledgers create their schema when opened; nothing to upgrade")
         return
-    import psycopg  # noqa: PLC0415 (only PostgreSQL needs it)
-
-    from comptroller.storage.migrations import upgrade  # noqa: PLC0415
-    from comptroller.storage.postgres import redact, split_url  # noqa: PLC0415
-
     conninfo, _ = split_url(db)
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
             before, after = upgrade(conn)
     except psycopg.OperationalError as exc:
-        raise RuntimeError(f"cannot reach the ledger database {redact(conninfo)}: {str(exc).strip()}") from None
+        raise LedgerUnavailableError(f"cannot reach the ledger database {redact(conninfo)}: "
+                                     f"{str(exc).strip()}") from None
     if before == after:
         console.print(f"{redact(conninfo)}: ledger schema already at version {after}; nothing to do")
     else:
@@ -55,27 +53,27 @@ def upgrade_command(db: DbOption = DEFAULT_DB) -> None:
 
 
 @db_app.command("check")
-@user_errors(*_ERRORS)
 def check_command(db: DbOption = DEFAULT_DB) -> None:
     """Prove balances = usage log + open reservations; list every difference (exit 1 if any)."""
-    store = store_from_url(db)
-    try:
-        if not isinstance(store, Reconcilable):
-            raise ValueError(f"{db}: this ledger backend cannot be reconciled yet (it has no ledger_snapshot())")
-        snapshot = store.ledger_snapshot()
-    finally:
-        store.close()
+    snapshot = _snapshot(db)
     differences = reconcile(snapshot)
     summary = (f"{len(snapshot.balances):,} accounts, {len(snapshot.holds):,} reservations, "
                f"{len(snapshot.charges):,} usage rows (schema version {LATEST_VERSION})")
     if not differences:
         console.print(f"ledger consistent: {summary}")
         return
-    table = Table(title=f"{len(differences)} difference(s) in the ledger: {summary}")
-    for column in ("kind", "where", "expected", "found", "what"):
-        table.add_column(column, justify="right" if column in ("expected", "found") else "left")
     for d in differences:
-        table.add_row(d.kind, d.subject, f"{d.expected_mc:,}", f"{d.found_mc:,}", d.message)
-    console.print(table)
-    err.print(f"ledger NOT consistent: {len(differences)} difference(s); see the table above")
+        console.print(f"{d.kind}: {escape(d.message)}", highlight=False)
+    err.print(f"ledger NOT consistent: {len(differences)} difference(s) in {summary}")
     raise typer.Exit(1)
+
+
+@user_errors(*_ERRORS)
+def _snapshot(db: str) -> LedgerSnapshot:
+    store = store_from_url(db)
+    try:
+        if not isinstance(store, Reconcilable):
+            raise ValueError(f"{db}: this ledger backend cannot be reconciled yet (it has no ledger_snapshot())")
+        return store.ledger_snapshot()
+    finally:
+        store.close()

@@ -268,6 +268,9 @@ class PostgresStore:
         self._pool.open(wait=False)
         try:
             self._run(lambda conn, _: check_version(conn, self.where))
+        except LedgerUnavailableError as exc:
+            self._pool.close()
+            raise LedgerUnavailableError(f"{exc} ({_why_not(conninfo, connect_timeout_s)})") from exc
         except BaseException:
             self._pool.close()
             raise
@@ -754,6 +757,15 @@ class PostgresStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self._pool.close()
+
+
+def _why_not(conninfo: str, timeout_s: float) -> str:
+    """Why a plain connection attempt fails (the pool only logs it), for the start-up error."""
+    try:
+        psycopg.connect(conninfo, connect_timeout=max(1, round(timeout_s))).close()
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+    return "the database answers now: try again"
 
 
 def _scalar(cur: psycopg.Cursor[TupleRow]) -> Any:
