@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from comptroller.bootstrap import build_engine, price_book
+from comptroller.cli.db import db_app
 from comptroller.cli.defenses import register as register_defenses
 from comptroller.cli.group import group_app, simulate_app
 from comptroller.cli.routing import register as register_routing
@@ -55,6 +56,7 @@ app.add_typer(budget_app, name="budget")
 app.add_typer(prices_app, name="prices")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(group_app, name="group")
+app.add_typer(db_app, name="db")
 register_routing(app)  # eval-cascade, tco
 register_serve(app)  # serve, key
 register_defenses(app)  # kill, breaker
