@@ -28,7 +28,7 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -151,7 +151,6 @@ class CascadeEvaluation:
     routing: RoutingReport
     seeds: int
     token_method: str = TOKEN_METHOD
-    notes: list[str] = field(default_factory=list)
 
     def strategy(self, name: str) -> Strategy:
         """One strategy by name. Raises KeyError."""
@@ -180,7 +179,7 @@ class CascadeEvaluation:
             "curve": [{"max_chars": p.max_chars, **strat(p.strategy)} for p in self.curve],
             "best_in_sample": None if best is None else {"max_chars": best.max_chars, **strat(best.strategy)},
             "cross_validated": {"limits": list(self.cross_validated_limits), **strat(self.cross_validated)},
-            "routing": self.routing.to_dict(), "published_routellm_gsm8k_reduction": 0.35, "notes": self.notes,
+            "routing": self.routing.to_dict(), "published_routellm_gsm8k_reduction": 0.35,
         }
 
 

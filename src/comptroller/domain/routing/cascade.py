@@ -91,10 +91,6 @@ class Cascade:
                 return i
         raise RoutingConfigError(f"cascade {self.name!r} has no tier {name!r} (tiers: {[t.name for t in self.tiers]})")
 
-    def models(self) -> list[str]:
-        """Every model of every tier, in order, without repeats."""
-        return list(dict.fromkeys(m for t in self.tiers for m in t.models))
-
 
 @dataclass(frozen=True, slots=True)
 class PlannedAttempt:
@@ -104,7 +100,6 @@ class PlannedAttempt:
     tier_index: int
     attempt: int
     model: str
-    last_of_tier: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +150,7 @@ def plan(cascade: Cascade, *, start_tier: int = 0, allowed: Callable[[str], bool
                                                        f"models {list(tier.models)}"))
             continue
         for k in range(1, tier.attempts_max + 1):
-            attempts.append(PlannedAttempt(tier.name, index, k, models[(k - 1) % len(models)],
-                                           last_of_tier=k == tier.attempts_max))
+            attempts.append(PlannedAttempt(tier.name, index, k, models[(k - 1) % len(models)]))
     return Plan(tuple(attempts), tuple(skipped))
 
 
