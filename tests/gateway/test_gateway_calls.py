@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
+from gateway_kit import INPUT_MC_PER_TOKEN, MODEL, OUTPUT_CAP, OUTPUT_MC_PER_TOKEN, GatewayFactory, Harness, stub_policy
 from stub_upstream import prompt_tokens
-
-from conftest import INPUT_MC_PER_TOKEN, MODEL, OUTPUT_CAP, OUTPUT_MC_PER_TOKEN, GatewayFactory, Harness, stub_policy
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say five words."}]
 

@@ -9,9 +9,9 @@ import time
 import httpx
 import openai
 import pytest
+from gateway_kit import MODEL, OUTPUT_CAP, GatewayFactory, Harness
 
 from comptroller.gateway.config import ProviderConfig
-from conftest import MODEL, OUTPUT_CAP, GatewayFactory, Harness
 
 MESSAGES = [{"role": "user", "content": "Count slowly."}]
 

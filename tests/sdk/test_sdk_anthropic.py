@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import anthropic
+from sdk_kit import CAP, MODEL, RATES_MC
 from stub_upstream import StubUpstream, prompt_tokens
 
 from comptroller.sdk import Comptroller
-from conftest import CAP, MODEL, RATES_MC
 
 MESSAGES = [{"role": "user", "content": "Summarise the thread."}]
 

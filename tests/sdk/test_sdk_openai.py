@@ -8,11 +8,11 @@ from pathlib import Path
 
 import openai
 import pytest
+from sdk_kit import CAP, MODEL, RATES_MC, comptroller_with, sdk_policy
 from stub_upstream import StubUpstream, prompt_tokens
 
 from comptroller.clock import VirtualClock
 from comptroller.sdk import BudgetExceededError, CallContext, Comptroller, DeadlineExceededError, RefusedError
-from conftest import CAP, MODEL, RATES_MC, comptroller_with, sdk_policy
 
 MESSAGES = [{"role": "user", "content": "Name five colours."}]
 
