@@ -260,7 +260,7 @@ class PostgresStore:
         self._pool = ConnectionPool(
             conninfo, min_size=min(int(options.get("min_size", min_size)), max_conns), max_size=max_conns,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
-                    "application_name": "comptroller"},
+                    **({} if "application_name=" in conninfo else {"application_name": "comptroller"})},
             configure=self._configure, timeout=self._timeout_s, open=False, name="comptroller-ledger")
         self._budgets = _Budgets()
         self._account_ids: dict[tuple[str, str, str], int] = {}
@@ -349,7 +349,7 @@ class PostgresStore:
         """Every budget, ordered by id."""
         return [_budget(r) for r in self._read(f"SELECT {_BUDGET_COLS} FROM budgets ORDER BY id")]
 
-    def _candidates(self, scopes: Sequence[tuple[Level, str]]) -> tuple[int, list[Budget]]:
+    def _candidates(self, conn: Conn, scopes: Sequence[tuple[Level, str]]) -> tuple[int, list[Budget]]:
         """The budgets set on the call's scopes or their level's ``*`` default, and the version they are from."""
         wanted = [(str(level), key) for level, key in scopes]
         wanted += [(str(level), ANY_SCOPE) for level, key in scopes if key != ANY_SCOPE]
@@ -357,20 +357,18 @@ class PostgresStore:
             cache = self._budgets
             if cache.version is not None and all(w in cache.by_scope for w in wanted):
                 return cache.version, [b for w in wanted for b in cache.by_scope[w]]
-        version, loaded = self._load_budgets(wanted)
+        version, loaded = self._load_budgets(conn, wanted)
         return version, [b for w in wanted for b in loaded[w]]
 
-    def _load_budgets(self, pairs: Sequence[tuple[str, str]]) -> tuple[int, dict[tuple[str, str], tuple[Budget, ...]]]:
-        """Read the budgets of ``pairs`` and their version, and keep them in the cache."""
-        def op(conn: Conn, _: _Attempt) -> tuple[int, list[TupleRow]]:
-            with conn.pipeline():
-                version = conn.execute("SELECT value FROM meta WHERE key = 'budgets_version'")
-                rows = conn.execute(f"SELECT {_BUDGET_COLS} FROM budgets WHERE (level, scope) IN "
-                                    "(SELECT * FROM unnest(%s::text[], %s::text[]))",
-                                    ([p[0] for p in pairs], [p[1] for p in pairs]))
-            return int(_scalar(version) or 0), rows.fetchall()
-
-        version, rows = self._run(op)
+    def _load_budgets(self, conn: Conn, pairs: Sequence[tuple[str, str]]
+                      ) -> tuple[int, dict[tuple[str, str], tuple[Budget, ...]]]:
+        """Read the budgets of ``pairs`` and their version (on the operation's connection), and cache them."""
+        with conn.pipeline():
+            seen = conn.execute("SELECT value FROM meta WHERE key = 'budgets_version'")
+            found = conn.execute(f"SELECT {_BUDGET_COLS} FROM budgets WHERE (level, scope) IN "
+                                 "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                                 ([p[0] for p in pairs], [p[1] for p in pairs]))
+        version, rows = int(_scalar(seen) or 0), found.fetchall()
         grouped: dict[tuple[str, str], list[Budget]] = {p: [] for p in pairs}
         for row in rows:
             grouped.setdefault((row[1], row[2]), []).append(_budget(row))
@@ -446,7 +444,7 @@ class PostgresStore:
         state_keys = sorted(set(guard.state_keys())) if guard is not None else []
 
         def op(conn: Conn, attempt: _Attempt) -> ReserveResult:
-            version, candidates = self._candidates(scopes)
+            version, candidates = self._candidates(conn, scopes)
             keys = account_keys(scopes, candidates, now)
             wanted = [(b.id, s, p) for b, s, p in keys]
             with conn.pipeline():
