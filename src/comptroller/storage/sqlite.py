@@ -287,13 +287,18 @@ class SQLiteStore:
 
     @staticmethod
     def _read_states(cur: sqlite3.Cursor, keys: Iterable[StateKey]) -> dict[StateKey, StoredState]:
-        found: dict[StateKey, StoredState] = {}
+        """The rows of ``keys`` that exist, in one query (an indexed ``key IN (...)`` per kind)."""
+        by_kind: dict[str, list[str]] = {}
         for key in sorted(set(keys)):
-            row = cur.execute("SELECT version, record FROM states WHERE kind = ? AND key = ?",
-                              (key.kind, key.key)).fetchone()
-            if row is not None:
-                found[key] = StoredState(key, row[0], json.loads(row[1]))
-        return found
+            by_kind.setdefault(key.kind, []).append(key.key)
+        if not by_kind:
+            return {}
+        query = " UNION ALL ".join(
+            f"SELECT kind, key, version, record FROM states WHERE kind = ? AND key IN ({','.join('?' * len(ks))})"
+            for ks in by_kind.values())
+        params = [p for kind, ks in by_kind.items() for p in (kind, *ks)]
+        return {StateKey(r[0], r[1]): StoredState(StateKey(r[0], r[1]), r[2], json.loads(r[3]))
+                for r in cur.execute(query, params)}
 
     def _commit(self, cur: sqlite3.Cursor, outcome: GuardOutcome) -> None:
         cur.executemany("INSERT OR REPLACE INTO states (kind, key, version, record) VALUES (?, ?, ?, ?)",
