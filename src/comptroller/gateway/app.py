@@ -27,10 +27,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from comptroller.bootstrap import build_engine
+from comptroller.domain.breaker import BreakerState, BreakerStatus
 from comptroller.engine import Engine
+from comptroller.gateway.admin import admin_app
 from comptroller.gateway.calls import chat_completions
 from comptroller.gateway.config import GatewayConfig, load_gateway_config
 from comptroller.gateway.errors import GatewayError
@@ -89,8 +91,9 @@ async def _metrics(request: Request) -> Response:
 
 def _breaker_states(engine: Engine) -> Callable[[], Iterable[tuple[str, bool]]]:
     def states() -> Iterable[tuple[str, bool]]:
-        for state in engine.store.states("breaker"):
-            yield state.key.key, str(state.record.get("state", "closed")) != "closed"
+        for stored in engine.store.states("breaker"):
+            state = BreakerState.from_record(stored.record)
+            yield f"{state.level}:{state.scope}", state.status is not BreakerStatus.CLOSED
     return states
 
 
@@ -108,10 +111,11 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         on_shutdown: called after in-flight calls are released (close stores).
     """
     metrics = GatewayMetrics(_breaker_states(engine))
+    identity = Identity(keys, config.admin_key())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway = Gateway(engine=engine, identity=Identity(keys, config.admin_key()),
+        gateway = Gateway(engine=engine, identity=identity,
                           upstreams=Upstreams(config, transport), config=config, namespace=namespace,
                           metrics=metrics)
         app.state.gateway = gateway
@@ -130,6 +134,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         Route("/v1/models", _models, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Mount("/admin", app=admin_app(engine=engine, keys=keys, identity=identity, namespace=namespace)),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -146,6 +151,7 @@ def app_from_env() -> Starlette:
     keys = keys_from_url(db_url)
 
     def close() -> None:
+        engine.close()
         keys.close()
         engine.store.close()
 

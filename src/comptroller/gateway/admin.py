@@ -1,0 +1,414 @@
+"""The admin API (mounted at ``/admin``; OpenAPI document at ``/admin/openapi.json``).
+
+=========================================  ======  ==============================================
+route                                      who     what
+=========================================  ======  ==============================================
+``GET /budgets``                           both    accounts: limit, settled, reserved, remaining
+``PUT /budgets``                           admin   create or replace a budget
+``DELETE /budgets/{budget_id}``            admin   delete a budget (its accounts stay)
+``GET /usage?group_by=&tenant=``           both    settled calls, tokens and cost per group
+``GET /report``                            admin   the report ``comptroller report --json`` prints
+``GET /keys`` / ``POST /keys``             both /  list keys (never secrets) / create one (the key
+                                           admin   is in the answer, once)
+``DELETE /keys/{key_id}``                  admin   revoke a key
+``GET /breakers``                          admin   every spend-rate breaker's state
+``POST /breakers/reset``                   admin   close a breaker
+``GET /kill-switches``                     admin   every kill switch
+``POST /kill-switches/trip`` / ``reset``   admin   trip or reset a kill switch
+=========================================  ======  ==============================================
+
+Authentication is the bearer key: an admin key may do everything; a tenant key only
+reads its own tenant (budgets of its tenant, agents and agent-conversations, its usage
+and keys). Asking for another tenant is 403; namespace-wide budgets (namespace,
+conversation, task) are admin-only. Errors use the gateway's OpenAI-style body.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from comptroller.config import scope_for
+from comptroller.domain.budgets import Budget, BudgetError, Period
+from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
+from comptroller.domain.ledger import AccountView
+from comptroller.domain.scopes import Level, scope_key
+from comptroller.engine import Engine
+from comptroller.engine.admin import Admin, ConcurrentChangeError
+from comptroller.gateway.errors import GatewayError, error_response
+from comptroller.gateway.identity import Caller, Identity
+from comptroller.reports import build_report, rows_from_ledger
+from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
+
+__all__ = ["admin_app"]
+
+_TIMEZONES: list[JsonValue] = [*sorted(zoneinfo.available_timezones())]
+_TENANT_LEVELS = (Level.TENANT, Level.AGENT, Level.AGENT_CONVERSATION)
+_ID = Field(default=None, min_length=1, max_length=256)
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {...}}``."""
+
+    error: ErrorDetail
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in ((400, "invalid request"), (401, "no or bad API key"),
+                         (403, "an admin key is needed, or another tenant was asked for"), (404, "not found"))
+}
+
+
+class AccountOut(BaseModel):
+    """One budget account: a budget applied to one scope in one period. Money in millicents."""
+
+    budget_id: str
+    level: Level
+    scope: str
+    period_key: str
+    limit_mc: int
+    settled_mc: int
+    reserved_mc: int
+    remaining_mc: int
+
+
+class BudgetIn(BaseModel):
+    """A budget to create or replace; leave the level's own id out for "every scope of the level"."""
+
+    model_config = ConfigDict(extra="forbid")
+    level: Level
+    limit_mc: StrictInt = Field(ge=0, le=10**15)
+    period: Period = Period.MONTH
+    timezone: str = Field(default="UTC", json_schema_extra={"enum": _TIMEZONES})
+    tenant: str | None = _ID
+    agent: str | None = _ID
+    conversation: str | None = _ID
+    task: str | None = _ID
+
+
+class BudgetOut(BaseModel):
+    """A stored budget."""
+
+    id: str
+    level: Level
+    scope: str
+    limit_mc: int
+    period: Period
+    timezone: str
+
+
+class GroupBy(StrEnum):
+    """What usage is grouped by."""
+
+    TENANT = "tenant"
+    AGENT = "agent"
+    CONVERSATION = "conversation"
+    TASK = "task"
+    MODEL = "model"
+
+
+class UsageRow(BaseModel):
+    """Settled calls of one group."""
+
+    key: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_mc: int
+
+
+class UsageOut(BaseModel):
+    """Usage of a tenant (or of every tenant, for an admin) grouped by one field."""
+
+    tenant: str | None
+    group_by: GroupBy
+    rows: list[UsageRow]
+    total_cost_mc: int
+
+
+class KeyIn(BaseModel):
+    """A key to create."""
+
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field(min_length=1, max_length=256)
+    agent: str | None = _ID
+    name: str = Field(default="", max_length=256)
+    admin: StrictBool = False
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, min_length=1)
+
+
+class KeyOut(BaseModel):
+    """A stored key (never its secret; ``key`` is set once, in the answer to its creation)."""
+
+    id: str
+    tenant: str
+    agent: str | None
+    name: str
+    admin: bool
+    models: list[str] | None
+    created_at: datetime
+    revoked_at: datetime | None
+    key: str | None = None
+
+
+class ScopeIn(BaseModel):
+    """A defense's scope: a level and its scope key (as the lists show it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    level: Level
+    scope: str = Field(min_length=1, max_length=2048)
+
+
+class KillIn(ScopeIn):
+    """A kill switch to trip, and why."""
+
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+def _forbidden(message: str) -> GatewayError:
+    return GatewayError(403, message, type_="permission_error", code="admin_only")
+
+
+def _key_out(key: ApiKey, plaintext: str | None = None) -> KeyOut:
+    return KeyOut(id=key.id, tenant=key.tenant, agent=key.agent, name=key.name, admin=key.admin,
+                  models=None if key.models is None else list(key.models), created_at=key.created_at,
+                  revoked_at=key.revoked_at, key=plaintext)
+
+
+def _in_tenant(account: AccountView, namespace: str, tenant: str) -> bool:
+    if account.budget.level not in _TENANT_LEVELS:
+        return False
+    own = scope_key(namespace, tenant)
+    return account.scope == own or account.scope.startswith(own + "|")
+
+
+@dataclass(frozen=True)
+class _Context:
+    engine: Engine
+    keys: KeyStore
+    identity: Identity
+    namespace: str
+    ops: Admin
+
+
+def _context(request: Request) -> _Context:
+    context: _Context = request.app.state.admin
+    return context
+
+
+Ctx = Annotated[_Context, Depends(_context)]
+
+
+def _caller(request: Request, ctx: Ctx) -> Caller:
+    return ctx.identity.authenticate(request.headers)
+
+
+def _admin(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
+    if not caller.admin:
+        raise _forbidden("this needs an admin key")
+    return caller
+
+
+AnyCaller = Annotated[Caller, Depends(_caller)]
+AdminCaller = Annotated[Caller, Depends(_admin)]
+
+
+def _tenant_of(caller: Caller, tenant: str | None) -> str | None:
+    if caller.admin:
+        return tenant
+    if tenant is not None and tenant != caller.key.tenant:
+        raise _forbidden(f"this key belongs to tenant {caller.key.tenant!r}; it cannot read {tenant!r}")
+    return caller.key.tenant
+
+
+def _bad(exc: Exception) -> GatewayError:
+    return GatewayError(400, str(exc), code="invalid_request")
+
+
+def _not_found(message: str, param: str) -> GatewayError:
+    return GatewayError(404, message, code="not_found", param=param)
+
+
+budgets = APIRouter(tags=["budgets"])
+usage = APIRouter(tags=["usage"])
+api_keys = APIRouter(tags=["keys"])
+defenses = APIRouter(tags=["defenses"])
+
+
+@budgets.get("/budgets", response_model=list[AccountOut])
+def list_accounts(ctx: Ctx, caller: AnyCaller) -> list[AccountOut]:
+    """Every account (admin) or the caller's tenant's accounts, with settled, reserved and remaining money."""
+    accounts = ctx.engine.store.accounts()
+    if not caller.admin:
+        accounts = [a for a in accounts if _in_tenant(a, ctx.namespace, caller.key.tenant)]
+    return [AccountOut(budget_id=a.budget.id, level=a.budget.level, scope=a.scope, period_key=a.period_key,
+                       limit_mc=a.budget.limit_mc, settled_mc=a.settled_mc, reserved_mc=a.reserved_mc,
+                       remaining_mc=a.remaining_mc) for a in accounts]
+
+
+@budgets.put("/budgets", response_model=BudgetOut)
+def put_budget(body: BudgetIn, ctx: Ctx, _: AdminCaller) -> BudgetOut:
+    """Create or replace a budget (admin)."""
+    try:
+        scope = scope_for(body.level, namespace=ctx.namespace, tenant=body.tenant, agent=body.agent,
+                          conversation=body.conversation, task=body.task)
+        budget = Budget(level=body.level, scope=scope, limit_mc=body.limit_mc, period=body.period,
+                        timezone=body.timezone)
+    except (BudgetError, ValueError) as exc:
+        raise _bad(exc) from None
+    ctx.engine.store.put_budget(budget)
+    return BudgetOut(id=budget.id, level=budget.level, scope=budget.scope, limit_mc=budget.limit_mc,
+                     period=budget.period, timezone=budget.timezone)
+
+
+@budgets.delete("/budgets/{budget_id}", status_code=204)
+def delete_budget(budget_id: str, ctx: Ctx, _: AdminCaller) -> Response:
+    """Delete a budget (admin); its accounts stay for history."""
+    if not ctx.engine.store.delete_budget(budget_id):
+        raise _not_found(f"no budget {budget_id!r}; GET /admin/budgets lists them", "budget_id")
+    return Response(status_code=204)
+
+
+@usage.get("/usage", response_model=UsageOut)
+def usage_by(ctx: Ctx, caller: AnyCaller, group_by: GroupBy = GroupBy.AGENT,
+             tenant: Annotated[str | None, Query(max_length=256)] = None) -> UsageOut:
+    """Settled usage grouped by one field; a tenant key sees only its own tenant."""
+    only = _tenant_of(caller, tenant)
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for record in ctx.engine.store.usage_records():
+        if only is not None and record.attribution.tenant != only:
+            continue
+        key = record.model if group_by is GroupBy.MODEL else getattr(record.attribution, str(group_by))
+        group = groups[key or "-"]
+        group[0] += 1
+        group[1] += record.usage.input_tokens
+        group[2] += record.usage.output_tokens
+        group[3] += record.cost_mc
+    rows = [UsageRow(key=k, calls=v[0], input_tokens=v[1], output_tokens=v[2], cost_mc=v[3])
+            for k, v in sorted(groups.items())]
+    return UsageOut(tenant=only, group_by=group_by, rows=rows, total_cost_mc=sum(r.cost_mc for r in rows))
+
+
+@usage.get("/report")
+def report(ctx: Ctx, _: AdminCaller) -> dict[str, Any]:
+    """The ledger's report, as ``comptroller report --json`` writes it (admin)."""
+    rows = rows_from_ledger(ctx.engine.store.usage_records(), ctx.engine.store.events("refusal"))
+    result: dict[str, Any] = build_report(rows, budgets=ctx.engine.store.budgets()).to_dict()
+    return result
+
+
+@api_keys.get("/keys", response_model=list[KeyOut])
+def list_keys(ctx: Ctx, caller: AnyCaller) -> list[KeyOut]:
+    """Every key (admin) or the caller's tenant's keys; never the secrets."""
+    return [_key_out(k) for k in ctx.keys.keys(None if caller.admin else caller.key.tenant)]
+
+
+@api_keys.post("/keys", response_model=KeyOut, status_code=201)
+def create_key(body: KeyIn, ctx: Ctx, _: AdminCaller) -> KeyOut:
+    """Create a key (admin); the answer holds the key, shown this once."""
+    try:
+        record, plaintext = new_key(tenant=body.tenant, agent=body.agent, name=body.name, admin=body.admin,
+                                    models=None if body.models is None else tuple(body.models))
+    except ApiKeyError as exc:
+        raise _bad(exc) from None
+    ctx.keys.add(record)
+    return _key_out(record, plaintext)
+
+
+@api_keys.delete("/keys/{key_id}", response_model=KeyOut)
+def revoke_key(key_id: str, ctx: Ctx, _: AdminCaller) -> KeyOut:
+    """Revoke a key (admin)."""
+    if not ctx.keys.revoke(key_id, datetime.now(UTC)):
+        raise _not_found(f"no key {key_id!r}; GET /admin/keys lists them", "key_id")
+    record = ctx.keys.get(key_id)
+    assert record is not None
+    return _key_out(record)
+
+
+def _defense(op: Callable[[], Any]) -> dict[str, Any]:
+    try:
+        state = op()
+    except UnknownScopeError as exc:
+        raise _not_found(str(exc), "scope") from None
+    except (DefenseConfigError, ConcurrentChangeError) as exc:
+        raise _bad(exc) from None
+    record: dict[str, Any] = state.to_record()
+    return record
+
+
+@defenses.get("/breakers")
+def list_breakers(ctx: Ctx, _: AdminCaller) -> list[dict[str, Any]]:
+    """Every spend-rate breaker with state (admin)."""
+    return [b.to_record() for b in ctx.ops.breakers()]
+
+
+@defenses.post("/breakers/reset")
+def reset_breaker(body: ScopeIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
+    """Close a breaker and reset its cooldown (admin)."""
+    return _defense(lambda: ctx.ops.reset_breaker(body.level, body.scope, by=f"key {caller.key.id}"))
+
+
+@defenses.get("/kill-switches")
+def list_kill_switches(ctx: Ctx, _: AdminCaller) -> list[dict[str, Any]]:
+    """Every kill switch that was ever tripped (admin)."""
+    return [k.to_record() for k in ctx.ops.kill_switches()]
+
+
+@defenses.post("/kill-switches/trip")
+def trip_kill_switch(body: KillIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
+    """Trip a kill switch: every call under the scope is refused (503 kill_switch) until reset (admin)."""
+    return _defense(lambda: ctx.ops.kill(body.level, body.scope, by=f"key {caller.key.id}", reason=body.reason))
+
+
+@defenses.post("/kill-switches/reset")
+def reset_kill_switch(body: ScopeIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
+    """Reset a kill switch (admin)."""
+    return _defense(lambda: ctx.ops.unkill(body.level, body.scope, by=f"key {caller.key.id}"))
+
+
+async def _render(request: Request, exc: Exception) -> Response:
+    """Every error in the gateway's OpenAI shape: ours, FastAPI's validation errors (400 naming the
+    field) and Starlette's HTTP errors (404, 405...)."""
+    if isinstance(exc, GatewayError):
+        return exc.response()
+    if isinstance(exc, RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return error_response(400, f"{param or 'request'}: {first['msg']}", type_="invalid_request_error",
+                              code="invalid_request", param=param)
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), type_="invalid_request_error", code="invalid_request",
+                          headers=dict(exc.headers or {}))
+
+
+def admin_app(*, engine: Engine, keys: KeyStore, identity: Identity, namespace: str) -> FastAPI:
+    """The admin API over one engine's ledger and key store (mount it at ``/admin``)."""
+    app = FastAPI(title="comptroller admin API", version="1", docs_url="/docs", redoc_url=None, responses=_ERRORS)
+    app.state.admin = _Context(engine=engine, keys=keys, identity=identity, namespace=namespace,
+                               ops=Admin(engine.store, engine.clock))
+    for error in (GatewayError, RequestValidationError, HTTPException):
+        app.add_exception_handler(error, _render)
+    for router in (budgets, usage, api_keys, defenses):
+        app.include_router(router)
+    return app
