@@ -68,7 +68,8 @@ def serve_command(
     for provider in gateway.providers.values():
         provider.api_key()  # a missing provider key is an error now, not in every worker
     if not gateway.providers:
-        err.print("warning: no [gateway.providers] configured; every chat call will answer 400", highlight=False)
+        err.print("warning: no [gateway.providers] configured; every chat call will answer 400", markup=False,
+                  highlight=False)
     os.environ["COMPTROLLER_DB"] = db
     if config is not None:
         os.environ["COMPTROLLER_CONFIG"] = str(config.resolve())
