@@ -43,7 +43,11 @@ from comptroller.domain.defenses.chain import Defenses
 from comptroller.domain.money import parse_usd, usd_to_mc_half_up
 from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
 from comptroller.domain.scopes import Level, scope_key
+from comptroller.groups.config import GroupDefinition, parse_groups
 from comptroller.notify.config import NotifyConfig
+from comptroller.ports import PriceSource
+from comptroller.prices import PriceBook
+from comptroller.routing.config import RoutingConfig, load_routing
 
 __all__ = ["ConfigError", "Policy", "load_policy", "scope_for"]
 
@@ -170,6 +174,9 @@ class Policy(DefenseSections):
     budgets: list[BudgetSpec] = Field(default_factory=list)
     runs: RunsSection | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    cascades: dict[str, Any] = Field(default_factory=dict)
+    routing: dict[str, Any] = Field(default_factory=dict)
+    groups: dict[str, Any] = Field(default_factory=dict)
     source: str = "policy"
 
     @field_validator("output_caps")
@@ -196,6 +203,19 @@ class Policy(DefenseSections):
         """The runtime defenses. Raises DefenseConfigError (a ValueError) naming the bad field."""
         return self.to_defenses(self.namespace)
 
+    def routing_config(self, prices: PriceSource) -> RoutingConfig:
+        """The ``[cascades.NAME]`` and ``[routing]`` sections, every tier model priced in ``prices``.
+
+        Raises:
+            RoutingConfigError: (a ValueError) naming the file, the section and what to write.
+        """
+        return load_routing(self.cascades, self.routing, prices=prices, pinning=self.defenses().pinning,
+                            source=self.source)
+
+    def group_definitions(self) -> dict[str, GroupDefinition]:
+        """The ``[groups.NAME]`` sections (empty if none). Raises GroupFileError (a ValueError)."""
+        return parse_groups({"groups": self.groups}, self.source) if self.groups else {}
+
 
 def load_policy(path: str | Path | None) -> Policy:
     """Read and validate a policy (or price-override) TOML file; None gives the empty policy.
@@ -217,6 +237,8 @@ def load_policy(path: str | Path | None) -> Policy:
         policy.budget_list()
         policy.caps()
         policy.defenses()
+        policy.routing_config(PriceBook(overrides=policy.price_overrides(), aliases=policy.aliases))
+        policy.group_definitions()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from None
