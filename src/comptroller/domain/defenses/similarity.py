@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 __all__ = ["SHINGLE_WORDS", "fingerprint", "normalise_text", "shingles", "similarity"]
 
@@ -61,8 +62,12 @@ def fingerprint(model: str, messages: Sequence[Mapping[str, object]]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+@lru_cache(maxsize=4_096)
 def shingles(text: str, k: int = SHINGLE_WORDS) -> frozenset[tuple[str, ...]]:
     """The set of runs of ``k`` consecutive words of the normalised text (one shingle if shorter).
+
+    Memoised (pure, bounded): a loop history compares each new turn with the same
+    recent turns call after call.
 
     Raises:
         ValueError: if ``k < 1``.
