@@ -22,7 +22,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 
-import httpx
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -98,7 +97,6 @@ def _breaker_states(engine: Engine) -> Callable[[], Iterable[tuple[str, bool]]]:
 
 
 def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespace: str,
-               transport: httpx.AsyncBaseTransport | None = None,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     """The gateway app for one worker.
 
@@ -107,7 +105,6 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         keys: the API key store.
         config: the ``[gateway]`` settings.
         namespace: the namespace every call is attributed to (the policy's).
-        transport: an httpx transport for every upstream (tests); default: pooled TCP.
         on_shutdown: called after in-flight calls are released (close stores).
     """
     metrics = GatewayMetrics(_breaker_states(engine))
@@ -116,7 +113,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway = Gateway(engine=engine, identity=identity,
-                          upstreams=Upstreams(config, transport), config=config, namespace=namespace,
+                          upstreams=Upstreams(config), config=config, namespace=namespace,
                           metrics=metrics)
         app.state.gateway = gateway
         try:

@@ -34,7 +34,6 @@ import time
 from typing import Any
 
 import anyio
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -47,7 +46,7 @@ from comptroller.gateway.config import ProviderConfig
 from comptroller.gateway.errors import GatewayError, error_response, verdict_response
 from comptroller.gateway.identity import Caller, attribute
 from comptroller.gateway.runtime import Gateway, Settled
-from comptroller.gateway.upstream import Upstream
+from comptroller.gateway.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeoutError
 
 __all__ = ["chat_completions", "forward_body", "usage_from"]
 
@@ -122,18 +121,19 @@ def _call_headers(admission: Admission, settled: Settled | None = None) -> dict[
     return headers
 
 
-async def _open(gw: Gateway, upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> httpx.Response:
+def _upstream_error(exc: UpstreamError, what: str) -> GatewayError:
+    if isinstance(exc, UpstreamTimeoutError):
+        return GatewayError(504, f"{exc}; {what}", type_="upstream_error", code="upstream_timeout")
+    return GatewayError(502, f"{exc}; {what}", type_="upstream_error", code="upstream_error")
+
+
+async def _open(gw: Gateway, upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> UpstreamResponse:
     """Send upstream; on any failure before an answer, release and raise the 502/504."""
     try:
         return await upstream.open_chat(body)
-    except httpx.TimeoutException as exc:
+    except UpstreamError as exc:
         gw.release(reservation)
-        raise GatewayError(504, f"upstream {upstream.name} timed out ({type(exc).__name__}); nothing was "
-                           "charged", type_="upstream_error", code="upstream_timeout") from None
-    except httpx.TransportError as exc:
-        gw.release(reservation)
-        raise GatewayError(502, f"upstream {upstream.name} could not be reached: {exc}; nothing was charged",
-                           type_="upstream_error", code="upstream_error") from None
+        raise _upstream_error(exc, "nothing was charged") from None
     except BaseException:
         gw.release(reservation)
         raise
@@ -146,24 +146,22 @@ async def _unary(gw: Gateway, upstream: Upstream, body: dict[str, Any], admissio
     sent = time.perf_counter()
     response = await _open(gw, upstream, body, reservation)
     try:
-        raw = await response.aread()
+        raw = await response.read()
     except BaseException as exc:
-        if response.is_success:  # the provider ran the call: charge the bound
+        response.abort()
+        if response.ok:  # the provider ran the call: charge the bound
             gw.settle(reservation, _bound(reservation))
         else:
             gw.release(reservation)
-        if isinstance(exc, httpx.HTTPError):
-            raise GatewayError(504 if isinstance(exc, httpx.TimeoutException) else 502,
-                               f"upstream {upstream.name} failed while answering: {exc!r}",
-                               type_="upstream_error", code="upstream_error") from None
+        if isinstance(exc, UpstreamError):
+            raise _upstream_error(exc, "the call was charged at its reserved bound") from None
         raise
-    finally:
-        await response.aclose()
+    response.release()
     returned = time.perf_counter()
     gw.metrics.upstream_s.labels(upstream.name).observe(returned - sent)
-    if not response.is_success:
+    if not response.ok:
         gw.release(reservation)
-        return _upstream_failure(response.status_code, raw, upstream.name)
+        return _upstream_failure(response.status, raw, upstream.name)
     try:
         usage = usage_from(json.loads(raw).get("usage"))
     except (ValueError, AttributeError):
@@ -206,7 +204,7 @@ class _Tally:
 class _Relay(Response):
     """Streams the upstream SSE to the client, then settles (or, cut short, settles what was generated)."""
 
-    def __init__(self, *, gw: Gateway, upstream: Upstream, response: httpx.Response, admission: Admission,
+    def __init__(self, *, gw: Gateway, upstream: Upstream, response: UpstreamResponse, admission: Admission,
                  chat: ChatRequest, started: float, sent: float) -> None:
         # not Response.__init__: it would declare a Content-Length of the (empty) body
         self.status_code, self.media_type, self.background = 200, "text/event-stream", None
@@ -254,7 +252,7 @@ class _Relay(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         lines: list[str] = []
         try:
-            async for line in self.upstream_response.aiter_lines():
+            async for line in self.upstream_response.lines():
                 if line:
                     lines.append(line)
                     continue
@@ -262,9 +260,9 @@ class _Relay(Response):
                 lines = []
                 if data is not None:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
-        except httpx.HTTPError as exc:
-            error = {"error": {"message": f"upstream {self.upstream.name} failed mid-stream: {exc}; the generated "
-                               "part was charged", "type": "upstream_error", "code": "upstream_error"}}
+        except UpstreamError as exc:
+            error = {"error": {"message": f"{exc}, mid-stream; the generated part was charged",
+                               "type": "upstream_error", "code": "upstream_error"}}
             await send({"type": "http.response.body", "body": f"data: {json.dumps(error)}\n\n".encode(),
                         "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -284,8 +282,7 @@ class _Relay(Response):
         except* OSError:
             pass  # the client went away while we wrote: settle below
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.upstream_response.aclose()
+            self.upstream_response.abort()  # a no-op once the stream was read to its end
             self._settle()
 
 
@@ -345,12 +342,14 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
         return await _unary(gw, upstream, body, admission, started)
     sent = time.perf_counter()
     response = await _open(gw, upstream, body, admission.reservation)
-    if not response.is_success:
+    if not response.ok:
         try:
-            raw = await response.aread()
+            raw = await response.read()
+        except UpstreamError:
+            raw = b""
         finally:
-            await response.aclose()
+            response.abort()
             gw.release(admission.reservation)
-        return _upstream_failure(response.status_code, raw, upstream.name)
+        return _upstream_failure(response.status, raw, upstream.name)
     return _Relay(gw=gw, upstream=upstream, response=response, admission=admission, chat=chat, started=started,
                   sent=sent)

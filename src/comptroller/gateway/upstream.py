@@ -1,67 +1,150 @@
-"""The upstream side: one pooled ``httpx.AsyncClient`` per configured provider.
+"""The upstream side: one pooled ``aiohttp.ClientSession`` per configured provider, behind a small seam.
 
-Each provider gets a client with keep-alive connections (at most
-``pool_connections_max`` per worker), the configured connect / read / write / pool
-timeouts, and ``httpx.AsyncHTTPTransport(retries=N)``, which retries only failed
-connection attempts (``ConnectError``, ``ConnectTimeout``; httpx docs, "Transports:
-retries"): a request whose bytes reached the provider is never sent twice, so a
-call is never paid twice.
+Each provider gets keep-alive connections (at most ``pool_connections_max`` per worker),
+a connect timeout (pool wait included) and a read timeout between bytes. A failed
+connection attempt (``aiohttp.ClientConnectorError``: nothing was sent) is retried up to
+``connect_retries`` times; nothing else is ever retried, so a request that reached the
+provider is never sent twice and a call is never paid twice.
 
-The transport is the seam for tests: pass ``transport=`` to talk to an in-process
-app, though the gateway's own tests use a real stub server on loopback.
+Why aiohttp and not httpx: on this project's 2-core VM an httpx ``AsyncClient`` round trip
+to a local stub costs about 3.5 ms (almost all of it Python CPU in httpcore, h11 and
+anyio), aiohttp's about 1.0 ms (C HTTP parser); the gateway's added-latency target is
+0.5 ms (see BENCHMARKS.md).
+
+:class:`UpstreamResponse` is all the call path sees: the status, the whole body or its
+lines, and ``release`` (done: the connection goes back to the pool) or ``abort`` (close
+it mid-answer, so the provider stops generating). Failures surface as
+:class:`UpstreamTimeoutError` or :class:`UpstreamError`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from comptroller.gateway.config import GatewayConfig, ProviderConfig
 
-__all__ = ["Upstream", "Upstreams"]
+__all__ = ["Upstream", "UpstreamError", "UpstreamResponse", "UpstreamTimeoutError", "Upstreams"]
+
+
+class UpstreamError(Exception):
+    """The provider could not be reached, or the connection broke."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The provider did not answer, or stopped sending, within the timeout."""
+
+
+def _translate(exc: BaseException, provider: str) -> UpstreamError:
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeoutError(f"upstream {provider} timed out")
+    return UpstreamError(f"upstream {provider}: {type(exc).__name__}: {exc}")
+
+
+class UpstreamResponse:
+    """An open answer from a provider."""
+
+    def __init__(self, response: aiohttp.ClientResponse, provider: str) -> None:
+        self._response = response
+        self.provider = provider
+        self.status = response.status
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx status."""
+        return 200 <= self.status < 300
+
+    async def read(self) -> bytes:
+        """The whole body.
+
+        Raises:
+            UpstreamError: the connection broke or timed out.
+        """
+        try:
+            return await self._response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _translate(exc, self.provider) from None
+
+    async def lines(self) -> AsyncIterator[str]:
+        """The body line by line, without line endings (SSE).
+
+        Raises:
+            UpstreamError: the connection broke or timed out.
+        """
+        try:
+            async for raw in self._response.content:
+                yield raw.decode("utf-8").rstrip("\r\n")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _translate(exc, self.provider) from None
+
+    def release(self) -> None:
+        """Done with it: the connection returns to the pool (once the body is read)."""
+        self._response.release()
+
+    def abort(self) -> None:
+        """Close the connection now, mid-answer: the provider sees the client leave."""
+        self._response.close()
 
 
 class Upstream:
-    """One provider: its settings, key and pooled client."""
+    """One provider: its settings, key and pooled session (opened in the worker's event loop)."""
 
-    def __init__(self, name: str, config: ProviderConfig, gateway: GatewayConfig,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, name: str, config: ProviderConfig, gateway: GatewayConfig) -> None:
         self.name = name
         self.config = config
-        headers = {"content-type": "application/json"}
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.headers = {"content-type": "application/json"}
         key = config.api_key()
         if key is not None:
-            headers["authorization"] = f"Bearer {key}"
-        limits = httpx.Limits(max_connections=gateway.pool_connections_max,
-                              max_keepalive_connections=gateway.pool_connections_max)
-        timeout = httpx.Timeout(connect=gateway.connect_timeout_s, read=gateway.read_timeout_s,
-                                write=gateway.write_timeout_s, pool=gateway.pool_timeout_s)
-        self.client = httpx.AsyncClient(
-            base_url=config.base_url.rstrip("/"), headers=headers, timeout=timeout,
-            transport=transport or httpx.AsyncHTTPTransport(retries=gateway.connect_retries, limits=limits),
-        )
+            self.headers["authorization"] = f"Bearer {key}"
+        self._gateway = gateway
+        self._session: aiohttp.ClientSession | None = None
 
-    async def open_chat(self, body: dict[str, Any]) -> httpx.Response:
-        """Send a chat completion request; the response is open (read or close it).
+    def _open_session(self) -> aiohttp.ClientSession:
+        g = self._gateway
+        connector = aiohttp.TCPConnector(limit=g.pool_connections_max, limit_per_host=g.pool_connections_max)
+        timeout = aiohttp.ClientTimeout(total=None, connect=g.pool_timeout_s + g.connect_timeout_s,
+                                        sock_connect=g.connect_timeout_s, sock_read=g.read_timeout_s)
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers,
+                                     auto_decompress=False, skip_auto_headers=("User-Agent",))
+
+    async def open_chat(self, body: dict[str, Any]) -> UpstreamResponse:
+        """Send a chat completion request; the answer is open (read it, then release or abort it).
 
         Raises:
-            httpx.TimeoutException: the provider did not answer in time.
-            httpx.TransportError: the connection failed (after the connect retries).
+            UpstreamTimeoutError: the provider did not answer in time.
+            UpstreamError: the connection failed (after the connect retries).
         """
+        if self._session is None:
+            self._session = self._open_session()
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        request = self.client.build_request("POST", "/chat/completions", content=content)
-        return await self.client.send(request, stream=True)
+        for attempt in range(self._gateway.connect_retries + 1):
+            try:
+                response = await self._session.post(self.url, data=content)
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent: safe to try again
+                if attempt == self._gateway.connect_retries:
+                    raise _translate(exc, self.name) from None
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _translate(exc, self.name) from None
+            else:
+                return UpstreamResponse(response, self.name)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def aclose(self) -> None:
+        """Close the pool."""
+        if self._session is not None:
+            await self._session.close()
 
 
 class Upstreams:
     """Every configured provider, by name."""
 
-    def __init__(self, config: GatewayConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.by_name = {name: Upstream(name, provider, config, transport)
-                        for name, provider in config.providers.items()}
+        self.by_name = {name: Upstream(name, provider, config) for name, provider in config.providers.items()}
 
     def for_model(self, model: str) -> Upstream | None:
         """The provider serving ``model``, or None if none does."""
@@ -71,4 +154,4 @@ class Upstreams:
     async def aclose(self) -> None:
         """Close every pool."""
         for upstream in self.by_name.values():
-            await upstream.client.aclose()
+            await upstream.aclose()
