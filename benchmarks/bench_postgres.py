@@ -1,0 +1,195 @@
+"""Reserve + settle throughput of the PostgreSQL ledger, 1 process and 4 processes on one database.
+
+The shape of ``bench_ledger.py`` (same budgets, attributions, pairs and runners, so the
+numbers compare): a *pair* is ``Engine.admit`` + ``Engine.settle`` (``engine``) or
+``store.reserve`` + ``store.settle`` with a precomputed request (``store``). Every call
+touches four accounts (namespace, tenant, agent, conversation), so every pair locks the
+one namespace account twice: the hot row every call of a namespace shares.
+
+Each process opens its own :class:`PostgresStore` (its own pool) on one fresh schema
+and runs ``--threads`` caller threads (a gateway replica serves many calls at once;
+PostgreSQL commits concurrent transactions with one WAL flush, but a transaction keeps
+its row locks until its commit is flushed, so the hot row admits at most one commit
+per flush). Processes start together at a barrier; the rate is all pairs over the span
+from the first start to the last end, the median of ``--repeats`` runs, with pairs per
+CPU-second of the client processes (PostgreSQL's own CPU is not in it).
+
+Both commit modes are measured: ``durable`` (``synchronous_commit = on``, the default:
+each commit waits for the WAL flush) and ``async`` (``synchronous_commit = off``: a
+server crash may lose the last fraction of a second of commits, never corrupt them).
+
+Usage::
+
+    python benchmarks/bench_postgres.py                              # table on stdout
+    python benchmarks/bench_postgres.py --markdown BENCHMARKS.md     # also update the block there
+    COMPTROLLER_BENCH_PG_URL=postgresql://user@host/db python benchmarks/bench_postgres.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from bench_ledger import RUNNERS, budgets
+from comptroller.domain.scopes import Level
+from comptroller.storage.migrations import upgrade
+from comptroller.storage.postgres import PostgresStore
+from markdown_block import update_block
+
+URL = os.environ.get("COMPTROLLER_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+CONFIGS = ("store-1", "engine-1", "store-N", "engine-N")
+Span = tuple[float, float, float]
+"""One process's run: wall-clock start and end (``perf_counter``) and CPU seconds."""
+
+
+def fresh_schema(levels: str) -> str:
+    """A new schema at the latest ledger version with the budgets installed; its name.
+
+    ``levels``: ``all`` (bench_ledger's four levels) or ``no-namespace`` (without the namespace
+    cap, so no account is shared by every call: the hot row is gone).
+    """
+    name = f"bench_{os.getpid()}_{time.monotonic_ns()}"
+    with psycopg.connect(URL, autocommit=True) as conn:
+        upgrade(conn, schema=name)
+    store = PostgresStore(URL, schema=name, max_size=1)
+    for budget in budgets():
+        if levels == "all" or budget.level is not Level.NAMESPACE:
+            store.put_budget(budget)
+    store.close()
+    return name
+
+
+def drop_schema(name: str) -> None:
+    """Drop a benchmark schema."""
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int, tag: str,
+             barrier: Barrier, out: mp.SimpleQueue[Span]) -> None:
+    """One replica: its own store, ``threads`` callers splitting ``pairs`` pairs."""
+    store = PostgresStore(URL, schema=schema, min_size=threads, max_size=threads, durable=durable)
+    share = [pairs // threads + (1 if t < pairs % threads else 0) for t in range(threads)]
+    workers = [threading.Thread(target=RUNNERS[mode], args=(store, share[t], f"{tag}t{t}")) for t in range(threads)]
+    barrier.wait()
+    cpu, start = time.process_time(), time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    out.put((start, time.perf_counter(), time.process_time() - cpu))
+    store.close()
+
+
+def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, levels: str) -> tuple[float, float]:
+    """Aggregate pairs per wall-clock second and per client CPU-second of one run on a fresh schema."""
+    schema = fresh_schema(levels)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    out: mp.SimpleQueue[Span] = ctx.SimpleQueue()
+    workers = [ctx.Process(target=_process, kwargs={
+        "mode": mode, "schema": schema, "durable": durable, "pairs": pairs, "threads": threads, "tag": f"p{n}",
+        "barrier": barrier, "out": out}) for n in range(procs)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+            if w.exitcode != 0:
+                raise SystemExit(f"benchmark process exited with {w.exitcode}")
+        spans = [out.get() for _ in workers]
+    finally:
+        drop_schema(schema)
+    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    return pairs * procs / wall, pairs * procs / sum(cpu for _, _, cpu in spans)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The runs of one configuration."""
+
+    mode: str
+    levels: str
+    commit: str
+    procs: int
+    threads: int
+    pairs: int
+    rates: list[float]
+    cpu_rates: list[float]
+
+
+def commit_latency_ms(samples: int = 50) -> float:
+    """Median time of one durable single-row commit on the server, milliseconds (the WAL flush)."""
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS probe (n int) ON COMMIT PRESERVE ROWS")
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (n int)")
+        times = []
+        for i in range(samples):
+            start = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit_probe VALUES (%s)", (i,))
+            times.append(time.perf_counter() - start)
+        conn.execute("DROP TABLE bench_commit_probe")
+    return statistics.median(times) * 1000
+
+
+def table(results: list[Result], flush_ms: float) -> str:
+    """A markdown table of the medians and the spread."""
+    lines = [f"Durable single-row commit on this server: {flush_ms:.1f} ms (median of 50).", "",
+             "| configuration | budgets | commit | processes | threads each | pairs per process | median pairs/s "
+             "| median pairs/client-CPU-s | runs (pairs/s) |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        runs = ", ".join(f"{x:,.0f}" for x in r.rates)
+        lines.append(f"| postgres-{r.mode} | {r.levels} | {r.commit} | {r.procs} | {r.threads} | {r.pairs:,} "
+                     f"| {statistics.median(r.rates):,.0f} | {statistics.median(r.cpu_rates):,.0f} | {runs} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", type=int, default=1500, help="pairs per process")
+    p.add_argument("--procs", type=int, default=4, help="processes for the -N configurations")
+    p.add_argument("--threads", type=int, default=4, help="caller threads per process")
+    p.add_argument("--repeats", type=int, default=3, help="runs per configuration; the median is reported")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}")
+    p.add_argument("--commits", default="durable,async", help="commit modes: durable, async or both")
+    p.add_argument("--levels", default="all", help="budget sets: all, no-namespace or both (comma-separated)")
+    p.add_argument("--markdown", type=Path, default=None, help="update the block in this markdown file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the table."""
+    args = parse_args(argv)
+    results = []
+    for levels, commit, config in itertools.product(args.levels.split(","), args.commits.split(","),
+                                                    args.configs.split(",")):
+        mode, n = config.split("-")
+        procs = args.procs if n == "N" else 1
+        runs = [run_once(mode, procs=procs, threads=args.threads, pairs=args.pairs, durable=commit == "durable",
+                         levels=levels) for _ in range(args.repeats)]
+        results.append(Result(mode, levels, commit, procs, args.threads, args.pairs, [w for w, _ in runs],
+                              [c for _, c in runs]))
+        print(f"{config} {levels} {commit}: median {statistics.median(results[-1].rates):,.0f} pairs/s",
+              file=sys.stderr, flush=True)
+    text = table(results, commit_latency_ms())
+    print(text)
+    if args.markdown is not None:
+        update_block(args.markdown, "bench_postgres", text)
+
+
+if __name__ == "__main__":
+    main()
