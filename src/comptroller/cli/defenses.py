@@ -8,6 +8,8 @@ the ledger, so every process sharing it sees the change at once.
 from __future__ import annotations
 
 import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -51,8 +53,14 @@ def _scope(level: Level, namespace: str, tenant: str | None, agent: str | None, 
     return scope
 
 
-def _admin(db: str) -> Admin:
-    return Admin(store_from_url(db), SystemClock())
+@contextmanager
+def _admin(db: str) -> Iterator[Admin]:
+    """An admin over the ledger at ``db``, closed afterwards."""
+    store = store_from_url(db)
+    try:
+        yield Admin(store, SystemClock())
+    finally:
+        store.close()
 
 
 @kill_app.command("on")
@@ -62,12 +70,9 @@ def kill_on(reason: Annotated[str, typer.Option(help="Why (shown in every refusa
             agent: AgentOption = None, conversation: ConversationOption = None, task: TaskOption = None,
             by: ByOption = None, db: DbOption = DEFAULT_DB) -> None:
     """Trip a kill switch: every call in the scope is refused (kill_switch) until `kill off`."""
-    admin = _admin(db)
-    try:
+    with _admin(db) as admin:
         state = admin.kill(level, _scope(level, namespace, tenant, agent, conversation, task),
                            by=by or getpass.getuser(), reason=reason)
-    finally:
-        admin.store.close()
     console.print(f"kill switch of {state.level} {state.scope!r} tripped by {state.by}: {state.reason}")
 
 
@@ -77,12 +82,9 @@ def kill_off(level: LevelOption = Level.NAMESPACE, namespace: NamespaceOption = 
              agent: AgentOption = None, conversation: ConversationOption = None, task: TaskOption = None,
              by: ByOption = None, db: DbOption = DEFAULT_DB) -> None:
     """Reset a kill switch: calls are admitted again."""
-    admin = _admin(db)
-    try:
+    with _admin(db) as admin:
         state = admin.unkill(level, _scope(level, namespace, tenant, agent, conversation, task),
                              by=by or getpass.getuser())
-    finally:
-        admin.store.close()
     console.print(f"kill switch of {state.level} {state.scope!r} reset")
 
 
@@ -90,11 +92,8 @@ def kill_off(level: LevelOption = Level.NAMESPACE, namespace: NamespaceOption = 
 @_errors
 def kill_list(db: DbOption = DEFAULT_DB) -> None:
     """List kill switches (tripped now or before)."""
-    admin = _admin(db)
-    try:
+    with _admin(db) as admin:
         switches = admin.kill_switches()
-    finally:
-        admin.store.close()
     table = Table(title="Kill switches")
     for name in ("level", "scope", "tripped", "mode", "since", "by", "reason", "window spend"):
         table.add_column(name)
@@ -109,11 +108,8 @@ def kill_list(db: DbOption = DEFAULT_DB) -> None:
 @_errors
 def breaker_list(db: DbOption = DEFAULT_DB) -> None:
     """List breakers with their state (closed, open, half-open), trips and cooldown end."""
-    admin = _admin(db)
-    try:
+    with _admin(db) as admin:
         breakers = admin.breakers()
-    finally:
-        admin.store.close()
     table = Table(title="Spend-rate breakers")
     for name in ("level", "scope", "status", "trips", "open until", "window spend", "over streak"):
         table.add_column(name)
@@ -130,10 +126,7 @@ def breaker_reset(level: LevelOption = Level.AGENT, namespace: NamespaceOption =
                   tenant: TenantOption = None, agent: AgentOption = None, conversation: ConversationOption = None,
                   by: ByOption = None, db: DbOption = DEFAULT_DB) -> None:
     """Close a breaker and reset its cooldown (an admin's decision after a trip)."""
-    admin = _admin(db)
-    try:
+    with _admin(db) as admin:
         state = admin.reset_breaker(level, _scope(level, namespace, tenant, agent, conversation, None),
                                     by=by or getpass.getuser())
-    finally:
-        admin.store.close()
     console.print(f"breaker of {state.level} {state.scope!r} is {state.status}")

@@ -7,20 +7,17 @@ message naming what is wrong and what to do, and exit with status 2.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from rich.text import Text
 
 from comptroller.bootstrap import price_book
+from comptroller.cli.common import console, err, user_errors
 from comptroller.config import ConfigError, load_policy
 from comptroller.domain.dispatch import GroupError, Kind, Message, mentions_in
 from comptroller.domain.money import format_usd
@@ -35,22 +32,10 @@ __all__ = ["group_app", "simulate_app"]
 simulate_app = typer.Typer(help="Simulate multi-agent traffic through the ledger.", no_args_is_help=True)
 group_app = typer.Typer(help="Group chats: check group files, try a dispatch.", no_args_is_help=True)
 
-console = Console()
-err = Console(stderr=True)
 _USER_ERRORS = (GroupError, ConfigError, TraceError, UnknownModelError, FileNotFoundError, ValueError)
-_F = TypeVar("_F", bound=Callable[..., Any])
 DEFAULT_TRACE = Path("data/traces/chatdev_warehouse.jsonl")
 
-
-def _user_errors(func: _F) -> _F:
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except _USER_ERRORS as exc:
-            err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False)
-            raise typer.Exit(2) from None
-    return wrapper  # type: ignore[return-value]
+_user_errors = user_errors(*_USER_ERRORS)
 
 
 def _sizes_list(text: str) -> tuple[int, ...]:

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
 from comptroller.bootstrap import build_engine, price_book
+from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
 from comptroller.cli.db import db_app
 from comptroller.cli.defenses import register as register_defenses
 from comptroller.cli.group import group_app, simulate_app
@@ -61,24 +58,10 @@ register_routing(app)  # eval-cascade, tco
 register_serve(app)  # serve, key
 register_defenses(app)  # kill, breaker
 
-console = Console()
-err = Console(stderr=True)
 _USER_ERRORS = (ConfigError, TraceError, UnknownModelError, MissingModelError, BudgetError, StoreURLError,
                 NoOutputCapError, FileNotFoundError, ValueError)
-DEFAULT_DB = "sqlite:///comptroller.db"
-DbOption = Annotated[str, typer.Option("--db", envvar="COMPTROLLER_DB", help="Ledger URL: sqlite:///path or memory://")]
-_F = TypeVar("_F", bound=Callable[..., Any])
 
-
-def _user_errors(func: _F) -> _F:
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except _USER_ERRORS as exc:
-            err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False)
-            raise typer.Exit(2) from None
-    return wrapper  # type: ignore[return-value]
+_user_errors = user_errors(*_USER_ERRORS)
 
 
 def _policy(policy_path: Path | None, prices_path: Path | None, default_model: str | None) -> Policy:

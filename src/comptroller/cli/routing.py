@@ -7,19 +7,17 @@ file, an unknown API model, a value out of range) print one message and exit wit
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from comptroller.bootstrap import price_book
+from comptroller.cli.common import console, user_errors
 from comptroller.config import ConfigError, load_policy
 from comptroller.domain.money import format_usd
 from comptroller.domain.routing.errors import RoutingConfigError
@@ -38,23 +36,11 @@ from comptroller.reports.routing import render_routing_table
 
 __all__ = ["eval_cascade_command", "register", "tco_command", "what_if_command"]
 
-console = Console()
-err = Console(stderr=True)
-_F = TypeVar("_F", bound=Callable[..., Any])
 _DATA = Path(__file__).resolve().parents[3] / "data" / "routing"
 _USER_ERRORS = (FileNotFoundError, ValueError, UnknownModelError, RoutingConfigError, ConfigError, TraceError,
                 MissingModelError)
 
-
-def _user_errors(func: _F) -> _F:
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except _USER_ERRORS as exc:
-            err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False)
-            raise typer.Exit(2) from None
-    return wrapper  # type: ignore[return-value]
+_user_errors = user_errors(*_USER_ERRORS)
 
 
 def _usd(mc: float) -> str:
