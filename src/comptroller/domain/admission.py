@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from comptroller.domain.budgets import ANY_SCOPE, Budget, period_key
+from comptroller.domain.budgets import ANY_SCOPE, Budget, period_bounds, period_key
 from comptroller.domain.codes import Code
 from comptroller.domain.ledger import AccountView
 from comptroller.domain.refusals import Refusal
@@ -59,13 +59,16 @@ def applicable_budgets(
             for _, b in sorted(chosen.items(), key=lambda kv: (_LEVEL_ORDER[kv[0][0]], kv[0][1]))]
 
 
-def decide(ceiling_mc: int, accounts: Sequence[AccountView]) -> Refusal | None:
+def decide(ceiling_mc: int, accounts: Sequence[AccountView], now: datetime | None = None) -> Refusal | None:
     """Admit or refuse a ceiling against every applicable account.
 
     Args:
         ceiling_mc: the amount the call would hold, millicents (>= 0).
         accounts: the accounts of every applicable budget, read in the same
             transaction that will apply the reservation.
+        now: the admission time (aware UTC); with it, a refusal by a day, week or
+            month budget whose limit could hold the ceiling carries ``retry_after_s``,
+            the seconds until its period rolls over.
 
     Returns:
         None to admit; else the :class:`Refusal` of the most restrictive account.
@@ -83,7 +86,17 @@ def decide(ceiling_mc: int, accounts: Sequence[AccountView]) -> Refusal | None:
         reserved_mc=worst.reserved_mc,
         requested_mc=ceiling_mc,
         budget_id=worst.budget.id,
+        retry_after_s=_until_rollover(worst, ceiling_mc, now),
     )
+
+
+def _until_rollover(account: AccountView, ceiling_mc: int, now: datetime | None) -> float | None:
+    """Seconds until the account's period ends, if a fresh period could hold the ceiling; else None."""
+    budget = account.budget
+    bounds = None if now is None else period_bounds(budget.period, budget.timezone, now)
+    if now is None or bounds is None or ceiling_mc > budget.limit_mc:
+        return None
+    return max((bounds[1] - now).total_seconds(), 0.0)
 
 
 def alert_thresholds_crossed(account: AccountView, settled_after_mc: int) -> list[int]:

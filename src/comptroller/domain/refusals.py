@@ -48,5 +48,7 @@ class Refusal:
             f"limit {format_usd(self.limit_mc)}, settled {format_usd(self.settled_mc)}, "
             f"reserved {format_usd(self.reserved_mc)}, remaining {format_usd(self.remaining_mc)}; "
             f"this call needs {format_usd(self.requested_mc)} (its ceiling). Lower max_tokens, "
-            "wait for the period to roll over, or raise the limit."
+            + ("" if self.retry_after_s is None else
+               f"wait {self.retry_after_s:.0f} s for the period to roll over, ")
+            + "or raise the limit."
         )

@@ -326,7 +326,16 @@ class PostgresStore:
                                      "the call is refused: retry later")
 
     def _read(self, query: str | sql.Composed, params: Sequence[Any] = ()) -> list[TupleRow]:
+        """Run one statement (its own transaction); its rows."""
         def op(conn: Conn, _: _Attempt) -> list[TupleRow]:
+            return conn.execute(query, params).fetchall()
+        return self._run(op)
+
+    def _write(self, query: str, params: Sequence[Any] = ()) -> list[TupleRow]:
+        """Run one writing statement (its own transaction): after a lost connection it is not
+        run again, since it may have committed (the error says so)."""
+        def op(conn: Conn, attempt: _Attempt) -> list[TupleRow]:
+            attempt.commit_sent = True
             return conn.execute(query, params).fetchall()
         return self._run(op)
 
@@ -336,14 +345,14 @@ class PostgresStore:
         """Create or replace a budget (every replica sees it in its next reserve)."""
         row = (budget.id, str(budget.level), budget.scope, str(budget.period), budget.timezone, budget.limit_mc,
                json.dumps(list(budget.alert_thresholds_pct)))
-        self._read(f"INSERT INTO budgets ({_BUDGET_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        self._write(f"INSERT INTO budgets ({_BUDGET_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                    "ON CONFLICT (id) DO UPDATE SET level = excluded.level, scope = excluded.scope, "
                    "period = excluded.period, timezone = excluded.timezone, limit_mc = excluded.limit_mc, "
                    "alerts = excluded.alerts RETURNING id", row)
 
     def delete_budget(self, budget_id: str) -> bool:
         """Delete a budget; True if it existed."""
-        return bool(self._read("DELETE FROM budgets WHERE id = %s RETURNING id", (budget_id,)))
+        return bool(self._write("DELETE FROM budgets WHERE id = %s RETURNING id", (budget_id,)))
 
     def budgets(self) -> list[Budget]:
         """Every budget, ordered by id."""
@@ -517,7 +526,7 @@ class PostgresStore:
                 self._commit(conn, attempt, refused, read)
                 return ReserveResult(outcome.verdict.code, verdict=outcome.verdict, events=refused.events)
             request = outcome.request or request
-        refusal = decide(request.ceiling_mc, views)
+        refusal = decide(request.ceiling_mc, views, now)
         if refusal is not None:
             verdict = Verdict.from_refusal(refusal)
             event = refusal_event(verdict, request, now)
@@ -743,7 +752,7 @@ class PostgresStore:
 
     def record_event(self, event: Event) -> None:
         """Append an event."""
-        self._read("INSERT INTO events (ts, kind, code, level, scope, detail) VALUES (%s, %s, %s, %s, %s, %s) "
+        self._write("INSERT INTO events (ts, kind, code, level, scope, detail) VALUES (%s, %s, %s, %s, %s, %s) "
                    "RETURNING id", _event_row(event))
 
     def events(self, kind: str | None = None) -> list[Event]:

@@ -264,7 +264,7 @@ class SQLiteStore:
                     self._commit(cur, refused)
                     return ReserveResult(outcome.verdict.code, verdict=outcome.verdict, events=refused.events)
                 request = outcome.request or request
-            refusal = decide(request.ceiling_mc, views)
+            refusal = decide(request.ceiling_mc, views, now)
             if refusal is not None:
                 verdict = Verdict.from_refusal(refusal)
                 event = refusal_event(verdict, request, now)
