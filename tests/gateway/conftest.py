@@ -36,7 +36,7 @@ def make_gateway(stub: StubUpstream, tmp_path: Path) -> Iterator[GatewayFactory]
     stub.control.reset()
     stack: list[LoopbackServer] = []
 
-    def start(policy: Policy | None = None, **gateway: Any) -> Harness:
+    def start(policy: Policy | None = None, *, grace_s: float = 5.0, **gateway: Any) -> Harness:
         db = tmp_path / f"ledger{len(stack)}.db"
         engine = build_engine(db_url=f"sqlite:///{db}", policy=policy or stub_policy())
         keys = SQLiteKeyStore(db)
@@ -45,11 +45,11 @@ def make_gateway(stub: StubUpstream, tmp_path: Path) -> Iterator[GatewayFactory]
                                     **gateway}
         config = GatewayConfig(**settings)
         app = create_app(engine=engine, keys=keys, config=config, namespace=engine_namespace(policy))
-        server = LoopbackServer(app).__enter__()
+        server = LoopbackServer(app, grace_s=grace_s).__enter__()
         stack.append(server)
         record, plaintext = new_key(tenant="acme")
         keys.add(record)
-        return Harness(url=server.url, engine=engine, keys=keys, stub=stub, key=plaintext)
+        return Harness(url=server.url, engine=engine, keys=keys, stub=stub, key=plaintext, server=server)
 
     yield start
     for server in stack:

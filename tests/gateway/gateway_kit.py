@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+from loopback import LoopbackServer
 from stub_upstream import StubUpstream
 
 from comptroller.config import Policy
@@ -43,6 +44,7 @@ class Harness:
     keys: SQLiteKeyStore
     stub: StubUpstream
     key: str
+    server: LoopbackServer
 
     def client(self, key: str | None = None, **headers: str) -> openai.OpenAI:
         """An OpenAI client on the gateway (no retries, so each call is one request)."""

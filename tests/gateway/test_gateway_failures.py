@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import httpx
@@ -167,3 +168,28 @@ def test_body_over_the_limit_is_400(make_gateway: GatewayFactory) -> None:
         gw.client().chat.completions.create(model=MODEL, messages=big)  # type: ignore[arg-type]
     assert caught.value.code == "request_too_large"
     assert gw.stub.control.requests == []
+
+
+def test_shutdown_releases_calls_in_flight(make_gateway: GatewayFactory) -> None:
+    """A worker stopping while a call waits on the upstream releases its hold (nothing stays reserved)."""
+    gw = make_gateway(grace_s=0.2)
+    gw.stub.control.latency_s = 3.0
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(httpx.post(f"{gw.url}/v1/chat/completions", timeout=10,
+                                      json={"model": MODEL, "messages": MESSAGES},
+                                      headers={"authorization": f"Bearer {gw.key}"}).status_code)
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_for(lambda: gw.pending() == 1, "the call to be admitted and in flight")
+    gw.server.__exit__(None, None, None)
+    caller.join(timeout=10)
+    assert gw.pending() == 0
+    assert gw.reserved_mc() == 0
+    assert list(gw.engine.store.usage_records()) == []
+    assert outcome and outcome[0] != 200
