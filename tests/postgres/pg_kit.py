@@ -46,7 +46,8 @@ def _unreachable() -> str | None:
             conn.execute("SELECT 1")
             _drop_orphans(conn)
     except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_URL} is unreachable ({str(exc).strip().splitlines()[0]}); start it to run these tests"
+        cause = str(exc).strip().splitlines()[0]
+        return f"PostgreSQL at {PG_URL} is unreachable ({cause}); start it to run these tests"
     atexit.register(_drop_made)
     return None
 
