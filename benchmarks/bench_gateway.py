@@ -133,9 +133,12 @@ async def load(port: int, key: str | None, concurrency: int, total: int, first_i
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux ``/proc/PID/stat``, fields 14 and 15)."""
+    """User + system CPU seconds so far of a process and its live children (uvicorn's workers), from
+    Linux ``/proc/PID/stat`` (fields 14 and 15) and ``/proc/PID/task/PID/children``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_s(int(child)) for child in children)
 
 
 @dataclass
@@ -226,16 +229,21 @@ def profile_summary(path: Path, limit: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1500, help="requests per round at c=1 (x c/4 above)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating direct/gateway rounds per concurrency")
     parser.add_argument("--dir", type=Path, default=None, help="where the ledger file goes (default: a temp dir)")
     parser.add_argument("--defenses", choices=("default", "off"), default="default",
                         help="the policy's default runtime defenses, or budgets only")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--profile", action="store_true", help="run the gateway under cProfile and print the top")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables into this file's block")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
         stub_port, gateway_port = free_port(), free_port()
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         keys.close()
         stub = start([sys.executable, str(STUB), str(stub_port)], env={**os.environ, "PYTHONPATH": str(STUB.parent)})
         serve = ["serve", "--config", str(config), "--db", f"sqlite:///{db}", "--port", str(gateway_port),
-                 "--log-level", "warning"]
+                 "--workers", str(args.workers), "--log-level", "warning"]
         prof = work / "gateway.prof"
         runner = work / "serve.py"
         runner.write_text("import sys\nfrom comptroller.cli.main import app\nsys.argv[0] = 'comptroller'\napp()\n")

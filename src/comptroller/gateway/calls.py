@@ -260,6 +260,7 @@ class _Relay(Response):
                 lines = []
                 if data is not None:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+            self.upstream_response.release()
         except UpstreamError as exc:
             error = {"error": {"message": f"{exc}, mid-stream; the generated part was charged",
                                "type": "upstream_error", "code": "upstream_error"}}
@@ -282,7 +283,7 @@ class _Relay(Response):
         except* OSError:
             pass  # the client went away while we wrote: settle below
         finally:
-            self.upstream_response.abort()  # a no-op once the stream was read to its end
+            self.upstream_response.abort()  # a no-op once the stream was read to its end and released
             self._settle()
 
 

@@ -51,6 +51,7 @@ class UpstreamResponse:
         self._response = response
         self.provider = provider
         self.status = response.status
+        self._done = False
 
     @property
     def ok(self) -> bool:
@@ -81,12 +82,16 @@ class UpstreamResponse:
             raise _translate(exc, self.provider) from None
 
     def release(self) -> None:
-        """Done with it: the connection returns to the pool (once the body is read)."""
-        self._response.release()
+        """Done with it, body read: the connection returns to the pool."""
+        if not self._done:
+            self._done = True
+            self._response.release()
 
     def abort(self) -> None:
-        """Close the connection now, mid-answer: the provider sees the client leave."""
-        self._response.close()
+        """Close the connection now, mid-answer, so the provider sees the client leave (no-op once released)."""
+        if not self._done:
+            self._done = True
+            self._response.close()
 
 
 class Upstream:
