@@ -109,7 +109,9 @@ def test_two_workers_never_overshoot_and_forward_exactly_the_admitted(stub: Stub
     keys.add(record)
     keys.close()
     port = free_port()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    metrics_dir = tmp_path / "metrics"  # its own directory: the collector reads every *.db file in it
+    metrics_dir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     command = [sys.executable, "-c", "from comptroller.cli.main import app; app()", "serve", "--config", str(config),
                "--db", f"sqlite:///{db}", "--port", str(port), "--workers", "2", "--log-level", "warning"]
     process = subprocess.Popen(command, env=env)
@@ -117,6 +119,7 @@ def test_two_workers_never_overshoot_and_forward_exactly_the_admitted(stub: Stub
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, process)
         responses = asyncio.run(drive(url, key))
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
@@ -136,3 +139,6 @@ def test_two_workers_never_overshoot_and_forward_exactly_the_admitted(stub: Stub
     settled = sum(r.cost_mc for r in records)
     assert settled <= limit_mc
     assert [(a.settled_mc, a.reserved_mc) for a in accounts] == [(settled, 0)]
+    # /metrics sums both workers' samples (prometheus multiprocess mode)
+    assert f'comptroller_requests_total{{endpoint="chat",status="200"}} {float(statuses[200])}' in metrics
+    assert f'comptroller_refusals_total{{code="budget_exceeded",level="tenant"}} {float(statuses[429])}' in metrics
