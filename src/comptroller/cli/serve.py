@@ -114,11 +114,12 @@ def key_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's
     finally:
         keys.close()
     table = Table(title="API keys")
-    for column in ("id", "tenant", "agent", "name", "admin", "models", "created", "revoked"):
-        table.add_column(column)
+    table.add_column("id", no_wrap=True, min_width=12)
+    for column in ("tenant", "agent", "name", "admin", "models", "created", "revoked"):
+        table.add_column(column, overflow="fold")
     for k in records:
         table.add_row(k.id, k.tenant, k.agent or "*", k.name, "yes" if k.admin else "",
-                      ", ".join(k.models) if k.models else "*", k.created_at.strftime("%Y-%m-%d %H:%M"),
+                      ", ".join(k.models) if k.models else "*", k.created_at.strftime("%Y-%m-%d"),
                       k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "")
     console.print(table)
 
