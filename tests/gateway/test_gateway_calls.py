@@ -148,3 +148,16 @@ def test_repeated_request_is_refused_as_a_loop_before_it_is_paid(gw: Harness) ->
     assert len(gw.stub.control.requests) == 2
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Something new."}])
     assert len(gw.stub.control.requests) == 3
+
+
+def test_pinned_agent_lists_and_calls_only_its_models(make_gateway: GatewayFactory) -> None:
+    """A key bound to a pinned agent lists only the pinned models, and another model is refused before upstream."""
+    gw = make_gateway(stub_policy(pinning={"agents": {"writer": {"models": [MODEL]}}}))
+    key = gw.new_key("acme", agent="writer")
+    assert [m.id for m in gw.client(key).models.list()] == [MODEL]
+    with pytest.raises(openai.RateLimitError) as caught:
+        gw.client(key).chat.completions.create(model="other-model", messages=MESSAGES)
+    assert caught.value.code == "model_not_allowed"
+    assert gw.stub.control.requests == []
+    gw.client(key).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert len(gw.stub.control.requests) == 1

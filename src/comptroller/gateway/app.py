@@ -31,6 +31,7 @@ from starlette.routing import Mount, Route
 from comptroller.bootstrap import build_engine
 from comptroller.domain.breaker import BreakerState, BreakerStatus
 from comptroller.engine import Engine
+from comptroller.engine.engine import allowed_models
 from comptroller.gateway.admin import admin_app
 from comptroller.gateway.calls import chat_completions
 from comptroller.gateway.config import GatewayConfig, load_gateway_config
@@ -39,6 +40,7 @@ from comptroller.gateway.identity import Identity
 from comptroller.gateway.metrics import GatewayMetrics
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upstream import Upstreams
+from comptroller.prices import UnknownModelError
 from comptroller.storage.keys import KeyStore, keys_from_url
 
 __all__ = ["app_from_env", "create_app"]
@@ -71,8 +73,25 @@ async def _models(request: Request) -> Response:
     names = set(gw.config.models)
     if caller.key.models is not None:
         names = {m for m in caller.key.models if gw.config.provider_for(m) is not None}
+    names = _pinned(gw.engine, caller.key.agent, names)
     data = [{"id": m, "object": "model", "created": 0, "owned_by": gw.config.provider_for(m)} for m in sorted(names)]
     return JSONResponse({"object": "list", "data": data})
+
+
+def _pinned(engine: Engine, agent: str | None, names: set[str]) -> set[str]:
+    """The models among ``names`` the key's agent is pinned to (all of them when it is not pinned)."""
+    pinning = engine.defenses.pinning
+    allowed = set(allowed_models(pinning, agent)) if pinning is not None and agent is not None else set()
+    if not allowed:
+        return names
+    kept = set()
+    for name in names:
+        try:
+            if engine.prices.resolve(name) in allowed or name in allowed:
+                kept.add(name)
+        except UnknownModelError:
+            continue
+    return kept
 
 
 async def _healthz(request: Request) -> Response:
