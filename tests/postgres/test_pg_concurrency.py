@@ -219,3 +219,14 @@ def test_a_row_locked_past_the_lock_timeout_fails_the_call_instead_of_hanging(st
         assert quick.settle(held.id, USAGE, 10, T0).code is Code.SETTLED
     finally:
         quick.close()
+
+
+def test_a_store_heals_when_the_accounts_it_remembers_are_gone(store: PostgresStore) -> None:
+    """Accounts emptied behind the store's back (a restored ledger): the next reserve recreates them."""
+    store.put_budget(Budget(Level.AGENT, "*", 10 * CEILING_MC))
+    assert store.reserve(reserve_request("k1", CEILING_MC), T0).code is Code.OK
+    with admin() as conn:
+        schema = store.where.split("(schema ")[1][:-1]
+        conn.execute(sql.SQL("TRUNCATE {}.accounts").format(sql.Identifier(schema)))
+    assert store.reserve(reserve_request("k2", CEILING_MC), T0).code is Code.OK
+    assert [a.reserved_mc for a in store.accounts()] == [CEILING_MC]

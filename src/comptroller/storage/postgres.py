@@ -479,7 +479,11 @@ class PostgresStore:
             by_key = self._learn_accounts(locked.fetchall())
             if len(by_key) < len(set(wanted)):
                 _rollback(conn)
-                self._create_accounts(conn, sorted(set(wanted) - set(by_key)))
+                missing = sorted(set(wanted) - set(by_key))
+                with self._budgets_lock:  # a remembered id may be gone (a restored or truncated ledger)
+                    for key in missing:
+                        self._account_ids.pop(key, None)
+                self._create_accounts(conn, missing)
                 raise _RetryError
             views = [AccountView(b, s, p, *by_key[(b.id, s, p)][4:7]) for b, s, p in keys]
             ids = [by_key[k][0] for k in wanted]
