@@ -73,11 +73,12 @@ from comptroller.domain.ledger import (
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
+from comptroller.storage.keys import ApiKey, _key_id, _match
 from comptroller.storage.migrations import check_version
 from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
 
-__all__ = ["LedgerUnavailableError", "PostgresStore"]
+__all__ = ["LedgerUnavailableError", "PostgresKeyStore", "PostgresStore"]
 
 _T = TypeVar("_T")
 Conn = psycopg.Connection[TupleRow]
@@ -768,6 +769,68 @@ class PostgresStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self._pool.close()
+
+
+_KEY_COLS = "id, digest, tenant, agent, name, admin, models, created_at, revoked_at"
+
+
+class PostgresKeyStore:
+    """Gateway API keys (:class:`~comptroller.storage.keys.KeyStore`) in the ledger database, for every replica.
+
+    Only digests are stored (see :mod:`comptroller.storage.keys`); a key revoked through
+    one replica fails verification on every other at its next request.
+
+    Args:
+        url: the ledger's libpq URL (pool options as for :class:`PostgresStore`).
+        schema: the schema holding the ledger (default: the server's ``search_path``).
+        max_size: pooled connections at most.
+        timeout_s: how long a call waits for a free connection, seconds.
+
+    Raises:
+        SchemaVersionError: if the schema is behind (run ``comptroller db upgrade``) or ahead.
+        LedgerUnavailableError: if the database cannot be reached.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, max_size: int = 4, timeout_s: float = 5.0) -> None:
+        self._db = PostgresStore(url, schema=schema, min_size=1, max_size=max_size, timeout_s=timeout_s)
+
+    def add(self, record: ApiKey) -> None:
+        """Store a new key record (from :func:`~comptroller.storage.keys.new_key`)."""
+        models = None if record.models is None else json.dumps(list(record.models))
+        self._db._write(f"INSERT INTO api_keys ({_KEY_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                        "RETURNING id", (record.id, record.digest, record.tenant, record.agent, record.name,
+                                         record.admin, models, record.created_at, record.revoked_at))
+
+    def verify(self, plaintext: str) -> ApiKey | None:
+        """The active key whose digest matches ``plaintext`` (constant-time compare), or None."""
+        key_id = _key_id(plaintext)
+        return _match(self.get(key_id) if key_id else None, plaintext)
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """One key by id, revoked or not, or None."""
+        rows = self._db._read(f"SELECT {_KEY_COLS} FROM api_keys WHERE id = %s", (key_id,))
+        return _api_key(rows[0]) if rows else None
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every key (of one tenant if given), oldest first."""
+        rows = self._db._read(f"SELECT {_KEY_COLS} FROM api_keys WHERE %s::text IS NULL OR tenant = %s "
+                              "ORDER BY created_at, id", (tenant, tenant))
+        return [_api_key(r) for r in rows]
+
+    def revoke(self, key_id: str, now: datetime) -> bool:
+        """Revoke a key; False if no such key. Revoking twice keeps the first time."""
+        rows = self._db._write("WITH revoked AS (UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at "
+                               "IS NULL) SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = %s)", (now, key_id, key_id))
+        return bool(rows[0][0])
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._db.close()
+
+
+def _api_key(row: Sequence[Any]) -> ApiKey:
+    return ApiKey(id=row[0], digest=row[1], tenant=row[2], agent=row[3], name=row[4], admin=row[5],
+                  models=None if row[6] is None else tuple(row[6]), created_at=row[7], revoked_at=row[8])
 
 
 def _why_not(conninfo: str, timeout_s: float) -> str:

@@ -16,8 +16,9 @@ CREATE TABLE budgets (
 CREATE INDEX budgets_level_scope ON budgets (level, scope);
 
 -- Any change to budgets bumps meta.budgets_version in the same transaction, so a replica's
--- cache of parsed budgets is checked against it inside every reserve.
-CREATE FUNCTION bump_budgets_version() RETURNS trigger LANGUAGE plpgsql AS $$
+-- cache of parsed budgets is checked against it inside every reserve. The function keeps the
+-- schema it was created in (SET search_path FROM CURRENT), so writes from any session work.
+CREATE FUNCTION bump_budgets_version() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     UPDATE meta SET value = value + 1 WHERE key = 'budgets_version';
     RETURN NULL;

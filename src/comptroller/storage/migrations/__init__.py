@@ -98,21 +98,27 @@ def check_version(conn: psycopg.Connection[tuple[object, ...]], where: str) -> N
             f"({LATEST_VERSION}): upgrade comptroller on this host to the version the other replicas run")
 
 
-def upgrade(conn: psycopg.Connection[tuple[object, ...]], *, schema: str | None = None) -> tuple[int, int]:
-    """Apply every missing migration in one transaction; safe to run from many hosts at once.
+def upgrade(conn: psycopg.Connection[tuple[object, ...]], *, schema: str | None = None,
+            target: int = LATEST_VERSION) -> tuple[int, int]:
+    """Apply every missing migration up to ``target`` in one transaction; safe to run from many hosts at once.
 
     Args:
         conn: an open connection (autocommit or not; it is left committed).
         schema: create this schema and migrate inside it (default: the first schema of
             the connection's ``search_path``).
+        target: the version to reach (default: the latest; lower values are for tests of
+            upgrades from an older schema).
 
     Returns:
         ``(version before, version after)``.
 
     Raises:
         SchemaVersionError: if the schema is newer than this comptroller.
+        ValueError: if ``target`` is not a version this comptroller ships.
         psycopg.Error: if a migration fails (nothing is applied then).
     """
+    if not 0 <= target <= LATEST_VERSION:
+        raise ValueError(f"target must be a schema version in 0..{LATEST_VERSION}, got {target}")
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
         if schema is not None:
@@ -124,8 +130,8 @@ def upgrade(conn: psycopg.Connection[tuple[object, ...]], *, schema: str | None 
                 f"the ledger schema is at version {before}, newer than this comptroller knows ({LATEST_VERSION})")
         conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL, "
                              "applied_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(_VERSION_TABLE)))
-        for migration in migrations()[before:]:
+        for migration in migrations()[before:target]:
             conn.execute(migration.sql.encode("utf-8"))
             conn.execute(sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(
                 sql.Identifier(_VERSION_TABLE)), (migration.version, migration.name))
-    return before, LATEST_VERSION
+    return before, max(before, target)
