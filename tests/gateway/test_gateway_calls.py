@@ -73,6 +73,21 @@ def test_budget_refusal_is_a_rate_limit_error_with_code_and_level(make_gateway: 
     assert gw.reserved_mc() == 0
 
 
+def test_refusal_of_a_period_budget_says_when_to_retry(make_gateway: GatewayFactory) -> None:
+    """A daily budget that a fresh day could cover answers with Retry-After: the seconds to the roll-over."""
+    first = [{"role": "user", "content": "call 00"}]
+    probe = make_gateway().client().chat.completions.with_raw_response.create(model=MODEL, messages=first)
+    ceiling = int(probe.headers["x-comptroller-ceiling-mc"])
+    gw = make_gateway(stub_policy(budgets=[{"level": "tenant", "tenant": "acme", "limit_mc": 2 * ceiling,
+                                            "period": "day"}]))
+    with pytest.raises(openai.RateLimitError) as caught:
+        for i in range(20):  # each settles far below its ceiling; the refusal comes once < 1 ceiling is left
+            gw.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"call {i:02d}"}])
+    retry_after = int(caught.value.response.headers["retry-after"])
+    assert 1 <= retry_after <= 86_400
+    assert caught.value.body["evidence"]["limit_mc"] == 2 * ceiling  # type: ignore[index]
+
+
 def test_unknown_key_is_401(gw: Harness) -> None:
     """A wrong key gets AuthenticationError, and nothing reaches the upstream."""
     with pytest.raises(openai.AuthenticationError) as caught:

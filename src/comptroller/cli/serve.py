@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 import uvicorn
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
 from comptroller.config import ConfigError
 from comptroller.gateway.config import load_gateway_config
 from comptroller.storage import StoreURLError
@@ -30,25 +27,10 @@ from comptroller.storage.keys import ApiKeyError, keys_from_url, new_key
 
 __all__ = ["key_app", "register", "serve_command"]
 
-console = Console()
-err = Console(stderr=True)
-key_app = typer.Typer(help="Create, list and revoke gateway API keys (stored hashed in the ledger file).",
+key_app = typer.Typer(help="Create, list and revoke gateway API keys (stored hashed beside the ledger).",
                       no_args_is_help=True)
-_F = TypeVar("_F", bound=Callable[..., Any])
-_USER_ERRORS = (ConfigError, ApiKeyError, StoreURLError, FileNotFoundError, ValueError)
-DEFAULT_DB = "sqlite:///comptroller.db"
-DbOption = Annotated[str, typer.Option("--db", envvar="COMPTROLLER_DB", help="Ledger URL: sqlite:///path")]
-
-
-def _user_errors(func: _F) -> _F:
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except _USER_ERRORS as exc:
-            err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False)
-            raise typer.Exit(2) from None
-    return wrapper  # type: ignore[return-value]
+# RuntimeError: PostgreSQL's LedgerUnavailableError and SchemaVersionError (say what to run)
+_user_errors = user_errors(ConfigError, ApiKeyError, StoreURLError, FileNotFoundError, ValueError, RuntimeError)
 
 
 @_user_errors

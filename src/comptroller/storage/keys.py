@@ -11,9 +11,9 @@ A key is bound to a tenant and optionally an agent (the gateway narrows attribut
 within that scope, never widens it), may list the models it may call, and may be
 an admin key (the admin API). Revoking is final.
 
-Backends behind :class:`KeyStore`: :class:`MemoryKeyStore` (tests, ``memory://``)
-and :class:`SQLiteKeyStore` (a table ``api_keys`` in the ledger's own SQLite file).
-A PostgreSQL store implements the same protocol.
+Backends behind :class:`KeyStore`: :class:`MemoryKeyStore` (tests, ``memory://``),
+:class:`SQLiteKeyStore` (a table ``api_keys`` in the ledger's own SQLite file) and
+:class:`comptroller.storage.postgres.PostgresKeyStore` (the ledger's PostgreSQL database).
 """
 
 from __future__ import annotations
@@ -283,4 +283,9 @@ def keys_from_url(url: str) -> KeyStore:
         return SQLiteKeyStore(path or ":memory:")
     if "://" not in url:
         return SQLiteKeyStore(url)
-    raise StoreURLError(f"no API key store for {url!r}; use memory:// or sqlite:///path/to/ledger.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        from comptroller.storage.postgres import PostgresKeyStore  # noqa: PLC0415 (psycopg loads only when used)
+
+        return PostgresKeyStore(url)
+    raise StoreURLError(f"no API key store for {url!r}; use memory://, sqlite:///path/to/ledger.db "
+                        "or postgresql://user@host:5432/db")
