@@ -55,6 +55,8 @@ class StubControl:
             Anthropic: ``cache_read_input_tokens``, outside ``input_tokens``).
         cache_write_tokens: Anthropic ``cache_creation_input_tokens`` (outside ``input_tokens``).
         requests: every request body received, in order.
+        chunks_sent: content chunks sent in streams.
+        disconnects: streams whose client (the gateway) went away before the end.
     """
 
     reply_words: int = 5
@@ -67,6 +69,7 @@ class StubControl:
     cache_write_tokens: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     chunks_sent: int = 0
+    disconnects: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -77,7 +80,7 @@ class StubControl:
             self.omit_usage = False
             self.cached_tokens = self.cache_write_tokens = 0
             self.requests.clear()
-            self.chunks_sent = 0
+            self.chunks_sent = self.disconnects = 0
 
 
 def _usage(control: StubControl, body: dict[str, Any], completion: int) -> dict[str, Any]:
@@ -143,12 +146,24 @@ def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None, usag
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
-async def _stream(control: StubControl, body: dict[str, Any], send: Any) -> None:
+async def _stream(control: StubControl, body: dict[str, Any], send: Any, receive: Any) -> None:
+    gone = asyncio.ensure_future(receive())  # the next message is http.disconnect, if the client leaves
+    try:
+        await _stream_chunks(control, body, send, gone)
+    finally:
+        gone.cancel()
+
+
+async def _stream_chunks(control: StubControl, body: dict[str, Any], send: Any, gone: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     words = _words(control, body)
     await send({"type": "http.response.body", "body": _chunk(body, {"role": "assistant", "content": ""}, None),
                 "more_body": True})
     for i, word in enumerate(words):
+        if gone.done():
+            with control.lock:
+                control.disconnects += 1
+            return
         if control.drop_after_chunks is not None and i >= control.drop_after_chunks:
             raise ConnectionAbortedError("stub: dropping the connection mid-stream")
         if control.chunk_delay_s:
@@ -189,7 +204,7 @@ def make_app(control: StubControl) -> Any:
             await _anthropic(control, body, send)
             return
         if body.get("stream"):
-            await _stream(control, body, send)
+            await _stream(control, body, send, receive)
             return
         words = _words(control, body)
         answer: dict[str, Any] = {
