@@ -19,8 +19,10 @@ took at the same moment end in a unique violation; the transaction is rolled bac
 and run again, at most :data:`_ATTEMPTS` times (also on a serialization failure or a
 deadlock, which the order above should make impossible).
 
-Round trips: statements are sent in libpq pipeline mode, so a reserve is two round
-trips (lock and read; then write and commit) and a settle two or three.
+Round trips: statements are sent in libpq pipeline mode, and the reads of each step are
+one statement (the accounts are locked in a ``LATERAL`` subquery beside the other reads),
+so a reserve is two round trips and about five statements (begin, read and lock, guard
+states, write, commit), and a settle the same (three round trips with a guard).
 
 Failure: every connection problem (the server restarting, a broken connection, the
 pool exhausted past ``pool_timeout_s``, a lock held past ``lock_timeout_s``) raises
@@ -98,11 +100,6 @@ _ACCOUNT_COLS = "id, budget_id, scope, period_key, settled_mc, reserved_mc, aler
 _LOCK_ACCOUNTS_BY_KEY = (
     f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE (budget_id, scope, period_key) IN "
     "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) ORDER BY id FOR UPDATE")
-_LOCK_ACCOUNTS_OF_RESERVATION = (
-    "SELECT a.id, a.budget_id, a.scope, a.period_key, a.settled_mc, a.reserved_mc, a.alert_pct_fired, "
-    "b.id, b.level, b.scope, b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a "
-    "LEFT JOIN budgets b ON b.id = a.budget_id "
-    "WHERE a.id = ANY((SELECT account_ids FROM reservations WHERE id = %s)::bigint[]) ORDER BY a.id FOR UPDATE OF a")
 _SETTLE_WRITE = (
     "WITH charged AS (UPDATE accounts SET settled_mc = settled_mc + %s, reserved_mc = reserved_mc - %s, "
     "alert_pct_fired = coalesce(f.pct, alert_pct_fired) FROM unnest(%s::bigint[]) AS t(id) "
@@ -112,10 +109,17 @@ _SETTLE_WRITE = (
 _LOCK_STATES = ("SELECT kind, key, version, record FROM states WHERE (kind, key) IN "
                 "(SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind, key FOR UPDATE")
 _DUE = "EXISTS (SELECT 1 FROM reservations WHERE state = 'pending' AND expires_at <= %s)"
-_RESERVE_READ = (f"SELECT (SELECT value FROM meta WHERE key = 'budgets_version'), {_DUE}, "
-                 "(SELECT id FROM reservations WHERE idempotency_key = %s)")
-_SETTLE_READ = (f"SELECT {', '.join('r.' + c for c in _RES_COLS.split(', '))}, {_DUE} "
-                "FROM reservations r WHERE r.id = %s FOR UPDATE OF r")
+_RESERVE_READ = (f"SELECT m.*, a.* FROM (SELECT (SELECT value FROM meta WHERE key = 'budgets_version'), {_DUE}, "
+                 "(SELECT id FROM reservations WHERE idempotency_key = %s)) AS m(version, due, existing) "
+                 "LEFT JOIN LATERAL ({}) AS a ON true")
+"""The budgets version, a due lease, a known key, then the call's accounts locked (one row each, or one empty)."""
+_SETTLE_READ = (
+    f"SELECT r.*, x.* FROM (SELECT {_RES_COLS}, {_DUE} FROM reservations WHERE id = %s FOR UPDATE) AS r "
+    "LEFT JOIN LATERAL (SELECT a.id, a.budget_id, a.scope, a.period_key, a.settled_mc, a.reserved_mc, "
+    "a.alert_pct_fired, b.id, b.level, b.scope, b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a "
+    "LEFT JOIN budgets b ON b.id = a.budget_id WHERE a.id = ANY(r.account_ids) ORDER BY a.id FOR UPDATE OF a) "
+    "AS x ON true")
+"""The reservation locked, a due lease, then its accounts locked with their budgets (ascending id)."""
 
 
 class LedgerUnavailableError(RuntimeError):
@@ -457,12 +461,13 @@ class PostgresStore:
             version, candidates = self._candidates(conn, scopes)
             keys = account_keys(scopes, candidates, now)
             wanted = [(b.id, s, p) for b, s, p in keys]
+            lock, lock_params = self._lock_accounts(wanted)
             with conn.pipeline():
                 conn.execute("BEGIN")
-                first = conn.execute(_RESERVE_READ, (now, request.idempotency_key))
-                locked = self._lock_accounts(conn, wanted)
+                first = conn.execute(_RESERVE_READ.format(lock), (now, request.idempotency_key, *lock_params))
                 states = conn.execute(_LOCK_STATES, _key_columns(state_keys)) if state_keys else None
-            seen, due, existing_id = first.fetchone() or (None, None, None)
+            rows = first.fetchall()
+            seen, due, existing_id = rows[0][:3]
             if seen != version:
                 self._forget_budgets()
                 raise _RetryError
@@ -477,7 +482,7 @@ class PostgresStore:
                 if request.same_request(found):
                     return ReserveResult(Code.ALREADY_RESERVED, reservation=found)
                 return ReserveResult(Code.IDEMPOTENCY_CONFLICT)
-            by_key = self._learn_accounts(locked.fetchall())
+            by_key = self._learn_accounts([row[3:] for row in rows if row[3] is not None])
             if len(by_key) < len(set(wanted)):
                 _rollback(conn)
                 missing = sorted(set(wanted) - set(by_key))
@@ -493,15 +498,14 @@ class PostgresStore:
 
         return self._run(op)
 
-    def _lock_accounts(self, conn: Conn, wanted: Sequence[tuple[str, str, str]]) -> psycopg.Cursor[TupleRow]:
-        """Queue the lock of the call's accounts, ascending id: by id when all are known, else by key."""
+    def _lock_accounts(self, wanted: Sequence[tuple[str, str, str]]) -> tuple[str, tuple[Any, ...]]:
+        """The query locking the call's accounts, ascending id (by id when all are known, else by key), and its
+        parameters."""
         with self._budgets_lock:
             ids = [self._account_ids.get(k) for k in wanted]
         if all(i is not None for i in ids):
-            return conn.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                                (ids,))
-        return conn.execute(_LOCK_ACCOUNTS_BY_KEY, ([k[0] for k in wanted], [k[1] for k in wanted],
-                                                    [k[2] for k in wanted]))
+            return f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,)
+        return _LOCK_ACCOUNTS_BY_KEY, ([k[0] for k in wanted], [k[1] for k in wanted], [k[2] for k in wanted])
 
     def _learn_accounts(self, rows: Sequence[TupleRow]) -> dict[tuple[str, str, str], TupleRow]:
         """Account rows by key; their ids are remembered (an account never changes id or goes away)."""
@@ -657,8 +661,8 @@ class PostgresStore:
         with conn.pipeline():
             conn.execute("BEGIN")
             res = conn.execute(_SETTLE_READ, (now, reservation_id))
-            accounts = conn.execute(_LOCK_ACCOUNTS_OF_RESERVATION, (reservation_id,))
-        row = res.fetchone()
+        rows = res.fetchall()
+        row = rows[0] if rows else None
         if row is None:
             if _scalar(conn.execute(f"SELECT {_DUE}", (now,))):
                 self._sweep_first(conn, attempt, now)  # expire every due lease first, as the model does
@@ -666,7 +670,7 @@ class PostgresStore:
         if row[16]:
             self._sweep_first(conn, attempt, now)
         reservation = _reservation(row)
-        by_id = {r[0]: r for r in accounts.fetchall()}
+        by_id = {r[17]: r[17:] for r in rows if r[17] is not None}
         held = [by_id[i] for i in row[15] if i in by_id]  # in the reservation's order: alerts fire in it
         due_self = reservation.state is ReservationState.PENDING and reservation.expires_at <= now
         return reservation, due_self, held
