@@ -82,15 +82,26 @@ def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int,
     """One replica: its own store, ``threads`` callers splitting ``pairs`` pairs."""
     store = PostgresStore(URL, schema=schema, min_size=threads, max_size=threads, durable=durable)
     share = [pairs // threads + (1 if t < pairs % threads else 0) for t in range(threads)]
-    workers = [threading.Thread(target=RUNNERS[mode], args=(store, share[t], f"{tag}t{t}")) for t in range(threads)]
+    failures: list[BaseException] = []
+
+    def caller(t: int) -> None:
+        try:
+            RUNNERS[mode](store, share[t], f"{tag}t{t}")
+        except BaseException as exc:  # reported below: a run with a failed caller is no measurement
+            failures.append(exc)
+
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
     barrier.wait()
     cpu, start = time.process_time(), time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    out.put((start, time.perf_counter(), time.process_time() - cpu))
+    end = time.perf_counter()
     store.close()
+    if failures:
+        raise SystemExit(f"a caller failed, so this run measures nothing: {failures[0]!r}")
+    out.put((start, end, time.process_time() - cpu))
 
 
 def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, levels: str) -> tuple[float, float]:
