@@ -42,6 +42,8 @@ from comptroller.reports.html import render_html
 from comptroller.reports.model import ReportRow
 from comptroller.reports.terminal import render_terminal
 from comptroller.storage import StoreURLError, store_from_url
+from comptroller.storage.migrations import SchemaVersionError
+from comptroller.storage.postgres import LedgerUnavailableError
 
 __all__ = ["app"]
 
@@ -59,7 +61,7 @@ register_serve(app)  # serve, key
 register_defenses(app)  # kill, breaker
 
 _USER_ERRORS = (ConfigError, TraceError, UnknownModelError, MissingModelError, BudgetError, StoreURLError,
-                NoOutputCapError, FileNotFoundError, ValueError)
+                NoOutputCapError, FileNotFoundError, ValueError, SchemaVersionError, LedgerUnavailableError)
 
 _user_errors = user_errors(*_USER_ERRORS)
 
