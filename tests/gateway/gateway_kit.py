@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import openai
+import pytest
 from loopback import LoopbackServer
 from stub_upstream import StubUpstream
 
@@ -73,3 +75,12 @@ GatewayFactory = Callable[..., Harness]
 def engine_namespace(policy: Policy | None) -> str:
     """The namespace calls are attributed to."""
     return (policy or stub_policy()).namespace
+
+
+def wait_for(condition: object, what: str, limit_s: float = 10.0) -> None:
+    """Poll ``condition()`` until true; fail naming ``what`` after ``limit_s`` (a guard, not a timing check)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.02)

@@ -5,25 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 
 import httpx
 import openai
 import pytest
-from gateway_kit import MODEL, OUTPUT_CAP, GatewayFactory, Harness
+from gateway_kit import MODEL, OUTPUT_CAP, GatewayFactory, Harness, wait_for
 
 from comptroller.gateway.config import ProviderConfig
 
 MESSAGES = [{"role": "user", "content": "Count slowly."}]
-
-
-def wait_for(condition: object, what: str, limit_s: float = 10.0) -> None:
-    """Poll ``condition()`` until true; fail naming ``what`` after ``limit_s`` (a guard, not a timing check)."""
-    deadline = time.monotonic() + limit_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_upstream_500_releases_and_answers_502(gw: Harness) -> None:

@@ -163,6 +163,8 @@ def app_from_env() -> Starlette:
     """
     policy, config = load_gateway_config(os.environ.get("COMPTROLLER_CONFIG") or None)
     db_url = os.environ.get("COMPTROLLER_DB") or DEFAULT_DB
+    if "ledger_threads" not in config.model_fields_set and db_url.startswith(("postgresql://", "postgres://")):
+        config = config.model_copy(update={"ledger_threads": True})  # a network round trip per ledger call
     engine = build_engine(db_url=db_url, policy=policy)
     keys = keys_from_url(db_url)
 

@@ -132,10 +132,10 @@ async def _open(gw: Gateway, upstream: Upstream, body: dict[str, Any], reservati
     try:
         return await upstream.open_chat(body)
     except UpstreamError as exc:
-        gw.release(reservation)
+        await gw.run(gw.release, reservation)
         raise _upstream_error(exc, "nothing was charged") from None
     except BaseException:
-        gw.release(reservation)
+        await gw.run(gw.release, reservation)
         raise
 
 
@@ -150,9 +150,9 @@ async def _unary(gw: Gateway, upstream: Upstream, body: dict[str, Any], admissio
     except BaseException as exc:
         response.abort()
         if response.ok:  # the provider ran the call: charge the bound
-            gw.settle(reservation, _bound(reservation))
+            await gw.run(gw.settle, reservation, _bound(reservation))
         else:
-            gw.release(reservation)
+            await gw.run(gw.release, reservation)
         if isinstance(exc, UpstreamError):
             raise _upstream_error(exc, "the call was charged at its reserved bound") from None
         raise
@@ -160,13 +160,13 @@ async def _unary(gw: Gateway, upstream: Upstream, body: dict[str, Any], admissio
     returned = time.perf_counter()
     gw.metrics.upstream_s.labels(upstream.name).observe(returned - sent)
     if not response.ok:
-        gw.release(reservation)
+        await gw.run(gw.release, reservation)
         return _upstream_failure(response.status, raw, upstream.name)
     try:
         usage = usage_from(json.loads(raw).get("usage"))
     except (ValueError, AttributeError):
         usage = None
-    settled = gw.settle(reservation, usage or _bound(reservation))
+    settled = await gw.run(gw.settle, reservation, usage or _bound(reservation))
     gw.metrics.overhead_s.observe((sent - started) + (time.perf_counter() - returned))
     return Response(raw, media_type="application/json", headers=_call_headers(admission, settled))
 
@@ -219,22 +219,24 @@ class _Relay(Response):
         assert self.admission.reservation is not None
         return self.admission.reservation
 
-    def _settle(self) -> Settled:
+    async def _settle(self) -> Settled:
         if self.settled is None:
             done = time.perf_counter()
             self.gw.metrics.upstream_s.labels(self.upstream.name).observe(done - self.sent)
-            self.settled = self.gw.settle(self.reservation, self.tally.usage_or_bound(self.reservation))
+            self.settled = Settled(None)  # claimed: a second caller never settles again
+            self.settled = await self.gw.run(self.gw.settle, self.reservation,
+                                             self.tally.usage_or_bound(self.reservation))
             self.gw.metrics.overhead_s.observe((self.sent - self.started) + (time.perf_counter() - done))
         return self.settled
 
-    def _event(self, lines: list[str]) -> bytes | None:
+    async def _event(self, lines: list[str]) -> bytes | None:
         """The bytes to forward for one SSE event (None: drop it)."""
         out = []
         for line in lines:
             if line.startswith("data:"):
                 payload = line[5:].strip()
                 if payload == "[DONE]":
-                    settled = self._settle()
+                    settled = await self._settle()
                     out.append(f": x-comptroller-cost-mc={settled.cost_mc}\n\n")
                 else:
                     try:
@@ -256,7 +258,7 @@ class _Relay(Response):
                 if line:
                     lines.append(line)
                     continue
-                data = self._event(lines) if lines else None
+                data = await self._event(lines) if lines else None
                 lines = []
                 if data is not None:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -284,7 +286,8 @@ class _Relay(Response):
             pass  # the client went away while we wrote: settle below
         finally:
             self.upstream_response.abort()  # a no-op once the stream was read to its end and released
-            self._settle()
+            with anyio.CancelScope(shield=True):
+                await self._settle()
 
 
 def _call_request(chat: ChatRequest, caller: Caller, request: Request, namespace: str) -> CallRequest:
@@ -308,7 +311,8 @@ def _upstream_for(gw: Gateway, chat: ChatRequest, caller: Caller) -> Upstream:
     return upstream
 
 
-def _routed(gw: Gateway, chat: ChatRequest, admission: Admission, upstream: Upstream) -> tuple[Upstream, str]:
+async def _routed(gw: Gateway, chat: ChatRequest, admission: Admission,
+                  upstream: Upstream) -> tuple[Upstream, str]:
     """The upstream and model the engine routed to: the client's, unless pinning or pacing moved the call."""
     route = admission.route
     if route is None or route.model == route.requested_model:
@@ -316,7 +320,7 @@ def _routed(gw: Gateway, chat: ChatRequest, admission: Admission, upstream: Upst
     moved = gw.upstreams.for_model(route.model)
     if moved is None:
         assert admission.reservation is not None
-        gw.release(admission.reservation)
+        await gw.run(gw.release, admission.reservation)
         raise GatewayError(400, f"the engine routed the call to {route.model!r} ({route.detail}), but no provider "
                            "serves it; add it to [gateway.models]", code="model_not_found", param="model")
     return moved, route.model
@@ -332,11 +336,11 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
     caller = gw.identity.authenticate(request.headers)
     chat = parse_chat_request(await read_body(request, gw.config.body_bytes_max))
     upstream = _upstream_for(gw, chat, caller)
-    admission = gw.admit(_call_request(chat, caller, request, gw.namespace))
+    admission = await gw.run(gw.admit, _call_request(chat, caller, request, gw.namespace))
     if admission.reservation is None:
         assert admission.verdict is not None
         return verdict_response(admission.verdict)
-    upstream, model = _routed(gw, chat, admission, upstream)
+    upstream, model = await _routed(gw, chat, admission, upstream)
     body = forward_body(chat, admission.output_tokens_max, upstream.config)
     body["model"] = model
     if not chat.stream:
@@ -350,7 +354,7 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
             raw = b""
         finally:
             response.abort()
-            gw.release(admission.reservation)
+            await gw.run(gw.release, admission.reservation)
         return _upstream_failure(response.status, raw, upstream.name)
     return _Relay(gw=gw, upstream=upstream, response=response, admission=admission, chat=chat, started=started,
                   sent=sent)

@@ -85,6 +85,9 @@ class GatewayConfig(BaseModel):
         connect_retries: retries on connection errors only.
         pool_connections_max: open upstream connections per provider and worker.
         admin_key_env: environment variable holding an admin key (None: only stored admin keys).
+        ledger_threads: run ledger calls in worker threads instead of on the event loop: for a
+            networked ledger (PostgreSQL), whose round trips would stall every call of the worker.
+            ``comptroller serve`` switches it on for ``postgresql://`` ledgers unless set here.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,6 +102,7 @@ class GatewayConfig(BaseModel):
     connect_retries: int = Field(default=2, ge=0, le=10)
     pool_connections_max: int = Field(default=256, ge=1)
     admin_key_env: str | None = "COMPTROLLER_ADMIN_KEY"
+    ledger_threads: bool = False
 
     @model_validator(mode="after")
     def _providers_exist(self) -> GatewayConfig:

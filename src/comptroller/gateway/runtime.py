@@ -4,10 +4,13 @@ One :class:`Gateway` per worker process: the engine (on the shared ledger), the 
 store, the upstream pools, the metrics and the set of calls between admit and
 settle/release (released when the worker shuts down).
 
-Ledger calls run on the event loop's thread. A SQLite reserve or settle is one short
-``BEGIN IMMEDIATE`` transaction (~0.1 to 0.3 ms, see BENCHMARKS.md), cheaper than a
-hop to a worker thread and back; while one runs, the loop waits, exactly as it would
-for the write lock anyway. Any exception from the ledger other than a bad request
+Ledger calls run on the event loop's thread by default: a SQLite reserve or settle is one
+short ``BEGIN IMMEDIATE`` transaction, cheaper than a hop to a worker thread and back, and
+while one runs the loop waits, as it would for the write lock anyway. For a networked
+ledger (PostgreSQL) ``[gateway] ledger_threads`` moves them to worker threads, so a
+database round trip stalls only its own call. Either way a ledger call, once started, runs
+to its end even if the request is cancelled (client gone, shutdown), so every admitted
+call is settled or released exactly once. Any exception from the ledger other than a bad request
 (unknown model, no output bound) refuses the call with 503 ``ledger_unavailable``:
 the gateway never forwards a call it could not meter.
 """
@@ -15,7 +18,12 @@ the gateway never forwards a call it could not meter.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
 
 from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.ledger import Reservation
@@ -31,6 +39,7 @@ from comptroller.prices import UnknownModelError
 __all__ = ["Gateway", "Settled"]
 
 log = logging.getLogger("comptroller.gateway")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,14 @@ class Gateway:
     namespace: str
     metrics: GatewayMetrics
     inflight: dict[str, Reservation] = field(default_factory=dict)
+
+    async def run(self, operation: Callable[..., _T], *args: Any) -> _T:
+        """Run a ledger operation: on the loop, or in a worker thread with ``ledger_threads``."""
+        if not self.config.ledger_threads:
+            return operation(*args)
+        with anyio.CancelScope(shield=True):
+            result = await anyio.to_thread.run_sync(operation, *args)
+        return result
 
     def admit(self, call: CallRequest) -> Admission:
         """Admit a call, fail-closed; an admitted call is tracked until settled or released.
