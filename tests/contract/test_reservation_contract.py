@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from comptroller.domain.budgets import Budget
+from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.ledger import ReservationState
 from comptroller.domain.scopes import Level
@@ -260,3 +260,13 @@ def test_reserve_without_budgets_is_admitted(store: LedgerStore) -> None:
     result = store.reserve(reserve_request("k", 10**9), T0)
     assert result.code is Code.OK
     assert store.accounts() == []
+
+
+def test_an_admitted_reserve_reports_the_tightest_money_left(store: LedgerStore) -> None:
+    """remaining_mc is the least any applicable budget has left with the new ceiling held; None without budgets."""
+    assert store.reserve(reserve_request("free", 100), T0).remaining_mc is None
+    store.put_budget(Budget(Level.AGENT, ANY_SCOPE, 1_000))
+    store.put_budget(Budget(Level.TENANT, ANY_SCOPE, 5_000))
+    first = store.reserve(reserve_request("r1", 300), T0)
+    second = store.reserve(reserve_request("r2", 200), T0)
+    assert (first.remaining_mc, second.remaining_mc) == (1_000 - 300, 1_000 - 300 - 200)

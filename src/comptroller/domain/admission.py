@@ -99,6 +99,15 @@ def _until_rollover(account: AccountView, ceiling_mc: int, now: datetime | None)
     return max((bounds[1] - now).total_seconds(), 0.0)
 
 
+def remaining_after(ceiling_mc: int, accounts: Sequence[AccountView]) -> int | None:
+    """The least money left on any of the call's accounts once ``ceiling_mc`` is held, millicents.
+
+    None when no budget applies. This is the ``X-Comptroller-Budget-Remaining-Mc`` the
+    gateway returns: what the tightest budget can still hold after this call's ceiling.
+    """
+    return min((a.remaining_mc - ceiling_mc for a in accounts), default=None)
+
+
 def alert_thresholds_crossed(account: AccountView, settled_after_mc: int) -> list[int]:
     """Alert thresholds (percent of the limit) that a settle crosses for the first time this period.
 

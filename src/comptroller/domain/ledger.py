@@ -188,6 +188,8 @@ class ReserveResult:
         refusal: a budget's numbers, when a budget refused.
         verdict: why not, for every refusal (a budget refusal as :meth:`Verdict.from_refusal`).
         events: the events this reserve appended (a refusal, a trip...), for subscribers.
+        remaining_mc: when admitted, the least money any of the call's budgets has left
+            with this ceiling held, millicents (None: no budget applies).
     """
 
     code: Code
@@ -195,6 +197,7 @@ class ReserveResult:
     refusal: Refusal | None = None
     verdict: Verdict | None = None
     events: tuple[Event, ...] = ()
+    remaining_mc: int | None = None
 
     @property
     def admitted(self) -> bool:

@@ -88,6 +88,8 @@ class Admission:
             ``retry_after_s``, ``evidence``).
         route: where the call went and why (pinning, a paced downgrade), when admitted or
             refused after pinning.
+        remaining_mc: when admitted, the least money any of the call's budgets has left with
+            this ceiling held, millicents (None: no budget applies, or an idempotent repeat).
     """
 
     code: Code
@@ -98,6 +100,7 @@ class Admission:
     refusal: Refusal | None = None
     verdict: Verdict | None = None
     route: Route | None = None
+    remaining_mc: int | None = None
 
     @property
     def admitted(self) -> bool:
@@ -158,7 +161,8 @@ class Engine:
         held = requests.get(result.reservation.model, requests[model]) if result.reservation else requests[model]
         return Admission(code=result.code, model=held.model, output_tokens_max=held.output_tokens_max,
                          ceiling_mc=held.ceiling_mc, reservation=result.reservation, refusal=result.refusal,
-                         verdict=result.verdict, route=_route_taken(route, held.model))
+                         verdict=result.verdict, route=_route_taken(route, held.model),
+                         remaining_mc=result.remaining_mc)
 
     def _route(self, attribution: Attribution, model: str) -> Route | Verdict:
         pinning = self.defenses.pinning

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
+from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide, remaining_after
 from comptroller.domain.budgets import Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import Verdict
@@ -115,7 +115,8 @@ class MemoryStore:
             self._by_key[request.idempotency_key] = reservation.id
             heapq.heappush(self._leases, (reservation.expires_at, reservation.id))
             self._commit(outcome)
-            return ReserveResult(Code.OK, reservation=reservation, events=outcome.events)
+            return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
+                                 remaining_mc=remaining_after(request.ceiling_mc, views))
 
     def _read_states(self, keys: Iterable[StateKey]) -> dict[StateKey, StoredState]:
         return {k: self._states[k] for k in sorted(set(keys)) if k in self._states}

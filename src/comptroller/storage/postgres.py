@@ -57,7 +57,7 @@ from psycopg import errors, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
+from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide, remaining_after
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import Verdict
@@ -554,7 +554,8 @@ class PostgresStore:
                  request.output_tokens_max, now, reservation.expires_at, ids))
 
         self._commit(conn, attempt, outcome, read, hold)
-        return ReserveResult(Code.OK, reservation=reservation, events=outcome.events)
+        return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
+                             remaining_mc=remaining_after(request.ceiling_mc, views))
 
     def _commit(self, conn: Conn, attempt: _Attempt, outcome: GuardOutcome, read: Mapping[StateKey, StoredState],
                 writes: Callable[[], None] | None = None) -> None:

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide
+from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide, remaining_after
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import Verdict
@@ -283,7 +283,8 @@ class SQLiteStore:
                  ",".join(map(str, ids))),
             )
             self._commit(cur, outcome)
-            return ReserveResult(Code.OK, reservation=reservation, events=outcome.events)
+            return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
+                                 remaining_mc=remaining_after(request.ceiling_mc, views))
 
     @staticmethod
     def _read_states(cur: sqlite3.Cursor, keys: Iterable[StateKey]) -> dict[StateKey, StoredState]:
