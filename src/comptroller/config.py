@@ -160,7 +160,10 @@ class Policy(DefenseSections):
 
     The defense sections (``[breakers]``, ``[kill_switch]``, ``[retries]``, ``[loops]``,
     ``[pinning]``, ``[pacing]``) are documented in :mod:`comptroller.defenses_config`;
-    ``[runs]`` gives replayed runs a deadline; ``[notify]`` is :mod:`comptroller.notify.config`.
+    ``[runs]`` gives replayed runs a deadline; ``[notify]`` is :mod:`comptroller.notify.config`;
+    ``[cascades]``/``[routing]`` are :mod:`comptroller.routing.config`; ``[groups]`` is
+    :mod:`comptroller.groups.config`; ``[gateway]`` is :mod:`comptroller.gateway.config`, so one
+    file serves ``replay``, ``serve`` and the SDK.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -177,6 +180,8 @@ class Policy(DefenseSections):
     cascades: dict[str, Any] = Field(default_factory=dict)
     routing: dict[str, Any] = Field(default_factory=dict)
     groups: dict[str, Any] = Field(default_factory=dict)
+    gateway: dict[str, Any] = Field(default_factory=dict)
+    """``[gateway]``: read and validated by :mod:`comptroller.gateway.config` (``comptroller serve``)."""
     source: str = "policy"
 
     @field_validator("output_caps")
