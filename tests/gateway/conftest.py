@@ -38,13 +38,15 @@ def make_gateway(stub: StubUpstream, tmp_path: Path) -> Iterator[GatewayFactory]
 
     def start(policy: Policy | None = None, *, grace_s: float = 5.0, **gateway: Any) -> Harness:
         db = tmp_path / f"ledger{len(stack)}.db"
-        engine = build_engine(db_url=f"sqlite:///{db}", policy=policy or stub_policy())
+        policy = policy or stub_policy()
+        engine = build_engine(db_url=f"sqlite:///{db}", policy=policy)
         keys = SQLiteKeyStore(db)
         settings: dict[str, Any] = {"providers": {"stub": ProviderConfig(base_url=stub.base_url)},
                                     "models": {MODEL: "stub", "other-model": "stub"}, "admin_key_env": None,
                                     **gateway}
         config = GatewayConfig(**settings)
-        app = create_app(engine=engine, keys=keys, config=config, namespace=engine_namespace(policy))
+        app = create_app(engine=engine, keys=keys, config=config, namespace=engine_namespace(policy),
+                         routing=policy.routing_config(engine.prices), groups=policy.group_definitions().values())
         server = LoopbackServer(app, grace_s=grace_s).__enter__()
         stack.append(server)
         record, plaintext = new_key(tenant="acme")

@@ -6,7 +6,8 @@ It answers ``POST /v1/chat/completions`` (and, for the SDK's Anthropic wrapper,
 
 * the reply is ``reply_words`` words ``w0 w1 ...``, cut to the request's ``max_tokens``
   (or ``max_completion_tokens``); one word is one completion token, and one stream
-  chunk carries one word;
+  chunk carries one word; a model in ``replies`` answers its canned text instead (whole,
+  one completion token per whitespace-separated word; plain answers only);
 * ``prompt_tokens`` is :func:`prompt_tokens` of the messages (documented so tests
   derive expected costs from it);
 * a stream ends with a chunk carrying ``finish_reason``, then, if
@@ -49,6 +50,8 @@ class StubControl:
         latency_s: wait before answering.
         chunk_delay_s: wait between stream chunks.
         fail_status: answer this HTTP status with an OpenAI error body instead.
+        replies: model -> a canned reply text for plain (non-stream) chat completions.
+        fail_models: model -> an HTTP status that model answers with (like ``fail_status``).
         drop_after_chunks: in a stream, cut the connection after this many content chunks.
         omit_usage: leave ``usage`` out of answers (a provider that does not report it).
         cached_tokens: prompt tokens reported as cache reads (OpenAI: inside ``prompt_tokens``;
@@ -67,6 +70,8 @@ class StubControl:
     omit_usage: bool = False
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    replies: dict[str, str] = field(default_factory=dict)
+    fail_models: dict[str, int] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     chunks_sent: int = 0
     disconnects: int = 0
@@ -79,6 +84,8 @@ class StubControl:
             self.fail_status = self.drop_after_chunks = None
             self.omit_usage = False
             self.cached_tokens = self.cache_write_tokens = 0
+            self.replies.clear()
+            self.fail_models.clear()
             self.requests.clear()
             self.chunks_sent = self.disconnects = 0
 
@@ -195,10 +202,10 @@ def make_app(control: StubControl) -> Any:
             control.requests.append(body)
         if control.latency_s:
             await asyncio.sleep(control.latency_s)
-        if control.fail_status is not None:
-            await _json(send, control.fail_status, {"error": {"message": f"stub failure {control.fail_status}",
-                                                              "type": "server_error", "param": None,
-                                                              "code": "stub_failure"}})
+        status = control.fail_models.get(body.get("model", ""), control.fail_status)
+        if status is not None:
+            await _json(send, status, {"error": {"message": f"stub failure {status}", "type": "server_error",
+                                                 "param": None, "code": "stub_failure"}})
             return
         if scope["path"].endswith("/messages"):
             await _anthropic(control, body, send)
@@ -206,11 +213,14 @@ def make_app(control: StubControl) -> Any:
         if body.get("stream"):
             await _stream(control, body, send, receive)
             return
-        words = _words(control, body)
+        canned = control.replies.get(body["model"])
+        words = _words(control, body) if canned is None else canned.split()
+        content = " ".join(words) if canned is None else canned
+        full = canned is not None or len(words) >= control.reply_words
         answer: dict[str, Any] = {
             "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
-                         "finish_reason": "stop" if len(words) >= control.reply_words else "length"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop" if full else "length"}],
         }
         if not control.omit_usage:
             answer["usage"] = _usage(control, body, len(words))

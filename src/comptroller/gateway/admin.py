@@ -15,16 +15,22 @@ route                                      who     what
 ``POST /breakers/reset``                   admin   close a breaker
 ``GET /kill-switches``                     admin   every kill switch
 ``POST /kill-switches/trip`` / ``reset``   admin   trip or reset a kill switch
+``GET /groups`` / ``GET /groups/{id}``     both    group chats: members, roles, tenants, budget left
+``PUT /groups/{group_id}``                 admin   create or replace a group (its ``[groups.NAME]``
+                                                   table as JSON; the room's history is kept)
+``DELETE /groups/{group_id}``              admin   remove a group and its room (spend stays)
 =========================================  ======  ==============================================
 
 Authentication is the bearer key: an admin key may do everything; a tenant key only
 reads its own tenant (budgets of its tenant, agents and agent-conversations, its usage
-and keys). Asking for another tenant is 403; namespace-wide budgets (namespace,
-conversation, task) are admin-only. Errors use the gateway's OpenAI-style body.
+and keys, and the groups one of its agents is a member of). Asking for another tenant is
+403 (another tenant's group is 404); namespace-wide budgets (namespace, conversation,
+task) are admin-only. Errors use the gateway's OpenAI-style body.
 """
 
 from __future__ import annotations
 
+import contextlib
 import zoneinfo
 from collections import defaultdict
 from collections.abc import Callable
@@ -33,21 +39,24 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from comptroller.config import scope_for
 from comptroller.domain.budgets import Budget, BudgetError, Period
 from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
+from comptroller.domain.dispatch import Flag, GroupError
 from comptroller.domain.ledger import AccountView
 from comptroller.domain.scopes import Level, scope_key
 from comptroller.engine import Engine
 from comptroller.engine.admin import Admin, ConcurrentChangeError
 from comptroller.gateway.errors import GatewayError, error_response
+from comptroller.gateway.groups import visible_to
 from comptroller.gateway.identity import Caller, Identity
+from comptroller.groups import GroupDefinition, GroupService, UnknownGroupError
 from comptroller.reports import build_report, rows_from_ledger
 from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
 
@@ -186,6 +195,33 @@ class KillIn(ScopeIn):
     reason: str = Field(min_length=1, max_length=1000)
 
 
+class MemberOut(BaseModel):
+    """One member of a group."""
+
+    agent: str
+    role: str
+    description: str
+    decides: bool
+    tenant: str
+
+
+class GroupOut(BaseModel):
+    """A registered group: its conversation (whose budget is the group budget), k and members."""
+
+    id: str
+    conversation: str
+    k: int
+    members: list[MemberOut]
+    budget_remaining: float | None = Field(description="the group budget's remaining fraction (None: no "
+                                                       "conversation budget)")
+
+
+_GROUP_EXAMPLE = {"conversation": "review-17", "k": 2, "members": [
+    {"agent": "alice", "role": "writer", "description": "HTTP APIs and databases", "tenant": "acme"},
+    {"agent": "judy", "role": "judge", "description": "final decision on what ships", "decides": True,
+     "tenant": "acme"}]}
+
+
 def _forbidden(message: str) -> GatewayError:
     return GatewayError(403, message, type_="permission_error", code="admin_only")
 
@@ -210,6 +246,7 @@ class _Context:
     identity: Identity
     namespace: str
     ops: Admin
+    groups: GroupService
 
 
 def _context(request: Request) -> _Context:
@@ -254,6 +291,7 @@ budgets = APIRouter(tags=["budgets"])
 usage = APIRouter(tags=["usage"])
 api_keys = APIRouter(tags=["keys"])
 defenses = APIRouter(tags=["defenses"])
+group_chats = APIRouter(tags=["groups"])
 
 
 @budgets.get("/budgets", response_model=list[AccountOut])
@@ -387,6 +425,72 @@ def reset_kill_switch(body: ScopeIn, ctx: Ctx, caller: AdminCaller) -> dict[str,
     return _defense(lambda: ctx.ops.unkill(body.level, body.scope, by=f"key {caller.key.id}"))
 
 
+def _group_out(ctx: _Context, definition: GroupDefinition) -> GroupOut:
+    group = definition.group
+    members = [MemberOut(agent=m.agent, role=m.role, description=m.description, decides=Flag.DECIDES in m.flags,
+                         tenant=definition.tenants[m.agent]) for m in group.members]
+    return GroupOut(id=group.id, conversation=group.conversation, k=definition.config.k, members=members,
+                    budget_remaining=ctx.groups.remaining(group.id))
+
+
+def _visible_group(ctx: _Context, caller: Caller, group_id: str) -> GroupDefinition:
+    try:
+        definition = ctx.groups.group(group_id)
+    except UnknownGroupError as exc:
+        raise _not_found(str(exc) if caller.admin else f"no group {group_id!r} for this key", "group_id") from None
+    if not visible_to(caller, definition):
+        raise _not_found(f"no group {group_id!r} for this key", "group_id")
+    return definition
+
+
+@group_chats.get("/groups", response_model=list[GroupOut])
+def list_groups(ctx: Ctx, caller: AnyCaller) -> list[GroupOut]:
+    """Every group (admin), or the groups with a member of the caller's tenant."""
+    out = []
+    for group_id in ctx.groups.group_ids():
+        with contextlib.suppress(UnknownGroupError):  # removed meanwhile
+            definition = ctx.groups.group(group_id)
+            if visible_to(caller, definition):
+                out.append(_group_out(ctx, definition))
+    return out
+
+
+@group_chats.get("/groups/{group_id}", response_model=GroupOut)
+def get_group(group_id: Annotated[str, Path(max_length=256)], ctx: Ctx, caller: AnyCaller) -> GroupOut:
+    """One group, if the caller may see it (admin, or a member of its tenant is in it)."""
+    return _group_out(ctx, _visible_group(ctx, caller, group_id))
+
+
+@group_chats.put("/groups/{group_id}", response_model=GroupOut)
+def put_group(group_id: Annotated[str, Path(max_length=256)],
+              body: Annotated[dict[str, JsonValue], Body(
+                  description="the group's [groups.NAME] table as JSON: members (agent, role, description, "
+                              "decides, tenant), k, cooldown_messages, cooldown_s, relevance_min, "
+                              "mentions_only_below, steps, wrap_up, escalate_loops, loops, roles, conversation "
+                              "(see comptroller.groups.config)",
+                  openapi_examples={"review": {"summary": "a writer and a judge", "value": _GROUP_EXAMPLE}})],
+              ctx: Ctx, _: AdminCaller) -> GroupOut:
+    """Create or replace a group (admin); a replaced group keeps its room's history."""
+    try:
+        definition = GroupDefinition.from_mapping(group_id, dict(body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise GatewayError(400, f"{param or 'group'}: {first['msg']}", code="invalid_request", param=param) from None
+    except (GroupError, ValueError) as exc:
+        raise _bad(exc) from None
+    ctx.groups.put_group(definition)
+    return _group_out(ctx, definition)
+
+
+@group_chats.delete("/groups/{group_id}", status_code=204)
+def delete_group(group_id: Annotated[str, Path(max_length=256)], ctx: Ctx, _: AdminCaller) -> Response:
+    """Remove a group and its room (admin); its spend stays in the ledger."""
+    if not ctx.groups.remove_group(group_id):
+        raise _not_found(f"no group {group_id!r}; GET /admin/groups lists them", "group_id")
+    return Response(status_code=204)
+
+
 async def _render(request: Request, exc: Exception) -> Response:
     """Every error in the gateway's OpenAI shape: ours, FastAPI's validation errors (400 naming the
     field) and Starlette's HTTP errors (404, 405...)."""
@@ -402,13 +506,19 @@ async def _render(request: Request, exc: Exception) -> Response:
                           headers=dict(exc.headers or {}))
 
 
-def admin_app(*, engine: Engine, keys: KeyStore, identity: Identity, namespace: str) -> FastAPI:
-    """The admin API over one engine's ledger and key store (mount it at ``/admin``)."""
+def admin_app(*, engine: Engine, keys: KeyStore, identity: Identity, namespace: str,
+              groups: GroupService | None = None) -> FastAPI:
+    """The admin API over one engine's ledger, key store and group registry (mount it at ``/admin``).
+
+    Args:
+        groups: the group registry the gateway dispatches with (default: an empty one).
+    """
     app = FastAPI(title="comptroller admin API", version="1", docs_url="/docs", redoc_url=None, responses=_ERRORS)
+    registry = groups if groups is not None else GroupService(engine=engine, namespace=namespace)
     app.state.admin = _Context(engine=engine, keys=keys, identity=identity, namespace=namespace,
-                               ops=Admin(engine.store, engine.clock))
+                               ops=Admin(engine.store, engine.clock), groups=registry)
     for error in (GatewayError, RequestValidationError, HTTPException):
         app.add_exception_handler(error, _render)
-    for router in (budgets, usage, api_keys, defenses):
+    for router in (budgets, usage, api_keys, defenses, group_chats):
         app.include_router(router)
     return app

@@ -3,8 +3,10 @@
 =================================  ==========================================================
 route                              what
 =================================  ==========================================================
-``POST /v1/chat/completions``      the governed call (:mod:`comptroller.gateway.calls`)
-``GET /v1/models``                 the models this key may call
+``POST /v1/chat/completions``      the governed call (:mod:`comptroller.gateway.calls`); a model
+                                   ``cascade/<name>`` runs a cascade (:mod:`comptroller.gateway.cascades`)
+``POST /v1/groups/{id}/dispatch``  who in a group chat answers a message (:mod:`comptroller.gateway.groups`)
+``GET /v1/models``                 the models and cascades this key may call
 ``GET /healthz``                   200 when the ledger answers, else 503
 ``GET /metrics``                   Prometheus exposition (:mod:`comptroller.gateway.metrics`)
 ``/admin/...``                     the admin API and its OpenAPI document (:mod:`comptroller.gateway.admin`)
@@ -13,6 +15,10 @@ route                              what
 :func:`app_from_env` builds one worker's app from ``COMPTROLLER_CONFIG`` (the policy
 TOML with its ``[gateway]`` table) and ``COMPTROLLER_DB`` (the ledger URL); uvicorn
 calls it once per worker process, so each has its own engine on the shared ledger.
+The policy's ``[cascades.NAME]``, ``[routing]`` and ``[groups.NAME]`` sections are built
+there, once: a bad section, or a cascade tier model no provider serves, stops start-up.
+Groups put or removed through the admin API live in that worker's memory (with several
+workers, put a group in the policy file, or through every worker).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -29,18 +36,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from comptroller.bootstrap import build_engine
+from comptroller.config import ConfigError
 from comptroller.domain.breaker import BreakerState, BreakerStatus
+from comptroller.domain.routing import Router
 from comptroller.engine import Engine
 from comptroller.engine.engine import allowed_models
 from comptroller.gateway.admin import admin_app
-from comptroller.gateway.calls import chat_completions
+from comptroller.gateway.calls import chat_completions, read_chat
+from comptroller.gateway.cascades import CASCADE_PREFIX, cascade_completion, cascade_name, tier_models
 from comptroller.gateway.config import GatewayConfig, load_gateway_config
 from comptroller.gateway.errors import GatewayError
+from comptroller.gateway.groups import dispatch
 from comptroller.gateway.identity import Identity
 from comptroller.gateway.metrics import GatewayMetrics
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upstream import Upstreams
+from comptroller.groups import GroupDefinition, GroupService
 from comptroller.prices import UnknownModelError
+from comptroller.routing import RoutingConfig
 from comptroller.storage.keys import KeyStore, keys_from_url
 
 __all__ = ["app_from_env", "create_app"]
@@ -55,12 +68,27 @@ def _gateway(request: Request) -> Gateway:
 
 
 async def _chat(request: Request) -> Response:
+    started = time.perf_counter()
     gw = _gateway(request)
     try:
-        response = await chat_completions(gw, request)
+        caller, chat = await read_chat(gw, request)
+        if cascade_name(chat.model) is not None:
+            response = await cascade_completion(gw, request, caller, chat)
+        else:
+            response = await chat_completions(gw, request, caller, chat, started)
     except GatewayError as exc:
         response = exc.response()
     gw.metrics.requests.labels("chat", str(response.status_code)).inc()
+    return response
+
+
+async def _dispatch(request: Request) -> Response:
+    gw = _gateway(request)
+    try:
+        response = await dispatch(gw, request)
+    except GatewayError as exc:
+        response = exc.response()
+    gw.metrics.requests.labels("dispatch", str(response.status_code)).inc()
     return response
 
 
@@ -75,6 +103,11 @@ async def _models(request: Request) -> Response:
         names = {m for m in caller.key.models if gw.config.provider_for(m) is not None}
     names = _pinned(gw.engine, caller.key.agent, names)
     data = [{"id": m, "object": "model", "created": 0, "owned_by": gw.config.provider_for(m)} for m in sorted(names)]
+    for name, cascade in sorted(gw.routing.cascades.items()):
+        model = CASCADE_PREFIX + name
+        tiers = {m for t in cascade.tiers for m in t.models}
+        if (caller.key.models is None or model in caller.key.models) and _pinned(gw.engine, caller.key.agent, tiers):
+            data.append({"id": model, "object": "model", "created": 0, "owned_by": "comptroller"})
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -116,6 +149,7 @@ def _breaker_states(engine: Engine) -> Callable[[], Iterable[tuple[str, bool]]]:
 
 
 def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespace: str,
+               routing: RoutingConfig | None = None, groups: Iterable[GroupDefinition] = (),
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     """The gateway app for one worker.
 
@@ -124,16 +158,24 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         keys: the API key store.
         config: the ``[gateway]`` settings.
         namespace: the namespace every call is attributed to (the policy's).
+        routing: the policy's cascades and rules (``Policy.routing_config``; None: no cascades).
+        groups: the groups to register at start (``Policy.group_definitions().values()``).
         on_shutdown: called after in-flight calls are released (close stores).
+
+    Raises:
+        ConfigError: a cascade tier model no provider serves.
     """
     metrics = GatewayMetrics(_breaker_states(engine))
     identity = Identity(keys, config.admin_key())
+    routing = routing or RoutingConfig(Router({}))
+    tiers = tier_models(routing, config, engine.prices)
+    group_service = GroupService(engine=engine, namespace=namespace, groups=groups)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway = Gateway(engine=engine, identity=identity,
-                          upstreams=Upstreams(config), config=config, namespace=namespace,
-                          metrics=metrics)
+        gateway = Gateway(engine=engine, identity=identity, upstreams=Upstreams(config), config=config,
+                          namespace=namespace, metrics=metrics, routing=routing, groups=group_service,
+                          tier_models=tiers)
         app.state.gateway = gateway
         try:
             yield
@@ -147,10 +189,12 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
 
     routes = [
         Route("/v1/chat/completions", _chat, methods=["POST"]),
+        Route("/v1/groups/{group_id}/dispatch", _dispatch, methods=["POST"]),
         Route("/v1/models", _models, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
-        Mount("/admin", app=admin_app(engine=engine, keys=keys, identity=identity, namespace=namespace)),
+        Mount("/admin", app=admin_app(engine=engine, keys=keys, identity=identity, namespace=namespace,
+                                      groups=group_service)),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -159,13 +203,19 @@ def app_from_env() -> Starlette:
     """One worker's app from ``COMPTROLLER_CONFIG`` and ``COMPTROLLER_DB`` (uvicorn's factory).
 
     Raises:
-        ConfigError: for an invalid config file or a missing provider key.
+        ConfigError: for an invalid config file (cascades, routing and groups included), a cascade
+            tier model no provider serves, or a missing provider key.
     """
     policy, config = load_gateway_config(os.environ.get("COMPTROLLER_CONFIG") or None)
     db_url = os.environ.get("COMPTROLLER_DB") or DEFAULT_DB
     if "ledger_threads" not in config.model_fields_set and db_url.startswith(("postgresql://", "postgres://")):
         config = config.model_copy(update={"ledger_threads": True})  # a network round trip per ledger call
     engine = build_engine(db_url=db_url, policy=policy)
+    try:
+        routing = policy.routing_config(engine.prices)
+        groups = policy.group_definitions()
+    except ValueError as exc:  # RoutingConfigError, GroupFileError: load_gateway_config checked them already
+        raise ConfigError(str(exc)) from None
     keys = keys_from_url(db_url)
 
     def close() -> None:
@@ -173,4 +223,5 @@ def app_from_env() -> Starlette:
         keys.close()
         engine.store.close()
 
-    return create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace, on_shutdown=close)
+    return create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace, routing=routing,
+                      groups=groups.values(), on_shutdown=close)

@@ -48,7 +48,8 @@ from comptroller.gateway.identity import Caller, attribute
 from comptroller.gateway.runtime import Gateway, Settled
 from comptroller.gateway.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeoutError
 
-__all__ = ["chat_completions", "forward_body", "usage_from"]
+__all__ = ["chat_completions", "check_model_allowed", "forward_body", "read_body",
+           "read_chat", "usage_from"]
 
 _MESSAGE_MAX = 2000
 
@@ -298,11 +299,20 @@ def _call_request(chat: ChatRequest, caller: Caller, request: Request, namespace
                        fingerprint=chat.fingerprint(), text=chat.last_text())
 
 
-def _upstream_for(gw: Gateway, chat: ChatRequest, caller: Caller) -> Upstream:
+def check_model_allowed(caller: Caller, model: str) -> None:
+    """Refuse a model outside the key's model list (a cascade is allowed as ``cascade/<name>``).
+
+    Raises:
+        GatewayError: 403 ``model_not_allowed``.
+    """
     allowed = caller.key.models
-    if allowed is not None and chat.model not in allowed:
-        raise GatewayError(403, f"this key may call {sorted(allowed)}, not {chat.model!r}", type_="permission_error",
+    if allowed is not None and model not in allowed:
+        raise GatewayError(403, f"this key may call {sorted(allowed)}, not {model!r}", type_="permission_error",
                            code="model_not_allowed", param="model")
+
+
+def _upstream_for(gw: Gateway, chat: ChatRequest, caller: Caller) -> Upstream:
+    check_model_allowed(caller, chat.model)
     upstream = gw.upstreams.for_model(chat.model)
     if upstream is None:
         raise GatewayError(400, f"no provider serves model {chat.model!r}; configured models: "
@@ -326,15 +336,26 @@ async def _routed(gw: Gateway, chat: ChatRequest, admission: Admission,
     return moved, route.model
 
 
-async def chat_completions(gw: Gateway, request: Request) -> Response:
-    """Serve one chat completion: the whole call path (see the module docstring).
+async def read_chat(gw: Gateway, request: Request) -> tuple[Caller, ChatRequest]:
+    """Authenticate the caller and read and check the body (nothing is reserved yet).
+
+    Raises:
+        GatewayError: 401 for the key, 400 naming the parameter at fault.
+    """
+    caller = gw.identity.authenticate(request.headers)
+    return caller, parse_chat_request(await read_body(request, gw.config.body_bytes_max))
+
+
+async def chat_completions(gw: Gateway, request: Request, caller: Caller, chat: ChatRequest,
+                           started: float) -> Response:
+    """Serve one chat completion of a model (see the module docstring), after :func:`read_chat`.
+
+    Args:
+        started: ``time.perf_counter()`` when the request arrived (for the overhead metric).
 
     Raises:
         GatewayError: for every answer that is not a completion or a refusal.
     """
-    started = time.perf_counter()
-    caller = gw.identity.authenticate(request.headers)
-    chat = parse_chat_request(await read_body(request, gw.config.body_bytes_max))
     upstream = _upstream_for(gw, chat, caller)
     admission = await gw.run(gw.admit, _call_request(chat, caller, request, gw.namespace))
     if admission.reservation is None:

@@ -54,13 +54,35 @@ class ChatRequest:
 
     def last_text(self) -> str | None:
         """The text of the last message (what the agent adds this turn), or None if it has none."""
-        content = self.body["messages"][-1].get("content")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            parts = [str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
-            return "\n".join(parts) or None
-        return None
+        return _text(self.body["messages"][-1])
+
+    def last_user_text(self) -> str:
+        """The text of the last ``user`` message ("" if none): what a cascade's gates and rules read."""
+        for message in reversed(self.body["messages"]):
+            if message.get("role") == "user":
+                return _text(message) or ""
+        return ""
+
+    def response_schema(self) -> dict[str, Any] | None:
+        """The JSON schema of ``response_format`` (``{"type": "json_schema", "json_schema": {"schema":
+        {...}}}``, OpenAI's Structured Outputs), or None when the request has none."""
+        response_format = self.body.get("response_format")
+        if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+            return None
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        return schema if isinstance(schema, dict) else None
+
+
+def _text(message: Mapping[str, Any]) -> str | None:
+    """A message's text: its string content, or its text parts joined by newlines (None: no text)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
+        return "\n".join(parts) or None
+    return None
 
 
 def _positive_int(body: Mapping[str, Any], name: str) -> int | None:

@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from comptroller.config import ConfigError, Policy
+from comptroller.prices import PriceBook
 
 __all__ = ["GatewayConfig", "ProviderConfig", "load_gateway_config"]
 
@@ -134,9 +135,11 @@ def _problems(exc: ValidationError) -> str:
 def _policy(data: dict[str, Any], source: str) -> Policy:
     try:
         policy = Policy.model_validate({**data, "source": source})
-        policy.price_overrides()
         policy.budget_list()
         policy.caps()
+        policy.defenses()
+        policy.routing_config(PriceBook(overrides=policy.price_overrides(), aliases=policy.aliases))
+        policy.group_definitions()
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_problems(exc)}") from None
     except ValueError as exc:

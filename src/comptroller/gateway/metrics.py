@@ -7,7 +7,7 @@ name                                       type       labels
 ``comptroller_tokens_total``               counter    ``model``, ``kind`` (input / output)
 ``comptroller_cost_mc_total``              counter    ``model`` (settled millicents)
 ``comptroller_refusals_total``             counter    ``code``, ``level``
-``comptroller_ledger_errors_total``        counter    ``op`` (admit / settle / release)
+``comptroller_ledger_errors_total``        counter    ``op`` (admit, settle, release, dispatch)
 ``comptroller_breaker_open``               gauge      ``scope`` (1 open or half-open, 0 closed)
 ``comptroller_gateway_overhead_seconds``   histogram  (time in the gateway, upstream excluded)
 ``comptroller_upstream_seconds``           histogram  ``provider`` (request sent to last byte)

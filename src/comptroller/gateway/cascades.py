@@ -1,0 +1,243 @@
+"""``cascade/<name>`` models on ``POST /v1/chat/completions``: cheap-first cascades through the gateway.
+
+A request whose model is ``cascade/<name>`` is answered by the policy's ``[cascades.NAME]``
+(:mod:`comptroller.routing`), the ``[routing]`` rules for that cascade choosing the start
+tier; ``cascade/auto`` (unless a cascade is named ``auto``) lets every rule choose, else the
+``[routing]`` default. The runner (:func:`comptroller.routing.runner.run_cascade_async`)
+admits each tier attempt (its own reservation, idempotency key
+``<request id>:<tier>:<attempt>``), this module sends the client's body upstream with the
+tier's model and the reserved output bound, and the runner settles the attempt and applies
+the tier's gates (JSON schema from ``response_format``, confidence, finish reason...).
+Pinning always wins: a tier model outside the agent's pin is never called.
+
+==============================================  ================================================
+a tier attempt's exit                           ledger
+==============================================  ================================================
+answered with usage                             settle the usage; the gates decide
+answered without usage                          settle the bounds (input bound, output bound)
+connect error, timeout, HTTP error status       release; the runner moves to the next attempt
+answered 200, body cut short or unreadable      settle the bounds (the provider billed it); next
+request cancelled (shutdown) mid-attempt        release
+==============================================  ================================================
+
+The answer:
+
+* answered: the answering tier's body as the provider sent it, with the headers of
+  :meth:`~comptroller.routing.runner.CascadeResult.headers` (``x-comptroller-tier``,
+  ``-reason``, ``-route-reason``, ``-passed-over``, ``-outcome``, ``-request-id``,
+  ``-cascade``), ``X-Comptroller-Model`` and ``X-Comptroller-Cost-Mc`` (every attempt's cost);
+* every tier failed its gates: the last answer, unaccepted, with outcome ``exhausted``;
+* no tier answered at all: 502 naming why each attempt failed;
+* an admission refused (budget, pinning, defenses): the refusal's 429 (503 for the kill
+  switch), with the cascade headers (earlier attempts may have been charged);
+* ``stream: true``: 400 on ``stream`` (the gates need the whole answer).
+
+Request headers for the routing rules: ``X-Comptroller-Deep-Mode`` (``true``/``false``) and
+``X-Comptroller-Role`` (the agent's role), beside the usual attribution headers.
+A key restricted to a model list must list ``cascade/<name>`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+
+from comptroller.config import ConfigError
+from comptroller.domain.routing import RouteFacts
+from comptroller.domain.usage import Usage
+from comptroller.gateway.calls import check_model_allowed, forward_body, usage_from
+from comptroller.gateway.chat_request import ChatRequest
+from comptroller.gateway.config import GatewayConfig
+from comptroller.gateway.errors import GatewayError, error_response, verdict_response
+from comptroller.gateway.identity import Caller, attribute
+from comptroller.gateway.runtime import Gateway, MeteredEngine
+from comptroller.gateway.upstream import Upstream
+from comptroller.ports import PriceSource
+from comptroller.routing import CascadeRequest, CascadeResult, Outcome, RoutingConfig, TierCall, TierReply
+
+__all__ = ["CASCADE_PREFIX", "TierFailedError", "cascade_completion", "cascade_name", "tier_models"]
+
+CASCADE_PREFIX = "cascade/"
+AUTO = "auto"
+_MESSAGE_MAX = 500
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
+
+
+class TierFailedError(Exception):
+    """A tier attempt got no usable answer from its provider; the runner passes the attempt over."""
+
+
+def cascade_name(model: str) -> str | None:
+    """The cascade a ``model`` field names (``cascade/<name>`` -> ``name``), or None for a plain model."""
+    return model[len(CASCADE_PREFIX):] if model.startswith(CASCADE_PREFIX) else None
+
+
+def tier_models(routing: RoutingConfig, config: GatewayConfig, prices: PriceSource) -> dict[str, str]:
+    """Each cascade tier model's priced id -> the model name sent upstream, checked at start-up.
+
+    Raises:
+        ConfigError: a tier model no provider serves, or two names of one priced model.
+    """
+    names: dict[str, str] = {}
+    for cascade in routing.cascades.values():
+        for tier in cascade.tiers:
+            for model in tier.models:
+                where = f"[cascades.{cascade.name}] tier {tier.name!r}"
+                if config.provider_for(model) is None:
+                    raise ConfigError(f"{where}: no provider serves model {model!r}; add it to [gateway.models] "
+                                      "or set [gateway] default_provider")
+                priced = prices.resolve(model)
+                if names.setdefault(priced, model) != model:
+                    raise ConfigError(f"{where}: models {names[priced]!r} and {model!r} are the same priced model "
+                                      f"{priced!r}; use one name in every cascade")
+    return names
+
+
+def _flag(headers: Mapping[str, str], name: str) -> bool:
+    value = headers.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise GatewayError(400, f"{name} must be true or false, got {value!r}", code="invalid_header", param=name)
+
+
+def _failure(status: int, raw: bytes, provider: str) -> str:
+    try:
+        message = str(json.loads(raw)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        message = raw.decode("utf-8", "replace")
+    return f"{provider} answered HTTP {status}: {message[:_MESSAGE_MAX] or 'no body'}"
+
+
+class _Tiers:
+    """Sends one tier attempt upstream for one request (the runner's ``call``)."""
+
+    def __init__(self, gw: Gateway, chat: ChatRequest, metered: MeteredEngine) -> None:
+        self.gw, self.chat, self.metered = gw, chat, metered
+
+    async def __call__(self, tc: TierCall) -> TierReply:
+        reservation = self.metered.current
+        try:
+            return await self._ask(tc)
+        except Exception:
+            raise  # the runner releases the attempt (a no-op if it was charged at its bounds)
+        except BaseException:
+            if reservation is not None:  # cancelled: the runner will not get to release it
+                with anyio.CancelScope(shield=True):
+                    await self.gw.run(self.gw.release, reservation)
+            raise
+
+    def _upstream(self, tc: TierCall) -> tuple[str, Upstream]:
+        model = self.gw.tier_models.get(tc.model, tc.model)
+        upstream = self.gw.upstreams.for_model(model)
+        if upstream is None:  # tier_models checked every tier model at start-up
+            raise TierFailedError(f"no provider serves model {model!r}")
+        return model, upstream
+
+    async def _charge_bounds(self, tc: TierCall) -> None:
+        reservation = self.metered.current
+        if reservation is not None:
+            usage = Usage(input_tokens=self.chat.input_tokens_max, output_tokens=tc.output_tokens_max)
+            with anyio.CancelScope(shield=True):
+                await self.gw.run(self.gw.settle, reservation, usage)
+
+    async def _ask(self, tc: TierCall) -> TierReply:
+        model, upstream = self._upstream(tc)
+        body = forward_body(self.chat, tc.output_tokens_max, upstream.config)
+        body["model"] = model
+        sent = time.perf_counter()
+        response = await upstream.open_chat(body)
+        try:
+            raw = await response.read()
+        except BaseException:
+            response.abort()
+            if response.ok:  # the provider ran the call: charge the bounds
+                await self._charge_bounds(tc)
+            raise
+        response.release()
+        self.gw.metrics.upstream_s.labels(upstream.name).observe(time.perf_counter() - sent)
+        if not response.ok:
+            raise TierFailedError(_failure(response.status, raw, upstream.name))
+        try:
+            answer = json.loads(raw)
+            choice = answer["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            await self._charge_bounds(tc)
+            raise TierFailedError(f"{upstream.name} answered 200 with a body that is not a chat completion; "
+                                  "charged at the reserved bounds") from None
+        usage = usage_from(answer.get("usage")) or Usage(input_tokens=self.chat.input_tokens_max,
+                                                         output_tokens=tc.output_tokens_max)
+        return TierReply(str(text), usage, finish if isinstance(finish, str) else None, raw=raw)
+
+
+def _facts(chat: ChatRequest, agent: str, headers: Mapping[str, str]) -> RouteFacts:
+    role = (headers.get("x-comptroller-role") or "").strip() or None
+    return RouteFacts(agent=agent, input_tokens=chat.input_tokens_max,
+                      deep_mode=_flag(headers, "x-comptroller-deep-mode"), tools=bool(chat.body.get("tools")),
+                      text=chat.last_user_text(), role=role)
+
+
+def _chosen(gw: Gateway, name: str) -> str | None:
+    """The cascade to request from the router (None: let the rules and the default choose)."""
+    if name in gw.routing.cascades:
+        return name
+    if name == AUTO:
+        if gw.routing.router.default is None and not gw.routing.router.rules:
+            raise GatewayError(400, "cascade/auto needs [routing] rules or a default cascade; none is configured",
+                               code="model_not_found", param="model")
+        return None
+    raise GatewayError(400, f"no cascade {name!r}; configured cascades: {sorted(gw.routing.cascades)} "
+                       f"(define [cascades.{name}] in the policy)", code="model_not_found", param="model")
+
+
+def _respond(result: CascadeResult) -> Response:
+    headers = {**result.headers(), "X-Comptroller-Cost-Mc": str(result.cost_mc)}
+    if result.model is not None:
+        headers["X-Comptroller-Model"] = result.model
+    if result.outcome is Outcome.REFUSED:
+        response = (verdict_response(result.verdict) if result.verdict is not None else
+                    error_response(429, result.reason, type_="insufficient_quota", code="refused"))
+        response.headers.update(headers)
+        return response
+    if result.reply is None:
+        passed = "; ".join(f"{p.tier}#{p.attempt} ({p.model}): {p.reason}" for p in result.passed_over)
+        return error_response(502, f"cascade {result.cascade!r}: {result.reason}: {passed}", type_="upstream_error",
+                              code="upstream_error", headers=headers)
+    raw = result.reply.raw
+    return Response(raw if isinstance(raw, bytes) else json.dumps(raw), media_type="application/json",
+                    headers=headers)
+
+
+async def cascade_completion(gw: Gateway, request: Request, caller: Caller, chat: ChatRequest) -> Response:
+    """Answer a ``cascade/<name>`` request (see the module docstring).
+
+    Raises:
+        GatewayError: 400 for an unknown cascade, ``stream: true`` or a bad routing header;
+            403 for a key without the cascade in its model list or a widening header;
+            503 when the ledger fails.
+    """
+    name = cascade_name(chat.model)
+    assert name is not None
+    check_model_allowed(caller, chat.model)
+    if chat.stream:
+        raise GatewayError(400, "stream must be false for a cascade model: each tier's gates judge the whole "
+                           "answer before it is returned; call without stream", code="invalid_request",
+                           param="stream")
+    requested = _chosen(gw, name)
+    attribution = attribute(caller, request.headers, namespace=gw.namespace)
+    metered = MeteredEngine(gw)
+    call: Callable[[TierCall], Awaitable[TierReply]] = _Tiers(gw, chat, metered)
+    cascade_request = CascadeRequest(attribution=attribution, input_tokens_max=chat.input_tokens_max,
+                                     max_tokens=chat.max_tokens, prompt=chat.last_user_text(),
+                                     response_schema=chat.response_schema())
+    facts = _facts(chat, attribution.agent, request.headers)
+    result = await gw.routing.run_async(metered, cascade_request, call, facts=facts, cascade=requested)
+    return _respond(result)
