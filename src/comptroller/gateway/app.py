@@ -36,15 +36,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from comptroller.bootstrap import build_engine
-from comptroller.config import ConfigError
 from comptroller.domain.breaker import BreakerState, BreakerStatus
 from comptroller.domain.routing import Router
 from comptroller.engine import Engine
 from comptroller.engine.engine import allowed_models
 from comptroller.gateway.admin import admin_app
 from comptroller.gateway.calls import chat_completions, read_chat
-from comptroller.gateway.cascades import CASCADE_PREFIX, cascade_completion, cascade_name, tier_models
-from comptroller.gateway.config import GatewayConfig, load_gateway_config
+from comptroller.gateway.cascades import CASCADE_PREFIX, cascade_completion, cascade_name
+from comptroller.gateway.config import GatewayConfig, load_gateway_config, tier_models
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.groups import dispatch
 from comptroller.gateway.identity import Identity
@@ -211,11 +210,8 @@ def app_from_env() -> Starlette:
     if "ledger_threads" not in config.model_fields_set and db_url.startswith(("postgresql://", "postgres://")):
         config = config.model_copy(update={"ledger_threads": True})  # a network round trip per ledger call
     engine = build_engine(db_url=db_url, policy=policy)
-    try:
-        routing = policy.routing_config(engine.prices)
-        groups = policy.group_definitions()
-    except ValueError as exc:  # RoutingConfigError, GroupFileError: load_gateway_config checked them already
-        raise ConfigError(str(exc)) from None
+    routing = policy.routing_config(engine.prices)  # both checked by load_gateway_config
+    groups = policy.group_definitions()
     keys = keys_from_url(db_url)
 
     def close() -> None:

@@ -47,20 +47,17 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from comptroller.config import ConfigError
 from comptroller.domain.routing import RouteFacts
 from comptroller.domain.usage import Usage
 from comptroller.gateway.calls import check_model_allowed, forward_body, usage_from
 from comptroller.gateway.chat_request import ChatRequest
-from comptroller.gateway.config import GatewayConfig
 from comptroller.gateway.errors import GatewayError, error_response, verdict_response
 from comptroller.gateway.identity import Caller, attribute
 from comptroller.gateway.runtime import Gateway, MeteredEngine
 from comptroller.gateway.upstream import Upstream
-from comptroller.ports import PriceSource
-from comptroller.routing import CascadeRequest, CascadeResult, Outcome, RoutingConfig, TierCall, TierReply
+from comptroller.routing import CascadeRequest, CascadeResult, Outcome, TierCall, TierReply
 
-__all__ = ["CASCADE_PREFIX", "TierFailedError", "cascade_completion", "cascade_name", "tier_models"]
+__all__ = ["CASCADE_PREFIX", "TierFailedError", "cascade_completion", "cascade_name"]
 
 CASCADE_PREFIX = "cascade/"
 AUTO = "auto"
@@ -75,27 +72,6 @@ class TierFailedError(Exception):
 def cascade_name(model: str) -> str | None:
     """The cascade a ``model`` field names (``cascade/<name>`` -> ``name``), or None for a plain model."""
     return model[len(CASCADE_PREFIX):] if model.startswith(CASCADE_PREFIX) else None
-
-
-def tier_models(routing: RoutingConfig, config: GatewayConfig, prices: PriceSource) -> dict[str, str]:
-    """Each cascade tier model's priced id -> the model name sent upstream, checked at start-up.
-
-    Raises:
-        ConfigError: a tier model no provider serves, or two names of one priced model.
-    """
-    names: dict[str, str] = {}
-    for cascade in routing.cascades.values():
-        for tier in cascade.tiers:
-            for model in tier.models:
-                where = f"[cascades.{cascade.name}] tier {tier.name!r}"
-                if config.provider_for(model) is None:
-                    raise ConfigError(f"{where}: no provider serves model {model!r}; add it to [gateway.models] "
-                                      "or set [gateway] default_provider")
-                priced = prices.resolve(model)
-                if names.setdefault(priced, model) != model:
-                    raise ConfigError(f"{where}: models {names[priced]!r} and {model!r} are the same priced model "
-                                      f"{priced!r}; use one name in every cascade")
-    return names
 
 
 def _flag(headers: Mapping[str, str], name: str) -> bool:

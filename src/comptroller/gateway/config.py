@@ -39,9 +39,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from comptroller.config import ConfigError, Policy
+from comptroller.ports import PriceSource
 from comptroller.prices import PriceBook
+from comptroller.routing import RoutingConfig
 
-__all__ = ["GatewayConfig", "ProviderConfig", "load_gateway_config"]
+__all__ = ["GatewayConfig", "ProviderConfig", "load_gateway_config", "tier_models"]
 
 
 class ProviderConfig(BaseModel):
@@ -138,7 +140,6 @@ def _policy(data: dict[str, Any], source: str) -> Policy:
         policy.budget_list()
         policy.caps()
         policy.defenses()
-        policy.routing_config(PriceBook(overrides=policy.price_overrides(), aliases=policy.aliases))
         policy.group_definitions()
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_problems(exc)}") from None
@@ -147,11 +148,35 @@ def _policy(data: dict[str, Any], source: str) -> Policy:
     return policy
 
 
+def tier_models(routing: RoutingConfig, config: GatewayConfig, prices: PriceSource) -> dict[str, str]:
+    """Each cascade tier model's priced id -> the model name sent upstream (``cascade/<name>`` models).
+
+    Raises:
+        ConfigError: a tier model no provider serves, or two names of one priced model.
+    """
+    names: dict[str, str] = {}
+    for cascade in routing.cascades.values():
+        for tier in cascade.tiers:
+            for model in tier.models:
+                where = f"[cascades.{cascade.name}] tier {tier.name!r}"
+                if config.provider_for(model) is None:
+                    raise ConfigError(f"{where}: no provider serves model {model!r}; add it to [gateway.models] "
+                                      "or set [gateway] default_provider")
+                priced = prices.resolve(model)
+                if names.setdefault(priced, model) != model:
+                    raise ConfigError(f"{where}: models {names[priced]!r} and {model!r} are the same priced model "
+                                      f"{priced!r}; use one name in every cascade")
+    return names
+
+
 def load_gateway_config(path: str | Path | None) -> tuple[Policy, GatewayConfig]:
     """Read one TOML file: the policy (every table but ``[gateway]``) and the gateway settings.
 
     Args:
         path: the file; None gives the empty policy and a gateway with no providers.
+
+    Cascades and routing rules are checked too: every tier model priced, and served by a
+    provider (:func:`tier_models`).
 
     Raises:
         ConfigError: naming the file and the field at fault.
@@ -170,4 +195,11 @@ def load_gateway_config(path: str | Path | None) -> tuple[Policy, GatewayConfig]
         gateway = GatewayConfig.model_validate(gateway_data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: gateway.{_problems(exc)}") from None
+    prices = PriceBook(overrides=policy.price_overrides(), aliases=policy.aliases)
+    try:
+        tier_models(policy.routing_config(prices), gateway, prices)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except ValueError as exc:  # RoutingConfigError: its message names the file already
+        raise ConfigError(str(exc)) from None
     return policy, gateway
