@@ -327,19 +327,27 @@ class SQLiteStore:
     @staticmethod
     def _accounts_for(cur: sqlite3.Cursor, keys: Sequence[tuple[Budget, str, str]]
                       ) -> tuple[list[int], list[AccountView]]:
-        """Ids and balances of the accounts a call touches, creating the missing ones (empty)."""
+        """Ids and balances of the accounts a call touches, creating the missing ones (empty).
+
+        One statement reads them all (a UNION ALL of indexed lookups); only missing accounts
+        cost an INSERT each.
+        """
+        if not keys:
+            return [], []
+        query = " UNION ALL ".join(
+            ["SELECT budget_id, scope, period_key, id, settled_mc, reserved_mc, alert_pct_fired FROM accounts "
+             "WHERE budget_id = ? AND scope = ? AND period_key = ?"] * len(keys))
+        found = {(r[0], r[1], r[2]): r[3:] for r in
+                 cur.execute(query, [part for b, scope, period in keys for part in (b.id, scope, period)])}
         ids: list[int] = []
         views: list[AccountView] = []
         for budget, scope, period in keys:
-            budget_id = budget.id
-            row = cur.execute(
-                "SELECT id, settled_mc, reserved_mc, alert_pct_fired FROM accounts "
-                "WHERE budget_id = ? AND scope = ? AND period_key = ?", (budget_id, scope, period)).fetchone()
+            row = found.get((budget.id, scope, period))
             if row is None:
                 cur.execute("INSERT INTO accounts (budget_id, scope, period_key) VALUES (?, ?, ?)",
-                            (budget_id, scope, period))
-                row = (cur.lastrowid, 0, 0, 0)
-            ids.append(row[0])
+                            (budget.id, scope, period))
+                row = found[(budget.id, scope, period)] = (int(cur.lastrowid or 0), 0, 0, 0)
+            ids.append(int(row[0]))
             views.append(AccountView(budget, scope, period, row[1], row[2], row[3]))
         return ids, views
 
@@ -357,32 +365,38 @@ class SQLiteStore:
             late = reservation.state is not ReservationState.PENDING
             held = 0 if late else reservation.ceiling_mc
             self._budgets.sync(cur)
+            ids = _ids(row[15])
+            fired = self._alerts(cur, ids, cost_mc, now)
             cur.executemany(
                 "UPDATE accounts SET settled_mc = settled_mc + ?, reserved_mc = reserved_mc - ?, "
-                "alert_pct_fired = ? WHERE id = ?",
-                [(cost_mc, held, self._alerts(cur, i, cost_mc, now), i) for i in _ids(row[15])])
+                "alert_pct_fired = ? WHERE id = ?", [(cost_mc, held, fired[i], i) for i in ids])
             record = settled_record(reservation, usage, cost_mc, now, late=late)
             self._insert_usage(cur, record)
             cur.execute("UPDATE reservations SET state = 'settled' WHERE id = ?", (reservation_id,))
             self._after(cur, guard, reservation, cost_mc, now)
             return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record, tuple(self._written))
 
-    def _alerts(self, cur: sqlite3.Cursor, account_id: int, cost_mc: int, now: datetime) -> int:
-        """Record the alerts a charge of ``cost_mc`` crosses on one account; its new ``alert_pct_fired``.
+    def _alerts(self, cur: sqlite3.Cursor, account_ids: Sequence[int], cost_mc: int, now: datetime) -> dict[int, int]:
+        """Record the alerts a charge of ``cost_mc`` crosses on each account; their new ``alert_pct_fired``.
 
-        An account whose budget was deleted fires no alert.
+        One statement reads the accounts. An account whose budget was deleted fires no alert.
         """
-        budget_id, scope, period, settled_mc, reserved_mc, fired = cur.execute(
-            "SELECT budget_id, scope, period_key, settled_mc, reserved_mc, alert_pct_fired FROM accounts "
-            "WHERE id = ?", (account_id,)).fetchone()
-        budget = self._budgets.by_id(cur, budget_id)
-        if budget is None:
-            return int(fired)
-        view = AccountView(budget, scope, period, settled_mc, reserved_mc, fired)
-        for pct in alert_thresholds_crossed(view, settled_mc + cost_mc):
-            self._insert_event(cur, alert_event(view, pct, settled_mc + cost_mc, now))
-            fired = pct
-        return int(fired)
+        if not account_ids:
+            return {}
+        rows = {r[0]: r[1:] for r in cur.execute(
+            "SELECT id, budget_id, scope, period_key, settled_mc, reserved_mc, alert_pct_fired FROM accounts "
+            f"WHERE id IN ({','.join('?' * len(account_ids))})", list(account_ids))}
+        fired_by_id: dict[int, int] = {}
+        for account_id in account_ids:  # in the call's account order, so alerts keep the backends' order
+            budget_id, scope, period, settled_mc, reserved_mc, fired = rows[account_id]
+            budget = self._budgets.by_id(cur, budget_id)
+            view = None if budget is None else AccountView(budget, scope, period, settled_mc, reserved_mc, fired)
+            crossed = [] if view is None else alert_thresholds_crossed(view, settled_mc + cost_mc)
+            for pct in crossed:
+                assert view is not None
+                self._insert_event(cur, alert_event(view, pct, settled_mc + cost_mc, now))
+            fired_by_id[account_id] = int(crossed[-1] if crossed else fired)
+        return fired_by_id
 
     def release(self, reservation_id: str, now: datetime, guard: SettleGuard | None = None) -> ReleaseResult:
         """Return the whole hold once."""
