@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from comptroller.domain.budgets import Budget
 from comptroller.domain.ledger import (
@@ -26,6 +26,9 @@ from comptroller.domain.ledger import (
 from comptroller.domain.pricing import ModelPrice
 from comptroller.domain.state import AdmitGuard, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
+
+if TYPE_CHECKING:
+    from comptroller.storage.reconcile import LedgerSnapshot
 
 __all__ = ["Clock", "EventSink", "LedgerStore", "PriceSource"]
 
@@ -129,6 +132,11 @@ class LedgerStore(Protocol):
 
     def usage_records(self) -> Iterator[UsageRecord]:
         """The usage log in settle order."""
+        ...
+
+    def ledger_snapshot(self) -> LedgerSnapshot:
+        """Every account (deleted budgets' too), reservation and usage charge, read consistently
+        (for ``comptroller db check``: :func:`comptroller.storage.reconcile.reconcile`)."""
         ...
 
     def state(self, key: StateKey) -> StoredState | None:

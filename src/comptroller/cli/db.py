@@ -18,7 +18,7 @@ from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_erro
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import LATEST_VERSION, SchemaVersionError, upgrade
 from comptroller.storage.postgres import LedgerUnavailableError, redact, split_url
-from comptroller.storage.reconcile import LedgerSnapshot, Reconcilable, reconcile
+from comptroller.storage.reconcile import LedgerSnapshot, reconcile
 
 __all__ = ["db_app"]
 
@@ -72,8 +72,6 @@ def check_command(db: DbOption = DEFAULT_DB) -> None:
 def _snapshot(db: str) -> LedgerSnapshot:
     store = store_from_url(db)
     try:
-        if not isinstance(store, Reconcilable):
-            raise ValueError(f"{db}: this ledger backend cannot be reconciled yet (it has no ledger_snapshot())")
         return store.ledger_snapshot()
     finally:
         store.close()

@@ -31,6 +31,7 @@ from comptroller.domain.ledger import (
 )
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
+from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
 
 __all__ = ["MemoryStore"]
@@ -227,6 +228,16 @@ class MemoryStore:
         with self._lock:
             records = list(self._usage)
         return iter(records)
+
+    def ledger_snapshot(self) -> LedgerSnapshot:
+        """Every account (deleted budgets' too), reservation and usage charge, under the lock."""
+        with self._lock:
+            return LedgerSnapshot(
+                balances=tuple(AccountBalance(AccountRef(*key), a.settled_mc, a.reserved_mc)
+                               for key, a in sorted(self._accounts.items())),
+                holds=tuple(Hold(r.id, r.state, r.ceiling_mc, tuple(AccountRef(*k) for k in self._holds[r.id]))
+                            for r in self._reservations.values()),
+                charges=tuple(Charge(u.reservation_id, u.cost_mc) for u in self._usage))
 
     # defense state
     def state(self, key: StateKey) -> StoredState | None:

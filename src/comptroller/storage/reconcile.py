@@ -13,7 +13,7 @@ classic double-entry check (TigerBeetle's "balances are derived from transfers")
   to a settled reservation.
 
 :func:`reconcile` works on a :class:`LedgerSnapshot`, which any store can produce
-(:class:`Reconcilable`), read in one consistent snapshot, so a busy ledger checks clean.
+(``LedgerStore.ledger_snapshot``), read in one consistent snapshot, so a busy ledger checks clean.
 It reports each difference; an empty list means the ledger is consistent.
 """
 
@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from comptroller.domain.ledger import ReservationState
 
-__all__ = ["AccountBalance", "AccountRef", "Charge", "Difference", "Hold", "LedgerSnapshot", "Reconcilable",
+__all__ = ["AccountBalance", "AccountRef", "Charge", "Difference", "Hold", "LedgerSnapshot",
            "reconcile"]
 
 
@@ -75,15 +74,6 @@ class LedgerSnapshot:
     balances: tuple[AccountBalance, ...]
     holds: tuple[Hold, ...]
     charges: tuple[Charge, ...]
-
-
-@runtime_checkable
-class Reconcilable(Protocol):
-    """A store that can hand out a :class:`LedgerSnapshot` (PostgreSQL now; memory and SQLite to follow)."""
-
-    def ledger_snapshot(self) -> LedgerSnapshot:
-        """Every account (deleted budgets' too), reservation and usage row, read consistently."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

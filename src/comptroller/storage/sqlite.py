@@ -50,6 +50,7 @@ from comptroller.domain.ledger import (
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
+from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -491,6 +492,26 @@ class SQLiteStore:
         self._written.append(e)
         cur.execute("INSERT INTO events (ts, kind, code, level, scope, detail) VALUES (?,?,?,?,?,?)",
                     (_ts(e.ts), e.kind, e.code, e.level, e.scope, json.dumps(e.detail, sort_keys=True)))
+
+    def ledger_snapshot(self) -> LedgerSnapshot:
+        """Every account (deleted budgets' too), reservation and usage charge, read in one transaction."""
+        with self._read() as cur:
+            cur.execute("BEGIN")
+            try:
+                accounts = cur.execute("SELECT id, budget_id, scope, period_key, settled_mc, reserved_mc "
+                                       "FROM accounts ORDER BY id").fetchall()
+                holds = cur.execute("SELECT id, state, ceiling_mc, account_ids FROM reservations "
+                                    "ORDER BY id").fetchall()
+                charges = cur.execute("SELECT reservation_id, cost_mc FROM usage_log ORDER BY id").fetchall()
+            finally:
+                cur.execute("COMMIT")
+        refs = {r[0]: AccountRef(r[1], r[2], r[3]) for r in accounts}
+        return LedgerSnapshot(
+            balances=tuple(AccountBalance(refs[r[0]], r[4], r[5]) for r in accounts),
+            holds=tuple(Hold(r[0], ReservationState(r[1]), r[2],
+                             tuple(refs.get(i, AccountRef("?", f"account id {i}", "?")) for i in _ids(r[3])))
+                        for r in holds),
+            charges=tuple(Charge(r[0], r[1]) for r in charges))
 
     # defense state
     def state(self, key: StateKey) -> StoredState | None:
