@@ -50,10 +50,11 @@ def cost(mc_in: int, mc_out: int, completion_text: str) -> int:
     return prompt_tokens(MESSAGES) * mc_in + len(completion_text.split()) * mc_out
 
 
-@pytest.fixture
-def cgw(make_gateway: GatewayFactory) -> Harness:
-    """A gateway with the cascade policy; tier 1 answers invalid JSON, tier 2 valid JSON."""
-    gw = make_gateway(cascade_policy(), models=MODELS)
+@pytest.fixture(params=[False, True], ids=["ledger-on-loop", "ledger-threads"])
+def cgw(make_gateway: GatewayFactory, request: pytest.FixtureRequest) -> Harness:
+    """A gateway with the cascade policy (ledger calls on the loop, or in threads as for PostgreSQL);
+    tier 1 answers invalid JSON, tier 2 valid JSON."""
+    gw = make_gateway(cascade_policy(), models=MODELS, ledger_threads=request.param)
     gw.stub.control.replies.update({CHEAP: INVALID, STRONG: VALID})
     return gw
 
@@ -227,9 +228,10 @@ def test_tier_model_without_a_provider_stops_start_up() -> None:
                    routing=policy.routing_config(engine.prices))
 
 
-def test_shutdown_mid_cascade_releases_the_attempt(make_gateway: GatewayFactory) -> None:
+@pytest.mark.parametrize("threads", [False, True], ids=["ledger-on-loop", "ledger-threads"])
+def test_shutdown_mid_cascade_releases_the_attempt(make_gateway: GatewayFactory, threads: bool) -> None:
     """A worker stopping while a tier attempt waits on the upstream releases its hold."""
-    gw = make_gateway(cascade_policy(), grace_s=0.2, models=MODELS)
+    gw = make_gateway(cascade_policy(), grace_s=0.2, models=MODELS, ledger_threads=threads)
     gw.stub.control.latency_s = 3.0
     outcome: list[object] = []
 

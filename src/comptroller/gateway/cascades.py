@@ -32,6 +32,11 @@ The answer:
   switch), with the cascade headers (earlier attempts may have been charged);
 * ``stream: true``: 400 on ``stream`` (the gates need the whole answer).
 
+With ``[gateway] ledger_threads`` (networked ledgers) the runner, and so every ledger call of
+the cascade, runs in a worker thread, and each tier's upstream call is handed back to the
+event loop; a request cut short (shutdown) cancels the attempt in flight and every later one,
+so the runner's thread releases what it holds and ends on its own.
+
 Request headers for the routing rules: ``X-Comptroller-Deep-Mode`` (``true``/``false``) and
 ``X-Comptroller-Role`` (the agent's role), beside the usual attribution headers.
 A key restricted to a model list must list ``cascade/<name>`` itself.
@@ -41,9 +46,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from functools import partial
 
 import anyio
+import anyio.from_thread
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -96,18 +104,30 @@ class _Tiers:
 
     def __init__(self, gw: Gateway, chat: ChatRequest, metered: MeteredEngine) -> None:
         self.gw, self.chat, self.metered = gw, chat, metered
+        self.cancelled = False
+        self.scope: anyio.CancelScope | None = None
+
+    def cancel(self) -> None:
+        """Stop the attempt in flight and every later one (the request was cancelled, the runner runs on)."""
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
 
     async def __call__(self, tc: TierCall) -> TierReply:
         reservation = self.metered.current
-        try:
-            return await self._ask(tc)
-        except Exception:
-            raise  # the runner releases the attempt (a no-op if it was charged at its bounds)
-        except BaseException:
-            if reservation is not None:  # cancelled: the runner will not get to release it
-                with anyio.CancelScope(shield=True):
-                    await self.gw.run(self.gw.release, reservation)
-            raise
+        with anyio.CancelScope() as self.scope:
+            if self.cancelled:
+                self.scope.cancel()
+            try:
+                return await self._ask(tc)
+            except Exception:
+                raise  # the runner releases the attempt (a no-op if it was charged at its bounds)
+            except BaseException:
+                if reservation is not None:  # cancelled: the runner will not get to release it
+                    with anyio.CancelScope(shield=True):
+                        await self.gw.run(self.gw.release, reservation)
+                raise
+        raise TierFailedError("the request was cancelled (client gone or shutdown); nothing more is sent")
 
     def _upstream(self, tc: TierCall) -> tuple[str, Upstream]:
         model = self.gw.tier_models.get(tc.model, tc.model)
@@ -210,10 +230,22 @@ async def cascade_completion(gw: Gateway, request: Request, caller: Caller, chat
     requested = _chosen(gw, name)
     attribution = attribute(caller, request.headers, namespace=gw.namespace)
     metered = MeteredEngine(gw)
-    call: Callable[[TierCall], Awaitable[TierReply]] = _Tiers(gw, chat, metered)
+    call = _Tiers(gw, chat, metered)
     cascade_request = CascadeRequest(attribution=attribution, input_tokens_max=chat.input_tokens_max,
                                      max_tokens=chat.max_tokens, prompt=chat.last_user_text(),
                                      response_schema=chat.response_schema())
     facts = _facts(chat, attribution.agent, request.headers)
-    result = await gw.routing.run_async(metered, cascade_request, call, facts=facts, cascade=requested)
+    if not gw.config.ledger_threads:
+        result = await gw.routing.run_async(metered, cascade_request, call, facts=facts, cascade=requested)
+        return _respond(result)
+
+    def on_the_loop(tc: TierCall) -> TierReply:  # the runner's thread hands each tier call back to the loop
+        return anyio.from_thread.run(call, tc)
+
+    try:
+        result = await anyio.to_thread.run_sync(partial(gw.routing.run, metered, cascade_request, on_the_loop,
+                                                        facts=facts, cascade=requested), abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        call.cancel()  # the runner's thread then releases what it holds and ends on its own
+        raise
     return _respond(result)
