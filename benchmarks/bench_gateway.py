@@ -28,7 +28,6 @@ import platform
 import pstats
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from comptroller.storage.keys import SQLiteKeyStore, new_key
+import psycopg
+from psycopg import sql
+
+from comptroller.storage import store_from_url
+from comptroller.storage.keys import keys_from_url, new_key
+from comptroller.storage.migrations import upgrade
 from markdown_block import update_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +164,7 @@ def measure(stub_port: int, gateway_port: int, key: str, args: argparse.Namespac
             pids: tuple[int, int]) -> dict[int, tuple[Stats, Stats]]:
     results = {}
     next_id = 0
-    for c in CONCURRENCY:
+    for c in args.concurrency:
         total = args.requests * max(1, c // 4) if c > 1 else args.requests
         total -= total % c
         direct: list[float] = []
@@ -239,7 +243,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--profile", action="store_true", help="run the gateway under cProfile and print the top")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables into this file's block")
+    parser.add_argument("--db", default=None,
+                        help="ledger URL (default: SQLite in the temp dir); a postgresql:// URL gets a fresh schema")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="levels to measure")
+    parser.add_argument("--block", default="bench_gateway", help="the BENCHMARKS.md block to write")
     return parser.parse_args(argv)
+
+
+def ledger_url(db: str | None, work: Path) -> str:
+    """The ledger the gateway runs on: SQLite in ``work``, or a fresh schema of the PostgreSQL at ``db``."""
+    if db is None:
+        return f"sqlite:///{work / 'ledger.db'}"
+    if not db.startswith(("postgresql://", "postgres://")):
+        return db
+    schema = f"bench_gateway_{os.getpid()}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        upgrade(conn, schema=schema)
+    return f"{db}{'&' if '?' in db else '?'}options=-csearch_path%3D{schema}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,13 +271,13 @@ def main(argv: list[str] | None = None) -> None:
         config = work / "gateway.toml"
         defenses = "" if args.defenses == "default" else DEFENSES_OFF
         config.write_text(CONFIG.format(model=MODEL, stub_port=stub_port, defenses=defenses), encoding="utf-8")
-        db = work / "ledger.db"
+        url = ledger_url(args.db, work)
         record, key = new_key(tenant="bench", agent="bench-agent")
-        keys = SQLiteKeyStore(db)
+        keys = keys_from_url(url)
         keys.add(record)
         keys.close()
         stub = start([sys.executable, str(STUB), str(stub_port)], env={**os.environ, "PYTHONPATH": str(STUB.parent)})
-        serve = ["serve", "--config", str(config), "--db", f"sqlite:///{db}", "--port", str(gateway_port),
+        serve = ["serve", "--config", str(config), "--db", url, "--port", str(gateway_port),
                  "--workers", str(args.workers), "--log-level", "warning"]
         prof = work / "gateway.prof"
         runner = work / "serve.py"
@@ -270,8 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             stop(gateway)
             stop(stub)
-        with sqlite3.connect(db) as conn:
-            settled = conn.execute("SELECT COUNT(*) FROM usage_log").fetchone()[0]
+        ledger = store_from_url(url)
+        settled = sum(1 for _ in ledger.usage_records())
+        ledger.close()
         print(f"calls settled in the ledger: {settled:,}")
         text = table(results)
         print(text)
@@ -287,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         block = f"Machine: {machine}. Command: `{command}`.\n\n{text}"
         if profile:
             block += f"\n\nProfile of the gateway process (cProfile, sorted by cumulative time):\n\n{profile}"
-        update_block(args.markdown, "bench_gateway", block)
+        update_block(args.markdown, args.block, block)
 
 
 if __name__ == "__main__":
