@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -77,6 +78,7 @@ class Gateway:
         tier_models: each cascade tier model's priced id -> the name sent upstream.
         groups: the group registry and rooms (``POST /v1/groups/{id}/dispatch``, admin API).
         inflight: reservations admitted and not yet settled or released, by id.
+        closing: set by :meth:`release_all` (shutdown): a call admitted later is released at once.
     """
 
     engine: Engine
@@ -89,6 +91,8 @@ class Gateway:
     groups: GroupService
     tier_models: dict[str, str] = field(default_factory=dict)
     inflight: dict[str, Reservation] = field(default_factory=dict)
+    closing: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     async def run(self, operation: Callable[..., _T], *args: Any) -> _T:
         """Run a ledger operation: on the loop, or in a worker thread with ``ledger_threads``."""
@@ -116,16 +120,31 @@ class Gateway:
             self.metrics.ledger_errors.labels("admit").inc()
             raise _ledger_unavailable("the call is refused rather than sent unmetered") from None
         if admission.reservation is not None:
-            self.inflight[admission.reservation.id] = admission.reservation
-            self.metrics.inflight.inc()
+            self._track(admission.reservation)
         elif admission.verdict is not None:
             level = "" if admission.verdict.level is None else str(admission.verdict.level)
             self.metrics.refusals.labels(str(admission.verdict.code), level).inc()
         return admission
 
+    def _track(self, reservation: Reservation) -> None:
+        """Track an admitted call; one admitted after shutdown began (a cascade's worker thread) is released."""
+        with self._lock:
+            closing = self.closing
+            if not closing:
+                self.inflight[reservation.id] = reservation
+                self.metrics.inflight.inc()
+        if closing:
+            try:
+                self.engine.release(reservation)
+            except Exception:
+                log.exception("release of reservation %s failed; its hold returns at lease expiry", reservation.id)
+            raise GatewayError(503, "this gateway worker is shutting down; retry", type_="api_error",
+                               code="shutting_down", headers={"Retry-After": "1"})
+
     def _done(self, reservation: Reservation) -> bool:
-        if self.inflight.pop(reservation.id, None) is None:
-            return False
+        with self._lock:
+            if self.inflight.pop(reservation.id, None) is None:
+                return False
         self.metrics.inflight.dec()
         return True
 
@@ -178,8 +197,14 @@ class Gateway:
             self.release_result(reservation)
 
     def release_all(self) -> int:
-        """Release every call still in flight (worker shutdown); the number released."""
-        pending = list(self.inflight.values())
+        """Release every call still in flight (worker shutdown); later admissions are released at once.
+
+        Returns:
+            The number released.
+        """
+        with self._lock:
+            self.closing = True
+            pending = list(self.inflight.values())
         for reservation in pending:
             self.release(reservation)
         return len(pending)
