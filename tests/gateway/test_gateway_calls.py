@@ -176,3 +176,15 @@ def test_pinned_agent_lists_and_calls_only_its_models(make_gateway: GatewayFacto
     assert gw.stub.control.requests == []
     gw.client(key).chat.completions.create(model=MODEL, messages=MESSAGES)
     assert len(gw.stub.control.requests) == 1
+
+
+def test_the_tightest_budget_left_is_in_the_response_headers(make_gateway: GatewayFactory) -> None:
+    """X-Comptroller-Budget-Remaining-Mc: the least any of the call's budgets has left after the settle."""
+    limit = 1_000_000
+    gw = make_gateway(stub_policy(budgets=[{"level": "tenant", "tenant": "acme", "limit_mc": limit},
+                                           {"level": "namespace", "limit_mc": 10 * limit}]))
+    first = gw.client().chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    second = gw.client().chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES + MESSAGES[1:])
+    costs = [r.cost_mc for r in gw.engine.store.usage_records()]
+    assert int(first.headers["x-comptroller-budget-remaining-mc"]) == limit - costs[0]
+    assert int(second.headers["x-comptroller-budget-remaining-mc"]) == limit - costs[0] - costs[1]

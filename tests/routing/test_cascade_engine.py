@@ -12,6 +12,8 @@ from comptroller.clock import VirtualClock
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses.chain import Defenses
+from comptroller.domain.defenses.loops import LoopConfig
 from comptroller.domain.defenses.pinning import AgentPin, PinningPolicy
 from comptroller.domain.pricing import ModelPrice, cost_mc
 from comptroller.domain.routing import Cascade, CustomGate, GateResult, JsonSchemaGate, NonEmptyGate, Tier
@@ -187,3 +189,26 @@ def test_headers_are_single_line_ascii() -> None:
     headers = run_cascade(_engine(MemoryStore()), cascade, CascadeRequest(WHO, 10), upstream).headers()
     assert headers["x-comptroller-passed-over"] == "local#1: line one line two ? ?"
     assert all(v.isascii() and "\n" not in v for v in headers.values())
+
+
+def test_the_defenses_apply_to_every_attempt_but_escalation_is_not_a_repeat() -> None:
+    """A cascade's own escalation passes the loop detectors; the same request sent again and again is
+    refused as a repeat (same_request), and an attempt in a run past its deadline is refused."""
+    store = MemoryStore()
+    clock = VirtualClock(START)
+    engine = Engine(store=store, prices=PriceBook(overrides=PRICES), clock=clock, caps=OutputCaps(default_tokens=500),
+                    defenses=Defenses(breakers=None, retries=None, loops=LoopConfig()))
+    usage = Usage(input_tokens=300, output_tokens=40)
+
+    def ask(request_id: str, **extra: str) -> Outcome:
+        upstream = Upstream({"local-8b": ["{not json"], "frontier": ['{"answer": "42"}']}, usage)
+        request = CascadeRequest(WHO, input_tokens_max=400, request_id=request_id,
+                                 **{"fingerprint": "fp", "text": "same ask", **extra})
+        result = run_cascade(engine, _cascade(), request, upstream)
+        return result.verdict.detector if result.verdict is not None else result.outcome  # type: ignore[return-value]
+
+    assert [ask("q1"), ask("q2")] == [Outcome.ANSWERED, Outcome.ANSWERED]  # 2 tiers each: no repeat yet
+    assert ask("q3") == "same_request"  # the third identical request (identical_max = 2)
+    engine.open_run("cron-7", 10, attribution=WHO)
+    clock.advance(11)
+    assert ask("q4", run_id="cron-7", fingerprint="other") == "run_deadline"

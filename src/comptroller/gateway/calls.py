@@ -117,8 +117,12 @@ def _upstream_failure(status: int, raw: bytes, provider: str) -> Response:
 
 def _call_headers(admission: Admission, settled: Settled | None = None) -> dict[str, str]:
     headers = {"X-Comptroller-Model": admission.model, "X-Comptroller-Ceiling-Mc": str(admission.ceiling_mc)}
+    remaining = admission.remaining_mc  # with the ceiling held: a stream's headers go before its settle
     if settled is not None and settled.cost_mc is not None:
         headers["X-Comptroller-Cost-Mc"] = str(settled.cost_mc)
+        remaining = None if remaining is None else remaining + admission.ceiling_mc - settled.cost_mc
+    if remaining is not None:
+        headers["X-Comptroller-Budget-Remaining-Mc"] = str(remaining)
     return headers
 
 

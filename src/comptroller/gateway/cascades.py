@@ -233,7 +233,10 @@ async def cascade_completion(gw: Gateway, request: Request, caller: Caller, chat
     call = _Tiers(gw, chat, metered)
     cascade_request = CascadeRequest(attribution=attribution, input_tokens_max=chat.input_tokens_max,
                                      max_tokens=chat.max_tokens, prompt=chat.last_user_text(),
-                                     response_schema=chat.response_schema())
+                                     response_schema=chat.response_schema(),
+                                     run_id=request.headers.get("x-comptroller-run"),
+                                     attempt_id=request.headers.get("x-comptroller-attempt"),
+                                     fingerprint=chat.fingerprint(), text=chat.last_text())
     facts = _facts(chat, attribution.agent, request.headers)
     if not gw.config.ledger_threads:
         result = await gw.routing.run_async(metered, cascade_request, call, facts=facts, cascade=requested)

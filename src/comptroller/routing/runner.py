@@ -61,6 +61,12 @@ class CascadeRequest:
         response_schema: the request's ``response_format`` JSON schema, if any.
         request_id: the id all attempts share (default: a new UUID); reusing it makes
             a retried request idempotent attempt by attempt.
+        run_id, attempt_id: the scheduled run and task attempt every tier attempt belongs to
+            (deadline and re-attempt limit; see :class:`comptroller.engine.CallRequest`).
+        fingerprint, text: the loop detectors' inputs for the request. Each tier attempt is
+            checked with the fingerprint qualified by tier and attempt (a cascade's own
+            escalations are not repeats; the same request sent again is), and the text is
+            checked once, with the first attempt.
     """
 
     attribution: Attribution
@@ -69,6 +75,10 @@ class CascadeRequest:
     prompt: str = ""
     response_schema: Mapping[str, Any] | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_id: str | None = None
+    attempt_id: str | None = None
+    fingerprint: str | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +209,14 @@ class _Run:
         self.last: tuple[PlannedAttempt, TierReply] | None = None
 
     def admit(self, step: PlannedAttempt) -> Admission:
+        request = self.request
+        first = not self.attempts
         return self.engine.admit(CallRequest(
-            attribution=self.request.attribution, model=step.model, input_tokens_max=self.request.input_tokens_max,
-            max_tokens=self.request.max_tokens,
-            idempotency_key=f"{self.request.request_id}:{step.tier}:{step.attempt}"))
+            attribution=request.attribution, model=step.model, input_tokens_max=request.input_tokens_max,
+            max_tokens=request.max_tokens, idempotency_key=f"{request.request_id}:{step.tier}:{step.attempt}",
+            run_id=request.run_id, attempt_id=request.attempt_id,
+            fingerprint=None if request.fingerprint is None else f"{request.fingerprint}|{step.tier}|{step.attempt}",
+            text=request.text if first else None))
 
     def tier_call(self, step: PlannedAttempt, admission: Admission) -> TierCall:
         return TierCall(self.request.request_id, step.tier, step.attempt, admission.model, admission.output_tokens_max)
