@@ -5,6 +5,8 @@ Runs through the real Engine over every ledger backend (memory, SQLite) in virtu
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -101,6 +103,15 @@ def test_a_message_id_reused_for_other_content_is_refused(store: LedgerStore) ->
         service.dispatch("studio", msg(1, "user", "the css is broken"))
     service.record("studio", msg(1, "user", "the python api is down"))
     assert [m.text for m in service.history("studio")] == ["the python api is down"]
+
+
+def test_a_retry_stamped_later_gets_the_first_decision(store: LedgerStore) -> None:
+    """The same message id and content posted again at another time is a retry, not a new message."""
+    service = _service(store, VirtualClock(T0))
+    first = service.dispatch("studio", msg(1, "user", "the python api is down"))
+    later = replace(msg(1, "user", "the python api is down"), at=T0 + timedelta(seconds=30))
+    assert service.dispatch("studio", later) is first
+    assert len(service.history("studio")) == 1
 
 
 def test_without_a_conversation_budget_the_group_runs_at_full_k(store: LedgerStore) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from dataclasses import replace
 
 from comptroller.domain.dispatch import Dispatch, GroupError, Message, MessageError, visible_history
 from comptroller.domain.ledger import Event
@@ -51,11 +52,15 @@ class _Room:
         self.seen: OrderedDict[str, tuple[Message, Dispatch | None]] = OrderedDict()
 
     def repeat(self, message: Message) -> tuple[bool, Dispatch | None]:
-        """(True, the first answer) if this message id was taken before; raises if its content differs."""
+        """(True, the first answer) if this message id was taken before; raises if its content differs.
+
+        Only the content counts (author, text, kind, mentions): a retried request may be stamped
+        with another time and still gets the first decision.
+        """
         earlier = self.seen.get(message.id)
         if earlier is None:
             return False, None
-        if earlier[0] != message:
+        if replace(earlier[0], at=message.at) != message:  # a retry may carry another time
             raise MessageError(f"message id {message.id!r} was already used for another message in this group; "
                                f"give each message its own id")
         return True, earlier[1]
