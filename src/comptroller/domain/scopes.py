@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 __all__ = ["LEVELS", "Attribution", "AttributionError", "Level", "scope_key"]
 
@@ -101,20 +102,28 @@ class Attribution:
             _check_id(name, getattr(self, name), required=False)
 
     def scopes(self) -> tuple[tuple[Level, str], ...]:
-        """``(level, scope key)`` for every level that applies to this call, broadest first."""
-        # each id escaped once; joining escaped ids with "|" is scope_key(*ids)
-        ns = _escape(self.namespace)
-        tenant_key = f"{ns}|{_escape(self.tenant)}"
-        agent_key = f"{tenant_key}|{_escape(self.agent)}"
-        out: list[tuple[Level, str]] = [
-            (Level.NAMESPACE, ns),
-            (Level.TENANT, tenant_key),
-            (Level.AGENT, agent_key),
-        ]
-        if self.conversation is not None:
-            conversation = _escape(self.conversation)
-            out.append((Level.AGENT_CONVERSATION, f"{agent_key}|{conversation}"))
-            out.append((Level.CONVERSATION, f"{ns}|{conversation}"))
-        if self.task is not None:
-            out.append((Level.TASK, f"{ns}|{_escape(self.task)}"))
-        return tuple(out)
+        """``(level, scope key)`` for every level that applies to this call, broadest first.
+
+        Memoised per attribution (pure, bounded): one call asks for its scopes several times.
+        """
+        return _scopes(self)
+
+
+@lru_cache(maxsize=8_192)
+def _scopes(attribution: Attribution) -> tuple[tuple[Level, str], ...]:
+    # each id escaped once; joining escaped ids with "|" is scope_key(*ids)
+    ns = _escape(attribution.namespace)
+    tenant_key = f"{ns}|{_escape(attribution.tenant)}"
+    agent_key = f"{tenant_key}|{_escape(attribution.agent)}"
+    out: list[tuple[Level, str]] = [
+        (Level.NAMESPACE, ns),
+        (Level.TENANT, tenant_key),
+        (Level.AGENT, agent_key),
+    ]
+    if attribution.conversation is not None:
+        conversation = _escape(attribution.conversation)
+        out.append((Level.AGENT_CONVERSATION, f"{agent_key}|{conversation}"))
+        out.append((Level.CONVERSATION, f"{ns}|{conversation}"))
+    if attribution.task is not None:
+        out.append((Level.TASK, f"{ns}|{_escape(attribution.task)}"))
+    return tuple(out)

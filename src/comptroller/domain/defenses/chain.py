@@ -63,6 +63,9 @@ __all__ = [
 ]
 
 BREAKER, KILL, RETRY, LOOP, RUN = "breaker", "kill_switch", "retry", "loop", "run"
+_PLANS_MAX = 8_192
+_SettlePlan = tuple[list[tuple[StateKey, Level, str, "breaker.BreakerConfig"]],
+                    list[tuple[StateKey, Level, str, KillSwitchConfig]]]
 
 
 def scoped_key(kind: str, level: Level, scope: str) -> StateKey:
@@ -165,10 +168,15 @@ class AdmitDefenses:
         self._scopes = facts.attribution.scopes()
         self._loop_level, self._loop_scope = loop_scope(facts.attribution)
         self._task = dict(self._scopes).get(Level.TASK)
+        self._kill_keys = [scoped_key(KILL, level, scope) for level, scope in self._scopes]
+        policy = defenses.breakers
+        self._breaker_plan = [] if policy is None else [
+            (scoped_key(BREAKER, level, scope), level, scope, config)
+            for level, scope, config in policy.breakers_for(self._scopes)]
 
     def state_keys(self) -> list[StateKey]:
         """The kill switches of every scope, the run, the retry state, the loop history, the breakers."""
-        keys = [scoped_key(KILL, level, scope) for level, scope in self._scopes]
+        keys = list(self._kill_keys)
         if self.facts.run_id is not None:
             keys.append(StateKey(RUN, self.facts.run_id))
         if self._counts_attempts():
@@ -176,7 +184,7 @@ class AdmitDefenses:
             keys.append(StateKey(RETRY, self._task))
         if self._detects_loops():
             keys.append(scoped_key(LOOP, self._loop_level, self._loop_scope))
-        keys += [scoped_key(BREAKER, level, scope) for level, scope, _ in self._breakers()]
+        keys += [key for key, _, _, _ in self._breaker_plan]
         return keys
 
     def apply(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
@@ -203,8 +211,7 @@ class AdmitDefenses:
     def _kill_switch(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
                      now: datetime, changes: _Changes) -> Verdict | None:
         switches = []
-        for level, scope in self._scopes:
-            key = scoped_key(KILL, level, scope)
+        for key, (level, scope) in zip(self._kill_keys, self._scopes, strict=True):
             state = _load(states, key, KillSwitchState.from_record, partial(KillSwitchState, level, scope))
             config = self.defenses.kill_switches.get(level)
             if config is not None and config.budget_pct_max is not None and not state.tripped:
@@ -268,13 +275,8 @@ class AdmitDefenses:
         return step.verdict
 
     # rank 5
-    def _breakers(self) -> list[tuple[Level, str, breaker.BreakerConfig]]:
-        policy = self.defenses.breakers
-        return [] if policy is None else policy.breakers_for(self._scopes)
-
     def _breaker(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
-        for level, scope, config in self._breakers():
-            key = scoped_key(BREAKER, level, scope)
+        for key, level, scope, config in self._breaker_plan:
             state = _load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
             step = breaker.admit(state, config, self.facts.call_id, now)
             if step.verdict is not None:
@@ -301,39 +303,43 @@ class SettleDefenses:
 
     def __init__(self, defenses: Defenses) -> None:
         self.defenses = defenses
+        self._plans: dict[Attribution, _SettlePlan] = {}
 
-    def _breakers(self, reservation: Reservation) -> list[tuple[Level, str, breaker.BreakerConfig]]:
-        policy = self.defenses.breakers
-        return [] if policy is None else policy.breakers_for(reservation.attribution.scopes())
-
-    def _kill_windows(self, reservation: Reservation) -> list[tuple[Level, str, KillSwitchConfig]]:
-        found = []
-        for level, scope in reservation.attribution.scopes():
-            config = self.defenses.kill_switches.get(level)
-            if config is not None and config.window_spend_mc_max is not None:
-                found.append((level, scope, config))
-        return found
+    def _plan(self, attribution: Attribution) -> _SettlePlan:
+        """The breakers and window-triggered kill switches of an attribution, with their keys (memoised)."""
+        plan = self._plans.get(attribution)
+        if plan is None:
+            if len(self._plans) >= _PLANS_MAX:
+                self._plans.clear()
+            scopes = attribution.scopes()
+            policy = self.defenses.breakers
+            breakers = [] if policy is None else [(scoped_key(BREAKER, lv, sc), lv, sc, config)
+                                                  for lv, sc, config in policy.breakers_for(scopes)]
+            kills = [(scoped_key(KILL, lv, sc), lv, sc, config) for lv, sc in scopes
+                     if (config := self.defenses.kill_switches.get(lv)) is not None
+                     and config.window_spend_mc_max is not None]
+            plan = self._plans[attribution] = (breakers, kills)
+        return plan
 
     def state_keys(self, reservation: Reservation) -> list[StateKey]:
         """The call's breakers and the switches with a window trigger."""
-        return ([scoped_key(BREAKER, lv, sc) for lv, sc, _ in self._breakers(reservation)]
-                + [scoped_key(KILL, lv, sc) for lv, sc, _ in self._kill_windows(reservation)])
+        breakers, kills = self._plan(reservation.attribution)
+        return [key for key, _, _, _ in breakers] + [key for key, _, _, _ in kills]
 
     def apply(self, reservation: Reservation, cost_mc: int | None, states: Mapping[StateKey, StoredState],
               now: datetime) -> GuardOutcome:
         """Count ``cost_mc`` (a settle), or return the probe lease (a release: ``cost_mc`` None)."""
         changes = _Changes()
         call_id = reservation.idempotency_key
-        for level, scope, config in self._breakers(reservation):
-            key = scoped_key(BREAKER, level, scope)
+        breakers, kills = self._plan(reservation.attribution)
+        for key, level, scope, config in breakers:
             state = _load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
             step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
                     else breaker.record_spend(state, config, cost_mc, now, call_id=call_id))
             changes.writes += _write(key, state, step.state)
             changes.events += step.events
         if cost_mc is not None:
-            for level, scope, kill_config in self._kill_windows(reservation):
-                key = scoped_key(KILL, level, scope)
+            for key, level, scope, kill_config in kills:
                 switch = _load(states, key, KillSwitchState.from_record,
                                partial(KillSwitchState, level, scope))
                 kill_step = killswitch.record_spend(switch, kill_config, cost_mc, now)

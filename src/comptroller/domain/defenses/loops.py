@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses import _records as rec
@@ -145,8 +145,8 @@ class LoopHistory:
     version: int = 0
 
     def to_record(self) -> dict[str, JsonScalar]:
-        """A flat JSON record (the entries as JSON text, times as ISO-8601)."""
-        entries = [[e.call_id, e.agent, e.fingerprint, e.text, e.at.isoformat()] for e in self.entries]
+        """A flat JSON record (the entries as JSON text, times as UTC epoch seconds)."""
+        entries = [[e.call_id, e.agent, e.fingerprint, e.text, e.at.timestamp()] for e in self.entries]
         return {"level": str(self.level), "scope": self.scope, "entries": json.dumps(entries),
                 "version": self.version}
 
@@ -155,7 +155,7 @@ class LoopHistory:
         """Read a record written by :meth:`to_record`. Raises ValueError on a missing or mistyped field."""
         raw = json.loads(rec.get_str(record, "entries"))
         try:
-            entries = tuple(LoopEntry(str(c), str(a), str(f), str(t), datetime.fromisoformat(at))
+            entries = tuple(LoopEntry(str(c), str(a), str(f), str(t), datetime.fromtimestamp(float(at), UTC))
                             for c, a, f, t, at in raw)
         except (TypeError, ValueError):
             raise ValueError(f"state record field 'entries' must be a JSON list of [call_id, agent, "
