@@ -20,7 +20,7 @@ from datetime import datetime
 
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
-from comptroller.domain.defenses.chain import RUN, AdmitDefenses, CallFacts, Defenses, SettleDefenses
+from comptroller.domain.defenses.chain import RUN, AdmitDefenses, CallFacts, Defenses, ParsedStates, SettleDefenses
 from comptroller.domain.defenses.deadline import RunKind, ScheduledRun
 from comptroller.domain.defenses.pacing import PaceAction
 from comptroller.domain.defenses.pinning import PinningPolicy, Route, RouteReason, cheaper_models, route_request
@@ -131,7 +131,8 @@ class Engine:
         self.ttl_s = ttl_s
         self.defenses = defenses or Defenses.budgets_only()
         self.sinks = FanOut(list(sinks))
-        self._settle_guard = SettleDefenses(self.defenses)
+        self._parsed = ParsedStates()
+        self._settle_guard = SettleDefenses(self.defenses, self._parsed)
 
     def admit(self, call: CallRequest) -> Admission:
         """Run every defense in the fixed order, then reserve the ceiling on every budget, or refuse.
@@ -156,7 +157,7 @@ class Engine:
         facts = CallFacts(call_id=key, attribution=call.attribution, route=route, requests=requests,
                           run_id=call.run_id, attempt_id=call.attempt_id or call.run_id,
                           fingerprint=call.fingerprint, text=call.text)
-        result = self.store.reserve(requests[model], now, AdmitDefenses(self.defenses, facts))
+        result = self.store.reserve(requests[model], now, AdmitDefenses(self.defenses, facts, self._parsed))
         self._publish(result.events)
         held = requests.get(result.reservation.model, requests[model]) if result.reservation else requests[model]
         return Admission(code=result.code, model=held.model, output_tokens_max=held.output_tokens_max,

@@ -190,6 +190,7 @@ class SQLiteStore:
                                      timeout=busy_timeout_s)
         self._lock = threading.Lock()
         self._written: list[Event] = []  # events appended by the current write transaction, for its result
+        self._state_texts: dict[StateKey, tuple[str, StoredState]] = {}  # last text read or written per row
         self._budgets = _BudgetCache()
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         _set_wal(self._conn, busy_timeout_s)
@@ -287,9 +288,12 @@ class SQLiteStore:
             return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
                                  remaining_mc=remaining_after(request.ceiling_mc, views))
 
-    @staticmethod
-    def _read_states(cur: sqlite3.Cursor, keys: Iterable[StateKey]) -> dict[StateKey, StoredState]:
-        """The rows of ``keys`` that exist, in one query (an indexed ``key IN (...)`` per kind)."""
+    def _read_states(self, cur: sqlite3.Cursor, keys: Iterable[StateKey]) -> dict[StateKey, StoredState]:
+        """The rows of ``keys`` that exist, in one query (an indexed ``key IN (...)`` per kind).
+
+        A row whose text is what this store last read or wrote comes back as the same
+        :class:`StoredState` object, so the guards' parse memo hits.
+        """
         by_kind: dict[str, list[str]] = {}
         for key in sorted(set(keys)):
             by_kind.setdefault(key.kind, []).append(key.key)
@@ -299,13 +303,29 @@ class SQLiteStore:
             f"SELECT kind, key, version, record FROM states WHERE kind = ? AND key IN ({','.join('?' * len(ks))})"
             for ks in by_kind.values())
         params = [p for kind, ks in by_kind.items() for p in (kind, *ks)]
-        return {StateKey(r[0], r[1]): StoredState(StateKey(r[0], r[1]), r[2], json.loads(r[3]))
-                for r in cur.execute(query, params)}
+        rows = cur.execute(query, params).fetchall()
+        return {StateKey(r[0], r[1]): self._stored(StateKey(r[0], r[1]), r[2], r[3]) for r in rows}
+
+    def _stored(self, key: StateKey, version: int, text: str) -> StoredState:
+        cached = self._state_texts.get(key)
+        if cached is not None and cached[1].version == version and cached[0] == text:
+            return cached[1]
+        stored = StoredState(key, version, json.loads(text))
+        self._remember_state(key, text, stored)
+        return stored
+
+    def _remember_state(self, key: StateKey, text: str, stored: StoredState) -> None:
+        if len(self._state_texts) >= _CACHE_ENTRIES_MAX:
+            self._state_texts.clear()
+        self._state_texts[key] = (text, stored)
 
     def _commit(self, cur: sqlite3.Cursor, outcome: GuardOutcome) -> None:
-        cur.executemany("INSERT OR REPLACE INTO states (kind, key, version, record) VALUES (?, ?, ?, ?)",
-                        [(w.key.kind, w.key.key, w.version, json.dumps(dict(w.record), sort_keys=True))
-                         for w in outcome.writes])
+        rows = []
+        for w in outcome.writes:
+            text = json.dumps(dict(w.record), sort_keys=True)
+            rows.append((w.key.kind, w.key.key, w.version, text))
+            self._remember_state(w.key, text, w)
+        cur.executemany("INSERT OR REPLACE INTO states (kind, key, version, record) VALUES (?, ?, ?, ?)", rows)
         for event in outcome.events:
             self._insert_event(cur, event)
 

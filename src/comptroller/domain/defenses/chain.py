@@ -58,6 +58,7 @@ __all__ = [
     "AdmitDefenses",
     "CallFacts",
     "Defenses",
+    "ParsedStates",
     "SettleDefenses",
     "scoped_key",
 ]
@@ -139,15 +140,48 @@ class _Versioned(Protocol):
 _S = TypeVar("_S")
 
 
-def _load(states: Mapping[StateKey, StoredState], key: StateKey, parse: Callable[[Mapping[str, JsonScalar]], _S],
-          default: Callable[[], _S]) -> _S:
-    stored = states.get(key)
-    return default() if stored is None else parse(stored.record)
+class ParsedStates:
+    """A memo of parsed state records, keyed by the record object itself (one per engine).
 
+    A store hands out the same record object while its row is unchanged (memory always;
+    SQLite while the row's text is unchanged), and the record a guard writes is memoised
+    with the state it came from, so most reads skip parsing. The memo holds each record
+    object, so an identity match is always the same record. Bounded; safe across threads
+    (a race only costs a parse).
 
-def _write(key: StateKey, before: _Versioned, after: _Versioned) -> tuple[StoredState, ...]:
-    """The write of a changed state (none if its version did not move)."""
-    return () if after.version == before.version else (StoredState(key, after.version, after.to_record()),)
+    Args:
+        entries_max: rows remembered; beyond it the memo starts over.
+    """
+
+    def __init__(self, entries_max: int = 16_384) -> None:
+        self._memo: dict[StateKey, tuple[Mapping[str, JsonScalar], object]] = {}
+        self._entries_max = entries_max
+
+    def load(self, states: Mapping[StateKey, StoredState], key: StateKey,
+             parse: Callable[[Mapping[str, JsonScalar]], _S], default: Callable[[], _S]) -> _S:
+        """The parsed state of ``key`` (``default()`` when the row does not exist)."""
+        stored = states.get(key)
+        if stored is None:
+            return default()
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is stored.record:
+            return hit[1]  # type: ignore[return-value]  # memoised from parse(record) of this very object
+        value = parse(stored.record)
+        self._remember(key, stored.record, value)
+        return value
+
+    def write(self, key: StateKey, before: _Versioned, after: _Versioned) -> tuple[StoredState, ...]:
+        """The write of a changed state (none if its version did not move), memoised for the next read."""
+        if after.version == before.version:
+            return ()
+        record = after.to_record()
+        self._remember(key, record, after)
+        return (StoredState(key, after.version, record),)
+
+    def _remember(self, key: StateKey, record: Mapping[str, JsonScalar], value: object) -> None:
+        if len(self._memo) >= self._entries_max:
+            self._memo.clear()
+        self._memo[key] = (record, value)
 
 
 @dataclass
@@ -162,9 +196,10 @@ class _Changes:
 class AdmitDefenses:
     """The :class:`~comptroller.domain.state.AdmitGuard` of one call (see the module docstring)."""
 
-    def __init__(self, defenses: Defenses, facts: CallFacts) -> None:
+    def __init__(self, defenses: Defenses, facts: CallFacts, parsed: ParsedStates | None = None) -> None:
         self.defenses = defenses
         self.facts = facts
+        self.parsed = parsed or ParsedStates()
         self._scopes = facts.attribution.scopes()
         self._loop_level, self._loop_scope = loop_scope(facts.attribution)
         self._task = dict(self._scopes).get(Level.TASK)
@@ -212,15 +247,15 @@ class AdmitDefenses:
                      now: datetime, changes: _Changes) -> Verdict | None:
         switches = []
         for key, (level, scope) in zip(self._kill_keys, self._scopes, strict=True):
-            state = _load(states, key, KillSwitchState.from_record, partial(KillSwitchState, level, scope))
+            state = self.parsed.load(states, key, KillSwitchState.from_record,
+                                     partial(KillSwitchState, level, scope))
             config = self.defenses.kill_switches.get(level)
             if config is not None and config.budget_pct_max is not None and not state.tripped:
                 state = self._budget_fraction(state, config, accounts, now=now, key=key, changes=changes)
             switches.append(state)
         return check_kill_switch(switches)
 
-    @staticmethod
-    def _budget_fraction(state: KillSwitchState, config: KillSwitchConfig, accounts: Sequence[AccountView], *,
+    def _budget_fraction(self, state: KillSwitchState, config: KillSwitchConfig, accounts: Sequence[AccountView], *,
                          now: datetime, key: StateKey, changes: _Changes) -> KillSwitchState:
         mine = [a for a in accounts if a.budget.level == state.level and a.scope == state.scope
                 and a.budget.limit_mc > 0]
@@ -231,7 +266,7 @@ class AdmitDefenses:
                                        budget_limit_mc=fullest.budget.limit_mc)
         if not step.state.tripped:
             return state
-        changes.writes += _write(key, state, step.state)
+        changes.writes += self.parsed.write(key, state, step.state)
         changes.events += step.events
         return step.state
 
@@ -256,9 +291,9 @@ class AdmitDefenses:
         assert self.defenses.retries is not None and self._task is not None and self.facts.attempt_id is not None
         key = StateKey(RETRY, self._task)
         task = self._task
-        state = _load(states, key, RetryState.from_record, lambda: RetryState(task))
+        state = self.parsed.load(states, key, RetryState.from_record, lambda: RetryState(task))
         step = check_attempt(state, self.defenses.retries, self.facts.attempt_id, now)
-        changes.writes += _write(key, state, step.state)
+        changes.writes += self.parsed.write(key, state, step.state)
         return step.verdict
 
     def _loops(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
@@ -267,21 +302,21 @@ class AdmitDefenses:
         assert self.defenses.loops is not None
         key = scoped_key(LOOP, self._loop_level, self._loop_scope)
         level, scope = self._loop_level, self._loop_scope
-        history = _load(states, key, LoopHistory.from_record, lambda: LoopHistory(level, scope))
+        history = self.parsed.load(states, key, LoopHistory.from_record, lambda: LoopHistory(level, scope))
         request = LoopRequest(call_id=self.facts.call_id, agent=self.facts.attribution.agent,
                               fingerprint=self.facts.fingerprint or "", text=self.facts.text or "")
         step = check_loops(history, self.defenses.loops, request, now)
-        changes.writes += _write(key, history, step.history)
+        changes.writes += self.parsed.write(key, history, step.history)
         return step.verdict
 
     # rank 5
     def _breaker(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
         for key, level, scope, config in self._breaker_plan:
-            state = _load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
+            state = self.parsed.load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
             step = breaker.admit(state, config, self.facts.call_id, now)
             if step.verdict is not None:
                 return step.verdict
-            changes.writes += _write(key, state, step.state)
+            changes.writes += self.parsed.write(key, state, step.state)
             changes.events += step.events
         return None
 
@@ -301,8 +336,9 @@ class AdmitDefenses:
 class SettleDefenses:
     """The :class:`~comptroller.domain.state.SettleGuard`: breakers and automatic kill switches count spend."""
 
-    def __init__(self, defenses: Defenses) -> None:
+    def __init__(self, defenses: Defenses, parsed: ParsedStates | None = None) -> None:
         self.defenses = defenses
+        self.parsed = parsed or ParsedStates()
         self._plans: dict[Attribution, _SettlePlan] = {}
 
     def _plan(self, attribution: Attribution) -> _SettlePlan:
@@ -333,16 +369,16 @@ class SettleDefenses:
         call_id = reservation.idempotency_key
         breakers, kills = self._plan(reservation.attribution)
         for key, level, scope, config in breakers:
-            state = _load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
+            state = self.parsed.load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
             step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
                     else breaker.record_spend(state, config, cost_mc, now, call_id=call_id))
-            changes.writes += _write(key, state, step.state)
+            changes.writes += self.parsed.write(key, state, step.state)
             changes.events += step.events
         if cost_mc is not None:
             for key, level, scope, kill_config in kills:
-                switch = _load(states, key, KillSwitchState.from_record,
+                switch = self.parsed.load(states, key, KillSwitchState.from_record,
                                partial(KillSwitchState, level, scope))
                 kill_step = killswitch.record_spend(switch, kill_config, cost_mc, now)
-                changes.writes += _write(key, switch, kill_step.state)
+                changes.writes += self.parsed.write(key, switch, kill_step.state)
                 changes.events += kill_step.events
         return changes.outcome()
