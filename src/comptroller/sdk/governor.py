@@ -15,7 +15,7 @@ threads started with ``contextvars.copy_context`` and asyncio tasks), and the ca
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,9 +25,13 @@ from comptroller.bootstrap import build_engine
 from comptroller.config import load_policy
 from comptroller.domain.defenses.similarity import fingerprint
 from comptroller.domain.ledger import Reservation, SettleResult
+from comptroller.domain.routing.errors import RoutingConfigError
+from comptroller.domain.routing.rules import RouteFacts
 from comptroller.domain.scopes import Attribution
+from comptroller.domain.tokens import input_tokens_upper_bound
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission, CallRequest, Engine
+from comptroller.routing import CascadeRequest, CascadeResult, RoutingConfig, TierCall, TierReply
 from comptroller.sdk.errors import refused
 
 __all__ = ["CallContext", "Comptroller"]
@@ -101,9 +105,10 @@ class Comptroller:
     """
 
     def __init__(self, engine: Engine, *, namespace: str = "default", tenant: str | None = None,
-                 agent: str | None = None) -> None:
+                 agent: str | None = None, routing: RoutingConfig | None = None) -> None:
         self.engine = engine
         self.defaults = CallContext(namespace=namespace, tenant=tenant, agent=agent)
+        self.routing = routing
 
     @classmethod
     def from_policy(cls, policy: str | Path | None = None, *, db: str = "sqlite:///comptroller.db",
@@ -115,7 +120,9 @@ class Comptroller:
             StoreURLError: for an unknown ledger URL.
         """
         loaded = load_policy(policy)
-        return cls(build_engine(db_url=db, policy=loaded), namespace=loaded.namespace, tenant=tenant, agent=agent)
+        engine = build_engine(db_url=db, policy=loaded)
+        return cls(engine, namespace=loaded.namespace, tenant=tenant, agent=agent,
+                   routing=loaded.routing_config(engine.prices))
 
     @contextmanager
     def attribution(self, **ids: str | None) -> Iterator[CallContext]:
@@ -176,6 +183,52 @@ class Comptroller:
     def release(self, reservation: Reservation) -> None:
         """Return the hold of a call that failed before the provider billed it."""
         self.engine.release(reservation)
+
+    def cascade(self, messages: Sequence[Mapping[str, Any]], call: Callable[[TierCall], TierReply], *,
+                cascade: str | None = None, max_tokens: int | None = None,
+                response_schema: Mapping[str, Any] | None = None, deep_mode: bool = False,
+                role: str | None = None, request_id: str | None = None,
+                attribution: CallContext | None = None) -> CascadeResult:
+        """Answer through a cheap-first cascade of the policy's ``[cascades]`` (issue 5, rule 7 of DESIGN.md).
+
+        Each tier attempt is admitted, sent with ``call`` (your provider call: send
+        ``tc.model`` with ``max_tokens = tc.output_tokens_max``; return a
+        :class:`~comptroller.routing.TierReply` with the text and the billed usage), judged
+        by the tier's gates, and settled; an exception from ``call`` releases the attempt.
+
+        Args:
+            messages: the chat messages (their last user text feeds gates and routing rules).
+            call: one tier attempt's provider call.
+            cascade: the cascade's name (None: the ``[routing]`` rules and default choose).
+            max_tokens, response_schema: the request's output limit and JSON schema, if any.
+            deep_mode, role: facts for the routing rules.
+            request_id: the id shared by the attempts (a retry with it is idempotent).
+            attribution: ids overriding the context for this request.
+
+        Returns:
+            The :class:`~comptroller.routing.CascadeResult`: which tier answered, why earlier
+            tiers were passed over, every attempt's cost.
+
+        Raises:
+            RefusedError: (a subclass per code) when an admission refused the request.
+            RoutingConfigError: when the policy has no cascades, or none is chosen.
+        """
+        if self.routing is None:
+            raise RoutingConfigError("this Comptroller has no [cascades]: build it with from_policy(...) on a "
+                                     "policy that defines them, or pass routing=")
+        context = self.context(None, attribution)
+        text = last_text(messages) or ""
+        input_max = input_tokens_upper_bound(messages)
+        request = CascadeRequest(attribution=context.attribution(), input_tokens_max=input_max, max_tokens=max_tokens,
+                                 prompt=text, response_schema=response_schema, run_id=context.run_id,
+                                 attempt_id=context.attempt_id, fingerprint=fingerprint("cascade", messages),
+                                 text=text, **({"request_id": request_id} if request_id else {}))
+        facts = RouteFacts(agent=request.attribution.agent, input_tokens=input_max, deep_mode=deep_mode, text=text,
+                           role=role)
+        result = self.routing.run(self.engine, request, call, facts=facts, cascade=cascade)
+        if result.verdict is not None and result.reply is None:
+            raise refused(result.verdict)
+        return result
 
     def wrap(self, client: Any, **ids: str | None) -> Any:
         """Wrap an ``openai`` or ``anthropic`` client (sync or async); ``ids`` attribute its calls.
