@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from comptroller.domain.money import MC_PER_USD, format_usd, mc_to_usd, usd_to_mc_ceil, usd_to_mc_half_up
-from comptroller.domain.usage import Usage, UsageError, from_anthropic, from_openai
+from comptroller.domain.usage import Usage, UsageError, from_anthropic, from_openai, from_openai_usage
 
 # --- money ----------------------------------------------------------------------------------------
 
@@ -108,3 +108,18 @@ def test_from_anthropic_rejects_bad_counts_by_their_anthropic_name(field: str, b
     counts: dict[str, object] = {"input_tokens": 1, "output_tokens": 1, field: bad}
     with pytest.raises(UsageError, match=field):
         from_anthropic(**counts)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ({"prompt_tokens": 120, "completion_tokens": 30}, Usage(input_tokens=120, output_tokens=30)),
+    ({"prompt_tokens": 120, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 100}},
+     Usage(input_tokens=120, output_tokens=30, cache_read_tokens=100)),
+    ({"prompt_tokens": 120}, None),
+    ({"prompt_tokens": "120", "completion_tokens": 30}, None),
+    ({"prompt_tokens": -1, "completion_tokens": 30}, None),
+    (None, None),
+    ("usage", None),
+])
+def test_openai_usage_objects_parse_or_answer_unknown(value: object, expected: Usage | None) -> None:
+    """A provider's usage object becomes Usage; anything missing or malformed is None (the edge charges the bound)."""
+    assert from_openai_usage(value) == expected

@@ -18,9 +18,10 @@ Providers differ (see :func:`from_openai` and :func:`from_anthropic`):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Usage", "UsageError", "from_anthropic", "from_openai"]
+__all__ = ["Usage", "UsageError", "from_anthropic", "from_openai", "from_openai_usage"]
 
 
 class UsageError(ValueError):
@@ -92,6 +93,24 @@ def from_openai(*, prompt_tokens: int, completion_tokens: int, cached_tokens: in
         UsageError: on invalid counts.
     """
     return Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens, cache_read_tokens=cached_tokens)
+
+
+def from_openai_usage(value: object) -> Usage | None:
+    """Usage from an OpenAI ``usage`` JSON object (``prompt_tokens``, ``completion_tokens``,
+    ``prompt_tokens_details.cached_tokens``), or None when it is absent or malformed.
+
+    For edges that read a provider's answer: a missing or bad usage is "unknown", and the
+    caller settles the reserved bound instead (never a silent zero).
+    """
+    if not isinstance(value, Mapping):
+        return None
+    details = value.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    try:
+        return from_openai(prompt_tokens=value["prompt_tokens"], completion_tokens=value["completion_tokens"],
+                           cached_tokens=cached or 0)
+    except (KeyError, TypeError, UsageError):
+        return None
 
 
 def from_anthropic(

@@ -39,7 +39,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from comptroller.domain.ledger import Reservation
-from comptroller.domain.usage import Usage, UsageError, from_openai
+from comptroller.domain.usage import Usage, from_openai_usage
 from comptroller.engine import Admission, CallRequest
 from comptroller.gateway.chat_request import ChatRequest, parse_chat_request
 from comptroller.gateway.config import ProviderConfig
@@ -83,15 +83,7 @@ def forward_body(chat: ChatRequest, output_tokens_max: int, provider: ProviderCo
 
 def usage_from(value: Any) -> Usage | None:
     """Usage from an OpenAI ``usage`` object, or None when absent or malformed."""
-    if not isinstance(value, dict):
-        return None
-    details = value.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    try:
-        return from_openai(prompt_tokens=value["prompt_tokens"], completion_tokens=value["completion_tokens"],
-                           cached_tokens=cached or 0)
-    except (KeyError, UsageError):
-        return None
+    return from_openai_usage(value)
 
 
 def _bound(reservation: Reservation, output_tokens: int | None = None) -> Usage:

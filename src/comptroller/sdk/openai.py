@@ -21,7 +21,7 @@ from typing import Any
 
 from comptroller.domain.ledger import Reservation
 from comptroller.domain.tokens import input_tokens_upper_bound
-from comptroller.domain.usage import Usage, UsageError, from_openai
+from comptroller.domain.usage import Usage, from_openai_usage
 from comptroller.engine import Admission
 from comptroller.sdk.governor import CallContext, Comptroller, bound
 
@@ -36,16 +36,7 @@ def as_dict(value: Any) -> Any:
 
 def openai_usage(value: Any) -> Usage | None:
     """Usage from an OpenAI ``usage`` object or dict, or None when absent or malformed."""
-    data = as_dict(value)
-    if not isinstance(data, Mapping):
-        return None
-    details = data.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    try:
-        return from_openai(prompt_tokens=data["prompt_tokens"], completion_tokens=data["completion_tokens"],
-                           cached_tokens=cached or 0)
-    except (KeyError, UsageError):
-        return None
+    return from_openai_usage(as_dict(value))
 
 
 class _Tally:
