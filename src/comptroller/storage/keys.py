@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from comptroller.storage import StoreURLError
+from comptroller.storage import ledger_target
 
 __all__ = [
     "ApiKey",
@@ -275,17 +275,11 @@ def keys_from_url(url: str) -> KeyStore:
     Raises:
         StoreURLError: for an unknown scheme.
     """
-    if url in ("memory://", "memory:"):
+    backend, target = ledger_target(url)
+    if backend == "memory":
         return MemoryKeyStore()
-    if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        path = path[1:] if path.startswith("/") else path
-        return SQLiteKeyStore(path or ":memory:")
-    if "://" not in url:
-        return SQLiteKeyStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from comptroller.storage.postgres import PostgresKeyStore  # noqa: PLC0415 (psycopg loads only when used)
+    if backend == "sqlite":
+        return SQLiteKeyStore(target)
+    from comptroller.storage.postgres import PostgresKeyStore  # noqa: PLC0415 (psycopg loads only when used)
 
-        return PostgresKeyStore(url)
-    raise StoreURLError(f"no API key store for {url!r}; use memory://, sqlite:///path/to/ledger.db "
-                        "or postgresql://user@host:5432/db")
+    return PostgresKeyStore(target)
