@@ -14,7 +14,8 @@ from comptroller.clock import SystemClock, VirtualClock
 from comptroller.domain.caps import NoOutputCapError, OutputCaps
 from comptroller.domain.pricing import ModelPrice
 from comptroller.domain.tokens import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS, input_tokens_upper_bound
-from comptroller.storage import StoreURLError, store_from_url
+from comptroller.storage import StoreURLError, ledger_target, store_from_url
+from comptroller.storage.keys import keys_from_url
 from comptroller.storage.memory import MemoryStore
 from comptroller.storage.sqlite import SQLiteStore
 
@@ -192,6 +193,22 @@ def test_store_from_url_picks_the_backend(tmp_path: Path) -> None:
 
 
 def test_store_from_url_rejects_unknown_schemes() -> None:
-    """An unknown scheme is a StoreURLError naming it and the supported ones."""
+    """An unknown scheme is a StoreURLError naming it and the supported ones, for the ledger and its keys."""
     with pytest.raises(StoreURLError, match=r"'redis'.*memory://.*sqlite:///"):
         store_from_url("redis://localhost")
+    with pytest.raises(StoreURLError, match=r"'redis'"):
+        keys_from_url("redis://localhost")
+
+
+@pytest.mark.parametrize(("url", "target"), [
+    ("memory://", ("memory", "")),
+    ("sqlite:///ledger.db", ("sqlite", "ledger.db")),
+    ("sqlite:////var/lib/ledger.db", ("sqlite", "/var/lib/ledger.db")),
+    ("sqlite://", ("sqlite", ":memory:")),
+    ("plain/path.db", ("sqlite", "plain/path.db")),
+    ("postgresql://u@h:5432/db?pool_max_size=8", ("postgresql", "postgresql://u@h:5432/db?pool_max_size=8")),
+    ("postgres://u@h/db", ("postgresql", "postgres://u@h/db")),
+])
+def test_ledger_urls_name_one_backend(url: str, target: tuple[str, str]) -> None:
+    """Every accepted URL form maps to its backend and what to open (ledger and key store alike)."""
+    assert ledger_target(url) == target
