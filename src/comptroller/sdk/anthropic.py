@@ -13,7 +13,7 @@ cut short before that, the input bound and an upper bound on the text seen.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from comptroller.domain.ledger import Reservation
@@ -21,7 +21,8 @@ from comptroller.domain.tokens import input_tokens_upper_bound
 from comptroller.domain.usage import Usage, UsageError, from_anthropic
 from comptroller.engine import Admission
 from comptroller.sdk.governor import CallContext, Comptroller, bound
-from comptroller.sdk.openai import Proxy, as_dict
+from comptroller.sdk.metered import AsyncEndpoint, Endpoint, Proxy
+from comptroller.sdk.openai import as_dict
 
 __all__ = ["anthropic_usage", "wrap_anthropic"]
 
@@ -75,6 +76,7 @@ class _Tally:
 class _Call:
     def __init__(self, comptroller: Comptroller, context: CallContext, kwargs: dict[str, Any]) -> None:
         self.comptroller = comptroller
+        self.tally = _Tally()
         messages = list(kwargs["messages"])
         system = kwargs.get("system")
         framed = [*messages, {"role": "system", "content": system}] if system else messages
@@ -92,119 +94,20 @@ class _Call:
         assert self.admission.reservation is not None
         return self.admission.reservation
 
+    def observe(self, chunk: Any) -> bool:
+        """Count a stream event; every event reaches the caller."""
+        self.tally.observe(chunk)
+        return True
 
-class _Stream:
-    def __init__(self, stream: Any, call: _Call) -> None:
-        self._stream, self._call, self._tally, self._open = stream, call, _Tally(), True
-        self._events: Iterator[Any] = iter(stream)
+    def settle_response(self, response: Any) -> None:
+        self.comptroller.settle(self.reservation, anthropic_usage(getattr(response, "usage", None)))
 
-    def __iter__(self) -> _Stream:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            event = next(self._events)
-        except BaseException:
-            self._finish()
-            raise
-        self._tally.observe(event)
-        return event
-
-    def _finish(self) -> None:
-        if self._open:
-            self._open = False
-            self._call.comptroller.settle(self._call.reservation, self._tally.usage(self._call.reservation))
-
-    def close(self) -> None:
-        """Abort the response and settle what was generated."""
-        try:
-            self._stream.close()
-        finally:
-            self._finish()
-
-    def __enter__(self) -> _Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_open", False):
-            self._finish()
-
-
-class _AsyncStream(_Stream):
-    def __init__(self, stream: Any, call: _Call) -> None:
-        self._stream, self._call, self._tally, self._open = stream, call, _Tally(), True
-        self._aevents: AsyncIterator[Any] = stream.__aiter__()
-
-    def __aiter__(self) -> _AsyncStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            event = await self._aevents.__anext__()
-        except BaseException:
-            self._finish()
-            raise
-        self._tally.observe(event)
-        return event
-
-    async def aclose(self) -> None:
-        """Abort the response and settle what was generated."""
-        try:
-            await self._stream.close()
-        finally:
-            self._finish()
-
-    async def __aenter__(self) -> _AsyncStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-class _Messages:
-    def __init__(self, inner: Any, comptroller: Comptroller, context: CallContext) -> None:
-        self._inner, self._comptroller, self._context = inner, comptroller, context
-
-    def create(self, *, attribution: CallContext | None = None, **kwargs: Any) -> Any:
-        """``messages.create`` through the engine; ``attribution`` overrides ids for this call.
-
-        Raises:
-            RefusedError: when the engine refuses (nothing is sent).
-        """
-        call = _Call(self._comptroller, self._comptroller.context(self._context, attribution), kwargs)
-        try:
-            response = self._inner.create(**call.kwargs)
-        except BaseException:
-            self._comptroller.release(call.reservation)
-            raise
-        if call.kwargs.get("stream"):
-            return _Stream(response, call)
-        self._comptroller.settle(call.reservation, anthropic_usage(getattr(response, "usage", None)))
-        return response
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class _AsyncMessages(_Messages):
-    async def create(self, *, attribution: CallContext | None = None, **kwargs: Any) -> Any:
-        """``messages.create`` through the engine (async)."""
-        call = _Call(self._comptroller, self._comptroller.context(self._context, attribution), kwargs)
-        try:
-            response = await self._inner.create(**call.kwargs)
-        except BaseException:
-            self._comptroller.release(call.reservation)
-            raise
-        if call.kwargs.get("stream"):
-            return _AsyncStream(response, call)
-        self._comptroller.settle(call.reservation, anthropic_usage(getattr(response, "usage", None)))
-        return response
+    def settle_stream(self) -> None:
+        self.comptroller.settle(self.reservation, self.tally.usage(self.reservation))
 
 
 def wrap_anthropic(client: Any, comptroller: Comptroller, context: CallContext) -> Any:
     """A proxy of ``client`` whose ``messages.create`` goes through the engine."""
     is_async = type(client).__name__.startswith("Async")
-    return Proxy(client, messages=(_AsyncMessages if is_async else _Messages)(client.messages, comptroller, context))
+    return Proxy(client, messages=(AsyncEndpoint if is_async else Endpoint)(client.messages, comptroller, context,
+                                                                         _Call))

@@ -16,7 +16,7 @@ response releases the hold. Everything else on the client passes through unchang
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from comptroller.domain.ledger import Reservation
@@ -24,8 +24,9 @@ from comptroller.domain.tokens import input_tokens_upper_bound
 from comptroller.domain.usage import Usage, from_openai_usage
 from comptroller.engine import Admission
 from comptroller.sdk.governor import CallContext, Comptroller, bound
+from comptroller.sdk.metered import AsyncEndpoint, Endpoint, Proxy
 
-__all__ = ["Proxy", "as_dict", "openai_usage", "wrap_openai"]
+__all__ = ["as_dict", "openai_usage", "wrap_openai"]
 
 
 def as_dict(value: Any) -> Any:
@@ -67,6 +68,7 @@ class _Call:
 
     def __init__(self, comptroller: Comptroller, context: CallContext, kwargs: dict[str, Any]) -> None:
         self.comptroller = comptroller
+        self.tally = _Tally()
         self.show_usage = bool((kwargs.get("stream_options") or {}).get("include_usage"))
         messages: Sequence[Mapping[str, Any]] = kwargs["messages"]
         limits = [kwargs[f] for f in ("max_completion_tokens", "max_tokens") if kwargs.get(f) is not None]
@@ -93,160 +95,20 @@ class _Call:
             sent["stream_options"] = {**(sent.get("stream_options") or {}), "include_usage": True}
         return sent
 
+    def observe(self, chunk: Any) -> bool:
+        """Count a stream chunk; the usage-only chunk reaches the caller only if they asked for it."""
+        return not self.tally.observe(chunk) or self.show_usage
+
     def settle_response(self, response: Any) -> None:
         self.comptroller.settle(self.reservation, openai_usage(getattr(response, "usage", None)))
 
-    def settle_stream(self, tally: _Tally) -> None:
+    def settle_stream(self) -> None:
+        tally = self.tally
         self.comptroller.settle(self.reservation, tally.usage or bound(self.reservation, tally.output_seen))
-
-
-class _Stream:
-    """A sync stream that settles when it ends, is closed, or is dropped."""
-
-    def __init__(self, stream: Any, call: _Call) -> None:
-        self._stream, self._call, self._tally = stream, call, _Tally()
-        self._chunks: Iterator[Any] = iter(stream)
-        self._open = True
-
-    def __iter__(self) -> _Stream:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            while True:
-                chunk = next(self._chunks)
-                if not self._tally.observe(chunk) or self._call.show_usage:
-                    return chunk
-        except BaseException:
-            self._finish()
-            raise
-
-    def _finish(self) -> None:
-        if self._open:
-            self._open = False
-            self._call.settle_stream(self._tally)
-
-    def close(self) -> None:
-        """Abort the response and settle what was generated."""
-        try:
-            self._stream.close()
-        finally:
-            self._finish()
-
-    def __enter__(self) -> _Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_open", False):
-            self._finish()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class _AsyncStream:
-    """An async stream that settles when it ends or is closed."""
-
-    def __init__(self, stream: Any, call: _Call) -> None:
-        self._stream, self._call, self._tally = stream, call, _Tally()
-        self._chunks: AsyncIterator[Any] = stream.__aiter__()
-        self._open = True
-
-    def __aiter__(self) -> _AsyncStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            while True:
-                chunk = await self._chunks.__anext__()
-                if not self._tally.observe(chunk) or self._call.show_usage:
-                    return chunk
-        except BaseException:
-            self._finish()
-            raise
-
-    def _finish(self) -> None:
-        if self._open:
-            self._open = False
-            self._call.settle_stream(self._tally)
-
-    async def close(self) -> None:
-        """Abort the response and settle what was generated."""
-        try:
-            await self._stream.close()
-        finally:
-            self._finish()
-
-    async def __aenter__(self) -> _AsyncStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_open", False):
-            self._finish()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class _Completions:
-    def __init__(self, inner: Any, comptroller: Comptroller, context: CallContext) -> None:
-        self._inner, self._comptroller, self._context = inner, comptroller, context
-
-    def create(self, *, attribution: CallContext | None = None, **kwargs: Any) -> Any:
-        """``chat.completions.create`` through the engine; ``attribution`` overrides ids for this call.
-
-        Raises:
-            RefusedError: when the engine refuses (nothing is sent).
-        """
-        call = _Call(self._comptroller, self._comptroller.context(self._context, attribution), kwargs)
-        try:
-            response = self._inner.create(**call.kwargs)
-        except BaseException:
-            self._comptroller.release(call.reservation)
-            raise
-        if call.kwargs.get("stream"):
-            return _Stream(response, call)
-        call.settle_response(response)
-        return response
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class _AsyncCompletions(_Completions):
-    async def create(self, *, attribution: CallContext | None = None, **kwargs: Any) -> Any:
-        """``chat.completions.create`` through the engine (async)."""
-        call = _Call(self._comptroller, self._comptroller.context(self._context, attribution), kwargs)
-        try:
-            response = await self._inner.create(**call.kwargs)
-        except BaseException:
-            self._comptroller.release(call.reservation)
-            raise
-        if call.kwargs.get("stream"):
-            return _AsyncStream(response, call)
-        call.settle_response(response)
-        return response
-
-
-class Proxy:
-    """Passes every attribute through to ``inner``, except the ``replaced`` ones."""
-
-    def __init__(self, inner: Any, **replaced: Any) -> None:
-        self._inner = inner
-        self.__dict__.update(replaced)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def wrap_openai(client: Any, comptroller: Comptroller, context: CallContext) -> Any:
     """A proxy of ``client`` whose ``chat.completions.create`` goes through the engine."""
     is_async = type(client).__name__.startswith("Async")
-    completions = (_AsyncCompletions if is_async else _Completions)(client.chat.completions, comptroller, context)
+    completions = (AsyncEndpoint if is_async else Endpoint)(client.chat.completions, comptroller, context, _Call)
     return Proxy(client, chat=Proxy(client.chat, completions=completions))
