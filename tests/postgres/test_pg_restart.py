@@ -39,8 +39,9 @@ from comptroller.domain.ledger import Reservation
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.usage import Usage
 from comptroller.engine import CallRequest, Engine
+from comptroller.errors import LedgerUnavailableError
 from comptroller.prices import PriceBook
-from comptroller.storage.postgres import LedgerUnavailableError, PostgresStore
+from comptroller.storage.postgres import PostgresStore
 from comptroller.storage.reconcile import reconcile
 from postgres.pg_kit import PG_URL, new_schema, require_postgres
 

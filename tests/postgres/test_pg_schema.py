@@ -9,9 +9,10 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from comptroller.cli.main import app
+from comptroller.errors import LedgerUnavailableError
 from comptroller.storage import store_from_url
 from comptroller.storage.migrations import LATEST_VERSION, SchemaVersionError, current_version, migrations, upgrade
-from comptroller.storage.postgres import LedgerUnavailableError, PostgresStore
+from comptroller.storage.postgres import PostgresStore
 from postgres.pg_kit import PG_URL, admin, new_schema, require_postgres
 
 

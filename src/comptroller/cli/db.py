@@ -15,9 +15,10 @@ import typer
 from rich.markup import escape
 
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
+from comptroller.errors import LedgerUnavailableError
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import LATEST_VERSION, SchemaVersionError, upgrade
-from comptroller.storage.postgres import LedgerUnavailableError, redact, split_url
+from comptroller.storage.postgres import redact, split_url
 from comptroller.storage.reconcile import LedgerSnapshot, reconcile
 
 __all__ = ["db_app"]

@@ -32,6 +32,7 @@ from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.money import format_usd, usd_to_mc_half_up
 from comptroller.domain.pricing import ModelPrice, ceiling_mc
 from comptroller.domain.scopes import Level
+from comptroller.errors import LedgerUnavailableError
 from comptroller.prices import UnknownModelError
 from comptroller.replay import read_traces, replay
 from comptroller.replay.inject import inject_loop, parse_loop_spec
@@ -43,7 +44,6 @@ from comptroller.reports.model import ReportRow
 from comptroller.reports.terminal import render_terminal
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import SchemaVersionError
-from comptroller.storage.postgres import LedgerUnavailableError
 
 __all__ = ["app"]
 

@@ -75,12 +75,13 @@ from comptroller.domain.ledger import (
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
+from comptroller.errors import LedgerUnavailableError
 from comptroller.storage.keys import ApiKey, _key_id, _match
 from comptroller.storage.migrations import check_version
 from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
 
-__all__ = ["LedgerUnavailableError", "PostgresKeyStore", "PostgresStore"]
+__all__ = ["PostgresKeyStore", "PostgresStore"]
 
 _T = TypeVar("_T")
 Conn = psycopg.Connection[TupleRow]
@@ -120,20 +121,6 @@ _SETTLE_READ = (
     "LEFT JOIN budgets b ON b.id = a.budget_id WHERE a.id = ANY(r.account_ids) ORDER BY a.id FOR UPDATE OF a) "
     "AS x ON true")
 """The reservation locked, a due lease, then its accounts locked with their budgets (ascending id)."""
-
-
-class LedgerUnavailableError(RuntimeError):
-    """The ledger database cannot answer now: refuse the call (HTTP 503), never let it through unmetered.
-
-    Attributes:
-        outcome_unknown: True when the failure came after ``COMMIT`` was sent, so the
-            operation may have been applied: retry it with the same idempotency key or
-            reservation id (both are idempotent).
-    """
-
-    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
-        super().__init__(message)
-        self.outcome_unknown = outcome_unknown
 
 
 class _RetryError(Exception):
