@@ -58,6 +58,9 @@ class CallRequest:
             and messages, for the same-request loop detector (None: detector skipped).
         text: what the agent adds in this turn (its last message), for the alternation and
             near-duplicate detectors (None: skipped).
+        choices: outputs the call generates (OpenAI ``n``): the output bound is reserved this
+            many times (the ceiling is input + choices x output bound, and the reservation's
+            ``output_tokens_max`` is the total; send ``output_tokens_max // choices`` upstream).
     """
 
     attribution: Attribution
@@ -70,6 +73,7 @@ class CallRequest:
     attempt_id: str | None = None
     fingerprint: str | None = None
     text: str | None = None
+    choices: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,7 @@ class Engine:
         price = self.prices.price(model, now)
         output_max = self.caps.output_tokens_max(agent=call.attribution.agent, requested=call.max_tokens,
                                                  price=price, input_tokens_max=call.input_tokens_max)
+        output_max *= call.choices  # n choices: n outputs, each within the bound
         ceiling = ceiling_mc(price, input_tokens_max=call.input_tokens_max, output_tokens_max=output_max)
         return ReserveRequest(idempotency_key=key, attribution=call.attribution, model=model, ceiling_mc=ceiling,
                               input_tokens_max=call.input_tokens_max, output_tokens_max=output_max,
@@ -194,17 +199,44 @@ class Engine:
         cheaper = cheaper_models(pinning, agent=agent, model=routed.model, ceilings_mc=ceilings)
         return {m: candidates[m] for m in cheaper}
 
-    def settle(self, reservation: Reservation, usage: Usage) -> SettleResult:
+    def settle(self, reservation: Reservation, usage: Usage, *, served_model: str | None = None) -> SettleResult:
         """Charge the actual cost (priced at admission time) and return the rest of the hold.
 
         The breakers and automatic kill switches count the cost in the same transaction.
         Idempotent: a second settle answers ``already_settled`` and charges nothing.
+
+        Args:
+            served_model: the model the provider says it served (a response's ``model``), when
+                known. If it resolves to another priced model than the admitted one, the call is
+                charged at the served model's price (the provider bills what it ran) and a
+                ``served_model`` event records both. A served model the price book does not know
+                is charged conservatively: the higher of the cost at the admitted price and the
+                reserved ceiling (the provider may have run something pricier).
         """
         price = self.prices.price(reservation.model, reservation.created_at)
-        result = self.store.settle(reservation.id, usage, cost_mc(price, usage), self.clock.now(),
-                                   self._settle_guard)
+        cost = cost_mc(price, usage)
+        served = self._served(reservation, served_model)
+        if served is not None:
+            cost = cost_mc(self.prices.price(served, reservation.created_at), usage) if served else max(
+                cost, reservation.ceiling_mc)
+        result = self.store.settle(reservation.id, usage, cost, self.clock.now(), self._settle_guard)
+        if served is not None and result.code in (Code.SETTLED, Code.SETTLED_LATE):
+            self.store.record_event(Event(self.clock.now(), "served_model", "served_model_mismatch", scope=None,
+                                          detail={"reservation": reservation.id, "admitted": reservation.model,
+                                                  "served": served_model, "priced_as": served or None,
+                                                  "cost_mc": cost}))
         self._publish(result.events)
         return result
+
+    def _served(self, reservation: Reservation, served_model: str | None) -> str | None:
+        """The priced id of a served model other than the admitted one ("" if unpriced), else None."""
+        if not served_model or served_model == reservation.model:
+            return None
+        try:
+            served = self.prices.resolve(served_model)
+        except LookupError:  # UnknownModelError
+            return ""
+        return None if served == reservation.model else served
 
     def release(self, reservation: Reservation) -> ReleaseResult:
         """Return the whole hold: the call failed or was abandoned (a breaker probe lease returns too)."""
