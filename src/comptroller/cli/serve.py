@@ -1,4 +1,4 @@
-"""``comptroller serve`` (the gateway) and ``comptroller key create | list | revoke``.
+"""``comptroller serve`` (the gateway) and ``comptroller key create | import | list | revoke``.
 
 Registered on the main app by :func:`register`. ``serve`` validates the config file
 and the provider keys in the parent process, so a mistake is one message and exit
@@ -10,6 +10,7 @@ one ledger.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_erro
 from comptroller.config import ConfigError
 from comptroller.gateway.config import load_gateway_config
 from comptroller.storage import StoreURLError
-from comptroller.storage.keys import ApiKeyError, keys_from_url, new_key
+from comptroller.storage.keys import ApiKey, ApiKeyError, imported_key, keys_from_url, new_key, provision
 
 __all__ = ["key_app", "register", "serve_command"]
 
@@ -62,17 +63,56 @@ def serve_command(
                 log_level=log_level, access_log=False, timeout_graceful_shutdown=30)
 
 
+_Tenant = Annotated[str, typer.Option(help="The tenant every call with this key is attributed to")]
+_Agent = Annotated[str | None, typer.Option(help="Bind the key to one agent")]
+_Name = Annotated[str, typer.Option(help="A label for people")]
+_Models = Annotated[list[str] | None, typer.Option("--model", help="A model the key may call (repeat)")]
+_Admin = Annotated[bool, typer.Option("--admin", help="An admin key (admin API only)")]
+
+
+def _describe(record: ApiKey) -> str:
+    return (f"key {record.id} for tenant {record.tenant!r}" + (f", agent {record.agent!r}" if record.agent else "")
+            + (" (admin)" if record.admin else ""))
+
+
+def _provision(plaintext: str, where: str, *, tenant: str, agent: str | None, name: str, admin: bool,
+               models: list[str] | None, db: str) -> None:
+    """Store a known key (from the environment or stdin); say whether it was added or already there."""
+    try:
+        record = imported_key(plaintext, tenant=tenant, agent=agent, name=name, admin=admin,
+                              models=tuple(models) if models else None)
+    except ApiKeyError as exc:
+        raise ApiKeyError(f"{where}: {exc}") from None
+    keys = keys_from_url(db)
+    try:
+        added = provision(keys, record)
+    finally:
+        keys.close()
+    console.print(_describe(record) + (" provisioned" if added else " already provisioned: nothing changed"))
+
+
 @key_app.command("create")
 @_user_errors
 def key_create(
-    tenant: Annotated[str, typer.Option(help="The tenant every call with this key is attributed to")],
-    agent: Annotated[str | None, typer.Option(help="Bind the key to one agent")] = None,
-    name: Annotated[str, typer.Option(help="A label for people")] = "",
-    model: Annotated[list[str] | None, typer.Option("--model", help="A model the key may call (repeat)")] = None,
-    admin: Annotated[bool, typer.Option("--admin", help="An admin key (admin API only)")] = False,
+    tenant: _Tenant,
+    agent: _Agent = None,
+    name: _Name = "",
+    model: _Models = None,
+    admin: _Admin = False,
+    secret_env: Annotated[str | None, typer.Option(
+        "--secret-env", metavar="VAR",
+        help="Provision the known key held in this environment variable (ck-<id>.<secret>) instead of a "
+             "random one; nothing is printed")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Create an API key. The key is printed once; only its hash is stored."""
+    if secret_env is not None:
+        value = os.environ.get(secret_env)
+        if value is None:
+            raise ApiKeyError(f"the environment variable {secret_env} is not set; export it with the key "
+                              "(ck-<id>.<secret>), or leave --secret-env out for a random key")
+        _provision(value, f"${secret_env}", tenant=tenant, agent=agent, name=name, admin=admin, models=model, db=db)
+        return
     record, plaintext = new_key(tenant=tenant, agent=agent, name=name, admin=admin,
                                 models=tuple(model) if model else None)
     keys = keys_from_url(db)
@@ -80,9 +120,21 @@ def key_create(
         keys.add(record)
     finally:
         keys.close()
-    console.print(f"key {record.id} for tenant {tenant!r}" + (f", agent {agent!r}" if agent else "")
-                  + (" (admin)" if admin else "") + "; store it now, it is not shown again:")
+    console.print(_describe(record) + "; store it now, it is not shown again:")
     print(plaintext)
+
+
+@key_app.command("import")
+@_user_errors
+def key_import(tenant: _Tenant, agent: _Agent = None, name: _Name = "", model: _Models = None,
+               admin: _Admin = False, db: DbOption = DEFAULT_DB) -> None:
+    """Provision a known key read from stdin (one line, ck-<id>.<secret>); running it again is a no-op."""
+    text = sys.stdin.read(4096)
+    lines = text.splitlines()
+    if len(lines) > 1 and any(line.strip() for line in lines[1:]):
+        raise ApiKeyError("stdin: send one key on one line (ck-<id>.<secret>), not several lines")
+    _provision(lines[0] if lines else "", "stdin", tenant=tenant, agent=agent, name=name, admin=admin,
+               models=model, db=db)
 
 
 @key_app.command("list")

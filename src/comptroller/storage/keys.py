@@ -7,6 +7,11 @@ with :func:`hmac.compare_digest` (constant time). A fast hash is the right tool
 here: the secret has 256 bits of entropy, so there is nothing for a slow password
 hash to protect (OWASP "Password Storage Cheat Sheet" concerns low-entropy secrets).
 
+A deployment that keeps its keys as code provisions a known key with :func:`imported_key`
+and :func:`provision` (``comptroller key create --secret-env VAR``, ``comptroller key import``):
+the whole key is checked (:func:`key_format_problem`), and its secret must carry at least
+192 bits (32 URL-safe base64 characters). Provisioning the same key again is a no-op.
+
 A key is bound to a tenant and optionally an agent (the gateway narrows attribution
 within that scope, never widens it), may list the models it may call, and may be
 an admin key (the admin API). Revoking is final.
@@ -39,11 +44,17 @@ __all__ = [
     "MemoryKeyStore",
     "SQLiteKeyStore",
     "hash_key",
+    "imported_key",
+    "key_format_problem",
     "keys_from_url",
     "new_key",
+    "provision",
 ]
 
 _KEY = re.compile(r"^ck-([0-9a-f]{12})\.([A-Za-z0-9_-]{20,100})$")
+_KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+_SECRET = re.compile(r"^[A-Za-z0-9_-]+$")
+_IMPORTED_SECRET_CHARS = range(32, 101)  # 32 base64url characters carry 192 bits; 100: the format's limit
 
 
 class ApiKeyError(ValueError):
@@ -105,6 +116,75 @@ def new_key(*, tenant: str, agent: str | None = None, name: str = "", admin: boo
     record = ApiKey(id=key_id, tenant=tenant, agent=agent, name=name, admin=admin, models=models,
                     created_at=now or datetime.now(UTC), revoked_at=None, digest=hash_key(plaintext))
     return record, plaintext
+
+
+def key_format_problem(plaintext: str) -> str | None:
+    """What is wrong with a key to import, or None when it is well formed.
+
+    A key is ``ck-<id>.<secret>``: ``<id>`` 12 lowercase hex digits, ``<secret>`` 32 to 100
+    URL-safe base64 characters (``A-Z a-z 0-9 - _``), so it carries at least 192 bits.
+    The message never repeats the secret.
+    """
+    shape = "a key is ck-<12 lowercase hex digits>.<32 to 100 characters of A-Z a-z 0-9 - _>"
+    problem = None
+    key_id, dot, secret = plaintext[3:].partition(".")
+    if not plaintext:
+        problem = "the key is empty"
+    elif plaintext != plaintext.strip():
+        problem = "the key has leading or trailing whitespace"
+    elif not plaintext.startswith("ck-"):
+        problem = "the key does not start with 'ck-'"
+    elif not dot:
+        problem = "the key has no '.' between its id and its secret"
+    elif not _KEY_ID.match(key_id):
+        problem = f"the key's id {key_id!r} is not 12 lowercase hex digits"
+    elif not _SECRET.match(secret):
+        problem = "the key's secret has characters outside A-Z a-z 0-9 - _"
+    elif len(secret) not in _IMPORTED_SECRET_CHARS:
+        problem = (f"the key's secret has {len(secret)} characters, not 32 to 100 (at least 192 bits); make one with "
+                   "python -c 'import secrets; print(f\"ck-{secrets.token_hex(6)}.{secrets.token_urlsafe(32)}\")'")
+    return None if problem is None else f"{problem}; {shape}"
+
+
+def imported_key(plaintext: str, *, tenant: str, agent: str | None = None, name: str = "", admin: bool = False,
+                 models: tuple[str, ...] | None = None, now: datetime | None = None) -> ApiKey:
+    """The record of a known key a deployment provisions (its plaintext is not stored).
+
+    Raises:
+        ApiKeyError: naming what is wrong with the key (:func:`key_format_problem`), or with
+            the tenant, agent or models (as :func:`new_key`).
+    """
+    problem = key_format_problem(plaintext)
+    if problem is not None:
+        raise ApiKeyError(problem)
+    record, _ = new_key(tenant=tenant, agent=agent, name=name, admin=admin, models=models, now=now)
+    return replace(record, id=plaintext[3:15], digest=hash_key(plaintext))
+
+
+def provision(store: KeyStore, record: ApiKey) -> bool:
+    """Store an imported key; True if added, False if that very key was already there.
+
+    Provisioning is repeatable (a deployment applies it on every rollout): the same key for
+    the same tenant, agent, admin flag and models is a no-op.
+
+    Raises:
+        ApiKeyError: when the id is taken by another key, or by this key with another scope,
+            or this key was revoked (revoking is final: provision a new key).
+    """
+    existing = store.get(record.id)
+    if existing is None:
+        store.add(record)
+        return True
+    if not hmac.compare_digest(existing.digest, record.digest):
+        raise ApiKeyError(f"another key already has the id {record.id}; give this key another id")
+    if not existing.active:
+        raise ApiKeyError(f"key {record.id} was revoked, and revoking is final; provision a new key")
+    if (existing.tenant, existing.agent, existing.admin, existing.models) != (
+            record.tenant, record.agent, record.admin, record.models):
+        raise ApiKeyError(f"key {record.id} exists for tenant {existing.tenant!r}, agent {existing.agent!r}, "
+                          f"admin {existing.admin}, models {existing.models}; revoke it and provision a new key "
+                          "to change its scope")
+    return False
 
 
 def _match(record: ApiKey | None, plaintext: str) -> ApiKey | None:
