@@ -20,6 +20,7 @@ from comptroller.sdk.errors import (
     PaceExceededError,
     RefusedError,
     RetryLimitError,
+    UnmeteredCallError,
 )
 from comptroller.sdk.governor import CallContext, Comptroller
 
@@ -35,4 +36,5 @@ __all__ = [
     "PaceExceededError",
     "RefusedError",
     "RetryLimitError",
+    "UnmeteredCallError",
 ]

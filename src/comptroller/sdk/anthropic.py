@@ -1,14 +1,18 @@
 """Wrap an ``anthropic.Anthropic`` or ``anthropic.AsyncAnthropic`` client: every message goes through the engine.
 
-``client.messages.create(...)`` is admitted first (its required ``max_tokens`` is
-lowered to the agent's cap when larger), then settled with the response's usage.
-Anthropic's ``input_tokens`` excludes cache reads and writes (docs, "Prompt caching:
-tracking cache performance"); :func:`~comptroller.domain.usage.from_anthropic` adds
-them back, so reads, 5-minute and 1-hour writes are each priced at their own rate.
+Metered (see :mod:`comptroller.sdk.catalog` for the free and refused lists), sync and
+async: ``messages.create/parse/stream`` and ``beta.messages.create/parse/stream``. The
+required ``max_tokens`` is lowered to the admitted bound. Anthropic's ``input_tokens``
+excludes cache reads and writes (docs, "Prompt caching: tracking cache performance");
+:func:`~comptroller.domain.usage.from_anthropic` adds them back, so reads, 5-minute and
+1-hour writes are each priced at their own rate.
 
-A stream (``stream=True``) settles when it ends, is closed or dropped: the input side
-from ``message_start``, the output from the last ``message_delta`` (cumulative), or,
-cut short before that, the input bound and an upper bound on the text seen.
+A stream (``create(stream=True)`` or ``.stream(...)``) settles when it ends, is closed or
+dropped: the input side from ``message_start``, the output from the last
+``message_delta`` (cumulative), or, cut short before that, the input bound and an upper
+bound on the output seen. Server tools billed per use (web search, code execution) raise
+:class:`~comptroller.sdk.errors.UnmeteredCallError`. Message batches are refused in the
+SDK; the gateway meters them.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from comptroller.domain.ledger import Reservation
-from comptroller.domain.tokens import input_tokens_upper_bound
 from comptroller.domain.usage import Usage, UsageError, from_anthropic
 from comptroller.engine import Admission
-from comptroller.sdk.governor import CallContext, Comptroller, bound
-from comptroller.sdk.metered import AsyncEndpoint, Endpoint, Proxy
+from comptroller.sdk.context import CallContext
+from comptroller.sdk.errors import UnmeteredCallError
+from comptroller.sdk.governed import Governed, Rules, govern
+from comptroller.sdk.metered import Api, Meter, Request, Shape, Tally, Wiring, bind, bound, cap_output, input_tokens_max
 from comptroller.sdk.openai import as_dict
 
 __all__ = ["anthropic_usage", "wrap_anthropic"]
+
+_PER_USE_TOOLS = ("web_search", "code_execution")
 
 
 def anthropic_usage(value: Any) -> Usage | None:
@@ -51,19 +58,20 @@ class _Tally:
         self.output_tokens: int | None = None
         self.output_seen = 0
 
-    def observe(self, event: Any) -> None:
-        data = as_dict(event)
-        kind = data.get("type")
+    def observe(self, event: Any) -> bool:
+        kind = getattr(event, "type", None)
         if kind == "message_start":
-            self.start = dict((data.get("message") or {}).get("usage") or {})
+            self.start = dict(as_dict(getattr(getattr(event, "message", None), "usage", None)) or {})
         elif kind == "message_delta":
-            usage = data.get("usage") or {}
-            if usage.get("output_tokens") is not None:
-                self.output_tokens = int(usage["output_tokens"])
+            output = getattr(getattr(event, "usage", None), "output_tokens", None)
+            if output is not None:
+                self.output_tokens = int(output)
         elif kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            text = str(delta.get("text") or delta.get("partial_json") or delta.get("thinking") or "")
+            delta = getattr(event, "delta", None)
+            text = next((str(getattr(delta, k)) for k in ("text", "partial_json", "thinking")
+                         if getattr(delta, k, None)), "")
             self.output_seen += max(1, len(text.encode("utf-8")))
+        return True
 
     def usage(self, reservation: Reservation) -> Usage:
         if self.start is not None and self.output_tokens is not None:
@@ -73,41 +81,42 @@ class _Tally:
         return bound(reservation, self.output_seen)
 
 
-class _Call:
-    def __init__(self, comptroller: Comptroller, context: CallContext, kwargs: dict[str, Any]) -> None:
-        self.comptroller = comptroller
-        self.tally = _Tally()
-        messages = list(kwargs["messages"])
-        system = kwargs.get("system")
-        framed = [*messages, {"role": "system", "content": system}] if system else messages
-        self.admission: Admission = comptroller.admit(
-            context=context, model=kwargs["model"], messages=messages,
-            input_tokens_max=input_tokens_upper_bound(framed, tools=kwargs.get("tools")),
-            max_tokens=kwargs.get("max_tokens"))
-        self.kwargs = {**kwargs, "max_tokens": self.admission.output_tokens_max}
-        route = self.admission.route
+class _Messages:
+    name = "messages"
+
+    def read(self, body: Mapping[str, Any]) -> Request:
+        for tool in body.get("tools") or []:
+            kind = str(tool.get("type", "")) if isinstance(tool, Mapping) else ""
+            if kind.startswith(_PER_USE_TOOLS):
+                raise UnmeteredCallError("messages.create", f"the {kind!r} server tool is billed per use by "
+                                         "Anthropic and comptroller does not meter it")
+        return Request(model=body["model"], input_tokens_max=input_tokens_max(body, api="messages"),
+                       max_tokens=body.get("max_tokens"), messages=list(body["messages"]))
+
+    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+        sent = cap_output(kwargs, ("max_tokens",), admission.output_tokens_max)
+        route = admission.route
         if route is not None and route.model != route.requested_model:
-            self.kwargs["model"] = route.model
+            sent["model"] = route.model
+        return sent
 
-    @property
-    def reservation(self) -> Reservation:
-        assert self.admission.reservation is not None
-        return self.admission.reservation
+    def usage(self, response: Any) -> Usage | None:
+        return anthropic_usage(getattr(response, "usage", None))
 
-    def observe(self, chunk: Any) -> bool:
-        """Count a stream event; every event reaches the caller."""
-        self.tally.observe(chunk)
-        return True
-
-    def settle_response(self, response: Any) -> None:
-        self.comptroller.settle(self.reservation, anthropic_usage(getattr(response, "usage", None)))
-
-    def settle_stream(self) -> None:
-        self.comptroller.settle(self.reservation, self.tally.usage(self.reservation))
+    def tally(self, kwargs: Mapping[str, Any]) -> Tally:
+        return _Tally()
 
 
-def wrap_anthropic(client: Any, comptroller: Comptroller, context: CallContext) -> Any:
-    """A proxy of ``client`` whose ``messages.create`` goes through the engine."""
-    is_async = type(client).__name__.startswith("Async")
-    return Proxy(client, messages=(AsyncEndpoint if is_async else Endpoint)(client.messages, comptroller, context,
-                                                                         _Call))
+_MESSAGES = _Messages()
+_METHODS: dict[str, tuple[Shape, Api]] = {
+    f"{prefix}messages.{verb}": ("stream" if verb == "stream" else "create", _MESSAGES)
+    for prefix in ("", "beta.") for verb in ("create", "parse", "stream")
+}
+"""Every name in ``catalog.METERED["anthropic"]``, with its shape and API."""
+
+
+def wrap_anthropic(client: Any, meter: Meter, context: CallContext, allow_unmetered: frozenset[str]) -> Governed:
+    """A governed proxy of an ``anthropic`` client: metered methods through ``meter``, the rest by the catalog."""
+    wiring = Wiring(meter, context, is_async=type(client).__name__.startswith("Async"))
+    metered = {name: bind(shape, api, wiring) for name, (shape, api) in _METHODS.items()}
+    return govern(client, Rules("anthropic", metered, allow_unmetered))

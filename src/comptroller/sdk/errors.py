@@ -11,9 +11,12 @@
     ├── KillSwitchError                kill_switch
     ├── ModelNotAllowedError           model_not_allowed
     └── DeadlineExceededError          deadline_exceeded
+    UnmeteredCallError                 a client method the SDK cannot meter (nothing was sent)
 
-They are the gateway's HTTP 429 / 503 bodies as Python values: the same code, the
-same level (the gateway's ``param``), the same message.
+The refusals are the gateway's HTTP 429 / 503 bodies as Python values: the same code,
+the same level (the gateway's ``param``), the same message. :class:`UnmeteredCallError`
+is not a refusal of the engine: it is the wrapper failing closed on a method that could
+cost money and that it does not meter (DESIGN.md rule 11).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "PaceExceededError",
     "RefusedError",
     "RetryLimitError",
+    "UnmeteredCallError",
     "refused",
 ]
 
@@ -83,6 +87,22 @@ class ModelNotAllowedError(RefusedError):
 
 class DeadlineExceededError(RefusedError):
     """The scheduled run is past its maximum duration."""
+
+
+class UnmeteredCallError(Exception):
+    """A wrapped client's method that may cost money and is not metered; nothing was sent.
+
+    Attributes:
+        method: the method's dotted name on the client, e.g. ``images.generate``; pass it in
+            ``Comptroller.wrap(client, allow_unmetered={...})`` to let it through unmetered.
+        reason: why it is not metered.
+    """
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(f"{method}: {reason}. Nothing was sent. To call it anyway, unmetered (its cost will not "
+                         f"count against any budget), wrap the client with allow_unmetered={{{method!r}}}")
+        self.method = method
+        self.reason = reason
 
 
 _BY_CODE: dict[Code, type[RefusedError]] = {

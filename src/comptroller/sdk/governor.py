@@ -1,9 +1,10 @@
 """The SDK's core: :class:`Comptroller`, attribution in a context variable, and scheduled runs.
 
-Every wrapped call (``comptroller.sdk.openai``, ``comptroller.sdk.anthropic``) goes
-through :meth:`Comptroller.admit` and then exactly one of :meth:`Comptroller.settle`
-or :meth:`Comptroller.release`: the same engine, the same defenses and budgets as the
-gateway and replay, without an HTTP hop.
+Every metered call of a wrapped client (``comptroller.sdk.openai``,
+``comptroller.sdk.anthropic``; which methods are metered, free or refused is
+:mod:`comptroller.sdk.catalog`) goes through :meth:`Comptroller.admit` and then exactly one
+of :meth:`Comptroller.settle` or :meth:`Comptroller.release`: the same engine, the same
+defenses and budgets as the gateway and replay, without an HTTP hop.
 
 Attribution is, from weakest to strongest: the :class:`Comptroller`'s defaults, the
 wrapper's (``wrap(client, agent="writer")``), the innermost ``with
@@ -15,9 +16,8 @@ threads started with ``contextvars.copy_context`` and asyncio tasks), and the ca
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,49 +27,17 @@ from comptroller.domain.defenses.similarity import fingerprint
 from comptroller.domain.ledger import Reservation, SettleResult
 from comptroller.domain.routing.errors import RoutingConfigError
 from comptroller.domain.routing.rules import RouteFacts
-from comptroller.domain.scopes import Attribution
 from comptroller.domain.tokens import input_tokens_upper_bound
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.routing import CascadeRequest, CascadeResult, RoutingConfig, TierCall, TierReply
+from comptroller.sdk.anthropic import wrap_anthropic
+from comptroller.sdk.context import CallContext
 from comptroller.sdk.errors import refused
+from comptroller.sdk.metered import bound
+from comptroller.sdk.openai import wrap_openai
 
 __all__ = ["CallContext", "Comptroller"]
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    """Attribution ids and run ids; None fields inherit from the enclosing context.
-
-    Attributes:
-        namespace, tenant, agent, conversation, task, phase: see :class:`Attribution`.
-        run_id: the scheduled run the calls belong to (its deadline applies).
-        attempt_id: the attempt of the task (counts against the re-attempt limit).
-    """
-
-    namespace: str | None = None
-    tenant: str | None = None
-    agent: str | None = None
-    conversation: str | None = None
-    task: str | None = None
-    phase: str | None = None
-    run_id: str | None = None
-    attempt_id: str | None = None
-
-    def over(self, base: CallContext) -> CallContext:
-        """This context's ids where set, else ``base``'s."""
-        return CallContext(**{f.name: getattr(self, f.name) if getattr(self, f.name) is not None
-                              else getattr(base, f.name) for f in fields(self)})
-
-    def attribution(self) -> Attribution:
-        """The attribution (``default`` for an unset namespace, tenant or agent).
-
-        Raises:
-            AttributionError: on an empty or over-long id.
-        """
-        return Attribution(namespace=self.namespace or "default", tenant=self.tenant or "default",
-                           agent=self.agent or "default", conversation=self.conversation, task=self.task,
-                           phase=self.phase)
 
 
 _CONTEXT: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
@@ -158,9 +126,18 @@ class Comptroller:
         effective = _CONTEXT.get().over(effective)
         return effective if call is None else call.over(effective)
 
-    def admit(self, *, context: CallContext, model: str, messages: Sequence[Mapping[str, Any]],
-              input_tokens_max: int, max_tokens: int | None) -> Admission:
+    def admit(self, *, context: CallContext, model: str, messages: Sequence[Mapping[str, Any]] | None,
+              input_tokens_max: int, max_tokens: int | None, choices: int = 1) -> Admission:
         """Admit a call or raise its refusal.
+
+        Args:
+            context: the call's attribution and run ids.
+            model: the requested model.
+            messages: the conversation, for the loop detectors (None: not a conversation turn,
+                e.g. embeddings; the detectors are skipped).
+            input_tokens_max: an upper bound on the input tokens.
+            max_tokens: the requested output limit per choice, if any.
+            choices: outputs generated (OpenAI ``n``); the output bound is reserved this many times.
 
         Raises:
             RefusedError: (a subclass per code) when any defense or budget refuses.
@@ -169,7 +146,8 @@ class Comptroller:
         """
         call = CallRequest(attribution=context.attribution(), model=model, input_tokens_max=input_tokens_max,
                            max_tokens=max_tokens, run_id=context.run_id, attempt_id=context.attempt_id,
-                           fingerprint=fingerprint(model, messages), text=last_text(messages))
+                           fingerprint=None if messages is None else fingerprint(model, messages),
+                           text=None if messages is None else last_text(messages), choices=choices)
         admission = self.engine.admit(call)
         if admission.reservation is None:
             assert admission.verdict is not None
@@ -230,29 +208,29 @@ class Comptroller:
             raise refused(result.verdict)
         return result
 
-    def wrap(self, client: Any, **ids: str | None) -> Any:
+    def wrap(self, client: Any, *, allow_unmetered: Collection[str] = (), **ids: str | None) -> Any:
         """Wrap an ``openai`` or ``anthropic`` client (sync or async); ``ids`` attribute its calls.
 
-        Raises:
-            TypeError: for any other client.
-        """
-        from comptroller.sdk.anthropic import wrap_anthropic  # noqa: PLC0415 (the wrappers import this module)
-        from comptroller.sdk.openai import wrap_openai  # noqa: PLC0415
+        Every method that can cost money is metered; free ones pass through; any other one
+        raises :class:`~comptroller.sdk.errors.UnmeteredCallError` when called, unless named
+        in ``allow_unmetered`` (see :mod:`comptroller.sdk.catalog`).
 
+        Args:
+            client: ``openai.OpenAI``, ``openai.AsyncOpenAI``, ``anthropic.Anthropic`` or
+                ``anthropic.AsyncAnthropic``.
+            allow_unmetered: dotted method names to let through unmetered, e.g. ``{"images.generate"}``
+                (their cost counts against no budget).
+            ids: attribution of every call (``agent=``, ``conversation=``, ``task=``...).
+
+        Raises:
+            TypeError: for any other client, or an unknown id name.
+        """
         module = type(client).__module__.split(".", 1)[0]
         context = CallContext(**ids)
+        allowed = frozenset(allow_unmetered)
         if module == "openai":
-            return wrap_openai(client, self, context)
+            return wrap_openai(client, self, context, allowed)
         if module == "anthropic":
-            return wrap_anthropic(client, self, context)
+            return wrap_anthropic(client, self, context, allowed)
         raise TypeError(f"cannot wrap a {type(client).__module__}.{type(client).__name__}: pass an openai.OpenAI, "
                         "openai.AsyncOpenAI, anthropic.Anthropic or anthropic.AsyncAnthropic client")
-
-
-def bound(reservation: Reservation, output_tokens: int | None = None) -> Usage:
-    """The usage to charge when the provider reported none: the input bound and the output bound
-    (or ``output_tokens`` seen, if fewer), so the ledger never under-counts."""
-    out = reservation.output_tokens_max if output_tokens is None else min(output_tokens,
-                                                                          reservation.output_tokens_max)
-    return Usage(input_tokens=reservation.input_tokens_max, output_tokens=out)
-

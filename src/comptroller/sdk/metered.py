@@ -1,207 +1,294 @@
-"""What every provider wrapper shares: a metered ``create`` and streams that settle exactly once.
+"""What every metered client method shares: admit before the request, settle (or release) exactly once.
 
-A provider module (:mod:`.openai`, :mod:`.anthropic`) supplies only its :class:`MeteredCall`
-(what to send, how to read usage from a response or a stream's chunks); the endpoint and the
-stream wrappers here do the rest, sync and async alike:
+A provider module (:mod:`.openai`, :mod:`.anthropic`) describes each API it meters as an
+:class:`Api` (how to read the model, the input and output bounds from a request, how to cap
+the output upstream, how to read usage from a response and from a stream); :func:`bind` turns
+an API and a method shape into the wrapped method, sync or async:
 
-* ``create`` admits first (a refusal raises before any request), releases the hold if the
-  client raises before a response, and settles a plain response with its usage;
-* a stream settles once, when it ends, is closed, or is dropped (``__del__``), with what its
-  chunks reported (or the input bound and an upper bound on the output seen when cut short).
+* ``create``-shaped (``create``, ``parse``): admits first (a refusal raises before any
+  request), releases the hold if the client raises before a response, settles a plain
+  response with its usage, and wraps a ``stream=True`` response in a stream that settles
+  once (:mod:`.streams`);
+* ``stream``-shaped (the clients' ``.stream(...)`` helpers): admits at the call, and
+  returns a manager whose stream settles once when it ends, is closed or is dropped.
+
+The wrappers only need the four calls of :class:`Meter` (the :class:`~.governor.Comptroller`
+provides them), so this module imports nothing of the governor.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Protocol
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
-from comptroller.domain.ledger import Reservation
-from comptroller.sdk.governor import CallContext, Comptroller
+from comptroller.domain.ledger import Reservation, SettleResult
+from comptroller.domain.tokens import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
+from comptroller.domain.usage import Usage
+from comptroller.engine import Admission
+from comptroller.sdk.context import CallContext
+from comptroller.sdk.streams import AsyncMeteredStream, AsyncStreamManager, MeteredStream, StreamManager
 
-__all__ = ["AsyncEndpoint", "AsyncMeteredStream", "Endpoint", "MeteredCall", "MeteredStream", "Proxy"]
+__all__ = ["Api", "Call", "Meter", "Request", "Tally", "Wiring", "bind", "bound", "cap_output", "request_body"]
+
+Shape = Literal["create", "stream"]
+
+_NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file",
+                             "document", "container_upload"})
 
 
-class MeteredCall(Protocol):
-    """One admitted call of a provider API."""
+class Meter(Protocol):
+    """The engine as the wrappers see it (:class:`~comptroller.sdk.governor.Comptroller` is one)."""
 
-    kwargs: dict[str, Any]
-    """What to send the client (the reserved output bound and the routed model in place)."""
+    def context(self, wrapper: CallContext | None = None, call: CallContext | None = None) -> CallContext:
+        """The effective attribution of a call."""
+        ...
+
+    def admit(self, *, context: CallContext, model: str, messages: Sequence[Mapping[str, Any]] | None,
+              input_tokens_max: int, max_tokens: int | None, choices: int = 1) -> Admission:
+        """Admit a call or raise its refusal."""
+        ...
+
+    def settle(self, reservation: Reservation, usage: Usage | None) -> SettleResult:
+        """Charge what the call used (None: the whole bound)."""
+        ...
+
+    def release(self, reservation: Reservation) -> None:
+        """Return the hold of a call the provider did not bill."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What an :class:`Api` reads from a request before it is admitted.
+
+    Attributes:
+        model: the requested model.
+        input_tokens_max: an upper bound on the input tokens.
+        max_tokens: the requested output limit per choice, if any.
+        choices: outputs generated (OpenAI ``n``).
+        messages: chat-shaped messages for the loop detectors (None: not a conversation turn).
+    """
+
+    model: str
+    input_tokens_max: int
+    max_tokens: int | None
+    choices: int = 1
+    messages: Sequence[Mapping[str, Any]] | None = None
+
+
+class Tally(Protocol):
+    """The usage of one stream, assembled from its events."""
+
+    def observe(self, event: Any) -> bool:
+        """Count one event; True to hand it to the caller."""
+        ...
+
+    def usage(self, reservation: Reservation) -> Usage:
+        """The final usage, or (cut short) the input bound and an upper bound on the output seen."""
+        ...
+
+
+class Api(Protocol):
+    """One provider API as the meter needs it."""
+
+    name: str
+
+    def read(self, body: Mapping[str, Any]) -> Request:
+        """The request's model and bounds (raises UnmeteredCallError for a mode that cannot be metered)."""
+        ...
+
+    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+        """The keyword arguments to send: output capped at the admitted bound, routed model in place."""
+        ...
+
+    def usage(self, response: Any) -> Usage | None:
+        """The billed usage of a plain response (None: not reported)."""
+        ...
+
+    def tally(self, kwargs: Mapping[str, Any]) -> Tally:
+        """A fresh tally for a stream sent with ``kwargs``."""
+        ...
+
+
+def bound(reservation: Reservation, output_tokens: int | None = None) -> Usage:
+    """The usage to charge when the provider reported none: the input bound and the output bound
+    (or ``output_tokens`` seen, if fewer), so the ledger never under-counts."""
+    out = reservation.output_tokens_max if output_tokens is None else min(output_tokens,
+                                                                          reservation.output_tokens_max)
+    return Usage(input_tokens=reservation.input_tokens_max, output_tokens=out)
+
+
+def request_body(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON body the client will send: the keyword arguments with ``extra_body`` merged over them."""
+    body = {k: v for k, v in kwargs.items() if k not in ("extra_headers", "extra_query", "extra_body", "timeout")}
+    extra = kwargs.get("extra_body")
+    if isinstance(extra, Mapping):
+        body.update(extra)
+    return body
+
+
+def cap_output(kwargs: dict[str, Any], fields: Sequence[str], value: int) -> dict[str, Any]:
+    """``kwargs`` with every output-limit field that is set (in the arguments or ``extra_body``)
+    lowered to ``value``, or the first of ``fields`` set when none is."""
+    sent = dict(kwargs)
+    extra = dict(sent["extra_body"]) if isinstance(sent.get("extra_body"), Mapping) else None
+    present = [f for f in fields if sent.get(f) is not None]
+    for name in present or ([] if extra and any(f in extra for f in fields) else [fields[0]]):
+        sent[name] = value
+    if extra is not None:
+        extra.update({f: value for f in fields if f in extra})
+        sent["extra_body"] = extra
+    return sent
+
+
+def _json_default(value: Any) -> Any:
+    schema = getattr(value, "model_json_schema", None)  # a pydantic class given as a response format
+    return schema() if callable(schema) else str(value)
+
+
+def _check_parts(value: Any, path: str) -> None:
+    if isinstance(value, Mapping):
+        kind = value.get("type")
+        if isinstance(kind, str) and kind in _NON_TEXT_PARTS:
+            raise ValueError(f"cannot bound the input tokens of the {kind!r} part at {path}: only text is "
+                             "bounded in the SDK; send it through the gateway or as text")
+        for key, item in value.items():
+            _check_parts(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_parts(item, f"{path}[{i}]")
+
+
+def input_tokens_max(body: Mapping[str, Any], *, api: str) -> int:
+    """An upper bound on a request's input tokens: the UTF-8 bytes of the whole JSON body.
+
+    Every token of a byte-level BPE decodes to at least one byte (see
+    :mod:`comptroller.domain.tokens`), and every billed field (messages, system prompts,
+    tools, functions, schemas, predictions, call arguments) is inside the body, so its bytes
+    bound the billed text whatever the field; the JSON punctuation around each message
+    covers the per-message framing tokens. Non-text parts (images, audio, files) are
+    refused, naming the part.
+
+    Raises:
+        ValueError: for a non-text part.
+    """
+    _check_parts(body, api)
+    text = json.dumps(body, ensure_ascii=False, default=_json_default)
+    messages = body.get("messages") or body.get("input")
+    framing = PER_MESSAGE_TOKENS * len(messages) if isinstance(messages, list) else 0
+    return PER_REQUEST_TOKENS + framing + len(text.encode("utf-8"))
+
+
+class Call:
+    """One admitted call: what to send, and how to settle it exactly once.
+
+    Raises (at construction):
+        RefusedError: when the engine refuses (nothing is sent).
+        UnmeteredCallError: when the request uses a mode the API cannot meter.
+    """
+
+    def __init__(self, meter: Meter, context: CallContext, api: Api, kwargs: dict[str, Any]) -> None:
+        self.meter, self.api = meter, api
+        request = api.read(request_body(kwargs))
+        self.admission = meter.admit(context=context, model=request.model, messages=request.messages,
+                                     input_tokens_max=request.input_tokens_max, max_tokens=request.max_tokens,
+                                     choices=request.choices)
+        self.kwargs = api.forward(kwargs, self.admission)
+        self.asked = kwargs
+        self._tally: Tally | None = None
+
+    @property
+    def tally(self) -> Tally:
+        """The stream's tally (made on the first event)."""
+        if self._tally is None:
+            self._tally = self.api.tally(self.asked)
+        return self._tally
 
     @property
     def reservation(self) -> Reservation:
         """The hold to settle or release."""
-        ...
+        assert self.admission.reservation is not None
+        return self.admission.reservation
 
-    def observe(self, chunk: Any) -> bool:
-        """Count one stream chunk; True to hand it to the caller."""
-        ...
+    def observe(self, event: Any) -> bool:
+        """Count a stream event; True to hand it to the caller."""
+        return self.tally.observe(event)
 
     def settle_response(self, response: Any) -> None:
-        """Settle a plain (non-stream) response with its usage."""
-        ...
+        """Settle a plain response with its usage (the whole bound when it reports none)."""
+        self.meter.settle(self.reservation, self.api.usage(response))
 
     def settle_stream(self) -> None:
-        """Settle a stream with what its chunks reported."""
-        ...
+        """Settle a stream with what its events reported."""
+        self.meter.settle(self.reservation, self.tally.usage(self.reservation))
+
+    def release(self) -> None:
+        """Return the hold (the request failed before the provider billed it)."""
+        self.meter.release(self.reservation)
 
 
-MakeCall = Callable[[Comptroller, CallContext, dict[str, Any]], MeteredCall]
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """What every wrapped method of one client shares: the meter, the wrapper's ids, sync or async."""
+
+    meter: Meter
+    context: CallContext
+    is_async: bool
 
 
-class Proxy:
-    """Passes every attribute through to ``inner``, except the ``replaced`` ones."""
-
-    def __init__(self, inner: Any, **replaced: Any) -> None:
-        self._inner = inner
-        self.__dict__.update(replaced)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+def _admit(wiring: Wiring, api: Api, kwargs: dict[str, Any]) -> Call:
+    attribution = kwargs.pop("attribution", None)
+    return Call(wiring.meter, wiring.meter.context(wiring.context, attribution), api, kwargs)
 
 
-class _Settles:
-    """The settle-once part of both stream wrappers."""
+def bind(shape: Shape, api: Api, wiring: Wiring) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A function that wraps one client method (``inner``) of this shape and API.
 
-    _stream: Any
-    _call: MeteredCall
-    _open: bool
-
-    def _finish(self) -> None:
-        if self._open:
-            self._open = False
-            self._call.settle_stream()
-
-    def __del__(self) -> None:
-        if getattr(self, "_open", False):
-            self._finish()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class MeteredStream(_Settles):
-    """A sync stream that settles when it ends, is closed, or is dropped."""
-
-    def __init__(self, stream: Any, call: MeteredCall) -> None:
-        self._stream, self._call, self._open = stream, call, True
-        self._chunks: Iterator[Any] = iter(stream)
-
-    def __iter__(self) -> MeteredStream:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            while True:
-                chunk = next(self._chunks)
-                if self._call.observe(chunk):
-                    return chunk
-        except BaseException:
-            self._finish()
-            raise
-
-    def close(self) -> None:
-        """Abort the response and settle what was generated."""
-        try:
-            self._stream.close()
-        finally:
-            self._finish()
-
-    def __enter__(self) -> MeteredStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncMeteredStream(_Settles):
-    """An async stream that settles when it ends, is closed, or is dropped."""
-
-    def __init__(self, stream: Any, call: MeteredCall) -> None:
-        self._stream, self._call, self._open = stream, call, True
-        self._chunks: AsyncIterator[Any] = stream.__aiter__()
-
-    def __aiter__(self) -> AsyncMeteredStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            while True:
-                chunk = await self._chunks.__anext__()
-                if self._call.observe(chunk):
-                    return chunk
-        except BaseException:
-            self._finish()
-            raise
-
-    async def close(self) -> None:
-        """Abort the response and settle what was generated."""
-        try:
-            await self._stream.close()
-        finally:
-            self._finish()
-
-    aclose = close
-
-    async def __aenter__(self) -> AsyncMeteredStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-class Endpoint:
-    """A client endpoint (``chat.completions``, ``messages``) whose ``create`` goes through the engine.
-
-    Args:
-        inner: the client's endpoint.
-        comptroller: the engine's SDK front.
-        context: the wrapper's attribution.
-        make_call: admits one call (raises its refusal) and knows how to settle it.
+    Each wrapped method takes the client's keyword arguments plus ``attribution=`` (a
+    :class:`CallContext` overriding ids for that call).
     """
+    if shape == "stream":
+        manager = AsyncStreamManager if wiring.is_async else StreamManager
 
-    def __init__(self, inner: Any, comptroller: Comptroller, context: CallContext, make_call: MakeCall) -> None:
-        self._inner, self._comptroller, self._context, self._make_call = inner, comptroller, context, make_call
+        def streamed(inner: Callable[..., Any]) -> Callable[..., Any]:
+            def method(**kwargs: Any) -> Any:
+                call = _admit(wiring, api, kwargs)
+                try:
+                    return manager(inner(**call.kwargs), call)
+                except BaseException:
+                    call.release()
+                    raise
+            return method
+        return streamed
 
-    def _admit(self, attribution: CallContext | None, kwargs: dict[str, Any]) -> MeteredCall:
-        return self._make_call(self._comptroller, self._comptroller.context(self._context, attribution), kwargs)
+    def created(inner: Callable[..., Any]) -> Callable[..., Any]:
+        if wiring.is_async:
+            async def method_async(**kwargs: Any) -> Any:
+                call = _admit(wiring, api, kwargs)
+                try:
+                    response = await inner(**call.kwargs)
+                except BaseException:
+                    call.release()
+                    raise
+                return _settled(call, response, AsyncMeteredStream)
+            return method_async
 
-    def create(self, *, attribution: CallContext | None = None, **kwargs: Any) -> Any:
-        """The client's ``create`` through the engine; ``attribution`` overrides ids for this call.
-
-        Raises:
-            RefusedError: when the engine refuses (nothing is sent).
-        """
-        call = self._admit(attribution, kwargs)
-        try:
-            response = self._inner.create(**call.kwargs)
-        except BaseException:
-            self._comptroller.release(call.reservation)
-            raise
-        if call.kwargs.get("stream"):
-            return MeteredStream(response, call)
-        call.settle_response(response)
-        return response
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        def method(**kwargs: Any) -> Any:
+            call = _admit(wiring, api, kwargs)
+            try:
+                response = inner(**call.kwargs)
+            except BaseException:
+                call.release()
+                raise
+            return _settled(call, response, MeteredStream)
+        return method
+    return created
 
 
-class AsyncEndpoint(Endpoint):
-    """:class:`Endpoint` for an async client."""
-
-    async def create(self, *, attribution: CallContext | None = None, **kwargs: Any) -> Any:
-        """The client's ``create`` through the engine (async).
-
-        Raises:
-            RefusedError: when the engine refuses (nothing is sent).
-        """
-        call = self._admit(attribution, kwargs)
-        try:
-            response = await self._inner.create(**call.kwargs)
-        except BaseException:
-            self._comptroller.release(call.reservation)
-            raise
-        if call.kwargs.get("stream"):
-            return AsyncMeteredStream(response, call)
-        call.settle_response(response)
-        return response
+def _settled(call: Call, response: Any, stream: Callable[[Any, Call], Any]) -> Any:
+    if call.kwargs.get("stream"):
+        return stream(response, call)
+    call.settle_response(response)
+    return response

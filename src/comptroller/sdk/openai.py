@@ -1,32 +1,45 @@
-"""Wrap an ``openai.OpenAI`` or ``openai.AsyncOpenAI`` client: every chat completion goes through the engine.
+"""Wrap an ``openai.OpenAI`` or ``openai.AsyncOpenAI`` client: every method that can cost money is metered.
 
-``client.chat.completions.create(...)`` is admitted first (a refusal raises
-:class:`~comptroller.sdk.errors.RefusedError` before any request), sent with the reserved
-output bound (``max_completion_tokens`` / ``max_tokens`` lowered to the agent's cap,
-or ``max_tokens`` set when the call has none), and settled with the response's usage.
-OpenAI counts cached prompt tokens inside ``prompt_tokens`` (API reference, "Prompt
-caching"), which is our convention, so the cost is exact.
+Metered (see :mod:`comptroller.sdk.catalog` for the free and refused lists), sync and async:
 
-A stream (``stream=True``) is sent with ``stream_options.include_usage`` and settled
-when it ends, is closed, or is dropped (the wrapper's ``__del__``); the usage chunk
-reaches the caller only if they asked for it. A stream cut short settles the input
-bound and an upper bound on the output seen. Any exception from the client before a
-response releases the hold. Everything else on the client passes through unchanged.
+* Chat Completions ``chat.completions.create/parse/stream`` (and ``beta.chat.completions.*``):
+  the output limit (``max_completion_tokens`` / ``max_tokens``, whichever is sent, else
+  ``max_tokens``) lowered to the admitted bound; ``n > 1`` reserves n outputs and sends each
+  its share. Usage: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``
+  (OpenAI API reference, "Prompt caching"); ``completion_tokens`` includes reasoning tokens.
+  A stream is sent with ``stream_options.include_usage`` and settled from its usage chunk,
+  which reaches the caller only if they asked for it.
+* Responses ``responses.create/parse/stream``: ``max_output_tokens``. Usage (API
+  reference, "The response object"): ``input_tokens`` includes
+  ``input_tokens_details.cached_tokens``; ``output_tokens`` includes
+  ``output_tokens_details.reasoning_tokens``. A stream settles from the response in
+  ``response.completed`` (or ``response.incomplete`` / ``response.failed``, billed too).
+  ``background: true``, resuming a stored response, and server-side tools billed per call
+  (web search, file search, code interpreter, image generation, MCP) raise
+  :class:`~comptroller.sdk.errors.UnmeteredCallError`: their cost cannot be bounded here.
+* Embeddings ``embeddings.create``: input only (``usage.prompt_tokens``), no output.
+* Legacy completions ``completions.create``: like chat (``max_tokens``, ``n``).
+
+A call cut short settles the input bound and an upper bound on the output seen; an
+exception before a response releases the hold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from comptroller.domain.ledger import Reservation
-from comptroller.domain.tokens import input_tokens_upper_bound
-from comptroller.domain.usage import Usage, from_openai_usage
+from comptroller.domain.usage import Usage, UsageError, from_openai_usage
 from comptroller.engine import Admission
-from comptroller.sdk.governor import CallContext, Comptroller, bound
-from comptroller.sdk.metered import AsyncEndpoint, Endpoint, Proxy
+from comptroller.sdk.context import CallContext
+from comptroller.sdk.errors import UnmeteredCallError
+from comptroller.sdk.governed import Governed, Rules, govern
+from comptroller.sdk.metered import Api, Meter, Request, Shape, Tally, Wiring, bind, bound, cap_output, input_tokens_max
 
-__all__ = ["as_dict", "openai_usage", "wrap_openai"]
+__all__ = ["as_dict", "openai_usage", "responses_usage", "wrap_openai"]
+
+_PER_CALL_TOOLS = ("web_search", "file_search", "code_interpreter", "image_generation", "mcp")
 
 
 def as_dict(value: Any) -> Any:
@@ -36,79 +49,180 @@ def as_dict(value: Any) -> Any:
 
 
 def openai_usage(value: Any) -> Usage | None:
-    """Usage from an OpenAI ``usage`` object or dict, or None when absent or malformed."""
-    return from_openai_usage(as_dict(value))
+    """Usage from a Chat Completions / embeddings ``usage`` (object or dict), or None when absent or malformed."""
+    data = as_dict(value)
+    if isinstance(data, Mapping) and data.get("completion_tokens") is None and "prompt_tokens" in data:
+        data = {**data, "completion_tokens": 0}  # embeddings: input only
+    return from_openai_usage(data)
 
 
-class _Tally:
-    """Usage and generated output of a stream so far."""
+def responses_usage(value: Any) -> Usage | None:
+    """Usage from a Responses ``usage`` (object or dict), or None when absent or malformed."""
+    data = as_dict(value)
+    if not isinstance(data, Mapping):
+        return None
+    details = data.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    try:
+        return Usage(input_tokens=data["input_tokens"], output_tokens=data["output_tokens"],
+                     cache_read_tokens=cached or 0)
+    except (KeyError, UsageError):
+        return None
 
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
+
+def _limit(body: Mapping[str, Any], fields: tuple[str, ...]) -> int | None:
+    limits = [int(body[f]) for f in fields if body.get(f) is not None]
+    return min(limits) if limits else None
+
+
+class _ChatTally:
+    """Usage and output seen of a Chat Completions (or legacy completions) stream."""
+
+    def __init__(self, show_usage: bool) -> None:
+        self.show_usage = show_usage
+        self.usage_seen: Usage | None = None
         self.output_seen = 0
 
-    def observe(self, chunk: Any) -> bool:
-        """Count a chunk; True if it is the usage-only chunk (no choices)."""
-        data = as_dict(chunk)
-        usage = openai_usage(data.get("usage"))
+    def observe(self, event: Any) -> bool:
+        chunk = event.chunk if getattr(event, "type", None) == "chunk" else event  # the helper's chunk event
+        usage = openai_usage(getattr(chunk, "usage", None))
         if usage is not None:
-            self.usage = usage
-        choices = data.get("choices") or []
+            self.usage_seen = usage
+        choices = getattr(chunk, "choices", None) or []
         for choice in choices:
-            delta = choice.get("delta") or {}
-            text = "".join(str(delta.get(k) or "") for k in ("content", "reasoning_content", "refusal"))
-            calls = delta.get("tool_calls") or []
-            text += "".join(str((c.get("function") or {}).get("arguments") or "") for c in calls)
+            data = as_dict(getattr(choice, "delta", None) or {}) or {"text": getattr(choice, "text", "")}
+            text = "".join(str(data.get(k) or "") for k in ("content", "reasoning_content", "refusal", "text"))
+            text += "".join(str((c.get("function") or {}).get("arguments") or "") for c in data.get("tool_calls") or [])
             self.output_seen += max(1, len(text.encode("utf-8")))
-        return not choices and usage is not None
+        usage_only = not choices and usage is not None and chunk is event
+        return not usage_only or self.show_usage
+
+    def usage(self, reservation: Reservation) -> Usage:
+        return self.usage_seen or bound(reservation, self.output_seen)
 
 
-class _Call:
-    """One admitted call: what to send and how to settle it."""
+class _Chat:
+    """Chat Completions (and the legacy completions endpoint: ``prompt`` instead of ``messages``)."""
 
-    def __init__(self, comptroller: Comptroller, context: CallContext, kwargs: dict[str, Any]) -> None:
-        self.comptroller = comptroller
-        self.tally = _Tally()
-        self.show_usage = bool((kwargs.get("stream_options") or {}).get("include_usage"))
-        messages: Sequence[Mapping[str, Any]] = kwargs["messages"]
-        limits = [kwargs[f] for f in ("max_completion_tokens", "max_tokens") if kwargs.get(f) is not None]
-        self.admission: Admission = comptroller.admit(
-            context=context, model=kwargs["model"], messages=messages,
-            input_tokens_max=input_tokens_upper_bound(messages, tools=kwargs.get("tools")),
-            max_tokens=min(limits) if limits else None)
-        self.kwargs = self._forwarded(kwargs)
+    def __init__(self, name: str, fields: tuple[str, ...]) -> None:
+        self.name, self.fields = name, fields
 
-    @property
-    def reservation(self) -> Reservation:
-        assert self.admission.reservation is not None
-        return self.admission.reservation
+    def read(self, body: Mapping[str, Any]) -> Request:
+        if body.get("web_search_options") is not None:
+            raise UnmeteredCallError(f"{self.name}.create", "web_search_options is billed per search and "
+                                     "comptroller does not meter it")
+        messages = body.get("messages")
+        if messages is None:
+            messages = [{"role": "user", "content": str(body.get("prompt", ""))}]
+        return Request(model=body["model"], input_tokens_max=input_tokens_max(body, api=self.name),
+                       max_tokens=_limit(body, self.fields), choices=int(body.get("n") or 1), messages=list(messages))
 
-    def _forwarded(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        sent = dict(kwargs)
-        fields = [f for f in ("max_completion_tokens", "max_tokens") if sent.get(f) is not None]
-        for name in fields or ["max_tokens"]:
-            sent[name] = self.admission.output_tokens_max
-        route = self.admission.route
+    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+        sent = cap_output(kwargs, self.fields, admission.output_tokens_max // int(kwargs.get("n") or 1))
+        route = admission.route
         if route is not None and route.model != route.requested_model:
             sent["model"] = route.model
-        if sent.get("stream"):
+        if sent.get("stream") or self.name.endswith(".stream"):
             sent["stream_options"] = {**(sent.get("stream_options") or {}), "include_usage": True}
         return sent
 
-    def observe(self, chunk: Any) -> bool:
-        """Count a stream chunk; the usage-only chunk reaches the caller only if they asked for it."""
-        return not self.tally.observe(chunk) or self.show_usage
+    def usage(self, response: Any) -> Usage | None:
+        return openai_usage(getattr(response, "usage", None))
 
-    def settle_response(self, response: Any) -> None:
-        self.comptroller.settle(self.reservation, openai_usage(getattr(response, "usage", None)))
-
-    def settle_stream(self) -> None:
-        tally = self.tally
-        self.comptroller.settle(self.reservation, tally.usage or bound(self.reservation, tally.output_seen))
+    def tally(self, kwargs: Mapping[str, Any]) -> Tally:
+        return _ChatTally(bool((kwargs.get("stream_options") or {}).get("include_usage")))
 
 
-def wrap_openai(client: Any, comptroller: Comptroller, context: CallContext) -> Any:
-    """A proxy of ``client`` whose ``chat.completions.create`` goes through the engine."""
-    is_async = type(client).__name__.startswith("Async")
-    completions = (AsyncEndpoint if is_async else Endpoint)(client.chat.completions, comptroller, context, _Call)
-    return Proxy(client, chat=Proxy(client.chat, completions=completions))
+class _ResponsesTally:
+    """Usage of a Responses stream: the response carried by its final event."""
+
+    def __init__(self) -> None:
+        self.usage_seen: Usage | None = None
+        self.output_seen = 0
+
+    def observe(self, event: Any) -> bool:
+        kind = str(getattr(event, "type", ""))
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            usage = responses_usage(getattr(getattr(event, "response", None), "usage", None))
+            self.usage_seen = usage or self.usage_seen
+        elif kind.endswith(".delta"):
+            self.output_seen += max(1, len(str(getattr(event, "delta", "") or "").encode("utf-8")))
+        return True
+
+    def usage(self, reservation: Reservation) -> Usage:
+        return self.usage_seen or bound(reservation, self.output_seen)
+
+
+class _Responses:
+    name = "responses"
+
+    def read(self, body: Mapping[str, Any]) -> Request:
+        method = "responses.stream" if body.get("response_id") else "responses.create"
+        if body.get("background"):
+            raise UnmeteredCallError(method, "background responses are billed after the call returns and "
+                                     "comptroller cannot settle them")
+        if body.get("response_id") is not None:
+            raise UnmeteredCallError(method, "resuming a stored (background) response is not metered")
+        for tool in body.get("tools") or []:
+            kind = str(tool.get("type", "")) if isinstance(tool, Mapping) else ""
+            if kind.startswith(_PER_CALL_TOOLS):
+                raise UnmeteredCallError(method, f"the {kind!r} tool is billed per call by the provider and "
+                                         "comptroller does not meter it")
+        given = body.get("input")
+        messages = [{"role": "user", "content": given}] if isinstance(given, str) else [
+            item for item in given or [] if isinstance(item, Mapping) and "role" in item]
+        return Request(model=body["model"], input_tokens_max=input_tokens_max(body, api="responses"),
+                       max_tokens=_limit(body, ("max_output_tokens",)), messages=messages)
+
+    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+        sent = cap_output(kwargs, ("max_output_tokens",), admission.output_tokens_max)
+        route = admission.route
+        if route is not None and route.model != route.requested_model:
+            sent["model"] = route.model
+        return sent
+
+    def usage(self, response: Any) -> Usage | None:
+        return responses_usage(getattr(response, "usage", None))
+
+    def tally(self, kwargs: Mapping[str, Any]) -> Tally:
+        return _ResponsesTally()
+
+
+class _Embeddings:
+    name = "embeddings"
+
+    def read(self, body: Mapping[str, Any]) -> Request:
+        return Request(model=body["model"], input_tokens_max=input_tokens_max(body, api="embeddings"), max_tokens=0)
+
+    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+        route = admission.route
+        return {**kwargs, "model": route.model} if route is not None and route.model != route.requested_model \
+            else dict(kwargs)
+
+    def usage(self, response: Any) -> Usage | None:
+        return openai_usage(getattr(response, "usage", None))
+
+    def tally(self, kwargs: Mapping[str, Any]) -> Tally:
+        raise TypeError("embeddings do not stream")
+
+
+_CHAT_FIELDS = ("max_completion_tokens", "max_tokens")
+_CHAT, _CHAT_STREAM = _Chat("chat.completions", _CHAT_FIELDS), _Chat("chat.completions.stream", _CHAT_FIELDS)
+_METHODS: dict[str, tuple[Shape, Api]] = {
+    "chat.completions.create": ("create", _CHAT), "chat.completions.parse": ("create", _CHAT),
+    "chat.completions.stream": ("stream", _CHAT_STREAM),
+    "beta.chat.completions.create": ("create", _CHAT), "beta.chat.completions.parse": ("create", _CHAT),
+    "beta.chat.completions.stream": ("stream", _CHAT_STREAM),
+    "responses.create": ("create", _Responses()), "responses.parse": ("create", _Responses()),
+    "responses.stream": ("stream", _Responses()),
+    "embeddings.create": ("create", _Embeddings()),
+    "completions.create": ("create", _Chat("completions", ("max_tokens",))),
+}
+"""Every name in ``catalog.METERED["openai"]``, with its shape and API."""
+
+
+def wrap_openai(client: Any, meter: Meter, context: CallContext, allow_unmetered: frozenset[str]) -> Governed:
+    """A governed proxy of an ``openai`` client: metered methods through ``meter``, the rest by the catalog."""
+    wiring = Wiring(meter, context, is_async=type(client).__name__.startswith("Async"))
+    metered = {name: bind(shape, api, wiring) for name, (shape, api) in _METHODS.items()}
+    return govern(client, Rules("openai", metered, allow_unmetered))
