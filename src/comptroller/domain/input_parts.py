@@ -61,10 +61,18 @@ def refuse_unbounded_state(body: Mapping[str, Any], *, api: str) -> None:
         UnboundableInputError: naming the field or tool (e.g. ``tools[2]``).
     """
     for field in _STATE_FIELDS.get(api, ()):
-        if body.get(field):
+        if body.get(field) is not None:
             raise UnboundableInputError(
                 f"'{field}' makes the provider add input the gateway cannot see or bound; send the "
                 "whole input in the request instead", param=field)
+    messages = body.get("messages")
+    if api == "chat" and isinstance(messages, Sequence):
+        for index, message in enumerate(messages):
+            if isinstance(message, Mapping) and message.get("audio") is not None:
+                raise UnboundableInputError(
+                    "an assistant message's 'audio' replays a previous audio answer, billed as audio input "
+                    "with no documented bound; send its transcript as content instead",
+                    param=f"messages[{index}].audio")
     tools = body.get("tools")
     if not isinstance(tools, Sequence) or isinstance(tools, str):
         return
