@@ -101,7 +101,7 @@ def _retries(engine: Engine, clock: VirtualClock) -> Admission:
 
 def _loop(engine: Engine, clock: VirtualClock) -> Admission:
     same = fingerprint("flat", [{"role": "user", "content": "continue"}])
-    for _ in range(2):
+    for _ in range(LoopConfig().identical_max):
         assert _run(engine, _call(fingerprint=same)).admitted
         clock.advance(1)
     return engine.admit(_call(fingerprint=same))
@@ -144,7 +144,7 @@ CASES = [
     Case("retries", replace(OFF, retries=RetryPolicy()), _retries, Code.RETRY_LIMIT, Level.TASK,
          ("4 times", "3 re-attempts")),
     Case("loop", replace(OFF, loops=LoopConfig()), _loop, Code.LOOP_DETECTED, Level.CONVERSATION,
-         ("exact request", "a1")),
+         ("same request", "a1")),
     Case("breaker", replace(OFF, breakers=BreakerPolicy(levels={Level.AGENT: SMALL_BREAKER})), _breaker,
          Code.CIRCUIT_OPEN, Level.AGENT, ("breaker", "open", "$0.10")),
     Case("pacing", replace(OFF, pacing=PacingConfig()), _pace, Code.PACE_EXCEEDED, Level.AGENT, ("pace",)),

@@ -115,7 +115,7 @@ LAYERS = [
     Layer("deadline", _deadline, Code.DEADLINE_EXCEEDED, Level.AGENT, AGENT, ("cron-7", "60 s", "1.0 s after")),
     Layer("retry limit", _retry, Code.RETRY_LIMIT, Level.TASK, "acme|task-9", ("attempted 1 times", "00:00 UTC")),
     Layer("loop", _loop, Code.LOOP_DETECTED, Level.CONVERSATION, "acme|room",
-          ("exact request", "before it was paid")),
+          ("same request", "before they are paid")),
     Layer("breaker", _breaker, Code.CIRCUIT_OPEN, Level.AGENT, AGENT, ("is open", "$0.50000", "reset")),
     Layer("pacing", _pace, Code.PACE_EXCEEDED, Level.TENANT, "acme|alice", ("month budget", "limit $10.00000")),
     Layer("budgets", _budget, Code.BUDGET_EXCEEDED, Level.AGENT, AGENT, ("limit $0.00100", "raise the limit")),

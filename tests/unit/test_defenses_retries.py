@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.errors import DefenseConfigError
-from comptroller.domain.defenses.retries import RetryPolicy, RetryState, check_attempt, utc_day
+from comptroller.domain.defenses.retries import (
+    FAMILIES_MAX,
+    RetryPolicy,
+    RetryState,
+    check_attempt,
+    check_unlabelled,
+    utc_day,
+)
 from comptroller.domain.defenses.verdict import Rule
 from comptroller.domain.scopes import Level
 
@@ -96,3 +103,43 @@ def test_never_more_than_the_limit_of_distinct_attempts(ids: list[str], retries:
     assert len(admitted) <= policy.attempts_max_per_day
     assert len(state.attempt_ids) == len(admitted)
     assert state.day == (utc_day(NOON) if ids else None)
+
+
+def run_unlabelled(policy: RetryPolicy, families: list[str], when: datetime = NOON) -> tuple[list[bool], RetryState]:
+    """Admit unlabelled calls of the task in order; True for each admitted, and the last state."""
+    state, admitted = RetryState(scope=TASK), []
+    for family in families:
+        step = check_unlabelled(state, policy, family, when)
+        state = step.state
+        admitted.append(step.verdict is None)
+    return admitted, state
+
+
+def test_an_unlabelled_task_with_distinct_steps_is_one_attempt() -> None:
+    """A task whose calls are all different requests is one attempt, however many steps it has."""
+    admitted, state = run_unlabelled(RetryPolicy(), [f"step{i}" for i in range(40)])
+    assert all(admitted) and state.attempt_ids == ("auto-1",)
+
+
+def test_an_unlabelled_retry_of_the_task_is_an_attempt() -> None:
+    """Repeating a request family starts a new attempt; past the limit the next start is refused."""
+    policy = RetryPolicy(retries_max_per_day=2)
+    one_attempt = ["plan", "code", "test"]
+    admitted, state = run_unlabelled(policy, one_attempt * (policy.attempts_max_per_day + 1))
+    allowed = len(one_attempt) * policy.attempts_max_per_day
+    assert admitted == [True] * allowed + [False] * len(one_attempt)
+    assert len(state.attempt_ids) == policy.attempts_max_per_day
+
+
+def test_an_identical_unlabelled_retry_is_an_attempt_each_time() -> None:
+    """The same request again and again is one attempt per call: the first and N re-attempts pass."""
+    policy = RetryPolicy()
+    admitted, _ = run_unlabelled(policy, ["same"] * 10)
+    assert admitted == [True] * policy.attempts_max_per_day + [False] * (10 - policy.attempts_max_per_day)
+
+
+def test_unlabelled_families_stay_bounded_and_round_trip() -> None:
+    """The current attempt keeps at most FAMILIES_MAX families, and the record reads back equal."""
+    _, state = run_unlabelled(RetryPolicy(), [f"f{i}" for i in range(FAMILIES_MAX * 2)])
+    assert len(state.families) == FAMILIES_MAX
+    assert RetryState.from_record(state.to_record()) == state

@@ -6,7 +6,8 @@ call: inside the reservation's transaction it reads the call's kill switches, it
 scheduled run, its task's retry state, its loop history and its breakers, and runs
 the checks in :data:`~comptroller.domain.defenses.order.CHECK_ORDER` (kill switch,
 pinning, deadline, loop, breaker, pacing; the store then checks the budgets). The
-first refusal wins and only a kill switch tripped on the way is written; when every
+first refusal wins and only a kill switch tripped on the way, or the loop lock the
+refusal trips, is written; when every
 check passes, every changed state is written with the reservation.
 :class:`SettleDefenses` counts a settled cost in the breakers and the automatic kill
 switches, and returns a released call's probe lease.
@@ -19,7 +20,7 @@ kind      key                     state
 breaker   ``level:scope``         :class:`~comptroller.domain.breaker.BreakerState`
 kill      ``level:scope``         :class:`.killswitch.KillSwitchState`
 retry     task scope key          :class:`.retries.RetryState`
-loop      ``level:scope``         :class:`.loops.LoopHistory`
+loop      ``level:scope``         :class:`.loops.LoopHistory` (with its lock, :mod:`.loop_lock`)
 run       run id                  :class:`.deadline.ScheduledRun`
 ========  ======================  =============================================
 
@@ -43,7 +44,7 @@ from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchS
 from comptroller.domain.defenses.loops import LoopConfig, LoopHistory, LoopRequest, check_loops, loop_scope
 from comptroller.domain.defenses.pacing import PacingConfig, apply_pacing
 from comptroller.domain.defenses.pinning import PinningPolicy, Route
-from comptroller.domain.defenses.retries import RetryPolicy, RetryState, check_attempt
+from comptroller.domain.defenses.retries import RetryPolicy, RetryState, check_attempt, check_unlabelled
 from comptroller.domain.defenses.verdict import JsonScalar, Verdict
 from comptroller.domain.ledger import AccountView, Event, Reservation, ReserveRequest
 from comptroller.domain.scopes import Attribution, Level
@@ -87,7 +88,8 @@ class Defenses:
         kill_switches: level -> automatic triggers of that level's switches (manual trips
             work at every level regardless).
         pinning: allowed models per agent (None: every agent unrestricted).
-        retries: the re-attempt limit per task per UTC day (counted when a call names an attempt).
+        retries: the re-attempt limit per task per UTC day (counted when a call names an attempt,
+            or, unlabelled, when its request's fingerprint repeats within the current attempt).
         loops: the loop detectors (run when a call carries a fingerprint or text).
         pacing: pacing of period budgets (None: off).
     """
@@ -188,6 +190,8 @@ class ParsedStates:
 class _Changes:
     writes: list[StoredState] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    kept_writes: list[StoredState] = field(default_factory=list)  # a refusal's own state (a loop lock tripping)
+    kept_events: list[Event] = field(default_factory=list)
 
     def outcome(self, verdict: Verdict | None = None, request: ReserveRequest | None = None) -> GuardOutcome:
         return GuardOutcome(verdict, tuple(self.writes), tuple(self.events), request)
@@ -240,6 +244,8 @@ class AdmitDefenses:
             verdict, request = (paced, None) if isinstance(paced, Verdict) else (None, paced)
         if verdict is not None:
             del changes.writes[kept[0]:], changes.events[kept[1]:]
+            changes.writes += changes.kept_writes
+            changes.events += changes.kept_events
         return changes.outcome(verdict, request)
 
     # rank 1
@@ -279,7 +285,8 @@ class AdmitDefenses:
 
     # rank 4
     def _counts_attempts(self) -> bool:
-        return self.defenses.retries is not None and self._task is not None and self.facts.attempt_id is not None
+        return self.defenses.retries is not None and self._task is not None and (
+            self.facts.attempt_id is not None or self.facts.fingerprint is not None)
 
     def _detects_loops(self) -> bool:
         return self.defenses.loops is not None and (self.facts.fingerprint is not None
@@ -288,11 +295,15 @@ class AdmitDefenses:
     def _retries(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
         if not self._counts_attempts():
             return None
-        assert self.defenses.retries is not None and self._task is not None and self.facts.attempt_id is not None
+        assert self.defenses.retries is not None and self._task is not None
         key = StateKey(RETRY, self._task)
         task = self._task
         state = self.parsed.load(states, key, RetryState.from_record, lambda: RetryState(task))
-        step = check_attempt(state, self.defenses.retries, self.facts.attempt_id, now)
+        if self.facts.attempt_id is not None:
+            step = check_attempt(state, self.defenses.retries, self.facts.attempt_id, now)
+        else:  # unlabelled: the request family seen again in this attempt starts a new one
+            assert self.facts.fingerprint is not None
+            step = check_unlabelled(state, self.defenses.retries, self.facts.fingerprint, now)
         changes.writes += self.parsed.write(key, state, step.state)
         return step.verdict
 
@@ -306,7 +317,13 @@ class AdmitDefenses:
         request = LoopRequest(call_id=self.facts.call_id, agent=self.facts.attribution.agent,
                               fingerprint=self.facts.fingerprint or "", text=self.facts.text or "")
         step = check_loops(history, self.defenses.loops, request, now)
-        changes.writes += self.parsed.write(key, history, step.history)
+        writes = self.parsed.write(key, history, step.history)
+        if step.verdict is None:
+            changes.writes += writes
+            changes.events += step.events
+        else:
+            changes.kept_writes += writes
+            changes.kept_events += step.events
         return step.verdict
 
     # rank 5

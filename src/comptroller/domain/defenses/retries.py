@@ -10,6 +10,12 @@ attempt is refused with ``retry_limit`` until 00:00 UTC.
 Idempotent by the attempt id: admitting an attempt seen today again changes
 nothing, so a retried admission is never counted twice. The state holds at most
 ``retries_max_per_day + 1`` ids, so it stays small.
+
+Unlabelled retries count too (:func:`check_unlabelled`): a call of a task that names no
+attempt carries its request family (the request's fingerprint). Within one attempt the
+steps of a task are different requests; a family seen again in the current attempt
+means the task started over, so it opens a new attempt (``auto-N``), labels or not.
+The families of the current attempt are bounded (``FAMILIES_MAX``, oldest dropped).
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from comptroller.domain.defenses._checks import require_aware, require_int, requ
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
 from comptroller.domain.scopes import Level
 
-__all__ = ["RetryPolicy", "RetryState", "RetryStep", "check_attempt", "utc_day"]
+__all__ = ["FAMILIES_MAX", "RetryPolicy", "RetryState", "RetryStep", "check_attempt", "check_unlabelled", "utc_day"]
+
+FAMILIES_MAX = 64
+_FAMILY_CHARS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +65,10 @@ class RetryState:
     """The attempts of one task on one UTC day, as a store keeps it (one row per task scope).
 
     Attributes:
-        scope: the task's scope key (``ns|task``).
+        scope: the task's scope key (``ns|tenant|task``).
         day: the UTC day counted, ISO date (None before the first attempt).
         attempt_ids: the attempts admitted that day, in order.
+        families: the request families (16 hex digits each) of the current unlabelled attempt.
         version: incremented by every change; the compare-and-set token.
     """
 
@@ -66,11 +76,12 @@ class RetryState:
     day: str | None = None
     attempt_ids: tuple[str, ...] = ()
     version: int = 0
+    families: tuple[str, ...] = ()
 
     def to_record(self) -> dict[str, JsonScalar]:
-        """A flat JSON record (the attempt ids as JSON text)."""
+        """A flat JSON record (the attempt ids and families as JSON text)."""
         return {"scope": self.scope, "day": self.day, "attempt_ids": json.dumps(list(self.attempt_ids)),
-                "version": self.version}
+                "families": json.dumps(list(self.families)), "version": self.version}
 
     @classmethod
     def from_record(cls, record: Mapping[str, JsonScalar]) -> RetryState:
@@ -78,8 +89,10 @@ class RetryState:
         ids = json.loads(rec.get_str(record, "attempt_ids"))
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError(f"state record field 'attempt_ids' must be a JSON list of strings, got {ids!r}")
+        families = json.loads(str(record.get("families") or "[]"))
         return cls(scope=rec.get_str(record, "scope"), day=rec.get_opt_str(record, "day"),
-                   attempt_ids=tuple(ids), version=rec.get_int(record, "version"))
+                   attempt_ids=tuple(ids), version=rec.get_int(record, "version"),
+                   families=tuple(str(f) for f in families))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +133,37 @@ def check_attempt(state: RetryState, policy: RetryPolicy, attempt_id: str, now: 
     if len(seen) >= policy.attempts_max_per_day:
         return RetryStep(state, _refusal(state.scope, day, seen, policy, now))
     return RetryStep(replace(state, day=day, attempt_ids=(*seen, attempt_id), version=state.version + 1))
+
+
+def check_unlabelled(state: RetryState, policy: RetryPolicy, family: str, now: datetime) -> RetryStep:
+    """Count an unlabelled call of the task: a request family seen again in this attempt starts a new one.
+
+    Args:
+        state: the task's attempts as read.
+        policy: the limit.
+        family: the request's family (its fingerprint; non-empty).
+        now: the admission time (aware UTC).
+
+    Returns:
+        A step with the family recorded (and a new ``auto-N`` attempt when the family
+        repeats, or on the day's first call), or the unchanged state and a
+        ``retry_limit`` verdict when that new attempt is over the limit.
+
+    Raises:
+        ValueError: on a naive ``now``; DefenseConfigError on an empty family.
+    """
+    family = require_text("attempt", "family", family)[:_FAMILY_CHARS]
+    day = utc_day(now)
+    today = state.day == day
+    seen = state.attempt_ids if today else ()
+    families = state.families if today else ()
+    if seen and family not in families:
+        return RetryStep(replace(state, families=(*families, family)[-FAMILIES_MAX:], version=state.version + 1))
+    if len(seen) >= policy.attempts_max_per_day:
+        return RetryStep(state, _refusal(state.scope, day, seen, policy, now))
+    attempt = f"auto-{len(seen) + 1}"
+    return RetryStep(replace(state, day=day, attempt_ids=(*seen, attempt), families=(family,),
+                             version=state.version + 1))
 
 
 def _refusal(scope: str, day: str, seen: tuple[str, ...], policy: RetryPolicy, now: datetime) -> Verdict:

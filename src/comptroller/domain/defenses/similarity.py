@@ -11,6 +11,21 @@
   case and whitespace. Texts shorter than ``k`` words are one shingle, so they are
   similar only when equal.
 
+* :func:`mask_variables`: what varies between two retries of one request (UUIDs,
+  timestamps, hex ids, paths, numbers, stack-trace line numbers) replaced by a
+  placeholder, so a retry whose error line carries a new timestamp or id is the
+  same text as the one before.
+* :class:`Sketch`: a fixed-size signature of a text's shingle set (a bottom-k
+  MinHash: the ``k`` smallest 32-bit BLAKE2b hashes of its shingles; A. Broder,
+  "On the resemblance and containment of documents", 1997; E. Cohen and H.
+  Kaplan, "Summarizing data using bottom-k sketches", PODC 2007). One hash
+  function, ``k`` values: a loop history stores 8 * k hex characters per entry
+  whatever the text's length, and :meth:`Sketch.similarity` estimates the
+  Jaccard index (exact while a text has at most ``k`` shingles). We keep it here
+  rather than depend on ``datasketch``: that library's MinHash needs numpy and
+  ``k`` hash permutations per shingle, and the loop check runs inside every
+  reservation's transaction.
+
 What text to compare is the caller's choice, and it matters: an LLM request
 repeats the whole conversation, so two consecutive turns share almost all of
 it. Pass what the agent adds in this turn (its last message), not the history.
@@ -24,16 +39,43 @@ import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
-__all__ = ["SHINGLE_WORDS", "fingerprint", "normalise_text", "shingles", "similarity"]
+__all__ = ["SHINGLE_WORDS", "SKETCH_SIZE", "Sketch", "fingerprint", "mask_variables", "normalise_text", "shingles",
+           "similarity"]
 
 SHINGLE_WORDS = 3
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
+SKETCH_SIZE = 32
+_HASH_HEX = 8
+# What varies between retries, most specific first; each match becomes one placeholder word.
+_VARIABLES = re.compile("|".join((
+    r"(?P<uuid>\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b)",
+    r"(?P<ts>\b\d{4}-\d{2}-\d{2}[t ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)",
+    r"(?P<time>\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)",
+    r"(?P<path>(?:[a-z]:\\|~?/)[\w.\-]+(?:[/\\][\w.\-]+)+)",
+    r"(?P<hex>\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b)",
+    r"(?P<num>\b\d+(?:[.,]\d+)*\b)",
+)))
 
 
 def normalise_text(text: str) -> str:
     """Case-folded, with runs of whitespace collapsed to one space and the ends stripped."""
     return _SPACE.sub(" ", text.casefold()).strip()
+
+
+def mask_variables(text: str) -> str:
+    """The normalised text with what varies between retries replaced by placeholders.
+
+    UUIDs become ``<uuid>``, ISO-8601 timestamps ``<ts>``, clock times ``<time>``,
+    file paths ``<path>``, hex ids (``0x...`` or 8+ hex digits with a letter and a
+    digit) ``<hex>``, and other numbers (so stack-trace line numbers too) ``<num>``.
+    Two retries whose error line differs only in such values mask to the same text.
+    """
+    return _VARIABLES.sub(_placeholder, normalise_text(text))
+
+
+def _placeholder(match: re.Match[str]) -> str:
+    return f"<{match.lastgroup}>"
 
 
 def _normalise(value: object) -> object:
@@ -84,3 +126,62 @@ def similarity(a: str, b: str, k: int = SHINGLE_WORDS) -> float:
     """Jaccard index of the ``k``-word shingle sets of ``a`` and ``b``, in [0, 1]."""
     left, right = shingles(a, k), shingles(b, k)
     return len(left & right) / len(left | right)
+
+
+class Sketch:
+    """A bottom-k MinHash of a text's word shingles: a fixed-size signature (see the module docstring).
+
+    Args:
+        hashes: the sorted distinct 32-bit shingle hashes kept (at most ``SKETCH_SIZE``).
+    """
+
+    __slots__ = ("hashes",)
+
+    def __init__(self, hashes: tuple[int, ...]) -> None:
+        self.hashes = hashes
+
+    @classmethod
+    def of(cls, text: str, k: int = SHINGLE_WORDS) -> Sketch:
+        """The sketch of a text's ``k``-word shingles (the caller masks or normalises it first)."""
+        return _sketch_of(text, k)
+
+    def to_hex(self) -> str:
+        """The signature as text: 8 hex digits per hash, at most ``8 * SKETCH_SIZE`` characters."""
+        return "".join(f"{h:08x}" for h in self.hashes)
+
+    @classmethod
+    def from_hex(cls, text: str) -> Sketch:
+        """Read :meth:`to_hex`. Raises ValueError on text that is not whole 8-digit hex hashes."""
+        if len(text) % _HASH_HEX or len(text) > _HASH_HEX * SKETCH_SIZE:
+            raise ValueError(f"a sketch is at most {SKETCH_SIZE} hashes of {_HASH_HEX} hex digits, got {text!r:.80}")
+        return cls(tuple(int(text[i:i + _HASH_HEX], 16) for i in range(0, len(text), _HASH_HEX)))
+
+    def similarity(self, other: Sketch) -> float:
+        """The estimated Jaccard index of the two shingle sets, in [0, 1] (exact for small sets).
+
+        Among the ``SKETCH_SIZE`` smallest hashes of the union, the share held by both sketches
+        (Cohen and Kaplan's bottom-k estimator).
+        """
+        if self.hashes == other.hashes:
+            return 1.0
+        union = sorted(set(self.hashes) | set(other.hashes))[:SKETCH_SIZE]
+        if not union:
+            return 1.0
+        mine, theirs = set(self.hashes), set(other.hashes)
+        return sum(1 for h in union if h in mine and h in theirs) / len(union)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sketch) and self.hashes == other.hashes
+
+    def __hash__(self) -> int:
+        return hash(self.hashes)
+
+    def __repr__(self) -> str:
+        return f"Sketch({self.to_hex()!r})"
+
+
+@lru_cache(maxsize=4_096)
+def _sketch_of(text: str, k: int) -> Sketch:
+    hashes = {int.from_bytes(hashlib.blake2b(" ".join(s).encode("utf-8"), digest_size=4).digest(), "big")
+              for s in shingles(text, k)}
+    return Sketch(tuple(sorted(hashes)[:SKETCH_SIZE]))
