@@ -7,6 +7,8 @@ import pytest
 from gateway_kit import INPUT_MC_PER_TOKEN, MODEL, OUTPUT_CAP, OUTPUT_MC_PER_TOKEN, GatewayFactory, Harness, stub_policy
 from stub_upstream import prompt_tokens
 
+from comptroller.domain.defenses.loops import LoopConfig
+
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say five words."}]
 
 
@@ -154,15 +156,17 @@ def test_repeated_request_is_refused_as_a_loop_before_it_is_paid(gw: Harness) ->
     """The gateway fills the fingerprint, so the engine's same-request detector refuses a repeat loop."""
     messages = [{"role": "user", "content": "Try again, exactly the same."}]
     client = gw.client(**{"X-Comptroller-Agent": "looper"})
-    client.chat.completions.create(model=MODEL, messages=messages)
-    client.chat.completions.create(model=MODEL, messages=messages)
+    for _ in range(LoopConfig().identical_max):  # a few repeats pass (issue 13); the loop's next is refused
+        client.chat.completions.create(model=MODEL, messages=messages)
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model=MODEL, messages=messages)
     assert caught.value.code == "loop_detected"
     assert caught.value.param == "agent"
-    assert len(gw.stub.control.requests) == 2
-    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Something new."}])
-    assert len(gw.stub.control.requests) == 3
+    assert len(gw.stub.control.requests) == LoopConfig().identical_max
+    with pytest.raises(openai.RateLimitError) as locked:  # the scope stays locked for its cooldown (issue 13)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Something new."}])
+    assert locked.value.code == "loop_detected"
+    assert len(gw.stub.control.requests) == LoopConfig().identical_max
 
 
 def test_pinned_agent_lists_and_calls_only_its_models(make_gateway: GatewayFactory) -> None:

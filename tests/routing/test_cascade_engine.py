@@ -197,7 +197,7 @@ def test_the_defenses_apply_to_every_attempt_but_escalation_is_not_a_repeat() ->
     store = MemoryStore()
     clock = VirtualClock(START)
     engine = Engine(store=store, prices=PriceBook(overrides=PRICES), clock=clock, caps=OutputCaps(default_tokens=500),
-                    defenses=Defenses(breakers=None, retries=None, loops=LoopConfig()))
+                    defenses=Defenses(breakers=None, retries=None, loops=LoopConfig(identical_max=2)))
     usage = Usage(input_tokens=300, output_tokens=40)
 
     def ask(request_id: str, **extra: str) -> Outcome:
