@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from comptroller.batch_config import BatchSection
 from comptroller.defenses_config import DefenseSections, RunsSection
 from comptroller.domain.budgets import ANY_SCOPE, DEFAULT_ALERT_THRESHOLDS_PCT, Budget, BudgetError, Period
 from comptroller.domain.caps import OutputCaps
@@ -181,6 +182,8 @@ class Policy(DefenseSections):
     routing: dict[str, Any] = Field(default_factory=dict)
     groups: dict[str, Any] = Field(default_factory=dict)
     gateway: dict[str, Any] = Field(default_factory=dict)
+    batch: BatchSection = Field(default_factory=BatchSection)
+    """``[batch]``: batch prices, leases and reconciling (:mod:`comptroller.batch_config`)."""
     """``[gateway]``: read and validated by :mod:`comptroller.gateway.config` (``comptroller serve``)."""
     source: str = "policy"
 

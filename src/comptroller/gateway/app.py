@@ -35,12 +35,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from comptroller.batch_config import BatchSection
 from comptroller.bootstrap import build_engine
 from comptroller.domain.breaker import BreakerState, BreakerStatus
 from comptroller.domain.routing import Router
 from comptroller.engine import Engine
 from comptroller.engine.engine import allowed_models
 from comptroller.gateway.admin import admin_app
+from comptroller.gateway.batches import batch_routes, start_batches
 from comptroller.gateway.calls import chat_completions, read_chat
 from comptroller.gateway.cascades import CASCADE_PREFIX, cascade_completion, cascade_name
 from comptroller.gateway.config import GatewayConfig, load_gateway_config, tier_models
@@ -149,7 +151,7 @@ def _breaker_states(engine: Engine) -> Callable[[], Iterable[tuple[str, bool]]]:
 
 def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespace: str,
                routing: RoutingConfig | None = None, groups: Iterable[GroupDefinition] = (),
-               on_shutdown: Callable[[], None] | None = None) -> Starlette:
+               on_shutdown: Callable[[], None] | None = None, batch: BatchSection | None = None) -> Starlette:
     """The gateway app for one worker.
 
     Args:
@@ -160,6 +162,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         routing: the policy's cascades and rules (``Policy.routing_config``; None: no cascades).
         groups: the groups to register at start (``Policy.group_definitions().values()``).
         on_shutdown: called after in-flight calls are released (close stores).
+        batch: the policy's ``[batch]`` section (batch prices, reconciler interval; None: defaults).
 
     Raises:
         ConfigError: a cascade tier model no provider serves.
@@ -176,9 +179,11 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
                           namespace=namespace, metrics=metrics, routing=routing, groups=group_service,
                           tier_models=tiers)
         app.state.gateway = gateway
+        app.state.batches = await start_batches(gateway, batch)
         try:
             yield
         finally:
+            await app.state.batches.aclose()
             released = gateway.release_all()
             if released:
                 log.warning("shutdown: released %d reservations still in flight", released)
@@ -188,6 +193,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
 
     routes = [
         Route("/v1/chat/completions", _chat, methods=["POST"]),
+        *batch_routes(),
         Route("/v1/groups/{group_id}/dispatch", _dispatch, methods=["POST"]),
         Route("/v1/models", _models, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
@@ -220,4 +226,4 @@ def app_from_env() -> Starlette:
         engine.store.close()
 
     return create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace, routing=routing,
-                      groups=groups.values(), on_shutdown=close)
+                      groups=groups.values(), on_shutdown=close, batch=policy.batch)

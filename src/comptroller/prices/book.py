@@ -129,6 +129,24 @@ class PriceBook:
             self._converted[key] = converted
         return converted
 
+    def batch_price(self, model: str, at: datetime) -> ModelPrice | None:
+        """genai-prices' batch price of a label at ``at`` (its ``processing = batch`` variant), or None.
+
+        None when the model's price is configured here (an override replaces genai-prices'
+        prices, batch ones included) or genai-prices has no batch price for it at ``at``.
+
+        Raises:
+            UnknownModelError: for an unknown label.
+        """
+        model_id = self.resolve(model)
+        if model_id in self._overrides:
+            return None
+        info = self._model_info(model_id)
+        batch = info.get_prices(at, {"processing": "batch"})
+        if batch == info.get_prices(at):
+            return None
+        return self._convert(model_id, info, batch)
+
     @staticmethod
     def _convert(model_id: str, info: types.ModelInfo, raw: types.ModelPrice) -> ModelPrice:
         input_rate, output_rate = _rate(raw.input_mtok), _rate(raw.output_mtok)

@@ -1,0 +1,435 @@
+"""Batch APIs as budget rules: read a batch's lines, bound each one, price it at the batch rate,
+and turn the provider's results into settle and release actions.
+
+Two batch APIs are metered (DESIGN.md rule 11):
+
+* OpenAI Batch API: an input JSONL file, one request per line,
+  ``{"custom_id", "method": "POST", "url", "body"}`` (API reference, "Batch": "The input
+  file ... each line ... custom_id ... must be unique"; every line of one file targets one
+  model and the batch's ``endpoint``); results come back as an output file and an error
+  file, one line per ``custom_id``.
+* Anthropic Message Batches: ``{"requests": [{"custom_id", "params"}]}`` where ``params``
+  is a Messages API body (docs "Batch processing"); results are a JSONL of
+  ``{"custom_id", "result": {"type": "succeeded" | "errored" | "canceled" | "expired"}}``.
+
+Both providers bill batch calls at 50 % of the standard rates (OpenAI "Batch API" guide;
+Anthropic "Batch processing: pricing"). genai-prices models that as a ``processing = batch``
+price variant; where it has none, :func:`discounted` applies the policy's percentage to the
+standard price, exactly in Decimal.
+
+At create, every line is reserved (its input bound plus its output bound, at the batch
+price) or none is. When the batch ends, :func:`reconcile` decides, per ``custom_id``:
+
+==========================================  ==============================================
+returned                                    action
+==========================================  ==========================================
+succeeded, usage read                       settle that usage
+succeeded, usage missing or malformed       settle the line's bound (the provider billed it)
+returned more than once                     settle the sum of the successes; reported as
+                                            duplicate
+failed, errored, expired, cancelled         release (the provider bills nothing for them)
+not returned, batch completed               settle the bound (the outcome is unknown:
+                                            DESIGN.md rule 12); reported as missing
+not returned, batch failed, expired or      release; reported as missing
+cancelled
+returned but never submitted                nothing to settle; reported as unexpected
+==========================================  ==============================================
+
+Pure: no I/O, no clock. The gateway edge (:mod:`comptroller.gateway.batches`) reads and
+writes the ledger and the provider.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
+from comptroller.domain.tokens import Api, request_input_tokens_max
+from comptroller.domain.usage import Usage, UsageError, from_anthropic, from_openai_usage
+
+__all__ = [
+    "LINES_MAX",
+    "OPENAI_ENDPOINTS",
+    "BatchInputError",
+    "BatchLine",
+    "LineResult",
+    "Reconciliation",
+    "Unreturned",
+    "anthropic_results",
+    "discounted",
+    "openai_results",
+    "parse_anthropic_requests",
+    "parse_openai_jsonl",
+    "reconcile",
+]
+
+LINES_MAX = 50_000
+"""Requests in one batch, at most (OpenAI: 50,000 per file; Anthropic: 100,000 per batch)."""
+
+OPENAI_ENDPOINTS: Mapping[str, Api] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
+"""The batch endpoints whose lines the gateway can bound, and their request shape."""
+
+_CUSTOM_ID_LEN_MAX = 512
+
+
+class BatchInputError(ValueError):
+    """A batch line (or the batch) is malformed, or cannot be bounded.
+
+    Attributes:
+        param: where, e.g. ``line 3: body.max_tokens`` or ``requests[2].params.messages``.
+    """
+
+    def __init__(self, message: str, *, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One request of a batch, checked and bounded.
+
+    Attributes:
+        custom_id: the caller's id of the request, unique in the batch.
+        model: the requested model label.
+        api: the request shape (``chat``, ``embeddings``, ``messages``).
+        body: the request body (the edge sets its output limit to the reserved bound).
+        input_tokens_max: an upper bound on its input tokens
+            (:func:`comptroller.domain.tokens.request_input_tokens_max`).
+        max_tokens: the requested output limit, tokens (None: none sent; embeddings: 0).
+    """
+
+    custom_id: str
+    model: str
+    api: Api
+    body: dict[str, Any]
+    input_tokens_max: int
+    max_tokens: int | None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no Infinity or NaN)")
+
+
+def _custom_id(value: Any, where: str, seen: set[str]) -> str:
+    if not isinstance(value, str) or not value or len(value) > _CUSTOM_ID_LEN_MAX:
+        raise BatchInputError(f"{where}: custom_id must be a non-empty string of at most {_CUSTOM_ID_LEN_MAX} "
+                              f"characters, got {value!r}", param=f"{where}.custom_id")
+    if value in seen:
+        raise BatchInputError(f"{where}: custom_id {value!r} is used twice; every request of a batch needs its own",
+                              param=f"{where}.custom_id")
+    seen.add(value)
+    return value
+
+
+def _positive_int(body: Mapping[str, Any], name: str, where: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise BatchInputError(f"{where}: {name} must be an integer >= 1, got {value!r}", param=f"{where}.{name}")
+    return value
+
+
+def _line(custom_id: str, body: Any, api: Api, where: str) -> BatchLine:
+    """Check one request body and bound its input and output."""
+    if not isinstance(body, dict):
+        raise BatchInputError(f"{where} must be an object (the request body)", param=where)
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BatchInputError(f"{where}.model must be a non-empty string naming a model", param=f"{where}.model")
+    if body.get("stream") not in (None, False):
+        raise BatchInputError(f"{where}.stream must be false or absent: a batch request is not streamed",
+                              param=f"{where}.stream")
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
+        raise BatchInputError(f"{where}.n must be 1 in a batch (one output is reserved per line), got {n!r}",
+                              param=f"{where}.n")
+    if api == "embeddings":
+        max_tokens: int | None = 0
+    else:
+        limits = [v for v in (_positive_int(body, "max_completion_tokens", where),
+                              _positive_int(body, "max_tokens", where)) if v is not None]
+        max_tokens = min(limits) if limits else None
+        if api == "messages" and max_tokens is None:
+            raise BatchInputError(f"{where}.max_tokens is required (Anthropic Messages API)",
+                                  param=f"{where}.max_tokens")
+    try:
+        input_max = request_input_tokens_max(body, api=api)
+    except ValueError as exc:
+        part = getattr(exc, "param", "")
+        raise BatchInputError(f"{where}: {exc}", param=f"{where}.{part}" if part else where) from None
+    return BatchLine(custom_id=custom_id, model=model, api=api, body=body, input_tokens_max=input_max,
+                     max_tokens=max_tokens)
+
+
+def parse_openai_jsonl(raw: bytes, *, endpoint: str | None = None) -> list[BatchLine]:
+    """The lines of an OpenAI batch input file, checked and bounded.
+
+    Args:
+        raw: the file's bytes (UTF-8 JSONL; blank lines are skipped).
+        endpoint: the batch's endpoint, when known; every line's ``url`` must equal it.
+
+    Returns:
+        The lines in file order (at least one, at most :data:`LINES_MAX`), all on one
+        model and one ``url`` (OpenAI's rule for a batch input file).
+
+    Raises:
+        BatchInputError: naming the line and field at fault: not JSON, a missing or
+            repeated ``custom_id``, ``method`` not POST, an unsupported ``url``, a body
+            that cannot be bounded, a second model or url, too many lines.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BatchInputError(f"the file is not UTF-8 (byte {exc.start}); upload UTF-8 JSONL", param="file") from None
+    lines: list[BatchLine] = []
+    seen: set[str] = set()
+    url_seen, model_seen = endpoint, None
+    for number, row in enumerate(text.splitlines(), start=1):
+        if not row.strip():
+            continue
+        where = f"line {number}"
+        try:
+            item = json.loads(row, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            raise BatchInputError(f"{where} is not a JSON object: {exc}", param=where) from None
+        if not isinstance(item, dict):
+            raise BatchInputError(f"{where} must be a JSON object {{custom_id, method, url, body}}", param=where)
+        custom_id = _custom_id(item.get("custom_id"), where, seen)
+        if item.get("method") != "POST":
+            raise BatchInputError(f"{where}: method must be \"POST\", got {item.get('method')!r}",
+                                  param=f"{where}.method")
+        url = item.get("url")
+        if not isinstance(url, str) or url not in OPENAI_ENDPOINTS:
+            raise BatchInputError(f"{where}: url {url!r} cannot be metered in a batch; supported: "
+                                  f"{', '.join(OPENAI_ENDPOINTS)}", param=f"{where}.url")
+        if url_seen is not None and url != url_seen:
+            raise BatchInputError(f"{where}: url {url!r} differs from {url_seen!r}; one batch, one endpoint",
+                                  param=f"{where}.url")
+        url_seen = url
+        line = _line(custom_id, item.get("body"), OPENAI_ENDPOINTS[url], f"{where}: body")
+        if model_seen is not None and line.model != model_seen:
+            raise BatchInputError(f"{where}: model {line.model!r} differs from {model_seen!r}; OpenAI runs one "
+                                  "model per batch file", param=f"{where}.body.model")
+        model_seen = line.model
+        lines.append(line)
+        if len(lines) > LINES_MAX:
+            raise BatchInputError(f"the file has more than {LINES_MAX} requests; split it", param="file")
+    if not lines:
+        raise BatchInputError("the file has no requests; one JSON object per line", param="file")
+    return lines
+
+
+def parse_anthropic_requests(body: Mapping[str, Any]) -> list[BatchLine]:
+    """The requests of an Anthropic Message Batch create body, checked and bounded.
+
+    Raises:
+        BatchInputError: naming ``requests[i]`` and the field at fault.
+    """
+    requests = body.get("requests")
+    if not isinstance(requests, list) or not requests:
+        raise BatchInputError("requests must be a non-empty array of {custom_id, params}", param="requests")
+    if len(requests) > LINES_MAX:
+        raise BatchInputError(f"a batch may hold at most {LINES_MAX} requests here; split it", param="requests")
+    seen: set[str] = set()
+    lines = []
+    for i, item in enumerate(requests):
+        where = f"requests[{i}]"
+        if not isinstance(item, dict):
+            raise BatchInputError(f"{where} must be an object {{custom_id, params}}", param=where)
+        custom_id = _custom_id(item.get("custom_id"), where, seen)
+        lines.append(_line(custom_id, item.get("params"), "messages", f"{where}.params"))
+    return lines
+
+
+def _scale(rate: Rate | None, factor: Decimal) -> Rate | None:
+    if rate is None:
+        return None
+    if isinstance(rate, TieredRate):
+        return TieredRate(rate.base * factor, tuple((start, r * factor) for start, r in rate.tiers))
+    return rate * factor
+
+
+def discounted(price: ModelPrice, discount_pct: int) -> ModelPrice:
+    """A price with every rate (tiers and cache rates too) lowered by ``discount_pct`` percent, exactly.
+
+    Args:
+        price: the standard price.
+        discount_pct: 0..100.
+
+    Raises:
+        ValueError: for a percentage outside 0..100.
+    """
+    if type(discount_pct) is not int or not 0 <= discount_pct <= 100:
+        raise ValueError(f"discount_pct must be an integer 0..100, got {discount_pct!r}")
+    factor = Decimal(100 - discount_pct) / Decimal(100)
+    return replace(price, input_mtok=_scale(price.input_mtok, factor) or Decimal(0),
+                   output_mtok=_scale(price.output_mtok, factor) or Decimal(0),
+                   cache_read_mtok=_scale(price.cache_read_mtok, factor),
+                   cache_write_mtok=_scale(price.cache_write_mtok, factor),
+                   cache_write_1h_mtok=_scale(price.cache_write_1h_mtok, factor),
+                   source=f"{price.source}, batch -{discount_pct}%")
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """One result line of a finished batch.
+
+    Attributes:
+        custom_id: the request it answers.
+        succeeded: True when the provider ran it (billed); False for errored, expired, cancelled.
+        usage: its usage when succeeded and readable (None: settle the line's bound).
+    """
+
+    custom_id: str
+    succeeded: bool
+    usage: Usage | None = None
+
+
+class Unreturned(StrEnum):
+    """What to do with a line the results do not mention."""
+
+    SETTLE_BOUND = "settle_bound"
+    """The batch completed: the line's outcome is unknown, so it is charged its bound."""
+    RELEASE = "release"
+    """The batch failed, expired or was cancelled: unfinished lines were not run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """What a finished batch's results mean for the ledger (see the module table).
+
+    Attributes:
+        settle: custom_id -> the usage to settle (None: settle the line's bound).
+        release: custom_ids to release.
+        missing: submitted, not returned.
+        duplicate: returned more than once.
+        unexpected: returned, never submitted.
+    """
+
+    settle: dict[str, Usage | None] = field(default_factory=dict)
+    release: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    duplicate: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def _sum(usages: Sequence[Usage | None]) -> Usage | None:
+    if any(u is None for u in usages):
+        return None  # one success without usage: the bound
+    known = [u for u in usages if u is not None]
+    return Usage(input_tokens=sum(u.input_tokens for u in known), output_tokens=sum(u.output_tokens for u in known),
+                 cache_read_tokens=sum(u.cache_read_tokens for u in known),
+                 cache_write_tokens=sum(u.cache_write_tokens for u in known),
+                 cache_write_1h_tokens=sum(u.cache_write_1h_tokens for u in known))
+
+
+def reconcile(submitted: Iterable[str], results: Iterable[LineResult], *, unreturned: Unreturned) -> Reconciliation:
+    """Match a batch's results to its submitted custom_ids (see the module table).
+
+    Args:
+        submitted: the custom_ids reserved at create.
+        results: every result line, in any order (repeats allowed).
+        unreturned: what to do with submitted lines the results do not mention.
+
+    Returns:
+        The actions; every submitted custom_id is in exactly one of ``settle`` and ``release``.
+    """
+    expected = list(submitted)
+    known = set(expected)
+    by_id: dict[str, list[LineResult]] = {}
+    unexpected: list[str] = []
+    for result in results:
+        if result.custom_id not in known:
+            if result.custom_id not in unexpected:
+                unexpected.append(result.custom_id)
+            continue
+        by_id.setdefault(result.custom_id, []).append(result)
+    out = Reconciliation(unexpected=unexpected)
+    for custom_id in expected:
+        returned = by_id.get(custom_id, [])
+        if len(returned) > 1:
+            out.duplicate.append(custom_id)
+        successes = [r.usage for r in returned if r.succeeded]
+        if successes:
+            out.settle[custom_id] = _sum(successes)
+        elif returned:
+            out.release.append(custom_id)
+        else:
+            out.missing.append(custom_id)
+            if unreturned is Unreturned.SETTLE_BOUND:
+                out.settle[custom_id] = None
+            else:
+                out.release.append(custom_id)
+    return out
+
+
+def _jsonl(raw: bytes) -> Iterable[dict[str, Any]]:
+    for row in raw.decode("utf-8", "replace").splitlines():
+        try:
+            item = json.loads(row) if row.strip() else None
+        except ValueError:
+            continue  # an unreadable result line: its custom_id counts as not returned
+        if isinstance(item, dict) and isinstance(item.get("custom_id"), str):
+            yield item
+
+
+def _openai_usage(value: Any) -> Usage | None:
+    usage = from_openai_usage(value)
+    if usage is None and isinstance(value, Mapping) and "completion_tokens" not in value:
+        try:  # embeddings: input only
+            usage = Usage(input_tokens=value["prompt_tokens"], output_tokens=0)
+        except (KeyError, TypeError, UsageError):
+            return None
+    return usage
+
+
+def openai_results(output: bytes, errors: bytes = b"") -> list[LineResult]:
+    """The result lines of an OpenAI batch: its output file and its error file (JSONL).
+
+    A line succeeded when its ``response.status_code`` is 2xx and it has no ``error``.
+    """
+    results = []
+    for item in [*_jsonl(output), *_jsonl(errors)]:
+        response = item.get("response") if isinstance(item.get("response"), dict) else {}
+        status = response.get("status_code") if isinstance(response, dict) else None
+        ok = item.get("error") is None and isinstance(status, int) and 200 <= status < 300
+        body = response.get("body") if isinstance(response, dict) else None
+        usage = _openai_usage(body.get("usage")) if ok and isinstance(body, dict) else None
+        results.append(LineResult(item["custom_id"], ok, usage))
+    return results
+
+
+def _anthropic_usage(value: Any) -> Usage | None:
+    if not isinstance(value, Mapping):
+        return None
+    creation = value.get("cache_creation")
+    one_hour = creation.get("ephemeral_1h_input_tokens", 0) if isinstance(creation, Mapping) else 0
+    try:
+        return from_anthropic(input_tokens=value["input_tokens"], output_tokens=value["output_tokens"],
+                              cache_read_input_tokens=value.get("cache_read_input_tokens") or 0,
+                              cache_creation_input_tokens=value.get("cache_creation_input_tokens") or 0,
+                              ephemeral_1h_input_tokens=one_hour or 0)
+    except (KeyError, TypeError, UsageError):
+        return None
+
+
+def anthropic_results(raw: bytes) -> list[LineResult]:
+    """The result lines of an Anthropic Message Batch (its results JSONL).
+
+    ``result.type == "succeeded"`` is billed (usage in ``result.message.usage``); ``errored``,
+    ``canceled`` and ``expired`` are not (docs "Batch processing: results").
+    """
+    results = []
+    for item in _jsonl(raw):
+        result = item.get("result") if isinstance(item.get("result"), dict) else {}
+        ok = isinstance(result, dict) and result.get("type") == "succeeded"
+        message = result.get("message") if isinstance(result, dict) else None
+        usage = _anthropic_usage(message.get("usage")) if ok and isinstance(message, dict) else None
+        results.append(LineResult(item["custom_id"], ok, usage))
+    return results
