@@ -48,6 +48,10 @@ class TieredRate:
                 rate = tier_rate
         return rate
 
+    def __str__(self) -> str:
+        """Readable tiers, e.g. ``3; $6 when input > 200,000 tokens`` (edges print a ``$`` before it)."""
+        return "; ".join([str(self.base), *(f"${rate} when input > {start:,} tokens" for start, rate in self.tiers)])
+
     def highest_up_to(self, total_input_tokens: int) -> Decimal:
         """The highest rate reachable by any input size <= ``total_input_tokens``."""
         rates = [self.base] + [r for start, r in self.tiers if total_input_tokens > start]

@@ -29,6 +29,9 @@ from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
 __all__ = ["PriceBook", "UnknownModelError"]
 
 _MAX_ALIAS_HOPS = 8
+# Providers that sell their own models, asked first when genai-prices cannot infer the provider.
+_FIRST_PARTY = frozenset({"openai", "anthropic", "google", "mistral", "cohere", "voyageai", "deepseek", "x-ai",
+                          "meta", "moonshotai", "zai", "minimax"})
 _SOURCE = f"genai-prices {version('genai-prices')}"
 
 
@@ -106,9 +109,25 @@ class PriceBook:
             try:
                 _, info = self._snapshot.find_provider_model(model_id, None, None, None)
             except LookupError:
-                raise UnknownModelError(model_id, self._suggest(model_id)) from None
+                info = self._any_provider_model(model_id)
             self._models[model_id] = info
         return info
+
+    def _any_provider_model(self, model_id: str) -> types.ModelInfo:
+        """The model from the first provider that lists it, first-party providers first.
+
+        genai-prices infers the provider from the model name with each provider's
+        ``model_match``; OpenAI's matches ``gpt-*``, ``o1/3/4*``, ``tts-1*`` and ``whisper-1``
+        only, so ``text-embedding-3-small`` (which OpenAI lists, input only) finds no provider
+        that way. Each provider's own ``find_model`` is then asked, first-party providers
+        before resellers (whose prices may differ).
+        """
+        providers = sorted(self._snapshot.providers, key=lambda p: (p.id not in _FIRST_PARTY, p.id))
+        for provider in providers:
+            info = provider.find_model(model_id.lower(), all_providers=self._snapshot.providers)
+            if info is not None:
+                return info
+        raise UnknownModelError(model_id, self._suggest(model_id))
 
     def price(self, model: str, at: datetime) -> ModelPrice:
         """The price of a label at ``at`` (aware UTC).
