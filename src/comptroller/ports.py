@@ -79,7 +79,9 @@ class LedgerStore(Protocol):
     * ``reserve`` holds ``ceiling_mc`` on every applicable account or on none, and
       never lets ``settled + reserved`` exceed a limit through admission;
     * ``settle`` charges the actual cost once; repeats answer ``already_settled``;
-    * ``release`` returns the hold once; expired leases return by themselves;
+    * ``release`` returns the hold once; expired leases return by themselves, except
+      those of sent calls, charged their ceiling as ``unknown_outcome`` (corrected by a
+      late settle or release, never charged twice); ``renew`` extends a pending lease;
     * the sum of the usage log's ``cost_mc`` equals the sum of ``settled_mc`` over
       each budget's accounts that were touched.
     """
@@ -119,7 +121,24 @@ class LedgerStore(Protocol):
         ...
 
     def expire(self, now: datetime) -> int:
-        """Return the holds of every lease expired at ``now``; the number expired."""
+        """Resolve every lease expired at ``now``; the number resolved.
+
+        A lease never sent returns its hold; a sent one (``ReserveRequest.sends``) is
+        charged its ceiling as ``unknown_outcome`` (a usage row and an event), which a
+        later settle or release corrects to the real cost (see :mod:`comptroller.domain.ledger`).
+        """
+        ...
+
+    def renew(self, reservation_id: str, now: datetime, ttl_s: float) -> bool:
+        """Extend a pending lease to expire at ``now + ttl_s`` at the earliest (never shortened).
+
+        Returns:
+            True if renewed; False if the reservation is unknown, resolved, or its lease
+            had already expired at ``now`` (it is then resolved as :meth:`expire` does).
+
+        Raises:
+            ValueError: unless ``0 < ttl_s <= 86,400``.
+        """
         ...
 
     def reservation(self, reservation_id: str) -> Reservation | None:

@@ -25,7 +25,7 @@ from comptroller.domain.defenses.deadline import RunKind, ScheduledRun
 from comptroller.domain.defenses.pacing import PaceAction
 from comptroller.domain.defenses.pinning import PinningPolicy, Route, RouteReason, cheaper_models, route_request
 from comptroller.domain.defenses.verdict import Verdict
-from comptroller.domain.ledger import Event, ReleaseResult, Reservation, ReserveRequest, SettleResult
+from comptroller.domain.ledger import Event, ReleaseResult, Reservation, ReserveRequest, SettleOutcome, SettleResult
 from comptroller.domain.pricing import ceiling_mc, cost_mc
 from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution, Level
@@ -61,6 +61,9 @@ class CallRequest:
         choices: outputs the call generates (OpenAI ``n``): the output bound is reserved this
             many times (the ceiling is input + choices x output bound, and the reservation's
             ``output_tokens_max`` is the total; send ``output_tokens_max // choices`` upstream).
+        sends: the call goes upstream right after admission (the gateway, the SDK): the
+            reservation is marked sent, so a lease that expires unresolved is charged its
+            ceiling as ``unknown_outcome`` (DESIGN.md rule 12). Release it if the call is not sent.
     """
 
     attribution: Attribution
@@ -74,6 +77,7 @@ class CallRequest:
     fingerprint: str | None = None
     text: str | None = None
     choices: int = 1
+    sends: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +188,7 @@ class Engine:
         ceiling = ceiling_mc(price, input_tokens_max=call.input_tokens_max, output_tokens_max=output_max)
         return ReserveRequest(idempotency_key=key, attribution=call.attribution, model=model, ceiling_mc=ceiling,
                               input_tokens_max=call.input_tokens_max, output_tokens_max=output_max,
-                              ttl_s=call.ttl_s or self.ttl_s)
+                              ttl_s=call.ttl_s or self.ttl_s, sends=call.sends)
 
     def _downgrades(self, call: CallRequest, routed: ReserveRequest, key: str,
                     now: datetime) -> dict[str, ReserveRequest]:
@@ -237,6 +241,60 @@ class Engine:
         except LookupError:  # UnknownModelError
             return ""
         return None if served == reservation.model else served
+
+    def renew(self, reservation: Reservation, ttl_s: float | None = None) -> bool:
+        """Extend a call's lease to now + ``ttl_s`` (default: its original length) while the call runs.
+
+        Call it well within the lease (every third of it, say) for streams and slow calls.
+        False when the lease was already resolved or had expired (a sent call is then charged
+        its ceiling as ``unknown_outcome``; its settle still corrects that to the real cost).
+
+        Raises:
+            LedgerUnavailableError: if the ledger cannot answer (try again at the next tick).
+        """
+        length_s = ttl_s or (reservation.expires_at - reservation.created_at).total_seconds()
+        return self.store.renew(reservation.id, self.clock.now(), length_s)
+
+    def outcome(self, reservation: Reservation, usage: Usage | None, *,
+                served_model: str | None = None) -> SettleOutcome:
+        """A call's outcome, priced as :meth:`settle` would charge it and stamped now, for delivery later.
+
+        For an outbox: when the ledger cannot take a settle or release, the edge keeps this and
+        hands it to :meth:`deliver` until the ledger has it. ``usage`` None is a release.
+        """
+        now = self.clock.now()
+        if usage is None:
+            return SettleOutcome(reservation.id, now)
+        cost = cost_mc(self.prices.price(reservation.model, reservation.created_at), usage)
+        served = self._served(reservation, served_model)
+        if served is not None:
+            cost = cost_mc(self.prices.price(served, reservation.created_at), usage) if served else max(
+                cost, reservation.ceiling_mc)
+        return SettleOutcome(reservation.id, now, usage, cost)
+
+    def deliver(self, outcome: SettleOutcome) -> Code:
+        """Hand a kept outcome to the ledger at the instant it happened; idempotent by reservation id.
+
+        A settle of a settled call answers ``already_settled`` and charges nothing; an outcome
+        arriving after the lease was charged as ``unknown_outcome`` corrects that charge.
+
+        Returns:
+            The ledger's code (``reservation_not_found`` when the ledger never saw the id).
+
+        Raises:
+            LedgerUnavailableError: if the ledger still cannot answer (keep the outcome, retry later).
+        """
+        reservation = self.store.reservation(outcome.reservation_id)
+        if reservation is None:
+            return Code.RESERVATION_NOT_FOUND
+        result: SettleResult | ReleaseResult
+        if outcome.usage is None:
+            result = self.store.release(reservation.id, outcome.at, self._settle_guard)
+        else:
+            result = self.store.settle(reservation.id, outcome.usage, outcome.cost_mc, outcome.at,
+                                       self._settle_guard)
+        self._publish(result.events)
+        return result.code
 
     def release(self, reservation: Reservation) -> ReleaseResult:
         """Return the whole hold: the call failed or was abandoned (a breaker probe lease returns too)."""

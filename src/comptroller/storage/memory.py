@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide, remaining_after
 from comptroller.domain.budgets import Budget
@@ -28,11 +28,20 @@ from comptroller.domain.ledger import (
     ReserveResult,
     SettleResult,
     UsageRecord,
+    check_ttl_s,
 )
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
 from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
-from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
+from comptroller.storage.rows import (
+    alert_event,
+    corrected_record,
+    new_reservation,
+    refusal_event,
+    settled_record,
+    unknown_outcome_event,
+    unknown_outcome_record,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -143,7 +152,8 @@ class MemoryStore:
 
     def settle(self, reservation_id: str, usage: Usage, cost_mc: int, now: datetime,
                guard: SettleGuard | None = None) -> SettleResult:
-        """Charge the actual cost once; repeats answer ``already_settled``."""
+        """Charge the actual cost once; repeats answer ``already_settled``; an ``unknown_outcome`` charge
+        is corrected to ``cost_mc``."""
         with self._lock:
             self._expire_locked(now)
             reservation = self._reservations.get(reservation_id)
@@ -152,8 +162,12 @@ class MemoryStore:
             if reservation.state is ReservationState.SETTLED:
                 record = next(r for r in self._usage if r.reservation_id == reservation_id)
                 return SettleResult(Code.ALREADY_SETTLED, record)
-            late = reservation.state is not ReservationState.PENDING
             first = len(self._events)
+            if reservation.state is ReservationState.UNKNOWN_OUTCOME:
+                record = self._correct(reservation, usage, cost_mc, now)
+                self._after(guard, reservation, cost_mc, now)
+                return SettleResult(Code.SETTLED_LATE, record, tuple(self._events[first:]))
+            late = reservation.state is not ReservationState.PENDING
             for key in self._holds[reservation_id]:
                 account = self._accounts[key]
                 if not late:
@@ -164,6 +178,16 @@ class MemoryStore:
             self._reservations[reservation_id] = replace(reservation, state=ReservationState.SETTLED)
             self._after(guard, reservation, cost_mc, now)
             return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record, tuple(self._events[first:]))
+
+    def _correct(self, reservation: Reservation, usage: Usage | None, cost_mc: int, now: datetime) -> UsageRecord:
+        """Replace an ``unknown_outcome`` ceiling charge by the real cost (``usage`` None: a release, zero)."""
+        for key in self._holds[reservation.id]:
+            self._charge(self._accounts[key], key, cost_mc - reservation.ceiling_mc, now)
+        record = corrected_record(reservation, usage, cost_mc, now)
+        index = next(i for i, r in enumerate(self._usage) if r.reservation_id == reservation.id)
+        self._usage[index] = record
+        self._reservations[reservation.id] = replace(reservation, state=ReservationState.SETTLED)
+        return record
 
     def _charge(self, account: _Account, key: _AccountKey, cost_mc: int, now: datetime) -> None:
         view = AccountView(account.budget, key[1], key[2], account.settled_mc, account.reserved_mc,
@@ -184,10 +208,14 @@ class MemoryStore:
                 return ReleaseResult(Code.RESERVATION_NOT_FOUND)
             if reservation.state is ReservationState.SETTLED:
                 return ReleaseResult(Code.ALREADY_SETTLED)
+            first = len(self._events)
+            if reservation.state is ReservationState.UNKNOWN_OUTCOME:
+                self._correct(reservation, None, 0, now)
+                self._after(guard, reservation, None, now)
+                return ReleaseResult(Code.RELEASED, tuple(self._events[first:]))
             if reservation.state is not ReservationState.PENDING:
                 return ReleaseResult(Code.ALREADY_RELEASED)
             self._unhold(reservation, ReservationState.RELEASED)
-            first = len(self._events)
             self._after(guard, reservation, None, now)
             return ReleaseResult(Code.RELEASED, tuple(self._events[first:]))
 
@@ -206,10 +234,37 @@ class MemoryStore:
         while self._leases and self._leases[0][0] <= now:
             _, reservation_id = heapq.heappop(self._leases)
             reservation = self._reservations[reservation_id]
-            if reservation.state is ReservationState.PENDING:
+            if reservation.state is not ReservationState.PENDING or reservation.expires_at > now:
+                continue  # resolved, or renewed (its newer lease entry is still queued)
+            if reservation.sent:
+                self._charge_unknown(reservation, now)
+            else:
                 self._unhold(reservation, ReservationState.EXPIRED)
-                expired += 1
+            expired += 1
         return expired
+
+    def _charge_unknown(self, reservation: Reservation, now: datetime) -> None:
+        """A sent call's lease ran out unresolved: its hold becomes its charge (no alert fires for it)."""
+        for key in self._holds[reservation.id]:
+            account = self._accounts[key]
+            account.reserved_mc -= reservation.ceiling_mc
+            account.settled_mc += reservation.ceiling_mc
+        self._usage.append(unknown_outcome_record(reservation, now))
+        self._events.append(unknown_outcome_event(reservation, now))
+        self._reservations[reservation.id] = replace(reservation, state=ReservationState.UNKNOWN_OUTCOME)
+
+    def renew(self, reservation_id: str, now: datetime, ttl_s: float) -> bool:
+        """Extend a pending lease to ``now + ttl_s`` (never shorten it); False if it is resolved or expired."""
+        check_ttl_s(ttl_s)
+        with self._lock:
+            self._expire_locked(now)
+            reservation = self._reservations.get(reservation_id)
+            if reservation is None or reservation.state is not ReservationState.PENDING:
+                return False
+            expires_at = max(reservation.expires_at, now + timedelta(seconds=ttl_s))
+            self._reservations[reservation_id] = replace(reservation, expires_at=expires_at)
+            heapq.heappush(self._leases, (expires_at, reservation_id))
+            return True
 
     def reservation(self, reservation_id: str) -> Reservation | None:
         """One reservation by id."""

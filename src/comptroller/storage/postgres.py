@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -71,6 +71,7 @@ from comptroller.domain.ledger import (
     ReserveResult,
     SettleResult,
     UsageRecord,
+    check_ttl_s,
 )
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
@@ -79,7 +80,15 @@ from comptroller.errors import LedgerUnavailableError
 from comptroller.storage.keys import ApiKey, _key_id, _match
 from comptroller.storage.migrations import check_version
 from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
-from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
+from comptroller.storage.rows import (
+    alert_event,
+    corrected_record,
+    new_reservation,
+    refusal_event,
+    settled_record,
+    unknown_outcome_event,
+    unknown_outcome_record,
+)
 
 __all__ = ["PostgresKeyStore", "PostgresStore"]
 
@@ -93,7 +102,7 @@ _POOL_PARAMS = {"pool_min_size": "min_size", "pool_max_size": "max_size", "pool_
 
 _BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
 _RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
-             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids")
+             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent")
 _USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
                "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
                "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome")
@@ -107,6 +116,14 @@ _SETTLE_WRITE = (
     "LEFT JOIN unnest(%s::bigint[], %s::integer[]) AS f(id, pct) ON f.id = t.id WHERE accounts.id = t.id), "
     f"logged AS (INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 19)})) "
     "UPDATE reservations SET state = 'settled' WHERE id = %s")
+_CORRECT_WRITE = (
+    "WITH charged AS (UPDATE accounts SET settled_mc = settled_mc + %s, "
+    "alert_pct_fired = coalesce(f.pct, alert_pct_fired) FROM unnest(%s::bigint[]) AS t(id) "
+    "LEFT JOIN unnest(%s::bigint[], %s::integer[]) AS f(id, pct) ON f.id = t.id WHERE accounts.id = t.id), "
+    "logged AS (UPDATE usage_log SET resolved_at = %s, input_tokens = %s, output_tokens = %s, "
+    "cache_read_tokens = %s, cache_write_tokens = %s, cache_write_1h_tokens = %s, cost_mc = %s, outcome = %s "
+    "WHERE reservation_id = %s) UPDATE reservations SET state = 'settled' WHERE id = %s")
+"""Correct an ``unknown_outcome`` ceiling charge to the real cost (its one usage row rewritten)."""
 _LOCK_STATES = ("SELECT kind, key, version, record FROM states WHERE (kind, key) IN "
                 "(SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind, key FOR UPDATE")
 _DUE = "EXISTS (SELECT 1 FROM reservations WHERE state = 'pending' AND expires_at <= %s)"
@@ -157,7 +174,7 @@ def _reservation(row: Sequence[Any]) -> Reservation:
     return Reservation(
         id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
         ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
-        created_at=row[12], expires_at=row[13], state=ReservationState(row[14]))
+        created_at=row[12], expires_at=row[13], state=ReservationState(row[14]), sent=bool(row[16]))
 
 
 def _record(row: Sequence[Any]) -> UsageRecord:
@@ -403,25 +420,57 @@ class PostgresStore:
             if done < _SWEEP_BATCH:
                 return total
 
+    def renew(self, reservation_id: str, now: datetime, ttl_s: float) -> bool:
+        """Extend a pending lease to ``now + ttl_s`` (never shorten it); False if it is resolved or expired
+        (an expired one is then resolved by a sweep, as every backend does).
+
+        Raises:
+            ValueError: unless ``0 < ttl_s <= 86,400``.
+            LedgerUnavailableError: if the database cannot answer (a renew is safe to repeat).
+        """
+        check_ttl_s(ttl_s)
+
+        def op(conn: Conn, _: _Attempt) -> bool:  # one idempotent statement: safe to run again after a lost link
+            return conn.execute("UPDATE reservations SET expires_at = greatest(expires_at, %s) WHERE id = %s "
+                                "AND state = 'pending' AND expires_at > %s RETURNING id",
+                                (now + timedelta(seconds=ttl_s), reservation_id, now)).fetchone() is not None
+
+        if self._run(op):
+            return True
+        self.expire(now)
+        return False
+
     @staticmethod
     def _sweep(conn: Conn, now: datetime) -> int:
+        """Resolve a batch of due leases: a sent one is charged its ceiling (``unknown_outcome``), another returns."""
         conn.execute("BEGIN")
-        due = conn.execute(
-            "SELECT id, ceiling_mc, account_ids FROM reservations WHERE state = 'pending' AND expires_at <= %s "
-            "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED", (now, _SWEEP_BATCH)).fetchall()
-        if not due:
+        rows = conn.execute(
+            f"SELECT {_RES_COLS} FROM reservations WHERE state = 'pending' AND expires_at <= %s "
+            "ORDER BY expires_at, id LIMIT %s FOR UPDATE SKIP LOCKED", (now, _SWEEP_BATCH)).fetchall()
+        if not rows:
             conn.execute("COMMIT")
             return 0
+        due = [_reservation(r) for r in rows]
+        account_ids = {r[0]: r[15] for r in rows}
         returned: dict[int, int] = {}
-        for _, ceiling_mc, account_ids in due:
-            for account_id in account_ids:
-                returned[account_id] = returned.get(account_id, 0) + ceiling_mc
+        charged: dict[int, int] = {}
+        for reservation in due:
+            for account_id in account_ids[reservation.id]:
+                returned[account_id] = returned.get(account_id, 0) + reservation.ceiling_mc
+                charged[account_id] = charged.get(account_id, 0) + (reservation.ceiling_mc if reservation.sent else 0)
         ids = sorted(returned)
+        sent = [r for r in due if r.sent]
         with conn.pipeline():
             conn.execute("SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
-            conn.execute("UPDATE accounts SET reserved_mc = reserved_mc - d.mc FROM unnest(%s::bigint[], "
-                         "%s::bigint[]) AS d(id, mc) WHERE accounts.id = d.id", (ids, [returned[i] for i in ids]))
-            conn.execute("UPDATE reservations SET state = 'expired' WHERE id = ANY(%s)", ([r[0] for r in due],))
+            conn.execute("UPDATE accounts SET reserved_mc = reserved_mc - d.mc, settled_mc = settled_mc + d.charged "
+                         "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS d(id, mc, charged) "
+                         "WHERE accounts.id = d.id", (ids, [returned[i] for i in ids], [charged[i] for i in ids]))
+            conn.execute("UPDATE reservations SET state = CASE WHEN sent THEN 'unknown_outcome' ELSE 'expired' END "
+                         "WHERE id = ANY(%s)", ([r.id for r in due],))
+            if sent:
+                conn.cursor().executemany(f"INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 19)})",
+                                          [_usage_row(unknown_outcome_record(r, now)) for r in sent])
+            _insert_events(conn, [unknown_outcome_event(r, now) for r in sent])
             conn.execute("COMMIT")
         return len(due)
 
@@ -535,10 +584,10 @@ class PostgresStore:
             conn.execute(
                 "WITH held AS (UPDATE accounts SET reserved_mc = reserved_mc + %s WHERE id = ANY(%s)) "
                 f"INSERT INTO reservations ({_RES_COLS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)",
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s)",
                 (request.ceiling_mc, ids, reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent,
                  a.conversation, a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
-                 request.output_tokens_max, now, reservation.expires_at, ids))
+                 request.output_tokens_max, now, reservation.expires_at, ids, request.sends))
 
         self._commit(conn, attempt, outcome, read, hold)
         return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
@@ -571,37 +620,57 @@ class PostgresStore:
             if found is None:
                 _rollback(conn)
                 return SettleResult(Code.RESERVATION_NOT_FOUND)
-            reservation, due, accounts = found
+            reservation, due, _ = found
             if reservation.state is ReservationState.SETTLED:
                 usage_row = conn.execute(f"SELECT {_USAGE_COLS} FROM usage_log WHERE reservation_id = %s",
                                          (reservation_id,)).fetchone()
                 _rollback(conn)
                 return SettleResult(Code.ALREADY_SETTLED, None if usage_row is None else _record(usage_row))
+            record, events = self._resolve(conn, attempt, found, usage, cost_mc=cost_mc, now=now, guard=guard)
             late = reservation.state is not ReservationState.PENDING or due
-            held = 0 if reservation.state is not ReservationState.PENDING else reservation.ceiling_mc
-            events: list[Event] = []
-            fired: dict[int, int] = {}
-            for row in accounts:
-                if row[7] is None:  # the budget was deleted: no alerts
-                    continue
-                view = AccountView(_budget(row[7:]), row[2], row[3], row[4], row[5], row[6])
-                for pct in alert_thresholds_crossed(view, row[4] + cost_mc):
-                    events.append(alert_event(view, pct, row[4] + cost_mc, now))
-                    fired[row[0]] = pct
-            record = settled_record(reservation, usage, cost_mc, now, late=late)
-            outcome = self._settle_guard(conn, guard, reservation, cost_mc, now)
-            ids = [r[0] for r in accounts]
-
-            def charge() -> None:
-                conn.execute(_SETTLE_WRITE, (cost_mc, held, ids, list(fired), list(fired.values()),
-                                             *_usage_row(record), reservation_id))
-                _insert_events(conn, events)
-
-            self._commit(conn, attempt, outcome[0], outcome[1], charge)
-            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record,
-                                (*events, *outcome[0].events))
+            return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record, events)
 
         return self._run(op)
+
+    def _resolve(self, conn: Conn, attempt: _Attempt, found: tuple[Reservation, bool, list[TupleRow]],
+                 usage: Usage | None, *, cost_mc: int, now: datetime, guard: SettleGuard | None
+                 ) -> tuple[UsageRecord, tuple[Event, ...]]:
+        """Charge a locked reservation ``cost_mc`` (``usage`` None: a release of a sent call, zero) and commit.
+
+        A pending reservation gets its usage row; an ``unknown_outcome`` one has its ceiling charge
+        corrected (its row rewritten); a sent one whose lease is due is first charged its ceiling as
+        the sweep would have done (its event), then corrected in the same transaction.
+        """
+        reservation, due, accounts = found
+        unknown = reservation.state is ReservationState.UNKNOWN_OUTCOME
+        swept = [unknown_outcome_event(reservation, now)] if due and reservation.sent else []
+        if unknown:
+            record = corrected_record(reservation, usage, cost_mc, now)
+            delta, held = cost_mc - reservation.ceiling_mc, 0
+        else:
+            late = reservation.state is not ReservationState.PENDING or due
+            record = (corrected_record(reservation, None, 0, now) if usage is None
+                      else settled_record(reservation, usage, cost_mc, now, late=late))
+            delta = cost_mc
+            held = reservation.ceiling_mc if reservation.state is ReservationState.PENDING else 0
+        events, fired = _alerts(accounts, delta, now)
+        outcome, read = self._settle_guard(conn, guard, reservation, None if usage is None else cost_mc, now)
+        ids = [r[0] for r in accounts]
+
+        def write() -> None:
+            if unknown:
+                u = record.usage
+                conn.execute(_CORRECT_WRITE, (delta, ids, list(fired), list(fired.values()), now, u.input_tokens,
+                                              u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
+                                              u.cache_write_1h_tokens, cost_mc, record.outcome, reservation.id,
+                                              reservation.id))
+            else:
+                conn.execute(_SETTLE_WRITE, (delta, held, ids, list(fired), list(fired.values()),
+                                             *_usage_row(record), reservation.id))
+            _insert_events(conn, [*swept, *events])
+
+        self._commit(conn, attempt, outcome, read, write)
+        return record, (*events, *outcome.events)
 
     def release(self, reservation_id: str, now: datetime, guard: SettleGuard | None = None) -> ReleaseResult:
         """Return the whole hold once (the call failed or was abandoned).
@@ -618,6 +687,9 @@ class PostgresStore:
             if reservation.state is ReservationState.SETTLED:
                 _rollback(conn)
                 return ReleaseResult(Code.ALREADY_SETTLED)
+            if reservation.state is ReservationState.UNKNOWN_OUTCOME or (due and reservation.sent):
+                return ReleaseResult(Code.RELEASED, self._resolve(conn, attempt, found, None, cost_mc=0, now=now,
+                                                               guard=guard)[1])
             if reservation.state is not ReservationState.PENDING:
                 _rollback(conn)
                 return ReleaseResult(Code.ALREADY_RELEASED)
@@ -655,10 +727,10 @@ class PostgresStore:
             if _scalar(conn.execute(f"SELECT {_DUE}", (now,))):
                 self._sweep_first(conn, attempt, now)  # expire every due lease first, as the model does
             return None
-        if row[16]:
+        if row[17]:
             self._sweep_first(conn, attempt, now)
         reservation = _reservation(row)
-        by_id = {r[17]: r[17:] for r in rows if r[17] is not None}
+        by_id = {r[18]: r[18:] for r in rows if r[18] is not None}
         held = [by_id[i] for i in row[15] if i in by_id]  # in the reservation's order: alerts fire in it
         due_self = reservation.state is ReservationState.PENDING and reservation.expires_at <= now
         return reservation, due_self, held
@@ -823,6 +895,21 @@ class PostgresKeyStore:
 def _api_key(row: Sequence[Any]) -> ApiKey:
     return ApiKey(id=row[0], digest=row[1], tenant=row[2], agent=row[3], name=row[4], admin=row[5],
                   models=None if row[6] is None else tuple(row[6]), created_at=row[7], revoked_at=row[8])
+
+
+def _alerts(accounts: Sequence[TupleRow], delta_mc: int, now: datetime) -> tuple[list[Event], dict[int, int]]:
+    """The alerts a charge of ``delta_mc`` crosses on the locked accounts (rows with their budget, in the
+    reservation's order), and each account's new highest threshold fired."""
+    events: list[Event] = []
+    fired: dict[int, int] = {}
+    for row in accounts:
+        if row[7] is None:  # the budget was deleted: no alerts
+            continue
+        view = AccountView(_budget(row[7:]), row[2], row[3], row[4], row[5], row[6])
+        for pct in alert_thresholds_crossed(view, row[4] + delta_mc):
+            events.append(alert_event(view, pct, row[4] + delta_mc, now))
+            fired[row[0]] = pct
+    return events, fired
 
 
 def _why_not(conninfo: str, timeout_s: float) -> str:

@@ -10,7 +10,11 @@ classic double-entry check (TigerBeetle's "balances are derived from transfers")
 * ``reserved_mc`` of an account = the sum of ``ceiling_mc`` of the reservations still
   pending on it (a lease past its expiry counts until a sweep returns it);
 * every settled reservation has exactly one usage row, and every usage row belongs
-  to a settled reservation.
+  to a settled reservation (``unknown_outcome`` reservations count as settled: a sent
+  call whose lease expired unresolved, charged its ceiling).
+
+:func:`unknown_outcomes` lists those reservations, so ``comptroller db check``
+reports every call charged its ceiling because its outcome never reached the ledger.
 
 :func:`reconcile` works on a :class:`LedgerSnapshot`, which any store can produce
 (``LedgerStore.ledger_snapshot``), read in one consistent snapshot, so a busy ledger checks clean.
@@ -22,10 +26,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from comptroller.domain.ledger import ReservationState
+from comptroller.domain.ledger import CHARGED_STATES, ReservationState
 
 __all__ = ["AccountBalance", "AccountRef", "Charge", "Difference", "Hold", "LedgerSnapshot",
-           "reconcile"]
+           "reconcile", "unknown_outcomes"]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -125,7 +129,7 @@ def reconcile(snapshot: LedgerSnapshot) -> list[Difference]:
     out: list[Difference] = []
     for charge in snapshot.charges:
         hold = holds.get(charge.reservation_id)
-        if hold is None or hold.state is not ReservationState.SETTLED:
+        if hold is None or hold.state not in CHARGED_STATES:
             out.append(Difference("orphan_usage", f"usage row of reservation {charge.reservation_id}", 0, 1))
             continue
         for account in hold.accounts:
@@ -134,12 +138,19 @@ def reconcile(snapshot: LedgerSnapshot) -> list[Difference]:
         if hold.state is ReservationState.PENDING:
             for account in hold.accounts:
                 reserved[account] += hold.ceiling_mc
-        if hold.state is ReservationState.SETTLED and rows[hold.reservation_id] != 1:
+        if hold.state in CHARGED_STATES and rows[hold.reservation_id] != 1:
             kind = "missing_usage" if rows[hold.reservation_id] == 0 else "duplicate_usage"
             out.append(Difference(kind, f"reservation {hold.reservation_id}", 1, rows[hold.reservation_id]))
     known = {b.account for b in snapshot.balances}
     out += [Difference("unknown_account", f"account {a}", 0, 1) for a in sorted((set(settled) | set(reserved)) - known)]
     return _account_differences(snapshot.balances, settled, reserved) + out
+
+
+def unknown_outcomes(snapshot: LedgerSnapshot) -> list[Hold]:
+    """The reservations charged their ceiling as ``unknown_outcome`` (sent, lease expired, never resolved),
+    ordered by id."""
+    return sorted((h for h in snapshot.holds if h.state is ReservationState.UNKNOWN_OUTCOME),
+                  key=lambda h: h.reservation_id)
 
 
 def _account_differences(balances: tuple[AccountBalance, ...], settled: dict[AccountRef, int],

@@ -46,17 +46,27 @@ from comptroller.domain.ledger import (
     ReserveResult,
     SettleResult,
     UsageRecord,
+    check_ttl_s,
 )
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
 from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
-from comptroller.storage.rows import alert_event, new_reservation, refusal_event, settled_record
+from comptroller.storage.rows import (
+    alert_event,
+    corrected_record,
+    new_reservation,
+    refusal_event,
+    settled_record,
+    unknown_outcome_event,
+    unknown_outcome_record,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 2
-"""1: the ledger; 2: adds ``states`` (defense state rows). Each version only adds tables."""
+SCHEMA_VERSION = 3
+"""1: the ledger; 2: adds ``states`` (defense state rows); 3: adds ``reservations.sent`` (a sent call's
+expired lease is charged its ceiling). Each version only adds tables or columns."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,7 +83,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     namespace TEXT NOT NULL, tenant TEXT NOT NULL, agent TEXT NOT NULL,
     conversation TEXT, task TEXT, phase TEXT, model TEXT NOT NULL,
     ceiling_mc INTEGER NOT NULL, input_tokens_max INTEGER NOT NULL, output_tokens_max INTEGER NOT NULL,
-    created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL, account_ids TEXT NOT NULL);
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL, account_ids TEXT NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS reservations_pending ON reservations (expires_at) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS usage_log (
     id INTEGER PRIMARY KEY, reservation_id TEXT NOT NULL UNIQUE, idempotency_key TEXT NOT NULL,
@@ -103,7 +114,7 @@ _BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
 _CACHE_ENTRIES_MAX = 100_000
 
 _RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
-             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids")
+             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent")
 _USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
                "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
                "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome")
@@ -201,6 +212,8 @@ class SQLiteStore:
                     cur.execute(statement)
             for trigger in _TRIGGERS:
                 cur.execute(trigger)
+            if "sent" not in {r[1] for r in cur.execute("PRAGMA table_info(reservations)")}:  # a version 2 file
+                cur.execute("ALTER TABLE reservations ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('budgets_version', '0')")
 
@@ -278,11 +291,11 @@ class SQLiteStore:
             reservation = new_reservation(uuid.uuid4().hex, request, now)
             a = request.attribution
             cur.execute(
-                f"INSERT INTO reservations ({_RES_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO reservations ({_RES_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation,
                  a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
                  request.output_tokens_max, _ts(now), _ts(reservation.expires_at), "pending",
-                 ",".join(map(str, ids))),
+                 ",".join(map(str, ids)), int(request.sends)),
             )
             self._commit(cur, outcome)
             return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
@@ -383,6 +396,10 @@ class SQLiteStore:
             reservation = self._reservation(row)
             if reservation.state is ReservationState.SETTLED:
                 return SettleResult(Code.ALREADY_SETTLED, self._usage_row(cur, reservation_id))
+            if reservation.state is ReservationState.UNKNOWN_OUTCOME:
+                record = self._correct(cur, reservation, row[15], usage, cost_mc, now=now)
+                self._after(cur, guard, reservation, cost_mc, now)
+                return SettleResult(Code.SETTLED_LATE, record, tuple(self._written))
             late = reservation.state is not ReservationState.PENDING
             held = 0 if late else reservation.ceiling_mc
             self._budgets.sync(cur)
@@ -396,6 +413,25 @@ class SQLiteStore:
             cur.execute("UPDATE reservations SET state = 'settled' WHERE id = ?", (reservation_id,))
             self._after(cur, guard, reservation, cost_mc, now)
             return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record, tuple(self._written))
+
+    def _correct(self, cur: sqlite3.Cursor, reservation: Reservation, account_ids: str, usage: Usage | None,
+                 cost_mc: int, *, now: datetime) -> UsageRecord:
+        """Replace an ``unknown_outcome`` ceiling charge by the real cost (``usage`` None: a release, zero)."""
+        self._budgets.sync(cur)
+        ids = _ids(account_ids)
+        delta = cost_mc - reservation.ceiling_mc
+        fired = self._alerts(cur, ids, delta, now)
+        cur.executemany("UPDATE accounts SET settled_mc = settled_mc + ?, alert_pct_fired = ? WHERE id = ?",
+                        [(delta, fired[i], i) for i in ids])
+        record = corrected_record(reservation, usage, cost_mc, now)
+        u = record.usage
+        cur.execute("UPDATE usage_log SET resolved_at = ?, input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, "
+                    "cache_write_tokens = ?, cache_write_1h_tokens = ?, cost_mc = ?, outcome = ? "
+                    "WHERE reservation_id = ?",
+                    (_ts(now), u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
+                     u.cache_write_1h_tokens, cost_mc, record.outcome, reservation.id))
+        cur.execute("UPDATE reservations SET state = 'settled' WHERE id = ?", (reservation.id,))
+        return record
 
     def _alerts(self, cur: sqlite3.Cursor, account_ids: Sequence[int], cost_mc: int, now: datetime) -> dict[int, int]:
         """Record the alerts a charge of ``cost_mc`` crosses on each account; their new ``alert_pct_fired``.
@@ -429,6 +465,10 @@ class SQLiteStore:
             reservation = self._reservation(row)
             if reservation.state is ReservationState.SETTLED:
                 return ReleaseResult(Code.ALREADY_SETTLED)
+            if reservation.state is ReservationState.UNKNOWN_OUTCOME:
+                self._correct(cur, reservation, row[15], None, 0, now=now)
+                self._after(cur, guard, reservation, None, now)
+                return ReleaseResult(Code.RELEASED, tuple(self._written))
             if reservation.state is not ReservationState.PENDING:
                 return ReleaseResult(Code.ALREADY_RELEASED)
             self._unhold(cur, reservation_id, reservation.ceiling_mc, row[15], "released")
@@ -447,11 +487,27 @@ class SQLiteStore:
             return self._expire(cur, now)
 
     def _expire(self, cur: sqlite3.Cursor, now: datetime) -> int:
-        rows = cur.execute("SELECT id, ceiling_mc, account_ids FROM reservations "
-                           "WHERE state = 'pending' AND expires_at <= ?", (_ts(now),)).fetchall()
-        for reservation_id, ceiling_mc, account_ids in rows:
-            self._unhold(cur, reservation_id, ceiling_mc, account_ids, "expired")
+        rows = cur.execute(f"SELECT {_RES_COLS} FROM reservations WHERE state = 'pending' AND expires_at <= ? "
+                           "ORDER BY expires_at, id", (_ts(now),)).fetchall()
+        for row in rows:
+            if row[16]:  # sent: the provider may have billed it, so its hold becomes its charge
+                reservation = self._reservation(row)
+                cur.executemany("UPDATE accounts SET reserved_mc = reserved_mc - ?, settled_mc = settled_mc + ? "
+                                "WHERE id = ?", [(row[9], row[9], i) for i in _ids(row[15])])
+                self._insert_usage(cur, unknown_outcome_record(reservation, now))
+                self._insert_event(cur, unknown_outcome_event(reservation, now))
+                cur.execute("UPDATE reservations SET state = 'unknown_outcome' WHERE id = ?", (row[0],))
+            else:
+                self._unhold(cur, row[0], row[9], row[15], "expired")
         return len(rows)
+
+    def renew(self, reservation_id: str, now: datetime, ttl_s: float) -> bool:
+        """Extend a pending lease to ``now + ttl_s`` (never shorten it); False if it is resolved or expired."""
+        check_ttl_s(ttl_s)
+        with self._write() as cur:
+            self._expire(cur, now)
+            return cur.execute("UPDATE reservations SET expires_at = max(expires_at, ?) WHERE id = ? "
+                               "AND state = 'pending'", (_ts(now) + ttl_s, reservation_id)).rowcount > 0
 
     def reservation(self, reservation_id: str) -> Reservation | None:
         """One reservation by id."""
@@ -464,7 +520,7 @@ class SQLiteStore:
         return Reservation(
             id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
             ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
-            created_at=_dt(row[12]), expires_at=_dt(row[13]), state=ReservationState(row[14]),
+            created_at=_dt(row[12]), expires_at=_dt(row[13]), state=ReservationState(row[14]), sent=bool(row[16]),
         )
 
     # usage log and events
