@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
 from sdk_kit import sdk_policy
+from stub_apis import ApiStub
 from stub_upstream import StubControl, StubUpstream
 
 from comptroller.bootstrap import build_engine
@@ -29,6 +30,20 @@ def stub(upstream: StubUpstream) -> StubUpstream:
     """The stub, reset for this test."""
     upstream.control.reset()
     return upstream
+
+
+@pytest.fixture(scope="session")
+def api_stub_server() -> Iterator[ApiStub]:
+    """The stub provider of every metered API (chat, responses, embeddings, completions, messages)."""
+    with ApiStub() as server:
+        yield server
+
+
+@pytest.fixture
+def apis(api_stub_server: ApiStub) -> ApiStub:
+    """That stub with a fresh control (default usage, no requests seen) for this test."""
+    api_stub_server.control.reset()
+    return api_stub_server
 
 
 @pytest.fixture

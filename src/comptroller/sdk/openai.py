@@ -4,7 +4,8 @@ Metered (see :mod:`comptroller.sdk.catalog` for the free and refused lists), syn
 
 * Chat Completions ``chat.completions.create/parse/stream`` (and ``beta.chat.completions.*``):
   the output limit (``max_completion_tokens`` / ``max_tokens``, whichever is sent, else
-  ``max_tokens``) lowered to the admitted bound; ``n > 1`` reserves n outputs and sends each
+  ``max_tokens``, which every OpenAI-compatible server knows; reasoning models need the
+  caller to send ``max_completion_tokens``) lowered to the admitted bound; ``n > 1`` reserves n outputs and sends each
   its share. Usage: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``
   (OpenAI API reference, "Prompt caching"); ``completion_tokens`` includes reasoning tokens.
   A stream is sent with ``stream_options.include_usage`` and settled from its usage chunk,
@@ -206,7 +207,7 @@ class _Embeddings:
         raise TypeError("embeddings do not stream")
 
 
-_CHAT_FIELDS = ("max_completion_tokens", "max_tokens")
+_CHAT_FIELDS = ("max_tokens", "max_completion_tokens")  # max_tokens when neither is sent (every compatible server)
 _CHAT, _CHAT_STREAM = _Chat("chat.completions", _CHAT_FIELDS), _Chat("chat.completions.stream", _CHAT_FIELDS)
 _METHODS: dict[str, tuple[Shape, Api]] = {
     "chat.completions.create": ("create", _CHAT), "chat.completions.parse": ("create", _CHAT),
