@@ -197,7 +197,7 @@ def test_a_ping_pong_lock_refuses_both_agents_and_admits_a_third() -> None:
         state = step.history
     assert step is not None and step.verdict is not None and step.verdict.detector == "ab_alternation"
     later = T0 + timedelta(seconds=TURNS + CFG.cooldown_s_max + 1)
-    for i, agent in enumerate("ab"):
+    for i, agent in enumerate("abab"):
         probe = check_loops(state, CFG, varied(200 + i, agent), later)
         assert probe.verdict is not None and probe.verdict.detector == "ab_alternation"
         state = probe.history

@@ -343,7 +343,8 @@ def _family(live: Sequence[LoopEntry], seen: _Seen) -> LoopEntry | None:
 def _trip(history: LoopHistory, config: LoopConfig, seen: _Seen, now: datetime, *, detector: str,
           other: str | None, evidence: dict[str, JsonScalar], transition: LoopTransition) -> LoopStep:
     agent = seen.request.agent
-    lock = history.lock.trip(detector=detector, agent=agent, other_agent=other,
+    kept = history.lock.agent if transition is LoopTransition.REOPENED and other is not None else None
+    lock = history.lock.trip(detector=detector, agent=kept or agent, other_agent=other,  # a ping-pong keeps its pair
                              fingerprint=None if other else (seen.fingerprint or None),
                              sketch=None if other else (seen.sketch_hex or None), now=now,
                              cooldown_s_start=config.cooldown_s_start, cooldown_s_max=config.cooldown_s_max,

@@ -1,0 +1,144 @@
+"""The runaway stories of issue 13, each run through the engine in virtual time with the DEFAULT policy.
+
+One call a minute, 20,000 input and 800 output tokens on gpt-4o (about $0.058 a call, $918.72 in
+11 days unchecked), no budget, no policy file: only the defaults stand between the loop and the bill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from comptroller.bootstrap import build_engine
+from comptroller.clock import VirtualClock
+from comptroller.config import Policy
+from comptroller.domain.defenses.similarity import fingerprint
+from comptroller.domain.ledger import Reservation
+from comptroller.domain.money import MC_PER_USD
+from comptroller.domain.scopes import Attribution
+from comptroller.domain.usage import Usage
+from comptroller.engine import CallRequest, Engine
+
+START = datetime(2025, 3, 3, 0, 0, tzinfo=UTC)
+DAYS = 11
+MODEL = "gpt-4o"
+USAGE = Usage(input_tokens=20_000, output_tokens=800)
+
+
+@dataclass
+class Outcome:
+    """What a simulated workload paid and when its calls were admitted."""
+
+    spent_mc: int = 0
+    admitted_at: list[datetime] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def spent_usd(self) -> float:
+        """Spend in dollars, for messages."""
+        return self.spent_mc / MC_PER_USD
+
+
+def _engine(clock: VirtualClock) -> Engine:
+    return build_engine(db_url="memory://", policy=Policy(), clock=clock)
+
+
+def simulate(calls: Callable[[int], CallRequest | None], *, minutes: int = DAYS * 1440) -> Outcome:
+    """Call ``calls(minute)`` once a minute for ``minutes`` minutes; admit and settle each request it makes."""
+    clock = VirtualClock(START)
+    engine, outcome = _engine(clock), Outcome()
+    for minute in range(minutes):
+        clock.set(START + timedelta(minutes=minute))
+        call = calls(minute)
+        if call is None:
+            continue
+        admission = engine.admit(call)
+        if admission.reservation is None:
+            assert admission.verdict is not None
+            outcome.refused[admission.verdict.code] = outcome.refused.get(admission.verdict.code, 0) + 1
+            continue
+        outcome.admitted_at.append(clock.now())
+        outcome.spent_mc += _settled_mc(engine, admission.reservation)
+    return outcome
+
+
+def unchecked_cost_mc() -> int:
+    """What one call costs, priced by the engine itself (so the stories' bounds follow the price list)."""
+    clock = VirtualClock(START)
+    engine = _engine(clock)
+    admission = engine.admit(_request(Attribution(agent="probe"), [{"role": "user", "content": "hi"}]))
+    assert admission.reservation is not None
+    return _settled_mc(engine, admission.reservation)
+
+
+def _settled_mc(engine: Engine, reservation: Reservation) -> int:
+    record = engine.settle(reservation, USAGE).record
+    assert record is not None
+    return record.cost_mc
+
+
+def _request(who: Attribution, messages: list[dict[str, str]]) -> CallRequest:
+    return CallRequest(attribution=who, model=MODEL, input_tokens_max=USAGE.input_tokens, max_tokens=800,
+                       fingerprint=fingerprint(MODEL, messages), text=messages[-1]["content"])
+
+
+def _error_line(minute: int) -> str:
+    at = START + timedelta(minutes=minute, seconds=minute % 60)
+    return (f"Traceback: File \"/srv/agents/worker/jobs/sync_{minute % 7}.py\", line {120 + minute % 13}, in run: "
+            f"TimeoutError at {at.isoformat()} for request {minute:08x}-7f3c-4d1e-9a2b-{minute * 7919:012x}. "
+            "Please retry the whole task and return the corrected result.")
+
+
+def test_the_cost_of_one_call_makes_an_unchecked_loop_cost_hundreds() -> None:
+    """Sanity of the setting: 11 days of one call a minute would cost more than $900 unchecked."""
+    assert unchecked_cost_mc() * DAYS * 1440 > 900 * MC_PER_USD
+
+
+def test_a_retry_loop_with_a_varying_error_line_is_stopped_in_the_first_hour() -> None:
+    """The error line differs each time (timestamp, uuid, path, line): stopped within the first virtual
+    hour, and 11 days cost under $5."""
+    who = Attribution(tenant="acme", agent="worker", task="sync-42")
+    system = {"role": "system", "content": "You are a data sync agent."}
+    outcome = simulate(lambda m: _request(who, [system, {"role": "user", "content": _error_line(m)}]))
+    assert outcome.admitted_at and outcome.admitted_at[-1] < START + timedelta(hours=1)
+    assert outcome.spent_mc < 5 * MC_PER_USD, outcome
+
+
+def test_an_identical_retry_for_eleven_days_costs_under_one_dollar() -> None:
+    """The same request once a minute for 11 days pays less than $1: the lock does not forget."""
+    who = Attribution(tenant="acme", agent="retrier")
+    messages = [{"role": "user", "content": "Fetch the quarterly numbers and summarise them."}]
+    outcome = simulate(lambda m: _request(who, messages))
+    assert outcome.spent_mc < 1 * MC_PER_USD, outcome
+
+
+def _ping_pong(conversation: str | None) -> Callable[[int], CallRequest]:
+    """Two agents answering each other in turn, each quoting the other's last point (causal ping-pong)."""
+    agents = ("planner", "critic")
+
+    def call(minute: int) -> CallRequest:
+        me, other = agents[minute % 2], agents[(minute + 1) % 2]
+        who = Attribution(tenant="acme", agent=me, conversation=conversation)
+        text = (f"{other} said in reply {minute - 1}: the plan still misses step {minute % 9} of section "
+                f"{minute % 5}. I disagree with that point; revise your last answer and send it back to me.")
+        return _request(who, [{"role": "system", "content": f"You are the {me}."},
+                              {"role": "user", "content": text}])
+    return call
+
+
+def test_a_ping_pong_in_a_conversation_costs_under_five_dollars() -> None:
+    """Two agents alternating in one conversation for 11 days pay less than $5."""
+    outcome = simulate(_ping_pong("room-7"))
+    assert outcome.spent_mc < 5 * MC_PER_USD, outcome
+
+
+def test_a_ping_pong_without_a_conversation_costs_under_five_dollars() -> None:
+    """Without a conversation id each agent's near-identical turns lock it: 11 days cost less than $5."""
+    outcome = simulate(_ping_pong(None))
+    assert outcome.spent_mc < 5 * MC_PER_USD, outcome
+
+
+def _words(minute: int) -> Iterator[str]:
+    for k in range(12):
+        yield f"topic{(minute * 31 + k * 17) % 997}"
