@@ -265,14 +265,18 @@ class GatewayUnderTest:
         return {r.idempotency_key.rsplit("|", 1)[1]: r.cost_mc for r in self.engine.store.usage_records()}
 
 
-def start_gateway(tmp_path: Path, stub: BatchStub, policy: Policy, models: list[str],
+def start_gateway(tmp_path: Path, stub: BatchStub, policy: Policy, models: dict[str, str],
                   batch: BatchSection | None = None) -> GatewayUnderTest:
-    """A gateway (SQLite ledger in ``tmp_path``) whose models go to the stub; a key of tenant ``acme``."""
+    """A gateway (SQLite ledger in ``tmp_path``) whose models go to the stub; a key of tenant ``acme``.
+
+    Args:
+        models: model -> API family (``openai`` or ``anthropic``); the stub serves both, as two providers.
+    """
     db = tmp_path / "ledger.db"
     engine = build_engine(db_url=f"sqlite:///{db}", policy=policy)
     keys = SQLiteKeyStore(db)
-    config = GatewayConfig(providers={"stub": ProviderConfig(base_url=stub.base_url)},
-                           models=dict.fromkeys(models, "stub"), admin_key_env=None)
+    providers = {kind: ProviderConfig(kind=kind, base_url=stub.base_url) for kind in ("openai", "anthropic")}
+    config = GatewayConfig(providers=providers, models=models, admin_key_env=None)
     app = create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace, batch=batch)
     server = LoopbackServer(app).__enter__()
     record, plaintext = new_key(tenant="acme")

@@ -57,7 +57,7 @@ def make(tmp_path: Path, stub: BatchStub) -> Iterator[Any]:
     def start(limit_mc: int = 10**9) -> GatewayUnderTest:
         policy = Policy.model_validate({"namespace": "test", "output_cap_tokens": 64,
                                         "budgets": [{"level": "tenant", "tenant": "acme", "limit_mc": limit_mc}]})
-        gw = start_gateway(tmp_path, stub, policy, [MODEL])
+        gw = start_gateway(tmp_path, stub, policy, {MODEL: "anthropic", "gpt-4o": "openai"})
         started.append(gw)
         return gw
 
@@ -144,4 +144,14 @@ def test_a_request_without_max_tokens_is_refused_naming_it(make: Any, stub: Batc
         _client(gw).messages.batches.create(requests=[{"custom_id": "a", "params": params}])  # type: ignore[list-item]
     body = bad.value.body
     assert isinstance(body, dict) and body["error"]["param"] == "requests[0].params.max_tokens"
+    assert stub.control.message_batches == {} and gw.reserved_mc() == 0
+
+
+def test_a_message_batch_for_a_model_of_another_api_family_is_refused(make: Any, stub: BatchStub) -> None:
+    """A model served by an OpenAI-kind provider cannot be sent as an Anthropic message batch (nothing translated)."""
+    gw = make()
+    params = {**_params(1), "model": "gpt-4o"}
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        _client(gw).messages.batches.create(requests=[{"custom_id": "a", "params": params}])  # type: ignore[list-item]
+    assert isinstance(bad.value.body, dict) and bad.value.body["error"]["code"] == "model_not_found"
     assert stub.control.message_batches == {} and gw.reserved_mc() == 0

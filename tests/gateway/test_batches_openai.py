@@ -81,7 +81,7 @@ def make(tmp_path: Path, stub: BatchStub) -> Iterator[Any]:
     started: list[GatewayUnderTest] = []
 
     def start(policy: Policy | None = None, batch: BatchSection | None = None) -> GatewayUnderTest:
-        gw = start_gateway(tmp_path, stub, policy or _policy(), [MODEL, LOCAL], batch)
+        gw = start_gateway(tmp_path, stub, policy or _policy(), {MODEL: "openai", LOCAL: "openai"}, batch)
         started.append(gw)
         return gw
 
@@ -277,3 +277,21 @@ def test_a_bad_input_file_is_refused_naming_the_line_and_nothing_is_uploaded(mak
         _client(gw).files.create(file=("b.jsonl", json.dumps(row).encode()), purpose="batch")
     assert isinstance(bad.value.body, dict) and bad.value.body["param"] == param
     assert stub.control.files == {}
+
+
+def test_the_reconciler_renews_the_leases_of_a_batch_still_running(make: Any, stub: BatchStub) -> None:
+    """While a batch runs, its lines' leases are extended before they could run out (they outlive the batch)."""
+    gw = make(batch=BatchSection(reconcile_interval_s=0.1, lease_s=600))
+    stub.control.finish_on_create = False
+    batch = _submit(gw, {"req-0": _body(0)})
+    stored = gw.engine.store.state(StateKey("batch_lines", batch.id))
+    assert stored is not None
+    reservation_id = json.loads(str(stored.record["reservations"]))["req-0"]
+    first = gw.engine.store.reservation(reservation_id)
+    assert first is not None
+
+    def renewed() -> bool:
+        now = gw.engine.store.reservation(reservation_id)
+        return now is not None and now.expires_at > first.expires_at
+
+    wait_for(renewed, "the reconciler to renew the line's lease")

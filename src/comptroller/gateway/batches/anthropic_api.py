@@ -77,6 +77,10 @@ async def create_batch(service: BatchService, request: Request) -> Response:
         if provider is None:
             raise GatewayError(400, f"no provider serves model {line.model!r} (request {line.custom_id!r}); add it "
                                "to [gateway.models]", code="model_not_found", param="model")
+        if service.gw.config.providers[provider].kind != "anthropic":
+            raise GatewayError(400, f"model {line.model!r} (request {line.custom_id!r}) is served by {provider!r}, "
+                               "not a provider of kind \"anthropic\"; message batches go to Anthropic providers",
+                               code="model_not_found", param="model")
         providers[provider] = line.model
     if len(providers) > 1:
         raise _bad(f"the batch's models go to different providers ({providers}); send one batch per provider",

@@ -165,6 +165,10 @@ def _provider(service: BatchService, caller: Caller, model: str) -> str:
     provider = service.gw.config.provider_for(model)
     if provider is None:
         raise _bad(f"no provider serves model {model!r}; add it to [gateway.models]", "model", "model_not_found")
+    if service.gw.config.providers[provider].kind != "openai":
+        raise _bad(f"model {model!r} is served by {provider!r}, a provider of kind "
+                   f"{service.gw.config.providers[provider].kind!r}; OpenAI batches go to providers of kind "
+                   "\"openai\" (use its own batch API)", "model", "model_not_found")
     return provider
 
 

@@ -134,7 +134,7 @@ class BatchService:
             for line in lines:
                 call = CallRequest(attribution=attribution, model=line.model, input_tokens_max=line.input_tokens_max,
                                    max_tokens=line.max_tokens, idempotency_key=f"{key_prefix}|{line.custom_id}",
-                                   ttl_s=self.section.lease_s)
+                                   ttl_s=self.section.lease_s, sends=True)
                 admission = await self.ledger(self._admit, call)
                 if admission.reservation is None:
                     await self.release(taken.values())
@@ -273,17 +273,19 @@ class BatchService:
         return done
 
     async def _renew(self, record: BatchRecord) -> None:
-        """Extend the line leases of an open batch that would run out before two more passes."""
-        renew = getattr(self.engine.store, "renew", None)
+        """Extend the line leases of an open batch that would run out before two more passes.
+
+        A lease that ran out anyway (the gateway was down) was charged its ceiling as
+        ``unknown_outcome`` (the lines are sent); the reconcile corrects it to the real cost.
+        """
         stored = await self.ledger(self.engine.store.state, StateKey(BATCH_LINES, record.batch_id))
-        if renew is None or stored is None:
-            return
-        ids = list(lines_from_state(stored).values())
+        ids = list(lines_from_state(stored).values()) if stored is not None else []
         first = await self.ledger(self.engine.store.reservation, ids[0]) if ids else None
-        now = self.engine.clock.now()
         margin = timedelta(seconds=2 * self.section.reconcile_interval_s + 600)
-        if first is None or first.expires_at - now > margin:
+        if first is None or first.expires_at - self.engine.clock.now() > margin:
             return
         for reservation_id in ids:
-            await self.ledger(renew, reservation_id, now, self.section.lease_s)
+            reservation = await self.ledger(self.engine.store.reservation, reservation_id)
+            if reservation is not None:
+                await self.ledger(self.engine.renew, reservation, self.section.lease_s)
 
