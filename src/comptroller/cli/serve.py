@@ -4,11 +4,15 @@ Registered on the main app by :func:`register`. ``serve`` validates the config f
 and the provider keys in the parent process, so a mistake is one message and exit
 status 2 before any worker starts; then uvicorn runs
 :func:`comptroller.gateway.app.app_from_env` in each of ``--workers`` processes, all on
-one ledger.
+one ledger. The workers learn from the environment how many they are and where to list
+themselves (``/healthz`` is ready when all are up), and the parent's pid, so they exit
+when it dies (:mod:`comptroller.gateway.lifecycle`). On SIGTERM, calls in flight get
+``[gateway] shutdown_grace_s``; uvicorn's own limit is set later, so it never cuts first.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -23,6 +27,7 @@ from rich.table import Table
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
 from comptroller.config import ConfigError
 from comptroller.gateway.config import load_gateway_config
+from comptroller.gateway.lifecycle import ENV_PARENT_PID, ENV_RUN_DIR, ENV_WORKERS
 from comptroller.storage import StoreURLError
 from comptroller.storage.keys import ApiKey, ApiKeyError, imported_key, keys_from_url, new_key, provision
 
@@ -48,6 +53,9 @@ def serve_command(
     if db.startswith("memory:") and workers > 1:
         raise ValueError("a memory:// ledger cannot be shared by several workers; use --db sqlite:///ledger.db")
     _, gateway = load_gateway_config(config)
+    # uvicorn cancels what still runs after its limit: later than the gateway's own cut-off, which
+    # charges cut-off calls at their bound first (the cut-off's ledger calls take <= ledger_timeout_s)
+    uvicorn_grace_s = math.ceil(gateway.shutdown_grace_s + gateway.ledger_timeout_s) + 2
     for provider in gateway.providers.values():
         provider.api_key()  # a missing provider key is an error now, not in every worker
     if not gateway.providers:
@@ -59,8 +67,10 @@ def serve_command(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="comptroller-metrics-")
     console.print(f"comptroller gateway on http://{host}:{port}/v1 ({workers} worker(s), ledger {db})")
-    uvicorn.run("comptroller.gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False, timeout_graceful_shutdown=30)
+    with tempfile.TemporaryDirectory(prefix="comptroller-run-") as run_dir:
+        os.environ.update({ENV_WORKERS: str(workers), ENV_RUN_DIR: run_dir, ENV_PARENT_PID: str(os.getpid())})
+        uvicorn.run("comptroller.gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level, access_log=False, timeout_graceful_shutdown=uvicorn_grace_s)
 
 
 _Tenant = Annotated[str, typer.Option(help="The tenant every call with this key is attributed to")]

@@ -7,7 +7,8 @@ route                              what
                                    ``cascade/<name>`` runs a cascade (:mod:`comptroller.gateway.cascades`)
 ``POST /v1/groups/{id}/dispatch``  who in a group chat answers a message (:mod:`comptroller.gateway.groups`)
 ``GET /v1/models``                 the models and cascades this key may call
-``GET /healthz``                   200 when the ledger answers, else 503
+``GET /healthz``                   200 when every worker is up and the ledger answers, else 503 (from
+                                   memory: :mod:`comptroller.gateway.lifecycle`)
 ``GET /metrics``                   Prometheus exposition (:mod:`comptroller.gateway.metrics`)
 ``/admin/...``                     the admin API and its OpenAPI document (:mod:`comptroller.gateway.admin`)
 =================================  ==========================================================
@@ -29,12 +30,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-
 from comptroller.batch_config import BatchSection
 from comptroller.bootstrap import build_engine
 from comptroller.domain.breaker import BreakerState, BreakerStatus
@@ -44,18 +39,35 @@ from comptroller.engine.engine import allowed_models
 from comptroller.gateway.admin import admin_app
 from comptroller.gateway.batches import batch_routes, start_batches
 from comptroller.gateway.calls import chat_completions, read_chat
-from comptroller.gateway.cascades import CASCADE_PREFIX, cascade_completion, cascade_name
+from comptroller.gateway.cascades import (
+    CASCADE_PREFIX,
+    cascade_completion,
+    cascade_name,
+)
 from comptroller.gateway.config import GatewayConfig, load_gateway_config, tier_models
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.groups import dispatch
-from comptroller.gateway.identity import Identity
+from comptroller.gateway.lifecycle import (
+    LedgerProbe,
+    Roster,
+    WorkerLife,
+    die_with_parent,
+)
 from comptroller.gateway.metrics import GatewayMetrics
-from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upstream import Upstreams
 from comptroller.groups import GroupDefinition, GroupService
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
 from comptroller.storage.keys import KeyStore, keys_from_url
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from comptroller.gateway.identity import Identity, KeyPrefetch
+from comptroller.gateway.runtime import Gateway
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -129,12 +141,9 @@ def _pinned(engine: Engine, agent: str | None, names: set[str]) -> set[str]:
 
 
 async def _healthz(request: Request) -> Response:
-    try:
-        _gateway(request).engine.store.budgets()
-    except Exception:
-        log.exception("health check: the ledger does not answer")
-        return JSONResponse({"status": "ledger_unavailable"}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    life: WorkerLife = request.app.state.life
+    status, body = life.health()
+    return JSONResponse(body, status_code=status)
 
 
 async def _metrics(request: Request) -> Response:
@@ -168,7 +177,9 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         ConfigError: a cascade tier model no provider serves.
     """
     metrics = GatewayMetrics(_breaker_states(engine))
-    identity = Identity(keys, config.admin_key())
+    identity = Identity(keys, config.admin_key(), cache_ttl_s=config.key_cache_ttl_s, timeout_s=config.ledger_timeout_s)
+    life = WorkerLife(Roster.from_env(), LedgerProbe(engine.store, timeout_s=config.ledger_timeout_s),
+                      grace_s=config.shutdown_grace_s)
     routing = routing or RoutingConfig(Router({}))
     tiers = tier_models(routing, config, engine.prices)
     group_service = GroupService(engine=engine, namespace=namespace, groups=groups)
@@ -179,10 +190,13 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
                           namespace=namespace, metrics=metrics, routing=routing, groups=group_service,
                           tier_models=tiers)
         app.state.gateway = gateway
+        app.state.life = life
+        life.start(gateway)
         app.state.batches = await start_batches(gateway, batch)
         try:
             yield
         finally:
+            life.stop()
             await app.state.batches.aclose()
             released = gateway.release_all()
             if released:
@@ -198,10 +212,11 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         Route("/v1/models", _models, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
-        Mount("/admin", app=admin_app(engine=engine, keys=keys, identity=identity, namespace=namespace,
+        Mount("/admin", app=admin_app(engine=engine, keys=identity.keys, identity=identity, namespace=namespace,
                                       groups=group_service)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=[Middleware(KeyPrefetch, identity=identity), Middleware(life.middleware)])
 
 
 def app_from_env() -> Starlette:
@@ -211,6 +226,7 @@ def app_from_env() -> Starlette:
         ConfigError: for an invalid config file (cascades, routing and groups included), a cascade
             tier model no provider serves, or a missing provider key.
     """
+    die_with_parent()  # a worker of `comptroller serve` exits when serve dies
     policy, config = load_gateway_config(os.environ.get("COMPTROLLER_CONFIG") or None)
     db_url = os.environ.get("COMPTROLLER_DB") or DEFAULT_DB
     if "ledger_threads" not in config.model_fields_set and db_url.startswith(("postgresql://", "postgres://")):

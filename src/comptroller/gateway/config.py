@@ -11,6 +11,9 @@
     read_timeout_s = 600.0               # upstream: longest wait for the next bytes
     connect_retries = 2                  # retries on connection errors only (never after bytes were sent)
     admin_key_env = "COMPTROLLER_ADMIN_KEY"   # an admin key from the environment (optional)
+    ledger_timeout_s = 2.0               # a ledger call slower than this answers 503 ledger_unavailable
+    key_cache_ttl_s = 10.0               # a revoked key stops working within this time
+    shutdown_grace_s = 30.0              # SIGTERM: calls in flight may finish within this time
     default_provider = "openai"          # for models not in [gateway.models] (optional)
 
     [gateway.providers.openai]
@@ -36,12 +39,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from comptroller.config import ConfigError, Policy
 from comptroller.ports import PriceSource
 from comptroller.prices import PriceBook
 from comptroller.routing import RoutingConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = ["GatewayConfig", "ProviderConfig", "load_gateway_config", "tier_models"]
 
@@ -88,9 +90,16 @@ class GatewayConfig(BaseModel):
         connect_retries: retries on connection errors only.
         pool_connections_max: open upstream connections per provider and worker.
         admin_key_env: environment variable holding an admin key (None: only stored admin keys).
-        ledger_threads: run ledger calls in worker threads instead of on the event loop: for a
-            networked ledger (PostgreSQL), whose round trips would stall every call of the worker.
-            ``comptroller serve`` switches it on for ``postgresql://`` ledgers unless set here.
+        ledger_threads: run ledger calls (and key lookups) in worker threads, each bounded by
+            ``ledger_timeout_s`` (the default). False runs them on the event loop: a little faster
+            on SQLite, but a locked file or a lost database then stalls every call of the worker
+            and the outage bound cannot be kept.
+        ledger_timeout_s: the longest a request waits for one ledger or key-store call, seconds,
+            before it answers 503 ``ledger_unavailable`` (the call itself runs on to its end).
+        key_cache_ttl_s: how long a verified API key is trusted without reading the key store,
+            seconds: a key revoked on any replica stops working everywhere within this time.
+        shutdown_grace_s: on SIGTERM, how long calls in flight may run on before they are cut
+            off (and charged at their reserved bound), seconds.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -105,7 +114,10 @@ class GatewayConfig(BaseModel):
     connect_retries: int = Field(default=2, ge=0, le=10)
     pool_connections_max: int = Field(default=256, ge=1)
     admin_key_env: str | None = "COMPTROLLER_ADMIN_KEY"
-    ledger_threads: bool = False
+    ledger_threads: bool = True
+    ledger_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    key_cache_ttl_s: float = Field(default=10.0, ge=0, le=300)
+    shutdown_grace_s: float = Field(default=30.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _providers_exist(self) -> GatewayConfig:

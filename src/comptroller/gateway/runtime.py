@@ -4,13 +4,13 @@ One :class:`Gateway` per worker process: the engine (on the shared ledger), the 
 store, the upstream pools, the metrics and the set of calls between admit and
 settle/release (released when the worker shuts down).
 
-Ledger calls run on the event loop's thread by default: a SQLite reserve or settle is one
-short ``BEGIN IMMEDIATE`` transaction, cheaper than a hop to a worker thread and back, and
-while one runs the loop waits, as it would for the write lock anyway. For a networked
-ledger (PostgreSQL) ``[gateway] ledger_threads`` moves them to worker threads, so a
-database round trip stalls only its own call. Either way a ledger call, once started, runs
-to its end even if the request is cancelled (client gone, shutdown), so every admitted
-call is settled or released exactly once. Any exception from the ledger other than a bad request
+Ledger calls run in worker threads (:meth:`Gateway.run`), so a locked SQLite file or a
+lost database stalls only its own call, never the event loop (a stream in flight keeps
+flowing), and a request waits at most ``[gateway] ledger_timeout_s`` for one before it
+answers 503 ``ledger_unavailable``. ``ledger_threads = false`` runs them on the loop (a
+little faster on SQLite, unbounded). A ledger call, once started, runs to its end even if
+the request is cancelled or stops waiting (client gone, shutdown, timeout), so every
+admitted call is settled or released exactly once. Any exception from the ledger other than a bad request
 (unknown model, no output bound) refuses the call with 503 ``ledger_unavailable``:
 the gateway never forwards a call it could not meter.
 
@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-
 from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.ledger import ReleaseResult, Reservation, SettleResult
 from comptroller.domain.usage import Usage
@@ -45,7 +44,7 @@ from comptroller.groups import GroupService
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
 
-__all__ = ["Gateway", "MeteredEngine", "Settled"]
+__all__ = ["BoundedCall", "Gateway", "MeteredEngine", "Settled"]
 
 log = logging.getLogger("comptroller.gateway")
 _T = TypeVar("_T")
@@ -54,6 +53,52 @@ _T = TypeVar("_T")
 def _ledger_unavailable(what: str) -> GatewayError:
     return GatewayError(503, f"the ledger cannot be reached, so {what}; retry shortly", type_="api_error",
                         code="ledger_unavailable", headers={"Retry-After": "1"})
+
+
+class BoundedCall:
+    """One operation run in a worker thread, whose caller may stop waiting for it.
+
+    Whichever comes second, the operation's end or the caller giving up, decides: an
+    operation that ends after :meth:`finish` was called hands its result to ``late``
+    (in its own thread). A lock orders the two, so a result is used exactly once.
+
+    Args:
+        operation: the ledger operation.
+        args: its arguments.
+        late: called with a result nobody waited for.
+    """
+
+    def __init__(self, operation: Callable[..., Any], args: tuple[Any, ...], *, late: Callable[[Any], None]) -> None:
+        self._operation, self._args, self._late = operation, args, late
+        self._lock = threading.Lock()
+        self._outcome: tuple[bool, Any] | None = None  # (raised, value)
+        self._abandoned = False
+
+    def run(self) -> None:
+        """Run the operation (in the worker thread)."""
+        try:
+            outcome: tuple[bool, Any] = (False, self._operation(*self._args))
+        except Exception as exc:
+            outcome = (True, exc)
+        with self._lock:
+            self._outcome = outcome
+            abandoned = self._abandoned
+        if abandoned and not outcome[0]:
+            self._late(outcome[1])
+
+    def finish(self) -> bool:
+        """Stop waiting: True when the outcome is in (use :meth:`result`), False when it will go to ``late``."""
+        with self._lock:
+            self._abandoned = self._outcome is None
+            return not self._abandoned
+
+    def result(self) -> Any:
+        """The operation's value, or its exception raised (after :meth:`finish` gave True)."""
+        assert self._outcome is not None
+        raised, value = self._outcome
+        if raised:
+            raise value
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +140,41 @@ class Gateway:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     async def run(self, operation: Callable[..., _T], *args: Any) -> _T:
-        """Run a ledger operation: on the loop, or in a worker thread with ``ledger_threads``."""
+        """Run a ledger operation in a worker thread, waiting at most ``ledger_timeout_s``.
+
+        The operation runs to its end whatever happens to the request (shielded from
+        cancellation), so every admitted call is settled or released exactly once. Past the
+        timeout the request stops waiting: an admission that lands later is released at once
+        (its caller already answered 503, nothing went upstream); a settle or release goes on
+        in its thread, and its caller gets the value its own failure would give
+        (``Settled(None)``, None). With ``ledger_threads = false`` it runs on the loop, unbounded.
+
+        Raises:
+            GatewayError: 503 ``ledger_unavailable`` when an admission (or any other operation)
+                takes longer than ``ledger_timeout_s``.
+        """
         if not self.config.ledger_threads:
             return operation(*args)
-        with anyio.CancelScope(shield=True):
-            result = await anyio.to_thread.run_sync(operation, *args)
-        return result
+        call = BoundedCall(operation, args, late=self._late)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.ledger_timeout_s):
+            await anyio.to_thread.run_sync(call.run, abandon_on_cancel=True)
+        if call.finish():
+            result: _T = call.result()
+            return result
+        self.metrics.ledger_errors.labels("timeout").inc()
+        log.error("ledger call %s took longer than %g s; the request stops waiting (it runs on in its thread)",
+                  getattr(operation, "__name__", operation), self.config.ledger_timeout_s)
+        if operation == self.settle:
+            return Settled(None)  # type: ignore[return-value]  # _T is Settled here
+        if operation == self.release:
+            return None  # type: ignore[return-value]  # _T is None here
+        raise _ledger_unavailable(f"no answer came within {self.config.ledger_timeout_s:g} s")
+
+    def _late(self, result: object) -> None:
+        """An operation's result that came after its caller stopped waiting: return a late admission's hold."""
+        if isinstance(result, Admission) and result.reservation is not None:
+            log.warning("admission of %s came after the timeout: releasing it", result.reservation.id)
+            self.release(result.reservation)
 
     def admit(self, call: CallRequest) -> Admission:
         """Admit a call, fail-closed; an admitted call is tracked until settled or released.
