@@ -31,7 +31,9 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+
 from comptroller.domain.caps import NoOutputCapError
+from comptroller.domain.defenses.chain import Defenses
 from comptroller.domain.ledger import ReleaseResult, Reservation, SettleResult
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission, CallRequest, Engine
@@ -41,6 +43,7 @@ from comptroller.gateway.identity import Identity
 from comptroller.gateway.metrics import GatewayMetrics
 from comptroller.gateway.upstream import Upstreams
 from comptroller.groups import GroupService
+from comptroller.ports import Clock, LedgerStore, PriceSource
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
 
@@ -284,24 +287,44 @@ class Gateway:
         return len(pending)
 
 
-class MeteredEngine(Engine):
-    """The engine as the cascade runner sees it inside the gateway, for one request.
+class MeteredEngine:
+    """The engine as the cascade runner sees it inside the gateway, for one request
+    (a :class:`~comptroller.routing.runner.CascadeEngine`, by composition).
 
-    The same ledger, prices, clock and defenses as ``gateway.engine`` (its parts are
-    shared, not copied), but :meth:`admit`, :meth:`settle` and :meth:`release` go through
-    the :class:`Gateway`: fail-closed admission (``GatewayError`` 400/503), in-flight
-    tracking (a tier attempt cut short by shutdown is released by ``release_all``) and the
-    cost and token metrics. Ledger failures raise ``GatewayError`` 503.
+    The same ledger, prices, clock and defenses as ``gateway.engine`` (read through to it),
+    but :meth:`admit`, :meth:`settle` and :meth:`release` go through the :class:`Gateway`:
+    fail-closed admission (``GatewayError`` 400/503), in-flight tracking (a tier attempt cut
+    short by shutdown is released by ``release_all``) and the cost and token metrics. Ledger
+    failures raise ``GatewayError`` 503.
 
     Attributes:
         current: the hold of the attempt admitted last (the runner admits, calls, then settles
             or releases one attempt at a time), for the tier call's own exits.
     """
 
-    def __init__(self, gateway: Gateway) -> None:  # the base engine is already built: share its parts
-        vars(self).update(vars(gateway.engine))
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.current: Reservation | None = None
+
+    @property
+    def prices(self) -> PriceSource:
+        """The gateway engine's price book."""
+        return self.gateway.engine.prices
+
+    @property
+    def clock(self) -> Clock:
+        """The gateway engine's clock."""
+        return self.gateway.engine.clock
+
+    @property
+    def store(self) -> LedgerStore:
+        """The gateway engine's ledger (the runner records its route event there)."""
+        return self.gateway.engine.store
+
+    @property
+    def defenses(self) -> Defenses:
+        """The gateway engine's defenses (the runner reads the model pins)."""
+        return self.gateway.engine.defenses
 
     def admit(self, call: CallRequest) -> Admission:
         """:meth:`Gateway.admit`; an admitted attempt becomes :attr:`current`."""

@@ -67,9 +67,9 @@ from comptroller.domain.routing.numeric_gates import (
     QuestionNumbersGate,
 )
 from comptroller.domain.routing.rules import RouteDecision, RouteFacts, Router, RoutingRule, check_pinning
-from comptroller.engine import Engine
 from comptroller.ports import PriceSource
 from comptroller.routing.runner import (
+    CascadeEngine,
     CascadeRequest,
     CascadeResult,
     TierCall,
@@ -219,14 +219,14 @@ class RoutingConfig:
                                      "default; set [routing] default = \"<cascade>\"")
         return decision
 
-    def run(self, engine: Engine, request: CascadeRequest, call: Callable[[TierCall], TierReply], *,
+    def run(self, engine: CascadeEngine, request: CascadeRequest, call: Callable[[TierCall], TierReply], *,
             facts: RouteFacts, cascade: str | None = None) -> CascadeResult:
         """Route, then run the chosen cascade through ``engine`` (see :func:`run_cascade`)."""
         decision = self.route(facts, cascade=cascade)
         return run_cascade(engine, self.router.cascades[decision.cascade], request, call,
                            start_tier=decision.start_tier, route_reason=decision.reason, pinning=self.pinning)
 
-    async def run_async(self, engine: Engine, request: CascadeRequest,
+    async def run_async(self, engine: CascadeEngine, request: CascadeRequest,
                         call: Callable[[TierCall], Awaitable[TierReply]], *, facts: RouteFacts,
                         cascade: str | None = None) -> CascadeResult:
         """:meth:`run` with an async provider call (the gateway's ``cascade/<name>`` models)."""

@@ -16,6 +16,11 @@ for a :class:`TierCall` (the model and the output bound to send) and returns a
    every pass-over and the cost, for :mod:`comptroller.reports.routing`.
 
 Every attempt carries the request's attribution, so budgets see every tier's spend.
+
+The runner needs only :class:`CascadeEngine` of an engine (admit, settle, release, the
+prices, the clock, the event log and the model pins): :class:`comptroller.engine.Engine` is
+one, and the gateway's ``MeteredEngine`` (fail-closed admission, in-flight tracking,
+metrics) is another, by composition.
 """
 
 from __future__ import annotations
@@ -24,19 +29,21 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from comptroller.domain.defenses.pinning import PinningPolicy, route_request
 from comptroller.domain.defenses.verdict import Verdict
-from comptroller.domain.ledger import Event
+from comptroller.domain.ledger import Event, ReleaseResult, Reservation, SettleResult
 from comptroller.domain.routing.cascade import Cascade, PassOver, PlannedAttempt, decide, plan
 from comptroller.domain.routing.gates import Answer
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.usage import Usage
-from comptroller.engine import Admission, CallRequest, Engine
+from comptroller.engine import Admission, CallRequest
+from comptroller.ports import Clock, PriceSource
 
 __all__ = [
     "AttemptRecord",
+    "CascadeEngine",
     "CascadeRequest",
     "CascadeResult",
     "Outcome",
@@ -47,6 +54,59 @@ __all__ = [
 ]
 
 ROUTE_EVENT = "route"
+
+
+class EventLog(Protocol):
+    """Where the runner records its ``route`` event (a :class:`~comptroller.ports.LedgerStore` is one)."""
+
+    def record_event(self, event: Event) -> None:
+        """Append one event."""
+        ...
+
+
+class Pins(Protocol):
+    """The defenses as the runner reads them: the agents' model pins, if any."""
+
+    @property
+    def pinning(self) -> PinningPolicy | None:
+        """Allowed models per agent (None: unrestricted)."""
+        ...
+
+
+class CascadeEngine(Protocol):
+    """What the runner needs of an engine: one admit -> settle / release per tier attempt, and its parts."""
+
+    @property
+    def prices(self) -> PriceSource:
+        """Resolves tier models to priced ids."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """Stamps the ``route`` event."""
+        ...
+
+    @property
+    def store(self) -> EventLog:
+        """Records the ``route`` event."""
+        ...
+
+    @property
+    def defenses(self) -> Pins:
+        """The model pins (pinning always wins over the cascade's plan)."""
+        ...
+
+    def admit(self, call: CallRequest) -> Admission:
+        """Admit one attempt (a refusal is an answer, not an exception)."""
+        ...
+
+    def settle(self, reservation: Reservation, usage: Usage) -> SettleResult:
+        """Charge an attempt's usage."""
+        ...
+
+    def release(self, reservation: Reservation) -> ReleaseResult:
+        """Return the hold of an attempt that failed upstream."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,20 +244,14 @@ class CascadeResult:
                 "attempts": [[a.tier, a.attempt, a.model, a.reservation_id, a.code, a.cost_mc] for a in self.attempts]}
 
 
-def _engine_pins(engine: Engine) -> PinningPolicy | None:
-    """The engine's own model pins, when its defenses carry them (pinning always wins)."""
-    pins = getattr(getattr(engine, "defenses", None), "pinning", None)
-    return pins if isinstance(pins, PinningPolicy) else None
-
-
 class _Run:
     """The bookkeeping shared by the sync and async drivers (no provider call in here)."""
 
-    def __init__(self, engine: Engine, cascade: Cascade, request: CascadeRequest, *, start_tier: int,
+    def __init__(self, engine: CascadeEngine, cascade: Cascade, request: CascadeRequest, *, start_tier: int,
                  route_reason: str, pinning: PinningPolicy | None) -> None:
         self.engine, self.cascade, self.request = engine, cascade, request
         agent = request.attribution.agent
-        self.pinning = pinning if pinning is not None else _engine_pins(engine)
+        self.pinning = pinning if pinning is not None else engine.defenses.pinning
         pins = self.pinning
 
         def allowed(model: str) -> bool:
@@ -278,8 +332,9 @@ class _Run:
         return result
 
 
-def run_cascade(engine: Engine, cascade: Cascade, request: CascadeRequest, call: Callable[[TierCall], TierReply], *,
-                start_tier: int = 0, route_reason: str = "", pinning: PinningPolicy | None = None) -> CascadeResult:
+def run_cascade(engine: CascadeEngine, cascade: Cascade, request: CascadeRequest,
+                call: Callable[[TierCall], TierReply], *, start_tier: int = 0, route_reason: str = "",
+                pinning: PinningPolicy | None = None) -> CascadeResult:
     """Answer ``request`` with the cheapest tier whose answer passes its gates.
 
     Args:
@@ -315,7 +370,7 @@ def run_cascade(engine: Engine, cascade: Cascade, request: CascadeRequest, call:
     return run.exhausted()
 
 
-async def run_cascade_async(engine: Engine, cascade: Cascade, request: CascadeRequest,
+async def run_cascade_async(engine: CascadeEngine, cascade: Cascade, request: CascadeRequest,
                             call: Callable[[TierCall], Awaitable[TierReply]], *, start_tier: int = 0,
                             route_reason: str = "", pinning: PinningPolicy | None = None) -> CascadeResult:
     """:func:`run_cascade` for an async provider call (the gateway); same arguments and result."""
