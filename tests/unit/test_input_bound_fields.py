@@ -212,6 +212,21 @@ def test_an_unknown_model_gets_the_largest_openai_rule() -> None:
     assert bound >= 2833 + 5667 * 8
 
 
+@pytest.mark.parametrize("model", ["gpt-5.1-mini", "gpt-4o-nano-2030", "gpt-4.5-mini"])
+def test_an_unlisted_small_variant_of_a_tile_family_is_bounded_as_unknown(model: str) -> None:
+    """A new -mini/-nano model may be priced by patches, so it gets the largest rule, not the default tiles."""
+    unknown = request_input_tokens_max(_chat_image("https://example.com/a.png", "high", "my-vllm-model"), api="chat")
+    bound = request_input_tokens_max(_chat_image("https://example.com/a.png", "high", model), api="chat")
+    assert bound == unknown  # "model" is not billed text, so only the image rule differs
+
+
+def test_an_unknown_image_detail_is_refused() -> None:
+    """A detail value with no documented rule (a future 'original') is refused, not priced as 'high'."""
+    with pytest.raises(UnboundableInputError, match="detail") as caught:
+        request_input_tokens_max(_chat_image("https://example.com/a.png", "original"), api="chat")
+    assert caught.value.param == "messages[0].content[0]"
+
+
 @pytest.mark.parametrize(("width", "height"), [(200, 200), (1092, 1092), (1000, 3000), (8000, 8000)])
 def test_anthropic_images_are_bounded_by_both_documented_formulas(width: int, height: int) -> None:
     """A Claude image costs at least w*h/750 and ceil(w/28)*ceil(h/28) after the long edge is cut to 2576 px."""

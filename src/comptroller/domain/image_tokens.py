@@ -10,6 +10,7 @@ OpenAI (guide "Images and vision", section "Calculating costs"):
   After the two scalings the image is at most 768 x 2048, so at most 2 x 4 = 8 tiles.
 * patch models (gpt-4.1-mini, gpt-4.1-nano, o4-mini, gpt-5-mini, gpt-5-nano): 32 px patches,
   capped at 1536 (larger images are scaled down), times a multiplier (1.62, 2.46, 1.72).
+  Another ``-mini``/``-nano`` model of a tile family is treated as unknown (it may be priced by patches).
 
 Anthropic (docs "Images and vision"): an image costs about ``width * height / 750`` tokens,
 or, in the current wording, one visual token per 28 x 28 px patch, ``ceil(w/28) * ceil(h/28)``,
@@ -50,6 +51,9 @@ _PATCH_RULES: tuple[tuple[str, Fraction], ...] = (
 # Families documented with the default 85/170 tile rule.
 _DEFAULT_TILE_PREFIXES = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-4-turbo", "gpt-4-vision", "gpt-5")
 _DEFAULT_TILE = (85, 170)
+# Small variants OpenAI has priced by patches: a new one no rule names (gpt-5.1-mini...) is unknown,
+# so it gets the largest bound rather than the default tile rule.
+_PATCH_TAGS = ("mini", "nano")
 _TILES_MAX = 8  # 768 x 2048 after the two documented scalings: 2 x 4 tiles
 _PATCHES_MAX = 1536
 ANTHROPIC_LONG_EDGE_PX_MAX = 2576
@@ -103,7 +107,7 @@ def openai_image_tokens_max(model: str, *, detail: str, size: tuple[int, int] | 
     for prefix, base, tile in _TILE_RULES:
         if name.startswith(prefix):
             return _tile_tokens(base, tile, detail, size)
-    if name.startswith(_DEFAULT_TILE_PREFIXES):
+    if name.startswith(_DEFAULT_TILE_PREFIXES) and not any(tag in name for tag in _PATCH_TAGS):
         return _tile_tokens(*_DEFAULT_TILE, detail, size)
     bounds = [_patch_tokens(m, size) for _, m in _PATCH_RULES]
     bounds += [_tile_tokens(b, t, detail, size) for _, b, t in _TILE_RULES]

@@ -43,6 +43,7 @@ _IMAGE_TYPES: Final = frozenset({"image_url", "input_image", "computer_screensho
 _REFUSED_TYPES: Final = frozenset({"input_audio", "audio", "audio_url", "file", "input_file", "video",
                                    "video_url", "input_video", "item_reference", "container_upload"})
 _TEXT_DOCUMENT_SOURCES: Final = frozenset({"text", "content"})
+_DETAILS: Final = frozenset({"low", "high", "auto"})
 _MARKERS: Final = (*(f'"type":"{kind}"' for kind in sorted(_IMAGE_TYPES | _REFUSED_TYPES | {"document"})),
                    '"url":', '"data":', '"file_id":', '"file_data":')
 _STATE_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
@@ -169,6 +170,9 @@ def _image(node: Mapping[str, Any], kind: str, *, api: str, model: str, path: st
     if kind == "image" and not isinstance(node.get("source"), Mapping):
         raise UnboundableInputError("an 'image' part needs a 'source' (base64, url or file)", param=path)
     data, detail = _payload(node, kind)
+    if detail not in _DETAILS:
+        raise UnboundableInputError(
+            f"image detail {detail!r} has no documented token rule here; use 'low', 'high' or 'auto'", param=path)
     size = image_size_px(data) if data is not None else None
     bound = (anthropic_image_tokens_max(size) if api == "messages"
              else openai_image_tokens_max(model, detail=detail, size=size))
