@@ -11,7 +11,9 @@ It answers the way the providers document ("Batch" API reference; Anthropic "Mes
   (``succeeded`` with ``message.usage``, ``errored`` for failed ids).
 
 Usage is documented so tests derive expected costs: input tokens are :func:`stub_input_tokens`
-of the request's messages, output tokens ``min(reply_words, max_tokens)``; Anthropic reports
+of the request's messages, output tokens ``min(reply_words, max_tokens)`` (or ``output_tokens``
+when set: a provider ignoring the cap); the model reported is the request's (or ``served_model``);
+Anthropic reports
 ``cache_read_tokens`` cache reads beside ``input_tokens``. ``fail_ids`` are answered as errors,
 ``drop_ids`` are left out of the results, ``duplicate_ids`` are returned twice.
 """
@@ -55,6 +57,8 @@ class BatchStubControl:
     """What the stub does and what it saw (set and read by tests)."""
 
     reply_words: int = 5
+    output_tokens: int | None = None
+    served_model: str | None = None
     cache_read_tokens: int = 0
     finish_on_create: bool = True
     fail_ids: set[str] = field(default_factory=set)
@@ -73,7 +77,8 @@ class BatchStubControl:
 
     def _usage(self, body: dict[str, Any]) -> tuple[int, int]:
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or self.reply_words
-        return stub_input_tokens(body.get("messages", []), body.get("system")), min(self.reply_words, limit)
+        output = min(self.reply_words, limit) if self.output_tokens is None else self.output_tokens
+        return stub_input_tokens(body.get("messages", []), body.get("system")), output
 
     def _answers(self, custom_ids: list[str]) -> Iterator[tuple[str, bool]]:
         for custom_id in custom_ids:
@@ -98,8 +103,10 @@ class BatchStubControl:
             if ok:
                 prompt, completion = self._usage(by_id[custom_id])
                 usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+                model = self.served_model or by_id[custom_id]["model"]
                 out.append({"id": f"r-{custom_id}", "custom_id": custom_id, "error": None,
-                            "response": {"status_code": 200, "body": {"object": "chat.completion", "usage": usage}}})
+                            "response": {"status_code": 200, "body": {"object": "chat.completion", "model": model,
+                                                                      "usage": usage}}})
             else:
                 err.append({"id": f"r-{custom_id}", "custom_id": custom_id, "response": None,
                             "error": {"code": "server_error", "message": "stub failure"}})
@@ -117,8 +124,9 @@ class BatchStubControl:
                 prompt, completion = self._usage(params[custom_id])
                 usage = {"input_tokens": prompt, "output_tokens": completion,
                          "cache_read_input_tokens": self.cache_read_tokens, "cache_creation_input_tokens": 0}
-                result: dict[str, Any] = {"type": "succeeded", "message": {"id": f"msg-{custom_id}", "type": "message",
-                                                                           "usage": usage}}
+                message = {"id": f"msg-{custom_id}", "type": "message", "usage": usage,
+                           "model": self.served_model or params[custom_id]["model"]}
+                result: dict[str, Any] = {"type": "succeeded", "message": message}
             else:
                 result = {"type": "errored", "error": {"type": "error", "error": {"type": "api_error",
                                                                                     "message": "stub"}}}

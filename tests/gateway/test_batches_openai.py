@@ -295,3 +295,21 @@ def test_the_reconciler_renews_the_leases_of_a_batch_still_running(make: Any, st
         return now is not None and now.expires_at > first.expires_at
 
     wait_for(renewed, "the reconciler to renew the line's lease")
+
+
+def test_a_line_served_by_another_model_or_over_its_bound_is_charged_what_ran_and_reported(
+        make: Any, stub: BatchStub) -> None:
+    """A result naming another model settles at that model's batch price (a served_model event); output above
+    the line's bound is charged in full and listed in the report's usage_anomalies."""
+    gw = make(_policy(budgets=[{"level": "tenant", "tenant": "acme", "limit_mc": 10**9}]))
+    stub.control.served_model, stub.control.output_tokens = "gpt-4o-mini", MAX_TOKENS + 7
+    body = _body(2)
+    batch = _submit(gw, {"only": body})
+
+    report = _client(gw).batches.retrieve(batch.id).model_extra["comptroller_reconciliation"]
+
+    cost = _cost_mc(_batch_rates("gpt-4o-mini"), stub_input_tokens(body["messages"]), MAX_TOKENS + 7)
+    assert gw.usage_costs() == {"only": cost} and report["cost_mc"] == cost
+    assert report["usage_anomalies"] == [{"custom_id": "only", "bucket": "output_tokens", "bound_tokens": MAX_TOKENS,
+                                          "reported_tokens": MAX_TOKENS + 7}]
+    assert [e.detail["served"] for e in gw.engine.store.events("served_model")] == ["gpt-4o-mini"]

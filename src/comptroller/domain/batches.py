@@ -284,11 +284,13 @@ class LineResult:
         custom_id: the request it answers.
         succeeded: True when the provider ran it (billed); False for errored, expired, cancelled.
         usage: its usage when succeeded and readable (None: settle the line's bound).
+        model: the model the provider reports it ran (None: not reported).
     """
 
     custom_id: str
     succeeded: bool
     usage: Usage | None = None
+    model: str | None = None
 
 
 class Unreturned(StrEnum):
@@ -306,6 +308,7 @@ class Reconciliation:
 
     Attributes:
         settle: custom_id -> the usage to settle (None: settle the line's bound).
+        served: custom_id -> the model the provider reports it ran, for settled lines that say.
         release: custom_ids to release.
         missing: submitted, not returned.
         duplicate: returned more than once.
@@ -313,6 +316,7 @@ class Reconciliation:
     """
 
     settle: dict[str, Usage | None] = field(default_factory=dict)
+    served: dict[str, str] = field(default_factory=dict)
     release: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     duplicate: list[str] = field(default_factory=list)
@@ -355,9 +359,12 @@ def reconcile(submitted: Iterable[str], results: Iterable[LineResult], *, unretu
         returned = by_id.get(custom_id, [])
         if len(returned) > 1:
             out.duplicate.append(custom_id)
-        successes = [r.usage for r in returned if r.succeeded]
+        successes = [r for r in returned if r.succeeded]
         if successes:
-            out.settle[custom_id] = _sum(successes)
+            out.settle[custom_id] = _sum([r.usage for r in successes])
+            model = next((r.model for r in successes if r.model), None)
+            if model is not None:
+                out.served[custom_id] = model
         elif returned:
             out.release.append(custom_id)
         else:
@@ -401,7 +408,8 @@ def openai_results(output: bytes, errors: bytes = b"") -> list[LineResult]:
         ok = item.get("error") is None and isinstance(status, int) and 200 <= status < 300
         body = response.get("body") if isinstance(response, dict) else None
         usage = _openai_usage(body.get("usage")) if ok and isinstance(body, dict) else None
-        results.append(LineResult(item["custom_id"], ok, usage))
+        model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+        results.append(LineResult(item["custom_id"], ok, usage, model))
     return results
 
 
@@ -431,5 +439,6 @@ def anthropic_results(raw: bytes) -> list[LineResult]:
         ok = isinstance(result, dict) and result.get("type") == "succeeded"
         message = result.get("message") if isinstance(result, dict) else None
         usage = _anthropic_usage(message.get("usage")) if ok and isinstance(message, dict) else None
-        results.append(LineResult(item["custom_id"], ok, usage))
+        model = message.get("model") if isinstance(message, dict) and isinstance(message.get("model"), str) else None
+        results.append(LineResult(item["custom_id"], ok, usage, model))
     return results

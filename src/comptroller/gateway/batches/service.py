@@ -35,11 +35,12 @@ from comptroller.batch_config import BatchSection
 from comptroller.domain.batches import LineResult, Unreturned, reconcile
 from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.codes import Code
-from comptroller.domain.ledger import Event, Reservation, ReservationState
+from comptroller.domain.ledger import Event, Reservation, ReservationState, SettleResult
 from comptroller.domain.pricing import cost_mc
 from comptroller.domain.scopes import Attribution, scope_key
 from comptroller.domain.state import StateKey
 from comptroller.domain.usage import Usage
+from comptroller.domain.usage_checks import UsageAnomaly, check_usage
 from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.gateway.batches.pricing import BatchPrices
 from comptroller.gateway.batches.provider import BatchUpstream
@@ -203,29 +204,46 @@ class BatchService:
             stored = await self.ledger(self.engine.store.state, StateKey(BATCH_LINES, batch_id))
             lines = lines_from_state(stored) if stored is not None else {}
             plan = reconcile(lines, results, unreturned=unreturned)
-            cost = 0
+            cost, anomalies = 0, []
             for custom_id, usage in plan.settle.items():
-                cost += await self._settle(lines[custom_id], usage)
+                line_cost, seen = await self._settle(lines[custom_id], usage, plan.served.get(custom_id))
+                cost += line_cost
+                anomalies += [{"custom_id": custom_id, "bucket": a.bucket, "bound_tokens": a.bound_tokens,
+                               "reported_tokens": a.reported_tokens} for a in seen]
             await self.release([r for r in [await self.ledger(self.engine.store.reservation, lines[c])
                                             for c in plan.release] if r is not None])
             report = {"status": "reconciled", "batch_status": provider_status, "lines": len(lines),
                       "ceiling_mc": record.ceiling_mc, "settled": len(plan.settle), "cost_mc": cost,
                       "released": len(plan.release), "missing": len(plan.missing),
                       "duplicate": len(plan.duplicate), "unexpected": len(plan.unexpected),
+                      "usage_anomalies": anomalies[:_LIST_MAX],
                       "missing_custom_ids": plan.missing[:_LIST_MAX],
                       "duplicate_custom_ids": plan.duplicate[:_LIST_MAX],
                       "unexpected_custom_ids": plan.unexpected[:_LIST_MAX]}
             return await self._mark(record, version, report)
 
-    async def _settle(self, reservation_id: str, usage: Usage | None) -> int:
-        """Settle one line (its bound when usage is None); its cost at the batch price, millicents."""
+    async def _settle(self, reservation_id: str, usage: Usage | None,
+                      served_model: str | None) -> tuple[int, tuple[UsageAnomaly, ...]]:
+        """Settle one line (its bound when usage is None) at the batch price of the model served.
+
+        Returns:
+            What it charged (millicents; 0 on a repeat) and its usage above the line's bounds
+            (charged in full: the provider bills it; reported).
+        """
         reservation: Reservation | None = await self.ledger(self.engine.store.reservation, reservation_id)
         if reservation is None:
             log.error("batch line reservation %s is not in the ledger; nothing to settle", reservation_id)
-            return 0
+            return 0, ()
+        anomalies = () if usage is None else check_usage(usage, input_tokens_max=reservation.input_tokens_max,
+                                                         output_tokens_max=reservation.output_tokens_max)
         usage = usage or Usage(input_tokens=reservation.input_tokens_max, output_tokens=reservation.output_tokens_max)
-        await self.ledger(self.engine.settle, reservation, usage)
-        return cost_mc(self.engine.prices.price(reservation.model, reservation.created_at), usage)
+        result = await self.ledger(self._settle_served, reservation, usage, served_model)
+        if result.record is None:  # settled by an earlier pass cut short: its cost at the admitted model's price
+            return cost_mc(self.engine.prices.price(reservation.model, reservation.created_at), usage), anomalies
+        return result.record.cost_mc, anomalies
+
+    def _settle_served(self, reservation: Reservation, usage: Usage, served_model: str | None) -> SettleResult:
+        return self.engine.settle(reservation, usage, served_model=served_model)
 
     async def _mark(self, record: BatchRecord, version: int, report: dict[str, Any]) -> dict[str, Any]:
         """Write the report by compare-and-set with its event; a lost race answers the winner's report."""
