@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from typer.testing import CliRunner
 
 from comptroller.bootstrap import build_engine
+from comptroller.cli.main import app
 from comptroller.clock import VirtualClock
 from comptroller.config import Policy
+from comptroller.domain.defenses.loops import LoopConfig
 from comptroller.domain.defenses.similarity import fingerprint
 from comptroller.domain.ledger import Reservation
 from comptroller.domain.money import MC_PER_USD
@@ -142,3 +147,25 @@ def test_a_ping_pong_without_a_conversation_costs_under_five_dollars() -> None:
 def _words(minute: int) -> Iterator[str]:
     for k in range(12):
         yield f"topic{(minute * 31 + k * 17) % 997}"
+
+
+def test_the_cli_lists_and_resets_a_loop_lock(tmp_path: Path) -> None:
+    """`comptroller loop list` shows the locked agent and `comptroller loop reset` reopens it for a new call."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    clock = VirtualClock(START)
+    who = Attribution(namespace="ns", tenant="acme", agent="retrier")
+    messages = [{"role": "user", "content": "Fetch the quarterly numbers and summarise them."}]
+    engine = build_engine(db_url=url, policy=Policy(), clock=clock)
+    results = [engine.admit(_request(who, messages)) for _ in range(LoopConfig().identical_max + 1)]
+    assert [r.admitted for r in results].count(False) == 1
+    engine.store.close()
+    runner = CliRunner(env={"COLUMNS": "250"})
+    listed = runner.invoke(app, ["loop", "list", "--db", url])
+    assert listed.exit_code == 0 and "same_request" in listed.output and "retrier" in listed.output
+    reset = runner.invoke(app, ["loop", "reset", "--level", "agent", "--namespace", "ns", "--tenant", "acme",
+                                "--agent", "retrier", "--db", url])
+    assert reset.exit_code == 0, reset.output
+    assert "closed" in reset.output
+    again = build_engine(db_url=url, policy=Policy(), clock=clock)
+    assert again.admit(_request(who, messages)).admitted
+    again.store.close()

@@ -335,3 +335,29 @@ def test_seed_runaway_agent_is_stopped_by_its_breaker_long_before_its_budget(sto
     assert first_refusal is not None and first_refusal - START <= timedelta(minutes=3)
     assert saved > 80 * MC_PER_USD, f"spent {format_usd(spent)}, saved {format_usd(saved)}"
     assert [e.code for e in store.events("breaker")][:1] == ["opened"]
+
+
+# --- loop locks in the ledger ------------------------------------------------------------------------
+
+
+def test_a_loop_lock_is_kept_in_the_ledger_and_an_admin_reset_lets_the_scope_go_on(store: LedgerStore) -> None:
+    """A detected loop locks the conversation in the ledger (a new engine on the same store still refuses the
+    loop's retry after the cooldown); an admin reset clears it and the next call passes."""
+    clock = VirtualClock(START)
+    config = LoopConfig()
+    same = fingerprint("flat", [{"role": "user", "content": "again"}])
+    engine = _engine(store, clock, replace(OFF, loops=config))
+    for _ in range(config.identical_max):
+        assert _run(engine, _call(fingerprint=same)).admitted
+        clock.advance(1)
+    assert engine.admit(_call(fingerprint=same)).code is Code.LOOP_DETECTED
+    clock.advance(config.cooldown_s_max)  # half-open: the probe is the loop's own retry
+    restarted = _engine(store, clock, replace(OFF, loops=config))
+    assert restarted.admit(_call(fingerprint=same)).code is Code.LOOP_DETECTED
+    admin = Admin(store, clock)
+    (locked,) = [h for h in admin.loops() if h.lock.trips]
+    assert locked.lock.trips == 2 and locked.level is Level.CONVERSATION
+    admin.reset_loop(locked.level, locked.scope, by="ops")
+    assert _run(restarted, _call(fingerprint=same)).admitted
+    with pytest.raises(UnknownScopeError, match="loop list"):
+        admin.reset_loop(Level.CONVERSATION, "no|such|room", by="ops")

@@ -1,8 +1,10 @@
-"""``comptroller kill`` and ``comptroller breaker``: the admin side of the runtime defenses.
+"""``comptroller kill``, ``comptroller breaker`` and ``comptroller loop``: the admin side of the runtime defenses.
 
 A kill switch refuses every call in its scope until an admin resets it; a breaker
-opens by itself on a spend-rate runaway and can be reset by an admin. Both live in
-the ledger, so every process sharing it sees the change at once.
+opens by itself on a spend-rate runaway and can be reset by an admin; a loop lock
+opens by itself when a loop is detected in a conversation (or an agent's calls)
+and can be reset by an admin. All live in the ledger, so every process sharing it
+sees the change at once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = ["register"]
 
 kill_app = typer.Typer(help="Trip, reset and list kill switches.", no_args_is_help=True)
 breaker_app = typer.Typer(help="List and reset spend-rate circuit breakers.", no_args_is_help=True)
+loop_app = typer.Typer(help="List and reset loop locks (a detected loop locks its conversation or agent).",
+                       no_args_is_help=True)
 _errors = user_errors(DefenseError, StoreURLError, ConcurrentChangeError, ValueError)
 
 LevelOption = Annotated[Level, typer.Option(help="Level of the scope")]
@@ -40,9 +44,10 @@ ByOption = Annotated[str | None, typer.Option("--by", help="Who acts (default: t
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``kill`` and ``breaker`` command groups to ``app``."""
+    """Add the ``kill``, ``breaker`` and ``loop`` command groups to ``app``."""
     app.add_typer(kill_app, name="kill")
     app.add_typer(breaker_app, name="breaker")
+    app.add_typer(loop_app, name="loop")
 
 
 def _scope(level: Level, namespace: str, tenant: str | None, agent: str | None, conversation: str | None,
@@ -130,3 +135,33 @@ def breaker_reset(level: LevelOption = Level.AGENT, namespace: NamespaceOption =
         state = admin.reset_breaker(level, _scope(level, namespace, tenant, agent, conversation, None),
                                     by=by or getpass.getuser())
     console.print(f"breaker of {state.level} {state.scope!r} is {state.status}")
+
+
+@loop_app.command("list")
+@_errors
+def loop_list(db: DbOption = DEFAULT_DB) -> None:
+    """List loop scopes with their lock (closed, open, half-open), trips and cooldown end."""
+    with _admin(db) as admin:
+        histories, now = admin.loops(), admin.clock.now()
+    table = Table(title="Loop locks")
+    for name in ("level", "scope", "lock", "trips", "locked by", "agent", "open until", "families"):
+        table.add_column(name)
+    for h in histories:
+        lock = h.lock
+        table.add_row(str(h.level), h.scope, str(lock.status(now)), str(lock.trips), lock.detector or "-",
+                      lock.agent or "-", lock.open_until.isoformat() if lock.open_until else "-",
+                      str(len(h.entries)))
+    console.print(table)
+
+
+@loop_app.command("reset")
+@_errors
+def loop_reset(level: Annotated[Level, typer.Option(help="conversation, or agent for calls without one")]
+               = Level.CONVERSATION, namespace: NamespaceOption = "replay", tenant: TenantOption = None,
+               agent: AgentOption = None, conversation: ConversationOption = None,
+               by: ByOption = None, db: DbOption = DEFAULT_DB) -> None:
+    """Close a loop lock, forget its trips and clear the scope's loop history (after fixing the loop)."""
+    with _admin(db) as admin:
+        history = admin.reset_loop(level, _scope(level, namespace, tenant, agent, conversation, None),
+                                   by=by or getpass.getuser())
+    console.print(f"loop lock of {history.level} {history.scope!r} is {history.lock.status(admin.clock.now())}")

@@ -15,9 +15,10 @@ from typing import Protocol, TypeVar
 from comptroller.domain import breaker
 from comptroller.domain.breaker import BreakerState
 from comptroller.domain.defenses import killswitch
-from comptroller.domain.defenses.chain import BREAKER, KILL, scoped_key
+from comptroller.domain.defenses.chain import BREAKER, KILL, LOOP, scoped_key
 from comptroller.domain.defenses.errors import UnknownScopeError
 from comptroller.domain.defenses.killswitch import KillSwitchState
+from comptroller.domain.defenses.loops import LoopHistory, LoopStep, reset_loops
 from comptroller.domain.defenses.verdict import JsonScalar
 from comptroller.domain.ledger import Event
 from comptroller.domain.scopes import Level
@@ -112,6 +113,26 @@ class Admin:
         return self._update(key, BreakerState.from_record, lambda: BreakerState(level, scope),
                             lambda s: _as_step(breaker.reset(s, now, by=by)))
 
+    def loops(self) -> list[LoopHistory]:
+        """Every loop history with its lock (conversations and agents that made calls), ordered by key."""
+        return [LoopHistory.from_record(s.record) for s in self.store.states(LOOP)]
+
+    def reset_loop(self, level: Level, scope: str, *, by: str) -> LoopHistory:
+        """Close the loop lock of ``(level, scope)``, forget its trips and clear its history.
+
+        Raises:
+            UnknownScopeError: if that scope has no loop history; nothing changed.
+            ConcurrentChangeError: if the row kept changing (nothing written).
+        """
+        now = self.clock.now()
+        key = scoped_key(LOOP, level, scope)
+        if self.store.state(key) is None:
+            known = ", ".join(s.key.key for s in self.store.states(LOOP)[:5]) or "none yet"
+            raise UnknownScopeError(f"no loop history on {level} {scope!r}; scopes with one: {known} "
+                                    "(`comptroller loop list` shows them all)")
+        return self._update(key, LoopHistory.from_record, lambda: LoopHistory(level, scope),
+                            lambda s: _as_step(reset_loops(s, now, by=by)))
+
     def _update(self, key: StateKey, parse: Callable[[Mapping[str, JsonScalar]], _S], default: Callable[[], _S],
                 apply: Callable[[_S], _Step]) -> _S:
         for _ in range(_ATTEMPTS):
@@ -126,5 +147,5 @@ class Admin:
         raise ConcurrentChangeError(f"{key.kind} {key.key!r} changed {_ATTEMPTS} times while updating it; retry")
 
 
-def _as_step(step: killswitch.KillSwitchStep | breaker.BreakerStep) -> _Step:
-    return _Step(step.state, step.events)
+def _as_step(step: killswitch.KillSwitchStep | breaker.BreakerStep | LoopStep) -> _Step:
+    return _Step(step.history if isinstance(step, LoopStep) else step.state, step.events)

@@ -13,6 +13,7 @@ route                                      who     what
 ``DELETE /keys/{key_id}``                  admin   revoke a key
 ``GET /breakers``                          admin   every spend-rate breaker's state
 ``POST /breakers/reset``                   admin   close a breaker
+``GET /loops``, ``POST /loops/reset``      admin   loop locks; close one and clear its history
 ``GET /kill-switches``                     admin   every kill switch
 ``POST /kill-switches/trip`` / ``reset``   admin   trip or reset a kill switch
 ``GET /groups`` / ``GET /groups/{id}``     both    group chats: members, roles, tenants, budget left
@@ -22,10 +23,13 @@ route                                      who     what
 =========================================  ======  ==============================================
 
 Authentication is the bearer key: an admin key may do everything; a tenant key only
-reads its own tenant (budgets of its tenant, agents and agent-conversations, its usage
-and keys, and the groups one of its agents is a member of). Asking for another tenant is
-403 (another tenant's group is 404); namespace-wide budgets (namespace, conversation,
-task) are admin-only. Errors use the gateway's OpenAI-style body.
+reads its own tenant (budgets of its tenant, agents, agent-conversations, conversations
+and tasks, its usage and keys, and the groups one of its agents is a member of). Asking
+for another tenant is 403 (another tenant's group is 404); namespace-wide budgets (the
+namespace, a shared group's conversation) are admin-only. ``PUT /budgets`` names every id
+above the level's own (a budget that could match no call is a 400 naming the missing ids;
+see :func:`comptroller.domain.budgets.budget_scope`; the namespace is the gateway's).
+Errors use the gateway's OpenAI-style body.
 """
 
 from __future__ import annotations
@@ -45,8 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, Strict
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from comptroller.config import scope_for
-from comptroller.domain.budgets import Budget, BudgetError, Period
+from comptroller.domain.budgets import Budget, BudgetError, Period, budget_scope
 from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
 from comptroller.domain.dispatch import Flag, GroupError
 from comptroller.domain.ledger import AccountView
@@ -63,7 +66,7 @@ from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
 __all__ = ["admin_app"]
 
 _TIMEZONES: list[JsonValue] = [*sorted(zoneinfo.available_timezones())]
-_TENANT_LEVELS = (Level.TENANT, Level.AGENT, Level.AGENT_CONVERSATION)
+_TENANT_LEVELS = (Level.TENANT, Level.AGENT, Level.AGENT_CONVERSATION, Level.CONVERSATION, Level.TASK)
 _ID = Field(default=None, min_length=1, max_length=256)
 
 
@@ -114,6 +117,8 @@ class BudgetIn(BaseModel):
     agent: str | None = _ID
     conversation: str | None = _ID
     task: str | None = _ID
+    group: str | None = Field(default=None, min_length=1, max_length=256,
+                              description="a shared group's conversation id (level conversation, without tenant)")
 
 
 class BudgetOut(BaseModel):
@@ -236,7 +241,9 @@ def _in_tenant(account: AccountView, namespace: str, tenant: str) -> bool:
     if account.budget.level not in _TENANT_LEVELS:
         return False
     own = scope_key(namespace, tenant)
-    return account.scope == own or account.scope.startswith(own + "|")
+    if account.budget.level is Level.TENANT:
+        return account.scope == own
+    return account.scope.startswith(own + "|")  # a shared group's conversation (ns|group) is not the tenant's
 
 
 @dataclass(frozen=True)
@@ -309,8 +316,8 @@ def list_accounts(ctx: Ctx, caller: AnyCaller) -> list[AccountOut]:
 def put_budget(body: BudgetIn, ctx: Ctx, _: AdminCaller) -> BudgetOut:
     """Create or replace a budget (admin)."""
     try:
-        scope = scope_for(body.level, namespace=ctx.namespace, tenant=body.tenant, agent=body.agent,
-                          conversation=body.conversation, task=body.task)
+        scope = budget_scope(body.level, tenant=body.tenant, agent=body.agent, conversation=body.conversation,
+                             task=body.task, group=body.group, namespace_default=ctx.namespace)
         budget = Budget(level=body.level, scope=scope, limit_mc=body.limit_mc, period=body.period,
                         timezone=body.timezone)
     except (BudgetError, ValueError) as exc:
@@ -405,6 +412,18 @@ def list_breakers(ctx: Ctx, _: AdminCaller) -> list[dict[str, Any]]:
 def reset_breaker(body: ScopeIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
     """Close a breaker and reset its cooldown (admin)."""
     return _defense(lambda: ctx.ops.reset_breaker(body.level, body.scope, by=f"key {caller.key.id}"))
+
+
+@defenses.get("/loops")
+def list_loops(ctx: Ctx, _: AdminCaller) -> list[dict[str, Any]]:
+    """Every loop history with its lock (admin)."""
+    return [h.to_record() for h in ctx.ops.loops()]
+
+
+@defenses.post("/loops/reset")
+def reset_loop(body: ScopeIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
+    """Close a loop lock and clear the scope's loop history (admin)."""
+    return _defense(lambda: ctx.ops.reset_loop(body.level, body.scope, by=f"key {caller.key.id}"))
 
 
 @defenses.get("/kill-switches")
