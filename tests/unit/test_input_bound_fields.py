@@ -350,3 +350,27 @@ def test_the_bound_never_decreases_when_a_field_grows(api: str, body: dict[str, 
     except UnboundableInputError:
         return
     assert after >= before
+
+
+_PART_TYPES = ["text", "image_url", "input_image", "image", "computer_screenshot", "document", "input_audio", "file",
+               "video_url", "item_reference", "tool_result", "input_text", "message"]
+_parts: st.SearchStrategy[Any] = st.recursive(
+    st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _text
+    | st.sampled_from(["data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,/9j/4AAQ", "\ud800"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["type", "image_url", "url", "detail", "source", "data", "text", "content", "file_id"]),
+        children | st.sampled_from(_PART_TYPES), max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(APIS), st.dictionaries(st.sampled_from(["messages", "input", "system", "prompt", "tools"]),
+                                              _parts, max_size=3), st.sampled_from(["gpt-4o", "o3", "x", ""]))
+def test_any_body_is_bounded_or_refused_by_name(api: str, body: dict[str, Any], model: str) -> None:
+    """Whatever a body holds, the bound is a non-negative int or an UnboundableInputError; nothing else escapes."""
+    try:
+        bound = request_input_tokens_max({"model": model, **body}, api=api)  # type: ignore[arg-type]
+    except UnboundableInputError as exc:
+        assert isinstance(exc.param, str)
+        return
+    assert isinstance(bound, int) and bound >= 0

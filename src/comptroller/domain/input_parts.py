@@ -176,4 +176,4 @@ def _image(node: Mapping[str, Any], kind: str, *, api: str, model: str, path: st
     size = image_size_px(data) if data is not None else None
     bound = (anthropic_image_tokens_max(size) if api == "messages"
              else openai_image_tokens_max(model, detail=detail, size=size))
-    return bound - (len(data.encode("utf-8")) if data is not None else 0)
+    return bound - (len(data.encode("utf-8", "surrogatepass")) if data is not None else 0)

@@ -143,6 +143,8 @@ def request_input_tokens_max(body: Mapping[str, Any], *, api: Api) -> int:
     """
     if api not in APIS:
         raise ValueError(f"unknown api {api!r}; expected one of {', '.join(APIS)}")
+    if not isinstance(body, Mapping):
+        raise UnboundableInputError(f"the request body must be a JSON object, got {type(body).__name__}", param="")
     refuse_unbounded_state(body, api=api)
     text = _json_text({key: value for key, value in body.items() if key not in NOT_BILLED_FIELDS})
     total = PER_REQUEST_TOKENS + _utf8_bytes(text)
