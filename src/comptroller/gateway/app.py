@@ -30,6 +30,14 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
+from comptroller.gateway.calls import chat_completions, read_chat
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
 from comptroller.batch_config import BatchSection
 from comptroller.bootstrap import build_engine
 from comptroller.domain.breaker import BreakerState, BreakerStatus
@@ -38,7 +46,6 @@ from comptroller.engine import Engine
 from comptroller.engine.engine import allowed_models
 from comptroller.gateway.admin import admin_app
 from comptroller.gateway.batches import batch_routes, start_batches
-from comptroller.gateway.calls import chat_completions, read_chat
 from comptroller.gateway.cascades import (
     CASCADE_PREFIX,
     cascade_completion,
@@ -47,6 +54,8 @@ from comptroller.gateway.cascades import (
 from comptroller.gateway.config import GatewayConfig, load_gateway_config, tier_models
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.groups import dispatch
+from comptroller.gateway.idempotency import idempotent
+from comptroller.gateway.identity import Identity, KeyPrefetch
 from comptroller.gateway.lifecycle import (
     LedgerProbe,
     Roster,
@@ -54,20 +63,12 @@ from comptroller.gateway.lifecycle import (
     die_with_parent,
 )
 from comptroller.gateway.metrics import GatewayMetrics
+from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upstream import Upstreams
 from comptroller.groups import GroupDefinition, GroupService
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
 from comptroller.storage.keys import KeyStore, keys_from_url
-from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-
-from comptroller.gateway.identity import Identity, KeyPrefetch
-from comptroller.gateway.runtime import Gateway
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -206,7 +207,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
                 on_shutdown()
 
     routes = [
-        Route("/v1/chat/completions", _chat, methods=["POST"]),
+        Route("/v1/chat/completions", idempotent(_chat), methods=["POST"]),
         *batch_routes(),
         Route("/v1/groups/{group_id}/dispatch", _dispatch, methods=["POST"]),
         Route("/v1/models", _models, methods=["GET"]),
