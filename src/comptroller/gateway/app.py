@@ -30,7 +30,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from comptroller.gateway.calls import chat_completions, read_chat
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -46,6 +45,7 @@ from comptroller.engine import Engine
 from comptroller.engine.engine import allowed_models
 from comptroller.gateway.admin import admin_app
 from comptroller.gateway.batches import batch_routes, start_batches
+from comptroller.gateway.calls import chat_completions, read_chat
 from comptroller.gateway.cascades import (
     CASCADE_PREFIX,
     cascade_completion,
