@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from comptroller.batch_config import BatchSection
+from comptroller.config import Policy
 from comptroller.domain.batches import (
     BatchInputError,
     LineResult,
@@ -23,6 +27,8 @@ from comptroller.domain.batches import (
 from comptroller.domain.pricing import ModelPrice, TieredRate, cost_mc
 from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage
+from comptroller.gateway.batches.pricing import BatchPrices
+from comptroller.prices import PriceBook
 
 
 def _row(custom_id: str, **body: object) -> str:
@@ -126,3 +132,26 @@ def test_results_files_are_read_per_api() -> None:
     assert anthropic_results("\n".join(json.dumps(r) for r in rows).encode()) == [
         LineResult("x", True, Usage(12, 2, cache_read_tokens=5, cache_write_tokens=4, cache_write_1h_tokens=1)),
         LineResult("y", False)]
+
+
+def test_the_batch_section_is_read_from_the_policy_and_checked() -> None:
+    """``[batch]`` rides in the policy file; a discount outside 0..100 or a lease past the ledger max is refused."""
+    policy = Policy.model_validate({"batch": {"discount_pct": 50, "discount_pct_by_model": {"m": 0}}})
+    assert (policy.batch.discount_pct, policy.batch.discount_pct_by_model) == (50, {"m": 0})
+    assert Policy.model_validate({}).batch.discount_pct == 0  # no discount unless known: an over-count
+    for bad in ({"discount_pct": 101}, {"discount_pct_by_model": {"m": -1}}, {"lease_s": 86_401}, {"typo": 1}):
+        with pytest.raises(ValidationError):
+            Policy.model_validate({"batch": bad})
+
+
+def test_batch_prices_prefer_the_model_override_then_genai_prices_then_the_discount() -> None:
+    """A per-model percentage wins; else genai-prices' batch variant; else discount_pct off the standard price."""
+    book = PriceBook(overrides={"local": _PRICE})
+    at = datetime.now(UTC)
+    standard = book.price("gpt-4o", at)
+    genai_batch = book.batch_price("gpt-4o", at)
+    assert genai_batch is not None and genai_batch.input_mtok < standard.input_mtok
+    prices = BatchPrices(book, BatchSection(discount_pct=10, discount_pct_by_model={"gpt-4o": 20}))
+    assert prices.price("gpt-4o", at).input_mtok == standard.input_mtok * Decimal("0.8")
+    assert BatchPrices(book, BatchSection(discount_pct=10)).price("gpt-4o", at) == genai_batch
+    assert prices.price("local", at).output_mtok == _PRICE.output_mtok * Decimal("0.9")
