@@ -1,8 +1,9 @@
-"""A stub OpenAI-compatible upstream on loopback: chat completions, plain and SSE with usage chunks.
+"""A stub upstream on loopback for every API the gateway meters, plain and streamed, with usage.
 
-It answers ``POST /v1/chat/completions`` (and, for the SDK's Anthropic wrapper,
-``POST /v1/messages``) the way OpenAI's API does (API reference,
-"Create chat completion" and "The chat completion chunk object"):
+It answers ``POST /v1/chat/completions``, ``/v1/responses``, ``/v1/embeddings`` and
+``/v1/completions`` (:mod:`stub_apis`) the way OpenAI's API does, and Anthropic's
+``POST /v1/messages`` and ``/v1/messages/count_tokens`` (API references, "Create chat
+completion", "The chat completion chunk object", Anthropic "Messages", "Streaming messages"):
 
 * the reply is ``reply_words`` words ``w0 w1 ...``, cut to the request's ``max_tokens``
   (or ``max_completion_tokens``); one word is one completion token, and one stream
@@ -31,6 +32,7 @@ from typing import Any
 
 import uvicorn
 from loopback import LoopbackServer
+from stub_apis import completions, embeddings, responses
 
 __all__ = ["StubControl", "StubUpstream", "prompt_tokens"]
 
@@ -57,6 +59,11 @@ class StubControl:
         cached_tokens: prompt tokens reported as cache reads (OpenAI: inside ``prompt_tokens``;
             Anthropic: ``cache_read_input_tokens``, outside ``input_tokens``).
         cache_write_tokens: Anthropic ``cache_creation_input_tokens`` (outside ``input_tokens``).
+        cache_write_1h_tokens: the part of ``cache_write_tokens`` written with the 1-hour TTL.
+        reasoning_tokens: reasoning tokens added to the output count (chat, responses).
+        served_model: answer with this ``model`` instead of the request's.
+        usage_override: usage fields replaced in every answer (a provider that misreports).
+        paths: the path of every request received, in order.
         requests: every request body received, in order.
         chunks_sent: content chunks sent in streams.
         disconnects: streams whose client (the gateway) went away before the end.
@@ -70,6 +77,11 @@ class StubControl:
     omit_usage: bool = False
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    served_model: str | None = None
+    usage_override: dict[str, Any] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
     replies: dict[str, str] = field(default_factory=dict)
     fail_models: dict[str, int] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -83,7 +95,10 @@ class StubControl:
             self.reply_words, self.latency_s, self.chunk_delay_s = 5, 0.0, 0.0
             self.fail_status = self.drop_after_chunks = None
             self.omit_usage = False
-            self.cached_tokens = self.cache_write_tokens = 0
+            self.cached_tokens = self.cache_write_tokens = self.cache_write_1h_tokens = self.reasoning_tokens = 0
+            self.served_model = None
+            self.usage_override.clear()
+            self.paths.clear()
             self.replies.clear()
             self.fail_models.clear()
             self.requests.clear()
@@ -92,13 +107,18 @@ class StubControl:
 
 def _usage(control: StubControl, body: dict[str, Any], completion: int) -> dict[str, Any]:
     prompt = prompt_tokens(body.get("messages") or [])
+    completion = completion * int(body.get("n") or 1) + control.reasoning_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": min(control.cached_tokens, prompt)}}
+            "prompt_tokens_details": {"cached_tokens": min(control.cached_tokens, prompt)},
+            "completion_tokens_details": {"reasoning_tokens": control.reasoning_tokens}, **control.usage_override}
 
 
 def _anthropic_usage(control: StubControl, body: dict[str, Any], output: int) -> dict[str, Any]:
+    one_hour = control.cache_write_1h_tokens
     return {"input_tokens": prompt_tokens(body.get("messages") or []), "output_tokens": output,
-            "cache_read_input_tokens": control.cached_tokens, "cache_creation_input_tokens": control.cache_write_tokens}
+            "cache_read_input_tokens": control.cached_tokens, "cache_creation_input_tokens": control.cache_write_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": control.cache_write_tokens - one_hour,
+                               "ephemeral_1h_input_tokens": one_hour}, **control.usage_override}
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -111,13 +131,15 @@ async def _anthropic(control: StubControl, body: dict[str, Any], send: Any) -> N
     text = " ".join(words)
     usage = _anthropic_usage(control, body, len(words))
     if not body.get("stream"):
-        await _json(send, 200, {"id": "msg_stub", "type": "message", "role": "assistant", "model": body["model"],
+        await _json(send, 200, {"id": "msg_stub", "type": "message", "role": "assistant",
+                                "model": control.served_model or body["model"],
                                 "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
                                 "stop_sequence": None, "usage": usage})
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     start = {"type": "message_start", "message": {
-        "id": "msg_stub", "type": "message", "role": "assistant", "content": [], "model": body["model"],
+        "id": "msg_stub", "type": "message", "role": "assistant", "content": [],
+        "model": control.served_model or body["model"],
         "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}}
     events = [_sse("message_start", start), _sse("content_block_start", {
         "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})]
@@ -127,13 +149,14 @@ async def _anthropic(control: StubControl, body: dict[str, Any], send: Any) -> N
     events += [_sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
                _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
                                                                           "stop_sequence": None},
-                                      "usage": {"output_tokens": len(words)}}),
+                                      "usage": {"output_tokens": usage["output_tokens"]}}),
                _sse("message_stop", {"type": "message_stop"})]
     await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
 
 
 def _words(control: StubControl, body: dict[str, Any]) -> list[str]:
-    limit = body.get("max_completion_tokens") or body.get("max_tokens") or control.reply_words
+    limit = (body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+             or control.reply_words)
     return [f"w{i}" for i in range(min(control.reply_words, int(limit)))]
 
 
@@ -181,10 +204,25 @@ async def _stream_chunks(control: StubControl, body: dict[str, Any], send: Any, 
             control.chunks_sent += 1
     tail = _chunk(body, {}, "stop" if len(words) >= control.reply_words else "length")
     if (body.get("stream_options") or {}).get("include_usage") and not control.omit_usage:
-        usage = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+        usage = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0,
+                 "model": control.served_model or body["model"],
                  "choices": [], "usage": _usage(control, body, len(words))}
         tail += f"data: {json.dumps(usage)}\n\n".encode()
     await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
+
+
+async def _other_api(control: StubControl, path: str, body: dict[str, Any], send: Any) -> None:
+    """Every API but chat completions, by path."""
+    if path.endswith("/messages/count_tokens"):
+        await _json(send, 200, {"input_tokens": prompt_tokens(body.get("messages") or [])})
+    elif path.endswith("/messages"):
+        await _anthropic(control, body, send)
+    elif path.endswith("/responses"):
+        await responses(control, body, send, _words(control, body), _json)
+    elif path.endswith("/embeddings"):
+        await embeddings(control, body, send, _json)
+    else:
+        await completions(control, body, send, _words(control, body), _json)
 
 
 def make_app(control: StubControl) -> Any:
@@ -200,6 +238,7 @@ def make_app(control: StubControl) -> Any:
         body = json.loads(raw or b"{}")
         with control.lock:
             control.requests.append(body)
+            control.paths.append(scope["path"])
         if control.latency_s:
             await asyncio.sleep(control.latency_s)
         status = control.fail_models.get(body.get("model", ""), control.fail_status)
@@ -207,8 +246,8 @@ def make_app(control: StubControl) -> Any:
             await _json(send, status, {"error": {"message": f"stub failure {status}", "type": "server_error",
                                                  "param": None, "code": "stub_failure"}})
             return
-        if scope["path"].endswith("/messages"):
-            await _anthropic(control, body, send)
+        if not scope["path"].endswith("/chat/completions"):
+            await _other_api(control, scope["path"], body, send)
             return
         if body.get("stream"):
             await _stream(control, body, send, receive)
@@ -218,9 +257,10 @@ def make_app(control: StubControl) -> Any:
         content = " ".join(words) if canned is None else canned
         full = canned is not None or len(words) >= control.reply_words
         answer: dict[str, Any] = {
-            "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": "stop" if full else "length"}],
+            "id": "chatcmpl-stub", "object": "chat.completion", "created": 0,
+            "model": control.served_model or body["model"],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop" if full else "length"} for i in range(int(body.get("n") or 1))],
         }
         if not control.omit_usage:
             answer["usage"] = _usage(control, body, len(words))

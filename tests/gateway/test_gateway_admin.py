@@ -100,7 +100,9 @@ def test_metrics_and_health(gw: Harness) -> None:
     gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
     with pytest.raises(openai.AuthenticationError):
         gw.client("ck-000000000000.wrongwrongwrongwrongwrong").chat.completions.create(model=MODEL, messages=MESSAGES)
-    text = httpx.get(f"{gw.url}/metrics").text
+    assert httpx.get(f"{gw.url}/metrics").status_code == 401  # closed: names tenants and agents
+    metrics_key = gw.new_key("ops", admin=True)
+    text = httpx.get(f"{gw.url}/metrics", headers={"authorization": f"Bearer {metrics_key}"}).text
     cost = next(r.cost_mc for r in gw.engine.store.usage_records())
     assert 'comptroller_requests_total{endpoint="chat",status="200"} 1.0' in text
     assert 'comptroller_requests_total{endpoint="chat",status="401"} 1.0' in text

@@ -125,13 +125,15 @@ BAD_BODIES = [
     (json.dumps({"messages": MESSAGES}).encode(), "model", "invalid_request"),
     (json.dumps({"model": MODEL}).encode(), "messages", "invalid_request"),
     (json.dumps({"model": MODEL, "messages": [{"content": "x"}]}).encode(), "messages[0].role", "invalid_request"),
-    (json.dumps({"model": MODEL, "messages": MESSAGES, "n": 2}).encode(), "n", "invalid_request"),
+    (json.dumps({"model": MODEL, "messages": MESSAGES, "n": 0}).encode(), "n", "invalid_request"),
     (json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": "9"}).encode(), "max_tokens", "invalid_request"),
     (json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 0}).encode(), "max_tokens", "invalid_request"),
     (json.dumps({"model": MODEL, "messages": MESSAGES, "stream": "yes"}).encode(), "stream", "invalid_request"),
     (json.dumps({"model": "no-such-model", "messages": MESSAGES}).encode(), "model", "model_not_found"),
-    (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(),
-     "messages", "invalid_request"),
+    (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}).encode(),
+     "messages[0].content[0]", "unsupported_content"),
+    (b'{"model": "stub-model", "messages": [{"role": "user", "content": "x"}], "temperature": Infinity}', None,
+     "invalid_json"),
 ]
 
 

@@ -26,7 +26,7 @@ from stub_upstream import StubUpstream
 
 from comptroller.bootstrap import price_book
 from comptroller.domain.pricing import ceiling_mc
-from comptroller.domain.tokens import input_tokens_upper_bound
+from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.storage import store_from_url
 from comptroller.storage.keys import SQLiteKeyStore, new_key
 
@@ -100,7 +100,8 @@ def test_two_workers_never_overshoot_and_forward_exactly_the_admitted(stub: Stub
     stub.control.latency_s = 0.02  # keep many calls in flight at once
     policy = stub_policy()
     price = price_book(policy).price(MODEL, datetime.now(UTC))
-    ceiling = ceiling_mc(price, input_tokens_max=input_tokens_upper_bound(messages(0)), output_tokens_max=OUTPUT_CAP)
+    input_max = request_input_tokens_max({"model": MODEL, "messages": messages(0)}, api="chat")
+    ceiling = ceiling_mc(price, input_tokens_max=input_max, output_tokens_max=OUTPUT_CAP)
     limit_mc = K * ceiling
     config, db = tmp_path / "gateway.toml", tmp_path / "ledger.db"
     write_config(config, stub, limit_mc)
@@ -111,7 +112,7 @@ def test_two_workers_never_overshoot_and_forward_exactly_the_admitted(stub: Stub
     port = free_port()
     metrics_dir = tmp_path / "metrics"  # its own directory: the collector reads every *.db file in it
     metrics_dir.mkdir()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "COMPTROLLER_ADMIN_KEY": "ck-admin-scrape"}
     command = [sys.executable, "-c", "from comptroller.cli.main import app; app()", "serve", "--config", str(config),
                "--db", f"sqlite:///{db}", "--port", str(port), "--workers", "2", "--log-level", "warning"]
     process = subprocess.Popen(command, env=env)
@@ -119,7 +120,7 @@ def test_two_workers_never_overshoot_and_forward_exactly_the_admitted(stub: Stub
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, process)
         responses = asyncio.run(drive(url, key))
-        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        metrics = httpx.get(f"{url}/metrics", timeout=10, headers={"authorization": "Bearer ck-admin-scrape"}).text
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)

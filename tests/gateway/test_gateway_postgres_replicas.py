@@ -25,7 +25,7 @@ from test_gateway_overshoot import K, drive, free_port, messages, wait_healthy, 
 
 from comptroller.bootstrap import price_book
 from comptroller.domain.pricing import ceiling_mc
-from comptroller.domain.tokens import input_tokens_upper_bound
+from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.storage import store_from_url
 from comptroller.storage.keys import keys_from_url, new_key
 from postgres.pg_kit import PG_URL, new_schema
@@ -40,7 +40,8 @@ def test_four_gateway_workers_on_postgres_never_overshoot(stub: StubUpstream, tm
     stub.control.reset()
     stub.control.latency_s = 0.02
     price = price_book(stub_policy()).price(MODEL, datetime.now(UTC))
-    ceiling = ceiling_mc(price, input_tokens_max=input_tokens_upper_bound(messages(0)), output_tokens_max=OUTPUT_CAP)
+    input_max = request_input_tokens_max({"model": MODEL, "messages": messages(0)}, api="chat")
+    ceiling = ceiling_mc(price, input_tokens_max=input_max, output_tokens_max=OUTPUT_CAP)
     limit_mc = K * ceiling
     config = tmp_path / "gateway.toml"
     write_config(config, stub, limit_mc)

@@ -3,14 +3,17 @@
 =================================  ==========================================================
 route                              what
 =================================  ==========================================================
-``POST /v1/chat/completions``      the governed call (:mod:`comptroller.gateway.calls`); a model
-                                   ``cascade/<name>`` runs a cascade (:mod:`comptroller.gateway.cascades`)
+``POST /v1/chat/completions``,     the metered APIs, one pipeline with an adapter each
+``/v1/responses``, ``/v1/messages``, (:mod:`comptroller.gateway.apis.routes`); a chat model
+``/v1/embeddings``,                ``cascade/<name>`` runs a cascade (:mod:`comptroller.gateway.cascades`);
+``/v1/completions``                ``POST /v1/messages/count_tokens`` is passed through (free)
 ``POST /v1/groups/{id}/dispatch``  who in a group chat answers a message (:mod:`comptroller.gateway.groups`)
 ``GET /v1/models``                 the models and cascades this key may call
 ``GET /healthz``                   200 when every worker is up and the ledger answers, else 503 (from
                                    memory: :mod:`comptroller.gateway.lifecycle`)
 ``GET /metrics``                   Prometheus exposition (:mod:`comptroller.gateway.metrics`)
 ``/admin/...``                     the admin API and its OpenAPI document (:mod:`comptroller.gateway.admin`)
+any other ``/v1`` path or method   404 ``unknown_endpoint`` in the API's shape (nothing passes unmetered)
 =================================  ==========================================================
 
 :func:`app_from_env` builds one worker's app from ``COMPTROLLER_CONFIG`` (the policy
@@ -27,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -44,25 +46,15 @@ from comptroller.domain.routing import Router
 from comptroller.engine import Engine
 from comptroller.engine.engine import allowed_models
 from comptroller.gateway.admin import admin_app
+from comptroller.gateway.apis.routes import api_routes, not_found
 from comptroller.gateway.batches import batch_routes, start_batches
-from comptroller.gateway.calls import chat_completions, read_chat
-from comptroller.gateway.cascades import (
-    CASCADE_PREFIX,
-    cascade_completion,
-    cascade_name,
-)
+from comptroller.gateway.cascades import CASCADE_PREFIX
 from comptroller.gateway.config import GatewayConfig, load_gateway_config, tier_models
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.groups import dispatch
-from comptroller.gateway.idempotency import idempotent
 from comptroller.gateway.identity import Identity, KeyPrefetch
-from comptroller.gateway.lifecycle import (
-    LedgerProbe,
-    Roster,
-    WorkerLife,
-    die_with_parent,
-)
-from comptroller.gateway.metrics import GatewayMetrics
+from comptroller.gateway.lifecycle import LedgerProbe, Roster, WorkerLife, die_with_parent
+from comptroller.gateway.metrics import GatewayMetrics, authorize_scrape
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upstream import Upstreams
 from comptroller.groups import GroupDefinition, GroupService
@@ -79,21 +71,6 @@ DEFAULT_DB = "sqlite:///comptroller.db"
 def _gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
-
-
-async def _chat(request: Request) -> Response:
-    started = time.perf_counter()
-    gw = _gateway(request)
-    try:
-        caller, chat = await read_chat(gw, request)
-        if cascade_name(chat.model) is not None:
-            response = await cascade_completion(gw, request, caller, chat)
-        else:
-            response = await chat_completions(gw, request, caller, chat, started)
-    except GatewayError as exc:
-        response = exc.response()
-    gw.metrics.requests.labels("chat", str(response.status_code)).inc()
-    return response
 
 
 async def _dispatch(request: Request) -> Response:
@@ -148,7 +125,12 @@ async def _healthz(request: Request) -> Response:
 
 
 async def _metrics(request: Request) -> Response:
-    return Response(_gateway(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    gw = _gateway(request)
+    try:
+        authorize_scrape(gw.identity, request.headers, gw.config.metrics_token())
+    except GatewayError as exc:
+        return exc.response()
+    return Response(gw.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _breaker_states(engine: Engine) -> Callable[[], Iterable[tuple[str, bool]]]:
@@ -197,8 +179,8 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         try:
             yield
         finally:
-            life.stop()
             await app.state.batches.aclose()
+            life.stop()
             released = gateway.release_all()
             if released:
                 log.warning("shutdown: released %d reservations still in flight", released)
@@ -207,7 +189,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
                 on_shutdown()
 
     routes = [
-        Route("/v1/chat/completions", idempotent(_chat), methods=["POST"]),
+        *api_routes(),
         *batch_routes(),
         Route("/v1/groups/{group_id}/dispatch", _dispatch, methods=["POST"]),
         Route("/v1/models", _models, methods=["GET"]),
@@ -216,7 +198,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         Mount("/admin", app=admin_app(engine=engine, keys=identity.keys, identity=identity, namespace=namespace,
                                       groups=group_service)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan,
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found},
                      middleware=[Middleware(KeyPrefetch, identity=identity), Middleware(life.middleware)])
 
 

@@ -57,10 +57,12 @@ from starlette.responses import Response
 
 from comptroller.domain.routing import RouteFacts
 from comptroller.domain.usage import Usage
-from comptroller.gateway.calls import check_model_allowed, forward_body, usage_from
-from comptroller.gateway.chat_request import ChatRequest
+from comptroller.gateway.apis.base import ApiRequest
+from comptroller.gateway.apis.chat import ChatApi, last_user_text, response_schema
+from comptroller.gateway.apis.pipeline import check_model_allowed
+from comptroller.gateway.attribution import attribute
 from comptroller.gateway.errors import GatewayError, error_response, verdict_response
-from comptroller.gateway.identity import Caller, attribute
+from comptroller.gateway.identity import Caller
 from comptroller.gateway.runtime import Gateway, MeteredEngine
 from comptroller.gateway.upstream import Upstream
 from comptroller.routing import CascadeRequest, CascadeResult, Outcome, TierCall, TierReply
@@ -71,6 +73,9 @@ CASCADE_PREFIX = "cascade/"
 AUTO = "auto"
 _MESSAGE_MAX = 500
 _TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
+
+
+_CHAT = ChatApi()
 
 
 class TierFailedError(Exception):
@@ -102,7 +107,7 @@ def _failure(status: int, raw: bytes, provider: str) -> str:
 class _Tiers:
     """Sends one tier attempt upstream for one request (the runner's ``call``)."""
 
-    def __init__(self, gw: Gateway, chat: ChatRequest, metered: MeteredEngine) -> None:
+    def __init__(self, gw: Gateway, chat: ApiRequest, metered: MeteredEngine) -> None:
         self.gw, self.chat, self.metered = gw, chat, metered
         self.cancelled = False
         self.scope: anyio.CancelScope | None = None
@@ -134,6 +139,9 @@ class _Tiers:
         upstream = self.gw.upstreams.for_model(model)
         if upstream is None:  # tier_models checked every tier model at start-up
             raise TierFailedError(f"no provider serves model {model!r}")
+        if upstream.config.kind != _CHAT.family:
+            raise TierFailedError(f"model {model!r} is served by the {upstream.config.kind!r} provider "
+                                  f"{upstream.name!r}; a cascade speaks chat completions (openai family) only")
         return model, upstream
 
     async def _charge_bounds(self, tc: TierCall) -> None:
@@ -145,10 +153,10 @@ class _Tiers:
 
     async def _ask(self, tc: TierCall) -> TierReply:
         model, upstream = self._upstream(tc)
-        body = forward_body(self.chat, tc.output_tokens_max, upstream.config)
+        body = _CHAT.forward_body(self.chat, tc.output_tokens_max, upstream.config)
         body["model"] = model
         sent = time.perf_counter()
-        response = await upstream.open_chat(body)
+        response = await upstream.open(_CHAT.path, body)
         try:
             raw = await response.read()
         except BaseException:
@@ -169,16 +177,16 @@ class _Tiers:
             await self._charge_bounds(tc)
             raise TierFailedError(f"{upstream.name} answered 200 with a body that is not a chat completion; "
                                   "charged at the reserved bounds") from None
-        usage = usage_from(answer.get("usage")) or Usage(input_tokens=self.chat.input_tokens_max,
+        usage = _CHAT.usage(answer) or Usage(input_tokens=self.chat.input_tokens_max,
                                                          output_tokens=tc.output_tokens_max)
         return TierReply(str(text), usage, finish if isinstance(finish, str) else None, raw=raw)
 
 
-def _facts(chat: ChatRequest, agent: str, headers: Mapping[str, str]) -> RouteFacts:
+def _facts(chat: ApiRequest, agent: str, headers: Mapping[str, str]) -> RouteFacts:
     role = (headers.get("x-comptroller-role") or "").strip() or None
     return RouteFacts(agent=agent, input_tokens=chat.input_tokens_max,
                       deep_mode=_flag(headers, "x-comptroller-deep-mode"), tools=bool(chat.body.get("tools")),
-                      text=chat.last_user_text(), role=role)
+                      text=last_user_text(chat), role=role)
 
 
 def _chosen(gw: Gateway, name: str) -> str | None:
@@ -212,7 +220,7 @@ def _respond(result: CascadeResult) -> Response:
                     headers=headers)
 
 
-async def cascade_completion(gw: Gateway, request: Request, caller: Caller, chat: ChatRequest) -> Response:
+async def cascade_completion(gw: Gateway, request: Request, caller: Caller, chat: ApiRequest) -> Response:
     """Answer a ``cascade/<name>`` request (see the module docstring).
 
     Raises:
@@ -227,16 +235,19 @@ async def cascade_completion(gw: Gateway, request: Request, caller: Caller, chat
         raise GatewayError(400, "stream must be false for a cascade model: each tier's gates judge the whole "
                            "answer before it is returned; call without stream", code="invalid_request",
                            param="stream")
+    if chat.choices != 1:
+        raise GatewayError(400, f"n must be 1 for a cascade model (each tier's gates judge one answer), got "
+                           f"{chat.choices}", code="invalid_request", param="n")
     requested = _chosen(gw, name)
-    attribution = attribute(caller, request.headers, namespace=gw.namespace)
+    attribution = attribute(caller, request.headers, namespace=gw.namespace, groups=gw.groups)
     metered = MeteredEngine(gw)
     call = _Tiers(gw, chat, metered)
     cascade_request = CascadeRequest(attribution=attribution, input_tokens_max=chat.input_tokens_max,
-                                     max_tokens=chat.max_tokens, prompt=chat.last_user_text(),
-                                     response_schema=chat.response_schema(),
+                                     max_tokens=chat.max_tokens, prompt=last_user_text(chat),
+                                     response_schema=response_schema(chat),
                                      run_id=request.headers.get("x-comptroller-run"),
                                      attempt_id=request.headers.get("x-comptroller-attempt"),
-                                     fingerprint=chat.fingerprint(), text=chat.last_text())
+                                     fingerprint=chat.fingerprint, text=chat.text)
     facts = _facts(chat, attribution.agent, request.headers)
     if not gw.config.ledger_threads:
         result = await gw.routing.run_async(metered, cascade_request, call, facts=facts, cascade=requested)

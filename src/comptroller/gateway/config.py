@@ -11,6 +11,7 @@
     read_timeout_s = 600.0               # upstream: longest wait for the next bytes
     connect_retries = 2                  # retries on connection errors only (never after bytes were sent)
     admin_key_env = "COMPTROLLER_ADMIN_KEY"   # an admin key from the environment (optional)
+    metrics_token_env = "COMPTROLLER_METRICS_TOKEN"  # a scrape token for /metrics (optional; else admin key)
     ledger_timeout_s = 2.0               # a ledger call slower than this answers 503 ledger_unavailable
     key_cache_ttl_s = 10.0               # a revoked key stops working within this time
     shutdown_grace_s = 30.0              # SIGTERM: calls in flight may finish within this time
@@ -22,6 +23,11 @@
 
     [gateway.providers.local]
     base_url = "http://127.0.0.1:8000/v1"    # vLLM, llama.cpp server, Ollama: any OpenAI-compatible API
+
+    [gateway.providers.anthropic]
+    kind = "anthropic"                   # the API family: "openai" (default) or "anthropic"
+    base_url = "https://api.anthropic.com/v1"
+    api_key_env = "ANTHROPIC_API_KEY"    # sent as x-api-key, with anthropic-version
 
     [gateway.models]                     # model -> provider
     "gpt-4o-mini" = "openai"
@@ -37,28 +43,35 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from comptroller.config import ConfigError, Policy
 from comptroller.ports import PriceSource
 from comptroller.prices import PriceBook
 from comptroller.routing import RoutingConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = ["GatewayConfig", "ProviderConfig", "load_gateway_config", "tier_models"]
 
 
 class ProviderConfig(BaseModel):
-    """One OpenAI-compatible upstream.
+    """One upstream of an API family.
 
     Attributes:
-        base_url: the API root, ending before ``/chat/completions`` (e.g. ``https://api.openai.com/v1``).
+        kind: the API family it speaks: ``openai`` (OpenAI, vLLM, Ollama, OpenRouter: chat,
+            responses, embeddings, completions) or ``anthropic`` (messages; its key goes in
+            ``x-api-key`` with an ``anthropic-version`` header). Each API goes only to
+            providers of its family; nothing is translated between families.
+        base_url: the API root, ending before ``/chat/completions`` or ``/messages``
+            (e.g. ``https://api.openai.com/v1``, ``https://api.anthropic.com/v1``).
         api_key_env: the environment variable holding the provider's key (None: no key sent).
         max_tokens_field: the request field that carries the output bound when the client sent
             neither ``max_tokens`` nor ``max_completion_tokens``.
     """
 
     model_config = ConfigDict(extra="forbid")
+    kind: Literal["openai", "anthropic"] = "openai"
     base_url: str = Field(pattern=r"^https?://")
     api_key_env: str | None = None
     max_tokens_field: str = Field(default="max_tokens", pattern=r"^(max_tokens|max_completion_tokens)$")
@@ -90,6 +103,8 @@ class GatewayConfig(BaseModel):
         connect_retries: retries on connection errors only.
         pool_connections_max: open upstream connections per provider and worker.
         admin_key_env: environment variable holding an admin key (None: only stored admin keys).
+        metrics_token_env: environment variable holding a scrape token for ``GET /metrics``
+            (None or unset: only admin keys may scrape).
         ledger_threads: run ledger calls (and key lookups) in worker threads, each bounded by
             ``ledger_timeout_s`` (the default). False runs them on the event loop: a little faster
             on SQLite, but a locked file or a lost database then stalls every call of the worker
@@ -114,6 +129,7 @@ class GatewayConfig(BaseModel):
     connect_retries: int = Field(default=2, ge=0, le=10)
     pool_connections_max: int = Field(default=256, ge=1)
     admin_key_env: str | None = "COMPTROLLER_ADMIN_KEY"
+    metrics_token_env: str | None = None
     ledger_threads: bool = True
     ledger_timeout_s: float = Field(default=2.0, gt=0, le=60)
     key_cache_ttl_s: float = Field(default=10.0, ge=0, le=300)
@@ -134,6 +150,12 @@ class GatewayConfig(BaseModel):
     def provider_for(self, model: str) -> str | None:
         """The provider name serving ``model``, or None if no provider does."""
         return self.models.get(model, self.default_provider)
+
+    def metrics_token(self) -> str | None:
+        """The scrape token from ``metrics_token_env``, or None when unset or empty."""
+        if self.metrics_token_env is None:
+            return None
+        return os.environ.get(self.metrics_token_env) or None
 
     def admin_key(self) -> str | None:
         """The admin key from ``admin_key_env``, or None when unset or empty."""

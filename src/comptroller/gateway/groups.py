@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from comptroller.domain.dispatch import GroupError, Kind, Message, mentions_in
-from comptroller.gateway.calls import read_body
+from comptroller.gateway.apis.request_body import read_body
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.identity import Caller
 from comptroller.gateway.runtime import Gateway

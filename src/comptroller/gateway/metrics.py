@@ -11,7 +11,12 @@ name                                       type       labels
 ``comptroller_breaker_open``               gauge      ``scope`` (1 open or half-open, 0 closed)
 ``comptroller_gateway_overhead_seconds``   histogram  (time in the gateway, upstream excluded)
 ``comptroller_upstream_seconds``           histogram  ``provider`` (request sent to last byte)
+``comptroller_usage_anomalies_total``      counter    ``api``, ``code`` (usage above its bound)
 =========================================  =========  =========================================
+
+``GET /metrics`` shows tenant and agent names, so it is closed: it answers only the admin key
+(``Authorization: Bearer <admin key>``) or the scrape token named by ``[gateway]
+metrics_token_env`` (:func:`authorize_scrape`); anything else gets 401.
 
 With several worker processes (``comptroller serve --workers N``) set
 ``PROMETHEUS_MULTIPROC_DIR`` (``serve`` does) and every worker writes its samples
@@ -20,14 +25,18 @@ there; ``/metrics`` then sums all workers (prometheus_client docs, "Multiprocess
 
 from __future__ import annotations
 
+import hmac
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["GatewayMetrics"]
+from comptroller.gateway.errors import GatewayError
+from comptroller.gateway.identity import Identity
+
+__all__ = ["GatewayMetrics", "authorize_scrape"]
 
 _OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _UPSTREAM_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -62,6 +71,8 @@ class GatewayMetrics:
         self.cost_mc = Counter("comptroller_cost_mc", "Settled cost, millicents", ["model"], registry=r)
         self.refusals = Counter("comptroller_refusals", "Calls refused", ["code", "level"], registry=r)
         self.ledger_errors = Counter("comptroller_ledger_errors", "Ledger operations that failed", ["op"], registry=r)
+        self.usage_anomalies = Counter("comptroller_usage_anomalies", "Answers whose usage exceeds its bound",
+                                       ["api", "code"], registry=r)
         self.overhead_s = Histogram("comptroller_gateway_overhead_seconds",
                                     "Time spent in the gateway per call, upstream excluded",
                                     buckets=_OVERHEAD_BUCKETS_S, registry=r)
@@ -80,3 +91,32 @@ class GatewayMetrics:
             registry.register(self._breakers)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def authorize_scrape(identity: Identity, headers: Mapping[str, str], token: str | None) -> None:
+    """Let a scrape through with the scrape token or an admin key.
+
+    Args:
+        identity: authenticates admin keys.
+        headers: the request headers (``Authorization: Bearer ...``).
+        token: the configured scrape token (None: admin keys only).
+
+    Raises:
+        GatewayError: 401 ``invalid_api_key`` for anything else (no key, a tenant key, a wrong token).
+    """
+    header = headers.get("authorization") or ""
+    scheme, _, given = header.partition(" ")
+    given = given.strip()
+    if token is not None and given and hmac.compare_digest(given.encode(), token.encode()):
+        return
+    refused = GatewayError(401, "/metrics needs the admin key or the scrape token ([gateway] metrics_token_env) "
+                           "as 'Authorization: Bearer ...'", type_="authentication_error", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+    if scheme.lower() != "bearer" or not given:
+        raise refused
+    try:
+        caller = identity.authenticate(headers)
+    except GatewayError:
+        raise refused from None
+    if not caller.admin:
+        raise refused

@@ -225,8 +225,8 @@ class Gateway:
         self.metrics.inflight.dec()
         return True
 
-    def settle_result(self, reservation: Reservation, usage: Usage) -> SettleResult:
-        """Charge what the call used and count it in the metrics.
+    def settle_result(self, reservation: Reservation, usage: Usage, served_model: str | None = None) -> SettleResult:
+        """Charge what the call used and count it in the metrics (``served_model``: :meth:`Engine.settle`'s).
 
         Raises:
             GatewayError: 503 ``ledger_unavailable`` when the ledger fails (logged; the hold
@@ -234,7 +234,7 @@ class Gateway:
         """
         self._done(reservation)
         try:
-            result = self.engine.settle(reservation, usage)
+            result = self.engine.settle(reservation, usage, served_model=served_model)
         except Exception:
             log.exception("settle of reservation %s failed; its hold returns at lease expiry", reservation.id)
             self.metrics.ledger_errors.labels("settle").inc()
@@ -245,10 +245,10 @@ class Gateway:
             self.metrics.tokens.labels(reservation.model, "output").inc(usage.output_tokens)
         return result
 
-    def settle(self, reservation: Reservation, usage: Usage) -> Settled:
+    def settle(self, reservation: Reservation, usage: Usage, served_model: str | None = None) -> Settled:
         """:meth:`settle_result` for the plain call path: a ledger failure gives ``Settled(None)``."""
         try:
-            result = self.settle_result(reservation, usage)
+            result = self.settle_result(reservation, usage, served_model)
         except GatewayError:
             return Settled(None)
         return Settled(None if result.record is None else result.record.cost_mc)

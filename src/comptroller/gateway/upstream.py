@@ -94,16 +94,28 @@ class UpstreamResponse:
             self._response.close()
 
 
+ANTHROPIC_VERSION = "2023-06-01"
+"""The ``anthropic-version`` sent to an Anthropic upstream when the client sent none (Anthropic docs, "Versions")."""
+
+
 class Upstream:
-    """One provider: its settings, key and pooled session (opened in the worker's event loop)."""
+    """One provider: its settings, key and pooled session (opened in the worker's event loop).
+
+    Its key goes in the family's header: ``authorization: Bearer`` (``openai``), or
+    ``x-api-key`` with ``anthropic-version`` (``anthropic``; Anthropic docs, "API overview").
+    """
 
     def __init__(self, name: str, config: ProviderConfig, gateway: GatewayConfig) -> None:
         self.name = name
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.root = config.base_url.rstrip("/")
         self.headers = {"content-type": "application/json"}
         key = config.api_key()
-        if key is not None:
+        if config.kind == "anthropic":
+            self.headers["anthropic-version"] = ANTHROPIC_VERSION
+            if key is not None:
+                self.headers["x-api-key"] = key
+        elif key is not None:
             self.headers["authorization"] = f"Bearer {key}"
         self._gateway = gateway
         self._session: aiohttp.ClientSession | None = None
@@ -116,8 +128,13 @@ class Upstream:
         return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers,
                                      auto_decompress=False, skip_auto_headers=("User-Agent",))
 
-    async def open_chat(self, body: dict[str, Any]) -> UpstreamResponse:
-        """Send a chat completion request; the answer is open (read it, then release or abort it).
+    async def open(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> UpstreamResponse:
+        """POST ``body`` to ``path`` under the provider's root; the answer is open (read it, then release
+        or abort it).
+
+        Args:
+            path: the API path after ``base_url`` (``/chat/completions``, ``/messages``...).
+            headers: per-request headers beside the provider's (``anthropic-version``, ``anthropic-beta``).
 
         Raises:
             UpstreamTimeoutError: the provider did not answer in time.
@@ -128,7 +145,7 @@ class Upstream:
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         for attempt in range(self._gateway.connect_retries + 1):
             try:
-                response = await self._session.post(self.url, data=content)
+                response = await self._session.post(self.root + path, data=content, headers=headers)
             except aiohttp.ClientConnectorError as exc:  # nothing was sent: safe to try again
                 if attempt == self._gateway.connect_retries:
                     raise _translate(exc, self.name) from None

@@ -1,0 +1,92 @@
+"""Reading a request body: a size limit, then strict JSON (RFC 8259 only) and a nesting limit.
+
+:func:`read_body` refuses a body over ``[gateway] body_bytes_max`` before reading it all.
+
+Python's ``json`` accepts ``Infinity``, ``-Infinity`` and ``NaN`` (not JSON: RFC 8259 section 6
+has no such numbers) and would forward them upstream; its recursive decoder raises
+``RecursionError`` on deep nesting. Here both are a 400 naming the problem, raised before
+anything is reserved. No API the gateway serves needs more than a few levels (a JSON schema
+in ``response_format`` or a tool's parameters is the deepest); :data:`DEPTH_MAX` leaves room.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from comptroller.gateway.errors import GatewayError
+
+__all__ = ["DEPTH_MAX", "loads_object", "read_body"]
+
+DEPTH_MAX = 64
+"""Arrays and objects nested deeper than this are refused."""
+
+
+def _bad(message: str, code: str) -> GatewayError:
+    return GatewayError(400, message, code=code)
+
+
+def _no_constant(name: str) -> Any:
+    raise _bad(f"the request body contains {name}, which is not JSON (RFC 8259 has no Infinity or NaN); "
+               "send a finite number", "invalid_json")
+
+
+def _depth_ok(value: Any) -> bool:
+    """True when no array or object in ``value`` is nested deeper than :data:`DEPTH_MAX` (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > DEPTH_MAX:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
+
+
+def loads_object(raw: bytes) -> dict[str, Any]:
+    """Decode a request body: UTF-8, strict JSON, an object, nested at most :data:`DEPTH_MAX` deep.
+
+    Raises:
+        GatewayError: 400 ``invalid_encoding`` or ``invalid_json`` naming the problem.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _bad(f"the request body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON",
+                   "invalid_encoding") from None
+    too_deep = _bad(f"the request body nests arrays or objects deeper than {DEPTH_MAX} levels; flatten it",
+                    "invalid_json")
+    try:
+        body = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise _bad(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                   "invalid_json") from None
+    except RecursionError:
+        raise too_deep from None
+    if not isinstance(body, dict):
+        raise _bad(f"the request body must be a JSON object, got {type(body).__name__}", "invalid_json")
+    if text.count("[") + text.count("{") > DEPTH_MAX and not _depth_ok(body):  # the count: C speed
+        raise too_deep
+    return body
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The request body, refused with 400 once it passes ``limit_bytes``.
+
+    Raises:
+        GatewayError: 400 ``request_too_large``.
+    """
+    too_large = GatewayError(400, f"the request body is larger than the limit of {limit_bytes} bytes; "
+                             "send less, or raise [gateway] body_bytes_max", code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
