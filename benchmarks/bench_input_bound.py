@@ -28,6 +28,7 @@ import json
 import platform
 import statistics
 import subprocess
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,24 @@ def benchmark_prompt_row() -> dict[str, Any]:
             "p95": ratio, "max": ratio, "overall": ratio, "gap": 0}
 
 
+def cpu_us_per_call(repeat: int = 2000) -> str:
+    """CPU microseconds of one bound, on a 1 KB and a 100 KB chat body (median of 5 runs)."""
+    out = []
+    for size in (1_000, 100_000):
+        body = {"model": "gpt-4o-mini", "max_tokens": 64, "messages": [
+            {"role": "system", "content": "You are a careful assistant. " * 4},
+            {"role": "user", "content": ("lorem ipsum dolor sit amet, " * (size // 28 + 1))[:size]}]}
+        runs = max(20, repeat * 1_000 // size)
+        samples = []
+        for _ in range(5):
+            start = time.process_time()
+            for _ in range(runs):
+                request_input_tokens_max(body, api="chat")
+            samples.append((time.process_time() - start) / runs * 1e6)
+        out.append(f"{size // 1000} KB body: {statistics.median(samples):.1f} us")
+    return "CPU per bound (`request_input_tokens_max`, chat): " + ", ".join(out) + "."
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| family (tokenizer) | calls | min | p50 | p95 | max | sum(bound)/sum(billed) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -188,6 +207,7 @@ def main() -> None:
     note = (f"{len(records)} calls; each rebuilt request is within {worst_gap} tokens of its recorded `input_tokens`. "
             f"Machine: {platform.machine()}, Python {platform.python_version()}, bpe-openai "
             f"{bpe_openai.__version__}.")
+    note += " " + cpu_us_per_call()
     print(out)
     print(note)
     if args.write:
