@@ -8,7 +8,8 @@ It answers the way the providers document ("Batch" API reference; Anthropic "Mes
   line per succeeded request and an error file with one per failed one; ``cancel`` ends it
   ``cancelled`` with no results;
 * ``POST /v1/messages/batches`` creates ``msgbatch_N``, ended the same way, with a results JSONL
-  (``succeeded`` with ``message.usage``, ``errored`` for failed ids).
+  (``succeeded`` with ``message.usage``, ``errored`` for failed ids); ``cancel`` ends a running
+  batch with every request ``canceled``.
 
 Usage is documented so tests derive expected costs: input tokens are :func:`stub_input_tokens`
 of the request's messages, output tokens ``min(reply_words, max_tokens)`` (or ``output_tokens``
@@ -211,6 +212,15 @@ class BatchStub:
                 return JSONResponse({"type": "error", "error": {"type": "not_found_error", "message": "no"}}, 404)
             return JSONResponse(_public(batch))
 
+        async def cancel_message_batch(request: Request) -> Response:
+            batch = c.message_batches[request.path_params["batch_id"]]
+            if batch["processing_status"] == "in_progress":
+                rows = [json.dumps({"custom_id": r["custom_id"], "result": {"type": "canceled"}}).encode()
+                        for r in batch.pop("_requests")]
+                c.results[batch["id"]] = b"\n".join(rows) + b"\n"
+                batch.update(processing_status="ended", cancel_initiated_at="2026-01-01T00:00:00Z")
+            return JSONResponse(_public(batch))
+
         async def message_batch_results(request: Request) -> Response:
             batch_id = request.path_params["batch_id"]
             if batch_id not in c.results:
@@ -228,6 +238,7 @@ class BatchStub:
             Route("/v1/messages/batches", create_message_batch, methods=["POST"]),
             Route("/v1/messages/batches/{batch_id}", get_message_batch, methods=["GET"]),
             Route("/v1/messages/batches/{batch_id}/results", message_batch_results, methods=["GET"]),
+            Route("/v1/messages/batches/{batch_id}/cancel", cancel_message_batch, methods=["POST"]),
         ])
         self._server = LoopbackServer(app)
         self.base_url = f"{self._server.url}/v1"

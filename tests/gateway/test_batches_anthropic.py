@@ -155,3 +155,19 @@ def test_a_message_batch_for_a_model_of_another_api_family_is_refused(make: Any,
         _client(gw).messages.batches.create(requests=[{"custom_id": "a", "params": params}])  # type: ignore[list-item]
     assert isinstance(bad.value.body, dict) and bad.value.body["error"]["code"] == "model_not_found"
     assert stub.control.message_batches == {} and gw.reserved_mc() == 0
+
+
+def test_a_cancelled_message_batch_releases_its_canceled_requests(make: Any, stub: BatchStub) -> None:
+    """Cancelled while running, every request comes back ``canceled`` and is released; nothing is charged."""
+    gw = make()
+    stub.control.finish_on_create = False
+    client = _client(gw)
+    batch = client.messages.batches.create(requests=[{"custom_id": f"q-{i}", "params": _params(i)}  # type: ignore[misc]
+                                                     for i in range(3)])
+    assert gw.reserved_mc() > 0
+
+    client.messages.batches.cancel(batch.id)
+    report = (client.messages.batches.retrieve(batch.id).model_extra or {})["comptroller_reconciliation"]
+
+    assert (report["released"], report["settled"], report["missing"]) == (3, 0, 0)
+    assert gw.reserved_mc() == 0 and gw.settled_mc() == 0
