@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
 from sdk_kit import sdk_policy
-from stub_apis import ApiStub
+from sdk_stub import ApiStub
 from stub_upstream import StubControl, StubUpstream
 
 from comptroller.bootstrap import build_engine

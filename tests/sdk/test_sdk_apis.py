@@ -16,7 +16,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 from sdk_kit import CAP, MODEL, comptroller_with, sdk_policy
-from stub_apis import ApiStub
+from sdk_stub import ApiStub
 
 from comptroller.sdk import BudgetExceededError, Comptroller, UnmeteredCallError
 
@@ -271,3 +271,16 @@ def test_server_tools_billed_per_call_are_refused(apis: ApiStub, tmp_path: Path)
                                              tools=[{"type": "web_search_20250305", "name": "web_search"}])
     assert apis.control.requests == []
     assert sum(a.reserved_mc for a in comptroller.engine.store.accounts()) == 0
+
+
+def test_not_given_arguments_and_pydantic_formats_are_read_as_the_client_sends_them(apis: ApiStub,
+                                                                                   tmp_path: Path) -> None:
+    """NOT_GIVEN / omit values are neither bounded nor forwarded as limits; a parse format class is bounded."""
+    comptroller = meter(tmp_path)
+    client = clients(comptroller, apis)["openai"]
+    client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=openai.NOT_GIVEN, temperature=openai.omit)
+    client.responses.parse(model=MODEL, input="colours?", text_format=Colours, max_output_tokens=openai.NOT_GIVEN)
+    (_, chat), (_, response) = apis.control.requests
+    assert chat["max_tokens"] == CAP and "temperature" not in chat
+    assert response["max_output_tokens"] == CAP and response["text"]["format"]["type"] == "json_schema"
+    assert len(charged(comptroller)) == 2

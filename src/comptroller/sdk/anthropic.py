@@ -21,12 +21,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from comptroller.domain.ledger import Reservation
+from comptroller.domain.tokens import Api as TokensApi
+from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage, UsageError, from_anthropic
 from comptroller.engine import Admission
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.errors import UnmeteredCallError
 from comptroller.sdk.governed import Governed, Rules, govern
-from comptroller.sdk.metered import Api, Meter, Request, Shape, Tally, Wiring, bind, bound, cap_output, input_tokens_max
+from comptroller.sdk.metered import Api, Meter, Request, Shape, Tally, Wiring, bind, bound, cap_output
 from comptroller.sdk.openai import as_dict
 
 __all__ = ["anthropic_usage", "wrap_anthropic"]
@@ -82,7 +84,7 @@ class _Tally:
 
 
 class _Messages:
-    name = "messages"
+    shape: TokensApi = "messages"
 
     def read(self, body: Mapping[str, Any]) -> Request:
         for tool in body.get("tools") or []:
@@ -90,10 +92,10 @@ class _Messages:
             if kind.startswith(_PER_USE_TOOLS):
                 raise UnmeteredCallError("messages.create", f"the {kind!r} server tool is billed per use by "
                                          "Anthropic and comptroller does not meter it")
-        return Request(model=body["model"], input_tokens_max=input_tokens_max(body, api="messages"),
+        return Request(model=body["model"], input_tokens_max=request_input_tokens_max(body, api="messages"),
                        max_tokens=body.get("max_tokens"), messages=list(body["messages"]))
 
-    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+    def forward(self, kwargs: dict[str, Any], admission: Admission, request: Request) -> dict[str, Any]:
         sent = cap_output(kwargs, ("max_tokens",), admission.output_tokens_max)
         route = admission.route
         if route is not None and route.model != route.requested_model:

@@ -27,7 +27,7 @@ from comptroller.domain.defenses.similarity import fingerprint
 from comptroller.domain.ledger import Reservation, SettleResult
 from comptroller.domain.routing.errors import RoutingConfigError
 from comptroller.domain.routing.rules import RouteFacts
-from comptroller.domain.tokens import input_tokens_upper_bound
+from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.routing import CascadeRequest, CascadeResult, RoutingConfig, TierCall, TierReply
@@ -196,7 +196,7 @@ class Comptroller:
                                      "policy that defines them, or pass routing=")
         context = self.context(None, attribution)
         text = last_text(messages) or ""
-        input_max = input_tokens_upper_bound(messages)
+        input_max = request_input_tokens_max({"messages": list(messages)}, api="chat")
         request = CascadeRequest(attribution=context.attribution(), input_tokens_max=input_max, max_tokens=max_tokens,
                                  prompt=text, response_schema=response_schema, run_id=context.run_id,
                                  attempt_id=context.attempt_id, fingerprint=fingerprint("cascade", messages),

@@ -18,13 +18,12 @@ provides them), so this module imports nothing of the governor.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from comptroller.domain.ledger import Reservation, SettleResult
-from comptroller.domain.tokens import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
+from comptroller.domain.tokens import Api as TokensApi
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission
 from comptroller.sdk.context import CallContext
@@ -34,8 +33,7 @@ __all__ = ["Api", "Call", "Meter", "Request", "Tally", "Wiring", "bind", "bound"
 
 Shape = Literal["create", "stream"]
 
-_NON_TEXT_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file",
-                             "document", "container_upload"})
+_SENTINELS = frozenset({"NotGiven", "Omit"})  # the clients' "argument not given" values: never sent
 
 
 class Meter(Protocol):
@@ -93,13 +91,14 @@ class Tally(Protocol):
 class Api(Protocol):
     """One provider API as the meter needs it."""
 
-    name: str
+    shape: TokensApi
+    """Its request shape for :func:`~comptroller.domain.tokens.request_input_tokens_max`."""
 
     def read(self, body: Mapping[str, Any]) -> Request:
         """The request's model and bounds (raises UnmeteredCallError for a mode that cannot be metered)."""
         ...
 
-    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+    def forward(self, kwargs: dict[str, Any], admission: Admission, request: Request) -> dict[str, Any]:
         """The keyword arguments to send: output capped at the admitted bound, routed model in place."""
         ...
 
@@ -120,9 +119,21 @@ def bound(reservation: Reservation, output_tokens: int | None = None) -> Usage:
     return Usage(input_tokens=reservation.input_tokens_max, output_tokens=out)
 
 
+def _sent(value: Any) -> Any:
+    """A keyword argument as the client sends it: a pydantic class (a ``parse`` response format) as its
+    JSON schema, other classes by name."""
+    if isinstance(value, type):
+        schema = getattr(value, "model_json_schema", None)
+        return schema() if callable(schema) else value.__name__
+    return value
+
+
 def request_body(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON body the client will send: the keyword arguments with ``extra_body`` merged over them."""
-    body = {k: v for k, v in kwargs.items() if k not in ("extra_headers", "extra_query", "extra_body", "timeout")}
+    """The JSON body the client will send: the keyword arguments that are given, with ``extra_body``
+    merged over them (a field there reaches the provider just the same)."""
+    body = {k: _sent(v) for k, v in kwargs.items()
+            if k not in ("extra_headers", "extra_query", "extra_body", "timeout", "attribution")
+            and type(v).__name__ not in _SENTINELS}
     extra = kwargs.get("extra_body")
     if isinstance(extra, Mapping):
         body.update(extra)
@@ -143,44 +154,6 @@ def cap_output(kwargs: dict[str, Any], fields: Sequence[str], value: int) -> dic
     return sent
 
 
-def _json_default(value: Any) -> Any:
-    schema = getattr(value, "model_json_schema", None)  # a pydantic class given as a response format
-    return schema() if callable(schema) else str(value)
-
-
-def _check_parts(value: Any, path: str) -> None:
-    if isinstance(value, Mapping):
-        kind = value.get("type")
-        if isinstance(kind, str) and kind in _NON_TEXT_PARTS:
-            raise ValueError(f"cannot bound the input tokens of the {kind!r} part at {path}: only text is "
-                             "bounded in the SDK; send it through the gateway or as text")
-        for key, item in value.items():
-            _check_parts(item, f"{path}.{key}")
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_parts(item, f"{path}[{i}]")
-
-
-def input_tokens_max(body: Mapping[str, Any], *, api: str) -> int:
-    """An upper bound on a request's input tokens: the UTF-8 bytes of the whole JSON body.
-
-    Every token of a byte-level BPE decodes to at least one byte (see
-    :mod:`comptroller.domain.tokens`), and every billed field (messages, system prompts,
-    tools, functions, schemas, predictions, call arguments) is inside the body, so its bytes
-    bound the billed text whatever the field; the JSON punctuation around each message
-    covers the per-message framing tokens. Non-text parts (images, audio, files) are
-    refused, naming the part.
-
-    Raises:
-        ValueError: for a non-text part.
-    """
-    _check_parts(body, api)
-    text = json.dumps(body, ensure_ascii=False, default=_json_default)
-    messages = body.get("messages") or body.get("input")
-    framing = PER_MESSAGE_TOKENS * len(messages) if isinstance(messages, list) else 0
-    return PER_REQUEST_TOKENS + framing + len(text.encode("utf-8"))
-
-
 class Call:
     """One admitted call: what to send, and how to settle it exactly once.
 
@@ -195,7 +168,7 @@ class Call:
         self.admission = meter.admit(context=context, model=request.model, messages=request.messages,
                                      input_tokens_max=request.input_tokens_max, max_tokens=request.max_tokens,
                                      choices=request.choices)
-        self.kwargs = api.forward(kwargs, self.admission)
+        self.kwargs = api.forward(kwargs, self.admission, request)
         self.asked = kwargs
         self._tally: Tally | None = None
 

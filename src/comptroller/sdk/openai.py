@@ -31,12 +31,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from comptroller.domain.ledger import Reservation
+from comptroller.domain.tokens import Api as TokensApi
+from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage, UsageError, from_openai_usage
 from comptroller.engine import Admission
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.errors import UnmeteredCallError
 from comptroller.sdk.governed import Governed, Rules, govern
-from comptroller.sdk.metered import Api, Meter, Request, Shape, Tally, Wiring, bind, bound, cap_output, input_tokens_max
+from comptroller.sdk.metered import Api, Meter, Request, Shape, Tally, Wiring, bind, bound, cap_output
 
 __all__ = ["as_dict", "openai_usage", "responses_usage", "wrap_openai"]
 
@@ -103,27 +105,33 @@ class _ChatTally:
 
 
 class _Chat:
-    """Chat Completions (and the legacy completions endpoint: ``prompt`` instead of ``messages``)."""
+    """Chat Completions (and the legacy completions endpoint: ``prompt`` instead of ``messages``).
 
-    def __init__(self, name: str, fields: tuple[str, ...]) -> None:
-        self.name, self.fields = name, fields
+    Args:
+        shape: ``chat`` or ``completions``.
+        fields: the output-limit fields, the one to set when none is sent first.
+        helper: the ``.stream(...)`` helper (always streams, so always asks for the usage chunk).
+    """
+
+    def __init__(self, shape: TokensApi, fields: tuple[str, ...], *, helper: bool = False) -> None:
+        self.shape, self.fields, self.helper = shape, fields, helper
 
     def read(self, body: Mapping[str, Any]) -> Request:
         if body.get("web_search_options") is not None:
-            raise UnmeteredCallError(f"{self.name}.create", "web_search_options is billed per search and "
+            raise UnmeteredCallError("chat.completions.create", "web_search_options is billed per search and "
                                      "comptroller does not meter it")
         messages = body.get("messages")
         if messages is None:
             messages = [{"role": "user", "content": str(body.get("prompt", ""))}]
-        return Request(model=body["model"], input_tokens_max=input_tokens_max(body, api=self.name),
+        return Request(model=body["model"], input_tokens_max=request_input_tokens_max(body, api=self.shape),
                        max_tokens=_limit(body, self.fields), choices=int(body.get("n") or 1), messages=list(messages))
 
-    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
-        sent = cap_output(kwargs, self.fields, admission.output_tokens_max // int(kwargs.get("n") or 1))
+    def forward(self, kwargs: dict[str, Any], admission: Admission, request: Request) -> dict[str, Any]:
+        sent = cap_output(kwargs, self.fields, admission.output_tokens_max // request.choices)
         route = admission.route
         if route is not None and route.model != route.requested_model:
             sent["model"] = route.model
-        if sent.get("stream") or self.name.endswith(".stream"):
+        if sent.get("stream") or self.helper:
             sent["stream_options"] = {**(sent.get("stream_options") or {}), "include_usage": True}
         return sent
 
@@ -155,7 +163,7 @@ class _ResponsesTally:
 
 
 class _Responses:
-    name = "responses"
+    shape: TokensApi = "responses"
 
     def read(self, body: Mapping[str, Any]) -> Request:
         method = "responses.stream" if body.get("response_id") else "responses.create"
@@ -172,10 +180,10 @@ class _Responses:
         given = body.get("input")
         messages = [{"role": "user", "content": given}] if isinstance(given, str) else [
             item for item in given or [] if isinstance(item, Mapping) and "role" in item]
-        return Request(model=body["model"], input_tokens_max=input_tokens_max(body, api="responses"),
+        return Request(model=body["model"], input_tokens_max=request_input_tokens_max(body, api="responses"),
                        max_tokens=_limit(body, ("max_output_tokens",)), messages=messages)
 
-    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+    def forward(self, kwargs: dict[str, Any], admission: Admission, request: Request) -> dict[str, Any]:
         sent = cap_output(kwargs, ("max_output_tokens",), admission.output_tokens_max)
         route = admission.route
         if route is not None and route.model != route.requested_model:
@@ -190,12 +198,13 @@ class _Responses:
 
 
 class _Embeddings:
-    name = "embeddings"
+    shape: TokensApi = "embeddings"
 
     def read(self, body: Mapping[str, Any]) -> Request:
-        return Request(model=body["model"], input_tokens_max=input_tokens_max(body, api="embeddings"), max_tokens=0)
+        return Request(model=body["model"], input_tokens_max=request_input_tokens_max(body, api="embeddings"),
+                       max_tokens=0)
 
-    def forward(self, kwargs: dict[str, Any], admission: Admission) -> dict[str, Any]:
+    def forward(self, kwargs: dict[str, Any], admission: Admission, request: Request) -> dict[str, Any]:
         route = admission.route
         return {**kwargs, "model": route.model} if route is not None and route.model != route.requested_model \
             else dict(kwargs)
@@ -208,7 +217,7 @@ class _Embeddings:
 
 
 _CHAT_FIELDS = ("max_tokens", "max_completion_tokens")  # max_tokens when neither is sent (every compatible server)
-_CHAT, _CHAT_STREAM = _Chat("chat.completions", _CHAT_FIELDS), _Chat("chat.completions.stream", _CHAT_FIELDS)
+_CHAT, _CHAT_STREAM = _Chat("chat", _CHAT_FIELDS), _Chat("chat", _CHAT_FIELDS, helper=True)
 _METHODS: dict[str, tuple[Shape, Api]] = {
     "chat.completions.create": ("create", _CHAT), "chat.completions.parse": ("create", _CHAT),
     "chat.completions.stream": ("stream", _CHAT_STREAM),

@@ -76,6 +76,13 @@ def _text(c: ApiControl, body: dict[str, Any]) -> list[str]:
     return [f"w{i}" for i in range(max(0, c.output_tokens(body) - c.reasoning_tokens))]
 
 
+def _answer(words: list[str], body: dict[str, Any]) -> str:
+    """The answer text: the words, or ``{"names": words}`` when the request asks for a JSON schema."""
+    formats = [body.get("response_format"), (body.get("text") or {}).get("format")]
+    wants_json = any(isinstance(f, dict) and f.get("type") == "json_schema" for f in formats)
+    return json.dumps({"names": words}) if wants_json else " ".join(words)
+
+
 def _chat_usage(c: ApiControl, output: int) -> dict[str, Any]:
     return {"prompt_tokens": c.input_tokens, "completion_tokens": output, "total_tokens": c.input_tokens + output,
             "prompt_tokens_details": {"cached_tokens": c.cache_read_tokens},
@@ -87,7 +94,7 @@ def _chat(c: ApiControl, body: dict[str, Any], legacy: bool) -> list[bytes] | di
     kind = "text_completion" if legacy else "chat.completion"
     if not body.get("stream"):
         choice = {"index": 0, "finish_reason": "stop", **({"text": " ".join(words)} if legacy else {
-            "message": {"role": "assistant", "content": " ".join(words)}})}
+            "message": {"role": "assistant", "content": _answer(words, body)}})}
         return {"id": "cmpl-stub", "object": kind, "created": 0, "model": body["model"], "choices": [choice],
                 "usage": _chat_usage(c, output)}
     chunk = {"id": "cmpl-stub", "object": f"{kind}.chunk" if not legacy else kind, "created": 0, "model": body["model"]}
@@ -105,7 +112,7 @@ def _response(c: ApiControl, body: dict[str, Any], status: str) -> dict[str, Any
     done = status == "completed"
     return {"id": "resp_stub", "object": "response", "created_at": 0, "model": body["model"], "status": status,
             "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [
-                {"type": "output_text", "text": " ".join(words), "annotations": []}]}] if done else [],
+                {"type": "output_text", "text": _answer(words, body), "annotations": []}]}] if done else [],
             "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
             "usage": {"input_tokens": c.input_tokens, "input_tokens_details": {"cached_tokens": c.cache_read_tokens},
                       "output_tokens": output, "output_tokens_details": {"reasoning_tokens": c.reasoning_tokens},
