@@ -57,15 +57,17 @@ _MESSAGE_MAX = 2000
 _FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
-def authenticate(gw: Gateway, request: Request, api: Api) -> Caller:
+async def authenticate(gw: Gateway, request: Request, api: Api) -> Caller:
     """The caller of a request; Anthropic-family APIs also take the key in ``x-api-key`` (as Anthropic does).
 
     Raises:
-        GatewayError: 401 for a missing, unknown or revoked key.
+        GatewayError: 401 for a missing, unknown or revoked key; 503 when the key store cannot answer.
     """
     headers = request.headers
     if api.family is Family.ANTHROPIC and "authorization" not in headers and headers.get("x-api-key"):
-        return gw.identity.authenticate({"authorization": f"Bearer {headers['x-api-key']}"})
+        bearer = {"authorization": f"Bearer {headers['x-api-key']}"}
+        await gw.identity.prefetch(bearer)  # off the loop, like KeyPrefetch does for Authorization
+        return gw.identity.authenticate(bearer)
     return gw.identity.authenticate(headers)
 
 
@@ -75,7 +77,7 @@ async def read_request(gw: Gateway, request: Request, api: Api) -> tuple[Caller,
     Raises:
         GatewayError: 401 for the key, 400 naming the problem or the parameter at fault.
     """
-    caller = authenticate(gw, request, api)
+    caller = await authenticate(gw, request, api)
     raw = await read_body(request, gw.config.body_bytes_max)
     return caller, api.parse(loads_object(raw), len(raw))
 

@@ -56,7 +56,7 @@ async def count_tokens(gw: Gateway, request: Request) -> Response:
         GatewayError: 401 for the key, 400 for the body or a model of another family, 403 for a
             model outside the key's list, 502/504 when the provider fails.
     """
-    caller = authenticate(gw, request, _MESSAGES)
+    caller = await authenticate(gw, request, _MESSAGES)
     body = loads_object(await read_body(request, gw.config.body_bytes_max))
     model = require_model(body)
     check_model_allowed(caller, model)
