@@ -34,6 +34,7 @@ from comptroller.routing import CascadeRequest, CascadeResult, RoutingConfig, Ti
 from comptroller.sdk.anthropic import wrap_anthropic
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.errors import refused
+from comptroller.sdk.leases import LeaseKeeper
 from comptroller.sdk.metered import bound
 from comptroller.sdk.openai import wrap_openai
 
@@ -77,6 +78,7 @@ class Comptroller:
         self.engine = engine
         self.defaults = CallContext(namespace=namespace, tenant=tenant, agent=agent)
         self.routing = routing
+        self.leases = LeaseKeeper(engine.renew)
 
     @classmethod
     def from_policy(cls, policy: str | Path | None = None, *, db: str = "sqlite:///comptroller.db",
@@ -130,6 +132,10 @@ class Comptroller:
               input_tokens_max: int, max_tokens: int | None, choices: int = 1) -> Admission:
         """Admit a call or raise its refusal.
 
+        The call is reserved as sent (it goes upstream right away: a lease that expired
+        unresolved would be charged its ceiling, DESIGN.md rule 12), and its lease is renewed
+        by :attr:`leases` until :meth:`settle` or :meth:`release`.
+
         Args:
             context: the call's attribution and run ids.
             model: the requested model.
@@ -147,19 +153,22 @@ class Comptroller:
         call = CallRequest(attribution=context.attribution(), model=model, input_tokens_max=input_tokens_max,
                            max_tokens=max_tokens, run_id=context.run_id, attempt_id=context.attempt_id,
                            fingerprint=None if messages is None else fingerprint(model, messages),
-                           text=None if messages is None else last_text(messages), choices=choices)
+                           text=None if messages is None else last_text(messages), choices=choices, sends=True)
         admission = self.engine.admit(call)
         if admission.reservation is None:
             assert admission.verdict is not None
             raise refused(admission.verdict)
+        self.leases.hold(admission.reservation)
         return admission
 
     def settle(self, reservation: Reservation, usage: Usage | None) -> SettleResult:
         """Charge what the call used; None (the provider reported nothing) charges the whole bound."""
+        self.leases.drop(reservation)
         return self.engine.settle(reservation, usage or bound(reservation))
 
     def release(self, reservation: Reservation) -> None:
         """Return the hold of a call that failed before the provider billed it."""
+        self.leases.drop(reservation)
         self.engine.release(reservation)
 
     def cascade(self, messages: Sequence[Mapping[str, Any]], call: Callable[[TierCall], TierReply], *,
