@@ -171,3 +171,18 @@ def test_a_cancelled_message_batch_releases_its_canceled_requests(make: Any, stu
 
     assert (report["released"], report["settled"], report["missing"]) == (3, 0, 0)
     assert gw.reserved_mc() == 0 and gw.settled_mc() == 0
+
+
+def test_the_same_message_batch_sent_twice_is_created_once(make: Any, stub: BatchStub) -> None:
+    """A create retried with the same body (the client's retry after a timeout) answers the first batch."""
+    gw = make()
+    stub.control.finish_on_create = False
+    requests = [{"custom_id": f"q-{i}", "params": _params(i)} for i in range(3)]
+    client = _client(gw)
+    first = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    held = gw.reserved_mc()
+
+    again = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+
+    assert again.id == first.id
+    assert len(stub.control.message_batches) == 1 and gw.reserved_mc() == held

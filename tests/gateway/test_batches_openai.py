@@ -216,9 +216,12 @@ def test_the_background_reconciler_settles_a_batch_nobody_retrieves(make: Any, s
 
     stub.control.finish(batch.id)
 
-    wait_for(lambda: len(list(gw.engine.store.usage_records())) == 5, "the reconciler to settle 5 lines")
-    stored = gw.engine.store.state(StateKey("batch", batch.id))
-    assert stored is not None and stored.record["status"] == "reconciled"
+    def reconciled() -> bool:
+        stored = gw.engine.store.state(StateKey("batch", batch.id))
+        return stored is not None and stored.record["status"] == "reconciled"
+
+    wait_for(reconciled, "the reconciler to mark the batch reconciled")
+    assert len(list(gw.engine.store.usage_records())) == 5
 
 
 def test_a_retried_create_with_the_same_idempotency_key_answers_the_same_batch(make: Any, stub: BatchStub) -> None:
@@ -236,6 +239,25 @@ def test_a_retried_create_with_the_same_idempotency_key_answers_the_same_batch(m
     assert again.id == first.id
     assert len(stub.control.batches) == 1
     assert gw.reserved_mc() == held > 0
+
+
+def test_a_create_retried_without_a_key_answers_the_files_batch_and_a_new_key_runs_it_again(
+        make: Any, stub: BatchStub) -> None:
+    """Without Idempotency-Key a create is keyed by its input file (a client retry makes no second batch);
+    a new key runs the file again, held again."""
+    gw = make(_policy(budgets=[{"level": "tenant", "tenant": "acme", "limit_mc": 10**9}]))
+    stub.control.finish_on_create = False
+    client = _client(gw)
+    file = client.files.create(file=("b.jsonl", _jsonl({f"req-{i}": _body(i) for i in range(3)})), purpose="batch")
+    args = {"input_file_id": file.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    first = client.batches.create(**args)
+    held = gw.reserved_mc()
+
+    assert client.batches.create(**args).id == first.id
+    assert gw.reserved_mc() == held and len(stub.control.batches) == 1
+    rerun = client.batches.create(**args, extra_headers={"Idempotency-Key": "run-2"})
+    assert rerun.id != first.id
+    assert gw.reserved_mc() == 2 * held and len(stub.control.batches) == 2
 
 
 def test_without_a_genai_prices_batch_price_the_policy_discount_applies(make: Any, stub: BatchStub) -> None:

@@ -21,6 +21,8 @@ not mention is charged its bound (its outcome is unknown) and reported missing.
 
 from __future__ import annotations
 
+import hashlib
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -61,7 +63,8 @@ def _bad(message: str, param: str | None) -> GatewayError:
 async def create_batch(service: BatchService, request: Request) -> Response:
     """``POST /v1/messages/batches`` (see the module table)."""
     caller = authenticate(service, request)
-    body = loads_object(await read_body(request, service.section.file_bytes_max))
+    raw = await read_body(request, service.section.file_bytes_max)
+    body = loads_object(raw)
     try:
         lines = parse_anthropic_requests(body)
     except BatchInputError as exc:
@@ -98,7 +101,7 @@ async def create_batch(service: BatchService, request: Request) -> Response:
         return await _retrieve(service, request, await owned_batch(service, caller, batch_id, API))
 
     return await create(service, request, caller, api=API, provider=provider, lines=planned, shape=_SHAPE,
-                        send=send, existing=existing)
+                        send=send, existing=existing, default_key=f"body:{hashlib.sha256(raw).hexdigest()}")
 
 
 async def _results(service: BatchService, record: BatchRecord) -> Reply:

@@ -2,10 +2,13 @@
 
 A batch create, for either API (:func:`create`):
 
-1. the ``Idempotency-Key`` (the openai and anthropic clients send one per call and keep it
-   across their retries; without one, a fresh key) names a ``batch_create`` row: a key whose
-   create succeeded answers that batch again; one in progress answers 409 (clients retry it);
-   one that failed reserves afresh (a new attempt number in the line keys);
+1. the create's key names a ``batch_create`` row: the ``Idempotency-Key`` header when sent,
+   else what the batch is made of (OpenAI: the input file id; Anthropic: a digest of the
+   body), so the retries the openai and anthropic clients make on a timeout or a 5xx (they
+   send no key of their own) never run or hold a batch twice. A key whose create succeeded
+   answers that batch again; one in progress answers 409 (clients retry it); one that failed
+   reserves afresh (a new attempt number in the line keys). To run the same file or requests
+   again, send a new ``Idempotency-Key``;
 2. every line is reserved (:meth:`BatchService.reserve`), or the batch is refused with the
    first refused line's verdict, in the API's error shape, and nothing is sent;
 3. the batch goes to the provider; any failure there releases every line;
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -149,13 +151,15 @@ def _save(service: BatchService, record: BatchRecord, reservations: dict[str, st
 async def create(service: BatchService, request: Request, caller: Caller, *, api: str, provider: str,
                  lines: Sequence[PlannedLine], shape: ErrorShape,
                  send: Callable[[dict[str, Admission]], Awaitable[Reply]],
-                 existing: Callable[[str], Awaitable[Response]], input_file_id: str = "") -> Response:
+                 existing: Callable[[str], Awaitable[Response]], default_key: str,
+                 input_file_id: str = "") -> Response:
     """Reserve every line, send the batch, keep its rows (see the module docstring).
 
     Args:
         send: sends the batch upstream once every line is held (it may rewrite each line's
             output limit from its admission).
-        existing: answers a batch created before under the same Idempotency-Key.
+        existing: answers a batch created before under the same key.
+        default_key: the create's key when the request has no ``Idempotency-Key``.
 
     Raises:
         GatewayError: 400/403 for attribution, 409 while the same key's create runs, 502/504 for
@@ -163,7 +167,8 @@ async def create(service: BatchService, request: Request, caller: Caller, *, api
     """
     gw = service.gw
     attribution = attribute(caller, request.headers, namespace=gw.namespace, groups=gw.groups)
-    key = f"{caller.key.tenant}|{request.headers.get('idempotency-key') or uuid.uuid4().hex}"
+    header = request.headers.get("idempotency-key")
+    key = f"{caller.key.tenant}|{f'key:{header}' if header else default_key}"
     state, claim = await service.ledger(_begin, service, key)
     if state == "created":
         return await existing(claim.batch_id)

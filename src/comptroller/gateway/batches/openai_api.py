@@ -206,7 +206,8 @@ async def create_batch(service: BatchService, request: Request) -> Response:
         return await _retrieve(service, await owned_batch(service, caller, batch_id, API))
 
     return await create(service, request, caller, api=API, provider=source.provider, lines=lines,
-                        shape=ErrorShape.OPENAI, send=send, existing=existing, input_file_id=file_id)
+                        shape=ErrorShape.OPENAI, send=send, existing=existing, default_key=f"file:{file_id}",
+                        input_file_id=file_id)
 
 
 async def _download(service: BatchService, record: BatchRecord, file_id: Any, role: str) -> bytes:
