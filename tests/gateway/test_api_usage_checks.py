@@ -40,11 +40,11 @@ def test_output_above_the_bound_is_charged_in_full_and_recorded(gw: Harness) -> 
     raw = gw.client().chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=50)
     expected = prompt_tokens(MESSAGES) * INPUT_MC_PER_TOKEN + 10_000_000 * OUTPUT_MC_PER_TOKEN
     assert int(raw.headers["x-comptroller-cost-mc"]) == expected
-    assert raw.headers["x-comptroller-usage-anomaly"] == "output_over_bound"
+    assert raw.headers["x-comptroller-usage-anomaly"] == "output_above_bound"
     events = gw.engine.store.events("usage_anomaly")
-    assert [(e.code, e.detail["output_tokens"], e.detail["output_tokens_max"]) for e in events] == [
-        ("output_over_bound", 10_000_000, 50)]
-    assert 'comptroller_usage_anomalies_total{api="chat",code="output_over_bound"} 1.0' in scrape(gw)
+    assert [(e.code, e.detail["reported_tokens"], e.detail["bound_tokens"]) for e in events] == [
+        ("output_above_bound", 10_000_000, 50)]
+    assert 'comptroller_usage_anomalies_total{api="chat",code="output_above_bound"} 1.0' in scrape(gw)
 
 
 def test_input_above_the_bound_is_recorded_on_a_stream(gw: Harness) -> None:
@@ -53,10 +53,10 @@ def test_input_above_the_bound_is_recorded_on_a_stream(gw: Harness) -> None:
     with httpx.stream("POST", f"{gw.url}/v1/messages", headers={"x-api-key": gw.key}, timeout=20,
                       json={"model": CLAUDE, "max_tokens": 20, "messages": MESSAGES, "stream": True}) as response:
         text = "".join(response.iter_text())
-    assert ": x-comptroller-usage-anomaly=input_over_bound" in text
+    assert ": x-comptroller-usage-anomaly=input_above_bound" in text
     rates = MC_PER_TOKEN[CLAUDE]
     assert list(gw.engine.store.usage_records())[-1].cost_mc == 1_000_000 * rates[0] + 5 * rates[1]
-    assert [e.code for e in gw.engine.store.events("usage_anomaly")] == ["input_over_bound"]
+    assert [e.code for e in gw.engine.store.events("usage_anomaly")] == ["input_above_bound"]
 
 
 def test_a_different_served_model_settles_at_its_own_price(gw: Harness) -> None:

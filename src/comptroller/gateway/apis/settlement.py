@@ -2,14 +2,15 @@
 
 * **Usage anomalies.** Reported input above the input bound reserved, or output above the
   output bound sent upstream (x ``n``), is charged in full (the provider bills it) and
-  recorded: a ``usage_anomaly`` event in the ledger (code ``input_over_bound`` or
-  ``output_over_bound``, with the numbers), the counter ``comptroller_usage_anomalies_total``
+  recorded: a ``usage_anomaly`` event in the ledger (code ``input_above_bound`` or
+  ``output_above_bound``, with the numbers), the counter ``comptroller_usage_anomalies_total``
   and the header ``X-Comptroller-Usage-Anomaly`` (an SSE comment in streams, whose headers
-  are gone by then). :func:`usage_anomalies` is the pure check.
-* **Served model.** An answer whose ``model`` resolves to another priced model than the
-  admitted one settles at the served model's price (:meth:`Engine.settle`, ``served_model``;
-  unpriced: the higher of cost and ceiling), with a ``served_model`` event and the header
-  ``X-Comptroller-Served-Model``.
+  are gone by then). The check is :func:`comptroller.domain.usage_checks.check_usage`.
+* **Served model.** An answer whose ``model`` is another model than the admitted one (a dated
+  snapshot of it is the same: :func:`~comptroller.domain.usage_checks.check_served_model`)
+  and resolves to another priced model settles at the served model's price
+  (:meth:`Engine.settle`, ``served_model``; unpriced: the higher of cost and ceiling), with a
+  ``served_model`` event and the header ``X-Comptroller-Served-Model``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 
 from comptroller.domain.ledger import Event, Reservation
 from comptroller.domain.usage import Usage
+from comptroller.domain.usage_checks import check_served_model, check_usage
 from comptroller.engine import Admission
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.runtime import Gateway, Settled
 
-__all__ = ["Outcome", "bound_usage", "call_headers", "settle_answer", "usage_anomalies"]
+__all__ = ["Outcome", "bound_usage", "call_headers", "settle_answer"]
 
 log = logging.getLogger("comptroller.gateway")
 
@@ -43,16 +45,6 @@ class Outcome:
     served_model: str | None = None
 
 
-def usage_anomalies(usage: Usage, reservation: Reservation) -> tuple[str, ...]:
-    """The usage checks ``usage`` fails against the bounds the call was reserved and sent with."""
-    found = []
-    if usage.input_tokens > reservation.input_tokens_max:
-        found.append("input_over_bound")
-    if usage.output_tokens > reservation.output_tokens_max:
-        found.append("output_over_bound")
-    return tuple(found)
-
-
 def bound_usage(reservation: Reservation, output_tokens: int | None = None) -> Usage:
     """The reserved bounds as usage (output: ``output_tokens`` if given, at most the bound)."""
     out = reservation.output_tokens_max if output_tokens is None else min(output_tokens,
@@ -62,8 +54,9 @@ def bound_usage(reservation: Reservation, output_tokens: int | None = None) -> U
 
 def _served(gw: Gateway, admission: Admission, served_model: str | None) -> str | None:
     """``served_model`` when it is another priced model than the admitted one (or unpriced), else None."""
-    if not served_model or served_model == admission.model:
+    if check_served_model(admission.model, served_model) is None:
         return None
+    assert served_model is not None
     try:
         return None if gw.engine.prices.resolve(served_model) == admission.model else served_model
     except LookupError:  # UnknownModelError: Engine.settle charges it conservatively
@@ -86,20 +79,22 @@ async def settle_answer(gw: Gateway, admission: Admission, usage: Usage, served_
     """
     reservation = admission.reservation
     assert reservation is not None
-    anomalies = usage_anomalies(usage, reservation)
+    anomalies = check_usage(usage, input_tokens_max=reservation.input_tokens_max,
+                            output_tokens_max=reservation.output_tokens_max)
     served = _served(gw, admission, served_model)
     settled = await gw.run(gw.settle, reservation, usage, served)
-    for code in anomalies:
-        gw.metrics.usage_anomalies.labels(api, code).inc()
-        detail = {"reservation": reservation.id, "api": api, "model": reservation.model,
-                  "input_tokens": usage.input_tokens, "input_tokens_max": reservation.input_tokens_max,
-                  "output_tokens": usage.output_tokens, "output_tokens_max": reservation.output_tokens_max}
-        event = Event(gw.engine.clock.now(), "usage_anomaly", code, scope=None, detail=detail)
+    for anomaly in anomalies:
+        gw.metrics.usage_anomalies.labels(api, anomaly.code).inc()
+        detail = {"reservation": reservation.id, "api": api, "model": reservation.model, "bucket": anomaly.bucket,
+                  "reported_tokens": anomaly.reported_tokens, "bound_tokens": anomaly.bound_tokens,
+                  "message": anomaly.describe()}
+        event = Event(gw.engine.clock.now(), "usage_anomaly", anomaly.code, scope=None, detail=detail)
         try:
             await gw.run(_record, gw, event)
         except GatewayError:
-            log.error("usage anomaly %s of reservation %s not recorded: the ledger is slow", code, reservation.id)
-    return Outcome(settled, anomalies, served)
+            log.error("usage anomaly of reservation %s not recorded (the ledger is slow): %s", reservation.id,
+                      anomaly.describe())
+    return Outcome(settled, tuple(a.code for a in anomalies), served)
 
 
 def call_headers(admission: Admission, outcome: Outcome | None = None) -> dict[str, str]:
