@@ -12,6 +12,10 @@ the automatic kill switch and run deadlines are off until configured::
     trip_windows = 3
     cooldown_s_start = 5
     cooldown_s_max = 300
+    relative = true               # also trip at relative_k x the scope's own trailing baseline
+    relative_k = 10               # (namespace's while the scope is younger than baseline_age_s_min)
+    relative_floor_usd = "1.00"   # ...and above this per relative window
+    relative_window_s = 3600
 
     [[breakers.overrides]]        # one scope's own breaker (enabled = false: none)
     level = "agent"
@@ -27,7 +31,8 @@ the automatic kill switch and run deadlines are off until configured::
     retries_max_per_day = 3       # enabled = false switches it off
 
     [loops]
-    identical_max = 2             # any LoopConfig field; enabled = false switches them off
+    identical_max = 5             # any LoopConfig field (cooldown_s_start, near_duplicates_max, ...);
+                                  # enabled = false switches them off
 
     [pinning.agents.Programmer]   # allowed models per agent
     models = ["gpt-4o-mini"]
@@ -52,7 +57,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from comptroller.domain.breaker import DEFAULT_THRESHOLD_MC, BreakerConfig
+from comptroller.domain.breaker import (
+    DEFAULT_RELATIVE_FLOOR_MC,
+    DEFAULT_RELATIVE_K,
+    DEFAULT_THRESHOLD_MC,
+    BreakerConfig,
+)
 from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.chain import Defenses
 from comptroller.domain.defenses.killswitch import KillSwitchConfig
@@ -82,13 +92,26 @@ class _BreakerFields(BaseModel):
     cooldown_s_start: float = 5.0
     cooldown_s_max: float = 300.0
     probe_lease_s: float = 60.0
+    relative_k: int | None = DEFAULT_RELATIVE_K
+    relative: bool = True
+    relative_floor_usd: Any = None
+    relative_floor_mc: int | None = None
+    relative_window_s: int = 3_600
+    baseline_half_life_s: float = 86_400.0
+    baseline_age_s_min: float = 86_400.0
 
     def to_config(self) -> BreakerConfig:
         threshold = _money_mc(self.threshold_usd, self.threshold_mc, "threshold")
+        floor = _money_mc(self.relative_floor_usd, self.relative_floor_mc, "relative_floor")
         return BreakerConfig(threshold_mc=DEFAULT_THRESHOLD_MC if threshold is None else threshold,
                              window_s=self.window_s, trip_windows=self.trip_windows,
                              cooldown_s_start=self.cooldown_s_start, cooldown_s_max=self.cooldown_s_max,
-                             probe_lease_s=self.probe_lease_s)
+                             probe_lease_s=self.probe_lease_s,
+                             relative_k=self.relative_k if self.relative else None,
+                             relative_floor_mc=DEFAULT_RELATIVE_FLOOR_MC if floor is None else floor,
+                             relative_window_s=self.relative_window_s,
+                             baseline_half_life_s=self.baseline_half_life_s,
+                             baseline_age_s_min=self.baseline_age_s_min)
 
 
 class BreakerOverride(_BreakerFields):
@@ -104,7 +127,7 @@ class BreakerOverride(_BreakerFields):
         """The ``(level, scope key)`` this override configures."""
         tenant = self.tenant or "default"
         ids = {Level.NAMESPACE: (namespace,), Level.TENANT: (namespace, tenant),
-               Level.AGENT: (namespace, tenant, self.agent), Level.CONVERSATION: (namespace, self.conversation),
+               Level.AGENT: (namespace, tenant, self.agent), Level.CONVERSATION: (namespace, tenant, self.conversation),
                Level.AGENT_CONVERSATION: (namespace, tenant, self.agent, self.conversation)}.get(self.level)
         if ids is None or any(i is None for i in ids):
             raise ValueError(f"breakers.overrides: a {self.level} override needs the ids of its scope "

@@ -17,6 +17,7 @@ from comptroller.bootstrap import build_engine
 from comptroller.cli.main import app
 from comptroller.clock import VirtualClock
 from comptroller.config import Policy
+from comptroller.domain.breaker import BreakerConfig
 from comptroller.domain.defenses.loops import LoopConfig
 from comptroller.domain.defenses.similarity import fingerprint
 from comptroller.domain.ledger import Reservation
@@ -169,3 +170,49 @@ def test_the_cli_lists_and_resets_a_loop_lock(tmp_path: Path) -> None:
     again = build_engine(db_url=url, policy=Policy(), clock=clock)
     assert again.admit(_request(who, messages)).admitted
     again.store.close()
+
+
+def _paced_agent(spend_before: list[tuple[int, int]], spend_after: list[tuple[int, int]], *,
+                 days_before: int = 7, hours_after: int = 24) -> tuple[list[tuple[datetime, str]], datetime]:
+    """An agent calling on a schedule for ``days_before`` days, then on another for ``hours_after`` hours.
+
+    Each schedule is ``(every_minutes, input_tokens)`` pairs: a call of that many input tokens every that many
+    minutes. Returns the refused calls (time, detector) and when the second schedule started (an hour boundary).
+    """
+    clock = VirtualClock(START)
+    engine = _engine(clock)
+    who = Attribution(tenant="acme", agent="steady")
+    change = START + timedelta(days=days_before)
+    refused: list[tuple[datetime, str]] = []
+    for minute in range((days_before * 24 + hours_after) * 60):
+        now = START + timedelta(minutes=minute)
+        clock.set(now)
+        for n, (every, tokens) in enumerate(spend_before if now < change else spend_after):
+            if minute % every:
+                continue
+            call = CallRequest(attribution=who, model=MODEL, input_tokens_max=tokens, max_tokens=1,
+                               text=f"step {minute} part {n}")
+            admission = engine.admit(call)
+            if admission.reservation is None:
+                assert admission.verdict is not None
+                refused.append((now, admission.verdict.detector))
+                continue
+            engine.settle(admission.reservation, Usage(input_tokens=tokens, output_tokens=0))
+    return refused, change
+
+
+def test_an_agent_at_100x_its_own_baseline_trips_within_three_windows() -> None:
+    """$0.001 a minute for 7 days, then 100x that: the relative breaker refuses within 3 one-hour windows
+    (the fixed $0.50-a-minute threshold never would)."""
+    refused, change = _paced_agent([(10, 4_000)], [(1, 40_000)])  # $0.01 / 10 min, then $0.10 / min
+    config = BreakerConfig()
+    assert refused, "never tripped"
+    first, detector = refused[0]
+    assert detector == "relative_rate"
+    assert change <= first < change + timedelta(seconds=config.trip_windows * config.relative_window_s)
+
+
+def test_an_agent_at_twice_its_own_baseline_does_not_trip() -> None:
+    """$1.20 an hour for 7 days, then twice that for a day (above the $1 floor, below 10x): no refusal."""
+    refused, _ = _paced_agent([(10, 80_000)], [(10, 80_000), (10, 80_000)])  # $0.20 / 10 min, then 2x
+    assert refused == []

@@ -19,6 +19,24 @@ Transitions (``n`` counts trips since the breaker last closed)::
 cooldown of trip n = min(cooldown_s_start * 2 ** (n - 1), cooldown_s_max): 5, 10, 20, 40,
 80, 160, 300, 300... seconds with the defaults.
 
+Relative trips. Beside the fixed threshold, a breaker can judge a scope against its own
+history (``relative_k``, on by default): settled spend is also counted in longer windows
+(``relative_window_s``, one hour) whose trailing baseline is kept in the state
+(:class:`~comptroller.domain.defenses.baseline.SpendBaseline`, a moving average with a
+one-day half-life). An over window adds at most k times the baseline to it, so a runaway does not raise the
+baseline it is judged by. A relative window is *over* when its spend exceeds both
+``relative_k`` times the baseline and the absolute floor ``relative_floor_mc``;
+``trip_windows`` consecutive over windows open the breaker, until at least the end of
+the current relative window. A scope observed for less than ``baseline_age_s_min`` has
+no baseline of its own yet and is judged against its namespace's (the caller passes
+it); if the namespace is young too, only the fixed threshold applies. The defaults:
+k = 10 (an agent's hourly spend varies a few-fold between day and night; ten times its
+usual rate for three hours in a row is not normal use), a floor of $1.00 an hour
+(below it a rate is not worth stopping anyone for: $720 a month at most, and budgets
+bound it), one-hour windows (a burst of minutes, a daily batch job of under three hours,
+never trips). So an agent that normally spends $0.001 a minute is stopped within three
+hours at 100 times that, and never at twice it.
+
 Windows. While closed, settled spend is counted in windows aligned to the epoch
 (:func:`~comptroller.domain.defenses.windows.window_index`), so every process
 counts the same ones. A window is *over* the moment its spend exceeds
@@ -48,7 +66,7 @@ lease both compute a lease from the same version; only one write succeeds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -62,14 +80,17 @@ from comptroller.domain.defenses._checks import (
     require_seconds,
     require_text,
 )
+from comptroller.domain.defenses.baseline import SpendBaseline
 from comptroller.domain.defenses.errors import DefenseConfigError
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
-from comptroller.domain.defenses.windows import seconds_until, window_index
+from comptroller.domain.defenses.windows import seconds_until, window_bounds, window_index
 from comptroller.domain.ledger import Event
 from comptroller.domain.money import format_usd
 from comptroller.domain.scopes import Level
 
 __all__ = [
+    "DEFAULT_RELATIVE_FLOOR_MC",
+    "DEFAULT_RELATIVE_K",
     "DEFAULT_THRESHOLD_MC",
     "BreakerConfig",
     "BreakerState",
@@ -85,6 +106,10 @@ __all__ = [
 
 DEFAULT_THRESHOLD_MC = 50_000
 """$0.50 per 60 s window ($30 an hour sustained): our starting point, not a sourced number."""
+DEFAULT_RELATIVE_K = 10
+"""A relative window is over above 10x the scope's own baseline (see the module docstring)."""
+DEFAULT_RELATIVE_FLOOR_MC = 100_000
+"""...and above $1.00 per relative window (one hour): the absolute floor."""
 _DAY_S = 86_400
 
 
@@ -118,6 +143,13 @@ class BreakerConfig:
         cooldown_s_max: the cooldown never exceeds this, seconds (>= start; default 300).
         probe_lease_s: how long a probe holds the half-open lease before another
             call may probe (a crashed probe gives it up by itself), seconds (default 60).
+        relative_k: a relative window spending more than this many times the baseline is
+            over (1..1,000,000; default 10), or None to judge by the fixed threshold only.
+        relative_floor_mc: ...and more than this, millicents (default 100,000: $1.00).
+        relative_window_s: the relative window, whole seconds (60..86,400; default 3,600).
+        baseline_half_life_s: the baseline's half-life, seconds (default 86,400: one day).
+        baseline_age_s_min: a scope observed for less than this uses its namespace's
+            baseline, seconds (default 86,400).
 
     Raises:
         DefenseConfigError: on a threshold below 1 mc, a window below 1 s, a
@@ -130,9 +162,20 @@ class BreakerConfig:
     cooldown_s_start: float = 5.0
     cooldown_s_max: float = 300.0
     probe_lease_s: float = 60.0
+    relative_k: int | None = DEFAULT_RELATIVE_K
+    relative_floor_mc: int = DEFAULT_RELATIVE_FLOOR_MC
+    relative_window_s: int = 3_600
+    baseline_half_life_s: float = 86_400.0
+    baseline_age_s_min: float = 86_400.0
 
     def __post_init__(self) -> None:
         owner = "breaker"
+        if self.relative_k is not None:
+            require_int(owner, "relative_k", self.relative_k, low=1, high=1_000_000)
+        require_int(owner, "relative_floor_mc", self.relative_floor_mc, low=0, unit=" mc")
+        require_int(owner, "relative_window_s", self.relative_window_s, low=60, high=_DAY_S, unit=" s")
+        for name in ("baseline_half_life_s", "baseline_age_s_min"):
+            object.__setattr__(self, name, require_seconds(owner, name, getattr(self, name), high=30 * _DAY_S))
         require_int(owner, "threshold_mc", self.threshold_mc, low=1, unit=" mc")
         require_int(owner, "window_s", self.window_s, low=1, high=_DAY_S, unit=" s")
         require_int(owner, "trip_windows", self.trip_windows, low=1, high=1_000)
@@ -169,6 +212,9 @@ class BreakerState:
         opened_at, open_until: open: when it opened and when the cooldown ends (aware UTC).
         probe_window_start, probe_spend_mc: half-open: the probe window's start and spend, mc.
         probe_id, probe_expires_at: half-open: the call holding the probe lease, and its expiry.
+        rel: the relative windows' spend and the trailing baseline (counted while closed).
+        rel_over_streak, rel_last_over_index: consecutive over relative windows, the last one's index.
+        tripped_by: what opened it last: ``threshold`` or ``relative``.
     """
 
     level: Level
@@ -186,6 +232,10 @@ class BreakerState:
     probe_spend_mc: int = 0
     probe_id: str | None = None
     probe_expires_at: datetime | None = None
+    rel: SpendBaseline = field(default_factory=SpendBaseline)
+    rel_over_streak: int = 0
+    rel_last_over_index: int | None = None
+    tripped_by: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level", parse_level("breaker", self.level))
@@ -201,6 +251,8 @@ class BreakerState:
             "opened_at": rec.iso(self.opened_at), "open_until": rec.iso(self.open_until),
             "probe_window_start": rec.iso(self.probe_window_start), "probe_spend_mc": self.probe_spend_mc,
             "probe_id": self.probe_id, "probe_expires_at": rec.iso(self.probe_expires_at),
+            **self.rel.to_record("rel_"), "rel_over_streak": self.rel_over_streak,
+            "rel_last_over_index": self.rel_last_over_index, "tripped_by": self.tripped_by,
         }
 
     @classmethod
@@ -217,6 +269,11 @@ class BreakerState:
             probe_window_start=rec.get_opt_dt(record, "probe_window_start"),
             probe_spend_mc=rec.get_int(record, "probe_spend_mc"), probe_id=rec.get_opt_str(record, "probe_id"),
             probe_expires_at=rec.get_opt_dt(record, "probe_expires_at"),
+            rel=SpendBaseline.from_record(record, "rel_"),
+            rel_over_streak=int(record.get("rel_over_streak") or 0),
+            rel_last_over_index=rec.get_opt_int(record, "rel_last_over_index") if "rel_last_over_index" in record
+            else None,
+            tripped_by=rec.get_opt_str(record, "tripped_by") if "tripped_by" in record else None,
         )
 
 
@@ -304,7 +361,7 @@ def admit(state: BreakerState, config: BreakerConfig, call_id: str, now: datetim
 
 
 def record_spend(state: BreakerState, config: BreakerConfig, cost_mc: int, now: datetime, *,
-                 call_id: str | None = None) -> BreakerStep:
+                 call_id: str | None = None, fallback: SpendBaseline | None = None) -> BreakerStep:
     """Count a settled cost; may open, re-open or close the breaker.
 
     Call it once per settled call (inside the settle's transaction, so a repeated
@@ -317,6 +374,7 @@ def record_spend(state: BreakerState, config: BreakerConfig, cost_mc: int, now: 
         now: the settle time (aware UTC). A time inside an earlier window than the
             one being counted is counted in the current window.
         call_id: the settled call's id; settling the probe returns the lease.
+        fallback: the namespace's baseline, judged against while this scope's own is young.
 
     Raises:
         ValueError: on a negative or non-integer cost, or a naive ``now``.
@@ -327,6 +385,14 @@ def record_spend(state: BreakerState, config: BreakerConfig, cost_mc: int, now: 
     current, events = step.state, step.events
     if current.status is BreakerStatus.CLOSED:
         current, more = _count_closed(current, config, cost_mc, now)
+        if current.status is BreakerStatus.CLOSED and config.relative_k is not None:
+            own = current.rel.observed_s(now) >= config.baseline_age_s_min
+            cap = config.relative_k * current.rel.baseline_mc() if own else None
+            current = _evolve(current, rel=current.rel.add(cost_mc, now, window_s=config.relative_window_s,
+                                                             half_life_s=config.baseline_half_life_s,
+                                                             fold_cap_mc=cap))
+            current, relative = _count_relative(current, config, now, fallback)
+            more += relative
     elif current.status is BreakerStatus.HALF_OPEN:
         current, more = _count_half_open(current, config, cost_mc, now, call_id)
     else:
@@ -395,6 +461,36 @@ def _count_closed(state: BreakerState, config: BreakerConfig, cost_mc: int,
     return counted, ()
 
 
+def _relative_base_mc(state: BreakerState, config: BreakerConfig, now: datetime,
+                      fallback: SpendBaseline | None) -> float | None:
+    """The baseline to judge by: the scope's own once old enough, else the namespace's if it is; else None."""
+    if state.rel.observed_s(now) >= config.baseline_age_s_min:
+        return state.rel.baseline_mc()
+    if fallback is not None and fallback.observed_s(now) >= config.baseline_age_s_min:
+        return fallback.baseline_mc()
+    return None
+
+
+def _count_relative(state: BreakerState, config: BreakerConfig, now: datetime,
+                    fallback: SpendBaseline | None) -> tuple[BreakerState, tuple[Event, ...]]:
+    if config.relative_k is None:
+        return state, ()
+    window, spend = state.rel.window_index, state.rel.window_spend_mc
+    base = _relative_base_mc(state, config, now, fallback)
+    if (base is None or window is None or state.rel_last_over_index == window
+            or spend <= config.relative_floor_mc or spend <= config.relative_k * base):
+        return state, ()
+    streak = state.rel_over_streak + 1 if state.rel_last_over_index == window - 1 else 1
+    state = _evolve(state, rel_over_streak=streak, rel_last_over_index=window)
+    if streak < config.trip_windows:
+        return state, ()
+    window_end = window_bounds(window, config.relative_window_s)[1]
+    return _open(state, config, now, BreakerTransition.OPENED,
+                 {"relative_window_spend_mc": spend, "baseline_mc": round(base, 3), "relative_k": config.relative_k,
+                  "relative_floor_mc": config.relative_floor_mc, "over_windows": streak},
+                 until_at_least=window_end, tripped_by="relative")
+
+
 def _count_half_open(state: BreakerState, config: BreakerConfig, cost_mc: int, now: datetime,
                      call_id: str | None) -> tuple[BreakerState, tuple[Event, ...]]:
     if state.probe_window_start is None:
@@ -427,12 +523,15 @@ _NO_WINDOW: dict[str, Any] = {"window_index": None, "window_spend_mc": 0, "over_
 
 
 def _open(state: BreakerState, config: BreakerConfig, now: datetime, transition: BreakerTransition,
-          seen: dict[str, JsonScalar]) -> tuple[BreakerState, tuple[Event, ...]]:
+          seen: dict[str, JsonScalar], *, until_at_least: datetime | None = None,
+          tripped_by: str = "threshold") -> tuple[BreakerState, tuple[Event, ...]]:
     trips = state.trips + 1
     cooldown = config.cooldown_s(trips)
     until = now + timedelta(seconds=cooldown)
+    if until_at_least is not None and until < until_at_least:
+        until = until_at_least
     opened = _evolve(state, status=BreakerStatus.OPEN, trips=trips, opened_at=now, open_until=until,
-                     **_NO_WINDOW, **_NO_PROBE)
+                     tripped_by=tripped_by, **_NO_WINDOW, **_NO_PROBE)
     detail = {**seen, "trips": trips, "cooldown_s": cooldown, "open_until": until.isoformat()}
     return opened, (_event(opened, transition, now, config, detail),)
 
@@ -458,7 +557,8 @@ def _event(state: BreakerState, transition: BreakerTransition, now: datetime, co
 
 def _evidence(state: BreakerState, config: BreakerConfig) -> dict[str, JsonScalar]:
     return {
-        "status": str(state.status), "trips": state.trips, "threshold_mc": config.threshold_mc,
+        "status": str(state.status), "trips": state.trips, "tripped_by": state.tripped_by,
+        "threshold_mc": config.threshold_mc,
         "window_s": config.window_s, "trip_windows": config.trip_windows,
         "cooldown_s": config.cooldown_s(state.trips) if state.trips else None,
         "open_until": rec.iso(state.open_until), "probe_id": state.probe_id,
@@ -470,6 +570,18 @@ def _open_verdict(state: BreakerState, config: BreakerConfig, now: datetime) -> 
     assert state.open_until is not None  # open always has an end; see _open
     wait = seconds_until(state.open_until, now)
     cooldown = config.cooldown_s(state.trips)
+    if state.tripped_by == "relative":
+        return Verdict(
+            code=Code.CIRCUIT_OPEN, rule=Rule.BREAKER, detector="relative_rate", level=state.level,
+            scope=state.scope, retry_after_s=wait, evidence=_evidence(state, config),
+            message=(
+                f"circuit_open: the spend-rate breaker of {state.level} {state.scope!r} is open: for "
+                f"{config.trip_windows} windows of {config.relative_window_s} s in a row it spent more than "
+                f"{config.relative_k} times its usual rate and more than {format_usd(config.relative_floor_mc)} "
+                f"(trip {state.trips}). One probe call may go in {wait:.0f} s; find what changed, or have an "
+                "admin reset the breaker (`comptroller breaker reset`)."
+            ),
+        )
     return Verdict(
         code=Code.CIRCUIT_OPEN, rule=Rule.BREAKER, detector="open", level=state.level, scope=state.scope,
         retry_after_s=wait, evidence=_evidence(state, config),

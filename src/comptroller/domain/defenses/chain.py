@@ -22,6 +22,7 @@ kill      ``level:scope``         :class:`.killswitch.KillSwitchState`
 retry     task scope key          :class:`.retries.RetryState`
 loop      ``level:scope``         :class:`.loops.LoopHistory` (with its lock, :mod:`.loop_lock`)
 run       run id                  :class:`.deadline.ScheduledRun`
+rate      namespace scope key     :class:`.baseline.NamespaceRate` (relative breakers' fallback)
 ========  ======================  =============================================
 
 Pure: no I/O and no clock; ``now`` comes from the store's caller.
@@ -38,6 +39,7 @@ from typing import Protocol, TypeVar
 from comptroller.domain import breaker
 from comptroller.domain.breaker import BreakerState
 from comptroller.domain.defenses import killswitch
+from comptroller.domain.defenses.baseline import NamespaceRate
 from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.deadline import ScheduledRun, check_deadline
 from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState, check_kill_switch
@@ -54,6 +56,7 @@ __all__ = [
     "BREAKER",
     "KILL",
     "LOOP",
+    "RATE",
     "RETRY",
     "RUN",
     "AdmitDefenses",
@@ -64,10 +67,11 @@ __all__ = [
     "scoped_key",
 ]
 
-BREAKER, KILL, RETRY, LOOP, RUN = "breaker", "kill_switch", "retry", "loop", "run"
+BREAKER, KILL, RETRY, LOOP, RUN, RATE = "breaker", "kill_switch", "retry", "loop", "run", "rate"
 _PLANS_MAX = 8_192
 _SettlePlan = tuple[list[tuple[StateKey, Level, str, "breaker.BreakerConfig"]],
-                    list[tuple[StateKey, Level, str, KillSwitchConfig]]]
+                    list[tuple[StateKey, Level, str, KillSwitchConfig]],
+                    tuple[StateKey, str, "breaker.BreakerConfig"] | None]
 
 
 def scoped_key(kind: str, level: Level, scope: str) -> StateKey:
@@ -371,26 +375,43 @@ class SettleDefenses:
             kills = [(scoped_key(KILL, lv, sc), lv, sc, config) for lv, sc in scopes
                      if (config := self.defenses.kill_switches.get(lv)) is not None
                      and config.window_spend_mc_max is not None]
-            plan = self._plans[attribution] = (breakers, kills)
+            relative = next((config for _, _, _, config in breakers if config.relative_k is not None), None)
+            namespace = scopes[0][1]
+            rate = None if relative is None else (StateKey(RATE, namespace), namespace, relative)
+            plan = self._plans[attribution] = (breakers, kills, rate)
         return plan
 
     def state_keys(self, reservation: Reservation) -> list[StateKey]:
-        """The call's breakers and the switches with a window trigger."""
-        breakers, kills = self._plan(reservation.attribution)
-        return [key for key, _, _, _ in breakers] + [key for key, _, _, _ in kills]
+        """The call's breakers, the switches with a window trigger, the namespace's rate (relative breakers)."""
+        breakers, kills, rate = self._plan(reservation.attribution)
+        keys = [key for key, _, _, _ in breakers] + [key for key, _, _, _ in kills]
+        return keys if rate is None else [*keys, rate[0]]
 
     def apply(self, reservation: Reservation, cost_mc: int | None, states: Mapping[StateKey, StoredState],
               now: datetime) -> GuardOutcome:
         """Count ``cost_mc`` (a settle), or return the probe lease (a release: ``cost_mc`` None)."""
         changes = _Changes()
         call_id = reservation.idempotency_key
-        breakers, kills = self._plan(reservation.attribution)
+        breakers, kills, rate = self._plan(reservation.attribution)
+        namespace = None
+        if rate is not None:
+            rate_key, rate_scope, _ = rate
+            namespace = self.parsed.load(states, rate_key, NamespaceRate.from_record,
+                                         partial(NamespaceRate, rate_scope))
+        fallback = None if namespace is None else namespace.baseline
         for key, level, scope, config in breakers:
             state = self.parsed.load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
             step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
-                    else breaker.record_spend(state, config, cost_mc, now, call_id=call_id))
+                    else breaker.record_spend(state, config, cost_mc, now, call_id=call_id, fallback=fallback))
             changes.writes += self.parsed.write(key, state, step.state)
             changes.events += step.events
+        if rate is not None and namespace is not None and cost_mc is not None:
+            config = rate[2]
+            counted = namespace.baseline.add(cost_mc, now, window_s=config.relative_window_s,
+                                             half_life_s=config.baseline_half_life_s)
+            if counted != namespace.baseline:
+                changes.writes += self.parsed.write(rate[0], namespace, NamespaceRate(
+                    namespace.scope, counted, namespace.version + 1))
         if cost_mc is not None:
             for key, level, scope, kill_config in kills:
                 switch = self.parsed.load(states, key, KillSwitchState.from_record,
