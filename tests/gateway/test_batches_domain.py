@@ -13,17 +13,8 @@ from pydantic import ValidationError
 
 from comptroller.batch_config import BatchSection
 from comptroller.config import Policy
-from comptroller.domain.batches import (
-    BatchInputError,
-    LineResult,
-    Unreturned,
-    anthropic_results,
-    discounted,
-    openai_results,
-    parse_anthropic_requests,
-    parse_openai_jsonl,
-    reconcile,
-)
+from comptroller.domain.batch_results import LineResult, Unreturned, anthropic_results, openai_results, reconcile
+from comptroller.domain.batches import BatchInputError, discounted, parse_anthropic_requests, parse_openai_jsonl
 from comptroller.domain.pricing import ModelPrice, TieredRate, cost_mc
 from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage

@@ -4,7 +4,8 @@
 * :mod:`~comptroller.gateway.batches.anthropic_api`: ``/v1/messages/batches`` (Anthropic Message Batches);
 * :mod:`~comptroller.gateway.batches.service`: the reservations, the reconciliation and its background task;
 * :mod:`~comptroller.gateway.batches.pricing`: batch prices (genai-prices, else ``[batch]``);
-* :mod:`comptroller.domain.batches`: the pure rules (lines, bounds, results -> actions).
+* :mod:`comptroller.domain.batches` and :mod:`comptroller.domain.batch_results`: the pure rules (lines and
+  bounds; results -> settle and release actions).
 
 The app mounts :func:`batch_routes` and, in its lifespan, :func:`start_batches` /
 ``BatchService.aclose``. Errors answer in the API's own shape.

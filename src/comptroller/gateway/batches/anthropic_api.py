@@ -26,13 +26,8 @@ import hashlib
 from starlette.requests import Request
 from starlette.responses import Response
 
-from comptroller.domain.batches import (
-    BatchInputError,
-    LineResult,
-    Unreturned,
-    anthropic_results,
-    parse_anthropic_requests,
-)
+from comptroller.domain.batch_results import LineResult, Unreturned, anthropic_results
+from comptroller.domain.batches import BatchInputError, parse_anthropic_requests
 from comptroller.engine import Admission
 from comptroller.gateway.apis.request_body import loads_object, read_body
 from comptroller.gateway.batches.common import (

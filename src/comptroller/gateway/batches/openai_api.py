@@ -33,14 +33,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from comptroller.domain.batches import (
-    BatchInputError,
-    BatchLine,
-    LineResult,
-    Unreturned,
-    openai_results,
-    parse_openai_jsonl,
-)
+from comptroller.domain.batch_results import LineResult, Unreturned, openai_results
+from comptroller.domain.batches import BatchInputError, BatchLine, parse_openai_jsonl
 from comptroller.domain.caps import NoOutputCapError
 from comptroller.engine import Admission
 from comptroller.gateway.apis.request_body import loads_object, read_body

@@ -8,7 +8,7 @@ price on the same integer path as a call.
 * :meth:`reserve` admits every line with the key ``batch|tenant|create key|attempt|custom_id``
   and a lease of ``[batch] lease_s``, or releases the ones taken and answers the first
   refusal: all lines or none.
-* :meth:`reconcile` applies :func:`comptroller.domain.batches.reconcile` to a finished
+* :meth:`reconcile` applies :func:`comptroller.domain.batch_results.reconcile` to a finished
   batch's results: settle (at the batch price), release, report missing, duplicate and
   unexpected custom_ids in the batch's state row and one ledger event (kind ``batch``).
   Settle and release are idempotent and the row is written by compare-and-set, so
@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 
 from comptroller.batch_config import BatchSection
-from comptroller.domain.batches import LineResult, Unreturned, reconcile
+from comptroller.domain.batch_results import LineResult, Unreturned, reconcile
 from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.codes import Code
 from comptroller.domain.ledger import Event, Reservation, ReservationState, SettleResult
