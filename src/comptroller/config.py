@@ -38,12 +38,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from comptroller.batch_config import BatchSection
 from comptroller.defenses_config import DefenseSections, RunsSection
-from comptroller.domain.budgets import ANY_SCOPE, DEFAULT_ALERT_THRESHOLDS_PCT, Budget, BudgetError, Period
+from comptroller.domain.budgets import (
+    DEFAULT_ALERT_THRESHOLDS_PCT,
+    Budget,
+    BudgetError,
+    Period,
+    budget_scope,
+    limit_usd_to_mc,
+)
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.defenses.chain import Defenses
-from comptroller.domain.money import parse_usd, usd_to_mc_half_up
+from comptroller.domain.money import parse_usd
 from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
-from comptroller.domain.scopes import Level, scope_key
+from comptroller.domain.scopes import Level
 from comptroller.groups.config import GroupDefinition, parse_groups
 from comptroller.notify.config import NotifyConfig
 from comptroller.ports import PriceSource
@@ -118,42 +125,35 @@ class BudgetSpec(BaseModel):
     agent: str | None = None
     conversation: str | None = None
     task: str | None = None
+    group: str | None = None
 
     def to_budget(self, default_namespace: str) -> Budget:
-        """The domain budget."""
+        """The domain budget: scope ids as :func:`~comptroller.domain.budgets.budget_scope` requires.
+
+        The policy's ``namespace`` stands for an unnamed namespace; a limit above 0 but below
+        1 millicent is refused (:func:`~comptroller.domain.budgets.limit_usd_to_mc`).
+        """
         if (self.limit_usd is None) == (self.limit_mc is None):
             raise ValueError("give exactly one of limit_usd (\"2.50\") or limit_mc (250000)")
-        limit = self.limit_mc if self.limit_mc is not None else usd_to_mc_half_up(
+        limit = self.limit_mc if self.limit_mc is not None else limit_usd_to_mc(
             parse_usd(self.limit_usd, "limit_usd"))
-        scope = scope_for(self.level, namespace=self.namespace or default_namespace, tenant=self.tenant,
-                          agent=self.agent, conversation=self.conversation, task=self.task)
+        scope = budget_scope(self.level, namespace=self.namespace, tenant=self.tenant, agent=self.agent,
+                             conversation=self.conversation, task=self.task, group=self.group,
+                             namespace_default=default_namespace)
         return Budget(level=self.level, scope=scope, limit_mc=limit, period=self.period,
                       timezone=self.timezone, alert_thresholds_pct=tuple(self.alert_thresholds_pct))
 
 
 def scope_for(level: Level, *, namespace: str | None, tenant: str | None = None, agent: str | None = None,
               conversation: str | None = None, task: str | None = None) -> str:
-    """The scope key a budget at ``level`` targets, or ``*`` when the level's own id is not given.
+    """The scope key at ``level`` named by these ids, or ``*`` when none is given.
 
-    Parent ids default to ``"default"`` (the attribution default). Raises ValueError when
-    ``level`` needs an id that is missing while its own id is given (agent_conversation).
+    Every id above the level's own must be named (no silent ``"default"``); see
+    :func:`comptroller.domain.budgets.budget_scope`, which raises BudgetError (a ValueError)
+    naming what is missing.
     """
-    ns, ten = namespace or "default", tenant or "default"
-    if level is Level.NAMESPACE:
-        return scope_key(namespace) if namespace else ANY_SCOPE
-    own = {Level.TENANT: tenant, Level.AGENT: agent, Level.AGENT_CONVERSATION: agent,
-           Level.CONVERSATION: conversation, Level.TASK: task}[level]
-    if own is None:
-        return ANY_SCOPE
-    if level is Level.TENANT:
-        return scope_key(ns, own)
-    if level is Level.AGENT:
-        return scope_key(ns, ten, own)
-    if level is Level.AGENT_CONVERSATION:
-        if conversation is None:
-            raise ValueError("an agent_conversation budget for one agent needs its conversation too")
-        return scope_key(ns, ten, own, conversation)
-    return scope_key(ns, own)
+    return budget_scope(level, namespace=namespace, tenant=tenant, agent=agent, conversation=conversation,
+                        task=task)
 
 
 class Policy(DefenseSections):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -118,16 +119,28 @@ def test_refusal_message_names_level_limit_settled_reserved_remaining(store: Led
 
 
 def test_group_budget_is_shared_by_every_agent_in_the_room(store: LedgerStore) -> None:
-    """A conversation budget holds the spend of agents of different tenants together."""
+    """A shared group's conversation budget holds the spend of agents of different tenants together."""
     group = Budget(Level.CONVERSATION, ANY_SCOPE, 1_000)
     store.put_budget(group)
-    first = attribution("a1", tenant="t1", conversation="room")
-    second = attribution("a2", tenant="t2", conversation="room")
+    first = replace(attribution("a1", tenant="t1", conversation="room"), conversation_shared=True)
+    second = replace(attribution("a2", tenant="t2", conversation="room"), conversation_shared=True)
     assert store.reserve(reserve_request("k1", 600, who=first), T0).code is Code.OK
     refused = store.reserve(reserve_request("k2", 600, who=second), T0)
     assert refused.refusal is not None and refused.refusal.level is Level.CONVERSATION
     other_room = attribution("a2", tenant="t2", conversation="other")
     assert store.reserve(reserve_request("k3", 600, who=other_room), T0).code is Code.OK
+
+
+
+def test_a_tenants_conversation_is_its_own(store: LedgerStore) -> None:
+    """Two tenants naming one conversation id spend two budgets: one cannot exhaust the other's."""
+    store.put_budget(Budget(Level.CONVERSATION, ANY_SCOPE, 1_000))
+    mine = attribution("a1", tenant="t1", conversation="secret")
+    theirs = attribution("a9", tenant="t2", conversation="secret")
+    assert store.reserve(reserve_request("k1", 1_000, who=mine), T0).code is Code.OK
+    assert store.reserve(reserve_request("k2", 1_000, who=theirs), T0).code is Code.OK
+    refused = store.reserve(reserve_request("k3", 1, who=theirs), T0)
+    assert refused.refusal is not None and refused.refusal.scope.startswith("ns|t2|")
 
 
 def test_agent_in_conversation_budget_is_per_room(store: LedgerStore) -> None:

@@ -87,8 +87,8 @@ def test_unknown_model_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> No
 def test_budget_cli_sets_lists_and_rejects_bad_limits(tmp_path: Path) -> None:
     """`budget set` stores a budget that `budget list` shows; a negative limit or unknown period writes nothing."""
     db = f"sqlite:///{tmp_path}/ledger.db"
-    ok = runner.invoke(app, ["budget", "set", "--level", "agent", "--agent", "Programmer", "--limit-usd", "2.50",
-                             "--period", "day", "--db", db])
+    ok = runner.invoke(app, ["budget", "set", "--level", "agent", "--namespace", "replay", "--tenant", "chatdev",
+                             "--agent", "Programmer", "--limit-usd", "2.50", "--period", "day", "--db", db])
     assert ok.exit_code == 0, ok.output
     bad = runner.invoke(app, ["budget", "set", "--level", "agent", "--limit-usd", "-1", "--db", db])
     assert bad.exit_code == 2 and "limit" in bad.output
@@ -97,7 +97,7 @@ def test_budget_cli_sets_lists_and_rejects_bad_limits(tmp_path: Path) -> None:
     assert unknown.exit_code != 0
     listed = runner.invoke(app, ["budget", "list", "--db", db], env={"COLUMNS": "200"})
     assert listed.exit_code == 0
-    assert "agent:day:default|default|Programmer" in listed.output
+    assert "agent:day:replay|chatdev|Programmer" in listed.output
     assert listed.output.count("agent:") == 1
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import openai
 import pytest
-from comptroller.domain.defenses.loops import LoopConfig
 from gateway_kit import (
     INPUT_MC_PER_TOKEN,
     MODEL,
@@ -16,6 +15,8 @@ from gateway_kit import (
     wait_for,
 )
 from stub_upstream import prompt_tokens
+
+from comptroller.domain.defenses.loops import LoopConfig
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say five words."}]
 
@@ -149,7 +150,8 @@ def test_headers_narrow_attribution_and_never_widen(gw: Harness) -> None:
 
 def test_narrowing_header_adds_the_conversation_budget(make_gateway: GatewayFactory) -> None:
     """A conversation header brings that conversation's budget into force (it can only refuse more)."""
-    policy = stub_policy(budgets=[{"level": "conversation", "conversation": "tight", "limit_mc": 10}])
+    policy = stub_policy(budgets=[{"level": "conversation", "tenant": "acme", "conversation": "tight",
+                                   "limit_mc": 10}])
     gw = make_gateway(policy)
     gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
     with pytest.raises(openai.RateLimitError) as caught:

@@ -22,7 +22,7 @@ MEMBERS = [
 def group_policy(**overrides: Any) -> Any:
     """The test policy with group ``review`` (conversation ``review-1``, k = 2) and its group budget."""
     groups = {"review": {"conversation": CONVERSATION, "k": 2, "members": MEMBERS}}
-    budgets = [{"level": "conversation", "conversation": CONVERSATION, "limit_mc": GROUP_LIMIT_MC}]
+    budgets = [{"level": "conversation", "group": CONVERSATION, "limit_mc": GROUP_LIMIT_MC}]
     return stub_policy(groups=groups, budgets=budgets, **overrides)
 
 

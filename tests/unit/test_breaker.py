@@ -486,7 +486,7 @@ def test_default_policy_guards_every_agent_and_conversation() -> None:
     policy = BreakerPolicy()
     with_room = Attribution(namespace="acme", tenant="alice", agent="writer", conversation="room")
     assert [(lvl, scope) for lvl, scope, _ in policy.breakers_for(with_room.scopes())] == [
-        (Level.AGENT, "acme|alice|writer"), (Level.CONVERSATION, "acme|room")]
+        (Level.AGENT, "acme|alice|writer"), (Level.CONVERSATION, "acme|alice|room")]
     alone = Attribution(namespace="acme", tenant="alice", agent="writer")
     assert [lvl for lvl, _, _ in policy.breakers_for(alone.scopes())] == [Level.AGENT]
 
@@ -494,10 +494,10 @@ def test_default_policy_guards_every_agent_and_conversation() -> None:
 def test_overrides_set_or_switch_off_one_scope() -> None:
     """A scope override replaces its level's config, or None switches that breaker off."""
     strict = BreakerConfig(threshold_mc=10)
-    policy = BreakerPolicy(overrides={(Level.AGENT, SCOPE): strict, (Level.CONVERSATION, "acme|room"): None})
+    policy = BreakerPolicy(overrides={(Level.AGENT, SCOPE): strict, (Level.CONVERSATION, "acme|alice|room"): None})
     assert policy.config_for(Level.AGENT, SCOPE) == strict
     assert policy.config_for(Level.AGENT, "acme|alice|other") == BreakerConfig()
-    assert policy.config_for(Level.CONVERSATION, "acme|room") is None
+    assert policy.config_for(Level.CONVERSATION, "acme|alice|room") is None
     call = Attribution(namespace="acme", tenant="alice", agent="writer", conversation="room")
     assert [(lvl, cfg) for lvl, _, cfg in policy.breakers_for(call.scopes())] == [(Level.AGENT, strict)]
 

@@ -143,7 +143,10 @@ def test_scopes_are_the_scope_keys_of_the_ids(ns: str, tenant: str, agent: str, 
     assert dict(who.scopes()) == {
         Level.NAMESPACE: scope_key(ns), Level.TENANT: scope_key(ns, tenant),
         Level.AGENT: scope_key(ns, tenant, agent), Level.AGENT_CONVERSATION: scope_key(ns, tenant, agent, conversation),
-        Level.CONVERSATION: scope_key(ns, conversation), Level.TASK: scope_key(ns, task)}
+        Level.CONVERSATION: scope_key(ns, tenant, conversation), Level.TASK: scope_key(ns, tenant, task)}
+    shared = Attribution(namespace=ns, tenant=tenant, agent=agent, conversation=conversation,
+                         conversation_shared=True)
+    assert dict(shared.scopes())[Level.CONVERSATION] == scope_key(ns, conversation)
 
 
 @given(a=st.lists(ids, min_size=1, max_size=4), b=st.lists(ids, min_size=1, max_size=4))
@@ -159,17 +162,34 @@ def test_attribution_scopes_per_level() -> None:
     bare = Attribution(namespace="n", tenant="t", agent="a")
     assert bare.scopes() == ((Level.NAMESPACE, "n"), (Level.TENANT, "n|t"), (Level.AGENT, "n|t|a"))
     full = Attribution(namespace="n", tenant="t", agent="a", conversation="c", task="k", phase="p")
-    assert full.scopes() == (*bare.scopes(), (Level.AGENT_CONVERSATION, "n|t|a|c"), (Level.CONVERSATION, "n|c"),
-                             (Level.TASK, "n|k"))
+    assert full.scopes() == (*bare.scopes(), (Level.AGENT_CONVERSATION, "n|t|a|c"), (Level.CONVERSATION, "n|t|c"),
+                             (Level.TASK, "n|t|k"))
     assert [level for level, _ in full.scopes()] == list(LEVELS)
 
 
 def test_conversation_scope_is_shared_across_tenants() -> None:
-    """The group budget's key depends on namespace and conversation only, not on who speaks."""
-    one = dict(Attribution(namespace="n", tenant="t1", agent="a1", conversation="room").scopes())
-    two = dict(Attribution(namespace="n", tenant="t2", agent="a2", conversation="room").scopes())
+    """A shared group's key depends on namespace and conversation only, not on who speaks."""
+    one = dict(Attribution(namespace="n", tenant="t1", agent="a1", conversation="room",
+                           conversation_shared=True).scopes())
+    two = dict(Attribution(namespace="n", tenant="t2", agent="a2", conversation="room",
+                           conversation_shared=True).scopes())
     assert one[Level.CONVERSATION] == two[Level.CONVERSATION]
     assert one[Level.AGENT_CONVERSATION] != two[Level.AGENT_CONVERSATION]
+
+
+def test_a_conversation_or_task_id_is_its_tenants_own() -> None:
+    """Two tenants naming the same conversation or task id get two scopes (rule 13: tenants are walls)."""
+    one = dict(Attribution(namespace="n", tenant="t1", conversation="room", task="job").scopes())
+    two = dict(Attribution(namespace="n", tenant="t2", conversation="room", task="job").scopes())
+    for level in (Level.CONVERSATION, Level.TASK, Level.AGENT_CONVERSATION):
+        assert one[level] != two[level]
+    assert one[Level.CONVERSATION] == scope_key("n", "t1", "room")
+
+
+def test_shared_needs_a_conversation() -> None:
+    """conversation_shared without a conversation is an attribution error."""
+    with pytest.raises(AttributionError, match="conversation_shared"):
+        Attribution(conversation_shared=True)
 
 
 @pytest.mark.parametrize(("field", "value"), [("namespace", ""), ("tenant", "  "), ("agent", "x" * 257),
@@ -205,7 +225,7 @@ def test_applicable_budgets_prefer_specific_over_default_per_period() -> None:
     group = Budget(Level.CONVERSATION, ANY_SCOPE, 6)
     chosen = applicable_budgets(WHO.scopes(), [default, own, daily_default, other, no_task, group])
     assert sorted(chosen, key=lambda c: c[0].id) == sorted(
-        [(own, "n|t|a"), (daily_default, "n|t|a"), (group, "n|c")], key=lambda c: c[0].id)
+        [(own, "n|t|a"), (daily_default, "n|t|a"), (group, "n|t|c")], key=lambda c: c[0].id)
     assert [b.level for b, _ in chosen] == sorted((b.level for b, _ in chosen), key=LEVELS.index)
 
 

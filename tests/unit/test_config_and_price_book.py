@@ -54,6 +54,7 @@ timezone = "Europe/Paris"
 alert_thresholds_pct = [90]
 [[budgets]]
 level = "agent"
+tenant = "acme"
 agent = "Programmer"
 limit_mc = 250000
 """)
@@ -70,7 +71,7 @@ limit_mc = 250000
     assert policy.budget_list() == [
         Budget(Level.CONVERSATION, ANY_SCOPE, usd_to_mc_half_up(Decimal("0.50")), period=Period.DAY,
                timezone="Europe/Paris", alert_thresholds_pct=(90,)),
-        Budget(Level.AGENT, scope_key("prod", "default", "Programmer"), 250000),
+        Budget(Level.AGENT, scope_key("prod", "acme", "Programmer"), 250000),
     ]
 
 
@@ -138,15 +139,15 @@ def test_float_prices_keep_their_written_digits(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("level", "ids", "expected"), [
     (Level.NAMESPACE, {}, ANY_SCOPE),
     (Level.NAMESPACE, {"namespace": "n"}, "n"),
-    (Level.TENANT, {"namespace": "n"}, ANY_SCOPE),
+    (Level.TENANT, {}, ANY_SCOPE),
     (Level.TENANT, {"namespace": "n", "tenant": "t"}, "n|t"),
-    (Level.AGENT, {"namespace": "n", "agent": "a"}, "n|default|a"),
+    (Level.AGENT, {"namespace": "n", "tenant": "t", "agent": "a"}, "n|t|a"),
     (Level.AGENT_CONVERSATION, {"namespace": "n", "tenant": "t", "agent": "a", "conversation": "c"}, "n|t|a|c"),
-    (Level.CONVERSATION, {"namespace": "n", "conversation": "c|d"}, "n|c\\|d"),
-    (Level.TASK, {"namespace": "n", "task": "k"}, "n|k"),
+    (Level.CONVERSATION, {"namespace": "n", "tenant": "t", "conversation": "c|d"}, "n|t|c\\|d"),
+    (Level.TASK, {"namespace": "n", "tenant": "t", "task": "k"}, "n|t|k"),
 ])
 def test_scope_for_builds_the_key_or_the_default(level: Level, ids: dict[str, str], expected: str) -> None:
-    """scope_for gives the level's key from its ids, '*' without its own id, and 'default' for missing parents."""
+    """scope_for gives the level's key from all its ids, and '*' when no id is named."""
     assert scope_for(level, namespace=ids.get("namespace"), tenant=ids.get("tenant"), agent=ids.get("agent"),
                      conversation=ids.get("conversation"), task=ids.get("task")) == expected
 

@@ -25,11 +25,11 @@ from comptroller.cli.defenses import register as register_defenses
 from comptroller.cli.group import group_app, simulate_app
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
-from comptroller.clock import VirtualClock
-from comptroller.config import ConfigError, Policy, load_policy, scope_for
-from comptroller.domain.budgets import Budget, BudgetError, Period
+from comptroller.clock import SystemClock, VirtualClock
+from comptroller.config import ConfigError, Policy, load_policy
+from comptroller.domain.budgets import Budget, BudgetError, Period, ScopeIdsMissingError, budget_scope, limit_usd_to_mc
 from comptroller.domain.caps import NoOutputCapError
-from comptroller.domain.money import format_usd, usd_to_mc_half_up
+from comptroller.domain.money import format_usd
 from comptroller.domain.pricing import ModelPrice, ceiling_mc
 from comptroller.domain.scopes import Level
 from comptroller.errors import LedgerUnavailableError
@@ -44,6 +44,7 @@ from comptroller.reports.model import ReportRow
 from comptroller.reports.terminal import render_terminal
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import SchemaVersionError
+from comptroller.storage.reconcile import idle_budgets
 
 __all__ = ["app"]
 
@@ -149,29 +150,68 @@ def report_command(
     _write_outputs(report, json_out, html_out, f"comptroller report: {db}")
 
 
+def _seen_ids(db: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The namespaces the ledger's usage log has seen, and each namespace's tenants (sorted)."""
+    store = store_from_url(db)
+    try:
+        seen: dict[str, set[str]] = {}
+        for record in store.usage_records():
+            seen.setdefault(record.attribution.namespace, set()).add(record.attribution.tenant)
+    finally:
+        store.close()
+    return sorted(seen), {ns: sorted(tenants) for ns, tenants in seen.items()}
+
+
+def _missing_ids_error(exc: ScopeIdsMissingError, db: str, namespace: str | None) -> BudgetError:
+    """The refusal of a budget without the ids its level needs: the options to add and the ids seen."""
+    namespaces, tenants = _seen_ids(db)
+    hints = []
+    if "namespace" in exc.missing:
+        hints.append("namespaces in this ledger's usage log: " + (", ".join(namespaces) or "none yet")
+                     + " (a gateway's is its policy's `namespace`; replay's is `replay` unless the policy says)")
+    if "tenant" in exc.missing:
+        shown = [namespace] if namespace is not None else namespaces
+        for ns in shown:
+            names = tenants.get(ns, [])
+            more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+            hints.append(f"tenants seen in {ns!r}: " + (", ".join(names[:10]) + more if names else "none yet"))
+    options = " ".join(f"--{name}" for name in exc.missing)
+    return BudgetError(f"{exc}. Add {options}; {'; '.join(hints)}. Leave out every id for the level's "
+                       f"wildcard (every {exc.level} of every namespace).")
+
+
 @budget_app.command("set")
 @_user_errors
 def budget_set(
     level: Annotated[Level, typer.Option(help="Budget level")],
-    limit_usd: Annotated[str, typer.Option("--limit-usd", help="Limit in USD, e.g. 25.00")],
+    limit_usd: Annotated[str, typer.Option("--limit-usd", help="Limit in USD, e.g. 25.00 (at least 0.00001, or 0)")],
     period: Annotated[Period, typer.Option(help="Roll-over period")] = Period.MONTH,
     timezone: Annotated[str, typer.Option(help="IANA time zone of the calendar")] = "UTC",
-    namespace: Annotated[str | None, typer.Option(help="Namespace id")] = None,
-    tenant: Annotated[str | None, typer.Option(help="Tenant id")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Namespace id (needed by every level's named scope)")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant id (needed below the tenant level)")] = None,
     agent: Annotated[str | None, typer.Option(help="Agent id")] = None,
-    conversation: Annotated[str | None, typer.Option(help="Conversation id")] = None,
-    task: Annotated[str | None, typer.Option(help="Task id")] = None,
+    conversation: Annotated[str | None, typer.Option(help="Conversation id (a tenant's; with --tenant)")] = None,
+    task: Annotated[str | None, typer.Option(help="Task id (a tenant's; with --tenant)")] = None,
+    group: Annotated[str | None, typer.Option(help="A shared group's conversation id (level conversation, "
+                                                   "instead of --tenant and --conversation)")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Create or replace a budget. Leave out the level's own id to set the default for every scope."""
+    """Create or replace a budget.
+
+    A named scope names every level above it (`--level agent --namespace prod --tenant acme
+    --agent writer`); leave out every id for the level's wildcard (every scope of the level).
+    """
     try:
         usd = Decimal(limit_usd)
     except ArithmeticError:
         raise BudgetError(f"--limit-usd must be a decimal amount such as 25.00, got {limit_usd!r}") from None
-    if not usd.is_finite() or usd < 0:
-        raise BudgetError(f"--limit-usd must be >= 0, got {limit_usd!r}")
-    scope = scope_for(level, namespace=namespace, tenant=tenant, agent=agent, conversation=conversation, task=task)
-    budget = Budget(level=level, scope=scope, limit_mc=usd_to_mc_half_up(usd), period=period, timezone=timezone)
+    limit_mc = limit_usd_to_mc(usd, "--limit-usd")
+    try:
+        scope = budget_scope(level, namespace=namespace, tenant=tenant, agent=agent, conversation=conversation,
+                             task=task, group=group)
+    except ScopeIdsMissingError as exc:
+        raise _missing_ids_error(exc, db, namespace) from None
+    budget = Budget(level=level, scope=scope, limit_mc=limit_mc, period=period, timezone=timezone)
     store = store_from_url(db)
     try:
         store.put_budget(budget)
@@ -183,21 +223,28 @@ def budget_set(
 @budget_app.command("list")
 @_user_errors
 def budget_list(db: DbOption = DEFAULT_DB) -> None:
-    """List budgets and the money on each of their accounts."""
+    """List budgets and the money on each of their accounts; flag budgets no call matched this period."""
     store = store_from_url(db)
     try:
         budgets, accounts = store.budgets(), store.accounts()
     finally:
         store.close()
+    idle = {i.budget.id: i for i in idle_budgets(budgets, accounts, SystemClock().now())}
     table = Table(title="Budgets")
     for name in ("budget", "limit", "scope", "period", "settled", "reserved", "remaining"):
         table.add_column(name)
     for b in budgets:
-        table.add_row(b.id, format_usd(b.limit_mc), "", "", "", "", "")
+        last = idle[b.id].last_period_key if b.id in idle else None
+        flag = "" if b.id not in idle else (" IDLE: matched no call yet" if last is None
+                                            else f" IDLE: no call this {b.period} (last {last})")
+        table.add_row(b.id + flag, format_usd(b.limit_mc), "", "", "", "", "")
         for a in (a for a in accounts if a.budget.id == b.id):
             table.add_row("", "", a.scope, a.period_key, format_usd(a.settled_mc), format_usd(a.reserved_mc),
                           format_usd(a.remaining_mc))
     console.print(table)
+    if idle:
+        err.print(f"warning: {len(idle)} budget(s) matched no call in their current period; check each scope "
+                  "against the traffic's (namespace, tenant, agent ids)", highlight=False)
 
 
 @budget_app.command("delete")

@@ -9,24 +9,53 @@ both hold).
 Periods are calendar periods in the budget's time zone (UTC by default):
 ``day``, ``week`` (ISO weeks, starting Monday), ``month``, or ``total`` (never
 rolls over). Spend is accounted in the period in which the call was admitted.
+
+A budget's scope names every level above it explicitly (:func:`budget_scope`,
+DESIGN.md rule 14: a budget that cannot match traffic is an error, never a silent
+``default``). The ids each level needs (:data:`SCOPE_IDS`):
+
+======================  ========================================  ===========================
+level                   ids                                       scope key
+======================  ========================================  ===========================
+``namespace``           namespace                                 ``ns``
+``tenant``              namespace, tenant                         ``ns|tenant``
+``agent``               namespace, tenant, agent                  ``ns|tenant|agent``
+``agent_conversation``  namespace, tenant, agent, conversation    ``ns|tenant|agent|conv``
+``conversation``        namespace, tenant, conversation           ``ns|tenant|conv``
+                        or namespace, group (a shared group's     ``ns|group``
+                        conversation id)
+``task``                namespace, tenant, task                   ``ns|tenant|task``
+======================  ========================================  ===========================
+
+The level's documented wildcard: leave out every id (the level's own included) and
+the budget is the default of every scope of that level in every namespace
+(``scope = "*"``). Naming only some ids is refused, naming the missing ones. A limit
+given in USD that is above 0 but below 1 millicent is refused (:func:`limit_usd_to_mc`),
+never rounded to $0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from comptroller.domain.scopes import Level
+from comptroller.domain.money import usd_to_mc_half_up
+from comptroller.domain.scopes import Level, scope_key
 
 __all__ = [
     "ANY_SCOPE",
     "DEFAULT_ALERT_THRESHOLDS_PCT",
+    "SCOPE_IDS",
     "Budget",
     "BudgetError",
     "Period",
+    "ScopeIdsMissingError",
+    "budget_scope",
+    "limit_usd_to_mc",
     "period_bounds",
     "period_key",
 ]
@@ -38,6 +67,21 @@ _E = TypeVar("_E", bound=StrEnum)
 
 class BudgetError(ValueError):
     """A budget definition is invalid (negative limit, unknown period or level, bad time zone)."""
+
+
+class ScopeIdsMissingError(BudgetError):
+    """A budget names its own id but not every id of the levels above it.
+
+    Attributes:
+        level: the budget's level.
+        missing: the missing ids, broadest first (``namespace``, ``tenant``, ...), so an
+            edge can name its own options for them (``--namespace``, ``"tenant": ...``).
+    """
+
+    def __init__(self, message: str, *, level: Level, missing: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.level = level
+        self.missing = missing
 
 
 class Period(StrEnum):
@@ -153,3 +197,99 @@ def period_bounds(period: Period, timezone: str, at: datetime) -> tuple[datetime
     start = datetime(start_day.year, start_day.month, start_day.day, tzinfo=zone)
     end = datetime(end_day.year, end_day.month, end_day.day, tzinfo=zone)
     return start, end
+
+
+SCOPE_IDS: dict[Level, tuple[str, ...]] = {
+    Level.NAMESPACE: ("namespace",),
+    Level.TENANT: ("namespace", "tenant"),
+    Level.AGENT: ("namespace", "tenant", "agent"),
+    Level.AGENT_CONVERSATION: ("namespace", "tenant", "agent", "conversation"),
+    Level.CONVERSATION: ("namespace", "tenant", "conversation"),
+    Level.TASK: ("namespace", "tenant", "task"),
+}
+"""The ids a budget of each level names, broadest first; the last is the level's own."""
+
+_GROUP_IDS = ("namespace", "group")
+
+
+def _a(level: Level) -> str:
+    return f"{'an' if level[0] in 'aeiou' else 'a'} {level}"
+
+
+def budget_scope(level: Level, *, namespace: str | None = None, tenant: str | None = None,
+                 agent: str | None = None, conversation: str | None = None, task: str | None = None,
+                 group: str | None = None, namespace_default: str | None = None) -> str:
+    """The scope key of a budget at ``level``, or ``*`` (the level's wildcard) when no id is named.
+
+    Args:
+        level: the budget's level.
+        namespace, tenant, agent, conversation, task: the ids that name the scope; which a
+            level needs is :data:`SCOPE_IDS`.
+        group: a registered shared group's conversation id (level ``conversation`` only,
+            instead of tenant and conversation): scope ``ns|group``, the group budget.
+        namespace_default: the namespace to use when ``namespace`` is None and the level's
+            own id is named (a policy file's own ``namespace = ...``); None for edges where
+            the user must name it (the CLI).
+
+    Returns:
+        The scope key (:func:`comptroller.domain.scopes.scope_key`), or ``"*"``.
+
+    Raises:
+        ScopeIdsMissingError: the level's own id is named but an id above it is not.
+        BudgetError: an id the level does not use is named (it would be silently ignored),
+            ids are named without the level's own id, or ``group`` is mixed with tenant ids.
+    """
+    level = Level(level)
+    given = {"namespace": namespace, "tenant": tenant, "agent": agent, "conversation": conversation,
+             "task": task, "group": group}
+    needed = _GROUP_IDS if group is not None else SCOPE_IDS[level]
+    if group is not None and level is not Level.CONVERSATION:
+        raise BudgetError(f"group names a shared group's conversation; it applies only to a conversation "
+                          f"budget, not {_a(level)} budget")
+    extra = [name for name, value in given.items() if value is not None and name not in needed]
+    if extra:
+        raise BudgetError(f"{_a(level)} budget's scope is {'|'.join(needed)}; {', '.join(extra)} "
+                          f"{'does' if len(extra) == 1 else 'do'} not apply to it: leave "
+                          f"{'it' if len(extra) == 1 else 'them'} out")
+    own = needed[-1]
+    if given[own] is None:
+        named = [name for name in needed if given[name] is not None]
+        if named:
+            raise BudgetError(f"{_a(level)} budget naming {', '.join(named)} but not its own id ({own}) would apply "
+                              f"to every {level} of every namespace; name {own}, or leave out {', '.join(named)} "
+                              f"for that wildcard")
+        return ANY_SCOPE
+    if namespace is None:
+        given["namespace"] = namespace_default
+    missing = tuple(name for name in needed if given[name] is None)
+    if missing:
+        shared = (" (for a shared group's conversation, name it as group instead)"
+                  if level is Level.CONVERSATION and "tenant" in missing else "")
+        raise ScopeIdsMissingError(
+            f"{_a(level)} budget for {own} {given[own]!r} needs {' and '.join(missing)} too{shared}: its scope is "
+            f"{'|'.join(needed)}, and a scope with a guessed {missing[0]} would match no call", level=level,
+            missing=missing)
+    return scope_key(*(str(given[name]) for name in needed))
+
+
+def limit_usd_to_mc(usd: Decimal, what: str = "limit_usd") -> int:
+    """A budget limit in millicents from USD, rounding half up; never a positive limit rounded to 0.
+
+    Args:
+        usd: the limit in USD (exact Decimal).
+        what: the field's name, for the message.
+
+    Returns:
+        int millicents (1 USD = 100,000 mc).
+
+    Raises:
+        BudgetError: if ``usd`` is negative, not finite, or above 0 but below 1 millicent
+            ($0.00001), which would round to a $0 limit that refuses every paid call.
+    """
+    if not usd.is_finite() or usd < 0:
+        raise BudgetError(f"{what} must be a finite amount >= 0 USD, got {usd}")
+    mc = usd_to_mc_half_up(usd)
+    if usd > 0 and mc == 0:
+        raise BudgetError(f"{what} {usd} USD is below 1 millicent ($0.00001), the smallest amount the ledger "
+                          f"keeps; it would be a $0 limit. Give at least 0.00001, or 0 to admit only free calls")
+    return mc

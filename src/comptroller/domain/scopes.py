@@ -12,13 +12,22 @@ level                  scope key                                  needs
 ``tenant``             ``ns|tenant``                              always
 ``agent``              ``ns|tenant|agent``                        always
 ``agent_conversation`` ``ns|tenant|agent|conversation``           conversation
-``conversation``       ``ns|conversation`` (the group budget)     conversation
-``task``               ``ns|task``                                task
+``conversation``       ``ns|tenant|conversation``                 conversation
+                       ``ns|conversation`` (a shared group)       shared conversation
+``task``               ``ns|tenant|task``                         task
 =====================  =========================================  ==============
 
-A conversation belongs to the namespace, not to one tenant, so a group budget is
-shared by every agent in the room whoever owns it. Key parts are joined with
-``|``; a ``|`` or ``\\`` inside an id is escaped with a backslash.
+Tenants are walls (DESIGN.md rule 13): a conversation or task id a tenant names is
+that tenant's, so another tenant naming the same id gets its own scope and can never
+spend, read or exhaust it (budgets, re-attempts, loop history and breakers are all
+keyed by these scopes). The one exception is a registered shared group (the group
+chat of rule 1, ``[groups.NAME]``): its calls carry ``conversation_shared=True`` and
+its conversation scope is the namespace's, ``ns|conversation``, one group budget for
+every agent in the room whatever its tenant. Whoever sets ``conversation_shared``
+(the gateway, the group service) must have checked that the caller's tenant is a
+member. The two forms never collide: a shared key has two parts, a tenant's three.
+Key parts are joined with ``|``; a ``|`` or ``\\`` inside an id is escaped with a
+backslash.
 """
 
 from __future__ import annotations
@@ -83,9 +92,13 @@ class Attribution:
         conversation: the chat the call belongs to, if any.
         task: the task the call works on, if any.
         phase: a free label for reports (e.g. ``Coding``); never budgeted.
+        conversation_shared: the conversation is a registered shared group: its scope
+            is ``ns|conversation`` (every member's calls share it) instead of the
+            tenant's ``ns|tenant|conversation``. Set only after a membership check.
 
     Raises:
-        AttributionError: on an empty or over-long id (256 characters at most).
+        AttributionError: on an empty or over-long id (256 characters at most), or
+            ``conversation_shared`` without a conversation.
     """
 
     namespace: str = "default"
@@ -94,12 +107,17 @@ class Attribution:
     conversation: str | None = None
     task: str | None = None
     phase: str | None = None
+    conversation_shared: bool = False
 
     def __post_init__(self) -> None:
         for name in ("namespace", "tenant", "agent"):
             _check_id(name, getattr(self, name), required=True)
         for name in ("conversation", "task", "phase"):
             _check_id(name, getattr(self, name), required=False)
+        if self.conversation_shared is not False and (self.conversation_shared is not True
+                                                      or self.conversation is None):
+            raise AttributionError("attribution.conversation_shared must be a bool, and True only with a "
+                                   "conversation (the shared group's)")
 
     def scopes(self) -> tuple[tuple[Level, str], ...]:
         """``(level, scope key)`` for every level that applies to this call, broadest first.
@@ -123,7 +141,8 @@ def _scopes(attribution: Attribution) -> tuple[tuple[Level, str], ...]:
     if attribution.conversation is not None:
         conversation = _escape(attribution.conversation)
         out.append((Level.AGENT_CONVERSATION, f"{agent_key}|{conversation}"))
-        out.append((Level.CONVERSATION, f"{ns}|{conversation}"))
+        owner = ns if attribution.conversation_shared else tenant_key
+        out.append((Level.CONVERSATION, f"{owner}|{conversation}"))
     if attribution.task is not None:
-        out.append((Level.TASK, f"{ns}|{_escape(attribution.task)}"))
+        out.append((Level.TASK, f"{tenant_key}|{_escape(attribution.task)}"))
     return tuple(out)

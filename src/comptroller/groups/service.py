@@ -190,7 +190,8 @@ class GroupService:
         definition = self.group(group_id)
         definition.group.member(agent)
         return Attribution(namespace=self.namespace, tenant=definition.tenants[agent], agent=agent,
-                           conversation=definition.group.conversation, task=task, phase=phase)
+                           conversation=definition.group.conversation, task=task, phase=phase,
+                           conversation_shared=True)
 
     def call(self, group_id: str, agent: str, *, model: str, input_tokens_max: int, max_tokens: int | None = None,
              idempotency_key: str | None = None, text: str | None = None) -> CallRequest:

@@ -24,12 +24,25 @@ It reports each difference; an empty list means the ledger is consistent.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
-from comptroller.domain.ledger import CHARGED_STATES, ReservationState
+from comptroller.domain.budgets import Budget, period_key
+from comptroller.domain.ledger import CHARGED_STATES, AccountView, ReservationState
 
-__all__ = ["AccountBalance", "AccountRef", "Charge", "Difference", "Hold", "LedgerSnapshot",
-           "reconcile", "unknown_outcomes"]
+__all__ = [
+    "AccountBalance",
+    "AccountRef",
+    "Charge",
+    "Difference",
+    "Hold",
+    "IdleBudget",
+    "LedgerSnapshot",
+    "idle_budgets",
+    "reconcile",
+    "unknown_outcomes",
+]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -164,4 +177,54 @@ def _account_differences(balances: tuple[AccountBalance, ...], settled: dict[Acc
             out.append(Difference("reserved", subject, reserved.get(b.account, 0), b.reserved_mc))
         if b.settled_mc < 0 or b.reserved_mc < 0:
             out.append(Difference("negative", subject, 0, min(b.settled_mc, b.reserved_mc)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class IdleBudget:
+    """A budget that matched no call in its current period (DESIGN.md rule 14: never silently idle).
+
+    Attributes:
+        budget: the budget.
+        period_key: its current period (``total`` or the ISO date it starts on).
+        last_period_key: the latest period in which it matched a call, or None if it never did.
+    """
+
+    budget: Budget
+    period_key: str
+    last_period_key: str | None
+
+    @property
+    def message(self) -> str:
+        """One sentence for people."""
+        if self.last_period_key is None:
+            return (f"budget {self.budget.id} has matched no call since it was set: check its scope "
+                    f"{self.budget.scope!r} against the traffic's ids")
+        return (f"budget {self.budget.id} matched no call in its current {self.budget.period} "
+                f"({self.period_key}); last in {self.last_period_key}")
+
+
+def idle_budgets(budgets: Iterable[Budget], accounts: Iterable[AccountView], now: datetime) -> list[IdleBudget]:
+    """The budgets without an account in the period containing ``now``.
+
+    An account is opened the first time a call's reservation applies a budget to a scope
+    in a period, so a budget without one in its current period matched no call in it.
+
+    Args:
+        budgets: every budget.
+        accounts: every account (``LedgerStore.accounts()``).
+        now: the current instant (aware UTC).
+
+    Returns:
+        The idle budgets, ordered by budget id.
+    """
+    periods: dict[str, set[str]] = defaultdict(set)
+    for account in accounts:
+        periods[account.budget.id].add(account.period_key)
+    out: list[IdleBudget] = []
+    for budget in sorted(budgets, key=lambda b: b.id):
+        current = period_key(budget.period, budget.timezone, now)
+        seen = periods.get(budget.id, set())
+        if current not in seen:
+            out.append(IdleBudget(budget, current, max(seen, default=None)))
     return out
