@@ -284,3 +284,22 @@ def test_not_given_arguments_and_pydantic_formats_are_read_as_the_client_sends_t
     assert chat["max_tokens"] == CAP and "temperature" not in chat
     assert response["max_output_tokens"] == CAP and response["text"]["format"]["type"] == "json_schema"
     assert len(charged(comptroller)) == 2
+
+
+def test_bad_input_is_refused_before_anything_is_reserved(apis: ApiStub, tmp_path: Path) -> None:
+    """A missing model, NaN or Infinity in the body, or an audio part raise a clear error; nothing stays
+    reserved and nothing is sent."""
+    comptroller = meter(tmp_path)
+    client = clients(comptroller, apis)["openai"]
+    with pytest.raises(TypeError, match="'model'"):
+        client.chat.completions.create(messages=CHAT)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"default": float("nan")}}}
+    with pytest.raises(ValueError, match="standard JSON"):
+        client.chat.completions.create(model=MODEL, messages=CHAT, tools=[tool])
+    with pytest.raises(ValueError, match="JSON"):  # the client's own encoder refuses it: the hold is released
+        client.chat.completions.create(model=MODEL, messages=CHAT, temperature=float("inf"))
+    audio = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]
+    with pytest.raises(ValueError, match="input_audio"):
+        client.chat.completions.create(model=MODEL, messages=audio)
+    assert apis.control.requests == [] and list(comptroller.engine.store.usage_records()) == []
+    assert sum(a.reserved_mc for a in comptroller.engine.store.accounts()) == 0

@@ -160,11 +160,16 @@ class Call:
     Raises (at construction):
         RefusedError: when the engine refuses (nothing is sent).
         UnmeteredCallError: when the request uses a mode the API cannot meter.
+        UnboundableInputError: (a ValueError naming the part) for input no documented rule bounds.
+        TypeError: when a required argument (``model``, ``messages``) is missing.
     """
 
     def __init__(self, meter: Meter, context: CallContext, api: Api, kwargs: dict[str, Any]) -> None:
         self.meter, self.api = meter, api
-        request = api.read(request_body(kwargs))
+        try:
+            request = api.read(request_body(kwargs))
+        except KeyError as exc:  # the client would refuse it too, before sending
+            raise TypeError(f"{api.shape} request is missing the required argument {exc.args[0]!r}") from None
         self.admission = meter.admit(context=context, model=request.model, messages=request.messages,
                                      input_tokens_max=request.input_tokens_max, max_tokens=request.max_tokens,
                                      choices=request.choices)
