@@ -374,3 +374,12 @@ def test_any_body_is_bounded_or_refused_by_name(api: str, body: dict[str, Any], 
         assert isinstance(exc.param, str)
         return
     assert isinstance(bound, int) and bound >= 0
+
+
+def test_claude_behind_an_openai_shaped_api_pays_the_tool_system_prompt() -> None:
+    """Tools sent to a Claude model through a chat-shaped proxy still reserve Anthropic's tool system prompt."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    body = {"messages": [USER], "tools": tools}
+    claude = request_input_tokens_max({"model": "anthropic/claude-sonnet-4-5", **body}, api="chat")
+    other = request_input_tokens_max({"model": "gpt-4o", **body}, api="chat")
+    assert claude - other >= 530  # Anthropic's largest documented tool-use system prompt

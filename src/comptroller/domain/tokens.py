@@ -2,10 +2,13 @@
 
 No tokenizer is downloaded at run time (``tiktoken`` fetches its encodings on first use and
 fails offline). The bound rests on one property of the byte-level BPE tokenizers in use
-(OpenAI's cl100k/o200k, Llama 3, Claude's): every token decodes to at least one byte, so a
-text never has more tokens than UTF-8 bytes (Radford et al. 2019, "Language Models are
-Unsupervised Multitask Learners", section 2.2: BPE over the byte sequence, with a base
-vocabulary of the 256 bytes; tiktoken's ``decode_single_token_bytes`` never returns b"").
+(OpenAI's cl100k/o200k, Llama 3's): every token decodes to at least one byte, so a text never
+has more tokens than UTF-8 bytes (Radford et al. 2019, "Language Models are Unsupervised
+Multitask Learners", section 2.2: BPE over the byte sequence, with a base vocabulary of the 256
+bytes; tiktoken's ``decode_single_token_bytes`` never returns b""). Anthropic's published
+tokenizer (``@anthropic-ai/tokenizer``, Claude 2) is byte-level BPE too; Claude 3 and later do
+not publish theirs, so for them this is the same assumption. SentencePiece models with byte
+fallback (Llama 2, Mistral) add at most one dummy-prefix token per text, inside the framing.
 
 :func:`request_input_tokens_max` counts the **whole request**, not a list of known fields:
 the UTF-8 bytes of its compact JSON serialisation (which are at least the bytes of every
@@ -22,9 +25,10 @@ preamble. Anthropic's tool-use system prompt costs up to 530 tokens (docs "Tool 
 we allow 600), and its client tools add fixed definitions (bash 245, text editor 700, computer
 735 plus 499 of system prompt; we allow 1,536 each).
 
-How tight it is: English averages about 4 bytes per token in cl100k, so the bound is about 4x
-the real count for English prose and close to 1x for text that tokenizes byte by byte. See
-BENCHMARKS.md ("Input bound") for the ratio on the shipped traces' message shapes.
+How tight it is: English averages about 4 bytes per token in cl100k, and JSON escapes add to
+code (``\n``, ``\"``), so the bound is about 4x the billed count for English prose, about 5x on
+ChatDev's prompts and code (BENCHMARKS.md, "Input bound"), and close to 1x for text that
+tokenizes byte by byte.
 """
 
 from __future__ import annotations
@@ -111,7 +115,8 @@ def _tools_tokens(body: Mapping[str, Any], api: str) -> int:
     if not tools:
         return 0
     total = TOOLS_PREAMBLE_TOKENS + PER_TOOL_TOKENS * len(tools)
-    if api == "messages":
+    model = body.get("model")
+    if api == "messages" or (isinstance(model, str) and "claude" in model.lower()):  # also Claude behind a proxy
         total += ANTHROPIC_TOOLS_SYSTEM_TOKENS
         for tool in tools:
             kind = tool.get("type") if isinstance(tool, Mapping) else None
