@@ -260,6 +260,19 @@ def test_a_create_retried_without_a_key_answers_the_files_batch_and_a_new_key_ru
     assert gw.reserved_mc() == 2 * held and len(stub.control.batches) == 2
 
 
+def test_a_line_with_n_choices_holds_n_outputs_and_keeps_each_within_the_bound(make: Any, stub: BatchStub) -> None:
+    """n = 3 reserves input + 3 x the output bound; the line goes upstream with the per-choice bound."""
+    rates = _batch_rates(MODEL)
+    gw = make(_policy(budgets=[{"level": "tenant", "tenant": "acme", "limit_mc": 10**9}]))
+    stub.control.finish_on_create = False
+    body = {**_body(4), "n": 3, "max_tokens": 500}  # above the cap of 64
+    batch = _submit(gw, {"three": body})
+
+    assert gw.reserved_mc() == _ceiling_mc(rates, request_input_tokens_max(body, api="chat"), 3 * 64)
+    sent = json.loads(stub.control.files[batch.input_file_id][1])
+    assert (sent["body"]["n"], sent["body"]["max_tokens"]) == (3, 64)
+
+
 def test_without_a_genai_prices_batch_price_the_policy_discount_applies(make: Any, stub: BatchStub) -> None:
     """A model priced by the policy is reserved and settled at [batch] discount_pct off its price."""
     gw = make(batch=BatchSection(discount_pct=50))
@@ -288,12 +301,12 @@ def test_a_cancelled_batch_releases_its_unfinished_lines(make: Any, stub: BatchS
 @pytest.mark.parametrize(("row", "param"), [
     ({"method": "POST", "url": "/v1/chat/completions", "body": _body(0)}, "line 1.custom_id"),
     ({"custom_id": "a", "method": "POST", "url": "/v1/responses", "body": _body(0)}, "line 1.url"),
-    ({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {**_body(0), "n": 3}},
+    ({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {**_body(0), "n": 0}},
      "line 1: body.n"),
 ])
 def test_a_bad_input_file_is_refused_naming_the_line_and_nothing_is_uploaded(make: Any, stub: BatchStub,
                                                                            row: dict[str, Any], param: str) -> None:
-    """A line without custom_id, on an unmetered url, or with n > 1 is a 400 naming it; the provider gets nothing."""
+    """A line without custom_id, on an unmetered url, or with n < 1 is a 400 naming it; the provider gets nothing."""
     gw = make()
     with pytest.raises(openai.BadRequestError) as bad:
         _client(gw).files.create(file=("b.jsonl", json.dumps(row).encode()), purpose="batch")

@@ -52,6 +52,7 @@ OPENAI_ENDPOINTS: Mapping[str, Api] = {"/v1/chat/completions": "chat", "/v1/embe
 """The batch endpoints whose lines the gateway can bound, and their request shape."""
 
 _CUSTOM_ID_LEN_MAX = 512
+_CHOICES_MAX = 128  # OpenAI's largest n
 
 
 class BatchInputError(ValueError):
@@ -77,7 +78,8 @@ class BatchLine:
         body: the request body (the edge sets its output limit to the reserved bound).
         input_tokens_max: an upper bound on its input tokens
             (:func:`comptroller.domain.tokens.request_input_tokens_max`).
-        max_tokens: the requested output limit, tokens (None: none sent; embeddings: 0).
+        max_tokens: the requested output limit per choice, tokens (None: none sent; embeddings: 0).
+        choices: outputs the request generates (OpenAI ``n``): its output is reserved this many times.
     """
 
     custom_id: str
@@ -86,6 +88,7 @@ class BatchLine:
     body: dict[str, Any]
     input_tokens_max: int
     max_tokens: int | None
+    choices: int = 1
 
 
 def _no_constant(name: str) -> Any:
@@ -122,9 +125,9 @@ def _line(custom_id: str, body: Any, api: Api, where: str) -> BatchLine:
     if body.get("stream") not in (None, False):
         raise BatchInputError(f"{where}.stream must be false or absent: a batch request is not streamed",
                               param=f"{where}.stream")
-    n = body.get("n")
-    if n is not None and (type(n) is not int or n != 1):
-        raise BatchInputError(f"{where}.n must be 1 in a batch (one output is reserved per line), got {n!r}",
+    n = body.get("n", 1)
+    if type(n) is not int or not 1 <= n <= _CHOICES_MAX or (n > 1 and api != "chat"):
+        raise BatchInputError(f"{where}.n must be an integer 1..{_CHOICES_MAX} (chat only), got {n!r}",
                               param=f"{where}.n")
     if api == "embeddings":
         max_tokens: int | None = 0
@@ -141,7 +144,7 @@ def _line(custom_id: str, body: Any, api: Api, where: str) -> BatchLine:
         part = getattr(exc, "param", "")
         raise BatchInputError(f"{where}: {exc}", param=f"{where}.{part}" if part else where) from None
     return BatchLine(custom_id=custom_id, model=model, api=api, body=body, input_tokens_max=input_max,
-                     max_tokens=max_tokens)
+                     max_tokens=max_tokens, choices=n)
 
 
 def parse_openai_jsonl(raw: bytes, *, endpoint: str | None = None) -> list[BatchLine]:

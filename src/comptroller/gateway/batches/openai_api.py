@@ -133,7 +133,7 @@ async def upload_file(service: BatchService, request: Request) -> Response:
     plan, out = [], []
     for line in lines:
         bound = _output_bound(service, line, attribution.agent)
-        plan.append(LinePlan(line.custom_id, line.input_tokens_max, bound))
+        plan.append(LinePlan(line.custom_id, line.input_tokens_max, bound, line.choices))
         out.append(_bounded_line(line, url, bound, field))
     form = aiohttp.FormData()
     form.add_field("purpose", "batch")
@@ -185,8 +185,9 @@ async def create_batch(service: BatchService, request: Request) -> Response:
     if agent != source.agent:
         raise _bad(f"the file's lines were bounded for agent {source.agent!r} when it was uploaded; create the batch "
                    f"as that agent (not {agent!r}), or upload the file again as this one", "x-comptroller-agent")
-    bounds = {p.custom_id: p.output_tokens_max for p in source.plan}
-    lines = [PlannedLine(p.custom_id, source.model, p.input_tokens_max, p.output_tokens_max) for p in source.plan]
+    bounds = {p.custom_id: p.output_tokens_max * p.choices for p in source.plan}  # what the engine holds
+    lines = [PlannedLine(p.custom_id, source.model, p.input_tokens_max, p.output_tokens_max, p.choices)
+             for p in source.plan]
 
     async def send(held: dict[str, Admission]) -> Reply:
         moved = [cid for cid, a in held.items() if a.output_tokens_max != bounds[cid]]

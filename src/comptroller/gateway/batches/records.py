@@ -34,11 +34,12 @@ BATCH_FILE, BATCH, BATCH_LINES, BATCH_CREATE = "batch_file", "batch", "batch_lin
 
 @dataclass(frozen=True, slots=True)
 class LinePlan:
-    """One line of an input file as bounded at upload: its id and token bounds."""
+    """One line of an input file as bounded at upload: its id, token bounds (output per choice), choices (``n``)."""
 
     custom_id: str
     input_tokens_max: int
     output_tokens_max: int
+    choices: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +70,15 @@ class FileRecord:
         """The state row at ``version``."""
         record = {"tenant": self.tenant, "provider": self.provider, "role": self.role, "agent": self.agent,
                   "model": self.model, "endpoint": self.endpoint,
-                  "plan": json.dumps([[p.custom_id, p.input_tokens_max, p.output_tokens_max] for p in self.plan])}
+                  "plan": json.dumps([[p.custom_id, p.input_tokens_max, p.output_tokens_max, p.choices]
+                                      for p in self.plan])}
         return StoredState(StateKey(BATCH_FILE, self.file_id), version, record)
 
     @classmethod
     def from_state(cls, stored: StoredState) -> FileRecord:
         """Read a row back."""
         r = stored.record
-        plan = tuple(LinePlan(str(c), int(i), int(o)) for c, i, o in json.loads(str(r.get("plan") or "[]")))
+        plan = tuple(LinePlan(str(c), int(i), int(o), int(n)) for c, i, o, n in json.loads(str(r.get("plan") or "[]")))
         return cls(file_id=stored.key.key, tenant=str(r["tenant"]), provider=str(r["provider"]), role=str(r["role"]),
                    agent=str(r.get("agent") or ""), model=str(r.get("model") or ""),
                    endpoint=str(r.get("endpoint") or ""), plan=plan)

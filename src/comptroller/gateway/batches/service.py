@@ -57,12 +57,13 @@ _LIST_MAX = 1000  # custom_ids listed per kind in a report (the counts are compl
 
 @dataclass(frozen=True, slots=True)
 class PlannedLine:
-    """A line to reserve: its id, model and bounds (``max_tokens`` None: the cap decides)."""
+    """A line to reserve: its id, model and bounds (``max_tokens`` per choice; None: the cap decides)."""
 
     custom_id: str
     model: str
     input_tokens_max: int
     max_tokens: int | None
+    choices: int = 1
 
 
 Poll = Callable[["BatchService", BatchRecord], Awaitable[tuple[list[LineResult], Unreturned, str] | None]]
@@ -135,7 +136,7 @@ class BatchService:
             for line in lines:
                 call = CallRequest(attribution=attribution, model=line.model, input_tokens_max=line.input_tokens_max,
                                    max_tokens=line.max_tokens, idempotency_key=f"{key_prefix}|{line.custom_id}",
-                                   ttl_s=self.section.lease_s, sends=True)
+                                   ttl_s=self.section.lease_s, sends=True, choices=line.choices)
                 admission = await self.ledger(self._admit, call)
                 if admission.reservation is None:
                     await self.release(taken.values())
