@@ -6,7 +6,8 @@ One call a minute, 20,000 input and 800 output tokens on gpt-4o (about $0.058 a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -145,10 +146,6 @@ def test_a_ping_pong_without_a_conversation_costs_under_five_dollars() -> None:
     assert outcome.spent_mc < 5 * MC_PER_USD, outcome
 
 
-def _words(minute: int) -> Iterator[str]:
-    for k in range(12):
-        yield f"topic{(minute * 31 + k * 17) % 997}"
-
 
 def test_the_cli_lists_and_resets_a_loop_lock(tmp_path: Path) -> None:
     """`comptroller loop list` shows the locked agent and `comptroller loop reset` reopens it for a new call."""
@@ -216,3 +213,17 @@ def test_an_agent_at_twice_its_own_baseline_does_not_trip() -> None:
     """$1.20 an hour for 7 days, then twice that for a day (above the $1 floor, below 10x): no refusal."""
     refused, _ = _paced_agent([(10, 80_000)], [(10, 80_000), (10, 80_000)])  # $0.20 / 10 min, then 2x
     assert refused == []
+
+
+def test_replaying_the_chatdev_traces_with_the_default_defenses_and_no_budget_refuses_no_call(tmp_path: Path) -> None:
+    """The shipped ChatDev traffic (1,909 calls) through every default defense, no budget: no false alarm."""
+    root = Path(__file__).resolve().parents[2]
+    shipped = (root / "policies" / "chatdev.toml").read_text(encoding="utf-8")
+    policy = tmp_path / "no-budgets.toml"  # its aliases and prices, no budgets, no defense section
+    policy.write_text(shipped[:shipped.index("[[budgets]]")], encoding="utf-8")
+    out = tmp_path / "report.json"
+    done = CliRunner().invoke(app, ["replay", str(root / "data" / "traces" / "chatdev_warehouse.jsonl"),
+                                    "--policy", str(policy), "--db", "memory://", "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["calls"] > 1_000 and report["refused_calls"] == 0 and report["refusals"] == []

@@ -22,6 +22,7 @@ from comptroller.bootstrap import build_engine, price_book
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
 from comptroller.cli.db import db_app
 from comptroller.cli.defenses import register as register_defenses
+from comptroller.cli.defenses_summary import print_defenses
 from comptroller.cli.group import group_app, simulate_app
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
@@ -108,6 +109,7 @@ def replay_command(
         raise ValueError("the trace files hold no calls")
     if inject_loop_spec is not None:
         records = inject_loop(records, *parse_loop_spec(inject_loop_spec))
+    print_defenses(err, policy.defenses())  # issue 13: what is on and what is not
     clock = VirtualClock(records[0].ts)
     with tempfile.TemporaryDirectory() as tmp:
         engine = build_engine(db_url=db or f"sqlite:///{tmp}/replay.db", policy=policy, clock=clock)

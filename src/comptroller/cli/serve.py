@@ -25,6 +25,7 @@ import uvicorn
 from rich.table import Table
 
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
+from comptroller.cli.defenses_summary import print_defenses, warn_unbudgeted_tenants
 from comptroller.config import ConfigError
 from comptroller.gateway.config import load_gateway_config
 from comptroller.gateway.lifecycle import ENV_PARENT_PID, ENV_RUN_DIR, ENV_WORKERS
@@ -52,7 +53,7 @@ def serve_command(
     """Run the OpenAI-compatible gateway: point any OpenAI client's base_url at http://HOST:PORT/v1."""
     if db.startswith("memory:") and workers > 1:
         raise ValueError("a memory:// ledger cannot be shared by several workers; use --db sqlite:///ledger.db")
-    _, gateway = load_gateway_config(config)
+    policy, gateway = load_gateway_config(config)
     # uvicorn cancels what still runs after its limit: later than the gateway's own cut-off, which
     # charges cut-off calls at their bound first (the cut-off's ledger calls take <= ledger_timeout_s)
     uvicorn_grace_s = math.ceil(gateway.shutdown_grace_s + gateway.ledger_timeout_s) + 2
@@ -67,6 +68,8 @@ def serve_command(
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="comptroller-metrics-")
     console.print(f"comptroller gateway on http://{host}:{port}/v1 ({workers} worker(s), ledger {db})")
+    print_defenses(console, policy.defenses())  # issue 13: what is on, and tenants no budget bounds
+    warn_unbudgeted_tenants(err, db, namespace=policy.namespace, budgets=policy.budget_list())
     with tempfile.TemporaryDirectory(prefix="comptroller-run-") as run_dir:
         os.environ.update({ENV_WORKERS: str(workers), ENV_RUN_DIR: run_dir, ENV_PARENT_PID: str(os.getpid())})
         uvicorn.run("comptroller.gateway.app:app_from_env", factory=True, host=host, port=port, workers=workers,
