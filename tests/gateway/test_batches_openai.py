@@ -225,7 +225,8 @@ def test_the_background_reconciler_settles_a_batch_nobody_retrieves(make: Any, s
 
 
 def test_a_retried_create_with_the_same_idempotency_key_answers_the_same_batch(make: Any, stub: BatchStub) -> None:
-    """Two creates under one Idempotency-Key make one provider batch and hold its lines once."""
+    """Two creates under one Idempotency-Key make one provider batch and hold its lines once; the key reused
+    for another file is a 409."""
     gw = make(_policy(budgets=[{"level": "tenant", "tenant": "acme", "limit_mc": 10**9}]))
     stub.control.finish_on_create = False
     client = _client(gw)
@@ -239,6 +240,10 @@ def test_a_retried_create_with_the_same_idempotency_key_answers_the_same_batch(m
     assert again.id == first.id
     assert len(stub.control.batches) == 1
     assert gw.reserved_mc() == held > 0
+    other = client.files.create(file=("c.jsonl", _jsonl({"x": _body(9)})), purpose="batch")
+    with pytest.raises(openai.ConflictError):
+        client.batches.create(**{**args, "input_file_id": other.id}, extra_headers={"Idempotency-Key": "create-1"})
+    assert len(stub.control.batches) == 1 and gw.reserved_mc() == held
 
 
 def test_a_create_retried_without_a_key_answers_the_files_batch_and_a_new_key_runs_it_again(

@@ -116,21 +116,23 @@ def json_response(value: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(value, separators=(",", ":")), status_code=status, media_type="application/json")
 
 
-def _begin(service: BatchService, key: str) -> tuple[str, CreateRecord]:
-    """Claim an Idempotency-Key for a create: ``go`` (with the attempt), ``created``, or ``busy``."""
+def _begin(service: BatchService, key: str, request: str) -> tuple[str, CreateRecord]:
+    """Claim a create key: ``go`` (with the attempt), ``created``, ``busy`` or ``conflict`` (another request)."""
     store, now = service.engine.store, service.engine.clock.now()
     stored = store.state(StateKey(BATCH_CREATE, key))
     if stored is None:
-        record = CreateRecord("creating", 1, started_at=now.isoformat())
+        record = CreateRecord("creating", 1, started_at=now.isoformat(), request=request)
         return ("go" if store.put_state(record.state(key, 1), 0) else "busy"), record
     previous = CreateRecord.from_state(stored)
+    if previous.request != request:
+        return "conflict", previous
     if previous.status == "created":
         return "created", previous
     stale = now - datetime.fromisoformat(previous.started_at) > timedelta(seconds=CREATING_STALE_S)
     if previous.status == "creating" and not stale:
         return "busy", previous
     attempt = previous.attempt + 1 if previous.status == "failed" else previous.attempt  # a crash: reuse its holds
-    record = CreateRecord("creating", attempt, started_at=now.isoformat())
+    record = CreateRecord("creating", attempt, started_at=now.isoformat(), request=request)
     return ("go" if store.put_state(record.state(key, stored.version + 1), stored.version) else "busy"), record
 
 
@@ -169,7 +171,10 @@ async def create(service: BatchService, request: Request, caller: Caller, *, api
     attribution = attribute(caller, request.headers, namespace=gw.namespace, groups=gw.groups)
     header = request.headers.get("idempotency-key")
     key = f"{caller.key.tenant}|{f'key:{header}' if header else default_key}"
-    state, claim = await service.ledger(_begin, service, key)
+    state, claim = await service.ledger(_begin, service, key, default_key)
+    if state == "conflict":
+        raise GatewayError(409, "this Idempotency-Key was used for another batch; send a new key for a new batch",
+                           code="idempotency_conflict", param="idempotency-key")
     if state == "created":
         return await existing(claim.batch_id)
     if state == "busy":
@@ -183,7 +188,9 @@ async def create(service: BatchService, request: Request, caller: Caller, *, api
     if isinstance(held, tuple):
         await service.ledger(_finish, service, key, "failed")
         custom_id, admission = held
-        assert admission.verdict is not None
+        if admission.verdict is None:  # the ledger knew the line's key with another request
+            raise GatewayError(409, f"batch request {custom_id!r}: its hold key was used for another request "
+                               f"({admission.code}); retry with a new Idempotency-Key", code="idempotency_conflict")
         verdict = dataclasses.replace(admission.verdict, message=f"batch request {custom_id!r} (the batch is refused "
                                       f"whole, nothing was sent): {admission.verdict.message}")
         return verdict_response(verdict, shape)

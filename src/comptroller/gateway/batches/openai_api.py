@@ -230,8 +230,17 @@ async def _look(service: BatchService, record: BatchRecord) -> tuple[Reply, tupl
 
 
 async def poll(service: BatchService, record: BatchRecord) -> tuple[list[LineResult], Unreturned, str] | None:
-    """The reconciler's look at one batch: its results once it has ended (None while it runs)."""
-    return (await _look(service, record))[1]
+    """The reconciler's look at one batch: its results once it has ended (None while it runs).
+
+    Raises:
+        UpstreamError: the provider cannot be reached, or no longer knows the batch (404): its
+            leases are then not renewed, so its lines end charged at their ceilings
+            (``unknown_outcome``) unless a later reconcile corrects them.
+    """
+    reply, ended = await _look(service, record)
+    if reply.status == 404:
+        raise UpstreamError(f"upstream {record.provider} does not know batch {record.batch_id} (HTTP 404)")
+    return ended
 
 
 async def _retrieve(service: BatchService, record: BatchRecord) -> Response:

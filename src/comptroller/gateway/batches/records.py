@@ -139,12 +139,17 @@ def lines_from_state(stored: StoredState) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class CreateRecord:
-    """One Idempotency-Key's create: ``creating`` | ``failed`` | ``created`` (with the batch id)."""
+    """One create key's create: ``creating`` | ``failed`` | ``created`` (with the batch id).
+
+    ``request`` identifies what was asked (the input file id, or the body's digest): the same
+    key with another request is refused, never answered with the first batch.
+    """
 
     status: str
     attempt: int
     batch_id: str = ""
     started_at: str = ""
+    request: str = ""
 
     def state(self, key: str, version: int) -> StoredState:
         """The state row at ``version``."""
@@ -155,4 +160,4 @@ class CreateRecord:
         """Read a row back."""
         r = stored.record
         return cls(status=str(r["status"]), attempt=int(str(r["attempt"])), batch_id=str(r.get("batch_id") or ""),
-                   started_at=str(r.get("started_at") or ""))
+                   started_at=str(r.get("started_at") or ""), request=str(r.get("request") or ""))
