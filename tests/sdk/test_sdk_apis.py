@@ -262,11 +262,11 @@ def test_server_tools_billed_per_call_are_refused(apis: ApiStub, tmp_path: Path)
     """Responses web search and background mode, and Anthropic web search, raise before anything is reserved."""
     comptroller = meter(tmp_path)
     wrapped = clients(comptroller, apis)
-    with pytest.raises(UnmeteredCallError, match="web_search"):
+    with pytest.raises(ValueError, match="web_search"):
         wrapped["openai"].responses.create(model=MODEL, input="news?", tools=[{"type": "web_search"}])
     with pytest.raises(UnmeteredCallError, match="background"):
         wrapped["openai"].responses.create(model=MODEL, input="long job", background=True)
-    with pytest.raises(UnmeteredCallError, match="web_search"):
+    with pytest.raises(ValueError, match="web_search"):
         wrapped["anthropic"].messages.create(model=MODEL, max_tokens=8, messages=CHAT,
                                              tools=[{"type": "web_search_20250305", "name": "web_search"}])
     assert apis.control.requests == []

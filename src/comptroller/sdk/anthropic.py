@@ -26,15 +26,11 @@ from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage, UsageError, from_anthropic
 from comptroller.engine import Admission
 from comptroller.sdk.context import CallContext
-from comptroller.sdk.errors import UnmeteredCallError
 from comptroller.sdk.governed import Governed, Rules, govern
 from comptroller.sdk.metered import Api, Meter, Request, Shape, Tally, Wiring, bind, bound, cap_output
 from comptroller.sdk.openai import as_dict
 
 __all__ = ["anthropic_usage", "wrap_anthropic"]
-
-_PER_USE_TOOLS = ("web_search", "code_execution")
-
 
 def anthropic_usage(value: Any) -> Usage | None:
     """Usage from an Anthropic ``usage`` object or dict, or None when absent or malformed."""
@@ -87,11 +83,6 @@ class _Messages:
     shape: TokensApi = "messages"
 
     def read(self, body: Mapping[str, Any]) -> Request:
-        for tool in body.get("tools") or []:
-            kind = str(tool.get("type", "")) if isinstance(tool, Mapping) else ""
-            if kind.startswith(_PER_USE_TOOLS):
-                raise UnmeteredCallError("messages.create", f"the {kind!r} server tool is billed per use by "
-                                         "Anthropic and comptroller does not meter it")
         return Request(model=body["model"], input_tokens_max=request_input_tokens_max(body, api="messages"),
                        max_tokens=body.get("max_tokens"), messages=list(body["messages"]))
 

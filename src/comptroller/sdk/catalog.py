@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 __all__ = ["FREE", "METERED", "RAW_VARIANTS", "REFUSED", "Kind", "classify"]
 
@@ -93,8 +94,11 @@ REFUSED: dict[str, tuple[str, ...]] = {
 """Patterns of methods that may bill and are not metered (raise unless allowed by name)."""
 
 
+@lru_cache(maxsize=4096)
 def classify(package: str, method: str) -> Kind | None:
     """The kind of a client method, or None when no list names it (the wrapper then refuses it).
+
+    Memoised: a wrapped client decides each name on every attribute read, and the lists are constants.
 
     Args:
         package: ``openai`` or ``anthropic``.

@@ -15,9 +15,12 @@ Metered (see :mod:`comptroller.sdk.catalog` for the free and refused lists), syn
   ``input_tokens_details.cached_tokens``; ``output_tokens`` includes
   ``output_tokens_details.reasoning_tokens``. A stream settles from the response in
   ``response.completed`` (or ``response.incomplete`` / ``response.failed``, billed too).
-  ``background: true``, resuming a stored response, and server-side tools billed per call
-  (web search, file search, code interpreter, image generation, MCP) raise
-  :class:`~comptroller.sdk.errors.UnmeteredCallError`: their cost cannot be bounded here.
+  ``background: true`` and resuming a stored response raise
+  :class:`~comptroller.sdk.errors.UnmeteredCallError` (billed after the call returns).
+  Server-side tools (web search, file search, code interpreter, MCP...) and references to
+  state the provider keeps (``previous_response_id``, ``conversation``) are refused by the
+  input bound (:func:`~comptroller.domain.tokens.request_input_tokens_max`, a ``ValueError``
+  naming the part): their billed input cannot be bounded.
 * Embeddings ``embeddings.create``: input only (``usage.prompt_tokens``), no output.
 * Legacy completions ``completions.create``: like chat (``max_tokens``, ``n``).
 
@@ -41,9 +44,6 @@ from comptroller.sdk.governed import Governed, Rules, govern
 from comptroller.sdk.metered import Api, Meter, Request, Shape, Tally, Wiring, bind, bound, cap_output
 
 __all__ = ["as_dict", "openai_usage", "responses_usage", "wrap_openai"]
-
-_PER_CALL_TOOLS = ("web_search", "file_search", "code_interpreter", "image_generation", "mcp")
-
 
 def as_dict(value: Any) -> Any:
     """A pydantic model (the openai types) as plain data; anything else unchanged."""
@@ -117,9 +117,6 @@ class _Chat:
         self.shape, self.fields, self.helper = shape, fields, helper
 
     def read(self, body: Mapping[str, Any]) -> Request:
-        if body.get("web_search_options") is not None:
-            raise UnmeteredCallError("chat.completions.create", "web_search_options is billed per search and "
-                                     "comptroller does not meter it")
         messages = body.get("messages")
         if messages is None:
             messages = [{"role": "user", "content": str(body.get("prompt", ""))}]
@@ -172,11 +169,6 @@ class _Responses:
                                      "comptroller cannot settle them")
         if body.get("response_id") is not None:
             raise UnmeteredCallError(method, "resuming a stored (background) response is not metered")
-        for tool in body.get("tools") or []:
-            kind = str(tool.get("type", "")) if isinstance(tool, Mapping) else ""
-            if kind.startswith(_PER_CALL_TOOLS):
-                raise UnmeteredCallError(method, f"the {kind!r} tool is billed per call by the provider and "
-                                         "comptroller does not meter it")
         given = body.get("input")
         messages = [{"role": "user", "content": given}] if isinstance(given, str) else [
             item for item in given or [] if isinstance(item, Mapping) and "role" in item]
