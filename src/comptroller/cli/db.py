@@ -3,23 +3,29 @@
 * ``db upgrade`` applies the PostgreSQL schema migrations this comptroller ships
   (idempotent; safe from many hosts at once). SQLite ledgers create their schema
   when they are opened, so for them it only opens the file.
-* ``db check`` proves the ledger's balances equal its usage log plus its open
-  reservations (:mod:`comptroller.storage.reconcile`) and lists every difference;
+* ``db check`` first resolves every lease already expired (the sweep every ledger
+  operation runs: a sent call's lease is charged its ceiling as ``unknown_outcome``,
+  DESIGN.md rule 12; ``--no-sweep`` reads only), then proves the ledger's balances
+  equal its usage log plus its open reservations (:mod:`comptroller.storage.reconcile`),
+  lists every difference and names every call charged as ``unknown_outcome``;
   exit status 0 when consistent, 1 when not, 2 on a usage error.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import psycopg
 import typer
 from rich.markup import escape
 
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
+from comptroller.clock import SystemClock
 from comptroller.errors import LedgerUnavailableError
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import LATEST_VERSION, SchemaVersionError, upgrade
 from comptroller.storage.postgres import redact, split_url
-from comptroller.storage.reconcile import LedgerSnapshot, reconcile
+from comptroller.storage.reconcile import IdleBudget, LedgerSnapshot, idle_budgets, reconcile, unknown_outcomes
 
 __all__ = ["db_app"]
 
@@ -54,12 +60,24 @@ def upgrade_command(db: DbOption = DEFAULT_DB) -> None:
 
 
 @db_app.command("check")
-def check_command(db: DbOption = DEFAULT_DB) -> None:
-    """Prove balances = usage log + open reservations; list every difference (exit 1 if any)."""
-    snapshot = _snapshot(db)
+def check_command(db: DbOption = DEFAULT_DB,
+                  sweep: Annotated[bool, typer.Option(help="Resolve expired leases first (as every ledger "
+                                                           "operation does); --no-sweep only reads.")] = True,
+                  ) -> None:
+    """Prove balances = usage log + open reservations; list every difference (exit 1 if any) and every call
+    charged its ceiling as unknown_outcome."""
+    snapshot, swept = _snapshot(db, sweep=sweep)
     differences = reconcile(snapshot)
+    for idle in _idle(db):
+        err.print(f"warning: idle budget: {escape(idle.message)}", highlight=False)
+    unknown = unknown_outcomes(snapshot)
+    for hold in unknown:
+        console.print(f"unknown_outcome: reservation {hold.reservation_id} was sent and its lease expired before "
+                      f"a settle or release reached the ledger: charged its ceiling {hold.ceiling_mc:,} mc",
+                      highlight=False)
     summary = (f"{len(snapshot.balances):,} accounts, {len(snapshot.holds):,} reservations, "
-               f"{len(snapshot.charges):,} usage rows (schema version {LATEST_VERSION})")
+               f"{len(snapshot.charges):,} usage rows, {len(unknown):,} unknown outcome(s) charged at their "
+               f"ceiling, {swept:,} expired lease(s) resolved now (schema version {LATEST_VERSION})")
     if not differences:
         console.print(f"ledger consistent: {summary}")
         return
@@ -70,9 +88,20 @@ def check_command(db: DbOption = DEFAULT_DB) -> None:
 
 
 @user_errors(*_ERRORS)
-def _snapshot(db: str) -> LedgerSnapshot:
+def _snapshot(db: str, *, sweep: bool) -> tuple[LedgerSnapshot, int]:
     store = store_from_url(db)
     try:
-        return store.ledger_snapshot()
+        swept = store.expire(SystemClock().now()) if sweep else 0
+        return store.ledger_snapshot(), swept
+    finally:
+        store.close()
+
+
+@user_errors(*_ERRORS)
+def _idle(db: str) -> list[IdleBudget]:
+    """The budgets that matched no call in their current period (a warning, never an exit status)."""
+    store = store_from_url(db)
+    try:
+        return idle_budgets(store.budgets(), store.accounts(), SystemClock().now())
     finally:
         store.close()

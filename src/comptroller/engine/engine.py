@@ -273,10 +273,13 @@ class Engine:
         return SettleOutcome(reservation.id, now, usage, cost)
 
     def deliver(self, outcome: SettleOutcome) -> Code:
-        """Hand a kept outcome to the ledger at the instant it happened; idempotent by reservation id.
+        """Hand a kept outcome to the ledger now; idempotent by reservation id.
 
-        A settle of a settled call answers ``already_settled`` and charges nothing; an outcome
-        arriving after the lease was charged as ``unknown_outcome`` corrects that charge.
+        The ledger resolves it at delivery time (every lease due by then is resolved first,
+        on every backend alike): a settle of a settled call answers ``already_settled`` and
+        charges nothing; an outcome arriving after its lease was charged as ``unknown_outcome``
+        corrects that charge (``settled_late``). ``outcome.at`` (when the call ended) stays in
+        the outbox's record.
 
         Returns:
             The ledger's code (``reservation_not_found`` when the ledger never saw the id).
@@ -289,9 +292,9 @@ class Engine:
             return Code.RESERVATION_NOT_FOUND
         result: SettleResult | ReleaseResult
         if outcome.usage is None:
-            result = self.store.release(reservation.id, outcome.at, self._settle_guard)
+            result = self.store.release(reservation.id, self.clock.now(), self._settle_guard)
         else:
-            result = self.store.settle(reservation.id, outcome.usage, outcome.cost_mc, outcome.at,
+            result = self.store.settle(reservation.id, outcome.usage, outcome.cost_mc, self.clock.now(),
                                        self._settle_guard)
         self._publish(result.events)
         return result.code
