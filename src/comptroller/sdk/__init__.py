@@ -8,6 +8,10 @@
     client = comptroller.wrap(openai.OpenAI(), agent="writer")
     with comptroller.scheduled_run("nightly-2026-11-21", max_duration_s=600):
         client.chat.completions.create(model="gpt-4o-mini", messages=[...])
+
+Every method that can cost money is metered; free ones pass through; any other one raises
+:class:`UnmeteredCallError` unless allowed by name (``wrap(client, allow_unmetered={"images.generate"})``).
+The lists are :mod:`comptroller.sdk.catalog`.
 """
 
 from comptroller.sdk.errors import (
