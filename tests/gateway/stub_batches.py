@@ -40,6 +40,7 @@ from comptroller.config import Policy
 from comptroller.engine import Engine
 from comptroller.gateway.app import create_app
 from comptroller.gateway.config import GatewayConfig, ProviderConfig
+from comptroller.ports import LedgerStore
 from comptroller.storage.keys import SQLiteKeyStore, new_key
 
 __all__ = ["BatchStub", "BatchStubControl", "GatewayUnderTest", "start_gateway", "stub_input_tokens"]
@@ -285,14 +286,15 @@ class GatewayUnderTest:
 
 
 def start_gateway(tmp_path: Path, stub: BatchStub, policy: Policy, models: dict[str, str],
-                  batch: BatchSection | None = None) -> GatewayUnderTest:
+                  *, batch: BatchSection | None = None, store: LedgerStore | None = None) -> GatewayUnderTest:
     """A gateway (SQLite ledger in ``tmp_path``) whose models go to the stub; a key of tenant ``acme``.
 
     Args:
         models: model -> API family (``openai`` or ``anthropic``); the stub serves both, as two providers.
+        store: the ledger (default: SQLite in ``tmp_path``; the API keys are there either way).
     """
     db = tmp_path / "ledger.db"
-    engine = build_engine(db_url=f"sqlite:///{db}", policy=policy)
+    engine = build_engine(db_url=f"sqlite:///{db}", policy=policy, store=store)
     keys = SQLiteKeyStore(db)
     providers = {kind: ProviderConfig(kind=kind, base_url=stub.base_url) for kind in ("openai", "anthropic")}
     config = GatewayConfig(providers=providers, models=models, admin_key_env=None)

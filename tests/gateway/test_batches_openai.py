@@ -81,7 +81,7 @@ def make(tmp_path: Path, stub: BatchStub) -> Iterator[Any]:
     started: list[GatewayUnderTest] = []
 
     def start(policy: Policy | None = None, batch: BatchSection | None = None) -> GatewayUnderTest:
-        gw = start_gateway(tmp_path, stub, policy or _policy(), {MODEL: "openai", LOCAL: "openai"}, batch)
+        gw = start_gateway(tmp_path, stub, policy or _policy(), {MODEL: "openai", LOCAL: "openai"}, batch=batch)
         started.append(gw)
         return gw
 
