@@ -18,7 +18,7 @@ from typing import Any
 
 import bpe_openai
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from comptroller.domain.tokens import (
@@ -366,6 +366,8 @@ _parts: st.SearchStrategy[Any] = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(APIS), st.dictionaries(st.sampled_from(["messages", "input", "system", "prompt", "tools"]),
                                               _parts, max_size=3), st.sampled_from(["gpt-4o", "o3", "x", ""]))
+@example("chat", {"tools": [{"type": []}]}, "gpt-4o")
+@example("messages", {"messages": [{"type": "document", "source": {"type": ["text"]}}]}, "x")
 def test_any_body_is_bounded_or_refused_by_name(api: str, body: dict[str, Any], model: str) -> None:
     """Whatever a body holds, the bound is a non-negative int or an UnboundableInputError; nothing else escapes."""
     try:

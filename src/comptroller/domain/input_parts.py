@@ -85,7 +85,7 @@ def refuse_unbounded_state(body: Mapping[str, Any], *, api: str) -> None:
         if api == "messages":
             allowed = kind is None or (isinstance(kind, str) and kind.startswith(_ANTHROPIC_CLIENT_TOOLS))
         else:
-            allowed = kind in _FUNCTION_TOOL_TYPES
+            allowed = isinstance(kind, str) and kind in _FUNCTION_TOOL_TYPES
         if not allowed:
             raise UnboundableInputError(
                 f"tool type {kind!r} runs at the provider and bills its results as input, which the "
@@ -146,7 +146,7 @@ def _is_part(node: Mapping[str, Any], kind: str, path: str) -> bool:
 def _text_document(node: Mapping[str, Any], path: str) -> bool:
     source = node.get("source")
     kind = source.get("type") if isinstance(source, Mapping) else None
-    if kind in _TEXT_DOCUMENT_SOURCES:
+    if isinstance(kind, str) and kind in _TEXT_DOCUMENT_SOURCES:
         return True
     raise UnboundableInputError(
         f"cannot bound the input tokens of a document with source type {kind!r} (PDFs cost text plus an "
