@@ -56,6 +56,7 @@ from comptroller.gateway.identity import Identity, KeyPrefetch
 from comptroller.gateway.lifecycle import LedgerProbe, Roster, WorkerLife, die_with_parent
 from comptroller.gateway.metrics import GatewayMetrics, authorize_scrape
 from comptroller.gateway.runtime import Gateway
+from comptroller.gateway.upkeep import start_upkeep
 from comptroller.gateway.upstream import Upstreams
 from comptroller.groups import GroupDefinition, GroupService
 from comptroller.prices import UnknownModelError
@@ -176,9 +177,11 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         app.state.life = life
         life.start(gateway)
         app.state.batches = await start_batches(gateway, batch)
+        app.state.upkeep = await start_upkeep(gateway)  # lease renewal and outbox delivery
         try:
             yield
         finally:
+            await app.state.upkeep.aclose()
             await app.state.batches.aclose()
             life.stop()
             released = gateway.release_all()

@@ -15,6 +15,7 @@
     ledger_timeout_s = 2.0               # a ledger call slower than this answers 503 ledger_unavailable
     key_cache_ttl_s = 10.0               # a revoked key stops working within this time
     shutdown_grace_s = 30.0              # SIGTERM: calls in flight may finish within this time
+    outbox_path = "/var/lib/comptroller/outbox.db"  # outcomes kept while the ledger is down (default: beside it)
     default_provider = "openai"          # for models not in [gateway.models] (optional)
 
     [gateway.providers.openai]
@@ -115,6 +116,9 @@ class GatewayConfig(BaseModel):
             seconds: a key revoked on any replica stops working everywhere within this time.
         shutdown_grace_s: on SIGTERM, how long calls in flight may run on before they are cut
             off (and charged at their reserved bound), seconds.
+        outbox_path: the durable outbox file shared by the workers, where call outcomes wait
+            while the ledger cannot take them (:mod:`comptroller.storage.outbox`; None: beside a
+            SQLite ledger, else in the state directory).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -134,6 +138,7 @@ class GatewayConfig(BaseModel):
     ledger_timeout_s: float = Field(default=2.0, gt=0, le=60)
     key_cache_ttl_s: float = Field(default=10.0, ge=0, le=300)
     shutdown_grace_s: float = Field(default=30.0, ge=0, le=3600)
+    outbox_path: str | None = None
 
     @model_validator(mode="after")
     def _providers_exist(self) -> GatewayConfig:

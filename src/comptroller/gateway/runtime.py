@@ -14,6 +14,14 @@ admitted call is settled or released exactly once. Any exception from the ledger
 (unknown model, no output bound) refuses the call with 503 ``ledger_unavailable``:
 the gateway never forwards a call it could not meter.
 
+Exactly-once money (DESIGN.md rule 12): every call is admitted as *sent*
+(``CallRequest.sends``: it goes upstream right after), so a lease that runs out unresolved
+is charged its ceiling as ``unknown_outcome``, never returned as if the call was not made.
+While a call is in flight :mod:`comptroller.gateway.upkeep` renews its lease. A settle or
+release the ledger cannot take (any failure, or a timeout that later fails) is kept in the
+durable outbox (``Gateway.outbox``) and delivered by the upkeep task until the ledger has
+it; a late delivery corrects an ``unknown_outcome`` charge to the real cost.
+
 Cascades (``cascade/<name>`` models) are run by :mod:`comptroller.routing.runner`, which
 admits, settles and releases each tier attempt itself; it is handed a
 :class:`MeteredEngine`, so those attempts go through the same fail-closed admit, in-flight
@@ -26,7 +34,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -46,6 +54,7 @@ from comptroller.groups import GroupService
 from comptroller.ports import Clock, LedgerStore, PriceSource
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
+from comptroller.storage.outbox import Outbox
 
 __all__ = ["BoundedCall", "Gateway", "MeteredEngine", "Settled"]
 
@@ -125,7 +134,11 @@ class Gateway:
         routing: the policy's cascades and routing rules (checked at start-up).
         tier_models: each cascade tier model's priced id -> the name sent upstream.
         groups: the group registry and rooms (``POST /v1/groups/{id}/dispatch``, admin API).
-        inflight: reservations admitted and not yet settled or released, by id.
+        inflight: reservations admitted and not yet settled or released, by id (their leases
+            are renewed by :mod:`comptroller.gateway.upkeep`).
+        outbox: where outcomes the ledger could not take wait for delivery (set by
+            :func:`comptroller.gateway.upkeep.start_upkeep`; None: not started, a failed
+            outcome is only logged and its lease resolves it).
         closing: set by :meth:`release_all` (shutdown): a call admitted later is released at once.
     """
 
@@ -139,6 +152,7 @@ class Gateway:
     groups: GroupService
     tier_models: dict[str, str] = field(default_factory=dict)
     inflight: dict[str, Reservation] = field(default_factory=dict)
+    outbox: Outbox | None = None
     closing: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -187,7 +201,7 @@ class Gateway:
                 503 ``ledger_unavailable`` for any ledger failure.
         """
         try:
-            admission = self.engine.admit(call)
+            admission = self.engine.admit(replace(call, sends=True))  # forwarded right after: sent
         except UnknownModelError as exc:
             raise GatewayError(400, str(exc), code="model_not_found", param="model") from None
         except NoOutputCapError as exc:
@@ -214,7 +228,7 @@ class Gateway:
             try:
                 self.engine.release(reservation)
             except Exception:
-                log.exception("release of reservation %s failed; its hold returns at lease expiry", reservation.id)
+                self._keep(reservation, None, None, "release")
             raise GatewayError(503, "this gateway worker is shutting down; retry", type_="api_error",
                                code="shutting_down", headers={"Retry-After": "1"})
 
@@ -236,9 +250,10 @@ class Gateway:
         try:
             result = self.engine.settle(reservation, usage, served_model=served_model)
         except Exception:
-            log.exception("settle of reservation %s failed; its hold returns at lease expiry", reservation.id)
             self.metrics.ledger_errors.labels("settle").inc()
-            raise _ledger_unavailable("the call was made but could not be charged yet") from None
+            self._keep(reservation, usage, served_model, "settle")
+            raise _ledger_unavailable("the call was made; its charge is kept and delivered when the ledger "
+                                      "answers") from None
         if result.record is not None:
             self.metrics.cost_mc.labels(reservation.model).inc(result.record.cost_mc)
             self.metrics.tokens.labels(reservation.model, "input").inc(usage.input_tokens)
@@ -264,9 +279,24 @@ class Gateway:
         try:
             return self.engine.release(reservation)
         except Exception:
-            log.exception("release of reservation %s failed; its hold returns at lease expiry", reservation.id)
             self.metrics.ledger_errors.labels("release").inc()
-            raise _ledger_unavailable("a hold could not be returned") from None
+            self._keep(reservation, None, None, "release")
+            raise _ledger_unavailable("a hold could not be returned yet") from None
+
+    def _keep(self, reservation: Reservation, usage: Usage | None, served_model: str | None, what: str) -> None:
+        """Keep the outcome of a failed settle or release in the outbox (logged with the ledger's error)."""
+        outbox = self.outbox
+        if outbox is None:
+            log.exception("%s of reservation %s failed and no outbox is open: its lease resolves it "
+                          "(a sent call is charged its ceiling)", what, reservation.id)
+            return
+        log.exception("%s of reservation %s failed; its outcome is kept in the outbox %s until the ledger "
+                      "takes it", what, reservation.id, outbox.path)
+        try:
+            outbox.put(self.engine.outcome(reservation, usage, served_model=served_model))
+        except Exception:
+            log.critical("the outbox %s cannot keep the outcome of reservation %s: its lease resolves it "
+                         "(a sent call is charged its ceiling)", outbox.path, reservation.id, exc_info=True)
 
     def release(self, reservation: Reservation) -> None:
         """:meth:`release_result` for the plain call path: a ledger failure is logged, not raised."""

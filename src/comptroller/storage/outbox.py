@@ -49,20 +49,23 @@ _COLS = ("reservation_id, at, is_release, input_tokens, output_tokens, cache_rea
          "cache_write_1h_tokens, cost_mc")
 
 
-def default_outbox_path(ledger: str | None) -> Path:
+def default_outbox_path(ledger: object) -> str:
     """Where a gateway keeps its outbox when ``[gateway] outbox_path`` is not set.
 
     Args:
-        ledger: the SQLite ledger file's path (the outbox goes beside it, ``<file>.outbox``),
-            else any other ledger's description (a URL without password): the outbox goes in
-            the state directory, ``$XDG_STATE_HOME/comptroller`` (default ``~/.local/state``),
-            named by a digest of it, so each ledger has its own.
+        ledger: the store. A SQLite ledger file (``path``) gets its outbox beside it,
+            ``<file>.outbox``; a networked one (``where``: its URL without password) gets one
+            in the state directory, ``$XDG_STATE_HOME/comptroller`` (default ``~/.local/state``),
+            named by a digest of the URL; an in-memory ledger an in-memory outbox (``:memory:``:
+            both die with the process).
     """
-    if ledger and ledger != ":memory:" and "://" not in ledger:
-        return Path(f"{ledger}.outbox")
+    path, where = getattr(ledger, "path", None), getattr(ledger, "where", None)
+    if isinstance(path, str) and path != ":memory:":
+        return f"{path}.outbox"
+    if not isinstance(where, str):
+        return ":memory:"
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "comptroller"
-    digest = hashlib.sha256((ledger or "memory").encode("utf-8")).hexdigest()[:16]
-    return state / f"outbox-{digest}.db"
+    return str(state / f"outbox-{hashlib.sha256(where.encode('utf-8')).hexdigest()[:16]}.db")
 
 
 def _ts(at: datetime) -> float:
@@ -73,7 +76,8 @@ class Outbox:
     """Outcomes waiting for the ledger, in one SQLite file shared by a gateway's workers.
 
     Args:
-        path: the file (created with its directory if missing).
+        path: the file (created with its directory if missing), or ``:memory:`` (not durable:
+            for an in-memory ledger).
         busy_timeout_s: how long a write waits for another worker's lock, seconds.
 
     Raises:
@@ -82,7 +86,8 @@ class Outbox:
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout_s)
         self._lock = threading.Lock()
