@@ -45,6 +45,9 @@ the automatic kill switch and run deadlines are off until configured::
     burst_pct = 5
     action = "refuse"             # or "downgrade" (to the agent's next cheaper allowed model)
 
+    [fan_out]                     # max_in_flight: live calls per task / conversation / agent
+    task = 9                      # (off unless set)
+
     [runs]                        # replay: every run gets a deadline
     duration_s_max = 1800
 
@@ -65,6 +68,7 @@ from comptroller.domain.breaker import (
 )
 from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.chain import Defenses
+from comptroller.domain.defenses.fanout import FanOutConfig
 from comptroller.domain.defenses.killswitch import KillSwitchConfig
 from comptroller.domain.defenses.loops import LoopConfig
 from comptroller.domain.defenses.pacing import PaceAction, PacingConfig
@@ -225,6 +229,20 @@ class PacingSection(BaseModel):
                             periods=tuple(self.periods))  # type: ignore[arg-type]  # validated there
 
 
+class FanOutSection(BaseModel):
+    """``[fan_out]``: ``max_in_flight`` live calls per task, conversation or agent (a level left out: no cap)."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: int | None = None
+    conversation: int | None = None
+    agent: int | None = None
+
+    def to_config(self) -> FanOutConfig | None:
+        caps = {level: cap for level, cap in ((Level.TASK, self.task), (Level.CONVERSATION, self.conversation),
+                                              (Level.AGENT, self.agent)) if cap is not None}
+        return FanOutConfig(max_in_flight=caps) if caps else None
+
+
 class RunsSection(BaseModel):
     """``[runs]``: replay opens every run with this deadline."""
 
@@ -242,6 +260,7 @@ class DefenseSections(BaseModel):
     loops: LoopsSection = Field(default_factory=LoopsSection)
     pinning: PinningSection | None = None
     pacing: PacingSection | None = None
+    fan_out: FanOutSection | None = None
 
     def to_defenses(self, namespace: str) -> Defenses:
         """The domain configuration. Raises DefenseConfigError (a ValueError) naming the bad field."""
@@ -252,4 +271,5 @@ class DefenseSections(BaseModel):
             retries=RetryPolicy(self.retries.retries_max_per_day) if self.retries.enabled else None,
             loops=self.loops.to_config(),
             pacing=None if self.pacing is None else self.pacing.to_config(),
+            fan_out=None if self.fan_out is None else self.fan_out.to_config(),
         )

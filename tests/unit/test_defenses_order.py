@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from comptroller.domain import breaker
 from comptroller.domain.budgets import Budget, Period
 from comptroller.domain.codes import Code
-from comptroller.domain.defenses import deadline, killswitch, loops, pacing, pinning, retries
+from comptroller.domain.defenses import deadline, fanout, killswitch, loops, pacing, pinning, retries
 from comptroller.domain.defenses.order import CHECK_ORDER, first_refusal, rank
 from comptroller.domain.defenses.verdict import RULE_CODES, Rule, Verdict
 from comptroller.domain.ledger import AccountView
@@ -33,14 +33,15 @@ MODULES = [
     "comptroller.domain.defenses.order", "comptroller.domain.defenses.pacing",
     "comptroller.domain.defenses.pinning", "comptroller.domain.defenses.retries",
     "comptroller.domain.defenses.similarity", "comptroller.domain.defenses.verdict",
-    "comptroller.domain.defenses.windows",
+    "comptroller.domain.defenses.windows", "comptroller.domain.defenses.fanout",
+    "comptroller.domain.defenses.loop_lock", "comptroller.domain.defenses.baseline",
 ]
 
 
 def test_the_order_is_the_documented_one() -> None:
-    """Kill switch, pinning, deadline, loop, breaker, pacing, budgets: ranks 1 to 7."""
-    assert [str(r) for r in CHECK_ORDER] == ["kill_switch", "pinning", "deadline", "loop", "breaker", "pacing",
-                                              "budgets"]
+    """Kill switch, pinning, deadline, loop, breaker, fan-out, pacing, budgets: ranks 1 to 8."""
+    assert [str(r) for r in CHECK_ORDER] == ["kill_switch", "pinning", "deadline", "loop", "breaker", "fan_out",
+                                              "pacing", "budgets"]
     assert [rank(r) for r in CHECK_ORDER] == list(range(1, len(CHECK_ORDER) + 1))
     assert set(CHECK_ORDER) == set(Rule) == set(RULE_CODES)
 
@@ -97,6 +98,11 @@ def _budget() -> Verdict | None:
     return Verdict.from_refusal(refusal)
 
 
+def _fan_out() -> Verdict | None:
+    state = fanout.admit_in_flight(fanout.InFlight(Level.TASK, "acme|fan"), 1, "c1", 60.0, T0).state
+    return fanout.admit_in_flight(state, 1, "c2", 60.0, T0).verdict
+
+
 @dataclass(frozen=True)
 class Layer:
     """One row of the layer table: how to provoke the refusal and what it must say."""
@@ -117,6 +123,7 @@ LAYERS = [
     Layer("loop", _loop, Code.LOOP_DETECTED, Level.CONVERSATION, "acme|room",
           ("same request", "before they are paid")),
     Layer("breaker", _breaker, Code.CIRCUIT_OPEN, Level.AGENT, AGENT, ("is open", "$0.50000", "reset")),
+    Layer("fan-out", _fan_out, Code.FAN_OUT_EXCEEDED, Level.TASK, "acme|fan", ("max_in_flight 1", "in flight")),
     Layer("pacing", _pace, Code.PACE_EXCEEDED, Level.TENANT, "acme|alice", ("month budget", "limit $10.00000")),
     Layer("budgets", _budget, Code.BUDGET_EXCEEDED, Level.AGENT, AGENT, ("limit $0.00100", "raise the limit")),
 ]

@@ -38,6 +38,10 @@ def defenses_summary(defenses: Defenses) -> list[str]:
                  f"near-identical requests (ids, numbers, times masked) or a {loops.alternation_turns_max}-turn "
                  f"ping-pong; cooldown {loops.cooldown_s_start:g} s doubling to {loops.cooldown_s_max:g} s")
     lines.append(_breakers_line(defenses))
+    fan_out = defenses.fan_out
+    lines.append("fan-out cap: off ([fan_out] task = 9)" if fan_out is None else
+                 "fan-out cap: on, max in flight " + ", ".join(f"{level} {cap}" for level, cap
+                                                              in fan_out.max_in_flight.items()))
     lines.append("pacing: " + ("on" if defenses.pacing is not None else "off ([pacing])"))
     return lines
 

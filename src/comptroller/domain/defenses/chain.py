@@ -23,6 +23,7 @@ retry     task scope key          :class:`.retries.RetryState`
 loop      ``level:scope``         :class:`.loops.LoopHistory` (with its lock, :mod:`.loop_lock`)
 run       run id                  :class:`.deadline.ScheduledRun`
 rate      namespace scope key     :class:`.baseline.NamespaceRate` (relative breakers' fallback)
+fan_out   ``level:scope``         :class:`.fanout.InFlight` (live reservation ids of a capped scope)
 ========  ======================  =============================================
 
 Pure: no I/O and no clock; ``now`` comes from the store's caller.
@@ -42,6 +43,7 @@ from comptroller.domain.defenses import killswitch
 from comptroller.domain.defenses.baseline import NamespaceRate
 from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.deadline import ScheduledRun, check_deadline
+from comptroller.domain.defenses.fanout import FanOutConfig, InFlight, admit_in_flight, end_in_flight
 from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState, check_kill_switch
 from comptroller.domain.defenses.loops import LoopConfig, LoopHistory, LoopRequest, check_loops, loop_scope
 from comptroller.domain.defenses.pacing import PacingConfig, apply_pacing
@@ -54,6 +56,7 @@ from comptroller.domain.state import GuardOutcome, StateKey, StoredState
 
 __all__ = [
     "BREAKER",
+    "FAN_OUT",
     "KILL",
     "LOOP",
     "RATE",
@@ -68,15 +71,26 @@ __all__ = [
 ]
 
 BREAKER, KILL, RETRY, LOOP, RUN, RATE = "breaker", "kill_switch", "retry", "loop", "run", "rate"
+FAN_OUT = "fan_out"
 _PLANS_MAX = 8_192
 _SettlePlan = tuple[list[tuple[StateKey, Level, str, "breaker.BreakerConfig"]],
                     list[tuple[StateKey, Level, str, KillSwitchConfig]],
-                    tuple[StateKey, str, "breaker.BreakerConfig"] | None]
+                    tuple[StateKey, str, "breaker.BreakerConfig"] | None,
+                    list[tuple[StateKey, Level, str, int]]]
 
 
 def scoped_key(kind: str, level: Level, scope: str) -> StateKey:
     """The state key of a per-scope state (``level:scope``; levels contain no ``:``)."""
     return StateKey(kind, f"{level}:{scope}")
+
+
+def _fan_out_plan(config: FanOutConfig | None,
+                  scopes: Sequence[tuple[Level, str]]) -> list[tuple[StateKey, Level, str, int]]:
+    """The capped scopes of a call: ``(state key, level, scope, max_in_flight)``."""
+    if config is None:
+        return []
+    return [(scoped_key(FAN_OUT, level, scope), level, scope, config.max_in_flight[level])
+            for level, scope in scopes if level in config.max_in_flight]
 
 
 def _no_breakers() -> BreakerPolicy:
@@ -96,6 +110,7 @@ class Defenses:
             or, unlabelled, when its request's fingerprint repeats within the current attempt).
         loops: the loop detectors (run when a call carries a fingerprint or text).
         pacing: pacing of period budgets (None: off).
+        fan_out: ``max_in_flight`` per task, conversation or agent (None: off).
     """
 
     breakers: BreakerPolicy | None = field(default_factory=_no_breakers)
@@ -104,6 +119,7 @@ class Defenses:
     retries: RetryPolicy | None = field(default_factory=RetryPolicy)
     loops: LoopConfig | None = field(default_factory=LoopConfig)
     pacing: PacingConfig | None = None
+    fan_out: FanOutConfig | None = None
 
     @classmethod
     def budgets_only(cls) -> Defenses:
@@ -213,6 +229,7 @@ class AdmitDefenses:
         self._task = dict(self._scopes).get(Level.TASK)
         self._kill_keys = [scoped_key(KILL, level, scope) for level, scope in self._scopes]
         policy = defenses.breakers
+        self._fan_out_plan = _fan_out_plan(defenses.fan_out, self._scopes)
         self._breaker_plan = [] if policy is None else [
             (scoped_key(BREAKER, level, scope), level, scope, config)
             for level, scope, config in policy.breakers_for(self._scopes)]
@@ -228,6 +245,7 @@ class AdmitDefenses:
         if self._detects_loops():
             keys.append(scoped_key(LOOP, self._loop_level, self._loop_scope))
         keys += [key for key, _, _, _ in self._breaker_plan]
+        keys += [key for key, _, _, _ in self._fan_out_plan]
         return keys
 
     def apply(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
@@ -241,7 +259,8 @@ class AdmitDefenses:
             return changes.outcome(self.facts.route)
         kept = len(changes.writes), len(changes.events)
         verdict = (self._deadline(states, now) or self._retries(states, now, changes)
-                   or self._loops(states, now, changes) or self._breaker(states, now, changes))
+                   or self._loops(states, now, changes) or self._breaker(states, now, changes)
+                   or self._fan_out(states, now, changes))
         request = None
         if verdict is None:
             paced = self._pacing(accounts, self.facts.route, now)
@@ -330,6 +349,17 @@ class AdmitDefenses:
             changes.kept_events += step.events
         return step.verdict
 
+    # rank 6
+    def _fan_out(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
+        ttl_s = next(iter(self.facts.requests.values())).ttl_s
+        for key, level, scope, cap in self._fan_out_plan:
+            state = self.parsed.load(states, key, InFlight.from_record, partial(InFlight, level, scope))
+            step = admit_in_flight(state, cap, self.facts.call_id, ttl_s, now)
+            if step.verdict is not None:
+                return step.verdict
+            changes.writes += self.parsed.write(key, state, step.state)
+        return None
+
     # rank 5
     def _breaker(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
         for key, level, scope, config in self._breaker_plan:
@@ -378,13 +408,14 @@ class SettleDefenses:
             relative = next((config for _, _, _, config in breakers if config.relative_k is not None), None)
             namespace = scopes[0][1]
             rate = None if relative is None else (StateKey(RATE, namespace), namespace, relative)
-            plan = self._plans[attribution] = (breakers, kills, rate)
+            plan = self._plans[attribution] = (breakers, kills, rate, _fan_out_plan(self.defenses.fan_out, scopes))
         return plan
 
     def state_keys(self, reservation: Reservation) -> list[StateKey]:
         """The call's breakers, the switches with a window trigger, the namespace's rate (relative breakers)."""
-        breakers, kills, rate = self._plan(reservation.attribution)
+        breakers, kills, rate, fan_out = self._plan(reservation.attribution)
         keys = [key for key, _, _, _ in breakers] + [key for key, _, _, _ in kills]
+        keys += [key for key, _, _, _ in fan_out]
         return keys if rate is None else [*keys, rate[0]]
 
     def apply(self, reservation: Reservation, cost_mc: int | None, states: Mapping[StateKey, StoredState],
@@ -392,7 +423,10 @@ class SettleDefenses:
         """Count ``cost_mc`` (a settle), or return the probe lease (a release: ``cost_mc`` None)."""
         changes = _Changes()
         call_id = reservation.idempotency_key
-        breakers, kills, rate = self._plan(reservation.attribution)
+        breakers, kills, rate, fan_out = self._plan(reservation.attribution)
+        for key, level, scope, _ in fan_out:
+            flight = self.parsed.load(states, key, InFlight.from_record, partial(InFlight, level, scope))
+            changes.writes += self.parsed.write(key, flight, end_in_flight(flight, call_id, now).state)
         namespace = None
         if rate is not None:
             rate_key, rate_scope, _ = rate

@@ -17,9 +17,11 @@ rank  rule            why here                                        codes
 4     loop            re-attempts per day, then the detectors:       ``retry_limit``,
                       refuse the repeat before it is paid             ``loop_detected``
 5     breaker         the spend rate of the agent and conversation   ``circuit_open``
-6     pacing          the long-term rate of period budgets; may      ``pace_exceeded``
+6     fan_out         live reservations of the task, conversation    ``fan_out_exceeded``
+                      or agent below ``max_in_flight``
+7     pacing          the long-term rate of period budgets; may      ``pace_exceeded``
                       downgrade the model before budgets price it
-7     budgets         every applicable budget holds the ceiling      ``budget_exceeded``
+8     budgets         every applicable budget holds the ceiling      ``budget_exceeded``
 ====  ==============  =============================================  ===============================
 
 Stateless and cheap checks come first; stateful ones (loop, breaker) come after
@@ -41,6 +43,7 @@ CHECK_ORDER: tuple[Rule, ...] = (
     Rule.DEADLINE,
     Rule.LOOP,
     Rule.BREAKER,
+    Rule.FAN_OUT,
     Rule.PACING,
     Rule.BUDGETS,
 )

@@ -38,6 +38,7 @@ class Rule(StrEnum):
     DEADLINE = "deadline"
     LOOP = "loop"
     BREAKER = "breaker"
+    FAN_OUT = "fan_out"
     PACING = "pacing"
     BUDGETS = "budgets"
 
@@ -48,6 +49,7 @@ RULE_CODES: Mapping[Rule, frozenset[Code]] = {
     Rule.DEADLINE: frozenset({Code.DEADLINE_EXCEEDED}),
     Rule.LOOP: frozenset({Code.RETRY_LIMIT, Code.LOOP_DETECTED}),
     Rule.BREAKER: frozenset({Code.CIRCUIT_OPEN}),
+    Rule.FAN_OUT: frozenset({Code.FAN_OUT_EXCEEDED}),
     Rule.PACING: frozenset({Code.PACE_EXCEEDED}),
     Rule.BUDGETS: frozenset({Code.BUDGET_EXCEEDED}),
 }
