@@ -7,6 +7,7 @@ use up its re-attempts. Only a registered shared group spans tenants, and only f
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 from gateway_kit import MODEL, GatewayFactory, Harness, stub_policy
@@ -106,3 +107,29 @@ def test_a_shared_group_spans_its_member_tenants_only(make_gateway: GatewayFacto
     assert caught.value.param == "x-comptroller-conversation"
     assert "$" not in caught.value.message and str(budget_mc) not in caught.value.message
     assert len(gw.stub.control.requests) == 2
+
+
+def test_admin_budget_endpoint_needs_every_id_and_tenants_read_their_conversations(
+        make_gateway: GatewayFactory) -> None:
+    """PUT /admin/budgets without the tenant a level needs is a 400 naming it (nothing stored); a tenant key
+    lists its own conversation accounts, never another tenant's nor the shared group's."""
+    gw = make_gateway(stub_policy(groups={"room": {"conversation": "room-1", "members": _MEMBERS}}))
+    ops = gw.new_key("ops", admin=True)
+    with httpx.Client(base_url=f"{gw.url}/admin", headers={"authorization": f"Bearer {ops}"}, timeout=20) as client:
+        missing = client.put("/budgets", json={"level": "conversation", "conversation": "c-1", "limit_mc": 10**9})
+        assert missing.status_code == 400 and "tenant" in missing.json()["error"]["message"]
+        assert gw.engine.store.budgets() == []
+        for body in ({"level": "conversation", "tenant": "acme", "conversation": "c-1", "limit_mc": 10**9},
+                     {"level": "conversation", "tenant": "globex", "conversation": "c-1", "limit_mc": 10**9},
+                     {"level": "conversation", "group": "room-1", "limit_mc": 10**9}):
+            assert client.put("/budgets", json=body).status_code == 200
+    acme = gw.new_key("acme", agent="alice")
+    gw.client(acme, **{"X-Comptroller-Conversation": "c-1"}).chat.completions.create(model=MODEL,
+                                                                                   messages=_messages(60))
+    gw.client(gw.new_key("globex"), **{"X-Comptroller-Conversation": "c-1"}).chat.completions.create(
+        model=MODEL, messages=_messages(61))
+    gw.client(acme, **{"X-Comptroller-Conversation": "room-1"}).chat.completions.create(model=MODEL,
+                                                                                      messages=_messages(62))
+    with httpx.Client(base_url=f"{gw.url}/admin", headers={"authorization": f"Bearer {acme}"}, timeout=20) as client:
+        scopes = {a["scope"] for a in client.get("/budgets").json()}
+    assert scopes == {scope_key("test", "acme", "c-1")}
