@@ -41,6 +41,7 @@ class ApiControl:
         reasoning_tokens: the part of the output spent reasoning (OpenAI).
         words: words in a full answer; one word is one output token (cut at the request's output limit).
         chunk_delay_s: wait between stream events.
+        served_model: the ``model`` answers name (None: the requested one).
         requests: (path, body) of every request, in order.
     """
 
@@ -51,13 +52,14 @@ class ApiControl:
     reasoning_tokens: int = 0
     words: int = 5
     chunk_delay_s: float = 0.0
+    served_model: str | None = None
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         """Back to the defaults, forgetting the requests seen."""
         with self.lock:
-            self.input_tokens, self.words, self.chunk_delay_s = 40, 5, 0.0
+            self.input_tokens, self.words, self.chunk_delay_s, self.served_model = 40, 5, 0.0, None
             self.cache_read_tokens = self.cache_write_tokens = self.cache_write_1h_tokens = self.reasoning_tokens = 0
             self.requests.clear()
 
@@ -74,6 +76,10 @@ def _sse(data: dict[str, Any], event: str | None = None) -> bytes:
 
 def _text(c: ApiControl, body: dict[str, Any]) -> list[str]:
     return [f"w{i}" for i in range(max(0, c.output_tokens(body) - c.reasoning_tokens))]
+
+
+def _model(c: ApiControl, body: dict[str, Any]) -> str:
+    return c.served_model or str(body["model"])
 
 
 def _answer(words: list[str], body: dict[str, Any]) -> str:
@@ -95,9 +101,10 @@ def _chat(c: ApiControl, body: dict[str, Any], legacy: bool) -> list[bytes] | di
     if not body.get("stream"):
         choice = {"index": 0, "finish_reason": "stop", **({"text": " ".join(words)} if legacy else {
             "message": {"role": "assistant", "content": _answer(words, body)}})}
-        return {"id": "cmpl-stub", "object": kind, "created": 0, "model": body["model"], "choices": [choice],
+        return {"id": "cmpl-stub", "object": kind, "created": 0, "model": _model(c, body), "choices": [choice],
                 "usage": _chat_usage(c, output)}
-    chunk = {"id": "cmpl-stub", "object": f"{kind}.chunk" if not legacy else kind, "created": 0, "model": body["model"]}
+    chunk = {"id": "cmpl-stub", "object": f"{kind}.chunk" if not legacy else kind, "created": 0,
+             "model": _model(c, body)}
     events = [_sse({**chunk, "choices": [{"index": 0, "finish_reason": None, **(
         {"text": f" {w}"} if legacy else {"delta": {"content": f" {w}"}})}]}) for w in words]
     events.append(_sse({**chunk, "choices": [{"index": 0, "finish_reason": "stop", **(
@@ -110,7 +117,7 @@ def _chat(c: ApiControl, body: dict[str, Any], legacy: bool) -> list[bytes] | di
 def _response(c: ApiControl, body: dict[str, Any], status: str) -> dict[str, Any]:
     words, output = _text(c, body), c.output_tokens(body)
     done = status == "completed"
-    return {"id": "resp_stub", "object": "response", "created_at": 0, "model": body["model"], "status": status,
+    return {"id": "resp_stub", "object": "response", "created_at": 0, "model": _model(c, body), "status": status,
             "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [
                 {"type": "output_text", "text": _answer(words, body), "annotations": []}]}] if done else [],
             "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
@@ -142,7 +149,7 @@ def _messages(c: ApiControl, body: dict[str, Any]) -> list[bytes] | dict[str, An
              "cache_creation_input_tokens": c.cache_write_tokens,
              "cache_creation": {"ephemeral_5m_input_tokens": c.cache_write_tokens - c.cache_write_1h_tokens,
                                 "ephemeral_1h_input_tokens": c.cache_write_1h_tokens}}
-    message = {"id": "msg_stub", "type": "message", "role": "assistant", "model": body["model"],
+    message = {"id": "msg_stub", "type": "message", "role": "assistant", "model": _model(c, body),
                "stop_reason": "end_turn", "stop_sequence": None}
     if not body.get("stream"):
         return {**message, "content": [{"type": "text", "text": " ".join(words)}], "usage": usage}

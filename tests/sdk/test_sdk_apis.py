@@ -303,3 +303,23 @@ def test_bad_input_is_refused_before_anything_is_reserved(apis: ApiStub, tmp_pat
         client.chat.completions.create(model=MODEL, messages=audio)
     assert apis.control.requests == [] and list(comptroller.engine.store.usage_records()) == []
     assert sum(a.reserved_mc for a in comptroller.engine.store.accounts()) == 0
+
+
+def test_a_served_model_is_priced_and_usage_above_the_bound_is_flagged(apis: ApiStub, tmp_path: Path) -> None:
+    """Another served model is charged at its price (a dated snapshot is not); usage above the bound is
+    charged in full and recorded as an anomaly."""
+    big = {"input_mtok": "3000", "output_mtok": "6000"}  # 300 and 600 mc per token
+    comptroller = comptroller_with(tmp_path, sdk_policy(prices={MODEL: PRICE, "big-model": big}))
+    client = clients(comptroller, apis)["openai"]
+    apis.control.served_model = "big-model"
+    client.chat.completions.create(model=MODEL, messages=CHAT)
+    list(client.responses.create(model=MODEL, input="hi", stream=True))
+    apis.control.served_model = f"{MODEL}-2024-08-06"
+    client.chat.completions.create(model=MODEL, messages=CHAT)
+    apis.control.served_model, apis.control.input_tokens = None, 1_000_000
+    client.chat.completions.create(model=MODEL, messages=CHAT)
+    assert charged(comptroller) == [40 * 300 + 5 * 600] * 2 + [cost(40, 5), cost(1_000_000, 5)]
+    assert len(comptroller.engine.store.events("served_model")) == 2
+    anomalies = comptroller.engine.store.events("usage_anomaly")  # the stub's fixed 40 also tops a short "hi"
+    (flagged,) = [a for a in anomalies if a.detail["reported_tokens"] == 1_000_000]
+    assert flagged.code == "input_above_bound" and flagged.detail["bound_tokens"] < 1_000_000

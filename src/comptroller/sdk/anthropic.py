@@ -55,11 +55,15 @@ class _Tally:
         self.start: dict[str, Any] | None = None
         self.output_tokens: int | None = None
         self.output_seen = 0
+        self.served_model: str | None = None
 
     def observe(self, event: Any) -> bool:
         kind = getattr(event, "type", None)
         if kind == "message_start":
-            self.start = dict(as_dict(getattr(getattr(event, "message", None), "usage", None)) or {})
+            message = getattr(event, "message", None)
+            self.start = dict(as_dict(getattr(message, "usage", None)) or {})
+            model = getattr(message, "model", None)
+            self.served_model = model if isinstance(model, str) else None
         elif kind == "message_delta":
             output = getattr(getattr(event, "usage", None), "output_tokens", None)
             if output is not None:

@@ -24,11 +24,12 @@ from typing import Any
 from comptroller.bootstrap import build_engine
 from comptroller.config import load_policy
 from comptroller.domain.defenses.similarity import fingerprint
-from comptroller.domain.ledger import Reservation, SettleResult
+from comptroller.domain.ledger import Event, Reservation, SettleResult
 from comptroller.domain.routing.errors import RoutingConfigError
 from comptroller.domain.routing.rules import RouteFacts
 from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage
+from comptroller.domain.usage_checks import check_served_model, check_usage
 from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.routing import CascadeRequest, CascadeResult, RoutingConfig, TierCall, TierReply
 from comptroller.sdk.anthropic import wrap_anthropic
@@ -161,10 +162,31 @@ class Comptroller:
         self.leases.hold(admission.reservation)
         return admission
 
-    def settle(self, reservation: Reservation, usage: Usage | None) -> SettleResult:
-        """Charge what the call used; None (the provider reported nothing) charges the whole bound."""
+    def settle(self, reservation: Reservation, usage: Usage | None, *, served_model: str | None = None) -> SettleResult:
+        """Charge what the call used, after checking it (issue 11 item 4, as the gateway does).
+
+        Usage above the bounds the call was admitted with is charged in full (the provider bills
+        it) and recorded as a ``usage_anomaly`` event. A ``served_model`` other than the admitted
+        one (a dated snapshot of it is the same model) is charged at its own price by the engine,
+        which records a ``served_model`` event.
+
+        Args:
+            reservation: the call's hold.
+            usage: what the provider reported; None (nothing reported) charges the whole bound.
+            served_model: the response's ``model``, when it has one.
+        """
         self.leases.drop(reservation)
-        return self.engine.settle(reservation, usage or bound(reservation))
+        if usage is None:
+            usage = bound(reservation)
+        for anomaly in check_usage(usage, input_tokens_max=reservation.input_tokens_max,
+                                   output_tokens_max=reservation.output_tokens_max):
+            self.engine.store.record_event(Event(
+                self.engine.clock.now(), "usage_anomaly", anomaly.code, detail={
+                    "reservation": reservation.id, "api": "sdk", "model": reservation.model,
+                    "bucket": anomaly.bucket, "reported_tokens": anomaly.reported_tokens,
+                    "bound_tokens": anomaly.bound_tokens, "message": anomaly.describe()}))
+        other = None if check_served_model(reservation.model, served_model) is None else served_model
+        return self.engine.settle(reservation, usage, served_model=other)
 
     def release(self, reservation: Reservation) -> None:
         """Return the hold of a call that failed before the provider billed it."""

@@ -48,8 +48,9 @@ class Meter(Protocol):
         """Admit a call or raise its refusal."""
         ...
 
-    def settle(self, reservation: Reservation, usage: Usage | None) -> SettleResult:
-        """Charge what the call used (None: the whole bound)."""
+    def settle(self, reservation: Reservation, usage: Usage | None, *,
+               served_model: str | None = None) -> SettleResult:
+        """Charge what the call used (None: the whole bound) at the served model's price."""
         ...
 
     def release(self, reservation: Reservation) -> None:
@@ -78,6 +79,9 @@ class Request:
 
 class Tally(Protocol):
     """The usage of one stream, assembled from its events."""
+
+    served_model: str | None
+    """The model the stream says it comes from, once an event has said so."""
 
     def observe(self, event: Any) -> bool:
         """Count one event; True to hand it to the caller."""
@@ -196,11 +200,13 @@ class Call:
 
     def settle_response(self, response: Any) -> None:
         """Settle a plain response with its usage (the whole bound when it reports none)."""
-        self.meter.settle(self.reservation, self.api.usage(response))
+        model = getattr(response, "model", None)
+        self.meter.settle(self.reservation, self.api.usage(response),
+                          served_model=model if isinstance(model, str) else None)
 
     def settle_stream(self) -> None:
         """Settle a stream with what its events reported."""
-        self.meter.settle(self.reservation, self.tally.usage(self.reservation))
+        self.meter.settle(self.reservation, self.tally.usage(self.reservation), served_model=self.tally.served_model)
 
     def release(self) -> None:
         """Return the hold (the request failed before the provider billed it)."""

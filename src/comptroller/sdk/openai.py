@@ -85,9 +85,13 @@ class _ChatTally:
         self.show_usage = show_usage
         self.usage_seen: Usage | None = None
         self.output_seen = 0
+        self.served_model: str | None = None
 
     def observe(self, event: Any) -> bool:
         chunk = event.chunk if getattr(event, "type", None) == "chunk" else event  # the helper's chunk event
+        model = getattr(chunk, "model", None)
+        if isinstance(model, str) and model:
+            self.served_model = model
         usage = openai_usage(getattr(chunk, "usage", None))
         if usage is not None:
             self.usage_seen = usage
@@ -145,9 +149,13 @@ class _ResponsesTally:
     def __init__(self) -> None:
         self.usage_seen: Usage | None = None
         self.output_seen = 0
+        self.served_model: str | None = None
 
     def observe(self, event: Any) -> bool:
         kind = str(getattr(event, "type", ""))
+        model = getattr(getattr(event, "response", None), "model", None)
+        if isinstance(model, str) and model:
+            self.served_model = model
         if kind in ("response.completed", "response.incomplete", "response.failed"):
             usage = responses_usage(getattr(getattr(event, "response", None), "usage", None))
             self.usage_seen = usage or self.usage_seen
