@@ -14,6 +14,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from gateway_kit import wait_for
@@ -353,3 +354,15 @@ def test_a_line_served_by_another_model_or_over_its_bound_is_charged_what_ran_an
     assert report["usage_anomalies"] == [{"custom_id": "only", "bucket": "output_tokens", "bound_tokens": MAX_TOKENS,
                                           "reported_tokens": MAX_TOKENS + 7}]
     assert [e.detail["served"] for e in gw.engine.store.events("served_model")] == ["gpt-4o-mini"]
+
+
+def test_an_upload_that_is_not_a_batch_file_is_refused(make: Any, stub: BatchStub) -> None:
+    """Another purpose, or a body that is not a multipart form with a file, is a 400; nothing reaches the provider."""
+    gw = make()
+    with pytest.raises(openai.BadRequestError) as other_purpose:
+        _client(gw).files.create(file=("f.jsonl", _jsonl({"a": _body(0)})), purpose="fine-tune")
+    assert isinstance(other_purpose.value.body, dict) and other_purpose.value.body["param"] == "purpose"
+    broken = httpx.post(f"{gw.url}/v1/files", headers={"Authorization": f"Bearer {gw.key}",
+                        "Content-Type": "multipart/form-data; boundary=x"}, content=b"--x\r\nnot a part", timeout=10)
+    assert broken.status_code == 400 and broken.json()["error"]["param"] == "file"
+    assert stub.control.files == {}

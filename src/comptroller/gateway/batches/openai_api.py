@@ -30,6 +30,8 @@ from typing import Any
 
 import aiohttp
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -102,7 +104,12 @@ async def _form_file(service: BatchService, request: Request) -> tuple[str, byte
     if declared.isdigit() and int(declared) > limit:
         raise _bad(f"the file is larger than [batch] file_bytes_max = {limit} bytes; split it", "file",
                    "request_too_large")
-    form = await request.form(max_files=1, max_fields=8)
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except (MultiPartException, HTTPException) as exc:  # Starlette wraps the parser's error in a 400 HTTPException
+        detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
+        raise _bad(f"the upload is not a valid multipart form ({detail}); send the fields purpose and file",
+                   "file") from None
     purpose, upload = form.get("purpose"), form.get("file")
     if purpose != "batch":
         raise _bad(f"purpose must be \"batch\": this gateway accepts batch input files only, got {purpose!r}",
