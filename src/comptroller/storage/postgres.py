@@ -98,6 +98,10 @@ Conn = psycopg.Connection[TupleRow]
 _ATTEMPTS = 12
 _SWEEP_BATCH = 500
 _CACHE_ENTRIES_MAX = 100_000
+# psycopg_pool retries a lost connection after 1 s, doubling without a cap, so after an outage the
+# first new connection could come many seconds late (issue 12: 11 s and 25 s). Giving up a retry
+# series after 2 s lets the next waiting call start a fresh attempt at once instead.
+_RECONNECT_TIMEOUT_S = 2.0
 _POOL_PARAMS = {"pool_min_size": "min_size", "pool_max_size": "max_size", "pool_timeout_s": "timeout_s"}
 
 _BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
@@ -270,7 +274,8 @@ class PostgresStore:
             conninfo, min_size=min(int(options.get("min_size", min_size)), max_conns), max_size=max_conns,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
                     **({} if "application_name=" in conninfo else {"application_name": "comptroller"})},
-            configure=self._configure, timeout=self._timeout_s, open=False, name="comptroller-ledger")
+            configure=self._configure, timeout=self._timeout_s, open=False, name="comptroller-ledger",
+            reconnect_timeout=_RECONNECT_TIMEOUT_S)
         self._budgets = _Budgets()
         self._account_ids: dict[tuple[str, str, str], int] = {}
         self._budgets_lock = threading.Lock()  # guards both caches
