@@ -7,6 +7,8 @@ route                              what
 ``/v1/responses``, ``/v1/messages``, (:mod:`comptroller.gateway.apis.routes`); a chat model
 ``/v1/embeddings``,                ``cascade/<name>`` runs a cascade (:mod:`comptroller.gateway.cascades`);
 ``/v1/completions``                ``POST /v1/messages/count_tokens`` is passed through (free)
+``/v1/files``, ``/v1/batches``,   the batch APIs: every line reserved at create, each ``custom_id``
+``/v1/messages/batches``           reconciled when the batch ends (:mod:`comptroller.gateway.batches`)
 ``POST /v1/groups/{id}/dispatch``  who in a group chat answers a message (:mod:`comptroller.gateway.groups`)
 ``GET /v1/models``                 the models and cascades this key may call
 ``GET /healthz``                   200 when every worker is up and the ledger answers, else 503 (from
