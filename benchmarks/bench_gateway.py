@@ -16,6 +16,11 @@ rounds, with requests per second. ``added`` is gateway minus direct at the same 
     python benchmarks/bench_gateway.py                       # print the tables
     python benchmarks/bench_gateway.py --markdown BENCHMARKS.md
     python benchmarks/bench_gateway.py --profile             # cProfile the gateway at c=16
+    python benchmarks/bench_gateway.py --api messages --concurrency 1   # another API's adapter
+
+``--api`` picks the API of every request (``chat``, ``responses``, ``messages`` with the key in
+``x-api-key`` as the anthropic client sends it, ``embeddings``), all through the one metered
+pipeline (:mod:`comptroller.gateway.apis`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from markdown_block import update_block
 ROOT = Path(__file__).resolve().parents[1]
 STUB = ROOT / "tests" / "gateway" / "stub_upstream.py"
 MODEL = "bench-model"
+CLAUDE = "bench-claude"
 CONCURRENCY = (1, 16, 64)
 
 CONFIG = """
@@ -65,11 +71,18 @@ tenant = "bench"
 limit_usd = "100000"
 period = "month"
 {defenses}
+[prices."{claude}"]
+input_mtok = "3"
+output_mtok = "15"
 [gateway]
 [gateway.providers.stub]
 base_url = "http://127.0.0.1:{stub_port}/v1"
+[gateway.providers.claude]
+kind = "anthropic"
+base_url = "http://127.0.0.1:{stub_port}/v1"
 [gateway.models]
 "{model}" = "stub"
+"{claude}" = "claude"
 """
 
 DEFENSES_OFF = """
@@ -100,20 +113,29 @@ def wait_port(port: int, process: subprocess.Popen[bytes], limit_s: float = 60) 
     raise RuntimeError(f"nothing listens on port {port} after {limit_s} s")
 
 
-def request_bytes(port: int, key: str | None, i: int) -> bytes:
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": f"Benchmark request {i:09d}."}]})
-    auth = f"authorization: Bearer {key}\r\n" if key else ""
-    return (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+def request_bytes(port: int, key: str | None, i: int, api: str = "chat") -> bytes:
+    text = f"Benchmark request {i:09d}."
+    path, payload = {
+        "chat": ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": text}]}),
+        "responses": ("/v1/responses", {"model": MODEL, "input": text}),
+        "messages": ("/v1/messages", {"model": CLAUDE, "max_tokens": 64,
+                                      "messages": [{"role": "user", "content": text}]}),
+        "embeddings": ("/v1/embeddings", {"model": MODEL, "input": text}),
+    }[api]
+    body = json.dumps(payload)
+    header = "x-api-key: {}" if api == "messages" else "authorization: Bearer {}"
+    auth = header.format(key) + "\r\n" if key else ""
+    return (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
             f"{auth}content-length: {len(body)}\r\n\r\n{body}").encode()
 
 
-async def one_client(port: int, key: str | None, ids: range, latencies: list[float]) -> None:
+async def one_client(port: int, key: str | None, ids: range, latencies: list[float], api: str) -> None:
     """Send requests one after another on one keep-alive connection; record each latency (s)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for i in ids:
             started = time.perf_counter()
-            writer.write(request_bytes(port, key, i))
+            writer.write(request_bytes(port, key, i, api))
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
             length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
@@ -126,12 +148,13 @@ async def one_client(port: int, key: str | None, ids: range, latencies: list[flo
         writer.close()
 
 
-async def load(port: int, key: str | None, concurrency: int, total: int, first_id: int) -> tuple[list[float], float]:
+async def load(port: int, key: str | None, concurrency: int, total: int, first_id: int, *,
+               api: str = "chat") -> tuple[list[float], float]:
     """``total`` requests from ``concurrency`` clients; the latencies and the wall time, seconds."""
     latencies: list[float] = []
     per = total // concurrency
     started = time.perf_counter()
-    await asyncio.gather(*(one_client(port, key, range(first_id + c * per, first_id + (c + 1) * per), latencies)
+    await asyncio.gather(*(one_client(port, key, range(first_id + c * per, first_id + (c + 1) * per), latencies, api)
                            for c in range(concurrency)))
     return latencies, time.perf_counter() - started
 
@@ -171,16 +194,16 @@ def measure(stub_port: int, gateway_port: int, key: str, args: argparse.Namespac
         via: list[float] = []
         walls = {"direct": 0.0, "gateway": 0.0}
         cpus = {"direct": 0.0, "gateway": 0.0}
-        asyncio.run(load(gateway_port, key, c, min(total, 400), next_id))  # warm-up
+        asyncio.run(load(gateway_port, key, c, min(total, 400), next_id, api=args.api))  # warm-up
         next_id += total
         for _ in range(args.rounds):
             before = cpu_s(pids[0])
-            lat, wall = asyncio.run(load(stub_port, None, c, total, next_id))
+            lat, wall = asyncio.run(load(stub_port, None, c, total, next_id, api=args.api))
             cpus["direct"] += cpu_s(pids[0]) - before
             direct += lat
             walls["direct"] += wall
             before = cpu_s(pids[1])
-            lat, wall = asyncio.run(load(gateway_port, key, c, total, next_id))
+            lat, wall = asyncio.run(load(gateway_port, key, c, total, next_id, api=args.api))
             cpus["gateway"] += cpu_s(pids[1]) - before
             via += lat
             walls["gateway"] += wall
@@ -247,6 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ledger URL (default: SQLite in the temp dir); a postgresql:// URL gets a fresh schema")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="levels to measure")
     parser.add_argument("--block", default="bench_gateway", help="the BENCHMARKS.md block to write")
+    parser.add_argument("--api", choices=("chat", "responses", "messages", "embeddings"), default="chat",
+                        help="the API every request uses")
     return parser.parse_args(argv)
 
 
@@ -270,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         stub_port, gateway_port = free_port(), free_port()
         config = work / "gateway.toml"
         defenses = "" if args.defenses == "default" else DEFENSES_OFF
-        config.write_text(CONFIG.format(model=MODEL, stub_port=stub_port, defenses=defenses), encoding="utf-8")
+        config.write_text(CONFIG.format(model=MODEL, claude=CLAUDE, stub_port=stub_port, defenses=defenses),
+                          encoding="utf-8")
         url = ledger_url(args.db, work)
         record, key = new_key(tenant="bench", agent="bench-agent")
         keys = keys_from_url(url)
