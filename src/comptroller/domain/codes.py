@@ -37,6 +37,8 @@ class Code(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     """The spend-rate breaker of the agent or conversation is open (or half-open with its probe out)."""
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNKNOWN_RUN = "unknown_run"
+    """The call names a scheduled run that was never opened for its tenant (open it first: ``POST /v1/runs``)."""
     """The scheduled run (heartbeat, cron job) the call belongs to is past its maximum duration."""
     LOOP_DETECTED = "loop_detected"
     """A loop detector fired before the repeated call was paid: same request, A-B-A-B, near-duplicate."""

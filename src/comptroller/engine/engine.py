@@ -20,8 +20,8 @@ from datetime import datetime
 
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
-from comptroller.domain.defenses.chain import RUN, AdmitDefenses, CallFacts, Defenses, ParsedStates, SettleDefenses
-from comptroller.domain.defenses.deadline import RunKind, ScheduledRun
+from comptroller.domain.defenses.chain import AdmitDefenses, CallFacts, Defenses, ParsedStates, SettleDefenses
+from comptroller.domain.defenses.deadline import RunKind, ScheduledRun, run_key
 from comptroller.domain.defenses.pacing import PaceAction
 from comptroller.domain.defenses.pinning import PinningPolicy, Route, RouteReason, cheaper_models, route_request
 from comptroller.domain.defenses.verdict import Verdict
@@ -29,7 +29,7 @@ from comptroller.domain.ledger import Event, ReleaseResult, Reservation, Reserve
 from comptroller.domain.pricing import ceiling_mc, cost_mc
 from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution, Level
-from comptroller.domain.state import StateKey, StoredState
+from comptroller.domain.state import StoredState
 from comptroller.domain.usage import Usage
 from comptroller.notify.sink import FanOut
 from comptroller.ports import Clock, EventSink, LedgerStore, PriceSource
@@ -306,18 +306,19 @@ class Engine:
         return result
 
     def open_run(self, run_id: str, duration_s_max: float, *, attribution: Attribution,
-                 kind: RunKind = RunKind.SCHEDULED) -> ScheduledRun:
+                 kind: RunKind = RunKind.SCHEDULED, spend_cap_mc: int | None = None) -> ScheduledRun:
         """Open a scheduled run (heartbeat, cron job) now; calls naming it are refused after its deadline.
 
-        Idempotent: opening a run id that exists returns the stored run unchanged.
+        Idempotent: opening a run id that exists (for the attribution's tenant) returns the stored run
+        unchanged. ``spend_cap_mc`` caps the ceilings its admitted calls may hold in all (None: no cap).
 
         Raises:
             DefenseConfigError: on an empty run id or a duration outside (0, 7 days] s.
         """
         scope = dict(attribution.scopes())[Level.AGENT]
         run = ScheduledRun(run_id=run_id, kind=kind, level=Level.AGENT, scope=scope, opened_at=self.clock.now(),
-                           duration_s_max=duration_s_max)
-        key = StateKey(RUN, run_id)
+                           duration_s_max=duration_s_max, spend_cap_mc=spend_cap_mc)
+        key = run_key(attribution, run_id)
         if self.store.put_state(StoredState(key, 1, run.to_record()), expected_version=0):
             return run
         stored = self.store.state(key)

@@ -10,6 +10,7 @@ route                              what
 ``/v1/files``, ``/v1/batches``,   the batch APIs: every line reserved at create, each ``custom_id``
 ``/v1/messages/batches``           reconciled when the batch ends (:mod:`comptroller.gateway.batches`)
 ``POST /v1/groups/{id}/dispatch``  who in a group chat answers a message (:mod:`comptroller.gateway.groups`)
+``POST /v1/runs``                  open a scheduled run: deadline, spend cap (:mod:`comptroller.gateway.runs`)
 ``GET /v1/models``                 the models and cascades this key may call
 ``GET /healthz``                   200 when every worker is up and the ledger answers, else 503 (from
                                    memory: :mod:`comptroller.gateway.lifecycle`)
@@ -57,6 +58,7 @@ from comptroller.gateway.groups import dispatch
 from comptroller.gateway.identity import Identity, KeyPrefetch
 from comptroller.gateway.lifecycle import LedgerProbe, Roster, WorkerLife, die_with_parent
 from comptroller.gateway.metrics import GatewayMetrics, authorize_scrape
+from comptroller.gateway.runs import runs_endpoint
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upkeep import start_upkeep
 from comptroller.gateway.upstream import Upstreams
@@ -197,6 +199,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         *api_routes(),
         *batch_routes(),
         Route("/v1/groups/{group_id}/dispatch", _dispatch, methods=["POST"]),
+        Route("/v1/runs", runs_endpoint, methods=["POST"]),
         Route("/v1/models", _models, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),

@@ -131,7 +131,8 @@ def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy
         opened.add(run)
     admission: Admission = engine.admit(CallRequest(
         attribution=attribution, model=model_for(record, policy), input_tokens_max=record.input_tokens,
-        max_tokens=record.max_output_tokens, idempotency_key=f"{run}:{record.seq}", run_id=run))
+        max_tokens=record.max_output_tokens, idempotency_key=f"{run}:{record.seq}",
+        run_id=run if policy.runs is not None else None, attempt_id=run))  # a run without [runs] is not opened
     usage = _usage(record)
     if admission.reservation is None:
         verdict = admission.verdict

@@ -21,7 +21,7 @@ breaker   ``level:scope``         :class:`~comptroller.domain.breaker.BreakerSta
 kill      ``level:scope``         :class:`.killswitch.KillSwitchState`
 retry     task scope key          :class:`.retries.RetryState`
 loop      ``level:scope``         :class:`.loops.LoopHistory` (with its lock, :mod:`.loop_lock`)
-run       run id                  :class:`.deadline.ScheduledRun`
+run       ``tenant|run id``       :class:`.deadline.ScheduledRun` (:func:`.deadline.run_key`)
 rate      namespace scope key     :class:`.baseline.NamespaceRate` (relative breakers' fallback)
 fan_out   ``level:scope``         :class:`.fanout.InFlight` (live reservation ids of a capped scope)
 ========  ======================  =============================================
@@ -42,7 +42,7 @@ from comptroller.domain.breaker import BreakerState
 from comptroller.domain.defenses import killswitch
 from comptroller.domain.defenses.baseline import NamespaceRate
 from comptroller.domain.defenses.breaker_policy import BreakerPolicy
-from comptroller.domain.defenses.deadline import ScheduledRun, check_deadline
+from comptroller.domain.defenses.deadline import ScheduledRun, check_deadline, check_run_cap, run_key, unknown_run
 from comptroller.domain.defenses.fanout import FanOutConfig, InFlight, admit_in_flight, end_in_flight
 from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState, check_kill_switch
 from comptroller.domain.defenses.loops import LoopConfig, LoopHistory, LoopRequest, check_loops, loop_scope
@@ -238,7 +238,7 @@ class AdmitDefenses:
         """The kill switches of every scope, the run, the retry state, the loop history, the breakers."""
         keys = list(self._kill_keys)
         if self.facts.run_id is not None:
-            keys.append(StateKey(RUN, self.facts.run_id))
+            keys.append(run_key(self.facts.attribution, self.facts.run_id))
         if self._counts_attempts():
             assert self._task is not None
             keys.append(StateKey(RETRY, self._task))
@@ -258,7 +258,7 @@ class AdmitDefenses:
         if isinstance(self.facts.route, Verdict):
             return changes.outcome(self.facts.route)
         kept = len(changes.writes), len(changes.events)
-        verdict = (self._deadline(states, now) or self._retries(states, now, changes)
+        verdict = (self._deadline(states, now, changes) or self._retries(states, now, changes)
                    or self._loops(states, now, changes) or self._breaker(states, now, changes)
                    or self._fan_out(states, now, changes))
         request = None
@@ -300,11 +300,23 @@ class AdmitDefenses:
         return step.state
 
     # rank 3
-    def _deadline(self, states: Mapping[StateKey, StoredState], now: datetime) -> Verdict | None:
-        if self.facts.run_id is None:
+    def _deadline(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
+        run_id = self.facts.run_id
+        if run_id is None:
             return None
-        stored = states.get(StateKey(RUN, self.facts.run_id))
-        return None if stored is None else check_deadline(ScheduledRun.from_record(stored.record), now)
+        key = run_key(self.facts.attribution, run_id)
+        stored = states.get(key)
+        if stored is None:
+            return unknown_run(run_id, self.facts.attribution)
+        run = ScheduledRun.from_record(stored.record)
+        late = check_deadline(run, now)
+        if late is not None:
+            return late
+        ceiling = max(r.ceiling_mc for r in self.facts.requests.values())
+        counted, capped = check_run_cap(run, ceiling)
+        if capped is None and counted is not run:
+            changes.writes.append(StoredState(key, stored.version + 1, counted.to_record()))
+        return capped
 
     # rank 4
     def _counts_attempts(self) -> bool:

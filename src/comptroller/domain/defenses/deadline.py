@@ -7,6 +7,16 @@ duration_s_max`` is refused with ``deadline_exceeded``, so a stuck heartbeat can
 spend past its slot. Waiting never helps (the deadline only recedes): the
 scheduler opens a new run.
 
+A run may also carry a spend cap (``spend_cap_mc``): every admitted call of the run
+adds its ceiling to ``committed_mc`` (conservative: the ceiling, never credited back,
+so the cap holds whatever the calls settle), and a call whose ceiling would take it
+past the cap is refused with ``deadline_exceeded`` (detector ``run_spend_cap``).
+
+A call naming a run that was never opened for its tenant is refused with
+``unknown_run`` (:func:`unknown_run`): a typo or a forgotten open must not pass
+unchecked. Run rows are keyed per tenant (:func:`run_key`), so one tenant can never
+name, extend or exhaust another's run.
+
 The engine should also shorten a call's reservation lease to
 :func:`remaining_s`, so no call of the run outlives it.
 """
@@ -14,7 +24,7 @@ The engine should also shorten a call's reservation lease to
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -23,9 +33,11 @@ from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import parse_level, require_aware, require_seconds, require_text
 from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
-from comptroller.domain.scopes import Level
+from comptroller.domain.scopes import Attribution, Level, scope_key
+from comptroller.domain.state import StateKey
 
-__all__ = ["RunKind", "ScheduledRun", "check_deadline", "find_run", "remaining_s"]
+__all__ = ["RunKind", "ScheduledRun", "check_deadline", "check_run_cap", "find_run", "remaining_s", "run_key",
+           "unknown_run"]
 
 _WEEK_S = 7 * 86_400.0
 
@@ -48,6 +60,9 @@ class ScheduledRun:
         level, scope: who the run belongs to (usually the agent's scope key).
         opened_at: when the run opened (aware UTC).
         duration_s_max: the longest the run may last, seconds (0 < d <= 7 days).
+        spend_cap_mc: the most the run's admitted ceilings may add up to, millicents (None: no cap).
+        committed_mc: the ceilings of the run's calls admitted so far, millicents.
+        version: incremented by every change; the compare-and-set token.
 
     Raises:
         DefenseConfigError: on an empty id or scope, an unknown kind, or a duration
@@ -61,6 +76,9 @@ class ScheduledRun:
     scope: str
     opened_at: datetime
     duration_s_max: float
+    spend_cap_mc: int | None = None
+    committed_mc: int = 0
+    version: int = 1
 
     def __post_init__(self) -> None:
         require_text("run", "run_id", self.run_id)
@@ -78,7 +96,8 @@ class ScheduledRun:
     def to_record(self) -> dict[str, JsonScalar]:
         """A flat JSON record of this run."""
         return {"run_id": self.run_id, "kind": str(self.kind), "level": str(self.level), "scope": self.scope,
-                "opened_at": self.opened_at.isoformat(), "duration_s_max": self.duration_s_max}
+                "opened_at": self.opened_at.isoformat(), "duration_s_max": self.duration_s_max,
+                "spend_cap_mc": self.spend_cap_mc, "committed_mc": self.committed_mc, "version": self.version}
 
     @classmethod
     def from_record(cls, record: Mapping[str, JsonScalar]) -> ScheduledRun:
@@ -89,7 +108,9 @@ class ScheduledRun:
             raise ValueError(f"run record needs opened_at and a numeric duration_s_max, got {dict(record)!r}")
         return cls(run_id=rec.get_str(record, "run_id"), kind=RunKind(rec.get_str(record, "kind")),
                    level=Level(rec.get_str(record, "level")), scope=rec.get_str(record, "scope"),
-                   opened_at=opened, duration_s_max=float(duration))
+                   opened_at=opened, duration_s_max=float(duration),
+                   spend_cap_mc=rec.get_opt_int(record, "spend_cap_mc") if "spend_cap_mc" in record else None,
+                   committed_mc=int(record.get("committed_mc") or 0), version=int(record.get("version") or 1))
 
     @property
     def deadline_at(self) -> datetime:
@@ -147,3 +168,38 @@ def check_deadline(run: ScheduledRun, now: datetime) -> Verdict | None:
             "the scheduler open a new one, or raise duration_s_max."
         ),
     )
+
+
+def run_key(attribution: Attribution, run_id: str) -> StateKey:
+    """The state key of a run: the run id within the call's tenant (tenants are walls, DESIGN.md rule 13)."""
+    tenant = dict(attribution.scopes())[Level.TENANT]
+    return StateKey("run", scope_key(tenant, run_id))
+
+
+def unknown_run(run_id: str, attribution: Attribution) -> Verdict:
+    """The refusal of a call naming a run never opened for its tenant (waiting never helps)."""
+    tenant = dict(attribution.scopes())[Level.TENANT]
+    return Verdict(
+        code=Code.UNKNOWN_RUN, rule=Rule.DEADLINE, detector="unknown_run", level=Level.TENANT, scope=tenant,
+        retry_after_s=None, evidence={"run_id": run_id},
+        message=(f"unknown_run: no scheduled run {run_id!r} is open for tenant {attribution.tenant!r}, so its "
+                 "deadline cannot be checked and the call was refused. Open it first: POST /v1/runs with "
+                 '{"id": "%s", "duration_s_max": 1800} (gateway), Comptroller.scheduled_run(...) (SDK) or '
+                 "Engine.open_run(...); or drop the run id from the request." % run_id))
+
+
+def check_run_cap(run: ScheduledRun, ceiling_mc: int) -> tuple[ScheduledRun, Verdict | None]:
+    """Add a call's ceiling to the run's committed spend, or refuse it past the run's spend cap."""
+    committed = run.committed_mc + ceiling_mc
+    if run.spend_cap_mc is None:
+        return run, None
+    if committed > run.spend_cap_mc:
+        return run, Verdict(
+            code=Code.DEADLINE_EXCEEDED, rule=Rule.DEADLINE, detector="run_spend_cap", level=run.level,
+            scope=run.scope, retry_after_s=None,
+            evidence={"run_id": run.run_id, "spend_cap_mc": run.spend_cap_mc, "committed_mc": run.committed_mc,
+                      "requested_mc": ceiling_mc},
+            message=(f"deadline_exceeded: run {run.run_id!r} has a spend cap of {run.spend_cap_mc} mc and its "
+                     f"admitted calls already hold {run.committed_mc} mc of ceilings; this call's {ceiling_mc} mc "
+                     "would pass it. End the run, or open a new one with a larger spend cap."))
+    return replace(run, committed_mc=committed, version=run.version + 1), None

@@ -46,7 +46,7 @@ class Rule(StrEnum):
 RULE_CODES: Mapping[Rule, frozenset[Code]] = {
     Rule.KILL_SWITCH: frozenset({Code.KILL_SWITCH}),
     Rule.PINNING: frozenset({Code.MODEL_NOT_ALLOWED}),
-    Rule.DEADLINE: frozenset({Code.DEADLINE_EXCEEDED}),
+    Rule.DEADLINE: frozenset({Code.DEADLINE_EXCEEDED, Code.UNKNOWN_RUN}),
     Rule.LOOP: frozenset({Code.RETRY_LIMIT, Code.LOOP_DETECTED}),
     Rule.BREAKER: frozenset({Code.CIRCUIT_OPEN}),
     Rule.FAN_OUT: frozenset({Code.FAN_OUT_EXCEEDED}),
