@@ -26,6 +26,7 @@ from comptroller.cli.defenses_summary import print_defenses
 from comptroller.cli.group import group_app, simulate_app
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
+from comptroller.cli.traces import register as register_traces
 from comptroller.clock import SystemClock, VirtualClock
 from comptroller.config import ConfigError, Policy, load_policy
 from comptroller.domain.budgets import Budget, BudgetError, Period, ScopeIdsMissingError, budget_scope, limit_usd_to_mc
@@ -35,7 +36,8 @@ from comptroller.domain.pricing import ModelPrice, ceiling_mc
 from comptroller.domain.scopes import Level
 from comptroller.errors import LedgerUnavailableError
 from comptroller.prices import UnknownModelError
-from comptroller.replay import read_traces, replay
+from comptroller.replay import replay
+from comptroller.replay.importers import load as load_traces
 from comptroller.replay.inject import inject_loop, parse_loop_spec
 from comptroller.replay.runner import MissingModelError
 from comptroller.replay.trace import TraceError
@@ -61,6 +63,7 @@ app.add_typer(db_app, name="db")
 register_routing(app)  # eval-cascade, tco
 register_serve(app)  # serve, key
 register_defenses(app)  # kill, breaker
+register_traces(app)  # traces convert
 
 _USER_ERRORS = (ConfigError, TraceError, UnknownModelError, MissingModelError, BudgetError, StoreURLError,
                 NoOutputCapError, FileNotFoundError, ValueError, SchemaVersionError, LedgerUnavailableError)
@@ -91,7 +94,10 @@ def _write_outputs(report: Report, json_out: Path | None, html_out: Path | None,
 @app.command("replay")
 @_user_errors
 def replay_command(
-    paths: Annotated[list[Path], typer.Argument(help="JSONL trace files", exists=True, dir_okay=False)],
+    paths: Annotated[list[Path], typer.Argument(help="Trace files (see --format)", exists=True, dir_okay=False)],
+    trace_format: Annotated[str, typer.Option(
+        "--format", help="auto | jsonl | otel | litellm | langfuse | helicone (auto: from each file's first row)",
+    )] = "auto",
     policy_path: Annotated[Path | None, typer.Option("--policy", help="Policy TOML: budgets, caps, prices")] = None,
     prices_path: Annotated[Path | None, typer.Option("--prices", help="Price-override TOML on top")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Ledger URL (default: a new temporary SQLite file)")] = None,
@@ -104,7 +110,7 @@ def replay_command(
 ) -> None:
     """Replay recorded LLM calls through the ledger and a policy, in virtual (recorded) time."""
     policy = _policy(policy_path, prices_path, default_model)
-    records, skipped = read_traces(paths, skip_invalid=skip_invalid)
+    records, skipped = load_traces(paths, trace_format, skip_invalid=skip_invalid)
     if not records:
         raise ValueError("the trace files hold no calls")
     if inject_loop_spec is not None:

@@ -24,7 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TraceError", "TraceRecord", "read_traces"]
+__all__ = ["TraceError", "TraceRecord", "parse_object", "read_traces"]
 
 
 class TraceError(ValueError):
@@ -147,6 +147,18 @@ def parse_line(text: str, path: str, line: int) -> TraceRecord:
         raise TraceError(path, line, None, f"not valid JSON ({exc.msg})") from None
     if not isinstance(obj, dict):
         raise TraceError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
+    return parse_object(obj, path, line)
+
+
+def parse_object(obj: dict[str, Any], path: str, line: int) -> TraceRecord:
+    """Validate one normalised record (a decoded JSONL object) into a :class:`TraceRecord`.
+
+    The importers (:mod:`comptroller.replay.importers`) build such objects from other
+    formats, so every source passes the same checks.
+
+    Raises:
+        TraceError: naming file, line (or row) and field.
+    """
     values: dict[str, Any] = {}
     for name in _FIELDS:
         try:
