@@ -11,14 +11,18 @@ endpoint                               why free
 =====================================  ==========================================================
 
 Every other path under ``/v1`` (any method) answers 404 ``unknown_endpoint`` naming the
-supported endpoints, in Anthropic's shape under ``/v1/messages`` and OpenAI's elsewhere: a
-path the gateway cannot meter is never passed through (DESIGN.md rule 11).
+supported endpoints (every ``/v1`` route the app has: batches and groups too), in Anthropic's
+shape under ``/v1/messages`` and OpenAI's elsewhere: a path the gateway cannot meter is never
+passed through (DESIGN.md rule 11).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from comptroller.gateway.apis.base import require_model
 from comptroller.gateway.apis.messages import MessagesApi
@@ -28,20 +32,27 @@ from comptroller.gateway.errors import ErrorShape, GatewayError
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upstream import UpstreamError
 
-__all__ = ["SUPPORTED", "count_tokens", "shape_of", "unknown_endpoint"]
-
-SUPPORTED = ("POST /v1/chat/completions", "POST /v1/responses", "POST /v1/messages", "POST /v1/embeddings",
-             "POST /v1/completions", "POST /v1/messages/count_tokens", "GET /v1/models")
-"""The endpoints named in a 404 (batch endpoints are added by their own routes)."""
+__all__ = ["count_tokens", "shape_of", "supported_endpoints", "unknown_endpoint"]
 
 _MESSAGES = MessagesApi()
 
 
+def supported_endpoints(routes: Iterable[BaseRoute]) -> list[str]:
+    """``METHOD /v1/...`` of every ``/v1`` route among ``routes``, in route order."""
+    found = []
+    for route in routes:
+        if isinstance(route, Route) and route.path.startswith("/v1/"):
+            methods = sorted((route.methods or set()) - {"HEAD"})
+            found += [f"{method} {route.path}" for method in methods]
+    return found
+
+
 def unknown_endpoint(request: Request) -> GatewayError:
     """The 404 for a path or method the gateway does not meter (render it in :func:`shape_of` the path)."""
+    supported = ", ".join(supported_endpoints(request.app.routes))
     return GatewayError(404, f"{request.method} {request.url.path} is not an endpoint of this gateway: it meters "
-                        f"every call that can cost money and passes nothing else through. Supported: "
-                        f"{', '.join(SUPPORTED)}", type_="not_found_error", code="unknown_endpoint")
+                        f"every call that can cost money and passes nothing else through. Supported: {supported}",
+                        type_="not_found_error", code="unknown_endpoint")
 
 
 def shape_of(path: str) -> ErrorShape:
