@@ -275,10 +275,11 @@ class WorkerLife:
         """
         gateway = self.gateway
         pending = [] if gateway is None else list(gateway.inflight.values())
-        for reservation in pending:
-            assert gateway is not None
-            bound = Usage(input_tokens=reservation.input_tokens_max, output_tokens=reservation.output_tokens_max)
-            await gateway.run(gateway.settle, reservation, bound)
+        async with anyio.create_task_group() as group:  # at once: together they take one ledger_timeout_s at most
+            for reservation in pending:
+                assert gateway is not None
+                bound = Usage(input_tokens=reservation.input_tokens_max, output_tokens=reservation.output_tokens_max)
+                group.start_soon(gateway.run, gateway.settle, reservation, bound)
         if pending:
             log.warning("shutdown: %d call(s) cut off after %g s, charged at their reserved bound",
                         len(pending), self.grace_s)

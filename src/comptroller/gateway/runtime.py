@@ -72,7 +72,8 @@ class BoundedCall:
 
     Whichever comes second, the operation's end or the caller giving up, decides: an
     operation that ends after :meth:`finish` was called hands its result to ``late``
-    (in its own thread). A lock orders the two, so a result is used exactly once.
+    (in its own thread). A lock orders the two, so a result is used exactly once. The
+    operation runs at most once: :meth:`run` and :meth:`claim` take it first.
 
     Args:
         operation: the ledger operation.
@@ -85,9 +86,21 @@ class BoundedCall:
         self._lock = threading.Lock()
         self._outcome: tuple[bool, Any] | None = None  # (raised, value)
         self._abandoned = False
+        self._claimed = False
+
+    def claim(self) -> bool:
+        """Take the operation to run it (then call :meth:`execute`); False when it has been taken already."""
+        with self._lock:
+            taken, self._claimed = self._claimed, True
+        return not taken
 
     def run(self) -> None:
-        """Run the operation (in the worker thread)."""
+        """Run the operation (in the worker thread), unless it was claimed already."""
+        if self.claim():
+            self.execute()
+
+    def execute(self) -> None:
+        """Run the operation, after :meth:`claim` gave True."""
         try:
             outcome: tuple[bool, Any] = (False, self._operation(*self._args))
         except Exception as exc:
@@ -181,10 +194,10 @@ class Gateway:
         self.metrics.ledger_errors.labels("timeout").inc()
         log.error("ledger call %s took longer than %g s; the request stops waiting (it runs on in its thread)",
                   getattr(operation, "__name__", operation), self.config.ledger_timeout_s)
-        if operation == self.settle:
-            return Settled(None)  # type: ignore[return-value]  # _T is Settled here
-        if operation == self.release:
-            return None  # type: ignore[return-value]  # _T is None here
+        if operation in (self.settle, self.release):
+            if call.claim():  # still waiting for a thread: it must run all the same (the call was made)
+                threading.Thread(target=call.execute, daemon=True, name="ledger-after-timeout").start()
+            return None if operation == self.release else Settled(None)  # type: ignore[return-value]
         raise _ledger_unavailable(f"no answer came within {self.config.ledger_timeout_s:g} s")
 
     def _late(self, result: object) -> None:
