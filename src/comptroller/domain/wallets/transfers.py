@@ -74,6 +74,10 @@ class Transfer:
     ts: datetime
     ref: str = ""
 
+    def __post_init__(self) -> None:
+        if self.ts.tzinfo is None:
+            raise ValueError(f"transfer {self.id!r}: ts must be an aware datetime (UTC), got a naive {self.ts}")
+
 
 @dataclass(frozen=True, slots=True)
 class AccountBalance:

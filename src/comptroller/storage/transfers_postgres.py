@@ -1,0 +1,157 @@
+"""Wallet transfers in the ledger's PostgreSQL schema (tables from migration ``0004_wallets.sql``).
+
+A batch is one transaction at READ COMMITTED. It first makes sure every account row it
+touches exists (``INSERT ... ON CONFLICT DO NOTHING``), then locks them with ``SELECT ...
+ORDER BY id FOR UPDATE`` (one global order, so batches never deadlock), then reads the
+stored transfers of its ids. Two replicas creating the same id at once are serialised by
+the account locks (same id, same accounts) or, for an id reused on other accounts, by the
+unique index: the insert that loses finds the winner's row (``ON CONFLICT DO NOTHING``
+returns nothing), and the batch is decided again. A lost connection or a pool timeout is
+:class:`~comptroller.errors.LedgerUnavailableError`; a batch retried with the same ids is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from comptroller.domain.wallets.transfers import AccountBalance, Transfer, TransferCode, TransferResult
+from comptroller.errors import LedgerUnavailableError
+from comptroller.storage.migrations import check_version
+from comptroller.storage.postgres import redact, split_url
+from comptroller.storage.transfers import apply_batch
+
+__all__ = ["PostgresTransferStore"]
+
+_T = TypeVar("_T")
+_COLS = "id, debit_account, credit_account, amount_mc, kind, ts, ref"
+_ACCOUNT_COLS = "id, debits_mc, credits_mc, floor_mc"
+_ATTEMPTS = 3
+Conn = psycopg.Connection[Any]
+
+
+class _LostRaceError(Exception):
+    """Another transaction stored one of the batch's ids first: decide the batch again."""
+
+
+def _transfer(row: Sequence[Any]) -> Transfer:
+    return Transfer(id=row[0], debit_account=row[1], credit_account=row[2], amount_mc=row[3], kind=row[4],
+                    ts=row[5], ref=row[6])
+
+
+def _account(row: Sequence[Any]) -> AccountBalance:
+    return AccountBalance(row[0], row[1], row[2], row[3])
+
+
+class PostgresTransferStore:
+    """A :class:`~comptroller.storage.transfers.TransferStore` in the ledger's PostgreSQL database.
+
+    Args:
+        url: the ledger's libpq URL (pool options may ride in it, as for the ledger store).
+        schema: the schema holding the ledger (default: the server's ``search_path``).
+        max_size: pooled connections at most.
+        timeout_s: how long a call waits for a free connection, seconds.
+
+    Raises:
+        SchemaVersionError: if the schema is behind (run ``comptroller db upgrade``) or ahead.
+        LedgerUnavailableError: if the database cannot be reached.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, max_size: int = 4, timeout_s: float = 5.0) -> None:
+        conninfo, options = split_url(url)
+        self.where = redact(conninfo) + (f" (schema {schema})" if schema else "")
+        self._schema = schema
+        self._timeout_s = options.get("timeout_s", timeout_s)
+        self._pool = ConnectionPool(conninfo, min_size=1, max_size=int(options.get("max_size", max_size)),
+                                    kwargs={"autocommit": True, "connect_timeout": 5}, configure=self._configure,
+                                    timeout=self._timeout_s, open=False, name="comptroller-wallets")
+        self._pool.open(wait=False)
+        try:
+            self._run(lambda conn: check_version(conn, self.where))
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _configure(self, conn: Conn) -> None:
+        conn.execute("SET TimeZone TO 'UTC'")
+        conn.execute("SET lock_timeout TO '10s'")
+        if self._schema is not None:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+
+    def _run(self, op: Callable[[Conn], _T]) -> _T:
+        """Run ``op`` in one transaction; again (at most :data:`_ATTEMPTS` times) after a lost race."""
+        for _ in range(_ATTEMPTS):
+            try:
+                with self._pool.connection(timeout=self._timeout_s) as conn, conn.transaction():
+                    return op(conn)
+            except _LostRaceError:
+                continue
+            except (PoolTimeout, psycopg.OperationalError) as exc:
+                raise LedgerUnavailableError(f"wallet ledger {self.where} unavailable: {exc.__class__.__name__}: "
+                                             f"{str(exc).strip()}; retry later with the same transfer ids") from exc
+        raise LedgerUnavailableError(f"wallet ledger {self.where}: a transfer id kept being created concurrently; "
+                                     "retry later with the same transfer ids")
+
+    def create_transfers(self, transfers: Sequence[Transfer]) -> list[TransferResult]:
+        """Decide and apply a batch in one transaction (see :class:`~comptroller.storage.transfers.TransferStore`)."""
+        return self._run(lambda conn: _create(conn, transfers))
+
+    def transfer(self, transfer_id: str) -> Transfer | None:
+        """One stored transfer by id, or None."""
+        rows = self._run(lambda c: c.execute(f"SELECT {_COLS} FROM wallet_transfers WHERE id = %s",
+                                             (transfer_id,)).fetchall())
+        return _transfer(rows[0]) if rows else None
+
+    def transfers(self, account: str | None = None) -> list[Transfer]:
+        """Every stored transfer (touching ``account`` if given), in the order applied."""
+        rows = self._run(lambda c: c.execute(
+            f"SELECT {_COLS} FROM wallet_transfers WHERE %s::text IS NULL OR debit_account = %s "
+            "OR credit_account = %s ORDER BY seq", (account, account, account)).fetchall())
+        return [_transfer(r) for r in rows]
+
+    def balance(self, account: str) -> AccountBalance:
+        """One account's totals and floor (zeros for an account never used)."""
+        rows = self._run(lambda c: c.execute(f"SELECT {_ACCOUNT_COLS} FROM wallet_accounts WHERE id = %s",
+                                             (account,)).fetchall())
+        return _account(rows[0]) if rows else AccountBalance(account)
+
+    def balances(self) -> list[AccountBalance]:
+        """Every account with a transfer or a floor, by name."""
+        rows = self._run(lambda c: c.execute(f"SELECT {_ACCOUNT_COLS} FROM wallet_accounts ORDER BY id").fetchall())
+        return [_account(r) for r in rows]
+
+    def set_floor(self, account: str, floor_mc: int | None) -> None:
+        """Set or remove an account's floor, millicents."""
+        self._run(lambda c: c.execute("INSERT INTO wallet_accounts (id, floor_mc) VALUES (%s, %s) ON CONFLICT (id) "
+                                      "DO UPDATE SET floor_mc = excluded.floor_mc", (account, floor_mc)))
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._pool.close()
+
+
+def _create(conn: Conn, transfers: Sequence[Transfer]) -> list[TransferResult]:
+    names = sorted({a for t in transfers for a in (t.debit_account, t.credit_account) if a})
+    ids = sorted({t.id for t in transfers})
+    conn.execute("INSERT INTO wallet_accounts (id) SELECT unnest(%s::text[]) ORDER BY 1 ON CONFLICT (id) DO NOTHING",
+                 (names,))
+    locked = conn.execute(f"SELECT {_ACCOUNT_COLS} FROM wallet_accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                          (names,)).fetchall()
+    accounts = {a.account: a for a in map(_account, locked)}
+    stored = conn.execute(f"SELECT {_COLS} FROM wallet_transfers WHERE id = ANY(%s)", (ids,)).fetchall()
+    existing = {t.id: t for t in map(_transfer, stored)}
+    results = apply_batch(transfers, existing, accounts)
+    with conn.cursor() as cur:
+        for t in (r.transfer for r in results if r.code is TransferCode.OK):
+            cur.execute(f"INSERT INTO wallet_transfers ({_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (id) DO NOTHING RETURNING id",
+                        (t.id, t.debit_account, t.credit_account, t.amount_mc, t.kind, t.ts, t.ref))
+            if cur.fetchone() is None:
+                raise _LostRaceError(t.id)
+        cur.executemany("UPDATE wallet_accounts SET debits_mc = %s, credits_mc = %s WHERE id = %s",
+                        [(accounts[a].debits_mc, accounts[a].credits_mc, a) for a in names if a in accounts])
+    return results
