@@ -135,10 +135,11 @@ class Sketch:
         hashes: the sorted distinct 32-bit shingle hashes kept (at most ``SKETCH_SIZE``).
     """
 
-    __slots__ = ("hashes",)
+    __slots__ = ("_set", "hashes")
 
     def __init__(self, hashes: tuple[int, ...]) -> None:
         self.hashes = hashes
+        self._set = frozenset(hashes)
 
     @classmethod
     def of(cls, text: str, k: int = SHINGLE_WORDS) -> Sketch:
@@ -151,7 +152,15 @@ class Sketch:
 
     @classmethod
     def from_hex(cls, text: str) -> Sketch:
-        """Read :meth:`to_hex`. Raises ValueError on text that is not whole 8-digit hex hashes."""
+        """Read :meth:`to_hex` (memoised: a history's sketches are read call after call).
+
+        Raises:
+            ValueError: on text that is not whole 8-digit hex hashes.
+        """
+        return _sketch_from_hex(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Sketch:
         if len(text) % _HASH_HEX or len(text) > _HASH_HEX * SKETCH_SIZE:
             raise ValueError(f"a sketch is at most {SKETCH_SIZE} hashes of {_HASH_HEX} hex digits, got {text!r:.80}")
         return cls(tuple(int(text[i:i + _HASH_HEX], 16) for i in range(0, len(text), _HASH_HEX)))
@@ -164,11 +173,12 @@ class Sketch:
         """
         if self.hashes == other.hashes:
             return 1.0
-        union = sorted(set(self.hashes) | set(other.hashes))[:SKETCH_SIZE]
+        mine, theirs = self._set, other._set
+        union = sorted(mine | theirs)[:SKETCH_SIZE]
         if not union:
             return 1.0
-        mine, theirs = set(self.hashes), set(other.hashes)
-        return sum(1 for h in union if h in mine and h in theirs) / len(union)
+        both = mine & theirs
+        return sum(1 for h in union if h in both) / len(union)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sketch) and self.hashes == other.hashes
@@ -178,6 +188,11 @@ class Sketch:
 
     def __repr__(self) -> str:
         return f"Sketch({self.to_hex()!r})"
+
+
+@lru_cache(maxsize=8_192)
+def _sketch_from_hex(text: str) -> Sketch:
+    return Sketch._parse(text)
 
 
 @lru_cache(maxsize=4_096)
