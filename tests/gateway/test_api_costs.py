@@ -22,6 +22,8 @@ from gateway_kit import (
 from stub_apis import input_words, responses_prompt_tokens
 from stub_upstream import StubUpstream, prompt_tokens
 
+from comptroller.domain.tokens import prediction_tokens_max, request_input_tokens_max
+
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say five words."}]
 
 
@@ -126,3 +128,14 @@ def test_a_tier_price_applies_above_its_input_start(gw: Harness, words: int) -> 
     (low_in, low_out), (high_in, high_out) = TIER_MC_PER_TOKEN
     rate_in, rate_out = (high_in, high_out) if prompt > TIER_START else (low_in, low_out)
     assert last_cost(gw) == prompt * rate_in + 5 * rate_out
+
+
+def test_a_prediction_is_reserved_as_output_beyond_the_bound_sent(gw: Harness) -> None:
+    """A Predicted Output's tokens are added to the reserved output while max_tokens upstream stays the bound."""
+    prediction = {"type": "content", "content": "def add(a, b):\n    return a + b\n"}
+    body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": 10, "prediction": prediction}
+    raw = gw.client().chat.completions.with_raw_response.create(**body)
+    assert gw.stub.control.requests[-1]["max_tokens"] == 10
+    expected_ceiling = (request_input_tokens_max(body, api="chat") * INPUT_MC_PER_TOKEN
+                        + (10 + prediction_tokens_max(body)) * OUTPUT_MC_PER_TOKEN)
+    assert int(raw.headers["x-comptroller-ceiling-mc"]) == expected_ceiling

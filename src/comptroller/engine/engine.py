@@ -61,6 +61,9 @@ class CallRequest:
         choices: outputs the call generates (OpenAI ``n``): the output bound is reserved this
             many times (the ceiling is input + choices x output bound, and the reservation's
             ``output_tokens_max`` is the total; send ``output_tokens_max // choices`` upstream).
+        output_tokens_extra: output tokens reserved beyond the bound sent upstream: OpenAI bills
+            a Predicted Output's rejected tokens as completion tokens ("Predicted Outputs");
+            send ``(output_tokens_max - output_tokens_extra) // choices`` upstream.
         sends: the call goes upstream right after admission (the gateway, the SDK): the
             reservation is marked sent, so a lease that expires unresolved is charged its
             ceiling as ``unknown_outcome`` (DESIGN.md rule 12). Release it if the call is not sent.
@@ -77,6 +80,7 @@ class CallRequest:
     fingerprint: str | None = None
     text: str | None = None
     choices: int = 1
+    output_tokens_extra: int = 0
     sends: bool = False
 
 
@@ -184,7 +188,7 @@ class Engine:
         price = self.prices.price(model, now)
         output_max = self.caps.output_tokens_max(agent=call.attribution.agent, requested=call.max_tokens,
                                                  price=price, input_tokens_max=call.input_tokens_max)
-        output_max *= call.choices  # n choices: n outputs, each within the bound
+        output_max = output_max * call.choices + call.output_tokens_extra  # n outputs, each within the bound
         ceiling = ceiling_mc(price, input_tokens_max=call.input_tokens_max, output_tokens_max=output_max)
         return ReserveRequest(idempotency_key=key, attribution=call.attribution, model=model, ceiling_mc=ceiling,
                               input_tokens_max=call.input_tokens_max, output_tokens_max=output_max,

@@ -51,6 +51,8 @@ class ApiRequest:
         max_tokens: the requested output limit per output, if any (None: the agent's cap applies).
         input_tokens_max: an upper bound on the input tokens.
         choices: outputs the call generates (``n``): the output bound is reserved this many times.
+        output_tokens_extra: output tokens billed beyond the bound sent upstream (a Predicted
+            Output's rejected tokens), reserved on top.
         fingerprint: the request's identity for the same-request loop detector (None: skipped).
         text: what the agent adds this turn (None: the text detectors skip the call).
         include_usage: a chat stream's client asked for the usage chunk.
@@ -62,6 +64,7 @@ class ApiRequest:
     max_tokens: int | None
     input_tokens_max: int
     choices: int = 1
+    output_tokens_extra: int = 0
     fingerprint: str | None = None
     text: str | None = None
     include_usage: bool = True

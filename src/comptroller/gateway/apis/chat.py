@@ -7,7 +7,9 @@ field goes upstream untouched and counts in the input bound
 (:func:`~comptroller.domain.tokens.request_input_tokens_max`).
 
 ``n > 1`` asks for n choices: the ceiling is input + n x output bound, and each choice is
-capped at the output bound. The bound goes upstream in every output-limit field the client
+capped at the output bound. A ``prediction`` (Predicted Outputs) is reserved as output too
+(:func:`~comptroller.domain.tokens.prediction_tokens_max`): its rejected tokens are billed as
+completion tokens beyond ``max_tokens``. The bound goes upstream in every output-limit field the client
 sent, else in ``max_completion_tokens`` for models that reject ``max_tokens`` (OpenAI's
 reasoning models: ``o1``, ``o3``, ``o4-mini``, ``gpt-5``; API reference: "max_tokens is not
 compatible with o-series models") or the provider's ``max_tokens_field``. Streams force
@@ -21,6 +23,7 @@ import re
 from typing import Any
 
 from comptroller.domain.defenses.similarity import fingerprint
+from comptroller.domain.tokens import prediction_tokens_max
 from comptroller.domain.usage import Usage, from_openai_usage
 from comptroller.gateway.apis.base import (
     ApiRequest,
@@ -136,6 +139,7 @@ class ChatApi:
                   if v is not None]
         return ApiRequest(body=body, model=model, stream=stream, max_tokens=min(limits) if limits else None,
                           input_tokens_max=input_bound(body, "chat"), choices=n,
+                          output_tokens_extra=prediction_tokens_max(body),
                           fingerprint=fingerprint(model, messages), text=message_text(messages[-1]),
                           include_usage=bool(options and options.get("include_usage")))
 

@@ -8,8 +8,9 @@ reserved before the body is checked, and every answer that is not a result is an
 the API's own shape (:mod:`comptroller.gateway.errors`).
 
 The output bound the engine reserved (the agent's cap when the request has none or asks
-for more) is what goes upstream, per output (``n`` outputs reserve ``n`` times the bound),
-so the reserved ceiling stays a true bound.
+for more) is what goes upstream, per output (``n`` outputs reserve ``n`` times the bound,
+plus what is billed as output beyond it: a Predicted Output's rejected tokens), so the
+reserved ceiling stays a true bound.
 
 Every exit settles or releases, exactly once (:class:`~comptroller.gateway.runtime.Gateway`):
 
@@ -215,6 +216,7 @@ async def serve(gw: Gateway, request: Request, api: Api, caller: Caller, call: A
     call_request = CallRequest(
         attribution=attribute(caller, headers, namespace=gw.namespace, groups=gw.groups), model=call.model,
         input_tokens_max=call.input_tokens_max, max_tokens=call.max_tokens, choices=call.choices,
+        output_tokens_extra=call.output_tokens_extra,
         run_id=headers.get("x-comptroller-run"), attempt_id=headers.get("x-comptroller-attempt"),
         fingerprint=call.fingerprint, text=call.text)
     admission = await gw.run(gw.admit, call_request)
@@ -222,7 +224,8 @@ async def serve(gw: Gateway, request: Request, api: Api, caller: Caller, call: A
         assert admission.verdict is not None
         return verdict_response(admission.verdict, api.shape)
     upstream, model = await _routed(gw, call.model, admission, upstream, api)
-    body = api.forward_body(call, admission.output_tokens_max // call.choices, upstream.config)
+    per_output = (admission.output_tokens_max - call.output_tokens_extra) // call.choices
+    body = api.forward_body(call, per_output, upstream.config)
     body["model"] = model
     forwarded = {name: headers[name] for name in _FORWARDED_HEADERS if name in headers}
     if not call.stream:
