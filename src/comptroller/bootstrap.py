@@ -21,7 +21,8 @@ def price_book(policy: Policy) -> PriceBook:
 
 
 def build_engine(*, db_url: str, policy: Policy, clock: Clock | None = None,
-                 store: LedgerStore | None = None, sinks: Sequence[EventSink] | None = None) -> Engine:
+                 store: LedgerStore | None = None, sinks: Sequence[EventSink] | None = None,
+                 prices: PriceBook | None = None) -> Engine:
     """An engine on the ledger at ``db_url`` with the policy's budgets installed.
 
     Args:
@@ -30,6 +31,7 @@ def build_engine(*, db_url: str, policy: Policy, clock: Clock | None = None,
         clock: the time source (default: the system clock).
         store: an already open store (then ``db_url`` is ignored).
         sinks: event subscribers (default: those of the policy's ``[notify]`` section).
+        prices: the price book (default: :func:`price_book` of the policy; replay ``--prices-data``).
 
     Raises:
         StoreURLError: for an unknown URL scheme.
@@ -39,5 +41,5 @@ def build_engine(*, db_url: str, policy: Policy, clock: Clock | None = None,
     for budget in policy.budget_list():
         ledger.put_budget(budget)
     subscribers = sinks_from_config(policy.notify, clock=clock) if sinks is None else sinks
-    return Engine(store=ledger, prices=price_book(policy), clock=clock or SystemClock(), caps=policy.caps(),
+    return Engine(store=ledger, prices=prices or price_book(policy), clock=clock or SystemClock(), caps=policy.caps(),
                   ttl_s=policy.ttl_s, defenses=policy.defenses(), sinks=subscribers)

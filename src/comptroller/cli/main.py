@@ -27,6 +27,7 @@ from comptroller.cli.group import group_app, simulate_app
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
 from comptroller.cli.traces import register as register_traces
+from comptroller.cli.ui import register as register_ui
 from comptroller.clock import SystemClock, VirtualClock
 from comptroller.config import ConfigError, Policy, load_policy
 from comptroller.domain.budgets import Budget, BudgetError, Period, ScopeIdsMissingError, budget_scope, limit_usd_to_mc
@@ -35,11 +36,12 @@ from comptroller.domain.money import format_usd
 from comptroller.domain.pricing import ModelPrice, ceiling_mc
 from comptroller.domain.scopes import Level
 from comptroller.errors import LedgerUnavailableError
-from comptroller.prices import UnknownModelError
+from comptroller.prices import PriceBook, UnknownModelError
+from comptroller.prices.book import load_prices_data
 from comptroller.replay import replay
 from comptroller.replay.importers import load as load_traces
 from comptroller.replay.inject import inject_loop, parse_loop_spec
-from comptroller.replay.runner import MissingModelError
+from comptroller.replay.runner import DEFAULT_OUTPUT_TOKENS_MAX, MissingModelError
 from comptroller.replay.trace import TraceError
 from comptroller.reports import Report, build_report, rows_from_ledger, rows_from_replay
 from comptroller.reports.html import render_html
@@ -64,6 +66,7 @@ register_routing(app)  # eval-cascade, tco
 register_serve(app)  # serve, key
 register_defenses(app)  # kill, breaker
 register_traces(app)  # traces convert
+register_ui(app)  # ui
 
 _USER_ERRORS = (ConfigError, TraceError, UnknownModelError, MissingModelError, BudgetError, StoreURLError,
                 NoOutputCapError, FileNotFoundError, ValueError, SchemaVersionError, LedgerUnavailableError)
@@ -100,6 +103,9 @@ def replay_command(
     )] = "auto",
     policy_path: Annotated[Path | None, typer.Option("--policy", help="Policy TOML: budgets, caps, prices")] = None,
     prices_path: Annotated[Path | None, typer.Option("--prices", help="Price-override TOML on top")] = None,
+    prices_data: Annotated[Path | None, typer.Option(
+        "--prices-data", help="A newer genai-prices data file (its data.json) to price from instead of the bundled one",
+        exists=True, dir_okay=False)] = None,
     db: Annotated[str | None, typer.Option("--db", help="Ledger URL (default: a new temporary SQLite file)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write the report as self-contained HTML")] = None,
@@ -118,7 +124,10 @@ def replay_command(
     print_defenses(err, policy.defenses())  # issue 13: what is on and what is not
     clock = VirtualClock(records[0].ts)
     with tempfile.TemporaryDirectory() as tmp:
-        engine = build_engine(db_url=db or f"sqlite:///{tmp}/replay.db", policy=policy, clock=clock)
+        prices = None if prices_data is None else PriceBook(
+            overrides=policy.price_overrides(), aliases=policy.aliases, snapshot=load_prices_data(prices_data),
+            snapshot_name=prices_data.name)
+        engine = build_engine(db_url=db or f"sqlite:///{tmp}/replay.db", policy=policy, clock=clock, prices=prices)
         with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, transient=True, disable=len(records) < 5000) as progress:
             task = progress.add_task("replay", total=len(records))
@@ -134,7 +143,7 @@ def replay_command(
                           output_tokens_max=output_max)
 
     report = build_report(rows_from_replay(result.outcomes), budgets=policy.budget_list(), skipped_lines=skipped,
-                          ceiling_fn=ceiling, events=events)
+                          ceiling_fn=ceiling, events=events, default_bound_tokens=DEFAULT_OUTPUT_TOKENS_MAX)
     render_terminal(report, console)
     _write_outputs(report, json_out, html_out, "comptroller replay: " + ", ".join(p.name for p in paths))
 

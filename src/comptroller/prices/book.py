@@ -7,7 +7,9 @@ Resolution order for a label:
 2. ``overrides`` (configured): a price for a local or custom model, or a
    replacement for genai-prices' price of a known one (e.g. the price billed in 2023);
 3. genai-prices' bundled snapshot (offline; never fetched at run time), priced at
-   the call's timestamp, since genai-prices keeps dated price changes.
+   the call's timestamp, since genai-prices keeps dated price changes; or a newer
+   genai-prices data file the user downloaded (:func:`load_prices_data`, ``--prices-data``),
+   so prices can be updated without upgrading the package.
 
 An unknown label is an :class:`UnknownModelError` that names the closest known
 names and how to configure a price.
@@ -16,17 +18,20 @@ names and how to configure a price.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
+import pydantic
 from genai_prices import data_snapshot, types
 
 from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
 
-__all__ = ["PriceBook", "UnknownModelError"]
+__all__ = ["PriceBook", "PricesDataError", "UnknownModelError", "load_prices_data"]
 
 _MAX_ALIAS_HOPS = 8
 # Providers that sell their own models, asked first when genai-prices cannot infer the provider.
@@ -49,6 +54,42 @@ class UnknownModelError(LookupError):
         )
 
 
+class PricesDataError(ValueError):
+    """A ``--prices-data`` file is not a genai-prices data file."""
+
+
+def load_prices_data(path: str | Path) -> data_snapshot.DataSnapshot:
+    """A genai-prices data snapshot from a file in the package's own JSON format.
+
+    The format is the provider list genai-prices publishes and its ``UpdatePrices``
+    fetches (``genai_prices.update_prices.DEFAULT_UPDATE_URL``: ``prices/.../data.json``
+    in pydantic/genai-prices): ``[{"id", "name", "api_pattern", "models": [{"id",
+    "match", "prices": {"input_mtok", "output_mtok", ...} or dated price list}]}]``.
+    It is parsed by the loader ``UpdatePrices.fetch`` itself uses
+    (``genai_prices.types._providers_from_raw``: the package exposes no public name for
+    it), so any file that version of genai-prices accepts is accepted here. Nothing is
+    fetched: download the file yourself.
+
+    Raises:
+        PricesDataError: naming the file and what is wrong with it.
+        FileNotFoundError: for a missing file.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PricesDataError(f"{path}: not JSON ({exc.msg}); --prices-data takes genai-prices' data.json") from None
+    if not isinstance(raw, list):
+        raise PricesDataError(f"{path}: expected genai-prices' JSON list of providers, got {type(raw).__name__}")
+    try:
+        providers = types._providers_from_raw(raw)
+    except pydantic.ValidationError as exc:
+        raise PricesDataError(f"{path}: not a genai-prices data file for genai-prices {version('genai-prices')}: "
+                              f"{exc.error_count()} errors, first: {exc.errors()[0]['loc']}: "
+                              f"{exc.errors()[0]['msg']}") from None
+    return data_snapshot.DataSnapshot(providers=providers, from_auto_update=False)
+
+
 def _rate(value: Any) -> Rate | None:
     if value is None:
         return None
@@ -63,23 +104,30 @@ class PriceBook:
     Args:
         overrides: model id -> price (takes precedence over genai-prices).
         aliases: label -> label or model id.
+        snapshot: genai-prices data to price from (default: the bundled snapshot);
+            see :func:`load_prices_data`.
+        snapshot_name: how prices from ``snapshot`` are sourced in reports (its file name).
 
     Raises:
         ValueError: on an alias cycle or chain longer than 8 hops (at lookup).
     """
 
     def __init__(self, *, overrides: Mapping[str, ModelPrice] | None = None,
-                 aliases: Mapping[str, str] | None = None) -> None:
+                 aliases: Mapping[str, str] | None = None, snapshot: data_snapshot.DataSnapshot | None = None,
+                 snapshot_name: str | None = None) -> None:
         self._overrides = dict(overrides or {})
         self._aliases = dict(aliases or {})
-        self._snapshot = data_snapshot.get_snapshot()
+        self._snapshot = snapshot or data_snapshot.get_snapshot()
+        self._snapshot_name = snapshot_name
+        self._source = _SOURCE if snapshot is None else f"genai-prices data {snapshot_name or '(file)'}"
         self._models: dict[str, types.ModelInfo] = {}
         self._converted: dict[tuple[str, int], ModelPrice] = {}
         self._resolved: dict[str, str] = {}
 
     def with_config(self, *, overrides: Mapping[str, ModelPrice], aliases: Mapping[str, str]) -> PriceBook:
         """A new book with more overrides and aliases layered on top of this one's."""
-        return PriceBook(overrides={**self._overrides, **overrides}, aliases={**self._aliases, **aliases})
+        return PriceBook(overrides={**self._overrides, **overrides}, aliases={**self._aliases, **aliases},
+                         snapshot=self._snapshot, snapshot_name=self._snapshot_name)
 
     def resolve(self, model: str) -> str:
         """Follow aliases to a model id, checking that it has a price.
@@ -166,8 +214,7 @@ class PriceBook:
             return None
         return self._convert(model_id, info, batch)
 
-    @staticmethod
-    def _convert(model_id: str, info: types.ModelInfo, raw: types.ModelPrice) -> ModelPrice:
+    def _convert(self, model_id: str, info: types.ModelInfo, raw: types.ModelPrice) -> ModelPrice:
         input_rate, output_rate = _rate(raw.input_mtok), _rate(raw.output_mtok)
         if input_rate is None and output_rate is None:
             raise UnknownModelError(model_id, [])
@@ -178,7 +225,7 @@ class PriceBook:
             cache_read_mtok=_rate(raw.cache_read_mtok),
             cache_write_mtok=_rate(raw.cache_write_mtok),
             cache_write_1h_mtok=_rate(raw.cache_write_1h_mtok),
-            source=_SOURCE,
+            source=self._source,
             context_window=info.context_window,
         )
 

@@ -11,7 +11,12 @@ The model is the record's label mapped by the policy's aliases; else its
 ``x_model_resolved``; else the label itself; a record with neither uses the
 policy's ``default_model``. The ceiling is the recorded input tokens plus the
 requested ``max_tokens`` (lowered to the policy's cap for the agent), else the cap,
-else the model's maximum output (:mod:`comptroller.domain.caps`).
+else the model's maximum output (:mod:`comptroller.domain.caps`), else
+:data:`DEFAULT_OUTPUT_TOKENS_MAX` (4,096 tokens: the default ``max_tokens`` of
+Anthropic's SDK examples and the cap the shipped policies use). A replay only prices
+and bounds recorded calls, so it never stops for want of a cap: calls bounded by the
+default are flagged (:attr:`CallOutcome.default_output_bound`) and the report names them.
+A recorded output above that default is a ceiling miss in the report, not an error.
 
 The virtual clock is set to each record's timestamp, the call admitted and, if
 admitted, settled with its recorded usage at the same instant. The idempotency
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 
 from comptroller.clock import VirtualClock
 from comptroller.config import Policy
+from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.codes import Code
 from comptroller.domain.pricing import cost_mc
 from comptroller.domain.scopes import Attribution
@@ -38,7 +44,11 @@ from comptroller.domain.usage import Usage
 from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.replay.trace import TraceRecord
 
-__all__ = ["CallOutcome", "MissingModelError", "ReplayResult", "attribution_for", "model_for", "replay"]
+__all__ = ["DEFAULT_OUTPUT_TOKENS_MAX", "CallOutcome", "MissingModelError", "ReplayResult", "attribution_for",
+           "model_for", "replay"]
+
+DEFAULT_OUTPUT_TOKENS_MAX = 4096
+"""Replay's output bound for a call with no max_tokens, no cap and no known maximum output, tokens."""
 
 
 class MissingModelError(ValueError):
@@ -60,6 +70,8 @@ class CallOutcome:
         ceiling_mc: the amount reserved (or asked for), millicents.
         cost_mc: the call's cost at its time (settled; or prevented when refused), millicents.
         output_tokens_max: the output bound used for the ceiling, tokens.
+        default_output_bound: True when that bound is :data:`DEFAULT_OUTPUT_TOKENS_MAX`
+            (no max_tokens, no cap, no known maximum output).
     """
 
     record: TraceRecord
@@ -72,6 +84,7 @@ class CallOutcome:
     output_tokens_max: int
     refused_rule: str | None = None
     detector: str | None = None
+    default_output_bound: bool = False
 
     @property
     def admitted(self) -> bool:
@@ -122,16 +135,19 @@ def _usage(record: TraceRecord) -> Usage:
 
 
 def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy: Policy,
-                opened: set[str]) -> CallOutcome:
+                opened: set[str], *, unbounded: set[tuple[str, str]]) -> CallOutcome:
     clock.set(record.ts)
     attribution = attribution_for(record, policy)
+    model = model_for(record, policy)
+    default_bound = record.max_output_tokens is None and (model, record.agent) in unbounded
+    max_tokens = DEFAULT_OUTPUT_TOKENS_MAX if default_bound else record.max_output_tokens
     run = record.attempt_id
     if policy.runs is not None and run not in opened:
         engine.open_run(run, policy.runs.duration_s_max, attribution=attribution)
         opened.add(run)
     admission: Admission = engine.admit(CallRequest(
-        attribution=attribution, model=model_for(record, policy), input_tokens_max=record.input_tokens,
-        max_tokens=record.max_output_tokens, idempotency_key=f"{run}:{record.seq}",
+        attribution=attribution, model=model, input_tokens_max=record.input_tokens,
+        max_tokens=max_tokens, idempotency_key=f"{run}:{record.seq}",
         run_id=run if policy.runs is not None else None, attempt_id=run))  # a run without [runs] is not opened
     usage = _usage(record)
     if admission.reservation is None:
@@ -140,29 +156,40 @@ def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy
         prevented = cost_mc(engine.prices.price(admission.model, record.ts), usage)
         return CallOutcome(record, attribution, admission.model, admission.code, str(verdict.level or "-"),
                            admission.ceiling_mc, prevented, admission.output_tokens_max,
-                           refused_rule=str(verdict.rule), detector=verdict.detector)
+                           refused_rule=str(verdict.rule), detector=verdict.detector,
+                           default_output_bound=default_bound)
     settled = engine.settle(admission.reservation, usage)
     assert settled.record is not None, f"settle answered {settled.code} for {record.path}:{record.line}"
     return CallOutcome(record, attribution, admission.model, settled.code, None,
-                       settled.record.ceiling_mc, settled.record.cost_mc, admission.output_tokens_max)
+                       settled.record.ceiling_mc, settled.record.cost_mc, admission.output_tokens_max,
+                       default_output_bound=default_bound)
 
 
-def preflight(records: Sequence[TraceRecord], *, engine: Engine, policy: Policy) -> None:
-    """Check that every record can be priced and bounded before anything is written.
+def preflight(records: Sequence[TraceRecord], *, engine: Engine, policy: Policy) -> set[tuple[str, str]]:
+    """Check that every record can be priced before anything is written; find the unbounded ones.
+
+    Returns:
+        The (model, agent) pairs whose calls without max_tokens have no cap and no known
+        maximum output: replay bounds them at :data:`DEFAULT_OUTPUT_TOKENS_MAX`.
 
     Raises:
-        MissingModelError, UnknownModelError, NoOutputCapError: for the first record that cannot.
+        MissingModelError, UnknownModelError: for the first record that cannot be priced.
     """
     checked: set[tuple[str, str, int | None]] = set()
+    unbounded: set[tuple[str, str]] = set()
     for record in records:
         model = model_for(record, policy)
         key = (model, record.agent, record.max_output_tokens)
         if key in checked:
             continue
         price = engine.prices.price(model, record.ts)
-        engine.caps.output_tokens_max(agent=record.agent, requested=record.max_output_tokens, price=price,
-                                      input_tokens_max=record.input_tokens)
+        try:
+            engine.caps.output_tokens_max(agent=record.agent, requested=record.max_output_tokens, price=price,
+                                          input_tokens_max=record.input_tokens)
+        except NoOutputCapError:
+            unbounded.add((model, record.agent))
         checked.add(key)
+    return unbounded
 
 
 def replay(records: Sequence[TraceRecord], *, engine: Engine, clock: VirtualClock, policy: Policy,
@@ -177,15 +204,14 @@ def replay(records: Sequence[TraceRecord], *, engine: Engine, clock: VirtualCloc
         on_progress: called with the number of calls done, every 256 calls and at the end.
 
     Raises:
-        MissingModelError, UnknownModelError, NoOutputCapError: when a record cannot be
-            priced or bounded; checked for every record first (:func:`preflight`), so
-            nothing is written.
+        MissingModelError, UnknownModelError: when a record cannot be priced; checked for
+            every record first (:func:`preflight`), so nothing is written.
     """
-    preflight(records, engine=engine, policy=policy)
+    unbounded = preflight(records, engine=engine, policy=policy)
     outcomes: list[CallOutcome] = []
     opened: set[str] = set()
     for i, record in enumerate(records, start=1):
-        outcomes.append(_replay_one(record, engine, clock, policy, opened))
+        outcomes.append(_replay_one(record, engine, clock, policy, opened, unbounded=unbounded))
         if on_progress is not None and (i % 256 == 0 or i == len(records)):
             on_progress(i)
     return ReplayResult(outcomes)

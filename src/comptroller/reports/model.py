@@ -48,6 +48,7 @@ class ReportRow:
     refused_code: str | None = None
     logged_cost_usd: Decimal | None = None
     requested_max_tokens: int | None = None
+    default_output_bound: bool = False
 
 
 @dataclass
@@ -160,6 +161,9 @@ class Report:
     budgets: list[dict[str, Any]] = field(default_factory=list)
     skipped_lines: int = 0
     trips: list[TripEntry] = field(default_factory=list)
+    default_bound_calls: int = 0
+    default_bound_models: list[str] = field(default_factory=list)
+    default_bound_tokens: int = 0
 
     @property
     def input_output_ratio(self) -> float:
@@ -297,7 +301,8 @@ def trip_timeline(events: Iterable[Event]) -> list[TripEntry]:
 
 
 def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), skipped_lines: int = 0,
-                 ceiling_fn: CeilingFn | None = None, events: Iterable[Event] = ()) -> Report:
+                 ceiling_fn: CeilingFn | None = None, events: Iterable[Event] = (),
+                 default_bound_tokens: int = 0) -> Report:
     """Aggregate rows into a :class:`Report`.
 
     Args:
@@ -307,6 +312,8 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         ceiling_fn: prices a row's ceiling at another output bound; enables the
             reservation-headroom section (replay passes one built on its price book).
         events: the ledger's events, for the defense timeline (:func:`trip_timeline`).
+        default_bound_tokens: the output bound replay used for calls with no max_tokens,
+            no cap and no known maximum output (rows flagged ``default_output_bound``).
     """
     admitted = [r for r in rows if r.refused_level is None]
     refused = [r for r in rows if r.refused_level is not None]
@@ -326,6 +333,9 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         budgets=[{"id": b.id, "level": str(b.level), "scope": b.scope, "period": str(b.period),
                   "timezone": b.timezone, "limit_mc": b.limit_mc} for b in budgets],
         skipped_lines=skipped_lines, trips=trip_timeline(events),
+        default_bound_calls=sum(1 for r in rows if r.default_output_bound),
+        default_bound_models=sorted({r.model for r in rows if r.default_output_bound}),
+        default_bound_tokens=default_bound_tokens,
     )
 
 
@@ -336,7 +346,7 @@ def rows_from_replay(outcomes: Iterable[CallOutcome]) -> list[ReportRow]:
                   model=o.model, input_tokens=o.record.input_tokens, output_tokens=o.record.output_tokens,
                   cost_mc=o.cost_mc, ceiling_mc=o.ceiling_mc, refused_level=o.refused_level,
                   refused_code=None if o.admitted else str(o.code), logged_cost_usd=o.record.logged_cost_usd,
-                  requested_max_tokens=o.record.max_output_tokens)
+                  requested_max_tokens=o.record.max_output_tokens, default_output_bound=o.default_output_bound)
         for o in outcomes
     ]
 

@@ -111,9 +111,21 @@ def _headroom(report: Report) -> Table | None:
     return table
 
 
+def default_bound_note(report: Report) -> str | None:
+    """The line naming the calls replay bounded at its default output bound, or None."""
+    if not report.default_bound_calls:
+        return None
+    return (f"{report.default_bound_calls:,} calls had no max_tokens, no output cap and no known maximum output "
+            f"({', '.join(report.default_bound_models)}): their ceilings use replay's default output bound of "
+            f"{report.default_bound_tokens:,} tokens (set output_cap_tokens in a policy to choose another)")
+
+
 def render_terminal(report: Report, console: Console) -> None:
     """Print the report as tables."""
     console.print(_summary(report))
+    note = default_bound_note(report)
+    if note is not None:
+        console.print(note, highlight=False)
     console.print(_groups("Cost by agent", report.by_agent, report.cost_mc))
     console.print(_groups("Cost by model", report.by_model, report.cost_mc))
     console.print(_groups("Cost by phase", report.by_phase, report.cost_mc))
