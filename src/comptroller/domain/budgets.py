@@ -290,6 +290,6 @@ def limit_usd_to_mc(usd: Decimal, what: str = "limit_usd") -> int:
         raise BudgetError(f"{what} must be a finite amount >= 0 USD, got {usd}")
     mc = usd_to_mc_half_up(usd)
     if usd > 0 and mc == 0:
-        raise BudgetError(f"{what} {usd} USD is below 1 millicent ($0.00001), the smallest amount the ledger "
+        raise BudgetError(f"{what} {usd:f} USD is below 1 millicent ($0.00001), the smallest amount the ledger "
                           f"keeps; it would be a $0 limit. Give at least 0.00001, or 0 to admit only free calls")
     return mc
