@@ -24,10 +24,12 @@ from comptroller.cli.db import db_app
 from comptroller.cli.defenses import register as register_defenses
 from comptroller.cli.defenses_summary import print_defenses
 from comptroller.cli.group import group_app, simulate_app
+from comptroller.cli.pnl import register as register_pnl
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
 from comptroller.cli.traces import register as register_traces
 from comptroller.cli.ui import register as register_ui
+from comptroller.cli.wallet import register as register_wallet
 from comptroller.clock import SystemClock, VirtualClock
 from comptroller.config import ConfigError, Policy, load_policy
 from comptroller.domain.budgets import Budget, BudgetError, Period, ScopeIdsMissingError, budget_scope, limit_usd_to_mc
@@ -66,6 +68,8 @@ register_routing(app)  # eval-cascade, tco
 register_serve(app)  # serve, key
 register_defenses(app)  # kill, breaker
 register_traces(app)  # traces convert
+register_pnl(app)  # pnl
+register_wallet(app)  # wallet transfer|balance|floor|post
 register_ui(app)  # ui
 
 _USER_ERRORS = (ConfigError, TraceError, UnknownModelError, MissingModelError, BudgetError, StoreURLError,
@@ -143,7 +147,8 @@ def replay_command(
                           output_tokens_max=output_max)
 
     report = build_report(rows_from_replay(result.outcomes), budgets=policy.budget_list(), skipped_lines=skipped,
-                          ceiling_fn=ceiling, events=events, default_bound_tokens=DEFAULT_OUTPUT_TOKENS_MAX)
+                          ceiling_fn=ceiling, events=events, default_bound_tokens=DEFAULT_OUTPUT_TOKENS_MAX,
+                          price_fn=book.price)
     render_terminal(report, console)
     _write_outputs(report, json_out, html_out, "comptroller replay: " + ", ".join(p.name for p in paths))
 

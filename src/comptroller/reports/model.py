@@ -22,7 +22,9 @@ from typing import Any
 from comptroller.domain.budgets import Budget
 from comptroller.domain.ledger import Event, UsageRecord
 from comptroller.domain.money import MC_PER_USD, usd_to_mc_half_up
+from comptroller.domain.pricing import ModelPrice
 from comptroller.replay.runner import CallOutcome
+from comptroller.reports.reconcile import CallTokens, Diagnosis, diagnose
 
 __all__ = ["Report", "ReportRow", "TripEntry", "build_report", "rows_from_ledger", "rows_from_replay", "trip_timeline"]
 
@@ -49,6 +51,8 @@ class ReportRow:
     logged_cost_usd: Decimal | None = None
     requested_max_tokens: int | None = None
     default_output_bound: bool = False
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass
@@ -74,7 +78,11 @@ class RefusalGroup:
 
 @dataclass
 class Reconciliation:
-    """Computed vs logged cost for one model, over the calls that logged a cost."""
+    """Computed vs logged cost for one model, over the calls that logged a cost.
+
+    ``diagnosis`` (with a price function) fits the rates the logged costs imply and says
+    which bucket disagrees and which side is more likely wrong (:mod:`.reconcile`).
+    """
 
     model: str
     calls: int
@@ -82,6 +90,7 @@ class Reconciliation:
     logged_mc: int
     diff_pct: float
     disagrees: bool
+    diagnosis: Diagnosis | None = None
 
 
 @dataclass
@@ -213,20 +222,30 @@ def _refusals(rows: Iterable[ReportRow]) -> list[RefusalGroup]:
     return sorted(groups.values(), key=lambda g: (-g.calls, g.level, g.code))
 
 
-def _reconcile(rows: Iterable[ReportRow]) -> list[Reconciliation]:
+PriceFn = Callable[[str, datetime], ModelPrice]
+"""(model, moment) -> our table's price of the model then."""
+
+
+def _reconcile(rows: Iterable[ReportRow], price_fn: PriceFn | None) -> list[Reconciliation]:
     computed: dict[str, int] = defaultdict(int)
     logged: dict[str, int] = defaultdict(int)
-    calls: dict[str, int] = defaultdict(int)
+    calls: dict[str, list[CallTokens]] = defaultdict(list)
     for row in rows:
         if row.logged_cost_usd is not None:
-            calls[row.model] += 1
+            calls[row.model].append(CallTokens(row.input_tokens - row.cache_read_tokens - row.cache_write_tokens,
+                                               row.cache_read_tokens, row.cache_write_tokens, row.output_tokens,
+                                               row.logged_cost_usd, row.ts))
             computed[row.model] += row.cost_mc
             logged[row.model] += usd_to_mc_half_up(row.logged_cost_usd)
     out = []
     for model in sorted(calls):
         diff = (Decimal(computed[model] - logged[model]) * 100 / logged[model]) if logged[model] else Decimal(0)
-        out.append(Reconciliation(model, calls[model], computed[model], logged[model], round(float(diff), 2),
-                                  abs(diff) > _RECONCILE_TOLERANCE_PCT))
+        diagnosis = None
+        if price_fn is not None:
+            diagnosis = diagnose(model, calls[model], lambda at, m=model: price_fn(m, at),  # type: ignore[misc]
+                                 float(diff), float(_RECONCILE_TOLERANCE_PCT))
+        out.append(Reconciliation(model, len(calls[model]), computed[model], logged[model], round(float(diff), 2),
+                                  abs(diff) > _RECONCILE_TOLERANCE_PCT, diagnosis))
     return out
 
 
@@ -302,7 +321,7 @@ def trip_timeline(events: Iterable[Event]) -> list[TripEntry]:
 
 def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), skipped_lines: int = 0,
                  ceiling_fn: CeilingFn | None = None, events: Iterable[Event] = (),
-                 default_bound_tokens: int = 0) -> Report:
+                 default_bound_tokens: int = 0, price_fn: PriceFn | None = None) -> Report:
     """Aggregate rows into a :class:`Report`.
 
     Args:
@@ -314,6 +333,8 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         events: the ledger's events, for the defense timeline (:func:`trip_timeline`).
         default_bound_tokens: the output bound replay used for calls with no max_tokens,
             no cap and no known maximum output (rows flagged ``default_output_bound``).
+        price_fn: our table's price of a model at a moment; enables the reconciliation's
+            fitted rates and diagnosis (:func:`.reconcile.diagnose`).
     """
     admitted = [r for r in rows if r.refused_level is None]
     refused = [r for r in rows if r.refused_level is not None]
@@ -329,7 +350,8 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         by_run=by_run, by_agent=_group(admitted, lambda r: r.agent), by_phase=_group(admitted, lambda r: r.phase),
         by_model=_group(admitted, lambda r: r.model), refusals=refusal_groups,
         prevented_mc=sum(g.prevented_mc for g in refusal_groups),
-        reconciliation=_reconcile(admitted), headroom=_headroom(admitted, ceiling_fn), timeline=_timeline(admitted),
+        reconciliation=_reconcile(admitted, price_fn), headroom=_headroom(admitted, ceiling_fn),
+        timeline=_timeline(admitted),
         budgets=[{"id": b.id, "level": str(b.level), "scope": b.scope, "period": str(b.period),
                   "timezone": b.timezone, "limit_mc": b.limit_mc} for b in budgets],
         skipped_lines=skipped_lines, trips=trip_timeline(events),
@@ -346,7 +368,8 @@ def rows_from_replay(outcomes: Iterable[CallOutcome]) -> list[ReportRow]:
                   model=o.model, input_tokens=o.record.input_tokens, output_tokens=o.record.output_tokens,
                   cost_mc=o.cost_mc, ceiling_mc=o.ceiling_mc, refused_level=o.refused_level,
                   refused_code=None if o.admitted else str(o.code), logged_cost_usd=o.record.logged_cost_usd,
-                  requested_max_tokens=o.record.max_output_tokens, default_output_bound=o.default_output_bound)
+                  requested_max_tokens=o.record.max_output_tokens, default_output_bound=o.default_output_bound,
+                  cache_read_tokens=o.record.cache_read_tokens, cache_write_tokens=o.record.cache_write_tokens)
         for o in outcomes
     ]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.padding import Padding
+from rich.syntax import Syntax
 from rich.table import Table
 
 from comptroller.domain.money import format_usd
-from comptroller.reports.model import Group, Report
+from comptroller.reports.model import Group, Reconciliation, Report
 
 __all__ = ["render_terminal"]
 
@@ -81,15 +83,36 @@ def _trips(report: Report) -> Table:
     return table
 
 
+_SIDE = {"none": "[green]agrees[/green]", "source": "[yellow]the logged costs look wrong[/yellow]",
+         "table": "[red]our table looks stale[/red]", "unknown": "[yellow]disagrees[/yellow]"}
+
+
+def reconciliation_verdict(r: Reconciliation) -> str:
+    """The short verdict of one model's reconciliation (markup-free)."""
+    if r.diagnosis is None:
+        return "disagrees" if r.disagrees else "agrees"
+    return _SIDE[r.diagnosis.side].split("]", 1)[1].rsplit("[", 1)[0]
+
+
 def _reconciliation(report: Report) -> Table:
     table = Table(title="Reconciliation: computed vs logged cost", title_justify="left")
     for name in ("model", "calls", "computed", "logged", "diff", ""):
         table.add_column(name)
     for r in report.reconciliation:
-        flag = "[red]price table disagrees: override it[/red]" if r.disagrees else "[green]agrees[/green]"
+        flag = _SIDE["unknown" if r.disagrees else "none"] if r.diagnosis is None else _SIDE[r.diagnosis.side]
         table.add_row(r.model, f"{r.calls:,}", format_usd(r.computed_mc), format_usd(r.logged_mc),
                       f"{r.diff_pct:+.2f}%", flag)
     return table
+
+
+def _diagnoses(report: Report, console: Console) -> None:
+    for r in report.reconciliation:
+        d = r.diagnosis
+        if d is None or d.side == "none":
+            continue
+        console.print(f"{r.model}: {d.explanation}.", highlight=False)
+        if d.override_toml is not None:
+            console.print(Padding(Syntax(d.override_toml, "toml", theme="ansi_dark"), (0, 0, 0, 4)))
 
 
 def _headroom(report: Report) -> Table | None:
@@ -136,6 +159,7 @@ def render_terminal(report: Report, console: Console) -> None:
         console.print(_trips(report))
     if report.reconciliation:
         console.print(_reconciliation(report))
+        _diagnoses(report, console)
     headroom = _headroom(report)
     if headroom is not None:
         console.print(headroom)
