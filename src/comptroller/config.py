@@ -51,6 +51,7 @@ from comptroller.domain.defenses.chain import Defenses
 from comptroller.domain.money import parse_usd
 from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
 from comptroller.domain.scopes import Level
+from comptroller.economics_config import FeesSection, InfraSpec
 from comptroller.groups.config import GroupDefinition, parse_groups
 from comptroller.notify.config import NotifyConfig
 from comptroller.ports import PriceSource
@@ -185,6 +186,9 @@ class Policy(DefenseSections):
     batch: BatchSection = Field(default_factory=BatchSection)
     """``[batch]``: batch prices, leases and reconciling (:mod:`comptroller.batch_config`)."""
     """``[gateway]``: read and validated by :mod:`comptroller.gateway.config` (``comptroller serve``)."""
+    fees: FeesSection | None = None
+    """``[fees]`` and ``[[infra]]``: service fees and shared costs (:mod:`comptroller.economics_config`)."""
+    infra: list[InfraSpec] = Field(default_factory=list)
     source: str = "policy"
 
     @field_validator("output_caps")
