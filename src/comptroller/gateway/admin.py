@@ -62,6 +62,7 @@ from comptroller.gateway.identity import Caller, Identity
 from comptroller.groups import GroupDefinition, GroupService, UnknownGroupError
 from comptroller.reports import build_report, rows_from_ledger
 from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
+from comptroller.ui.swagger import docs_routes
 
 __all__ = ["admin_app"]
 
@@ -532,7 +533,8 @@ def admin_app(*, engine: Engine, keys: KeyStore, identity: Identity, namespace: 
     Args:
         groups: the group registry the gateway dispatches with (default: an empty one).
     """
-    app = FastAPI(title="comptroller admin API", version="1", docs_url="/docs", redoc_url=None, responses=_ERRORS)
+    app = FastAPI(title="comptroller admin API", version="1", docs_url=None, redoc_url=None, responses=_ERRORS)
+    app.router.routes.extend(docs_routes(app.title))  # /docs with vendored assets (no CDN), / -> /docs
     registry = groups if groups is not None else GroupService(engine=engine, namespace=namespace)
     app.state.admin = _Context(engine=engine, keys=keys, identity=identity, namespace=namespace,
                                ops=Admin(engine.store, engine.clock), groups=registry)

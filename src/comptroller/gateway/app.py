@@ -66,6 +66,7 @@ from comptroller.groups import GroupDefinition, GroupService
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
 from comptroller.storage.keys import KeyStore, keys_from_url
+from comptroller.ui import ui_routes
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -205,6 +206,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         Route("/metrics", _metrics, methods=["GET"]),
         Mount("/admin", app=admin_app(engine=engine, keys=identity.keys, identity=identity, namespace=namespace,
                                       groups=group_service)),
+        *ui_routes(engine=engine, keys=identity.keys, namespace=namespace, admin_key=config.admin_key()),  # /ui, /
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found},
                      middleware=[Middleware(KeyPrefetch, identity=identity), Middleware(life.middleware)])

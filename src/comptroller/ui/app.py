@@ -1,0 +1,213 @@
+"""The web UI: server-rendered pages over the admin services, mounted at ``/ui``.
+
+=============================  =====  =====================================================
+route (under ``/ui``)          who    what
+=============================  =====  =====================================================
+``GET /login``, ``POST``       all    log in with an API key (admin, or a tenant's key)
+``POST /logout``               all    end the session
+``GET /``                      both   overview: spend today and this month against budgets,
+                                      daily spend by tenant/agent/model/... over a range, top
+                                      conversations and tasks, P50/P95 cost per task
+``GET /budgets``, ``POST``     both / each budget account: limit, settled, reserved, remaining,
+                               admin  next reset, utilisation; the admin sets budgets
+``GET /defenses``              both   breakers and kill switches (admin), recent refusals
+``POST /defenses/kill``,       admin  trip / reset a kill switch, each after a confirmation
+``/defenses/unkill``                  page; reset a breaker
+``/defenses/breaker-reset``
+``GET /requests``, ``/rows``   both   recent calls, searchable (htmx updates the table)
+``GET /routing``               both   escalation rate and P95 cost per cascade tier
+``/static/...``                all    htmx, uPlot and the stylesheet, vendored (no CDN)
+=============================  =====  =====================================================
+
+A tenant key sees only its tenant: naming another tenant in a URL is a 403 page. Every
+POST is CSRF-checked (:mod:`comptroller.ui.session`). The pages read the ledger through
+its :class:`~comptroller.ports.LedgerStore` methods, :class:`~comptroller.engine.admin.Admin`
+and the report models, never storage internals.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from comptroller.domain.money import format_usd
+from comptroller.engine import Engine
+from comptroller.engine.admin import Admin
+from comptroller.storage.keys import KeyStore, hash_key
+from comptroller.ui import pages
+from comptroller.ui.pages import BadInput, Forbidden
+from comptroller.ui.session import ENV_ADMIN_ID, Session, Sessions, csrf_ok
+from comptroller.ui.views import Viewer
+
+__all__ = ["STATIC_DIR", "ui_app", "ui_routes"]
+
+STATIC_DIR = Path(str(resources.files("comptroller.ui") / "static"))
+NAV: tuple[tuple[str, str, bool], ...] = (
+    ("/", "Overview", True), ("/budgets", "Budgets", True), ("/defenses", "Defenses", True),
+    ("/requests", "Requests", True), ("/routing", "Routing", True),
+    ("/wallets", "Wallets & P&L", False),  # seam: shown when the wallets issue lands its pages
+    ("/actions", "Actions & tasks", False),  # seam: shown when the actions/tasks issue lands
+)
+"""(path under /ui, label, shown) of the navigation bar."""
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'")
+
+
+class UI:
+    """The UI's shared parts: the ledger, the sessions, the templates.
+
+    Args:
+        engine: the engine whose ledger the pages read (and where budgets are set).
+        keys: the key store logins are checked against.
+        namespace: the namespace calls are attributed to.
+        admin_key: a plaintext admin key from the environment (None: only stored admin keys).
+        secret: the session signing secret (None: ``COMPTROLLER_UI_SECRET`` or random).
+    """
+
+    def __init__(self, *, engine: Engine, keys: KeyStore, namespace: str, admin_key: str | None = None,
+                 secret: str | None = None) -> None:
+        self.engine, self.keys, self.namespace = engine, keys, namespace
+        self.ops = Admin(engine.store, engine.clock)
+        self.sessions = Sessions(keys, secret=secret)
+        self._admin_digest = None if admin_key is None else hash_key(admin_key)
+        self.env = Environment(loader=PackageLoader("comptroller.ui", "templates"),
+                               autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+        self.env.filters["usd"] = format_usd
+        self.env.filters["pct"] = lambda x: f"{x:.1%}"
+
+    def login(self, plaintext: str) -> Viewer | None:
+        """The viewer of a key (None: unknown or revoked)."""
+        plaintext = plaintext.strip()
+        if not plaintext:
+            return None
+        if self._admin_digest is not None and hmac.compare_digest(self._admin_digest, hash_key(plaintext)):
+            return Viewer(ENV_ADMIN_ID, True, None)
+        key = self.keys.verify(plaintext)
+        if key is None:
+            return None
+        return Viewer(key.id, key.admin, None if key.admin else key.tenant)
+
+    def render(self, request: Request, template: str, session: Session | None, status: int = 200,
+               **context: Any) -> HTMLResponse:
+        """A page, with the base path, the viewer and the CSRF token in its context."""
+        html = self.env.get_template(template).render(
+            base=request.scope.get("root_path", "").rstrip("/"), path=request.url.path, session=session,
+            viewer=None if session is None else session.viewer, namespace=self.namespace, nav=NAV, **context)
+        return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": _CSP,
+                                                                "X-Content-Type-Options": "nosniff",
+                                                                "Cache-Control": "no-store"})
+
+
+Handler = Callable[[UI, Request, Session], Response]
+
+
+def _page(ui: UI, handler: Handler, *, admin: bool = False, post: bool = False) -> Callable[[Request], Any]:
+    """A route: a logged-in session (else to the login page), CSRF on POST, admin when asked, 403 on Forbidden."""
+
+    async def endpoint(request: Request) -> Response:
+        session = ui.sessions.read(request)
+        base = request.scope.get("root_path", "").rstrip("/")
+        if session is None or session.viewer is None:
+            return RedirectResponse(f"{base}/login", status_code=303)
+        if post:
+            form = await request.form()
+            request.state.form = form
+            if not csrf_ok(session, str(form.get("csrf") or request.headers.get("x-csrf-token") or "")):
+                return ui.render(request, "error.html", session, 403, message="The form expired or did not come "
+                                 "from this site (CSRF token missing or wrong): reload the page and try again.")
+        if admin and not session.viewer.admin:
+            return ui.render(request, "error.html", session, 403, message="This needs an admin key.")
+        try:
+            return await _run(handler, ui, request, session)
+        except Forbidden as exc:
+            return ui.render(request, "error.html", session, 403, message=str(exc))
+        except BadInput as exc:
+            return ui.render(request, "error.html", session, 400, message=str(exc))
+
+    return endpoint
+
+
+async def _run(handler: Handler, ui: UI, request: Request, session: Session) -> Response:
+    """The handler in a worker thread: the ledger reads block, so they stay off the event loop."""
+    return await run_in_threadpool(handler, ui, request, session)
+
+
+def _login_form(ui: UI) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        session = ui.sessions.read(request)
+        base = request.scope.get("root_path", "").rstrip("/")
+        if request.method == "GET" and session is not None and session.viewer is not None:
+            return RedirectResponse(f"{base}/", status_code=303)
+        status, error = 200, None
+        if request.method == "POST":
+            form = await request.form()
+            viewer = ui.login(str(form.get("key") or "")) if csrf_ok(session, str(form.get("csrf") or "")) else None
+            if viewer is not None:
+                response: Response = RedirectResponse(f"{base}/", status_code=303)
+                ui.sessions.attach(response, ui.sessions.start(viewer)[1])
+                return response
+            status, error = 401, "Unknown or revoked API key (or the form expired): try again."
+        fresh, cookie = ui.sessions.start(None)
+        response = ui.render(request, "login.html", fresh, status, error=error)
+        ui.sessions.attach(response, cookie)
+        return response
+
+    return endpoint
+
+
+async def _logout(request: Request) -> Response:
+    base = request.scope.get("root_path", "").rstrip("/")
+    response = RedirectResponse(f"{base}/login", status_code=303)
+    Sessions.clear(response)
+    return response
+
+
+def ui_app(*, engine: Engine, keys: KeyStore, namespace: str, admin_key: str | None = None,
+           secret: str | None = None) -> Starlette:
+    """The UI as an ASGI app (mount it at ``/ui``).
+
+    Args:
+        engine: the engine whose ledger the pages read.
+        keys: the key store logins are checked against.
+        namespace: the namespace calls are attributed to.
+        admin_key: a plaintext admin key from the environment (None: only stored admin keys).
+        secret: the session signing secret (None: ``COMPTROLLER_UI_SECRET`` or a random one).
+    """
+    ui = UI(engine=engine, keys=keys, namespace=namespace, admin_key=admin_key, secret=secret)
+    login = _login_form(ui)
+    routes = [
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", _logout, methods=["POST"]),
+        Route("/", _page(ui, pages.overview)),
+        Route("/budgets", _page(ui, pages.budgets)),
+        Route("/budgets", _page(ui, pages.set_budget, admin=True, post=True), methods=["POST"]),
+        Route("/defenses", _page(ui, pages.defenses)),
+        Route("/defenses/kill", _page(ui, pages.kill, admin=True, post=True), methods=["POST"]),
+        Route("/defenses/unkill", _page(ui, pages.unkill, admin=True, post=True), methods=["POST"]),
+        Route("/defenses/breaker-reset", _page(ui, pages.reset_breaker, admin=True, post=True), methods=["POST"]),
+        Route("/requests", _page(ui, pages.requests)),
+        Route("/requests/rows", _page(ui, pages.request_table)),
+        Route("/routing", _page(ui, pages.routing)),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+def ui_routes(**kwargs: Any) -> list[Route | Mount]:
+    """``/ui`` (the UI, :func:`ui_app` with ``kwargs``) and ``/`` redirecting to it, for a parent app."""
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/ui/", status_code=307)
+
+    return [Route("/", home, methods=["GET"]), Mount("/ui", app=ui_app(**kwargs))]
