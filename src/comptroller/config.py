@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from comptroller.actions_config import ActionPolicy, parse_actions
 from comptroller.batch_config import BatchSection
 from comptroller.defenses_config import DefenseSections, RunsSection
 from comptroller.domain.budgets import (
@@ -175,6 +176,9 @@ class Policy(DefenseSections):
     output_caps: dict[str, int] = Field(default_factory=dict)
     ttl_s: float = Field(default=600.0, gt=0, le=86_400)
     aliases: dict[str, str] = Field(default_factory=dict)
+    label_aliases: dict[Literal["agent", "phase"], dict[str, str]] = Field(default_factory=dict)
+    """``[label_aliases.phase]`` / ``[label_aliases.agent]``: a recorded label -> the one name replay and
+    reports use (``CODING = "Coding"``), so one phase or agent logged under several spellings is one."""
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     budgets: list[BudgetSpec] = Field(default_factory=list)
     runs: RunsSection | None = None
@@ -189,6 +193,8 @@ class Policy(DefenseSections):
     fees: FeesSection | None = None
     """``[fees]`` and ``[[infra]]``: service fees and shared costs (:mod:`comptroller.economics_config`)."""
     infra: list[InfraSpec] = Field(default_factory=list)
+    actions: dict[str, Any] = Field(default_factory=dict)
+    """``[actions.PLATFORM]`` / ``[actions.PLATFORM.KIND]``: the action guard (:mod:`comptroller.actions_config`)."""
     source: str = "policy"
 
     @field_validator("output_caps")
@@ -228,6 +234,10 @@ class Policy(DefenseSections):
         """The ``[groups.NAME]`` sections (empty if none). Raises GroupFileError (a ValueError)."""
         return parse_groups({"groups": self.groups}, self.source) if self.groups else {}
 
+    def action_policy(self) -> ActionPolicy:
+        """The ``[actions]`` sections. Raises ActionsConfigError (a ValueError) naming the section and field."""
+        return parse_actions(self.actions, self.source)
+
 
 def load_policy(path: str | Path | None) -> Policy:
     """Read and validate a policy (or price-override) TOML file; None gives the empty policy.
@@ -251,6 +261,7 @@ def load_policy(path: str | Path | None) -> Policy:
         policy.defenses()
         policy.routing_config(PriceBook(overrides=policy.price_overrides(), aliases=policy.aliases))
         policy.group_definitions()
+        policy.action_policy()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from None
