@@ -9,8 +9,9 @@ readiness               ``comptroller serve`` gives every worker the expected nu
                         there once its lifespan has started, and removes it at shutdown.
                         ``/healthz`` is ready only when that many live workers are listed.
 ledger probe            a thread per worker tries the ledger's write path every
-                        ``probe_interval_s`` (a compare-and-set that never matches: it takes
-                        SQLite's write lock or a PostgreSQL transaction, and writes nothing).
+                        ``interval_s`` (1 s; a compare-and-set that never matches: it takes
+                        SQLite's write lock or a PostgreSQL transaction, and writes nothing),
+                        five times less often while the ledger is down.
                         ``/healthz`` answers from what it last saw; a probe still waiting after
                         ``ledger_timeout_s`` counts as unreachable.
 graceful shutdown       on SIGTERM (or SIGINT) uvicorn stops accepting, and calls in flight run
@@ -62,6 +63,7 @@ ENV_RUN_DIR = "COMPTROLLER_RUN_DIR"
 ENV_PARENT_PID = "COMPTROLLER_SERVE_PID"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _PROBE_KEY = StateKey("health", "probe")
+_DOWN_SLOWDOWN = 5  # probe interval multiplier while the ledger is unreachable
 
 
 def die_with_parent(parent_pid: int | None = None) -> bool:
@@ -195,7 +197,9 @@ class LedgerProbe:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.probe()
-            self._stop.wait(self.interval_s)
+            # while the ledger is down a probe waits out the store's own timeout, holding its connection
+            # from the calls that need it: probe less often then
+            self._stop.wait(self.interval_s if self._seen.ok else self.interval_s * _DOWN_SLOWDOWN)
 
     def reachable(self) -> tuple[bool, str | None]:
         """Whether the ledger answered the last probe, and why not."""
