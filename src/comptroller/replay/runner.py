@@ -4,7 +4,8 @@ Each record becomes one call attributed to:
 
 * namespace: the policy's ``namespace`` (default ``replay``);
 * tenant: the part of ``run_id`` before the first ``/`` (``chatdev``), else ``default``;
-* agent: the record's ``agent``; phase: its ``phase``;
+* agent: the record's ``agent``; phase: its ``phase`` (each mapped through the policy's
+  ``[label_aliases.agent]`` / ``[label_aliases.phase]``, so ``CODING`` can be ``Coding``);
 * conversation and task: its ``run_id`` (one multi-agent run is one task, in one room).
 
 The model is the record's label mapped by the policy's aliases; else its
@@ -72,6 +73,9 @@ class CallOutcome:
         output_tokens_max: the output bound used for the ceiling, tokens.
         default_output_bound: True when that bound is :data:`DEFAULT_OUTPUT_TOKENS_MAX`
             (no max_tokens, no cap, no known maximum output).
+        ceiling_over_remaining: refused by a budget whose remaining money would have paid
+            the call's recorded cost, but not its ceiling (the reservation, not the spend,
+            was too large: lower max_tokens or cap the agent).
     """
 
     record: TraceRecord
@@ -85,6 +89,7 @@ class CallOutcome:
     refused_rule: str | None = None
     detector: str | None = None
     default_output_bound: bool = False
+    ceiling_over_remaining: bool = False
 
     @property
     def admitted(self) -> bool:
@@ -125,8 +130,10 @@ def model_for(record: TraceRecord, policy: Policy) -> str:
 def attribution_for(record: TraceRecord, policy: Policy) -> Attribution:
     """The attribution of a replayed call (see the module docstring)."""
     tenant = record.run_id.split("/", 1)[0] if "/" in record.run_id else "default"
-    return Attribution(namespace=policy.namespace, tenant=tenant, agent=record.agent,
-                       conversation=record.run_id, task=record.run_id, phase=record.phase)
+    agents, phases = policy.label_aliases.get("agent", {}), policy.label_aliases.get("phase", {})
+    phase = None if record.phase is None else phases.get(record.phase, record.phase)
+    return Attribution(namespace=policy.namespace, tenant=tenant, agent=agents.get(record.agent, record.agent),
+                       conversation=record.run_id, task=record.run_id, phase=phase)
 
 
 def _usage(record: TraceRecord) -> Usage:
@@ -139,7 +146,7 @@ def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy
     clock.set(record.ts)
     attribution = attribution_for(record, policy)
     model = model_for(record, policy)
-    default_bound = record.max_output_tokens is None and (model, record.agent) in unbounded
+    default_bound = record.max_output_tokens is None and (model, attribution.agent) in unbounded
     max_tokens = DEFAULT_OUTPUT_TOKENS_MAX if default_bound else record.max_output_tokens
     run = record.attempt_id
     if policy.runs is not None and run not in opened:
@@ -154,10 +161,12 @@ def _replay_one(record: TraceRecord, engine: Engine, clock: VirtualClock, policy
         verdict = admission.verdict
         assert verdict is not None, f"admit refused without a verdict for {record.path}:{record.line}"
         prevented = cost_mc(engine.prices.price(admission.model, record.ts), usage)
+        refusal = admission.refusal
+        over = refusal is not None and prevented <= refusal.remaining_mc
         return CallOutcome(record, attribution, admission.model, admission.code, str(verdict.level or "-"),
                            admission.ceiling_mc, prevented, admission.output_tokens_max,
                            refused_rule=str(verdict.rule), detector=verdict.detector,
-                           default_output_bound=default_bound)
+                           default_output_bound=default_bound, ceiling_over_remaining=over)
     settled = engine.settle(admission.reservation, usage)
     assert settled.record is not None, f"settle answered {settled.code} for {record.path}:{record.line}"
     return CallOutcome(record, attribution, admission.model, settled.code, None,
@@ -179,15 +188,16 @@ def preflight(records: Sequence[TraceRecord], *, engine: Engine, policy: Policy)
     unbounded: set[tuple[str, str]] = set()
     for record in records:
         model = model_for(record, policy)
-        key = (model, record.agent, record.max_output_tokens)
+        agent = attribution_for(record, policy).agent
+        key = (model, agent, record.max_output_tokens)
         if key in checked:
             continue
         price = engine.prices.price(model, record.ts)
         try:
-            engine.caps.output_tokens_max(agent=record.agent, requested=record.max_output_tokens, price=price,
+            engine.caps.output_tokens_max(agent=agent, requested=record.max_output_tokens, price=price,
                                           input_tokens_max=record.input_tokens)
         except NoOutputCapError:
-            unbounded.add((model, record.agent))
+            unbounded.add((model, agent))
         checked.add(key)
     return unbounded
 

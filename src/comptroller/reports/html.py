@@ -1,4 +1,10 @@
-"""The report as one self-contained HTML page with plotly charts (plotly.js inlined once)."""
+"""The report as one self-contained HTML page with plotly charts (plotly.js inlined once).
+
+Tables have the terminal's columns (tokens and shares included; the row builders are
+shared with :mod:`.terminal`), every row rather than the top 12. Money is shown at a
+reading precision (:func:`usd_display`: whole dollars from $100, cents from $1, two
+significant digits below); the JSON report keeps every figure in exact millicents.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import html
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +20,35 @@ import plotly.graph_objects as go
 
 from comptroller.domain.budgets import Period, period_key
 from comptroller.domain.money import MC_PER_USD, format_usd
-from comptroller.reports.model import Group, Report
-from comptroller.reports.terminal import TRIP_HEADER, trip_rows
+from comptroller.reports.model import Report
+from comptroller.reports.terminal import (
+    GROUP_HEADER,
+    HEADROOM_HEADER,
+    REFUSAL_HEADER,
+    TRIP_HEADER,
+    default_bound_note,
+    group_rows,
+    headroom_rows,
+    headroom_title,
+    reconciliation_verdict,
+    refusal_rows,
+    trip_rows,
+)
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "usd_display"]
+
+
+def usd_display(mc: int) -> str:
+    """Millicents at a reading precision: ``$1,235`` from $100, ``$12.35`` from $1, else 2 significant digits."""
+    usd = Decimal(mc) / MC_PER_USD
+    sign, size = ("-" if usd < 0 else ""), abs(usd)
+    if size == 0:
+        return "$0"
+    if size >= 100:
+        return f"{sign}${size:,.0f}"
+    if size >= 1:
+        return f"{sign}${size:,.2f}"
+    return f"{sign}${size.quantize(Decimal(10) ** (size.adjusted() - 1)):f}"
 
 
 def _usd(mc: int) -> float:
@@ -53,7 +85,8 @@ def _spend_per_period(report: Report, budget: dict[str, Any]) -> go.Figure:
     fig = go.Figure(go.Bar(x=keys, y=[_usd(spend[k]) for k in keys], name=f"spend per {period}"))
     fig.add_hline(y=_usd(budget["limit_mc"]), line_dash="dash", line_color="red",
                   annotation_text=f"namespace budget {format_usd(budget['limit_mc'])} per {period}")
-    fig.update_layout(title=f"Admitted spend per {period} vs the namespace budget (USD)", xaxis_type="category")
+    fig.update_layout(title=f"Admitted spend per {period} vs the namespace budget (USD)", xaxis_type="date",
+                      xaxis_title=f"{period} starting ({zone}); days without spend show as gaps")
     return fig
 
 
@@ -77,47 +110,42 @@ def _rows_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
     return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
 
 
+def _reconciliation(report: Report) -> str:
+    table = _rows_table("Reconciliation: computed vs logged cost", ("model", "calls", "computed", "logged", "diff", ""),
+                        [(r.model, f"{r.calls:,}", usd_display(r.computed_mc), usd_display(r.logged_mc),
+                          f"{r.diff_pct:+.2f}%", reconciliation_verdict(r)) for r in report.reconciliation])
+    notes = [f"<p><b>{html.escape(r.model)}</b>: {html.escape(r.diagnosis.explanation)}.</p>"
+             + (f"<pre>{html.escape(r.diagnosis.override_toml)}</pre>" if r.diagnosis.override_toml else "")
+             for r in report.reconciliation if r.diagnosis is not None and r.diagnosis.side != "none"]
+    return table + "".join(notes)
+
+
 def _detail_tables(report: Report) -> list[str]:
     tables = [
-        _rows_table("Refused calls by level and code", ("level", "code", "calls", "spend prevented"),
-                    [(g.level, g.code, f"{g.calls:,}", format_usd(g.prevented_mc)) for g in report.refusals]),
+        _rows_table("Refused calls by level, code and reason", REFUSAL_HEADER, refusal_rows(report, usd_display)),
         _rows_table("Defense timeline: trips and defense refusals", TRIP_HEADER, trip_rows(report)),
-        _rows_table("Reconciliation: computed vs logged cost", ("model", "calls", "computed", "logged", "diff", ""),
-                    [(r.model, f"{r.calls:,}", format_usd(r.computed_mc), format_usd(r.logged_mc),
-                      f"{r.diff_pct:+.2f}%", "price table disagrees" if r.disagrees else "agrees")
-                     for r in report.reconciliation]),
+        _reconciliation(report) if report.reconciliation else "",
     ]
-    h = report.headroom
-    if h is not None:
-        tables.append(_rows_table(
-            f"Reservation headroom: reserved {format_usd(h.reserved_mc)} to settle {format_usd(h.settled_mc)} "
-            f"over {h.calls:,} calls (requested output a median {h.median_requested_over_actual_output}x the actual)",
-            ("agent", "calls", "cap (tokens)", "reserved as requested", "reserved with cap", "settled",
-             "ceiling misses"),
-            [(c.agent, f"{c.calls:,}", f"{c.cap_tokens:,}", format_usd(c.reserved_requested_mc),
-              format_usd(c.reserved_capped_mc), format_usd(c.settled_mc), f"{c.ceiling_misses:,}")
-             for c in h.by_agent]))
+    if report.headroom is not None:
+        tables.append(_rows_table(headroom_title(report, usd_display), HEADROOM_HEADER,
+                                  headroom_rows(report, usd_display)))
     return tables
-
-
-def _table(title: str, groups: Sequence[Group]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(g.key)}</td><td>{g.calls:,}</td><td>{g.input_tokens:,}</td>"
-        f"<td>{g.output_tokens:,}</td><td>{format_usd(g.cost_mc)}</td></tr>" for g in groups)
-    return (f"<h2>{html.escape(title)}</h2><table><tr><th></th><th>calls</th><th>input tok</th>"
-            f"<th>output tok</th><th>cost</th></tr>{rows}</table>")
 
 
 def _summary(report: Report) -> str:
     items = [
         ("calls (admitted / refused)", f"{report.calls:,} ({report.admitted_calls:,} / {report.refused_calls:,})"),
-        ("total cost", format_usd(report.cost_mc)),
+        ("runs with admitted calls", f"{report.runs:,}"),
+        ("input / output tokens", f"{report.input_tokens:,} / {report.output_tokens:,}"),
         ("input : output", f"{report.input_output_ratio:.2f} : 1"),
-        ("cost per run P50 / P95", f"{format_usd(report.p50_run_cost_mc)} / {format_usd(report.p95_run_cost_mc)}"),
-        ("spend prevented by refusals", format_usd(report.prevented_mc)),
+        ("total cost", f"{usd_display(report.cost_mc)} ({format_usd(report.cost_mc)})"),
+        ("cost per run P50 / P95", f"{usd_display(report.p50_run_cost_mc)} / {usd_display(report.p95_run_cost_mc)}"),
+        ("spend prevented by refusals", usd_display(report.prevented_mc)),
         ("ceiling misses", f"{report.ceiling_misses:,}"),
     ]
-    return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items) + "</table>"
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in items)
+    note = default_bound_note(report)
+    return f"<table>{rows}</table>" + (f"<p>{html.escape(note)}</p>" if note else "")
 
 
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}"
@@ -134,8 +162,10 @@ def render_html(report: Report, path: str | Path, *, title: str = "comptroller r
     charts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     body = "".join([
         f"<h1>{html.escape(title)}</h1>", _summary(report), *charts,
-        _table("Cost by model", report.by_model), _table("Cost by phase", report.by_phase),
-        _table("Top runs", report.top_runs), *_detail_tables(report),
+        *(_rows_table(title, GROUP_HEADER, group_rows(groups, report.cost_mc, usd_display)) for title, groups in (
+            ("Cost by tenant", report.by_tenant), ("Cost by agent", report.by_agent),
+            ("Cost by model", report.by_model), ("Cost by phase", report.by_phase), ("Top runs", report.top_runs))),
+        *_detail_tables(report),
     ])
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>{body}</body></html>")

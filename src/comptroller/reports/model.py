@@ -53,6 +53,8 @@ class ReportRow:
     default_output_bound: bool = False
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    tenant: str = "-"
+    refused_reason: str = ""
 
 
 @dataclass
@@ -66,14 +68,24 @@ class Group:
     cost_mc: int = 0
 
 
+CEILING_OVER_REMAINING = "ceiling larger than the remaining budget"
+"""The reason of a budget refusal whose recorded cost would have fitted the money left."""
+
+
 @dataclass
 class RefusalGroup:
-    """Refused calls of one (level, code), with the spend they prevented."""
+    """Refused calls of one (level, code, reason), with the spend they prevented.
+
+    ``reason`` is :data:`CEILING_OVER_REMAINING` for budget refusals whose recorded cost
+    fitted the remaining money (their "prevented" spend would have been affordable),
+    else empty.
+    """
 
     level: str
     code: str
     calls: int = 0
     prevented_mc: int = 0
+    reason: str = ""
 
 
 @dataclass
@@ -111,13 +123,21 @@ class CapWhatIf:
 
 @dataclass
 class Headroom:
-    """Money reserved vs settled over calls that recorded their requested max_tokens."""
+    """Money reserved vs settled over calls that recorded their requested max_tokens.
+
+    Attributes:
+        reserved_requested_mc, reserved_capped_mc: the sums of the by-agent columns
+            (ceilings at the requested max_tokens; at each agent's what-if cap).
+        reserved_mc: what this replay's policy actually reserved (its own caps applied).
+    """
 
     calls: int
     reserved_mc: int
     settled_mc: int
     median_requested_over_actual_output: float
     by_agent: list[CapWhatIf]
+    reserved_requested_mc: int = 0
+    reserved_capped_mc: int = 0
 
 
 @dataclass
@@ -163,6 +183,7 @@ class Report:
     by_phase: list[Group]
     by_model: list[Group]
     refusals: list[RefusalGroup]
+    by_tenant: list[Group]
     prevented_mc: int
     reconciliation: list[Reconciliation]
     headroom: Headroom | None
@@ -212,11 +233,11 @@ def _group(rows: Iterable[ReportRow], key: Callable[[ReportRow], str]) -> list[G
 
 
 def _refusals(rows: Iterable[ReportRow]) -> list[RefusalGroup]:
-    groups: dict[tuple[str, str], RefusalGroup] = {}
+    groups: dict[tuple[str, str, str], RefusalGroup] = {}
     for row in rows:
         assert row.refused_level is not None
-        key = (row.refused_level, row.refused_code or "")
-        g = groups.setdefault(key, RefusalGroup(*key))
+        key = (row.refused_level, row.refused_code or "", row.refused_reason)
+        g = groups.setdefault(key, RefusalGroup(key[0], key[1], reason=key[2]))
         g.calls += 1
         g.prevented_mc += row.cost_mc
     return sorted(groups.values(), key=lambda g: (-g.calls, g.level, g.code))
@@ -279,6 +300,8 @@ def _headroom(rows: Sequence[ReportRow], ceiling_fn: CeilingFn | None) -> Headro
         settled_mc=sum(r.cost_mc for r in recorded),
         median_requested_over_actual_output=round(ratios[(len(ratios) - 1) // 2], 2),
         by_agent=sorted(what_ifs, key=lambda c: -c.reserved_requested_mc),
+        reserved_requested_mc=sum(c.reserved_requested_mc for c in what_ifs),
+        reserved_capped_mc=sum(c.reserved_capped_mc for c in what_ifs),
     )
 
 
@@ -349,6 +372,7 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         runs=len(by_run), p50_run_cost_mc=_percentile(run_costs, 50), p95_run_cost_mc=_percentile(run_costs, 95),
         by_run=by_run, by_agent=_group(admitted, lambda r: r.agent), by_phase=_group(admitted, lambda r: r.phase),
         by_model=_group(admitted, lambda r: r.model), refusals=refusal_groups,
+        by_tenant=_group(admitted, lambda r: r.tenant),
         prevented_mc=sum(g.prevented_mc for g in refusal_groups),
         reconciliation=_reconcile(admitted, price_fn), headroom=_headroom(admitted, ceiling_fn),
         timeline=_timeline(admitted),
@@ -364,12 +388,14 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
 def rows_from_replay(outcomes: Iterable[CallOutcome]) -> list[ReportRow]:
     """Report rows from replay outcomes (with logged costs and requested max_tokens)."""
     return [
-        ReportRow(ts=o.record.ts, run=o.record.run_id, agent=o.record.agent, phase=o.record.phase or "-",
+        ReportRow(ts=o.record.ts, run=o.record.run_id, agent=o.attribution.agent, phase=o.attribution.phase or "-",
                   model=o.model, input_tokens=o.record.input_tokens, output_tokens=o.record.output_tokens,
                   cost_mc=o.cost_mc, ceiling_mc=o.ceiling_mc, refused_level=o.refused_level,
                   refused_code=None if o.admitted else str(o.code), logged_cost_usd=o.record.logged_cost_usd,
                   requested_max_tokens=o.record.max_output_tokens, default_output_bound=o.default_output_bound,
-                  cache_read_tokens=o.record.cache_read_tokens, cache_write_tokens=o.record.cache_write_tokens)
+                  cache_read_tokens=o.record.cache_read_tokens, cache_write_tokens=o.record.cache_write_tokens,
+                  tenant=o.attribution.tenant,
+                  refused_reason=CEILING_OVER_REMAINING if o.ceiling_over_remaining else "")
         for o in outcomes
     ]
 
@@ -384,7 +410,7 @@ def rows_from_ledger(records: Iterable[UsageRecord], refusals: Iterable[Event]) 
         ReportRow(ts=r.resolved_at, run=r.attribution.conversation or r.attribution.task or "-",
                   agent=r.attribution.agent, phase=r.attribution.phase or "-", model=r.model,
                   input_tokens=r.usage.input_tokens, output_tokens=r.usage.output_tokens, cost_mc=r.cost_mc,
-                  ceiling_mc=r.ceiling_mc)
+                  ceiling_mc=r.ceiling_mc, tenant=r.attribution.tenant)
         for r in records
     ]
     rows += [
@@ -392,7 +418,7 @@ def rows_from_ledger(records: Iterable[UsageRecord], refusals: Iterable[Event]) 
                   agent=str(e.detail.get("agent", "-")), phase=str(e.detail.get("phase") or "-"),
                   model=str(e.detail.get("model", "-")), input_tokens=0, output_tokens=0,
                   cost_mc=int(e.detail.get("requested_mc", 0)), ceiling_mc=int(e.detail.get("requested_mc", 0)),
-                  refused_level=e.level or "-", refused_code=e.code)
+                  refused_level=e.level or "-", refused_code=e.code, tenant=str(e.detail.get("tenant") or "-"))
         for e in refusals
     ]
     return rows

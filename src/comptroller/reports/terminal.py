@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.padding import Padding
@@ -21,14 +21,22 @@ def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
+GROUP_HEADER = ("", "calls", "input tok", "output tok", "cost", "share")
+
+
+def group_rows(groups: Sequence[Group], total_mc: int,
+               money: Callable[[int], str] = format_usd) -> list[tuple[str, ...]]:
+    """A cost table's rows (shared by the terminal and HTML reports): the columns of :data:`GROUP_HEADER`."""
+    return [(g.key, f"{g.calls:,}", f"{g.input_tokens:,}", f"{g.output_tokens:,}", money(g.cost_mc),
+             _pct(g.cost_mc, total_mc)) for g in groups]
+
+
 def _groups(title: str, groups: Sequence[Group], total_mc: int) -> Table:
     table = Table(title=title, title_justify="left")
-    for name, justify in (("", "left"), ("calls", "right"), ("input tok", "right"), ("output tok", "right"),
-                          ("cost", "right"), ("share", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for g in groups[:_ROWS]:
-        table.add_row(g.key, f"{g.calls:,}", f"{g.input_tokens:,}", f"{g.output_tokens:,}", format_usd(g.cost_mc),
-                      _pct(g.cost_mc, total_mc))
+    for name in GROUP_HEADER:
+        table.add_column(name, justify="left" if not name else "right")
+    for row in group_rows(groups[:_ROWS], total_mc):
+        table.add_row(*row)
     if len(groups) > _ROWS:
         table.caption = f"{len(groups) - _ROWS} more in the JSON and HTML reports"
     return table
@@ -56,12 +64,21 @@ def _summary(report: Report) -> Table:
     return table
 
 
+REFUSAL_HEADER = ("level", "code", "reason", "calls", "spend prevented")
+
+
+def refusal_rows(report: Report, money: Callable[[int], str] = format_usd) -> list[tuple[str, ...]]:
+    """The refusals table's rows (shared by the terminal and HTML reports)."""
+    return [(g.level, g.code, g.reason or "-", f"{g.calls:,}",
+             money(g.prevented_mc) + (" (would have fitted)" if g.reason else "")) for g in report.refusals]
+
+
 def _refusals(report: Report) -> Table:
-    table = Table(title="Refused calls by level and code", title_justify="left")
-    for name in ("level", "code", "calls", "spend prevented"):
+    table = Table(title="Refused calls by level, code and reason", title_justify="left")
+    for name in REFUSAL_HEADER:
         table.add_column(name)
-    for g in report.refusals:
-        table.add_row(g.level, g.code, f"{g.calls:,}", format_usd(g.prevented_mc))
+    for row in refusal_rows(report):
+        table.add_row(*row)
     return table
 
 
@@ -115,21 +132,36 @@ def _diagnoses(report: Report, console: Console) -> None:
             console.print(Padding(Syntax(d.override_toml, "toml", theme="ansi_dark"), (0, 0, 0, 4)))
 
 
-def _headroom(report: Report) -> Table | None:
+HEADROOM_HEADER = ("agent", "calls", "cap (tokens)", "reserved as requested", "reserved with cap", "settled",
+                   "ceiling misses")
+
+
+def headroom_title(report: Report, money: Callable[[int], str] = format_usd) -> str:
+    """The headroom heading: the totals of its columns, and what this policy reserved."""
     h = report.headroom
-    if h is None:
+    assert h is not None
+    return (f"Reservation headroom over {h.calls:,} calls with a recorded max_tokens: "
+            f"{money(h.reserved_requested_mc)} reserved as requested, {money(h.reserved_capped_mc)} with the caps "
+            f"below, {money(h.settled_mc)} settled; this policy reserved {money(h.reserved_mc)} "
+            f"(requested output is a median {h.median_requested_over_actual_output}x the actual)")
+
+
+def headroom_rows(report: Report, money: Callable[[int], str] = format_usd) -> list[tuple[str, ...]]:
+    """The headroom table's rows (shared by the terminal and HTML reports)."""
+    h = report.headroom
+    assert h is not None
+    return [(c.agent, f"{c.calls:,}", f"{c.cap_tokens:,}", money(c.reserved_requested_mc),
+             money(c.reserved_capped_mc), money(c.settled_mc), f"{c.ceiling_misses:,}") for c in h.by_agent]
+
+
+def _headroom(report: Report) -> Table | None:
+    if report.headroom is None:
         return None
-    table = Table(
-        title=(f"Reservation headroom over {h.calls:,} calls with a recorded max_tokens: reserved "
-               f"{format_usd(h.reserved_mc)} to settle {format_usd(h.settled_mc)} "
-               f"(requested output is a median {h.median_requested_over_actual_output}x the actual)"),
-        title_justify="left")
-    for name in ("agent", "calls", "cap (tokens)", "reserved as requested", "reserved with cap", "settled",
-                 "ceiling misses"):
+    table = Table(title=headroom_title(report), title_justify="left")
+    for name in HEADROOM_HEADER:
         table.add_column(name)
-    for c in h.by_agent[:_ROWS]:
-        table.add_row(c.agent, f"{c.calls:,}", f"{c.cap_tokens:,}", format_usd(c.reserved_requested_mc),
-                      format_usd(c.reserved_capped_mc), format_usd(c.settled_mc), f"{c.ceiling_misses:,}")
+    for row in headroom_rows(report)[:_ROWS]:
+        table.add_row(*row)
     table.caption = "cap = the agent's largest output in this traffic, rounded up to 256 tokens"
     return table
 
@@ -149,6 +181,7 @@ def render_terminal(report: Report, console: Console) -> None:
     note = default_bound_note(report)
     if note is not None:
         console.print(note, highlight=False)
+    console.print(_groups("Cost by tenant", report.by_tenant, report.cost_mc))
     console.print(_groups("Cost by agent", report.by_agent, report.cost_mc))
     console.print(_groups("Cost by model", report.by_model, report.cost_mc))
     console.print(_groups("Cost by phase", report.by_phase, report.cost_mc))
