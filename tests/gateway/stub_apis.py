@@ -60,6 +60,11 @@ async def responses(control: Any, body: dict[str, Any], send: Any, words: list[s
                for i, w in enumerate(words)]
     events.append(("response.completed", {"type": "response.completed", "sequence_number": len(words) + 1,
                                           "response": response}))
+    if control.drop_after_chunks is not None:  # the created event and that many deltas, then the connection drops
+        kept = events[:1 + control.drop_after_chunks]
+        data = b"".join(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode() for name, payload in kept)
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+        raise ConnectionAbortedError("stub: dropping the connection mid-stream")
     data = b"".join(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode() for name, payload in events)
     await send({"type": "http.response.body", "body": data, "more_body": False})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from gateway_kit import (
     CACHED,
@@ -18,6 +19,7 @@ from gateway_kit import (
     GatewayFactory,
     Harness,
     api_gateway,
+    wait_for,
 )
 from stub_apis import input_words, responses_prompt_tokens
 from stub_upstream import StubUpstream, prompt_tokens
@@ -139,3 +141,17 @@ def test_a_prediction_is_reserved_as_output_beyond_the_bound_sent(gw: Harness) -
     expected_ceiling = (request_input_tokens_max(body, api="chat") * INPUT_MC_PER_TOKEN
                         + (10 + prediction_tokens_max(body)) * OUTPUT_MC_PER_TOKEN)
     assert int(raw.headers["x-comptroller-ceiling-mc"]) == expected_ceiling
+
+
+def test_a_responses_stream_cut_short_is_charged_what_was_generated(gw: Harness) -> None:
+    """An upstream that drops a Responses stream mid-way is charged the input bound and the text seen, once."""
+    gw.stub.control.drop_after_chunks = 3
+    body: dict[str, Any] = {"model": MODEL, "input": "Count slowly.", "max_output_tokens": 20}
+    with httpx.stream("POST", f"{gw.url}/v1/responses", json={**body, "stream": True}, timeout=20,
+                      headers={"authorization": f"Bearer {gw.key}"}) as response:
+        text = "".join(response.iter_text())
+    assert "mid-stream; the generated part was charged" in text
+    seen_bytes = len(b"w0 w1 w2")
+    expected = request_input_tokens_max(body, api="responses") * INPUT_MC_PER_TOKEN + seen_bytes * OUTPUT_MC_PER_TOKEN
+    wait_for(lambda: gw.pending() == 0, "the cut-short stream to settle")  # after the client read its end
+    assert [r.cost_mc for r in gw.engine.store.usage_records()] == [expected]
