@@ -4,10 +4,34 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from comptroller.clock import VirtualClock
 from comptroller.domain.ledger import Event
+from comptroller.engine import Engine
+from comptroller.storage.keys import SQLiteKeyStore, new_key
+
+T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
+
+
+@dataclass
+class Workers:
+    """Gateway workers (each its own engine and connection on one ledger file) and their shared virtual clock."""
+
+    urls: list[str]
+    engines: list[Engine]
+    keys: SQLiteKeyStore
+    clock: VirtualClock
+
+    def key(self, tenant: str = "acme", agent: str | None = None) -> str:
+        """A new tenant key (bound to ``agent`` when given), plaintext."""
+        record, plaintext = new_key(tenant=tenant, agent=agent)
+        self.keys.add(record)
+        return plaintext
+
 
 TUMBLR = {"count_max": 3, "window_s": 86_400, "gap_s": 14_400}
 

@@ -48,6 +48,7 @@ from comptroller.domain.breaker import BreakerState, BreakerStatus
 from comptroller.domain.routing import Router
 from comptroller.engine import Engine
 from comptroller.engine.engine import allowed_models
+from comptroller.gateway.actions import action_routes
 from comptroller.gateway.admin import admin_app
 from comptroller.gateway.apis.routes import api_routes, not_found
 from comptroller.gateway.batches import batch_routes, start_batches
@@ -201,6 +202,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         *batch_routes(),
         Route("/v1/groups/{group_id}/dispatch", _dispatch, methods=["POST"]),
         Route("/v1/runs", runs_endpoint, methods=["POST"]),
+        *action_routes(),  # /v1/actions/..., /v1/tasks/... ([actions] of COMPTROLLER_CONFIG)
         Route("/v1/models", _models, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),

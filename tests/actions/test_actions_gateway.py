@@ -1,0 +1,91 @@
+"""The action guard through gateway workers: 32 agents, 2 workers, one platform, one ledger, virtual time."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+import httpx
+from actions_kit import T0, Workers
+
+AGENTS = 32
+COUNT_MAX = 3
+GAP_S = 4 * 3600
+STEP_S = 3600
+POLICY = f"""
+[actions.tumblr]
+count_max = {COUNT_MAX}
+window_s = 86400
+gap_s = {GAP_S}
+trust_outcome = true
+"""
+
+
+def test_32_agents_on_2_workers_publish_exactly_the_limit_spaced_by_the_gap(
+        make_workers: Callable[[str, int], Workers]) -> None:
+    """Every hour of one virtual day all 32 agents try at once, half on each worker: exactly 3 posts go out,
+    at least the gap apart, and every other attempt is refused with rate_limit or min_gap."""
+    workers = make_workers(POLICY, 2)
+    keys = [workers.key(agent=f"agent{i}") for i in range(AGENTS)]
+    clients = [httpx.Client(base_url=workers.urls[i % 2], headers={"Authorization": f"Bearer {keys[i]}"},
+                            timeout=30) for i in range(AGENTS)]
+    published: list[datetime] = []
+    refusals: dict[str, int] = {}
+    lock = threading.Lock()
+    steps = 24 * 3600 // STEP_S
+
+    def agent(i: int, step: int, barrier: threading.Barrier) -> None:
+        barrier.wait(timeout=30)
+        body = {"id": f"s{step}-a{i}", "platform": "tumblr", "kind": "post",
+                "text": f"agent {i} at hour {step}: a post on its own subject"}
+        response = clients[i].post("/v1/actions/check", json=body)
+        action = response.json()["action"]
+        with lock:
+            if response.status_code == 200:
+                published.append(datetime.fromisoformat(action["created_at"]))
+            else:
+                assert response.status_code == 429
+                for reason in action["reasons"]:
+                    refusals[reason["code"]] = refusals.get(reason["code"], 0) + 1
+        if response.status_code == 200:
+            done = clients[i].post(f"/v1/actions/{action['id']}/outcome", json={"published": True})
+            assert done.status_code == 200
+
+    try:
+        for step in range(steps):
+            barrier = threading.Barrier(AGENTS)
+            threads = [threading.Thread(target=agent, args=(i, step, barrier)) for i in range(AGENTS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            workers.clock.advance(STEP_S)
+    finally:
+        for c in clients:
+            c.close()
+    times = sorted(published)
+    assert len(times) == COUNT_MAX
+    assert all((b - a).total_seconds() >= GAP_S for a, b in itertools.pairwise(times))
+    assert times[0] == T0
+    rows = [r.record["status"] for r in workers.engines[0].store.states("action")]
+    assert (rows.count("refused"), len(rows)) == (steps * AGENTS - COUNT_MAX, steps * AGENTS)
+    assert set(refusals) <= {"rate_limit", "min_gap"} and refusals
+
+
+def test_the_gateway_is_tenant_scoped(make_workers: Callable[[str, int], Workers]) -> None:
+    """An action id of one tenant is invisible to another tenant, and its check does not use the other's slots."""
+    workers = make_workers(POLICY, 1)
+    acme, globex = workers.key("acme", "writer"), workers.key("globex", "writer")
+    body = {"id": "post-1", "platform": "tumblr", "kind": "post", "text": "hello"}
+    with httpx.Client(base_url=workers.urls[0], timeout=10) as c:
+        assert c.post("/v1/actions/check", json=body, headers={"Authorization": f"Bearer {acme}"}).status_code == 200
+        assert c.get("/v1/actions/post-1", headers={"Authorization": f"Bearer {globex}"}).status_code == 404
+        other = c.post("/v1/actions/check", json=body, headers={"Authorization": f"Bearer {globex}"})
+        assert other.status_code == 200  # globex's own first post, not refused by acme's gap
+        refused = c.post("/v1/actions/check", json={**body, "id": "post-2"},
+                         headers={"Authorization": f"Bearer {acme}"})
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) == GAP_S
+        bad = c.post("/v1/actions/check", json={"id": "x"}, headers={"Authorization": f"Bearer {acme}"})
+        assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_request")
