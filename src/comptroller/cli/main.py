@@ -27,6 +27,7 @@ from comptroller.cli.group import group_app, simulate_app
 from comptroller.cli.pnl import register as register_pnl
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
+from comptroller.cli.topology import register as register_topology
 from comptroller.cli.traces import register as register_traces
 from comptroller.cli.ui import register as register_ui
 from comptroller.cli.wallet import register as register_wallet
@@ -68,6 +69,7 @@ register_routing(app)  # eval-cascade, tco
 register_serve(app)  # serve, key
 register_defenses(app)  # kill, breaker
 register_traces(app)  # traces convert
+register_topology(simulate_app)  # simulate topology
 register_pnl(app)  # pnl
 register_wallet(app)  # wallet transfer|balance|floor|post
 register_ui(app)  # ui
