@@ -107,3 +107,14 @@ def test_a_malformed_key_is_400(gw: Harness) -> None:
         assert answer.status_code == 400
         assert answer.json()["error"]["param"] == "idempotency-key"
     assert gw.stub.control.requests == []
+
+
+def test_idempotency_errors_come_in_the_routes_api_shape(gw: Harness) -> None:
+    """Under /v1/messages a malformed key is refused in Anthropic's error shape, elsewhere in OpenAI's."""
+    headers = {"authorization": f"Bearer {gw.key}", "idempotency-key": "has space"}
+    anthropic = httpx.post(f"{gw.url}/v1/messages", headers=headers, timeout=30,
+                           json={"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})
+    assert anthropic.status_code == 400
+    assert anthropic.json()["type"] == "error" and "Idempotency-Key" in anthropic.json()["error"]["message"]
+    openai_shaped = post(gw, body("x"), "has space")
+    assert openai_shaped.json()["error"]["param"] == "idempotency-key"

@@ -50,6 +50,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from comptroller.domain.defenses.verdict import JsonScalar
 from comptroller.domain.state import StateKey, StoredState
+from comptroller.gateway.apis.unmetered import shape_of
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.runtime import Gateway
 
@@ -145,7 +146,7 @@ def idempotent(handler: Handler) -> Handler:
         try:
             return await _idempotent(handler, request, key)
         except GatewayError as exc:
-            return exc.response()
+            return exc.response(shape_of(request.url.path))
 
     return handle
 
