@@ -29,7 +29,10 @@ def _readme_main_command() -> list[str]:
     block = re.search(r"```bash\n(.*?)```", readme, re.S)
     assert block is not None, "README must start with a bash block holding the two set-up commands"
     first = block.group(1).splitlines()[0]
-    replay = first.split("&&", 1)[1].strip()
+    steps = [step.strip() for step in first.split("&&")]
+    assert steps[0].startswith("python3 -m venv ") and steps[1].startswith(". "), "the first command makes a venv"
+    assert "pip install -e ." in steps and "[dev]" not in first, "replay installs no [dev] extra"
+    replay = steps[-1]
     assert replay.startswith("comptroller replay ")
     return shlex.split(replay)
 
