@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from comptroller.domain.actions.rules import ActionRules, RateLimit, Verification
 
-__all__ = ["ActionPolicy", "ActionsConfigError", "parse_actions"]
+__all__ = ["ActionPolicy", "ActionsConfigError", "TaskSettings", "parse_actions", "parse_tasks"]
 
 
 class ActionsConfigError(ValueError):
@@ -196,3 +196,31 @@ def _load(target: str, where: str, source: str) -> Callable[..., Any]:
         raise ActionsConfigError(f"{source}: {where}: {target!r} is not a callable; write \"package.module:function\"")
     loaded: Callable[..., Any] = found
     return loaded
+
+
+class TaskSettings(BaseModel):
+    """The ``[tasks]`` section::
+
+        [tasks]
+        stale_s = 3600                # a task in progress with no heartbeat for this long is stale
+        [tasks.chain]                 # who may assign work to whom (direct reports)
+        lead = ["writer", "publisher"]
+        writer = ["researcher"]
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    stale_s: float = Field(default=3600.0, gt=0, le=30 * 86_400)
+    chain: dict[str, list[str]] = Field(default_factory=dict)
+
+
+def parse_tasks(data: Mapping[str, Any], source: str = "policy") -> TaskSettings:
+    """Validate the ``[tasks]`` table.
+
+    Raises:
+        ActionsConfigError: naming ``tasks.field`` and what is wrong.
+    """
+    try:
+        return TaskSettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ActionsConfigError(f"{source}: tasks.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from comptroller.actions_config import ActionPolicy, parse_actions
+from comptroller.actions_config import ActionPolicy, TaskSettings, parse_actions, parse_tasks
 from comptroller.batch_config import BatchSection
 from comptroller.defenses_config import DefenseSections, RunsSection
 from comptroller.domain.budgets import (
@@ -194,6 +194,8 @@ class Policy(DefenseSections):
     """``[fees]`` and ``[[infra]]``: service fees and shared costs (:mod:`comptroller.economics_config`)."""
     infra: list[InfraSpec] = Field(default_factory=list)
     actions: dict[str, Any] = Field(default_factory=dict)
+    tasks: dict[str, Any] = Field(default_factory=dict)
+    """``[tasks]``: heartbeat staleness and the chain of command (:class:`comptroller.actions_config.TaskSettings`)."""
     """``[actions.PLATFORM]`` / ``[actions.PLATFORM.KIND]``: the action guard (:mod:`comptroller.actions_config`)."""
     source: str = "policy"
 
@@ -238,6 +240,10 @@ class Policy(DefenseSections):
         """The ``[actions]`` sections. Raises ActionsConfigError (a ValueError) naming the section and field."""
         return parse_actions(self.actions, self.source)
 
+    def task_settings(self) -> TaskSettings:
+        """The ``[tasks]`` section. Raises ActionsConfigError (a ValueError) naming the field."""
+        return parse_tasks(self.tasks, self.source)
+
 
 def load_policy(path: str | Path | None) -> Policy:
     """Read and validate a policy (or price-override) TOML file; None gives the empty policy.
@@ -262,6 +268,7 @@ def load_policy(path: str | Path | None) -> Policy:
         policy.routing_config(PriceBook(overrides=policy.price_overrides(), aliases=policy.aliases))
         policy.group_definitions()
         policy.action_policy()
+        policy.task_settings()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from None
