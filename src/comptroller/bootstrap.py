@@ -11,6 +11,7 @@ from comptroller.notify import sinks_from_config
 from comptroller.ports import Clock, EventSink, LedgerStore
 from comptroller.prices import PriceBook
 from comptroller.storage import store_from_url
+from comptroller.wallet_posting import wallet_hooks
 
 __all__ = ["build_engine", "price_book"]
 
@@ -42,4 +43,5 @@ def build_engine(*, db_url: str, policy: Policy, clock: Clock | None = None,
         ledger.put_budget(budget)
     subscribers = sinks_from_config(policy.notify, clock=clock) if sinks is None else sinks
     return Engine(store=ledger, prices=prices or price_book(policy), clock=clock or SystemClock(), caps=policy.caps(),
-                  ttl_s=policy.ttl_s, defenses=policy.defenses(), sinks=subscribers)
+                  ttl_s=policy.ttl_s, defenses=policy.defenses(), sinks=subscribers,
+                  on_settled=wallet_hooks(db_url, policy.fees.schedule() if policy.fees else None))

@@ -9,15 +9,20 @@ Every id is derived from the usage row, so a pass is idempotent: running it afte
 settle, every minute or once before a report gives the same wallets, and two passes at
 once create each transfer once (the store answers the second ``exists``).
 
-Why a pass over the log and not a hook inside ``Engine.settle``: the settle's ledger
-transaction stays as it is (no second store in it, no new failure mode on the hot path),
-and a crash between a settle and its posting loses nothing (the next pass posts it).
-The cost: wallets lag the ledger until the next pass, so a wallet floor cannot refuse a
-call at admit yet (see the README's "Wallets and P&L").
+Two ways in: with a ``[fees]`` schedule, :func:`wallet_hooks` gives the engine a post-settle
+hook (``Engine(on_settled=...)``, wired by :func:`comptroller.bootstrap.build_engine`) that posts
+each call's cost and fees right after its settle commits, in a transaction of its own (the
+settle's ledger transaction is unchanged, and a wallet store outage never fails a settle);
+and a pass (``comptroller wallet post``, ``comptroller pnl``) posts whatever the hook missed:
+infrastructure shares (they need whole periods), charges the expiry sweep wrote
+(``unknown_outcome``), and anything lost to a crash between a settle and its posting.
+Wallets therefore lag the ledger by at most one pass, so a wallet floor cannot yet refuse
+a call at admit (see the README's "Wallets and P&L").
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +30,17 @@ from dataclasses import dataclass, field
 from comptroller.domain.ledger import UsageRecord
 from comptroller.domain.wallets.allocation import InfraItem
 from comptroller.domain.wallets.fees import FeeSchedule
-from comptroller.domain.wallets.postings import adjustments, targets
-from comptroller.domain.wallets.transfers import TransferCode
-from comptroller.storage.transfers import TransferStore
+from comptroller.domain.wallets.postings import ADJ_MAX, adjustments, targets
+from comptroller.domain.wallets.transfers import Transfer, TransferCode
+from comptroller.errors import LedgerUnavailableError
+from comptroller.storage.transfers import TransferStore, transfers_from_url
 
-__all__ = ["PostingSummary", "post_usage"]
+__all__ = ["PostingSummary", "WalletPosting", "post_usage", "wallet_hooks"]
+
+_log = logging.getLogger("comptroller.wallets")
 
 _BATCH = 500
+_BULK = 64  # more targets than this: read every stored transfer once instead of by id
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +82,59 @@ def post_usage(records: Iterable[UsageRecord], transfers: TransferStore, *, fees
     """
     records = list(records)
     wanted = targets(records, fees=fees, infra=infra)
-    stored = {t.id: t for t in transfers.transfers()}
-    new = adjustments(wanted, stored)
+    new = adjustments(wanted, _stored(transfers, wanted))
     codes: Counter[TransferCode] = Counter()
     for start in range(0, len(new), _BATCH):
         codes.update(r.code for r in transfers.create_transfers(new[start:start + _BATCH]))
     return PostingSummary(len(records), codes)
+
+
+def _stored(transfers: TransferStore, wanted: Sequence[Transfer]) -> dict[str, Transfer]:
+    """The stored transfers of the targets' ids and their adjustments (all of them, for a large pass)."""
+    if len(wanted) > _BULK:
+        return {t.id: t for t in transfers.transfers()}
+    stored: dict[str, Transfer] = {}
+    for t in wanted:
+        found, n = transfers.transfer(t.id), 1
+        while found is not None and n <= ADJ_MAX + 1:
+            stored[found.id] = found
+            found, n = transfers.transfer(f"{t.id}:adj{n}"), n + 1
+    return stored
+
+
+class WalletPosting:
+    """A post-settle hook (``Engine(on_settled=[...])``): posts each settled call's cost and fees at once.
+
+    A failure to reach the wallet store is logged, never raised into the settle (the call is
+    already charged in the ledger); the next ``comptroller wallet post`` or ``pnl`` pass posts
+    what was missed. Infrastructure shares are left to those passes (they need whole periods).
+
+    Args:
+        transfers: the wallet store.
+        fees: the ``[fees]`` schedule (None: costs only).
+    """
+
+    def __init__(self, transfers: TransferStore, fees: FeeSchedule | None = None) -> None:
+        self.transfers = transfers
+        self.fees = fees
+
+    def __call__(self, record: UsageRecord) -> None:
+        """Post one settled call."""
+        try:
+            summary = post_usage([record], self.transfers, fees=self.fees)
+        except LedgerUnavailableError as exc:
+            _log.warning("wallet posting of %s deferred to the next pass: %s", record.reservation_id, exc)
+            return
+        if summary.problems:
+            _log.warning("wallet posting of %s: %s", record.reservation_id, summary.problems)
+
+
+def wallet_hooks(db_url: str, fees: FeeSchedule | None) -> list[WalletPosting]:
+    """The post-settle hooks for an engine on ``db_url``: one :class:`WalletPosting` when a ``[fees]`` schedule
+    is configured, else none (without fees, wallets are posted by ``comptroller wallet post`` / ``pnl`` passes,
+    so engines of deployments that do not use wallets write nothing more per call).
+
+    Raises:
+        StoreURLError: for an unknown URL scheme.
+    """
+    return [] if fees is None else [WalletPosting(transfers_from_url(db_url), fees)]

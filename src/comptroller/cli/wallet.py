@@ -39,13 +39,15 @@ def register(app: typer.Typer) -> None:
     app.add_typer(wallet_app, name="wallet")
 
 
-def _amount_mc(amount_usd: str) -> int:
-    """Whole millicents from a USD string; a fraction of a millicent is an error, not a rounding."""
-    usd = parse_usd(amount_usd, "--amount-usd")
+def _amount_mc(amount_usd: str, option: str = "--amount-usd") -> int:
+    """Whole millicents from a USD string (a leading ``-`` allowed for a floor); a fraction of a millicent is an
+    error, not a rounding."""
+    negative = amount_usd.strip().startswith("-")
+    usd = parse_usd(amount_usd.strip().removeprefix("-"), option)
     mc = usd_to_mc_half_up(usd)
     if usd * 100_000 != mc:
-        raise ValueError(f"--amount-usd {amount_usd} is not a whole number of millicents ($0.00001); round it")
-    return mc
+        raise ValueError(f"{option} {amount_usd} is not a whole number of millicents ($0.00001); round it")
+    return -mc if negative else mc
 
 
 @wallet_app.command("transfer")
@@ -63,6 +65,8 @@ def transfer(
     """Move money from one wallet to another (knowledge and teaching fees between agents, deposits)."""
     account_kind(debit)
     account_kind(credit)
+    if amount_usd.strip().startswith("-"):
+        raise ValueError(f"--amount-usd must be > 0, got {amount_usd}: swap --from and --to to move money back")
     t = Transfer(id=transfer_id, debit_account=debit, credit_account=credit, amount_mc=_amount_mc(amount_usd),
                  kind=kind, ts=datetime.now(UTC), ref=ref)
     store = transfers_from_url(db)
@@ -104,14 +108,15 @@ def balance(
 @_user_errors
 def floor(
     account: Annotated[str, typer.Option(help="The account, e.g. 'agent:replay|acme|writer'")],
-    floor_usd: Annotated[str | None, typer.Option("--floor-usd", help="Lowest balance allowed (0: prepaid)")] = None,
+    floor_usd: Annotated[str | None, typer.Option("--floor-usd", help="Lowest balance allowed (0: prepaid; "
+                                                   "-5: a $5 credit line)")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Set (or without --floor-usd remove) an account's floor: transfers below it are refused insufficient_funds."""
     account_kind(account)
     store = transfers_from_url(db)
     try:
-        store.set_floor(account, None if floor_usd is None else _amount_mc(floor_usd))
+        store.set_floor(account, None if floor_usd is None else _amount_mc(floor_usd, "--floor-usd"))
     finally:
         store.close()
     console.print(f"{account}: floor {'none' if floor_usd is None else '$' + floor_usd}", highlight=False)

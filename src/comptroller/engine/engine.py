@@ -14,7 +14,7 @@ time of admission, with the model of the reservation.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,7 +25,15 @@ from comptroller.domain.defenses.deadline import RunKind, ScheduledRun, run_key
 from comptroller.domain.defenses.pacing import PaceAction
 from comptroller.domain.defenses.pinning import PinningPolicy, Route, RouteReason, cheaper_models, route_request
 from comptroller.domain.defenses.verdict import Verdict
-from comptroller.domain.ledger import Event, ReleaseResult, Reservation, ReserveRequest, SettleOutcome, SettleResult
+from comptroller.domain.ledger import (
+    Event,
+    ReleaseResult,
+    Reservation,
+    ReserveRequest,
+    SettleOutcome,
+    SettleResult,
+    UsageRecord,
+)
 from comptroller.domain.pricing import ceiling_mc, cost_mc
 from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution, Level
@@ -131,11 +139,13 @@ class Engine:
         ttl_s: default lease length, seconds.
         defenses: the runtime defenses (default: budgets only; policies switch them on).
         sinks: subscribers told of every event a call appends (refusals, trips, alerts), after commit.
+        on_settled: called with each usage row a settle or delivery writes, after commit (wallet
+            posting: :class:`comptroller.wallet_posting.WalletPosting`); a hook must not raise.
     """
 
     def __init__(self, *, store: LedgerStore, prices: PriceSource, clock: Clock,
                  caps: OutputCaps | None = None, ttl_s: float = 600.0, defenses: Defenses | None = None,
-                 sinks: Sequence[EventSink] = ()) -> None:
+                 sinks: Sequence[EventSink] = (), on_settled: Sequence[Callable[[UsageRecord], None]] = ()) -> None:
         self.store = store
         self.prices = prices
         self.clock = clock
@@ -145,6 +155,7 @@ class Engine:
         self.sinks = FanOut(list(sinks))
         self._parsed = ParsedStates()
         self._settle_guard = SettleDefenses(self.defenses, self._parsed)
+        self.on_settled = list(on_settled)
 
     def admit(self, call: CallRequest) -> Admission:
         """Run every defense in the fixed order, then reserve the ceiling on every budget, or refuse.
@@ -234,6 +245,7 @@ class Engine:
                                                   "served": served_model, "priced_as": served or None,
                                                   "cost_mc": cost}))
         self._publish(result.events)
+        self._settled(result.record)
         return result
 
     def _served(self, reservation: Reservation, served_model: str | None) -> str | None:
@@ -300,6 +312,7 @@ class Engine:
         else:
             result = self.store.settle(reservation.id, outcome.usage, outcome.cost_mc, self.clock.now(),
                                        self._settle_guard)
+            self._settled(result.record)
         self._publish(result.events)
         return result.code
 
@@ -336,6 +349,11 @@ class Engine:
     def _publish(self, events: Sequence[Event]) -> None:
         if events:
             self.sinks.publish(events)
+
+    def _settled(self, record: UsageRecord | None) -> None:
+        if record is not None:
+            for hook in self.on_settled:
+                hook(record)
 
 
 def allowed_models(policy: PinningPolicy, agent: str) -> list[str]:

@@ -71,6 +71,7 @@ class SQLiteTransferStore:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")  # as the ledger: WAL stays consistent on a crash
             self._conn.executescript(_SCHEMA)
 
     @contextmanager
