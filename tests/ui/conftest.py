@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ui_kit import POLICY, TRACES, LoopbackServer, StubUpstream, UiGateway, gateway_policy
+from ui_kit import CHEAP, MODEL, POLICY, STRONG, TRACES, LoopbackServer, StubUpstream, UiGateway, gateway_policy
 
 from comptroller.bootstrap import build_engine
 from comptroller.gateway.app import create_app
@@ -31,10 +31,11 @@ def replayed_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite ledger filled by replaying the shipped ChatDev traces (once per session)."""
     db = tmp_path_factory.mktemp("seed") / "ledger.db"
     done = subprocess.run(
-        [sys.executable, "-m", "comptroller.cli.main", "replay", str(TRACES), "--policy", str(POLICY),
-         "--db", f"sqlite:///{db}"],
+        [sys.executable, "-c", "from comptroller.cli.main import app; app()", "replay", str(TRACES),
+         "--policy", str(POLICY), "--db", f"sqlite:///{db}"],
         capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert db.stat().st_size > 1_000_000, "the replay wrote no ledger"
     return db
 
 
@@ -57,8 +58,8 @@ def gateway(replayed_ledger: Path, stub: StubUpstream, tmp_path: Path) -> Iterat
     policy = gateway_policy()
     engine = build_engine(db_url=f"sqlite:///{db}", policy=policy)
     keys = SQLiteKeyStore(db)
-    config = GatewayConfig(providers={"stub": ProviderConfig(base_url=stub.base_url)}, models={"stub-model": "stub"},
-                           admin_key_env=None)
+    config = GatewayConfig(providers={"stub": ProviderConfig(base_url=stub.base_url)},
+                           models={MODEL: "stub", CHEAP: "stub", STRONG: "stub"}, admin_key_env=None)
     app = create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace,
                      routing=policy.routing_config(engine.prices))
     with LoopbackServer(app) as server:

@@ -28,19 +28,38 @@ from comptroller.config import Policy  # noqa: E402
 from comptroller.engine import Engine  # noqa: E402
 from comptroller.storage.keys import SQLiteKeyStore, new_key  # noqa: E402
 
-__all__ = ["MODEL", "POLICY", "ROOT", "TRACES", "LoopbackServer", "StubUpstream", "UiGateway", "csrf_of",
-           "gateway_policy", "login_client"]
+__all__ = [
+    "CHEAP",
+    "MODEL",
+    "POLICY",
+    "ROOT",
+    "STRONG",
+    "TRACES",
+    "LoopbackServer",
+    "StubUpstream",
+    "UiGateway",
+    "csrf_of",
+    "gateway_policy",
+    "login_client",
+]
 
 TRACES = ROOT / "data" / "traces" / "chatdev_warehouse.jsonl"
 POLICY = ROOT / "policies" / "chatdev.toml"
 MODEL = "stub-model"
 STUB_PRICE = {"input_mtok": "1000", "output_mtok": "2000"}  # 100 mc per input token, 200 per output token
+CHEAP, STRONG = "tier1-model", "tier2-model"  # the two tiers of cascade ``support``
+SCHEMA = {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}}
+VALID, INVALID = '{"answer": "42"}', "Sure! It is 42, I think."
 
 
 def gateway_policy() -> Policy:
     """The replay's policy (namespace ``replay``, its budgets) plus a price for the stub's model."""
     data: dict[str, Any] = tomllib.loads(POLICY.read_text(encoding="utf-8"))
-    data["prices"] = {**data.get("prices", {}), MODEL: STUB_PRICE}
+    data["prices"] = {**data.get("prices", {}), MODEL: STUB_PRICE, STRONG: STUB_PRICE,
+                      CHEAP: {"input_mtok": "100", "output_mtok": "200"}}
+    tiers = [{"name": "cheap", "models": [CHEAP], "gates": [{"kind": "json_schema"}]},
+             {"name": "strong", "models": [STRONG], "gates": [{"kind": "json_schema"}]}]
+    data["cascades"] = {"support": {"tiers": tiers}}
     return Policy.model_validate(data)
 
 
@@ -65,6 +84,13 @@ class UiGateway:
         return self.client(key).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hello there"}], max_tokens=max_tokens,
             extra_headers={"X-Comptroller-Conversation": conversation, "X-Comptroller-Task": f"task-{conversation}"})
+
+    def ask_cascade(self, *, cheap_answers: bool) -> Any:
+        """One request through cascade ``support`` as acme; the cheap tier answers valid JSON or not."""
+        self.stub.control.replies.update({CHEAP: VALID if cheap_answers else INVALID, STRONG: VALID})
+        return self.client().chat.completions.create(
+            model="cascade/support", max_tokens=32, messages=[{"role": "user", "content": "six times seven?"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}})
 
     def add_key(self, tenant: str, *, admin: bool = False) -> str:
         """Store a new key and return its plaintext."""

@@ -42,7 +42,7 @@ __all__ = ["BadInput", "Forbidden", "budgets", "defenses", "kill", "overview", "
            "reset_breaker", "routing", "set_budget", "unkill"]
 
 _RANGE_DAYS = 30
-_RANGE_DAYS_MAX = 366
+_RANGE_DAYS_MAX = 3 * 366  # a point per day: at most ~1,100 points per series
 _TOP = 10
 _SEARCH = ("tenant", "agent", "conversation", "task", "outcome")
 
@@ -98,7 +98,9 @@ def overview(ui: UI, request: Request, session: Session) -> Response:
     viewer = _viewer(session)
     now = ui.engine.clock.now().astimezone(UTC)
     records = [r for r in ui.engine.store.usage_records() if viewer.sees(r.attribution)]
-    last_day = max((r.resolved_at.date() for r in records), default=now.date())
+    tenant = _tenant(viewer, request.query_params.get("tenant"))
+    last_day = max((r.resolved_at.date() for r in records if tenant in (None, r.attribution.tenant)),
+                   default=now.date())  # the range ends on the last day with spend, unless asked
     filters = _filters(request, viewer, last_day)
     kept = [r for r in records if filters.keeps(r)]
     today = datetime(now.year, now.month, now.day, tzinfo=UTC)
