@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from comptroller.cli.main import app
+from comptroller.domain.pricing import TieredRate
 from comptroller.prices.book import PriceBook, PricesDataError, load_prices_data
 from comptroller.replay.runner import DEFAULT_OUTPUT_TOKENS_MAX
 
@@ -77,3 +78,19 @@ def test_no_max_tokens_and_no_known_maximum_uses_the_default(tmp_path: Path) -> 
     assert report["default_bound_models"] == ["my-local-llama"]
     assert f"default output bound of {DEFAULT_OUTPUT_TOKENS_MAX:,} tokens" in " ".join(result.output.split())
     assert report["ceiling_misses"] == sum(1 for _, tokens_out in CALLS if tokens_out > DEFAULT_OUTPUT_TOKENS_MAX)
+
+
+def test_prices_show_reads_tiers_and_a_snapshot(tmp_path: Path) -> None:
+    """`prices show` prints a tiered rate as words, and looks prices up in a --prices-data file when given."""
+    price = PriceBook().price("gemini-2.5-pro", datetime.now(UTC))
+    assert isinstance(price.input_mtok, TieredRate)
+    start, above = price.input_mtok.tiers[0]
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["prices", "show", "gemini-2.5-pro"])
+    assert result.exit_code == 0, result.output
+    assert f"${price.input_mtok.base} up to {start:,} input tokens; ${above} above" in result.output
+    assert "TieredRate(" not in result.output
+    snapshot = _snapshot(tmp_path / "data.json", "7", "11")
+    shown = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["prices", "show", "gpt-4o-mini", "--prices-data",
+                                                           str(snapshot)])
+    assert shown.exit_code == 0, shown.output
+    assert "$7" in shown.output and "$11" in shown.output and "data.json" in shown.output

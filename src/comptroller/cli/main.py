@@ -36,7 +36,7 @@ from comptroller.config import ConfigError, Policy, load_policy
 from comptroller.domain.budgets import Budget, BudgetError, Period, ScopeIdsMissingError, budget_scope, limit_usd_to_mc
 from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.money import format_usd
-from comptroller.domain.pricing import ModelPrice, ceiling_mc
+from comptroller.domain.pricing import ModelPrice, TieredRate, ceiling_mc
 from comptroller.domain.scopes import Level
 from comptroller.errors import LedgerUnavailableError
 from comptroller.prices import PriceBook, UnknownModelError
@@ -287,7 +287,16 @@ def budget_delete(budget_id: Annotated[str, typer.Argument(help="Budget id, as `
 
 
 def _rate_text(rate: object) -> str:
-    return "-" if rate is None else f"${rate}"
+    """A rate for people: ``$3``, or a tiered one as ``$3 up to 200,000 input tokens; $6 above``."""
+    if rate is None:
+        return "-"
+    if isinstance(rate, TieredRate):
+        parts, lower = [], rate.base
+        for start, tier_rate in rate.tiers:
+            parts.append(f"${lower} up to {start:,} input tokens")
+            lower = tier_rate
+        return "; ".join([*parts, f"${lower} above"])
+    return f"${rate}"
 
 
 @prices_app.command("show")
@@ -296,11 +305,17 @@ def prices_show(
     model: Annotated[str, typer.Argument(help="Model label or id")],
     at: Annotated[str | None, typer.Option(help="ISO time to price at (default: now, UTC)")] = None,
     prices_path: Annotated[Path | None, typer.Option("--prices", help="Price-override or policy TOML")] = None,
+    prices_data: Annotated[Path | None, typer.Option(
+        "--prices-data", help="A newer genai-prices data file to look up instead of the bundled one",
+        exists=True, dir_okay=False)] = None,
 ) -> None:
     """Show a model's price per million tokens (genai-prices, or your overrides)."""
     when = datetime.fromisoformat(at) if at else datetime.now(UTC)
     when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    book = price_book(load_policy(prices_path))
+    policy = load_policy(prices_path)
+    book = price_book(policy) if prices_data is None else PriceBook(
+        overrides=policy.price_overrides(), aliases=policy.aliases, snapshot=load_prices_data(prices_data),
+        snapshot_name=prices_data.name)
     price: ModelPrice = book.price(model, when)
     table = Table(title=f"{model} -> {price.model} at {when.isoformat()} ({price.source})")
     table.add_column("bucket")
