@@ -40,6 +40,7 @@ __all__ = ["PostingSummary", "WalletPosting", "post_usage", "wallet_hooks"]
 _log = logging.getLogger("comptroller.wallets")
 
 _BATCH = 500
+_FIRST_OUTCOMES = frozenset({"settled", "unknown_outcome"})  # a row's first charge (corrections: *_late)
 _BULK = 64  # more targets than this: read every stored transfer once instead of by id
 
 
@@ -118,10 +119,21 @@ class WalletPosting:
         self.transfers = transfers
         self.fees = fees
 
+    def _post(self, record: UsageRecord) -> PostingSummary:
+        """A first settle's transfers are new: create them in one round (no lookups); a correction, or an id
+        stored with other fields, takes the full path (:func:`post_usage`: lookups and adjustments)."""
+        if record.outcome not in _FIRST_OUTCOMES:
+            return post_usage([record], self.transfers, fees=self.fees)
+        wanted = [t for t in targets([record], fees=self.fees) if t.amount_mc > 0]
+        codes = Counter(r.code for r in self.transfers.create_transfers(wanted))
+        if codes[TransferCode.EXISTS_WITH_DIFFERENT_FIELDS]:
+            return post_usage([record], self.transfers, fees=self.fees)
+        return PostingSummary(1, codes)
+
     def __call__(self, record: UsageRecord) -> None:
         """Post one settled call."""
         try:
-            summary = post_usage([record], self.transfers, fees=self.fees)
+            summary = self._post(record)
         except LedgerUnavailableError as exc:
             _log.warning("wallet posting of %s deferred to the next pass: %s", record.reservation_id, exc)
             return

@@ -20,7 +20,7 @@ from comptroller.domain.wallets.pnl import PnlBy, parent_scope, pnl_rows, pnl_to
 from comptroller.domain.wallets.postings import adjustments
 from comptroller.domain.wallets.transfers import Transfer, TransferCode
 from comptroller.storage.transfers import MemoryTransferStore
-from comptroller.wallet_posting import post_usage
+from comptroller.wallet_posting import WalletPosting, post_usage
 from ledger_kit import attribution
 
 T0 = datetime(2026, 3, 1, 9, tzinfo=UTC)
@@ -127,3 +127,16 @@ def test_parent_scope_respects_escapes() -> None:
     """The parent of an agent scope is its tenant's, even when an id holds an escaped '|'."""
     assert parent_scope("ns|t1|a1") == "ns|t1"
     assert parent_scope("ns|t\\|x|a\\|b") == "ns|t\\|x"
+
+
+def test_hook_posts_first_charges_at_once_and_corrections_in_full() -> None:
+    """The post-settle hook creates a first charge directly and follows a late correction to the real cost."""
+    store = MemoryTransferStore()
+    hook = WalletPosting(store, FEES)
+    ceiling = _record(0, 5_000, outcome="unknown_outcome")
+    hook(ceiling)
+    hook(ceiling)  # a repeat is a no-op
+    assert _net(store, provider_account("gpt-4o-mini")) == 5_000
+    hook(replace(ceiling, cost_mc=1_200, outcome="settled_late"))
+    assert _net(store, provider_account("gpt-4o-mini")) == 1_200
+    assert _net(store, tenant_wallet(ceiling.attribution)) == -(service_fee_mc(1_200, FEES) + FEES.task_fee_mc)
