@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -89,3 +90,37 @@ def test_the_gateway_is_tenant_scoped(make_workers: Callable[[str, int], Workers
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) == GAP_S
         bad = c.post("/v1/actions/check", json={"id": "x"}, headers={"Authorization": f"Bearer {acme}"})
         assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_request")
+
+
+def test_tasks_over_http(make_workers: Callable[[str, int], Workers]) -> None:
+    """A lead creates and assigns a task; the writer starts it; it goes stale in virtual time; done needs a
+    verified action (409 without), and another tenant cannot see it."""
+    workers = make_workers(POLICY + '[tasks]\nstale_s = 600\n[tasks.chain]\nlead = ["writer"]\n', 1)
+    lead, writer, other = workers.key(agent="lead"), workers.key(agent="writer"), workers.key("globex", "lead")
+    with httpx.Client(base_url=workers.urls[0], timeout=10) as c:
+        def as_(key: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {key}"}
+        created = c.post("/v1/tasks", json={"id": "t1", "title": "digest", "status": "todo"}, headers=as_(lead))
+        assert created.status_code == 201
+        refused = c.post("/v1/tasks/t1/assign", json={"assignee": "lead"}, headers=as_(writer))
+        assert (refused.status_code, refused.json()["error"]["code"]) == (409, "action_conflict")
+        assert c.post("/v1/tasks/t1/assign", json={"assignee": "writer"}, headers=as_(lead)).status_code == 200
+        assert c.post("/v1/tasks/t1/move", json={"status": "in_progress"}, headers=as_(writer)).status_code == 200
+        workers.clock.advance(600)
+        assert c.get("/v1/tasks/t1", headers=as_(lead)).json()["task"]["stale"] is True
+        assert c.post("/v1/tasks/t1/heartbeat", headers=as_(writer)).json()["task"]["stale"] is False
+        assert c.post("/v1/tasks/t1/move", json={"status": "done"}, headers=as_(writer)).status_code == 409
+        check = c.post("/v1/actions/check", headers=as_(writer), json={
+            "id": "p1", "platform": "tumblr", "kind": "post", "text": "the digest", "task": "t1"})
+        assert check.status_code == 200
+        assert c.post("/v1/actions/p1/outcome", json={"published": True}, headers=as_(writer)).status_code == 200
+        for _ in range(500):  # verification runs after the answer, in the background: wait for it (bounded)
+            if c.get("/v1/actions/p1", headers=as_(writer)).json()["action"]["status"] != "unverified":
+                break
+            time.sleep(0.01)
+        shown = c.get("/v1/tasks/t1", headers=as_(lead)).json()
+        assert [a["id"] for a in shown["actions"]] == ["p1"]
+        assert shown["actions"][0]["status"] == "done"  # trust_outcome = true in POLICY; verified in the background
+        done = c.post("/v1/tasks/t1/move", json={"status": "done"}, headers=as_(writer))
+        assert done.json()["task"]["status"] == "done"
+        assert c.get("/v1/tasks/t1", headers=as_(other)).status_code == 404

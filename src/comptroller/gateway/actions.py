@@ -33,23 +33,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from comptroller.actions_config import ActionPolicy
+from comptroller.actions_config import ActionPolicy, TaskSettings
 from comptroller.config import load_policy
 from comptroller.domain.actions import Action, ActionRecord, ActionStatus
-from comptroller.engine.actions import ActionConflictError, ActionService, UnknownActionError
+from comptroller.engine.actions import ActionService
 from comptroller.gateway.apis.request_body import read_body
-from comptroller.gateway.attribution import attribute
 from comptroller.gateway.errors import GatewayError
+from comptroller.gateway.guard_http import GuardServices, endpoint, on_ledger, parse_body, tenant_agent
 from comptroller.gateway.runtime import Gateway
+from comptroller.gateway.tasks import task_routes
 
 __all__ = ["ActionIn", "action_routes"]
 
@@ -86,82 +85,23 @@ class DecisionIn(BaseModel):
     by: str = Field(min_length=1)
 
 
-class _Actions:
-    """The routes' shared state: the policy read once, the service built on the first request."""
-
-    def __init__(self, policy: ActionPolicy) -> None:
-        self.policy = policy
-        self._service: ActionService | None = None
-
-    def service(self, gw: Gateway) -> ActionService:
-        if self._service is None:
-            engine = gw.engine
-            self._service = ActionService(engine.store, engine.clock, self.policy, sinks=engine.sinks)
-        return self._service
-
-
-def action_routes(policy: ActionPolicy | None = None) -> list[Route]:
-    """The ``/v1/actions`` routes; ``policy`` defaults to the ``[actions]`` of ``COMPTROLLER_CONFIG``.
+def action_routes(policy: ActionPolicy | None = None, tasks: TaskSettings | None = None) -> list[Route]:
+    """The ``/v1/actions`` and ``/v1/tasks`` routes; ``policy`` and ``tasks`` default to the ``[actions]``
+    and ``[tasks]`` of ``COMPTROLLER_CONFIG``.
 
     Raises:
         ConfigError: the policy file is invalid (``comptroller serve`` has checked it already).
     """
-    if policy is None:
-        policy = load_policy(os.environ.get("COMPTROLLER_CONFIG") or None).action_policy()
-    state = _Actions(policy)
+    file = load_policy(os.environ.get("COMPTROLLER_CONFIG") or None)
+    state = GuardServices(policy or file.action_policy(), tasks or file.task_settings())
     return [
-        Route("/v1/actions/check", _endpoint(state, _check), methods=["POST"]),
-        Route("/v1/actions/{action_id}", _endpoint(state, _get), methods=["GET"]),
-        Route("/v1/actions/{action_id}/outcome", _endpoint(state, _outcome), methods=["POST"]),
-        Route("/v1/actions/{action_id}/approve", _endpoint(state, _approve), methods=["POST"]),
-        Route("/v1/actions/{action_id}/reject", _endpoint(state, _reject), methods=["POST"]),
+        Route("/v1/actions/check", endpoint(state, _check), methods=["POST"]),
+        Route("/v1/actions/{action_id}", endpoint(state, _get), methods=["GET"]),
+        Route("/v1/actions/{action_id}/outcome", endpoint(state, _outcome), methods=["POST"]),
+        Route("/v1/actions/{action_id}/approve", endpoint(state, _approve), methods=["POST"]),
+        Route("/v1/actions/{action_id}/reject", endpoint(state, _reject), methods=["POST"]),
+        *task_routes(state),
     ]
-
-
-Handler = Callable[[Gateway, ActionService, Request], Awaitable[Response]]
-
-
-def _endpoint(state: _Actions, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        gw: Gateway = request.app.state.gateway
-        try:
-            response = await handler(gw, state.service(gw), request)
-        except GatewayError as exc:
-            response = exc.response()
-        gw.metrics.requests.labels("actions", str(response.status_code)).inc()
-        return response
-    return endpoint
-
-
-def _parse(model: type[BaseModel], raw: bytes) -> Any:
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        fields = ", ".join(model.model_fields)
-        raise GatewayError(400, f"{param or 'body'}: {first['msg']}; send a JSON object with {fields}",
-                           code="invalid_request", param=param) from None
-
-
-async def _ledger(gw: Gateway, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return await gw.run(lambda: operation(*args, **kwargs))
-    except UnknownActionError as exc:
-        raise GatewayError(404, str(exc), code="action_not_found") from None
-    except ActionConflictError as exc:
-        raise GatewayError(409, str(exc), code="action_conflict") from None
-    except Exception:
-        log.exception("action operation failed: the ledger did not answer")
-        gw.metrics.ledger_errors.labels("actions").inc()
-        raise GatewayError(503, "the ledger cannot be reached, so the action was not checked; retry shortly",
-                           type_="api_error", code="ledger_unavailable", headers={"Retry-After": "1"}) from None
-
-
-def _tenant_agent(gw: Gateway, request: Request) -> tuple[str, str]:
-    caller = gw.identity.authenticate(request.headers)
-    who = attribute(caller, request.headers, namespace=gw.namespace, groups=gw.groups)
-    return who.tenant, who.agent
 
 
 def _answer(service: ActionService, record: ActionRecord) -> Response:
@@ -179,28 +119,31 @@ def _answer(service: ActionService, record: ActionRecord) -> Response:
     return JSONResponse(body, status_code=202 if record.status is ActionStatus.PENDING_APPROVAL else 200)
 
 
-async def _check(gw: Gateway, service: ActionService, request: Request) -> Response:
-    tenant, agent = _tenant_agent(gw, request)
-    body: ActionIn = _parse(ActionIn, await read_body(request, gw.config.body_bytes_max))
+async def _check(gw: Gateway, services: GuardServices, request: Request) -> Response:
+    service = services.actions(gw)
+    tenant, agent = tenant_agent(gw, request)
+    body: ActionIn = parse_body(ActionIn, await read_body(request, gw.config.body_bytes_max))
     action = Action(id=body.id, tenant=tenant, agent=agent, platform=body.platform, kind=body.kind, text=body.text,
                     task=body.task, fields=body.fields)
-    return _answer(service, await _ledger(gw, service.check, action))
+    return _answer(service, await on_ledger(gw, service.check, action))
 
 
-async def _get(gw: Gateway, service: ActionService, request: Request) -> Response:
-    tenant, _ = _tenant_agent(gw, request)
-    record = await _ledger(gw, service.get, tenant, request.path_params["action_id"])
+async def _get(gw: Gateway, services: GuardServices, request: Request) -> Response:
+    service = services.actions(gw)
+    tenant, _ = tenant_agent(gw, request)
+    record = await on_ledger(gw, service.get, tenant, request.path_params["action_id"])
     if record is None:
         raise GatewayError(404, f"no action {request.path_params['action_id']!r} for this tenant",
                            code="action_not_found")
     return _answer(service, record)
 
 
-async def _outcome(gw: Gateway, service: ActionService, request: Request) -> Response:
-    tenant, _ = _tenant_agent(gw, request)
-    body: OutcomeIn = _parse(OutcomeIn, await read_body(request, gw.config.body_bytes_max))
+async def _outcome(gw: Gateway, services: GuardServices, request: Request) -> Response:
+    service = services.actions(gw)
+    tenant, _ = tenant_agent(gw, request)
+    body: OutcomeIn = parse_body(OutcomeIn, await read_body(request, gw.config.body_bytes_max))
     action_id = request.path_params["action_id"]
-    record = await _ledger(gw, service.record_outcome, tenant, action_id, published=body.published, url=body.url)
+    record = await on_ledger(gw, service.record_outcome, tenant, action_id, published=body.published, url=body.url)
     response = _answer(service, record)
     if record.status is ActionStatus.UNVERIFIED:
         response.background = BackgroundTask(_verify, service, tenant, action_id)
@@ -214,20 +157,21 @@ def _verify(service: ActionService, tenant: str, action_id: str) -> None:
         log.exception("verifying action %s of %s failed; it stays unverified", action_id, tenant)
 
 
-async def _decide(gw: Gateway, service: ActionService, request: Request, approve: bool) -> Response:
+async def _decide(gw: Gateway, services: GuardServices, request: Request, approve: bool) -> Response:
+    service = services.actions(gw)
     caller = gw.identity.authenticate(request.headers)
     if not caller.admin:
         raise GatewayError(403, "approving or rejecting an action takes the admin key", code="scope_not_allowed",
                            param="authorization")
-    body: DecisionIn = _parse(DecisionIn, await read_body(request, gw.config.body_bytes_max))
-    record = await _ledger(gw, service.decide, body.tenant, request.path_params["action_id"], approve=approve,
+    body: DecisionIn = parse_body(DecisionIn, await read_body(request, gw.config.body_bytes_max))
+    record = await on_ledger(gw, service.decide, body.tenant, request.path_params["action_id"], approve=approve,
                            by=body.by)
     return _answer(service, record)
 
 
-async def _approve(gw: Gateway, service: ActionService, request: Request) -> Response:
-    return await _decide(gw, service, request, True)
+async def _approve(gw: Gateway, services: GuardServices, request: Request) -> Response:
+    return await _decide(gw, services, request, True)
 
 
-async def _reject(gw: Gateway, service: ActionService, request: Request) -> Response:
-    return await _decide(gw, service, request, False)
+async def _reject(gw: Gateway, services: GuardServices, request: Request) -> Response:
+    return await _decide(gw, services, request, False)

@@ -1,0 +1,102 @@
+"""What the ``/v1/actions`` and ``/v1/tasks`` routes share: the services, built once per app on the
+engine's store and clock, body parsing, the ledger call with its errors, and the caller's tenant and agent."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from comptroller.actions_config import ActionPolicy, TaskSettings
+from comptroller.domain.tasks import TaskError
+from comptroller.engine.actions import ActionConflictError, ActionService, UnknownActionError
+from comptroller.engine.tasks import TaskService
+from comptroller.gateway.attribution import attribute
+from comptroller.gateway.errors import GatewayError
+from comptroller.gateway.runtime import Gateway
+
+__all__ = ["GuardServices", "Handler", "endpoint", "on_ledger", "parse_body", "tenant_agent"]
+
+log = logging.getLogger("comptroller.gateway")
+
+
+class GuardServices:
+    """The routes' shared state: the policy read once, the services built on the first request.
+
+    Args:
+        policy: the ``[actions]`` sections.
+        tasks: the ``[tasks]`` section.
+    """
+
+    def __init__(self, policy: ActionPolicy, tasks: TaskSettings) -> None:
+        self.policy = policy
+        self.settings = tasks
+        self._actions: ActionService | None = None
+        self._tasks: TaskService | None = None
+
+    def actions(self, gw: Gateway) -> ActionService:
+        """The action guard on the gateway's engine (store, clock, sinks)."""
+        if self._actions is None:
+            engine = gw.engine
+            self._actions = ActionService(engine.store, engine.clock, self.policy, sinks=engine.sinks)
+        return self._actions
+
+    def tasks(self, gw: Gateway) -> TaskService:
+        """The task service on the gateway's engine."""
+        if self._tasks is None:
+            self._tasks = TaskService(gw.engine.store, gw.engine.clock, self.actions(gw), self.settings)
+        return self._tasks
+
+
+Handler = Callable[[Gateway, GuardServices, Request], Awaitable[Response]]
+
+
+def endpoint(services: GuardServices, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A route endpoint: ``handler`` with its GatewayError rendered and the request counted."""
+    async def run(request: Request) -> Response:
+        gw: Gateway = request.app.state.gateway
+        try:
+            response = await handler(gw, services, request)
+        except GatewayError as exc:
+            response = exc.response()
+        gw.metrics.requests.labels("actions", str(response.status_code)).inc()
+        return response
+    return run
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    """``raw`` validated as ``model``. Raises GatewayError 400 ``invalid_request`` naming the field."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        fields = ", ".join(model.model_fields)
+        raise GatewayError(400, f"{param or 'body'}: {first['msg']}; send a JSON object with {fields}",
+                           code="invalid_request", param=param) from None
+
+
+async def on_ledger(gw: Gateway, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a service call in the gateway's ledger thread, its errors as GatewayErrors (404, 409, 503)."""
+    try:
+        return await gw.run(lambda: operation(*args, **kwargs))
+    except UnknownActionError as exc:
+        raise GatewayError(404, str(exc), code="action_not_found") from None
+    except (ActionConflictError, TaskError) as exc:
+        raise GatewayError(409, str(exc), code="action_conflict") from None
+    except Exception:
+        log.exception("action or task operation failed: the ledger did not answer")
+        gw.metrics.ledger_errors.labels("actions").inc()
+        raise GatewayError(503, "the ledger cannot be reached, so nothing was changed; retry shortly",
+                           type_="api_error", code="ledger_unavailable", headers={"Retry-After": "1"}) from None
+
+
+def tenant_agent(gw: Gateway, request: Request) -> tuple[str, str]:
+    """The caller's tenant and agent (the key's; ``X-Comptroller-Agent`` narrows an unbound key)."""
+    caller = gw.identity.authenticate(request.headers)
+    who = attribute(caller, request.headers, namespace=gw.namespace, groups=gw.groups)
+    return who.tenant, who.agent
