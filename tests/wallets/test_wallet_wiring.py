@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from typer.testing import CliRunner, Result
@@ -14,6 +16,7 @@ from comptroller.domain.pricing import cost_mc
 from comptroller.domain.usage import Usage
 from comptroller.domain.wallets.accounts import agent_wallet, provider_account, tenant_wallet
 from comptroller.domain.wallets.fees import service_fee_mc
+from comptroller.domain.wallets.transfers import Transfer
 from comptroller.engine import CallRequest
 from comptroller.storage.transfers_sqlite import SQLiteTransferStore
 from ledger_kit import attribution
@@ -74,3 +77,21 @@ def test_wallet_cli_knowledge_fee_retry_and_floor(tmp_path: Path) -> None:
     wallets.close()
     bad = _cli("wallet", "transfer", "--from", "bob", "--to", tutor, "--id", "x", "--amount-usd", "1", "--db", db)
     assert bad.exit_code == 2 and "no known kind" in bad.output
+
+
+def test_pnl_from_to_selects_transfers_by_time(tmp_path: Path) -> None:
+    """pnl --from/--to counts only transfers in [from, to): a fee on 2 March is outside a window from 3 March."""
+    db = tmp_path / "ledger.db"
+    wallets = SQLiteTransferStore(db)
+    a, b = "agent:ns|t|a", "agent:ns|t|b"
+    wallets.create_transfers([Transfer("k1", a, b, 300, "knowledge_fee", datetime(2026, 3, 2, tzinfo=UTC)),
+                              Transfer("k2", a, b, 500, "knowledge_fee", datetime(2026, 3, 3, 8, tzinfo=UTC))])
+    wallets.close()
+    out = tmp_path / "pnl.json"
+    done = _cli("pnl", "--db", f"sqlite:///{db}", "--no-post", "--period", "total", "--from", "2026-03-03",
+                "--to", "2026-03-04", "--json", str(out))
+    assert done.exit_code == 0, done.output
+    rows = {r["scope"]: r["fees_net_mc"] for r in json.loads(out.read_text())["rows"]}
+    assert rows == {"ns|t|a": -500, "ns|t|b": 500}
+    bad = _cli("pnl", "--db", f"sqlite:///{db}", "--from", "March")
+    assert bad.exit_code == 2 and "--from must be an ISO date" in bad.output

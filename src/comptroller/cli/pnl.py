@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,16 +63,22 @@ def pnl(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write rows and totals as JSON")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write rows as CSV")] = None,
     post: Annotated[bool, typer.Option(help="Post the usage log to the wallets first")] = True,
+    since: Annotated[str | None, typer.Option("--from", help="Only transfers at or after this instant "
+                                              "(ISO date or time; UTC unless it names a zone)")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Only transfers before this instant")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Profit and loss per agent or tenant and period: revenue, LLM cost, allocated infra, margin; flags."""
     policy = load_policy(policy_path)
+    window = _instant(since, "--from"), _instant(until, "--to")
     fees = policy.fees.schedule() if policy.fees else None
     ledger, store = store_from_url(db), transfers_from_url(db)
     try:
         if post:
             post_usage(ledger.usage_records(), store, fees=fees, infra=infra_items(policy.infra))
-        rows = pnl_rows(store.transfers(), by=by, period=period,
+        chosen = [t for t in store.transfers() if (window[0] is None or t.ts >= window[0])
+                  and (window[1] is None or t.ts < window[1])]
+        rows = pnl_rows(chosen, by=by, period=period,
                         margin_floor=None if fees is None else fees.margin_floor)
     finally:
         store.close()
@@ -86,6 +93,18 @@ def pnl(
             writer = csv.DictWriter(f, fieldnames=list(row_dict(total)))
             writer.writeheader()
             writer.writerows(row_dict(r) for r in rows)
+
+
+def _instant(text: str | None, option: str) -> datetime | None:
+    """An aware instant from an ISO date or date-time (naive: UTC)."""
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{option} must be an ISO date or time such as 2026-03-01 or 2026-03-01T12:00Z, "
+                         f"got {text!r}") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _print(rows: list[PnlRow], total: PnlRow, by: PnlBy) -> None:
