@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from comptroller.bootstrap import build_engine, price_book
+from comptroller.cli.actions import register as register_actions
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
 from comptroller.cli.db import db_app
 from comptroller.cli.defenses import register as register_defenses
@@ -73,6 +74,7 @@ register_topology(simulate_app)  # simulate topology
 register_pnl(app)  # pnl
 register_wallet(app)  # wallet transfer|balance|floor|post
 register_ui(app)  # ui
+register_actions(app, simulate_app)  # action list|approve|reject, task list|show, simulate publisher
 
 _USER_ERRORS = (ConfigError, TraceError, UnknownModelError, MissingModelError, BudgetError, StoreURLError,
                 NoOutputCapError, FileNotFoundError, ValueError, SchemaVersionError, LedgerUnavailableError)
