@@ -7,8 +7,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from comptroller.actions_config import parse_actions
-from comptroller.clock import SystemClock
 from comptroller.cli.main import app
+from comptroller.clock import SystemClock
 from comptroller.domain.actions import Action, ActionStatus
 from comptroller.engine.actions import ActionService
 from comptroller.engine.tasks import TaskService
