@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +46,48 @@ def stub() -> Iterator[StubUpstream]:
         yield server
 
 
+GatewayFactory = Callable[..., UiGateway]
+
+
 @pytest.fixture
-def gateway(replayed_ledger: Path, stub: StubUpstream, tmp_path: Path) -> Iterator[UiGateway]:
-    """A gateway on a copy of the replayed ledger, with an admin key and keys for tenants chatdev and acme."""
+def make_gateway(replayed_ledger: Path, stub: StubUpstream, tmp_path: Path) -> Iterator[GatewayFactory]:
+    """Start a gateway on a copy of the replayed ledger, with ``[gateway]`` overrides; keys for an admin,
+    tenant chatdev and tenant acme."""
     stub.control.reset()
-    db = tmp_path / "ledger.db"
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(str(replayed_ledger) + suffix)
-        if source.exists():
-            shutil.copy(source, str(db) + suffix)
-    policy = gateway_policy()
-    engine = build_engine(db_url=f"sqlite:///{db}", policy=policy)
-    keys = SQLiteKeyStore(db)
-    config = GatewayConfig(providers={"stub": ProviderConfig(base_url=stub.base_url)},
-                           models={MODEL: "stub", CHEAP: "stub", STRONG: "stub"}, admin_key_env=None)
-    app = create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace,
-                     routing=policy.routing_config(engine.prices))
-    with LoopbackServer(app) as server:
+    servers: list[LoopbackServer] = []
+
+    def start(**overrides: Any) -> UiGateway:
+        db = tmp_path / f"ledger{len(servers)}.db"
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(replayed_ledger) + suffix)
+            if source.exists():
+                shutil.copy(source, str(db) + suffix)
+        policy = gateway_policy()
+        engine = build_engine(db_url=f"sqlite:///{db}", policy=policy)
+        keys = SQLiteKeyStore(db)
+        config = GatewayConfig(**{"providers": {"stub": ProviderConfig(base_url=stub.base_url)},
+                                  "models": {MODEL: "stub", CHEAP: "stub", STRONG: "stub"}, "admin_key_env": None,
+                                  **overrides})
+        app = create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace,
+                         routing=policy.routing_config(engine.prices))
+        server = LoopbackServer(app).__enter__()
+        servers.append(server)
         plain = {}
         for name, tenant, admin in (("admin", "ops", True), ("chatdev", "chatdev", False), ("acme", "acme", False)):
             record, plain[name] = new_key(tenant=tenant, admin=admin)
             keys.add(record)
-        yield UiGateway(url=server.url, engine=engine, keys=keys, stub=stub, admin_key=plain["admin"],
-                        chatdev_key=plain["chatdev"], acme_key=plain["acme"])
+        return UiGateway(url=server.url, engine=engine, keys=keys, stub=stub, admin_key=plain["admin"],
+                         chatdev_key=plain["chatdev"], acme_key=plain["acme"], config=config)
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def gateway(make_gateway: GatewayFactory) -> UiGateway:
+    """A gateway on a copy of the replayed ledger (see :func:`make_gateway`)."""
+    return make_gateway()
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from stub_upstream import StubUpstream  # noqa: E402
 
 from comptroller.config import Policy  # noqa: E402
 from comptroller.engine import Engine  # noqa: E402
+from comptroller.gateway.config import GatewayConfig  # noqa: E402
 from comptroller.storage.keys import SQLiteKeyStore, new_key  # noqa: E402
 
 __all__ = [
@@ -74,6 +75,7 @@ class UiGateway:
     admin_key: str
     chatdev_key: str
     acme_key: str
+    config: GatewayConfig
 
     def client(self, key: str | None = None) -> openai.OpenAI:
         """An OpenAI client on the gateway (no retries: each call is one request)."""

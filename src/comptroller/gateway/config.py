@@ -119,6 +119,9 @@ class GatewayConfig(BaseModel):
         outbox_path: the durable outbox file shared by the workers, where call outcomes wait
             while the ledger cannot take them (:mod:`comptroller.storage.outbox`; None: beside a
             SQLite ledger, else in the state directory).
+        request_log: the per-call JSON-lines access log, a file path or ``logger:NAME`` (None: off;
+            :mod:`comptroller.gateway.request_log`).
+        otel_spans: record an OpenTelemetry GenAI span per call (:mod:`comptroller.gateway.telemetry`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -139,6 +142,8 @@ class GatewayConfig(BaseModel):
     key_cache_ttl_s: float = Field(default=10.0, ge=0, le=300)
     shutdown_grace_s: float = Field(default=30.0, ge=0, le=3600)
     outbox_path: str | None = None
+    request_log: str | None = Field(default=None, min_length=1)  # JSON lines per call: a path or logger:NAME
+    otel_spans: bool = False  # an OpenTelemetry GenAI span per call (comptroller.gateway.telemetry)
 
     @model_validator(mode="after")
     def _providers_exist(self) -> GatewayConfig:

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from comptroller.gateway.apis.base import Api
+from comptroller.gateway.apis.base import Api, ApiRequest
 from comptroller.gateway.apis.chat import ChatApi
 from comptroller.gateway.apis.completions import CompletionsApi
 from comptroller.gateway.apis.embeddings import EmbeddingsApi
@@ -39,7 +39,9 @@ from comptroller.gateway.apis.unmetered import count_tokens, shape_of, unknown_e
 from comptroller.gateway.cascades import cascade_completion, cascade_name
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.idempotency import idempotent
+from comptroller.gateway.identity import Caller
 from comptroller.gateway.runtime import Gateway
+from comptroller.gateway.telemetry import observe_call
 
 __all__ = ["APIS", "api_routes", "not_found"]
 
@@ -53,6 +55,8 @@ def _handler(api: Api) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         started = time.perf_counter()
         gw: Gateway = request.app.state.gateway
+        caller: Caller | None = None
+        call: ApiRequest | None = None
         try:
             caller, call = await read_request(gw, request, api)
             if api.name == "chat" and cascade_name(call.model) is not None:
@@ -62,6 +66,7 @@ def _handler(api: Api) -> Callable[[Request], Awaitable[Response]]:
         except GatewayError as exc:
             response = exc.response(api.shape)
         gw.metrics.requests.labels(api.name, str(response.status_code)).inc()
+        observe_call(gw.config, request, api, response, started=started, caller=caller, call=call)  # log, span
         return response
 
     return handle
