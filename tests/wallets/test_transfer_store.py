@@ -80,6 +80,14 @@ def _machine(factory: Callable[[Path], TransferStore]) -> type[RuleBasedStateMac
                 t = self.model[data.draw(st.sampled_from(sorted(self.model)))]
                 self._create([replace(t, ts=t.ts + timedelta(days=1))])
 
+        @rule(data=st.data(), change=st.sampled_from(["amount_mc", "kind", "ref", "credit_account"]))
+        def retry_changed(self, data: st.DataObject, change: str) -> None:
+            if self.model:
+                t = self.model[data.draw(st.sampled_from(sorted(self.model)))]
+                other = {"amount_mc": t.amount_mc + 1, "kind": t.kind + "x", "ref": t.ref + "x",
+                         "credit_account": next(a for a in ACCOUNTS if a not in (t.debit_account, t.credit_account))}
+                self._create([replace(t, **{change: other[change]})])
+
         @rule(account=st.sampled_from(ACCOUNTS), floor_mc=st.none() | st.integers(-500, 0))
         def set_floor(self, account: str, floor_mc: int | None) -> None:
             self.store.set_floor(account, floor_mc)
