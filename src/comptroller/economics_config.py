@@ -7,6 +7,7 @@
     margin = "0.25"               # fee = max(base fee, cost x (1 + margin)), rounded up to the millicent
     task_fee_usd = "0.05"         # per task an agent works on (0: none)
     margin_floor = "0.10"         # comptroller pnl flags agents whose margin / revenue is below this
+    platform_share = "0.10"       # the platform keeps 10 % of each fee (platform:revenue), rounded down
 
     [[infra]]                     # a shared cost, allocated per period in proportion to use
     name = "gpu-node"
@@ -43,6 +44,7 @@ class FeesSection(BaseModel):
     margin: Any = "0"
     task_fee_usd: Any = "0"
     margin_floor: Any = None
+    platform_share: Any = "0"
 
     def schedule(self) -> FeeSchedule:
         """The domain schedule. Raises ValueError naming the field at fault."""
@@ -50,7 +52,8 @@ class FeesSection(BaseModel):
         return FeeSchedule(base_fee_mc=usd_to_mc_ceil(parse_usd(self.base_fee_usd, "fees.base_fee_usd")),
                            margin=parse_usd(self.margin, "fees.margin"),
                            task_fee_mc=usd_to_mc_ceil(parse_usd(self.task_fee_usd, "fees.task_fee_usd")),
-                           margin_floor=floor)
+                           margin_floor=floor,
+                           platform_share=parse_usd(self.platform_share, "fees.platform_share"))
 
     @model_validator(mode="after")
     def _valid(self) -> FeesSection:

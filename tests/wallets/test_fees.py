@@ -57,8 +57,8 @@ def test_fee_never_below_cost_plus_margin(cost_mc: int, base_mc: int, margin: De
 
 
 @pytest.mark.parametrize("bad", [{"base_fee_mc": -1}, {"task_fee_mc": -5}, {"margin": Decimal("-0.1")},
-                                 {"margin": Decimal("NaN")}])
+                                 {"margin": Decimal("NaN")}, {"platform_share": Decimal("1.5")}])
 def test_bad_schedule_is_refused(bad: dict[str, object]) -> None:
     """A negative fee or margin, or a NaN margin, is an error naming the field."""
-    with pytest.raises(ValueError, match=r"fee|margin"):
+    with pytest.raises(ValueError, match=r"fee|margin|platform_share"):
         FeeSchedule(**bad)  # type: ignore[arg-type]

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from comptroller.domain.budgets import Period
 from comptroller.domain.ledger import UsageRecord
 from comptroller.domain.usage import Usage
-from comptroller.domain.wallets.accounts import agent_wallet, infra_account, provider_account, tenant_wallet
+from comptroller.domain.wallets.accounts import (
+    PLATFORM_REVENUE,
+    agent_wallet,
+    infra_account,
+    provider_account,
+    tenant_wallet,
+)
 from comptroller.domain.wallets.allocation import InfraItem
 from comptroller.domain.wallets.fees import FeeSchedule, service_fee_mc
 from comptroller.domain.wallets.pnl import PnlBy, parent_scope, pnl_rows, pnl_totals
@@ -140,3 +146,20 @@ def test_hook_posts_first_charges_at_once_and_corrections_in_full() -> None:
     hook(replace(ceiling, cost_mc=1_200, outcome="settled_late"))
     assert _net(store, provider_account("gpt-4o-mini")) == 1_200
     assert _net(store, tenant_wallet(ceiling.attribution)) == -(service_fee_mc(1_200, FEES) + FEES.task_fee_mc)
+
+
+def test_platform_share_of_each_fee_goes_to_platform_revenue() -> None:
+    """With platform_share, the agent pays the platform its share of each fee (rounded down); the tenant's bill is
+    unchanged and the agent's revenue is net of the take."""
+    schedule = replace(FEES, platform_share=Decimal("0.1"))
+    store = MemoryTransferStore()
+    records = [_record(0, 1_001), _record(1, 333)]
+    post_usage(records, store, fees=schedule)
+    fees = [service_fee_mc(1_001, schedule), service_fee_mc(333, schedule), schedule.task_fee_mc]
+    takes = [int(Decimal(f) * Decimal("0.1")) for f in fees]  # floor of a positive Decimal
+    assert _net(store, PLATFORM_REVENUE) == sum(takes)
+    row = pnl_rows(store.transfers(), by=PnlBy.AGENT, period=Period.TOTAL)[0]
+    assert row.revenue_mc == sum(fees) - sum(takes)
+    tenant = pnl_rows(store.transfers(), by=PnlBy.TENANT, period=Period.TOTAL)[0]
+    assert tenant.revenue_mc == sum(fees)
+    assert sum(a.balance_mc for a in store.balances()) == 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-__all__ = ["FeeSchedule", "crossover_cost_mc", "service_fee_mc"]
+__all__ = ["FeeSchedule", "crossover_cost_mc", "platform_take_mc", "service_fee_mc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +27,15 @@ class FeeSchedule:
         task_fee_mc: a flat fee per task an agent works on, millicents (>= 0; 0: none).
         margin_floor: agents whose margin (profit / revenue) is below this are flagged by
             ``comptroller pnl`` (a decimal fraction; None: nobody is flagged).
+        platform_share: the part of each fee the platform keeps (0 <= share <= 1; the agent pays it
+            to ``platform:revenue``; :func:`platform_take_mc` rounds it down).
     """
 
     base_fee_mc: int = 0
     margin: Decimal = Decimal(0)
     task_fee_mc: int = 0
     margin_floor: Decimal | None = None
+    platform_share: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
         if self.base_fee_mc < 0 or self.task_fee_mc < 0:
@@ -40,6 +43,9 @@ class FeeSchedule:
                              f"task_fee_mc={self.task_fee_mc}")
         if not self.margin.is_finite() or self.margin < 0:
             raise ValueError(f"fees.margin must be a finite decimal >= 0 such as \"0.25\", got {self.margin}")
+        if not self.platform_share.is_finite() or not 0 <= self.platform_share <= 1:
+            raise ValueError(f"fees.platform_share must be a decimal from 0 to 1 such as \"0.10\", "
+                             f"got {self.platform_share}")
 
 
 def service_fee_mc(cost_mc: int, schedule: FeeSchedule) -> int:
@@ -63,3 +69,9 @@ def crossover_cost_mc(schedule: FeeSchedule) -> int:
     """The largest cost whose fee is the base fee: ``floor(base_fee_mc / (1 + margin))`` millicents."""
     factor = 1 + Fraction(schedule.margin)
     return schedule.base_fee_mc * factor.denominator // factor.numerator
+
+
+def platform_take_mc(fee_mc: int, schedule: FeeSchedule) -> int:
+    """The platform's part of a fee: ``floor(fee_mc * platform_share)`` millicents (the agent keeps the fraction)."""
+    share = Fraction(schedule.platform_share)
+    return fee_mc * share.numerator // share.denominator

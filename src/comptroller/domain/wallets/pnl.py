@@ -3,7 +3,7 @@
 Per account and period (the calendar period of each transfer's ``ts``), the net of each
 kind of transfer (credits minus debits, millicents) gives:
 
-* agent: ``revenue_mc`` = service and task fees earned; ``llm_cost_mc`` = LLM cost paid;
+* agent: ``revenue_mc`` = service and task fees earned, less the platform's take; ``llm_cost_mc`` = LLM cost paid;
   ``infra_mc`` = infrastructure allocated; ``fees_net_mc`` = other transfers between
   wallets (knowledge and teaching fees: received minus paid; deposits are capital and not
   counted); ``margin_mc = revenue + fees_net - llm_cost - infra``;
@@ -25,14 +25,14 @@ from enum import StrEnum
 
 from comptroller.domain.budgets import Period, period_key
 from comptroller.domain.wallets.accounts import AccountKind
-from comptroller.domain.wallets.postings import KIND_FEE, KIND_INFRA, KIND_LLM, KIND_TASK_FEE
+from comptroller.domain.wallets.postings import KIND_FEE, KIND_INFRA, KIND_LLM, KIND_PLATFORM, KIND_TASK_FEE
 from comptroller.domain.wallets.transfers import Transfer
 
 __all__ = ["CAPITAL_KINDS", "PnlBy", "PnlRow", "parent_scope", "pnl_rows", "pnl_totals"]
 
 CAPITAL_KINDS = frozenset({"deposit", "withdrawal"})
 """Transfer kinds that move capital in or out, not income: left out of the P&L."""
-_REVENUE = frozenset({KIND_FEE, KIND_TASK_FEE})
+_REVENUE = frozenset({KIND_FEE, KIND_TASK_FEE, KIND_PLATFORM})
 
 
 class PnlBy(StrEnum):

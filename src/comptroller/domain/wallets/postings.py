@@ -9,6 +9,8 @@ Each settled call (a :class:`~comptroller.domain.ledger.UsageRecord`) calls for:
 * ``task_fee:<agent wallet>:<task scope>``: the task fee, once per agent and task, at the
   agent's first call on the task (the task's first settled call stands for its completion:
   the ledger has no task-completed signal yet);
+* ``platform:<fee id>`` (with ``platform_share``): the platform's take of each fee, from the
+  agent to ``platform:revenue``;
 * ``infra:<item>:<period>:<account>``: each ``[[infra]]`` item's share per period.
 
 These are *targets*: the amount each id should carry now. :func:`adjustments` compares a
@@ -28,6 +30,7 @@ from zoneinfo import ZoneInfo
 from comptroller.domain.ledger import UsageRecord
 from comptroller.domain.scopes import Level
 from comptroller.domain.wallets.accounts import (
+    PLATFORM_REVENUE,
     agent_wallet,
     conversation_account,
     infra_account,
@@ -35,15 +38,16 @@ from comptroller.domain.wallets.accounts import (
     tenant_wallet,
 )
 from comptroller.domain.wallets.allocation import AllocationBasis, AllocationTarget, InfraItem, Use, allocate_item
-from comptroller.domain.wallets.fees import FeeSchedule, service_fee_mc
+from comptroller.domain.wallets.fees import FeeSchedule, platform_take_mc, service_fee_mc
 from comptroller.domain.wallets.transfers import Transfer
 
-__all__ = ["ADJ_MAX", "KIND_FEE", "KIND_INFRA", "KIND_LLM", "KIND_TASK_FEE", "adjustments", "targets"]
+__all__ = ["ADJ_MAX", "KIND_FEE", "KIND_INFRA", "KIND_LLM", "KIND_PLATFORM", "KIND_TASK_FEE", "adjustments", "targets"]
 
 KIND_LLM = "llm_cost"
 KIND_FEE = "service_fee"
 KIND_TASK_FEE = "task_fee"
 KIND_INFRA = "infra"
+KIND_PLATFORM = "platform_fee"
 ADJ_MAX = 1_000
 """Adjustments per id at most (a bound on the chain read; far beyond any real correction count)."""
 
@@ -72,14 +76,24 @@ def targets(records: Iterable[UsageRecord], *, fees: FeeSchedule | None = None,
         fee = 0 if r.outcome == "released_late" else service_fee_mc(r.cost_mc, fees)
         out.append(Transfer(f"fee:{r.reservation_id}", tenant_wallet(r.attribution), agent, fee, KIND_FEE,
                             r.resolved_at, r.reservation_id))
+        if fees.platform_share:
+            out.append(_platform(out[-1], fees))
         task = dict(r.attribution.scopes()).get(Level.TASK)
         if fees.task_fee_mc and task is not None and f"{agent}:{task}" not in tasks:
             tasks[f"{agent}:{task}"] = Transfer(f"task_fee:{agent}:{task}", tenant_wallet(r.attribution), agent,
                                                 fees.task_fee_mc, KIND_TASK_FEE, r.resolved_at, task)
     out += tasks.values()
+    if fees is not None and fees.platform_share:
+        out += [_platform(t, fees) for t in tasks.values()]
     for item in infra:
         out += _infra_targets(item, records)
     return out
+
+
+def _platform(fee: Transfer, fees: FeeSchedule) -> Transfer:
+    """The platform's take of a fee: from the agent paid to ``platform:revenue``."""
+    return Transfer(f"platform:{fee.id}", fee.credit_account, PLATFORM_REVENUE, platform_take_mc(fee.amount_mc, fees),
+                    KIND_PLATFORM, fee.ts, fee.id)
 
 
 def _infra_targets(item: InfraItem, records: Sequence[UsageRecord]) -> list[Transfer]:
