@@ -82,7 +82,7 @@ def test_every_call_of_the_group_lands_on_its_conversation_and_each_decision_is_
     service = _service(store, VirtualClock(T0))
     decision = service.dispatch("studio", msg(1, "user", "the python api database is down"))
     assert decision.agents == ("ana",) and _answer(service, "ana") is Code.OK
-    assert service.dispatch("studio", msg(1, "user", "the python api database is down")) is decision  # a retry
+    assert service.dispatch("studio", msg(1, "user", "the python api database is down")) == decision  # a retry
 
     (record,) = store.usage_records()
     assert (record.attribution.conversation, record.attribution.tenant, record.attribution.agent) == (
@@ -110,7 +110,7 @@ def test_a_retry_stamped_later_gets_the_first_decision(store: LedgerStore) -> No
     service = _service(store, VirtualClock(T0))
     first = service.dispatch("studio", msg(1, "user", "the python api is down"))
     later = replace(msg(1, "user", "the python api is down"), at=T0 + timedelta(seconds=30))
-    assert service.dispatch("studio", later) is first
+    assert service.dispatch("studio", later) == first
     assert len(service.history("studio")) == 1
 
 

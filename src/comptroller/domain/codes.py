@@ -48,6 +48,8 @@ class Code(StrEnum):
     """The kill switch of the namespace (or another scope) is tripped; an admin must reset it."""
     MODEL_NOT_ALLOWED = "model_not_allowed"
     """The model is not among the agent's allowed models, or no fallback may take its place."""
+    NOT_DISPATCHED = "not_dispatched"
+    """A strict group's member called in its conversation without being dispatched for the message it answers."""
     FAN_OUT_EXCEEDED = "fan_out_exceeded"
     """The task, conversation or agent already has ``max_in_flight`` calls in flight (live reservations)."""
     PACE_EXCEEDED = "pace_exceeded"

@@ -75,6 +75,8 @@ class CallRequest:
         sends: the call goes upstream right after admission (the gateway, the SDK): the
             reservation is marked sent, so a lease that expires unresolved is charged its
             ceiling as ``unknown_outcome`` (DESIGN.md rule 12). Release it if the call is not sent.
+        message_id: the group message the call answers; in a strict group only its dispatched
+            members may call (default: the group's latest dispatched message).
     """
 
     attribution: Attribution
@@ -90,6 +92,7 @@ class CallRequest:
     choices: int = 1
     output_tokens_extra: int = 0
     sends: bool = False
+    message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +182,7 @@ class Engine:
             requests.update(self._downgrades(call, requests[model], key, now))
         facts = CallFacts(call_id=key, attribution=call.attribution, route=route, requests=requests,
                           run_id=call.run_id, attempt_id=call.attempt_id or call.run_id,
-                          fingerprint=call.fingerprint, text=call.text)
+                          fingerprint=call.fingerprint, text=call.text, message_id=call.message_id)
         result = self.store.reserve(requests[model], now, AdmitDefenses(self.defenses, facts, self._parsed))
         self._publish(result.events)
         held = requests.get(result.reservation.model, requests[model]) if result.reservation else requests[model]

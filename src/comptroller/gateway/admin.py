@@ -216,6 +216,8 @@ class GroupOut(BaseModel):
 
     id: str
     conversation: str
+    mode: str = Field(description="strict: only dispatched members may call in the conversation "
+                                  "(not_dispatched); advisory: dispatch is advice")
     k: int
     members: list[MemberOut]
     budget_remaining: float | None = Field(description="the group budget's remaining fraction (None: no "
@@ -449,7 +451,8 @@ def _group_out(ctx: _Context, definition: GroupDefinition) -> GroupOut:
     group = definition.group
     members = [MemberOut(agent=m.agent, role=m.role, description=m.description, decides=Flag.DECIDES in m.flags,
                          tenant=definition.tenants[m.agent]) for m in group.members]
-    return GroupOut(id=group.id, conversation=group.conversation, k=definition.config.k, members=members,
+    return GroupOut(id=group.id, conversation=group.conversation, mode=str(definition.mode),
+                    k=definition.config.k, members=members,
                     budget_remaining=ctx.groups.remaining(group.id))
 
 
@@ -486,11 +489,12 @@ def put_group(group_id: Annotated[str, Path(max_length=256)],
               body: Annotated[dict[str, JsonValue], Body(
                   description="the group's [groups.NAME] table as JSON: members (agent, role, description, "
                               "decides, tenant), k, cooldown_messages, cooldown_s, relevance_min, "
-                              "mentions_only_below, steps, wrap_up, escalate_loops, loops, roles, conversation "
+                              "mentions_only_below, steps, wrap_up, escalate_loops, loops, roles, conversation, "
+                              "mode (strict | advisory) "
                               "(see comptroller.groups.config)",
                   openapi_examples={"review": {"summary": "a writer and a judge", "value": _GROUP_EXAMPLE}})],
               ctx: Ctx, _: AdminCaller) -> GroupOut:
-    """Create or replace a group (admin); a replaced group keeps its room's history."""
+    """Create or replace a group (admin); kept in the ledger, so every worker and restart sees it."""
     try:
         definition = GroupDefinition.from_mapping(group_id, dict(body))
     except ValidationError as exc:
@@ -499,14 +503,14 @@ def put_group(group_id: Annotated[str, Path(max_length=256)],
         raise GatewayError(400, f"{param or 'group'}: {first['msg']}", code="invalid_request", param=param) from None
     except (GroupError, ValueError) as exc:
         raise _bad(exc) from None
-    ctx.groups.put_group(definition)
+    ctx.groups.put_group(definition, persist=True)
     return _group_out(ctx, definition)
 
 
 @group_chats.delete("/groups/{group_id}", status_code=204)
 def delete_group(group_id: Annotated[str, Path(max_length=256)], ctx: Ctx, _: AdminCaller) -> Response:
-    """Remove a group and its room (admin); its spend stays in the ledger."""
-    if not ctx.groups.remove_group(group_id):
+    """Remove a group (admin), for every worker and after a restart; its spend and room stay in the ledger."""
+    if not ctx.groups.remove_group(group_id, persist=True):
         raise _not_found(f"no group {group_id!r}; GET /admin/groups lists them", "group_id")
     return Response(status_code=204)
 

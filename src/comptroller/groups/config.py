@@ -4,6 +4,8 @@ A group file (it may hold other tables too; only ``groups`` is read)::
 
     [groups.review]
     conversation = "review-17"     # the conversation its calls and its budget use (default: the name)
+    mode = "strict"                # strict: only dispatched members may call in the conversation
+                                   # (refused at admit with not_dispatched); default "advisory"
     k = 3                          # most responders per message
     cooldown_messages = 2          # a member who wrote one of the last 2 messages waits
     cooldown_s = 0                 # ... or within this many seconds (0: off)
@@ -45,6 +47,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from comptroller.domain.defenses.dispatch_rule import GroupMode
 from comptroller.domain.dispatch import (
     BudgetStep,
     DispatchConfig,
@@ -97,6 +100,7 @@ class _Role(BaseModel):
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
     conversation: str | None = None
+    mode: GroupMode = GroupMode.ADVISORY
     k: int = 3
     cooldown_messages: int = 2
     cooldown_s: float = 0.0
@@ -118,14 +122,22 @@ class GroupDefinition:
         config: its :class:`~comptroller.domain.dispatch.DispatchConfig`.
         tenants: agent id -> the tenant its calls are attributed to.
         dispatcher: the group's :class:`~comptroller.domain.dispatch.Dispatcher` (BM25 index built once).
+        mode: ``strict`` (only dispatched members may call in the conversation, enforced at admit by
+            :mod:`comptroller.domain.defenses.dispatch_rule`) or ``advisory`` (the default, so groups
+            written before strict mode keep working: the decision is advice).
+        table: the validated ``[groups.NAME]`` table as JSON data (what the ledger keeps of a group
+            created through the admin API), or None for a group built in code.
 
     Raises:
         GroupError: from the domain (no decider, cycles, k < 1...).
     """
 
-    def __init__(self, group: Group, config: DispatchConfig, tenants: dict[str, str] | None = None) -> None:
+    def __init__(self, group: Group, config: DispatchConfig, tenants: dict[str, str] | None = None, *,
+                 mode: GroupMode = GroupMode.ADVISORY, table: dict[str, Any] | None = None) -> None:
         self.group = group
         self.config = config
+        self.mode = GroupMode(mode)
+        self.table = table
         self.tenants = {m.agent: (tenants or {}).get(m.agent, "default") for m in group.members}
         self.dispatcher = Dispatcher(group, config)
 
@@ -154,7 +166,8 @@ class GroupDefinition:
                                 cooldown_messages=raw.cooldown_messages, cooldown_s=raw.cooldown_s,
                                 relevance_min=raw.relevance_min, loops=LoopConfig(**raw.loops.model_dump()),
                                 wrap_up=raw.wrap_up, escalate_loops=raw.escalate_loops)
-        return cls(group, config, {m.agent: m.tenant for m in raw.members})
+        return cls(group, config, {m.agent: m.tenant for m in raw.members}, mode=raw.mode,
+                   table=raw.model_dump(mode="json"))
 
 
 def parse_groups(data: dict[str, Any], source: str = "<groups>") -> dict[str, GroupDefinition]:

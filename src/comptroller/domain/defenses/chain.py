@@ -24,6 +24,7 @@ loop      ``level:scope``         :class:`.loops.LoopHistory` (with its lock, :m
 run       ``tenant|run id``       :class:`.deadline.ScheduledRun` (:func:`.deadline.run_key`)
 rate      namespace scope key     :class:`.baseline.NamespaceRate` (relative breakers' fallback)
 fan_out   ``level:scope``         :class:`.fanout.InFlight` (live reservation ids of a capped scope)
+dispatch  ``ns|conversation``     :class:`.dispatch_rule.DispatchGate` (a group's mode and dispatches; read only)
 ========  ======================  =============================================
 
 Pure: no I/O and no clock; ``now`` comes from the store's caller.
@@ -43,6 +44,7 @@ from comptroller.domain.defenses import killswitch
 from comptroller.domain.defenses.baseline import NamespaceRate
 from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.deadline import ScheduledRun, check_deadline, check_run_cap, run_key, unknown_run
+from comptroller.domain.defenses.dispatch_rule import DispatchGate, check_dispatched, gate_key
 from comptroller.domain.defenses.fanout import FanOutConfig, InFlight, admit_in_flight, end_in_flight
 from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState, check_kill_switch
 from comptroller.domain.defenses.loops import LoopConfig, LoopHistory, LoopRequest, check_loops, loop_scope
@@ -140,6 +142,8 @@ class CallFacts:
         run_id: the scheduled run the call belongs to, if any.
         attempt_id: the task attempt the call belongs to, if any.
         fingerprint, text: the loop detectors' inputs, if any.
+        message_id: the group message the call answers (a strict group's dispatch rule; None:
+            the latest dispatched).
     """
 
     call_id: str
@@ -150,6 +154,7 @@ class CallFacts:
     attempt_id: str | None = None
     fingerprint: str | None = None
     text: str | None = None
+    message_id: str | None = None
 
 
 class _Versioned(Protocol):
@@ -228,6 +233,8 @@ class AdmitDefenses:
         self._loop_level, self._loop_scope = loop_scope(facts.attribution)
         self._task = dict(self._scopes).get(Level.TASK)
         self._kill_keys = [scoped_key(KILL, level, scope) for level, scope in self._scopes]
+        conversation = facts.attribution.conversation
+        self._gate_key = None if conversation is None else gate_key(facts.attribution.namespace, conversation)
         policy = defenses.breakers
         self._fan_out_plan = _fan_out_plan(defenses.fan_out, self._scopes)
         self._breaker_plan = [] if policy is None else [
@@ -239,6 +246,8 @@ class AdmitDefenses:
         keys = list(self._kill_keys)
         if self.facts.run_id is not None:
             keys.append(run_key(self.facts.attribution, self.facts.run_id))
+        if self._gate_key is not None:
+            keys.append(self._gate_key)
         if self._counts_attempts():
             assert self._task is not None
             keys.append(StateKey(RETRY, self._task))
@@ -258,7 +267,8 @@ class AdmitDefenses:
         if isinstance(self.facts.route, Verdict):
             return changes.outcome(self.facts.route)
         kept = len(changes.writes), len(changes.events)
-        verdict = (self._deadline(states, now, changes) or self._retries(states, now, changes)
+        verdict = (self._deadline(states, now, changes) or self._dispatch(states)
+                   or self._retries(states, now, changes)
                    or self._loops(states, now, changes) or self._breaker(states, now, changes)
                    or self._fan_out(states, now, changes))
         request = None
@@ -319,6 +329,14 @@ class AdmitDefenses:
         return capped
 
     # rank 4
+    def _dispatch(self, states: Mapping[StateKey, StoredState]) -> Verdict | None:
+        """A strict group's gate (read only): the caller must be dispatched for the message it answers."""
+        if self._gate_key is None or self._gate_key not in states:
+            return None
+        gate = self.parsed.load(states, self._gate_key, DispatchGate.from_record, partial(DispatchGate, ""))
+        return check_dispatched(gate, self.facts.attribution, self.facts.message_id)
+
+    # rank 5
     def _counts_attempts(self) -> bool:
         return self.defenses.retries is not None and self._task is not None and (
             self.facts.attempt_id is not None or self.facts.fingerprint is not None)

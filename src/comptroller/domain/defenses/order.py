@@ -14,14 +14,17 @@ rank  rule            why here                                        codes
                       fixes the model every later check prices
 3     deadline        a run past its deadline must end, whatever     ``deadline_exceeded``
                       else holds
-4     loop            re-attempts per day, then the detectors:       ``retry_limit``,
+4     dispatch        a strict group's member answers only a         ``not_dispatched``
+                      message it was dispatched for (structural:
+                      before any state a call could consume)
+5     loop            re-attempts per day, then the detectors:       ``retry_limit``,
                       refuse the repeat before it is paid             ``loop_detected``
-5     breaker         the spend rate of the agent and conversation   ``circuit_open``
-6     fan_out         live reservations of the task, conversation    ``fan_out_exceeded``
+6     breaker         the spend rate of the agent and conversation   ``circuit_open``
+7     fan_out         live reservations of the task, conversation    ``fan_out_exceeded``
                       or agent below ``max_in_flight``
-7     pacing          the long-term rate of period budgets; may      ``pace_exceeded``
+8     pacing          the long-term rate of period budgets; may      ``pace_exceeded``
                       downgrade the model before budgets price it
-8     budgets         every applicable budget holds the ceiling      ``budget_exceeded``
+9     budgets         every applicable budget holds the ceiling      ``budget_exceeded``
 ====  ==============  =============================================  ===============================
 
 Stateless and cheap checks come first; stateful ones (loop, breaker) come after
@@ -41,6 +44,7 @@ CHECK_ORDER: tuple[Rule, ...] = (
     Rule.KILL_SWITCH,
     Rule.PINNING,
     Rule.DEADLINE,
+    Rule.DISPATCH,
     Rule.LOOP,
     Rule.BREAKER,
     Rule.FAN_OUT,

@@ -36,6 +36,7 @@ class Rule(StrEnum):
     KILL_SWITCH = "kill_switch"
     PINNING = "pinning"
     DEADLINE = "deadline"
+    DISPATCH = "dispatch"
     LOOP = "loop"
     BREAKER = "breaker"
     FAN_OUT = "fan_out"
@@ -47,6 +48,7 @@ RULE_CODES: Mapping[Rule, frozenset[Code]] = {
     Rule.KILL_SWITCH: frozenset({Code.KILL_SWITCH}),
     Rule.PINNING: frozenset({Code.MODEL_NOT_ALLOWED}),
     Rule.DEADLINE: frozenset({Code.DEADLINE_EXCEEDED, Code.UNKNOWN_RUN}),
+    Rule.DISPATCH: frozenset({Code.NOT_DISPATCHED}),
     Rule.LOOP: frozenset({Code.RETRY_LIMIT, Code.LOOP_DETECTED}),
     Rule.BREAKER: frozenset({Code.CIRCUIT_OPEN}),
     Rule.FAN_OUT: frozenset({Code.FAN_OUT_EXCEEDED}),

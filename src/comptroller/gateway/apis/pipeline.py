@@ -218,7 +218,7 @@ async def serve(gw: Gateway, request: Request, api: Api, caller: Caller, call: A
         input_tokens_max=call.input_tokens_max, max_tokens=call.max_tokens, choices=call.choices,
         output_tokens_extra=call.output_tokens_extra,
         run_id=headers.get("x-comptroller-run"), attempt_id=headers.get("x-comptroller-attempt"),
-        fingerprint=call.fingerprint, text=call.text)
+        fingerprint=call.fingerprint, text=call.text, message_id=headers.get("x-comptroller-message"))
     admission = await gw.run(gw.admit, call_request)
     if admission.reservation is None:
         assert admission.verdict is not None
