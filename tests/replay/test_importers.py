@@ -169,3 +169,13 @@ def test_unknown_format_names_fields(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"foo": 1, "bar": 2}]))
     with pytest.raises(ValueError, match=r"bar, foo.*--format"):
         load([path])
+
+
+def test_mixed_files_keep_jsonl_seq(tmp_path: Path) -> None:
+    """Our JSONL mixed with an import keeps its own seq numbers; imported calls are numbered per run in time order."""
+    ours = tmp_path / "ours.jsonl"
+    ours.write_text(json.dumps({"run_id": "x/r", "seq": 41, "ts": "2025-01-01T00:00:00Z", "agent": "a",
+                                "model": "gpt-4o-mini", "input_tokens": 1, "output_tokens": 1}) + "\n")
+    records, _ = load([ours, FIXTURES / "helicone_export.jsonl"])
+    assert [r.seq for r in records if r.run_id == "x/r"] == [41]
+    assert [r.seq for r in records if r.run_id == "acme/s-9"] == [1, 2]

@@ -8,7 +8,7 @@ format), which are validated by the same :func:`~comptroller.replay.trace.parse_
 our own files; :func:`load` returns :class:`TraceRecord` s for replay and :func:`convert` the
 objects for ``comptroller traces convert``.
 
-``seq`` is assigned per run in time order. ``auto`` recognises a file's format from its
+``seq`` is assigned per run in time order (records that carry one keep it). ``auto`` recognises a file's format from its
 first row (:func:`detect`).
 """
 
@@ -76,8 +76,12 @@ def _with_seq(objects: list[tuple[str, int, Row]]) -> list[tuple[str, int, Row]]
         by_run[str(item[2].get("run_id"))].append(item)
     for items in by_run.values():
         items.sort(key=lambda item: (str(item[2].get("ts")), item[1]))
-        for seq, (_, _, obj) in enumerate(items, start=1):
-            obj["seq"] = seq
+        taken = {obj["seq"] for _, _, obj in items if isinstance(obj.get("seq"), int)}
+        seq = max(taken, default=0)
+        for _, _, obj in items:
+            if not isinstance(obj.get("seq"), int):  # our JSONL keeps its own seq
+                seq += 1
+                obj["seq"] = seq
     return sorted(objects, key=lambda item: (str(item[2].get("ts")), str(item[2].get("run_id")), item[2]["seq"]))
 
 
