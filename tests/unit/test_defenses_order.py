@@ -35,13 +35,14 @@ MODULES = [
     "comptroller.domain.defenses.similarity", "comptroller.domain.defenses.verdict",
     "comptroller.domain.defenses.windows", "comptroller.domain.defenses.fanout",
     "comptroller.domain.defenses.loop_lock", "comptroller.domain.defenses.baseline",
+    "comptroller.domain.defenses.dispatch_rule",
 ]
 
 
 def test_the_order_is_the_documented_one() -> None:
-    """Kill switch, pinning, deadline, loop, breaker, fan-out, pacing, budgets: ranks 1 to 8."""
-    assert [str(r) for r in CHECK_ORDER] == ["kill_switch", "pinning", "deadline", "loop", "breaker", "fan_out",
-                                              "pacing", "budgets"]
+    """Kill switch, pinning, deadline, dispatch, loop, breaker, fan-out, pacing, budgets: ranks 1 to 9."""
+    assert [str(r) for r in CHECK_ORDER] == ["kill_switch", "pinning", "deadline", "dispatch", "loop", "breaker",
+                                              "fan_out", "pacing", "budgets"]
     assert [rank(r) for r in CHECK_ORDER] == list(range(1, len(CHECK_ORDER) + 1))
     assert set(CHECK_ORDER) == set(Rule) == set(RULE_CODES)
 
