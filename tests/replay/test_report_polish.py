@@ -55,6 +55,9 @@ def test_ceiling_over_remaining_is_its_own_reason(tmp_path: Path) -> None:
         want[reason] = want.get(reason, 0) + 1
     assert {g["reason"]: g["calls"] for g in report["refusals"]} == want
     assert len(want) == 2  # the trace is built so that one refusal of each kind happens
+    fitting = sum((tokens_in + tokens_out) * MC_PER_TOKEN for _, _, tokens_in, tokens_out, _ in CALLS[1:]
+                  if (tokens_in + tokens_out) * MC_PER_TOKEN <= remaining)
+    assert report["prevented_fitting_mc"] == fitting
 
 
 def test_headroom_heading_totals_its_columns(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from comptroller.reports.terminal import (
     group_rows,
     headroom_rows,
     headroom_title,
+    prevented_text,
     reconciliation_verdict,
     refusal_rows,
     trip_rows,
@@ -140,7 +141,7 @@ def _summary(report: Report) -> str:
         ("input : output", f"{report.input_output_ratio:.2f} : 1"),
         ("total cost", f"{usd_display(report.cost_mc)} ({format_usd(report.cost_mc)})"),
         ("cost per run P50 / P95", f"{usd_display(report.p50_run_cost_mc)} / {usd_display(report.p95_run_cost_mc)}"),
-        ("spend prevented by refusals", usd_display(report.prevented_mc)),
+        ("spend prevented by refusals", prevented_text(report, usd_display)),
         ("ceiling misses", f"{report.ceiling_misses:,}"),
     ]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in items)

@@ -194,6 +194,8 @@ class Report:
     default_bound_calls: int = 0
     default_bound_models: list[str] = field(default_factory=list)
     default_bound_tokens: int = 0
+    prevented_fitting_mc: int = 0
+    """The part of ``prevented_mc`` in calls refused for their ceiling whose cost fitted the money left."""
 
     @property
     def input_output_ratio(self) -> float:
@@ -374,6 +376,7 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         by_model=_group(admitted, lambda r: r.model), refusals=refusal_groups,
         by_tenant=_group(admitted, lambda r: r.tenant),
         prevented_mc=sum(g.prevented_mc for g in refusal_groups),
+        prevented_fitting_mc=sum(g.prevented_mc for g in refusal_groups if g.reason == CEILING_OVER_REMAINING),
         reconciliation=_reconcile(admitted, price_fn), headroom=_headroom(admitted, ceiling_fn),
         timeline=_timeline(admitted),
         budgets=[{"id": b.id, "level": str(b.level), "scope": b.scope, "period": str(b.period),

@@ -42,6 +42,14 @@ def _groups(title: str, groups: Sequence[Group], total_mc: int) -> Table:
     return table
 
 
+def prevented_text(report: Report, money: Callable[[int], str]) -> str:
+    """Spend prevented, with the part whose calls would have fitted the money left (refused for their ceiling)."""
+    if not report.prevented_fitting_mc:
+        return money(report.prevented_mc)
+    return (f"{money(report.prevented_mc)}, of which {money(report.prevented_fitting_mc)} in calls refused for "
+            "their ceiling whose cost would have fitted")
+
+
 def _summary(report: Report) -> Table:
     table = Table(title="Summary", title_justify="left", show_header=False)
     table.add_column(justify="left")
@@ -56,7 +64,7 @@ def _summary(report: Report) -> Table:
         ("ceiling misses", f"{report.ceiling_misses:,}"),
     ]
     if report.refused_calls:
-        rows.append(("spend prevented by refusals", format_usd(report.prevented_mc)))
+        rows.append(("spend prevented by refusals", prevented_text(report, format_usd)))
     if report.skipped_lines:
         rows.append(("invalid lines skipped", f"{report.skipped_lines:,}"))
     for name, value in rows:
