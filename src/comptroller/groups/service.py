@@ -237,17 +237,23 @@ class GroupService:
                            conversation_shared=True)
 
     def call(self, group_id: str, agent: str, *, model: str, input_tokens_max: int, max_tokens: int | None = None,
-             idempotency_key: str | None = None, text: str | None = None) -> CallRequest:
-        """A :class:`CallRequest` for ``agent``'s LLM call in the group, attributed to its conversation."""
+             idempotency_key: str | None = None, text: str | None = None,
+             message_id: str | None = None) -> CallRequest:
+        """A :class:`CallRequest` for ``agent``'s LLM call in the group, attributed to its conversation.
+
+        ``message_id`` names the message the call answers (a strict group admits only the members
+        dispatched for it; None: the latest dispatched message).
+        """
         return CallRequest(attribution=self.attribution(group_id, agent), model=model,
                            input_tokens_max=input_tokens_max, max_tokens=max_tokens,
-                           idempotency_key=idempotency_key, text=text)
+                           idempotency_key=idempotency_key, text=text, message_id=message_id)
 
     def admit(self, group_id: str, agent: str, *, model: str, input_tokens_max: int, max_tokens: int | None = None,
-              idempotency_key: str | None = None) -> Admission:
-        """``engine.admit`` of :meth:`call`: reserve on every budget, the group budget included, or refuse."""
+              idempotency_key: str | None = None, message_id: str | None = None) -> Admission:
+        """``engine.admit`` of :meth:`call`: the dispatch rule, then every budget (the group's included), or refuse."""
         return self.engine.admit(self.call(group_id, agent, model=model, input_tokens_max=input_tokens_max,
-                                           max_tokens=max_tokens, idempotency_key=idempotency_key))
+                                           max_tokens=max_tokens, idempotency_key=idempotency_key,
+                                           message_id=message_id))
 
     def _event(self, definition: GroupDefinition, decision: Dispatch) -> Event:
         return Event(ts=self.engine.clock.now(), kind="dispatch", code=str(decision.mode),
