@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from comptroller.domain.usage import Usage
 from comptroller.domain.usage_checks import check_served_model, check_usage
 from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.routing import CascadeRequest, CascadeResult, RoutingConfig, TierCall, TierReply
+from comptroller.sdk.actions import Act, guarded_action
 from comptroller.sdk.anthropic import wrap_anthropic
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.errors import refused
@@ -107,6 +108,11 @@ class Comptroller:
             yield _CONTEXT.get()
         finally:
             _CONTEXT.reset(token)
+
+    def action(self, *, platform: str, kind: str, text: str, **options: Any) -> AbstractContextManager[Act]:
+        """A guarded side effect: ``with comptroller.action(platform=, kind=, text=) as act:`` (refusal raises,
+        the outcome is recorded on exit); :func:`comptroller.sdk.actions.guarded_action` has the options."""
+        return guarded_action(self, platform=platform, kind=kind, text=text, **options)
 
     @contextmanager
     def scheduled_run(self, run_id: str, max_duration_s: float, **ids: str | None) -> Iterator[CallContext]:
