@@ -1,10 +1,11 @@
 """Wallets: double-entry transfers, service fees and shared-cost allocation (DESIGN.md rule 10).
 
 Pure rules, no I/O: :mod:`.transfers` (the transfer, its result codes and their order),
-:mod:`.accounts` (account names), :mod:`.fees` (the service fee formula) and
-:mod:`.allocation` (infrastructure cost shared by largest remainder). Stores live in
-:mod:`comptroller.storage.transfers`; the postings from the usage log in
-:mod:`comptroller.wallets`.
+:mod:`.accounts` (account names), :mod:`.fees` (the service fee formula),
+:mod:`.allocation` (infrastructure cost shared by largest remainder), :mod:`.postings` (what the
+usage log calls for) and :mod:`.pnl` (profit and loss rows). Stores live in
+:mod:`comptroller.storage.transfers`; the posting service in
+:mod:`comptroller.wallet_posting`.
 """
 
 from comptroller.domain.wallets.accounts import PLATFORM_REVENUE, AccountKind, account_kind
