@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from comptroller.actions_config import ActionsConfigError, parse_actions
 from comptroller.domain.actions import Action, ActionRules, History, HistoryEntry, RateLimit, check, similarity
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -121,3 +123,28 @@ def test_a_custom_scorer_gates_quality() -> None:
     rules = ActionRules("tumblr", scorer=lambda a: 1.0 if "?" in a.text else 0.0, score_min=0.75)
     assert check(_action("Is your agent verified?"), rules, History("acme"), T0) == []
     assert [r.code for r in check(_action("It is."), rules, History("acme"), T0)] == ["score_below"]
+
+
+@pytest.mark.parametrize(("table", "names"), [
+    ({"tumblr": {"count_max": 0}}, "actions.tumblr.count_max"),
+    ({"tumblr": {"post": {"similar_max": 1.5}}}, "actions.tumblr.post.similar_max"),
+    ({"tumblr": {"required": {"cta": "(unclosed"}}}, "actions.tumblr.required.cta"),
+    ({"tumblr": {"score_min": 0.75}}, "score_field"),
+    ({"tumblr": {"scorer": "no.such.module:f"}}, "actions.tumblr.scorer"),
+    ({"tumblr": {"gap_hours": 4}}, "actions.tumblr.gap_hours"),
+])
+def test_a_bad_section_is_named(table: dict[str, object], names: str) -> None:
+    """An invalid [actions] field is an error naming the section and field, never a silently absent limit."""
+    with pytest.raises(ActionsConfigError, match=re.escape(names)):
+        parse_actions(table)
+
+
+def test_a_kind_section_adds_its_own_rate_to_the_platform_s() -> None:
+    """[actions.tumblr.reply] inherits the platform's fields and counts its own kind; the platform's limit stays."""
+    policy = parse_actions({"tumblr": {"count_max": 3, "gap_s": 60, "similar_max": 0.9,
+                                       "reply": {"count_max": 10, "window_s": 3600}}})
+    reply = policy.rules_for("tumblr", "reply")
+    assert reply is not None and reply.similar_max == 0.9
+    assert reply.rates == (RateLimit(3, 86_400, 60, None), RateLimit(10, 3600, 0, "reply"))
+    assert policy.rules_for("mastodon", "post") is None
+    assert parse_actions({"*": {"count_max": 1}}).rules_for("mastodon", "post") is not None

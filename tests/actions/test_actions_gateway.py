@@ -11,6 +11,8 @@ from datetime import datetime
 import httpx
 from actions_kit import T0, Workers
 
+from comptroller.storage.keys import new_key
+
 AGENTS = 32
 COUNT_MAX = 3
 GAP_S = 4 * 3600
@@ -124,3 +126,22 @@ def test_tasks_over_http(make_workers: Callable[[str, int], Workers]) -> None:
         done = c.post("/v1/tasks/t1/move", json={"status": "done"}, headers=as_(writer))
         assert done.json()["task"]["status"] == "done"
         assert c.get("/v1/tasks/t1", headers=as_(other)).status_code == 404
+
+
+def test_approval_over_http_takes_the_admin_key(make_workers: Callable[[str, int], Workers]) -> None:
+    """A held action answers 202; a tenant key cannot approve it (403); the admin key approves it, then it runs."""
+    workers = make_workers(POLICY.replace("trust_outcome = true", "approval = true\ntrust_outcome = true"), 1)
+    writer = {"Authorization": f"Bearer {workers.key(agent='writer')}"}
+    record, admin_plain = new_key(tenant="acme", admin=True)
+    workers.keys.add(record)
+    admin = {"Authorization": f"Bearer {admin_plain}"}
+    with httpx.Client(base_url=workers.urls[0], timeout=10) as c:
+        body = {"id": "p1", "platform": "tumblr", "kind": "post", "text": "the digest"}
+        assert c.post("/v1/actions/check", json=body, headers=writer).status_code == 202
+        decision = {"tenant": "acme", "by": "ops"}
+        assert c.post("/v1/actions/p1/approve", json=decision, headers=writer).status_code == 403
+        approved = c.post("/v1/actions/p1/approve", json=decision, headers=admin)
+        assert (approved.status_code, approved.json()["action"]["status"]) == (200, "approved")
+        assert c.post("/v1/actions/p1/outcome", json={"published": True}, headers=writer).status_code == 200
+        again = c.post("/v1/actions/p1/reject", json=decision, headers=admin)
+        assert (again.status_code, again.json()["error"]["code"]) == (409, "action_conflict")
