@@ -23,7 +23,8 @@ from comptroller.domain.money import format_usd
 from comptroller.domain.scopes import Level
 from comptroller.reports.routing import build_routing_report, routed_from_events
 
-PAGES = {"overview": "/ui/", "budgets": "/ui/budgets", "defenses": "/ui/defenses", "requests": "/ui/requests",
+PAGES = {"overview": "/ui/?tenant=chatdev&group_by=agent&start={first}&end={last}", "overview-today": "/ui/",
+         "budgets": "/ui/budgets", "defenses": "/ui/defenses", "requests": "/ui/requests",
          "routing": "/ui/routing"}
 
 
@@ -50,9 +51,10 @@ def test_every_page_loads_clean(page: Any, gateway: UiGateway, tmp_path: Path) -
     gateway.engine.store.put_budget(_acme_budget(gateway, 1))
     with pytest.raises(openai.APIStatusError):
         gateway.call()  # refused by the tenant budget: the Defenses and Requests pages show why
+    days = [r.resolved_at.date() for r in gateway.engine.store.usage_records() if r.attribution.tenant == "chatdev"]
     login(page, gateway, gateway.admin_key)
     for name, path in PAGES.items():
-        answer = page.goto(f"{gateway.url}{path}")
+        answer = page.goto(gateway.url + path.format(first=min(days), last=max(days)))
         assert answer is not None and answer.status == 200, path
         page.wait_for_load_state("networkidle")
         assert shoot(page, name, tmp_path).stat().st_size > 10_000

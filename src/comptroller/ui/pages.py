@@ -17,15 +17,17 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from comptroller.domain.breaker import BreakerStatus
 from comptroller.domain.budgets import Budget, BudgetError, Period, budget_scope, limit_usd_to_mc
 from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
-from comptroller.domain.scopes import Level
+from comptroller.domain.scopes import Level, scope_key
 from comptroller.engine.admin import ConcurrentChangeError
 from comptroller.reports.routing import TOP_TIER_WARNING_SHARE, build_routing_report, routed_from_events
 from comptroller.ui.views import (
     GROUP_FIELDS,
     Filters,
     Viewer,
+    bucket_days,
     budget_rows,
     groups,
     percentile,
@@ -107,8 +109,10 @@ def overview(ui: UI, request: Request, session: Session) -> Response:
     month = today.replace(day=1)
     scoped = [r for r in records if filters.tenant in (None, r.attribution.tenant)]
     rows, _ = budget_rows(ui.engine.store.accounts(), (), viewer=viewer, namespace=ui.namespace, now=now)
-    gauges = [r for r in rows if r.current and r.budget.level in (Level.NAMESPACE, Level.TENANT)
-              and r.budget.period is not Period.TOTAL]
+    own = None if filters.tenant is None else scope_key(ui.namespace, filters.tenant)
+    gauges = [r for r in rows if r.current and r.budget.period is not Period.TOTAL and (
+        (r.budget.level is Level.NAMESPACE and own is None) or (r.budget.level is Level.TENANT and own in (None,
+                                                                                                         r.scope)))]
     task_costs = sorted(g.cost_mc for g in groups((r for r in kept if r.attribution.task), _task))
     chart = series(kept, filters)
     return ui.render(
@@ -120,6 +124,7 @@ def overview(ui: UI, request: Request, session: Session) -> Response:
         top_tasks=[g for g in groups(kept, _task) if g.key != "-"][:_TOP], tasks=len(task_costs),
         p50_task_mc=percentile(task_costs, 50), p95_task_mc=percentile(task_costs, 95),
         chart=json.dumps({"days": chart.days, "names": chart.names, "values": chart.values}),
+        bucket=bucket_days(filters),
         choices={f: sorted({_by(f)(r) for r in scoped}) for f in ("tenant", "agent", "model")})
 
 
@@ -175,7 +180,8 @@ def defenses(ui: UI, request: Request, session: Session, *, error: str | None = 
     refusals.sort(key=lambda e: e.ts, reverse=True)
     counts = Counter((e.code, e.level or "-") for e in refusals)
     return ui.render(request, "defenses.html", session, status, error=error,
-                     breakers=ui.ops.breakers() if viewer.admin else [],
+                     breakers=sorted(ui.ops.breakers(), key=lambda b: b.status is BreakerStatus.CLOSED)
+                     if viewer.admin else [],
                      switches=ui.ops.kill_switches() if viewer.admin else [], refusals=refusals[:100],
                      counts=sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])),
                      levels=[str(level) for level in Level])

@@ -22,12 +22,14 @@ from comptroller.domain.budgets import Budget, period_bounds, period_key
 from comptroller.domain.ledger import AccountView, Event, UsageRecord
 from comptroller.domain.scopes import Attribution, Level, scope_key
 
-__all__ = ["BudgetRow", "Filters", "Group", "RequestRow", "Viewer", "budget_rows", "groups", "percentile",
-           "request_rows", "series", "spend_between", "tenant_of_scope"]
+__all__ = ["GROUP_FIELDS", "BudgetRow", "Filters", "Group", "RequestRow", "Series", "Viewer", "bucket_days",
+           "budget_rows", "groups", "key_of", "percentile", "request_rows", "series", "spend_between",
+           "tenant_of_scope"]
 
 GROUP_FIELDS = ("tenant", "agent", "model", "conversation", "task")
 _SPLIT = re.compile(r"(?<!\\)\|")
 _SERIES_MAX = 8
+_DAILY_MAX = 92
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,25 +139,32 @@ def spend_between(records: Iterable[UsageRecord], start: datetime, end: datetime
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """Daily spend per group for a chart: ``days`` as UTC midnight epoch seconds, one list per group."""
+    """Spend per group for a chart: ``days`` (each point's first day) as UTC midnight epoch seconds, one list
+    of millicents per group."""
 
     days: list[int]
     names: list[str]
     values: list[list[int]] = field(default_factory=list)
 
 
+def bucket_days(filters: Filters) -> int:
+    """Days per point of the spend chart: 1 up to 92 days, then 7 (a week per point, from the range's start)."""
+    return 1 if (filters.end - filters.start).days < _DAILY_MAX else 7
+
+
 def series(records: Sequence[UsageRecord], filters: Filters) -> Series:
-    """Daily spend of the biggest groups (up to 8; the rest summed as ``other``) over the filter's range."""
+    """Spend per day (per week over long ranges) of the biggest groups (up to 8; the rest summed as ``other``)."""
     ranked = [g.key for g in groups(records, lambda r: key_of(r, filters.group_by))]
     shown = ranked[:_SERIES_MAX]
-    n_days = (filters.end - filters.start).days + 1
+    step = bucket_days(filters)
+    n_points = (filters.end - filters.start).days // step + 1
     names = shown + (["other"] if len(ranked) > _SERIES_MAX else [])
-    values = [[0] * n_days for _ in names]
+    values = [[0] * n_points for _ in names]
     index = {name: i for i, name in enumerate(shown)}
     for r in records:
         row = index.get(key_of(r, filters.group_by), len(shown))
-        values[row][(r.resolved_at.date() - filters.start).days] += r.cost_mc
-    days = [calendar.timegm((filters.start + timedelta(days=i)).timetuple()) for i in range(n_days)]
+        values[row][(r.resolved_at.date() - filters.start).days // step] += r.cost_mc
+    days = [calendar.timegm((filters.start + timedelta(days=i * step)).timetuple()) for i in range(n_points)]
     return Series(days, names, values)
 
 
@@ -195,9 +204,7 @@ def budget_rows(accounts: Iterable[AccountView], budgets: Iterable[Budget], *, v
         rows.append(BudgetRow(a.budget, a.scope, a.period_key, a.settled_mc, a.reserved_mc, a.remaining_mc,
                               None if bounds is None else bounds[1], current,
                               spent / a.budget.limit_mc if a.budget.limit_mc else float(spent > 0)))
-    rows.sort(key=lambda r: r.scope)
-    rows.sort(key=lambda r: r.period_key, reverse=True)
-    rows.sort(key=lambda r: not r.current)
+    rows.sort(key=lambda r: (not r.current, -r.utilisation, r.scope))  # the fullest current budgets first
     idle = [b for b in budgets if b.id not in used and (viewer.tenant is None or (
         b.scope != "*" and viewer.sees_scope(namespace, b.scope)))]
     return rows, idle
