@@ -8,9 +8,14 @@ import pytest
 from actions_kit import TUMBLR, StubPlatform
 
 from comptroller.actions_config import TaskSettings, parse_actions
+from comptroller.bootstrap import build_engine
 from comptroller.clock import VirtualClock
+from comptroller.config import Policy
 from comptroller.domain.actions import Action, ActionStatus
+from comptroller.domain.scopes import Attribution
 from comptroller.domain.tasks import TaskError, TaskStatus
+from comptroller.domain.usage import Usage
+from comptroller.engine import CallRequest
 from comptroller.engine.actions import ActionService
 from comptroller.engine.tasks import TaskService
 from comptroller.storage import store_from_url
@@ -100,3 +105,23 @@ def test_a_task_is_not_done_without_its_verified_actions() -> None:
         liar.publish(text)
         assert guard.verify("acme", "p1").status is ActionStatus.DONE
         assert tasks.move("acme", "t1", TaskStatus.DONE, by="writer").status is TaskStatus.DONE
+
+
+def test_a_task_shows_its_calls_and_spend() -> None:
+    """The task's settled calls and cost come from the usage log, only those attributed to it (and its tenant)."""
+    clock = VirtualClock(T0)
+    engine = build_engine(db_url="memory://", policy=Policy(namespace="prod"), clock=clock, sinks=[])
+    guard = ActionService(engine.store, clock, parse_actions({}))
+    tasks = TaskService(engine.store, clock, guard, TaskSettings())
+    costs = []
+    for tenant, task in [("acme", "t1"), ("acme", "t1"), ("acme", "t2"), ("globex", "t1")]:
+        call = CallRequest(attribution=Attribution(namespace="prod", tenant=tenant, agent="writer", task=task),
+                           model="gpt-4o-mini", input_tokens_max=100, max_tokens=10)
+        admission = engine.admit(call)
+        assert admission.reservation is not None
+        settled = engine.settle(admission.reservation, Usage(input_tokens=80, output_tokens=5))
+        assert settled.record is not None
+        if (tenant, task) == ("acme", "t1"):
+            costs.append(settled.record.cost_mc)
+    assert tasks.spend("acme", "t1") == (2, sum(costs))
+    assert sum(costs) > 0

@@ -1,4 +1,4 @@
-"""``comptroller action list|approve|reject``, ``comptroller task list|show`` and ``comptroller simulate publisher``.
+"""``comptroller action list|approve|reject|verify``, ``task list|show``, ``simulate publisher``.
 
 The action and task commands read and change the ledger's state rows through the same services the
 gateway uses (:class:`~comptroller.engine.actions.ActionService`, :class:`~comptroller.engine.tasks.TaskService`),
@@ -62,6 +62,16 @@ def action_list(db: DbOption = "sqlite:///comptroller.db", config: ConfigOption 
     console.print(table)
 
 
+@action_app.command("verify")
+@user_errors(*_ERRORS)
+def action_verify(action_id: str, tenant: TenantOption, db: DbOption = "sqlite:///comptroller.db",
+                  config: ConfigOption = None) -> None:
+    """Verify an unverified action again (the policy's attempts and backoff; for a scheduler's re-check)."""
+    actions, _ = _services(db, config)
+    record = actions.verify(tenant, action_id)
+    console.print(f"action {action_id}: {record.status} after {record.verify_attempts} verification(s)")
+
+
 def _decide(db: str, config: str | None, tenant: str, action_id: str, approve: bool, by: str) -> None:
     actions, _ = _services(db, config)
     record = actions.decide(tenant, action_id, approve=approve, by=by)
@@ -104,11 +114,13 @@ def task_list(db: DbOption = "sqlite:///comptroller.db", config: ConfigOption = 
 @user_errors(*_ERRORS)
 def task_show(task_id: str, tenant: TenantOption, db: DbOption = "sqlite:///comptroller.db",
               config: ConfigOption = None) -> None:
-    """One task and its actions, as JSON."""
+    """One task, its calls and spend (millicents) and its actions, as JSON."""
     actions, tasks = _services(db, config)
     task = tasks.must(tenant, task_id)
     now = tasks.clock.now()
+    calls, cost_mc = tasks.spend(tenant, task_id)
     body = {"task": {**task.to_record(), "stale": task.stale(now, tasks.settings.stale_s)},
+            "calls": calls, "cost_mc": cost_mc,
             "actions": [a.to_json(now) for a in actions.list(tenant) if a.action.task == task_id]}
     console.print_json(json.dumps(body))
 

@@ -89,6 +89,16 @@ class TaskService:
         """The assignee's heartbeat. Raises TaskError, UnknownActionError."""
         return self._update(tenant, task_id, lambda t, now: t.heartbeat(now, by=by))
 
+    def spend(self, tenant: str, task_id: str) -> tuple[int, int]:
+        """The task's settled calls and their cost in millicents, from the usage log (calls attributed to it
+        through ``X-Comptroller-Task`` or the SDK's ``task=``); a scan of the log, for one view, not a hot path."""
+        calls = cost_mc = 0
+        for record in self.store.usage_records():
+            if record.attribution.tenant == tenant and record.attribution.task == task_id:
+                calls += 1
+                cost_mc += record.cost_mc
+        return calls, cost_mc
+
     def stale(self, tenant: str | None = None) -> list[Task]:
         """Tasks in progress whose assignee missed its heartbeat for ``stale_s`` (read now)."""
         now = self.clock.now()

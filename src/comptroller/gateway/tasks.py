@@ -4,7 +4,7 @@
 ``POST /v1/tasks``                         ``{"id", "title", "actions_min"?, "status"?}``: create (201; an
                                            existing id answers the stored task, 200)
 ``GET  /v1/tasks``                         the tenant's tasks, each with ``stale``
-``GET  /v1/tasks/{id}``                    the task, ``stale`` and its actions in one view
+``GET  /v1/tasks/{id}``                    the task, ``stale``, its calls, ``cost_mc`` and actions
 ``POST /v1/tasks/{id}/assign``             ``{"assignee"}``: the caller's agent assigns (chain of command)
 ``POST /v1/tasks/{id}/move``               ``{"status"}``: ``done`` only with its verified actions
 ``POST /v1/tasks/{id}/heartbeat``          the assignee's heartbeat
@@ -93,8 +93,9 @@ async def _show(gw: Gateway, services: GuardServices, request: Request) -> Respo
     task_id = request.path_params["task_id"]
     task = await on_ledger(gw, services.tasks(gw).must, tenant, task_id)
     actions = await on_ledger(gw, services.actions(gw).list, tenant)
+    calls, cost_mc = await on_ledger(gw, services.tasks(gw).spend, tenant, task_id)
     now = gw.engine.clock.now()
-    return JSONResponse({"task": _json(services, gw, task),
+    return JSONResponse({"task": _json(services, gw, task), "calls": calls, "cost_mc": cost_mc,
                          "actions": [a.to_json(now) for a in actions if a.action.task == task_id]})
 
 
