@@ -160,7 +160,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         namespace: the namespace every call is attributed to (the policy's).
         routing: the policy's cascades and rules (``Policy.routing_config``; None: no cascades).
         groups: the groups to register at start (``Policy.group_definitions().values()``).
-        on_shutdown: called after in-flight calls are released (close stores).
+        on_shutdown: called after in-flight calls are resolved (close stores).
         batch: the policy's ``[batch]`` section (batch prices, reconciler interval; None: defaults).
 
     Raises:
@@ -190,9 +190,10 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
             await app.state.upkeep.aclose()
             await app.state.batches.aclose()
             life.stop()
-            released = gateway.release_all()
-            if released:
-                log.warning("shutdown: released %d reservations still in flight", released)
+            charged, released = gateway.resolve_all()  # sent: charged the bound; never sent: released
+            if charged or released:
+                log.warning("shutdown: %d call(s) still in flight charged their reserved bound, %d released",
+                            charged, released)
             await gateway.upstreams.aclose()
             if on_shutdown is not None:
                 on_shutdown()

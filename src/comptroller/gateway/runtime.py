@@ -2,7 +2,7 @@
 
 One :class:`Gateway` per worker process: the engine (on the shared ledger), the key
 store, the upstream pools, the metrics and the set of calls between admit and
-settle/release (released when the worker shuts down).
+settle/release (charged their bound when the worker shuts down: :meth:`Gateway.resolve_all`).
 
 Ledger calls run in worker threads (:meth:`Gateway.run`), so a locked SQLite file or a
 lost database stalls only its own call, never the event loop (a stream in flight keeps
@@ -25,7 +25,7 @@ it; a late delivery corrects an ``unknown_outcome`` charge to the real cost.
 Cascades (``cascade/<name>`` models) are run by :mod:`comptroller.routing.runner`, which
 admits, settles and releases each tier attempt itself; it is handed a
 :class:`MeteredEngine`, so those attempts go through the same fail-closed admit, in-flight
-tracking (released at shutdown) and metrics as a plain call.
+tracking (resolved at shutdown) and metrics as a plain call.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class Gateway:
         outbox: where outcomes the ledger could not take wait for delivery (set by
             :func:`comptroller.gateway.upkeep.start_upkeep`; None: not started, a failed
             outcome is only logged and its lease resolves it).
-        closing: set by :meth:`release_all` (shutdown): a call admitted later is released at once.
+        closing: set by :meth:`resolve_all` (shutdown): a call admitted later is released at once.
     """
 
     engine: Engine
@@ -316,18 +316,31 @@ class Gateway:
         with contextlib.suppress(GatewayError):
             self.release_result(reservation)
 
-    def release_all(self) -> int:
-        """Release every call still in flight (worker shutdown); later admissions are released at once.
+    def resolve_all(self) -> tuple[int, int]:
+        """Resolve every call still in flight (worker shutdown); later admissions are released at once.
+
+        The rule of :meth:`comptroller.gateway.lifecycle.WorkerLife.cut_off` at the grace
+        deadline, for what is left when the worker stops: a call admitted as sent (every call
+        the gateway forwards) may have been billed by the provider, so it is charged its
+        reserved bound (input bound + output bound), never released to zero (DESIGN.md rule 12).
+        A hold not marked sent was never forwarded and is released. A charge or release the
+        ledger cannot take goes to the outbox like any other.
 
         Returns:
-            The number released.
+            ``(charged at the bound, released)``.
         """
         with self._lock:
             self.closing = True
             pending = list(self.inflight.values())
+        charged = 0
         for reservation in pending:
-            self.release(reservation)
-        return len(pending)
+            if reservation.sent:
+                self.settle(reservation, Usage(input_tokens=reservation.input_tokens_max,
+                                               output_tokens=reservation.output_tokens_max))
+                charged += 1
+            else:
+                self.release(reservation)
+        return charged, len(pending) - charged
 
 
 class MeteredEngine:
@@ -337,7 +350,7 @@ class MeteredEngine:
     The same ledger, prices, clock and defenses as ``gateway.engine`` (read through to it),
     but :meth:`admit`, :meth:`settle` and :meth:`release` go through the :class:`Gateway`:
     fail-closed admission (``GatewayError`` 400/503), in-flight tracking (a tier attempt cut
-    short by shutdown is released by ``release_all``) and the cost and token metrics. Ledger
+    short by shutdown is charged its bound by ``resolve_all``) and the cost and token metrics. Ledger
     failures raise ``GatewayError`` 503.
 
     Attributes:

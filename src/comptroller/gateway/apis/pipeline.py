@@ -28,7 +28,8 @@ client disconnect or upstream failure mid-stream         settle what was generat
                                                          else the input bound and the output seen (UTF-8
                                                          bytes of the text, an upper bound on its tokens);
                                                          the upstream request is aborted
-worker shutdown                                          release what is still in flight (``release_all``)
+worker shutdown                                          settle the bound of what is still in flight
+                                                         (``resolve_all``: it may have been billed)
 =======================================================  ==================================================
 """
 
@@ -188,7 +189,11 @@ async def _unary(gw: Gateway, api: Api, upstream: Upstream, body: dict[str, Any]
 
 async def _open(gw: Gateway, upstream: Upstream, api: Api, body: dict[str, Any], *, headers: dict[str, str],
                 admission: Admission) -> UpstreamResponse:
-    """Send upstream; on any failure before an answer, release and raise the 502/504."""
+    """Send upstream; on an upstream failure before an answer, release and raise the 502/504.
+
+    Cut off otherwise while waiting (shutdown cancels the request), the call may have reached
+    the provider and been billed: it is charged its reserved bound (DESIGN.md rule 12).
+    """
     assert admission.reservation is not None
     try:
         return await upstream.open(api.path, body, headers)
@@ -196,7 +201,7 @@ async def _open(gw: Gateway, upstream: Upstream, api: Api, body: dict[str, Any],
         await gw.run(gw.release, admission.reservation)
         raise upstream_error(exc, "nothing was charged") from None
     except BaseException:
-        await gw.run(gw.release, admission.reservation)
+        await gw.run(gw.settle, admission.reservation, bound_usage(admission.reservation))
         raise
 
 
