@@ -32,6 +32,8 @@ kill_app = typer.Typer(help="Trip, reset and list kill switches.", no_args_is_he
 breaker_app = typer.Typer(help="List and reset spend-rate circuit breakers.", no_args_is_help=True)
 loop_app = typer.Typer(help="List and reset loop locks (a detected loop locks its conversation or agent).",
                        no_args_is_help=True)
+pin_app = typer.Typer(help="List and reset agents refused after a response served by a model outside their pin.",
+                      no_args_is_help=True)
 _errors = user_errors(DefenseError, StoreURLError, ConcurrentChangeError, ValueError)
 
 LevelOption = Annotated[Level, typer.Option(help="Level of the scope")]
@@ -48,6 +50,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(kill_app, name="kill")
     app.add_typer(breaker_app, name="breaker")
     app.add_typer(loop_app, name="loop")
+    app.add_typer(pin_app, name="pin")
 
 
 def _scope(level: Level, namespace: str, tenant: str | None, agent: str | None, conversation: str | None,
@@ -165,3 +168,28 @@ def loop_reset(level: Annotated[Level, typer.Option(help="conversation, or agent
         history = admin.reset_loop(level, _scope(level, namespace, tenant, agent, conversation, None),
                                    by=by or getpass.getuser())
     console.print(f"loop lock of {history.level} {history.scope!r} is {history.lock.status(admin.clock.now())}")
+
+
+@pin_app.command("list")
+@_errors
+def pin_list(db: DbOption = DEFAULT_DB) -> None:
+    """List agents whose calls were served by a model outside their pin (refused until reset)."""
+    with _admin(db) as admin:
+        drifts = admin.served_drifts()
+    table = Table(title="Served-model drift (model pinning)")
+    for name in ("agent scope", "refused", "served model", "admitted model", "reservation", "at"):
+        table.add_column(name)
+    for d in drifts:
+        table.add_row(d.scope, "yes" if d.drifted else "no (reset)", d.served_model or "-", d.admitted_model or "-",
+                      d.reservation or "-", d.at.isoformat() if d.at else "-")
+    console.print(table)
+
+
+@pin_app.command("reset")
+@_errors
+def pin_reset(scope: Annotated[str, typer.Option(help="The agent's scope key, as the refusal names it")],
+              by: ByOption = None, db: DbOption = DEFAULT_DB) -> None:
+    """Let an agent call again after a response served by a model outside its pin (its refusal names the scope)."""
+    with _admin(db) as admin:
+        drift = admin.reset_served_drift(scope, by=by or getpass.getuser())
+    console.print(f"agent {drift.scope!r} may call again (served-model drift reset)")

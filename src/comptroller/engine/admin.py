@@ -15,10 +15,11 @@ from typing import Protocol, TypeVar
 from comptroller.domain import breaker
 from comptroller.domain.breaker import BreakerState
 from comptroller.domain.defenses import killswitch
-from comptroller.domain.defenses.chain import BREAKER, KILL, LOOP, scoped_key
+from comptroller.domain.defenses.chain import BREAKER, KILL, LOOP, PIN_DRIFT, scoped_key
 from comptroller.domain.defenses.errors import UnknownScopeError
 from comptroller.domain.defenses.killswitch import KillSwitchState
 from comptroller.domain.defenses.loops import LoopHistory, LoopStep, reset_loops
+from comptroller.domain.defenses.served_drift import ServedDrift, ServedDriftStep, reset_served_drift
 from comptroller.domain.defenses.verdict import JsonScalar
 from comptroller.domain.ledger import Event
 from comptroller.domain.scopes import Level
@@ -133,6 +134,28 @@ class Admin:
         return self._update(key, LoopHistory.from_record, lambda: LoopHistory(level, scope),
                             lambda s: _as_step(reset_loops(s, now, by=by)))
 
+    def served_drifts(self) -> list[ServedDrift]:
+        """Every agent whose calls were served by a model outside its pin (reset ones too), ordered by key."""
+        return [ServedDrift.from_record(s.record) for s in self.store.states(PIN_DRIFT)]
+
+    def reset_served_drift(self, scope: str, *, by: str) -> ServedDrift:
+        """Let an agent call again after a response served by a model outside its pin.
+
+        Args:
+            scope: the agent's scope key (``namespace|tenant|agent``; the refusal names it).
+
+        Raises:
+            UnknownScopeError: if that agent never drifted; nothing changed.
+            ConcurrentChangeError: if the row kept changing (nothing written).
+        """
+        now = self.clock.now()
+        key = scoped_key(PIN_DRIFT, Level.AGENT, scope)
+        if self.store.state(key) is None:
+            known = ", ".join(s.key.key for s in self.store.states(PIN_DRIFT)[:5]) or "none yet"
+            raise UnknownScopeError(f"no served-model drift on agent {scope!r}; agents with one: {known}")
+        return self._update(key, ServedDrift.from_record, lambda: ServedDrift(scope, ""),
+                            lambda s: _as_step(reset_served_drift(s, now, by=by)))
+
     def _update(self, key: StateKey, parse: Callable[[Mapping[str, JsonScalar]], _S], default: Callable[[], _S],
                 apply: Callable[[_S], _Step]) -> _S:
         for _ in range(_ATTEMPTS):
@@ -147,5 +170,5 @@ class Admin:
         raise ConcurrentChangeError(f"{key.kind} {key.key!r} changed {_ATTEMPTS} times while updating it; retry")
 
 
-def _as_step(step: killswitch.KillSwitchStep | breaker.BreakerStep | LoopStep) -> _Step:
+def _as_step(step: killswitch.KillSwitchStep | breaker.BreakerStep | LoopStep | ServedDriftStep) -> _Step:
     return _Step(step.history if isinstance(step, LoopStep) else step.state, step.events)

@@ -233,7 +233,9 @@ class Engine:
                 charged at the served model's price (the provider bills what it ran) and a
                 ``served_model`` event records both. A served model the price book does not know
                 is charged conservatively: the higher of the cost at the admitted price and the
-                reserved ceiling (the provider may have run something pricier).
+                reserved ceiling (the provider may have run something pricier). With model pins, a
+                served model the agent's pin does not allow refuses the agent's next calls
+                (:mod:`comptroller.domain.defenses.served_drift`).
         """
         price = self.prices.price(reservation.model, reservation.created_at)
         cost = cost_mc(price, usage)
@@ -241,7 +243,8 @@ class Engine:
         if served is not None:
             cost = cost_mc(self.prices.price(served, reservation.created_at), usage) if served else max(
                 cost, reservation.ceiling_mc)
-        result = self.store.settle(reservation.id, usage, cost, self.clock.now(), self._settle_guard)
+        guard = self._settle_guard if served is None else self._settle_guard.serving(served or str(served_model))
+        result = self.store.settle(reservation.id, usage, cost, self.clock.now(), guard)
         if served is not None and result.code in (Code.SETTLED, Code.SETTLED_LATE):
             self.store.record_event(Event(self.clock.now(), "served_model", "served_model_mismatch", scope=None,
                                           detail={"reservation": reservation.id, "admitted": reservation.model,

@@ -25,6 +25,8 @@ run       ``tenant|run id``       :class:`.deadline.ScheduledRun` (:func:`.deadl
 rate      namespace scope key     :class:`.baseline.NamespaceRate` (relative breakers' fallback)
 fan_out   ``level:scope``         :class:`.fanout.InFlight` (live reservation ids of a capped scope)
 dispatch  ``ns|conversation``     :class:`.dispatch_rule.DispatchGate` (a group's mode and dispatches; read only)
+pin_drift ``agent:scope``         :class:`.served_drift.ServedDrift` (a served model outside the pin; written
+                                  at settle by :meth:`SettleDefenses.serving`, read at admit with pinning)
 ========  ======================  =============================================
 
 Pure: no I/O and no clock; ``now`` comes from the store's caller.
@@ -51,16 +53,18 @@ from comptroller.domain.defenses.loops import LoopConfig, LoopHistory, LoopReque
 from comptroller.domain.defenses.pacing import PacingConfig, apply_pacing
 from comptroller.domain.defenses.pinning import PinningPolicy, Route
 from comptroller.domain.defenses.retries import RetryPolicy, RetryState, check_attempt, check_unlabelled
+from comptroller.domain.defenses.served_drift import ServedDrift, check_served_drift, record_served
 from comptroller.domain.defenses.verdict import JsonScalar, Verdict
 from comptroller.domain.ledger import AccountView, Event, Reservation, ReserveRequest
 from comptroller.domain.scopes import Attribution, Level
-from comptroller.domain.state import GuardOutcome, StateKey, StoredState
+from comptroller.domain.state import GuardOutcome, SettleGuard, StateKey, StoredState
 
 __all__ = [
     "BREAKER",
     "FAN_OUT",
     "KILL",
     "LOOP",
+    "PIN_DRIFT",
     "RATE",
     "RETRY",
     "RUN",
@@ -74,6 +78,7 @@ __all__ = [
 
 BREAKER, KILL, RETRY, LOOP, RUN, RATE = "breaker", "kill_switch", "retry", "loop", "run", "rate"
 FAN_OUT = "fan_out"
+PIN_DRIFT = "pin_drift"
 _PLANS_MAX = 8_192
 _SettlePlan = tuple[list[tuple[StateKey, Level, str, "breaker.BreakerConfig"]],
                     list[tuple[StateKey, Level, str, KillSwitchConfig]],
@@ -233,6 +238,8 @@ class AdmitDefenses:
         self._loop_level, self._loop_scope = loop_scope(facts.attribution)
         self._task = dict(self._scopes).get(Level.TASK)
         self._kill_keys = [scoped_key(KILL, level, scope) for level, scope in self._scopes]
+        self._agent_scope = dict(self._scopes)[Level.AGENT]
+        self._drift_key = scoped_key(PIN_DRIFT, Level.AGENT, self._agent_scope)
         conversation = facts.attribution.conversation
         self._gate_key = None if conversation is None else gate_key(facts.attribution.namespace, conversation)
         policy = defenses.breakers
@@ -255,6 +262,8 @@ class AdmitDefenses:
             keys.append(scoped_key(LOOP, self._loop_level, self._loop_scope))
         keys += [key for key, _, _, _ in self._breaker_plan]
         keys += [key for key, _, _, _ in self._fan_out_plan]
+        if self.defenses.pinning is not None:
+            keys.append(self._drift_key)
         return keys
 
     def apply(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
@@ -266,6 +275,9 @@ class AdmitDefenses:
             return changes.outcome(verdict)
         if isinstance(self.facts.route, Verdict):
             return changes.outcome(self.facts.route)
+        verdict = self._served_drift(states)
+        if verdict is not None:
+            return changes.outcome(verdict)
         kept = len(changes.writes), len(changes.events)
         verdict = (self._deadline(states, now, changes) or self._dispatch(states)
                    or self._retries(states, now, changes)
@@ -308,6 +320,16 @@ class AdmitDefenses:
         changes.writes += self.parsed.write(key, state, step.state)
         changes.events += step.events
         return step.state
+
+    # rank 2, after the answer: a served model outside the pin refuses the agent's next calls
+    def _served_drift(self, states: Mapping[StateKey, StoredState]) -> Verdict | None:
+        pinning = self.defenses.pinning
+        if pinning is None or self._drift_key not in states:
+            return None
+        agent = self.facts.attribution.agent
+        drift = self.parsed.load(states, self._drift_key, ServedDrift.from_record,
+                                 partial(ServedDrift, self._agent_scope, agent))
+        return check_served_drift(pinning, drift)
 
     # rank 3
     def _deadline(self, states: Mapping[StateKey, StoredState], now: datetime, changes: _Changes) -> Verdict | None:
@@ -484,3 +506,44 @@ class SettleDefenses:
                 changes.writes += self.parsed.write(key, switch, kill_step.state)
                 changes.events += kill_step.events
         return changes.outcome()
+
+    def serving(self, served_model: str) -> SettleGuard:
+        """This guard for a call answered by ``served_model``, another model than the one admitted.
+
+        With pins configured, the settle also records the served model in the agent's
+        ``pin_drift`` row, in the same transaction (:func:`.served_drift.record_served`): a model
+        the pin does not allow refuses the agent's next calls, on every worker.
+        """
+        return self if self.defenses.pinning is None else _ServedSettle(self, served_model)
+
+
+class _ServedSettle:
+    """:class:`SettleDefenses` plus the served model's pin check (see :meth:`SettleDefenses.serving`)."""
+
+    def __init__(self, inner: SettleDefenses, served_model: str) -> None:
+        self.inner, self.served_model = inner, served_model
+
+    def state_keys(self, reservation: Reservation) -> list[StateKey]:
+        """The inner guard's states and the agent's ``pin_drift`` row."""
+        return [*self.inner.state_keys(reservation), _drift_key(reservation.attribution)]
+
+    def apply(self, reservation: Reservation, cost_mc: int | None, states: Mapping[StateKey, StoredState],
+              now: datetime) -> GuardOutcome:
+        """The inner guard's writes and, for a settle, the drift of a served model outside the pin."""
+        outcome = self.inner.apply(reservation, cost_mc, states, now)
+        pinning = self.inner.defenses.pinning
+        if cost_mc is None or pinning is None:
+            return outcome
+        attribution = reservation.attribution
+        key = _drift_key(attribution)
+        drift = self.inner.parsed.load(states, key, ServedDrift.from_record,
+                                       partial(ServedDrift, dict(attribution.scopes())[Level.AGENT],
+                                               attribution.agent))
+        step = record_served(pinning, drift, admitted_model=reservation.model, served_model=self.served_model,
+                             reservation=reservation.id, now=now)
+        return GuardOutcome(outcome.verdict, outcome.writes + self.inner.parsed.write(key, drift, step.state),
+                            outcome.events + step.events, outcome.request)
+
+
+def _drift_key(attribution: Attribution) -> StateKey:
+    return scoped_key(PIN_DRIFT, Level.AGENT, dict(attribution.scopes())[Level.AGENT])
