@@ -176,7 +176,7 @@ def defenses(ui: UI, request: Request, session: Session, *, error: str | None = 
              status: int = 200) -> Response:
     """Breakers and kill switches (admin) and the recent refusals the viewer may see, with their reasons."""
     viewer = _viewer(session)
-    refusals = [e for e in ui.engine.store.events("refusal") if viewer.sees_scope(ui.namespace, e.scope)]
+    refusals = [e for e in ui.engine.store.events("refusal") if viewer.sees_scope(ui.namespace, e.scope, e.level)]
     refusals.sort(key=lambda e: e.ts, reverse=True)
     counts = Counter((e.code, e.level or "-") for e in refusals)
     return ui.render(request, "defenses.html", session, status, error=error,
@@ -270,7 +270,7 @@ def request_table(ui: UI, request: Request, session: Session) -> Response:
 def routing(ui: UI, request: Request, session: Session) -> Response:
     """Escalation rate and P50/P95 cost per tier for each cascade, warning above 30 % at the top tier."""
     viewer = _viewer(session)
-    events = [e for e in ui.engine.store.events("route") if viewer.sees_scope(ui.namespace, e.scope)]
+    events = [e for e in ui.engine.store.events("route") if viewer.sees_scope(ui.namespace, e.scope, e.level)]
     try:
         reports = build_routing_report(routed_from_events(events))
     except ValueError as exc:

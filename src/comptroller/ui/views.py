@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import calendar
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from comptroller.domain.budgets import Budget, period_bounds, period_key
 from comptroller.domain.ledger import AccountView, Event, UsageRecord
-from comptroller.domain.scopes import Attribution, Level, scope_key
+from comptroller.domain.scopes import Attribution, Level
 
 __all__ = ["GROUP_FIELDS", "BudgetRow", "Filters", "Group", "RequestRow", "Series", "Viewer", "bucket_days",
            "budget_rows", "groups", "key_of", "percentile", "request_rows", "series", "spend_between",
            "tenant_of_scope"]
 
 GROUP_FIELDS = ("tenant", "agent", "model", "conversation", "task")
-_SPLIT = re.compile(r"(?<!\\)\|")
 _SERIES_MAX = 8
 _DAILY_MAX = 92
 
@@ -46,26 +44,50 @@ class Viewer:
     admin: bool
     tenant: str | None
 
-    def sees_scope(self, namespace: str, scope: str | None) -> bool:
-        """True when the scope key (``ns|tenant|...``) is the viewer's to see."""
+    def sees_scope(self, namespace: str, scope: str | None, level: str | None) -> bool:
+        """True when the scope key (``ns|tenant|...``) of ``level`` is the viewer's to see."""
         if self.tenant is None:
             return True
         if scope is None:
             return False
-        return tenant_of_scope(namespace, scope) == self.tenant
+        return tenant_of_scope(namespace, scope, level) == self.tenant
 
     def sees(self, attribution: Attribution) -> bool:
         """True when a call attributed so is the viewer's to see."""
         return self.tenant is None or (attribution.tenant == self.tenant and not attribution.conversation_shared)
 
 
-def tenant_of_scope(namespace: str, scope: str) -> str | None:
-    """The tenant a scope key belongs to (None: namespace-wide, a shared group, or another namespace)."""
-    parts = [p.replace("\\|", "|").replace("\\\\", "\\") for p in _SPLIT.split(scope)]
-    if len(parts) < 2 or parts[0] != namespace:
+def _split(scope: str) -> list[str]:
+    """The ids of a scope key (the inverse of :func:`~comptroller.domain.scopes.scope_key`: ``\\`` escapes)."""
+    parts, current, escaped = [], [], False
+    for char in scope:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "|":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def tenant_of_scope(namespace: str, scope: str, level: str | None) -> str | None:
+    """The tenant a scope key of ``level`` belongs to.
+
+    None for a namespace-wide scope, a shared group's conversation (``ns|group``: two parts at a
+    level below tenant), another namespace, or a scope whose shape does not fit its level (fail closed).
+    """
+    parts = _split(scope)
+    if level == Level.NAMESPACE or parts[0] != namespace:
         return None
-    own = scope_key(namespace, parts[1])
-    return parts[1] if scope == own or scope.startswith(own + "|") else None
+    wanted = 2 if level == Level.TENANT else 3
+    if len(parts) < wanted or (level == Level.TENANT and len(parts) != wanted):
+        return None
+    return parts[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +217,7 @@ def budget_rows(accounts: Iterable[AccountView], budgets: Iterable[Budget], *, v
     rows = []
     used = set()
     for a in accounts:
-        if not viewer.sees_scope(namespace, a.scope) or (viewer.tenant and a.budget.level is Level.NAMESPACE):
+        if not viewer.sees_scope(namespace, a.scope, a.budget.level):
             continue
         used.add(a.budget.id)
         current = a.period_key == period_key(a.budget.period, a.budget.timezone, now)
@@ -206,7 +228,7 @@ def budget_rows(accounts: Iterable[AccountView], budgets: Iterable[Budget], *, v
                               spent / a.budget.limit_mc if a.budget.limit_mc else float(spent > 0)))
     rows.sort(key=lambda r: (not r.current, -r.utilisation, r.scope))  # the fullest current budgets first
     idle = [b for b in budgets if b.id not in used and (viewer.tenant is None or (
-        b.scope != "*" and viewer.sees_scope(namespace, b.scope)))]
+        b.scope != "*" and viewer.sees_scope(namespace, b.scope, b.level)))]
     return rows, idle
 
 
@@ -238,10 +260,11 @@ def request_rows(records: Iterable[UsageRecord], refusals: Iterable[Event], *, v
                        r.usage.cache_read_tokens, r.cost_mc, r.ceiling_mc, r.outcome)
             for r in records if viewer.sees(r.attribution)]
     for e in refusals:
-        if not viewer.sees_scope(namespace, e.scope):
+        if not viewer.sees_scope(namespace, e.scope, e.level):
             continue
         d = e.detail
-        rows.append(RequestRow(e.ts, tenant_of_scope(namespace, e.scope or "") or "-", str(d.get("agent") or ""),
+        tenant = tenant_of_scope(namespace, e.scope or "", e.level) or "-"
+        rows.append(RequestRow(e.ts, tenant, str(d.get("agent") or ""),
                                str(d.get("conversation") or ""), str(d.get("task") or ""), str(d.get("model") or ""),
                                0, 0, 0, 0, int(d.get("requested_mc") or 0), e.code, e.level or "",
                                str(d.get("message") or "")))
