@@ -112,3 +112,39 @@ def test_another_worker_on_the_same_ledger_refuses_too(gw: Harness) -> None:
     admission = other.admit(CallRequest(attribution=attribution, model=MODEL, input_tokens_max=10, max_tokens=5))
     assert admission.verdict is not None and admission.verdict.detector == "served_not_pinned"
     assert admission.verdict.evidence["served_model"] == PRICIER
+
+
+def stream_text(gw: Harness, key: str, path: str, body: dict[str, Any]) -> str:
+    """A streamed call's whole SSE text."""
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{gw.url}{path}", headers=headers, json={**body, "stream": True},
+                      timeout=20) as response:
+        assert response.status_code == 200
+        return "".join(response.iter_text())
+
+
+def test_a_streamed_chat_settles_at_the_served_models_price(gw: Harness) -> None:
+    """A chat stream answered by the pricier model is charged at its rates, says so in an SSE comment, and drifts."""
+    key = gw.new_key("acme", agent="writer")
+    gw.stub.control.served_model = PRICIER
+    text = stream_text(gw, key, "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": 5})
+    gw.stub.control.served_model = None
+    rates = MC_PER_TOKEN[PRICIER]
+    expected = prompt_tokens(MESSAGES) * rates[0] + 5 * rates[1]
+    assert f": x-comptroller-cost-mc={expected}\n" in text
+    assert f": x-comptroller-served-model={PRICIER}\n" in text
+    assert text.index("x-comptroller-served-model") < text.index("data: [DONE]")
+    [record] = gw.engine.store.usage_records()
+    assert record.cost_mc == expected
+    [event] = gw.engine.store.events("served_model")
+    assert (event.detail["admitted"], event.detail["served"]) == (MODEL, PRICIER)
+    with pytest.raises(openai.RateLimitError) as caught:
+        gw.client(key).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+    assert PRICIER in caught.value.message
+
+
+def test_a_stream_served_as_admitted_has_no_served_model_comment(gw: Harness) -> None:
+    """A chat stream answered by the model asked for carries no served-model comment and records no event."""
+    text = stream_text(gw, gw.key, "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": 5})
+    assert "x-comptroller-served-model" not in text
+    assert gw.engine.store.events("served_model") == []

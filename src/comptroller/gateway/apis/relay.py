@@ -4,7 +4,8 @@ Events are forwarded as they come (an adapter may drop one: a chat usage chunk t
 did not ask for). At the event that ends the stream (``data: [DONE]``, ``response.completed``,
 ``message_stop``: :meth:`StreamTally.final`) the call is settled first and a comment
 ``: x-comptroller-cost-mc=N`` (and ``: x-comptroller-usage-anomaly=...`` when the usage
-checks fail) goes before that event, so a client reading to the end sees the cost. A stream
+checks fail, ``: x-comptroller-served-model=...`` when another model served it, priced as
+served) goes before that event, so a client reading to the end sees the cost. A stream
 cut short (client gone, upstream failure) settles what was generated (the pipeline's exit table).
 """
 
@@ -107,6 +108,8 @@ class Relay(Response):
             head = f": x-comptroller-cost-mc={outcome.settled.cost_mc}\n\n"
             if outcome.anomalies:
                 head += f": x-comptroller-usage-anomaly={','.join(outcome.anomalies)}\n\n"
+            if outcome.served_model is not None:
+                head += f": x-comptroller-served-model={outcome.served_model}\n\n"
         return (head + "\n".join(lines) + "\n\n").encode("utf-8")
 
     async def _relay(self, send: Send) -> None:
