@@ -24,8 +24,8 @@ TOML with its ``[gateway]`` table) and ``COMPTROLLER_DB`` (the ledger URL); uvic
 calls it once per worker process, so each has its own engine on the shared ledger.
 The policy's ``[cascades.NAME]``, ``[routing]`` and ``[groups.NAME]`` sections are built
 there, once: a bad section, or a cascade tier model no provider serves, stops start-up.
-Groups put or removed through the admin API live in that worker's memory (with several
-workers, put a group in the policy file, or through every worker).
+Groups put or removed through the admin API are kept in the ledger: every worker finds
+them (:mod:`comptroller.groups.rows`) and they outlive a restart.
 """
 
 from __future__ import annotations

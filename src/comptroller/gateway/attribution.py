@@ -19,6 +19,8 @@ header                          rule
 ``X-Comptroller-Phase``         a label for reports (never budgeted)
 ``X-Comptroller-Run``           the scheduled run (its deadline applies)
 ``X-Comptroller-Attempt``       the attempt of the task (counts against the re-attempt limit)
+``X-Comptroller-Message``       the group message the call answers (a strict group admits only the
+                                members dispatched for it; default: its latest dispatched message)
 ==============================  ===============================================================
 
 Adding a conversation or task only adds budgets that must also admit the call, so it

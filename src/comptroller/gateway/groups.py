@@ -17,6 +17,13 @@ the client sends ``at``; without it the retry gets a new time and is refused as 
 
 The dispatched agents then call models with ``X-Comptroller-Conversation: <the group's
 conversation>`` so the group budget (the conversation budget) admits or refuses their calls.
+In a group whose ``mode`` is ``strict``, only the members dispatched for the message a call
+answers are admitted; the others get 429 ``not_dispatched``
+(:mod:`comptroller.domain.defenses.dispatch_rule`). A call names the message it answers with
+``X-Comptroller-Message: <message id>``; without it, the group's latest dispatched message.
+
+The room, its decisions and the gate live in the ledger (:mod:`comptroller.groups.rows`), so
+every gateway worker and replica decides on the same room.
 
 Who may dispatch where (groups carry a tenant per member, :mod:`comptroller.groups.config`):
 
@@ -33,6 +40,7 @@ body not JSON, field missing or mistyped   400     ``invalid_request``
 unknown mention, reused id, bad message    400     ``invalid_message``
 author of another tenant or agent          403     ``scope_not_allowed``
 no such group (for this key)               404     ``group_not_found``
+the room kept changing under the write     503     ``ledger_contention``
 the ledger cannot be read                  503     ``ledger_unavailable``
 =========================================  ======  ================================
 """
@@ -51,6 +59,7 @@ from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.identity import Caller
 from comptroller.gateway.runtime import Gateway
 from comptroller.groups import GroupDefinition, UnknownGroupError
+from comptroller.groups.rows import GroupContentionError
 
 __all__ = ["DispatchIn", "dispatch", "visible_to"]
 
@@ -124,6 +133,9 @@ async def dispatch(gw: Gateway, request: Request) -> Response:
         decision = await gw.run(gw.groups.dispatch, group_id, message)
     except UnknownGroupError:  # removed meanwhile
         raise _not_found(group_id) from None
+    except GroupContentionError as exc:
+        raise GatewayError(503, str(exc), type_="api_error", code="ledger_contention",
+                           headers={"Retry-After": "1"}) from None
     except GroupError as exc:
         raise GatewayError(400, str(exc), code="invalid_message") from None
     except Exception:
