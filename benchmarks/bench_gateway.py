@@ -16,6 +16,8 @@ rounds, with requests per second. ``added`` is gateway minus direct at the same 
     python benchmarks/bench_gateway.py                       # print the tables
     python benchmarks/bench_gateway.py --markdown BENCHMARKS.md
     python benchmarks/bench_gateway.py --profile             # cProfile the gateway at c=16
+    python benchmarks/bench_gateway.py --concurrency 1 --py-spy gw.txt   # sample it with py-spy instead
+    python benchmarks/collapsed.py gw.txt --top 40           # ... and read where its time goes
     python benchmarks/bench_gateway.py --api messages --concurrency 1   # another API's adapter
 
 ``--api`` picks the API of every request (``chat``, ``responses``, ``messages`` with the key in
@@ -265,6 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the policy's default runtime defenses, or budgets only")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--profile", action="store_true", help="run the gateway under cProfile and print the top")
+    parser.add_argument("--py-spy", type=Path, default=None, dest="py_spy",
+                        help="sample the gateway (and its workers) with py-spy into this collapsed-stack file "
+                             "(summarise it with benchmarks/collapsed.py)")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables into this file's block")
     parser.add_argument("--db", default=None,
                         help="ledger URL (default: SQLite in the temp dir); a postgresql:// URL gets a fresh schema")
@@ -313,7 +318,12 @@ def main(argv: list[str] | None = None) -> None:
         try:
             wait_port(stub_port, stub)
             wait_port(gateway_port, gateway)
+            spy = None if args.py_spy is None else start(
+                ["py-spy", "record", "--pid", str(gateway.pid), "--subprocesses", "--rate", "250", "--format",
+                 "raw", "--output", str(args.py_spy), "--gil"])
             results = measure(stub_port, gateway_port, key, args, (stub.pid, gateway.pid))
+            if spy is not None:
+                stop(spy)
         finally:
             stop(gateway)
             stop(stub)

@@ -16,10 +16,13 @@ table) is :mod:`comptroller.gateway.apis.pipeline`'s, in one place. A new API is
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
+
+import orjson
 
 from comptroller.domain.tokens import Api as ApiShape
 from comptroller.domain.tokens import UnboundableInputError, request_input_tokens_max
@@ -27,8 +30,8 @@ from comptroller.domain.usage import Usage
 from comptroller.gateway.config import ProviderConfig
 from comptroller.gateway.errors import ErrorShape, GatewayError
 
-__all__ = ["Api", "ApiRequest", "Family", "StreamTally", "bad_request", "input_bound", "message_text",
-           "positive_int", "require_model", "stream_flag"]
+__all__ = ["Api", "ApiRequest", "Family", "StreamTally", "bad_request", "input_bound", "json_or_none",
+           "message_text", "positive_int", "require_model", "stream_flag"]
 
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
@@ -131,6 +134,22 @@ class Api(Protocol):
     def tally(self, request: ApiRequest) -> StreamTally:
         """A fresh tally for one stream of ``request``."""
         ...
+
+
+def json_or_none(raw: bytes | str) -> Any:
+    """A provider's JSON (a whole answer or one stream event's data), or None when it is not JSON.
+
+    ``orjson`` first (the hot path: every answer and every stream event is read for its usage);
+    what it refuses (``NaN``, integers beyond 64 bits...) is read by ``json`` as before.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
 
 
 def bad_request(message: str, param: str | None, code: str = "invalid_request") -> GatewayError:

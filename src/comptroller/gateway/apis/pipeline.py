@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from comptroller.engine import Admission, CallRequest
-from comptroller.gateway.apis.base import Api, ApiRequest, Family
+from comptroller.gateway.apis.base import Api, ApiRequest, Family, json_or_none
 from comptroller.gateway.apis.relay import Relay
 from comptroller.gateway.apis.request_body import loads_object, read_body
 from comptroller.gateway.apis.settlement import bound_usage, call_headers, settle_answer
@@ -70,7 +70,8 @@ async def authenticate(gw: Gateway, request: Request, api: Api) -> Caller:
         bearer = {"authorization": f"Bearer {headers['x-api-key']}"}
         await gw.identity.prefetch(bearer)  # off the loop, like KeyPrefetch does for Authorization
         return gw.identity.authenticate(bearer)
-    return gw.identity.authenticate(headers)
+    key_header = "x-api-key" if api.family is Family.ANTHROPIC else "authorization"  # named by the 401
+    return gw.identity.authenticate(headers, key_header=key_header)
 
 
 async def read_request(gw: Gateway, request: Request, api: Api) -> tuple[Caller, ApiRequest]:
@@ -175,10 +176,7 @@ async def _unary(gw: Gateway, api: Api, upstream: Upstream, body: dict[str, Any]
     if not response.ok:
         await gw.run(gw.release, reservation)
         return _upstream_failure(response.status, raw, upstream.name, api.shape)
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        answer = None
+    answer = json_or_none(raw)
     answer = answer if isinstance(answer, dict) else {}
     served = answer.get("model")
     outcome = await settle_answer(gw, admission, api.usage(answer) or bound_usage(reservation),

@@ -22,7 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from comptroller.domain.ledger import Reservation
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission
-from comptroller.gateway.apis.base import Api, StreamTally
+from comptroller.gateway.apis.base import Api, StreamTally, json_or_none
 from comptroller.gateway.apis.settlement import Outcome, bound_usage, call_headers, settle_answer
 from comptroller.gateway.errors import ErrorShape
 from comptroller.gateway.runtime import Gateway, Settled
@@ -90,10 +90,7 @@ class Relay(Response):
         data: dict[str, Any] | None = None
         payload = "\n".join(payloads)
         if payload and payload != "[DONE]":
-            try:
-                parsed = json.loads(payload)
-            except ValueError:
-                parsed = None
+            parsed = json_or_none(payload)
             if not isinstance(parsed, dict):
                 return ("\n".join(lines) + "\n\n").encode("utf-8")
             data = parsed
