@@ -234,7 +234,10 @@ def budget_rows(accounts: Iterable[AccountView], budgets: Iterable[Budget], *, v
 
 @dataclass(frozen=True, slots=True)
 class RequestRow:
-    """One call in the request log: settled (with its cost) or refused (with its code, level and reason)."""
+    """One call in the request log: settled (with its cost) or refused (with its code, level and reason).
+
+    ``duration_ms`` is reserve to settle (the call's latency through the ledger; None for a refusal).
+    """
 
     ts: datetime
     tenant: str
@@ -250,6 +253,7 @@ class RequestRow:
     outcome: str
     level: str = ""
     reason: str = ""
+    duration_ms: int | None = None
 
 
 def request_rows(records: Iterable[UsageRecord], refusals: Iterable[Event], *, viewer: Viewer, namespace: str,
@@ -257,7 +261,8 @@ def request_rows(records: Iterable[UsageRecord], refusals: Iterable[Event], *, v
     """The newest calls (at most ``limit``) the viewer may see that match every search field (substring)."""
     rows = [RequestRow(r.resolved_at, r.attribution.tenant, r.attribution.agent, r.attribution.conversation or "",
                        r.attribution.task or "", r.model, r.usage.input_tokens, r.usage.output_tokens,
-                       r.usage.cache_read_tokens, r.cost_mc, r.ceiling_mc, r.outcome)
+                       r.usage.cache_read_tokens, r.cost_mc, r.ceiling_mc, r.outcome,
+                       duration_ms=round((r.resolved_at - r.reserved_at).total_seconds() * 1000))
             for r in records if viewer.sees(r.attribution)]
     for e in refusals:
         if not viewer.sees_scope(namespace, e.scope, e.level):
