@@ -30,6 +30,7 @@ import pstats
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_ledger import MODEL, START, STEP_S, attributions, open_store
@@ -71,13 +72,16 @@ def _text(i: int) -> str:
     return " ".join(words)[:200]
 
 
-def run(store: LedgerStore, defenses: Defenses, pairs: int, tag: str) -> None:
-    """``pairs`` admit + settle through an engine with ``defenses``."""
+def run(store: LedgerStore, defenses: Defenses, pairs: int, tag: str,
+        on_pair: Callable[[int], object] | None = None) -> None:
+    """``pairs`` admit + settle through an engine with ``defenses`` (``on_pair(i)`` before pair ``i``)."""
     clock = VirtualClock(START)
     engine = Engine(store=store, prices=PriceBook(), clock=clock, ttl_s=3600.0, defenses=defenses)
     attrs = attributions()
     usage = Usage(input_tokens=1200, output_tokens=350)
     for i in range(pairs):
+        if on_pair is not None:
+            on_pair(i)
         who = attrs[i % len(attrs)]
         text = _text(i)
         admission = engine.admit(CallRequest(

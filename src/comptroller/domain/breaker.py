@@ -66,7 +66,7 @@ lease both compute a lease from the same version; only one write succeeds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -384,15 +384,17 @@ def record_spend(state: BreakerState, config: BreakerConfig, cost_mc: int, now: 
     step = advance(state, config, now)
     current, events = step.state, step.events
     if current.status is BreakerStatus.CLOSED:
-        current, more = _count_closed(current, config, cost_mc, now)
-        if current.status is BreakerStatus.CLOSED and config.relative_k is not None:
-            own = current.rel.observed_s(now) >= config.baseline_age_s_min
-            cap = config.relative_k * current.rel.baseline_mc() if own else None
-            current = _evolve(current, rel=current.rel.add(cost_mc, now, window_s=config.relative_window_s,
-                                                             half_life_s=config.baseline_half_life_s,
-                                                             fold_cap_mc=cap))
-            current, relative = _count_relative(current, config, now, fallback)
-            more += relative
+        counted = _count_closed(current, config, cost_mc, now)
+        if isinstance(counted, tuple):  # opened
+            current, more = counted
+        else:  # one new state for the window and the relative window together
+            if config.relative_k is not None:
+                own = current.rel.observed_s(now) >= config.baseline_age_s_min
+                cap = config.relative_k * current.rel.baseline_mc() if own else None
+                counted["rel"] = current.rel.add(cost_mc, now, window_s=config.relative_window_s,
+                                                 half_life_s=config.baseline_half_life_s, fold_cap_mc=cap)
+            current = _evolve(current, **counted) if counted else current
+            current, more = _count_relative(current, config, now, fallback)
     elif current.status is BreakerStatus.HALF_OPEN:
         current, more = _count_half_open(current, config, cost_mc, now, call_id)
     else:
@@ -442,23 +444,22 @@ def reset(state: BreakerState, now: datetime, *, by: str) -> BreakerStep:
 
 
 def _count_closed(state: BreakerState, config: BreakerConfig, cost_mc: int,
-                  now: datetime) -> tuple[BreakerState, tuple[Event, ...]]:
+                  now: datetime) -> dict[str, Any] | tuple[BreakerState, tuple[Event, ...]]:
+    """The changes counting ``cost_mc`` in the fixed window makes (``{}``: none), or the opened state and event."""
     index = window_index(now, config.window_s)
     if state.window_index is None or index > state.window_index:
         window, spend = index, cost_mc
     else:
         window, spend = state.window_index, state.window_spend_mc + cost_mc
     if (window, spend) == (state.window_index, state.window_spend_mc):
-        return state, ()
+        return {}
     if spend <= config.threshold_mc or state.last_over_index == window:
-        return _evolve(state, window_index=window, window_spend_mc=spend), ()
+        return {"window_index": window, "window_spend_mc": spend}
     streak = state.over_streak + 1 if state.last_over_index == window - 1 else 1
     if streak >= config.trip_windows:
         return _open(state, config, now, BreakerTransition.OPENED, {"window_spend_mc": spend,
                                                                     "over_windows": streak})
-    counted = _evolve(state, window_index=window, window_spend_mc=spend, over_streak=streak,
-                      last_over_index=window)
-    return counted, ()
+    return {"window_index": window, "window_spend_mc": spend, "over_streak": streak, "last_over_index": window}
 
 
 def _relative_base_mc(state: BreakerState, config: BreakerConfig, now: datetime,
@@ -543,8 +544,16 @@ def _close(state: BreakerState, config: BreakerConfig, now: datetime) -> tuple[B
     return closed, _event(closed, BreakerTransition.CLOSED, now, config, detail)
 
 
+_FIELDS = tuple(f.name for f in fields(BreakerState))
+
+
 def _evolve(state: BreakerState, **changes: Any) -> BreakerState:
-    return replace(state, version=state.version + 1, **changes)
+    """The next version of a valid state with ``changes`` (internal transitions: not validated again)."""
+    changes["version"] = state.version + 1
+    evolved = object.__new__(BreakerState)
+    for name in _FIELDS:
+        object.__setattr__(evolved, name, changes[name] if name in changes else getattr(state, name))
+    return evolved
 
 
 def _event(state: BreakerState, transition: BreakerTransition, now: datetime, config: BreakerConfig,

@@ -63,7 +63,7 @@ class SpendBaseline:
         if self.window_index is None:
             return SpendBaseline(index, cost_mc, 0, window_bounds(index, window_s)[0])
         if index <= self.window_index:
-            return replace(self, window_spend_mc=self.window_spend_mc + cost_mc)
+            return SpendBaseline(self.window_index, self.window_spend_mc + cost_mc, self.baseline_mmc, self.since)
         decay = 0.5 ** (window_s / half_life_s)
         ended = self.window_spend_mc if fold_cap_mc is None else min(self.window_spend_mc, fold_cap_mc)
         folded = self.baseline_mmc * decay + ended * _MMC_PER_MC * (1 - decay)

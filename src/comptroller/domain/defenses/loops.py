@@ -35,10 +35,12 @@ hour. An admin reset (:func:`reset_loops`) clears the lock and the history.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+import orjson
 
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses import _records as rec
@@ -187,16 +189,16 @@ class LoopHistory:
         """A flat JSON record (entries and turns as JSON text, times as UTC epoch seconds)."""
         entries = [[e.agent, e.fingerprint, e.sketch, e.count, e.first_at.timestamp(), e.last_at.timestamp(),
                     e.last_call_id] for e in self.entries]
-        return {"level": str(self.level), "scope": self.scope, "entries": json.dumps(entries),
-                "turns": json.dumps(list(self.turns)),
+        return {"level": str(self.level), "scope": self.scope, "entries": orjson.dumps(entries).decode(),
+                "turns": orjson.dumps(self.turns).decode(),
                 "turn_at": None if self.turn_at is None else self.turn_at.timestamp(),
                 **self.lock.to_record(), "version": self.version}
 
     @classmethod
     def from_record(cls, record: Mapping[str, JsonScalar]) -> LoopHistory:
         """Read a record written by :meth:`to_record`. Raises ValueError on a missing or mistyped field."""
-        raw = json.loads(rec.get_str(record, "entries"))
-        turns = json.loads(str(record.get("turns") or "[]"))
+        raw = orjson.loads(rec.get_str(record, "entries"))
+        turns = orjson.loads(str(record.get("turns") or "[]"))
         try:
             entries = tuple(LoopEntry(str(a), str(f), str(s), int(n), _at(t0), _at(t1), str(c))
                             for a, f, s, n, t0, t1, c in raw)
@@ -238,16 +240,19 @@ class _Seen:
     request: LoopRequest
     fingerprint: str
     sketch: Sketch | None
-
-    @property
-    def sketch_hex(self) -> str:
-        return "" if self.sketch is None else self.sketch.to_hex()
+    sketch_hex: str  # "" without a sketch
 
 
 def _seen(config: LoopConfig, request: LoopRequest) -> _Seen:
-    masked = mask_variables(request.text)[:config.text_chars_max] if request.text else ""
-    long_enough = len(masked.split()) >= config.near_duplicate_words_min
-    return _Seen(request, request.fingerprint[:_FINGERPRINT_CHARS], Sketch.of(masked) if long_enough else None)
+    sketch = _text_sketch(request.text, config.text_chars_max, config.near_duplicate_words_min)
+    return _Seen(request, request.fingerprint[:_FINGERPRINT_CHARS], sketch, "" if sketch is None else sketch.to_hex())
+
+
+@lru_cache(maxsize=4_096)
+def _text_sketch(text: str, chars_max: int, words_min: int) -> Sketch | None:
+    """The sketch of the masked text, None for a text of fewer words (memoised: a loop repeats its text)."""
+    masked = mask_variables(text)[:chars_max] if text else ""
+    return Sketch.of(masked) if len(masked.split()) >= words_min else None
 
 
 def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, now: datetime) -> LoopStep:
@@ -317,7 +322,7 @@ def _is_locked_loop(lock: LoopLock, config: LoopConfig, seen: _Seen) -> bool:
 def _record(history: LoopHistory, config: LoopConfig, live: tuple[LoopEntry, ...], turns: tuple[str, ...], *,
             seen: _Seen, now: datetime) -> LoopHistory:
     agent, call_id = seen.request.agent, seen.request.call_id
-    match = _family(live, seen)
+    match = _family(live, agent, seen.fingerprint, seen.sketch_hex)
     if match is None:
         entry = LoopEntry(agent, seen.fingerprint, seen.sketch_hex, 1, now, now, call_id)
         rest = live
@@ -329,13 +334,12 @@ def _record(history: LoopHistory, config: LoopConfig, live: tuple[LoopEntry, ...
                    turn_at=now, version=history.version + 1)
 
 
-def _family(live: Sequence[LoopEntry], seen: _Seen) -> LoopEntry | None:
+def _family(live: Sequence[LoopEntry], agent: str, fingerprint: str, sketch: str) -> LoopEntry | None:
     """The entry this request repeats: same agent, and same fingerprint or the same masked-text sketch."""
-    agent, sketch = seen.request.agent, seen.sketch_hex
     for entry in reversed(live):
         if entry.agent != agent:
             continue
-        if (seen.fingerprint and entry.fingerprint == seen.fingerprint) or (sketch and entry.sketch == sketch):
+        if (fingerprint and entry.fingerprint == fingerprint) or (sketch and entry.sketch == sketch):
             return entry
     return None
 
@@ -429,11 +433,12 @@ def _alternation(history: LoopHistory, config: LoopConfig, turns: tuple[str, ...
 
 def _near_duplicate(history: LoopHistory, config: LoopConfig, live: Sequence[LoopEntry], seen: _Seen,
                     now: datetime) -> LoopStep | None:
-    if seen.sketch is None or _family(live, replace(seen, sketch=None)) is not None:
+    agent, sketch = seen.request.agent, seen.sketch
+    if sketch is None or _family(live, agent, seen.fingerprint, "") is not None:
         return None  # an exact repeat is same_request's to judge (identical_max may be set high)
-    scored = [(seen.sketch.similarity(Sketch.from_hex(e.sketch)), e) for e in live
-              if e.agent == seen.request.agent and e.sketch]
-    close = [(score, e) for score, e in scored if score >= config.near_duplicate_min]
+    level = config.near_duplicate_min
+    close = [(score, e) for e in live if e.agent == agent and e.sketch
+             and (score := sketch.similarity_at_least(Sketch.from_hex(e.sketch), level)) is not None]
     similar = sum(e.count for _, e in close)
     if similar < config.near_duplicates_max:
         return None

@@ -180,6 +180,18 @@ class Sketch:
         both = mine & theirs
         return sum(1 for h in union if h in both) / len(union)
 
+    def similarity_at_least(self, other: Sketch, level: float) -> float | None:
+        """:meth:`similarity` if it is at least ``level``, else None (most pairs are rejected without it).
+
+        The estimate is at most ``|both| / min(SKETCH_SIZE, |union|)``: below ``level``, no sort is needed.
+        """
+        both = len(self._set & other._set)
+        union = len(self._set) + len(other._set) - both
+        if union and both / min(SKETCH_SIZE, union) < level:  # the same division as similarity's: exact
+            return None
+        score = self.similarity(other)
+        return score if score >= level else None
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sketch) and self.hashes == other.hashes
 
