@@ -106,7 +106,10 @@ _POOL_PARAMS = {"pool_min_size": "min_size", "pool_max_size": "max_size", "pool_
 
 _BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
 _RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
-             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent")
+             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent, "
+             "conversation_shared")
+_RES_N = 18
+"""How many columns ``_RES_COLS`` names (``_SETTLE_READ``'s due flag and accounts follow them)."""
 _USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
                "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
                "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome")
@@ -169,14 +172,15 @@ def _budget(row: Sequence[Any]) -> Budget:
                   alert_thresholds_pct=tuple(json.loads(row[6])))
 
 
-def _attribution(row: Sequence[Any]) -> Attribution:
+def _attribution(row: Sequence[Any], *, shared: bool = False) -> Attribution:
+    """An attribution from its six columns; ``shared``: its conversation is a registered shared group."""
     return Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3], task=row[4],
-                       phase=row[5])
+                       phase=row[5], conversation_shared=shared)
 
 
 def _reservation(row: Sequence[Any]) -> Reservation:
     return Reservation(
-        id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
+        id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8], shared=bool(row[17])), model=row[8],
         ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
         created_at=row[12], expires_at=row[13], state=ReservationState(row[14]), sent=bool(row[16]))
 
@@ -589,10 +593,10 @@ class PostgresStore:
             conn.execute(
                 "WITH held AS (UPDATE accounts SET reserved_mc = reserved_mc + %s WHERE id = ANY(%s)) "
                 f"INSERT INTO reservations ({_RES_COLS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s)",
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)",
                 (request.ceiling_mc, ids, reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent,
                  a.conversation, a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
-                 request.output_tokens_max, now, reservation.expires_at, ids, request.sends))
+                 request.output_tokens_max, now, reservation.expires_at, ids, request.sends, a.conversation_shared))
 
         self._commit(conn, attempt, outcome, read, hold)
         return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
@@ -732,10 +736,10 @@ class PostgresStore:
             if _scalar(conn.execute(f"SELECT {_DUE}", (now,))):
                 self._sweep_first(conn, attempt, now)  # expire every due lease first, as the model does
             return None
-        if row[17]:
+        if row[_RES_N]:  # the due flag
             self._sweep_first(conn, attempt, now)
         reservation = _reservation(row)
-        by_id = {r[18]: r[18:] for r in rows if r[18] is not None}
+        by_id = {r[_RES_N + 1]: r[_RES_N + 1:] for r in rows if r[_RES_N + 1] is not None}
         held = [by_id[i] for i in row[15] if i in by_id]  # in the reservation's order: alerts fire in it
         due_self = reservation.state is ReservationState.PENDING and reservation.expires_at <= now
         return reservation, due_self, held

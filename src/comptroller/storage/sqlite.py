@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     conversation TEXT, task TEXT, phase TEXT, model TEXT NOT NULL,
     ceiling_mc INTEGER NOT NULL, input_tokens_max INTEGER NOT NULL, output_tokens_max INTEGER NOT NULL,
     created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL, account_ids TEXT NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0);
+    sent INTEGER NOT NULL DEFAULT 0, conversation_shared INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS reservations_pending ON reservations (expires_at) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS usage_log (
     id INTEGER PRIMARY KEY, reservation_id TEXT NOT NULL UNIQUE, idempotency_key TEXT NOT NULL,
@@ -114,7 +114,8 @@ _BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
 _CACHE_ENTRIES_MAX = 100_000
 
 _RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
-             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent")
+             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent, "
+             "conversation_shared")
 _USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
                "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
                "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome")
@@ -133,9 +134,10 @@ def _budget(row: Sequence[Any]) -> Budget:
                   alert_thresholds_pct=tuple(json.loads(row[6])))
 
 
-def _attribution(row: Sequence[Any]) -> Attribution:
+def _attribution(row: Sequence[Any], *, shared: bool = False) -> Attribution:
+    """An attribution from its six columns; ``shared``: its conversation is a registered shared group."""
     return Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3], task=row[4],
-                       phase=row[5])
+                       phase=row[5], conversation_shared=shared)
 
 
 class _BudgetCache:
@@ -212,8 +214,11 @@ class SQLiteStore:
                     cur.execute(statement)
             for trigger in _TRIGGERS:
                 cur.execute(trigger)
-            if "sent" not in {r[1] for r in cur.execute("PRAGMA table_info(reservations)")}:  # a version 2 file
+            columns = {r[1] for r in cur.execute("PRAGMA table_info(reservations)")}
+            if "sent" not in columns:  # a version 2 file
                 cur.execute("ALTER TABLE reservations ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
+            if "conversation_shared" not in columns:  # a file from before shared groups were kept per hold
+                cur.execute("ALTER TABLE reservations ADD COLUMN conversation_shared INTEGER NOT NULL DEFAULT 0")
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('budgets_version', '0')")
 
@@ -291,11 +296,11 @@ class SQLiteStore:
             reservation = new_reservation(uuid.uuid4().hex, request, now)
             a = request.attribution
             cur.execute(
-                f"INSERT INTO reservations ({_RES_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO reservations ({_RES_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation,
                  a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
                  request.output_tokens_max, _ts(now), _ts(reservation.expires_at), "pending",
-                 ",".join(map(str, ids)), int(request.sends)),
+                 ",".join(map(str, ids)), int(request.sends), int(a.conversation_shared)),
             )
             self._commit(cur, outcome)
             return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
@@ -518,7 +523,7 @@ class SQLiteStore:
     @staticmethod
     def _reservation(row: Sequence[Any]) -> Reservation:
         return Reservation(
-            id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
+            id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8], shared=bool(row[17])), model=row[8],
             ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
             created_at=_dt(row[12]), expires_at=_dt(row[13]), state=ReservationState(row[14]), sent=bool(row[16]),
         )
