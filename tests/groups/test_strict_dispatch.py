@@ -6,6 +6,7 @@ answers; the refusal is decided in the reservation's transaction and consumes no
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,12 +20,18 @@ from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.chain import BREAKER, FAN_OUT, KILL, LOOP, RETRY
-from comptroller.domain.defenses.dispatch_rule import DISPATCH, DISPATCHES_KEPT, DispatchGate, GroupMode
+from comptroller.domain.defenses.dispatch_rule import (
+    DISPATCH,
+    DISPATCHES_KEPT,
+    DispatchGate,
+    GroupMode,
+    check_dispatched,
+)
 from comptroller.domain.defenses.verdict import Rule
 from comptroller.domain.dispatch import DispatchConfig, Group
 from comptroller.domain.dispatch.room import ROOM
 from comptroller.domain.pricing import ModelPrice
-from comptroller.domain.scopes import Level
+from comptroller.domain.scopes import Attribution, Level
 from comptroller.engine import Engine
 from comptroller.groups import GroupDefinition, GroupService
 from comptroller.groups.rows import GROUP
@@ -162,3 +169,14 @@ def test_the_mode_is_a_group_setting(mode: str) -> None:
     """``mode`` in a group table sets the definition's mode; without it a group is advisory."""
     assert GroupDefinition.from_mapping("review", {**TABLE, "mode": mode}).mode == mode
     assert GroupDefinition.from_mapping("review", {k: v for k, v in TABLE.items() if k != "mode"}).mode == "advisory"
+
+
+def test_a_call_not_known_as_the_groups_names_no_responders() -> None:
+    """A call whose worker has not loaded the group (conversation not shared) is refused without its responders."""
+    gate = DispatchGate("review", GroupMode.STRICT).with_dispatch("m1", ("alice",))
+    shared = Attribution(namespace="ns", tenant="acme", agent="bob", conversation="room-1", conversation_shared=True)
+    private = Attribution(namespace="ns", tenant="acme", agent="bob", conversation="room-1")
+    told, untold = check_dispatched(gate, shared, None), check_dispatched(gate, private, None)
+    assert told is not None and "alice" in told.message and told.evidence["responders"] == "alice"
+    assert untold is not None and "alice" not in untold.message and untold.evidence["responders"] == ""
+    assert check_dispatched(gate, replace(private, agent="alice"), None) is None

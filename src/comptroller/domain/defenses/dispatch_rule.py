@@ -125,6 +125,8 @@ def check_dispatched(gate: DispatchGate, attribution: Attribution, message_id: s
     if found is not None and agent in found[1]:
         return None
     scope = dict(attribution.scopes())[Level.CONVERSATION]
+    if not attribution.conversation_shared:  # a worker that has not loaded the group yet: say nothing of it
+        found = None if found is None else (found[0], ())
     evidence: dict[str, JsonScalar] = {"group": gate.group, "agent": agent, "message_id": message_id}
     if found is None:
         detector = "no_dispatch" if message_id is None else "unknown_message"
@@ -133,8 +135,8 @@ def check_dispatched(gate: DispatchGate, attribution: Attribution, message_id: s
     else:
         detector = "not_dispatched"
         evidence |= {"message_id": found[0], "responders": ",".join(found[1])}
-        what = (f"agent {agent!r} was not dispatched for message {found[0]!r} (responders: "
-                f"{', '.join(found[1]) or 'none'})")
+        responders = f" (responders: {', '.join(found[1])})" if found[1] else ""
+        what = f"agent {agent!r} was not dispatched for message {found[0]!r}{responders}"
     return Verdict(
         code=Code.NOT_DISPATCHED, rule=Rule.DISPATCH, detector=detector, level=Level.CONVERSATION, scope=scope,
         retry_after_s=None, evidence=evidence,
