@@ -25,13 +25,14 @@ with ``renew`` (:meth:`comptroller.ports.LedgerStore.renew`) while its call runs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from comptroller.domain.budgets import Budget
 from comptroller.domain.codes import Code
+from comptroller.domain.events import Event
 from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution
 from comptroller.domain.usage import Usage
@@ -192,27 +193,6 @@ class UsageRecord:
     def ceiling_miss(self) -> bool:
         """True when the call cost more than its reservation held."""
         return self.cost_mc > self.ceiling_mc
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Something owners are told about: an alert, a refusal, (later) a breaker trip.
-
-    Attributes:
-        ts: when (aware UTC).
-        kind: ``alert`` | ``refusal`` | ...
-        code: the result code or rule.
-        level: the level concerned, if any.
-        scope: the scope key concerned, if any.
-        detail: JSON-serialisable values seen (limit, spend, threshold...).
-    """
-
-    ts: datetime
-    kind: str
-    code: str
-    level: str | None = None
-    scope: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from comptroller.domain.codes import Code
-from comptroller.domain.ledger import Event
+from comptroller.domain.events import Event
 from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Level
 
