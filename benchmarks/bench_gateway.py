@@ -47,7 +47,8 @@ import psycopg
 from psycopg import sql
 
 from comptroller.storage import store_from_url
-from comptroller.storage.keys import keys_from_url, new_key
+from comptroller.storage.key_stores import keys_from_url
+from comptroller.storage.keys import new_key
 from comptroller.storage.migrations import upgrade
 from markdown_block import update_block
 

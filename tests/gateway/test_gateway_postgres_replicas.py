@@ -27,7 +27,8 @@ from comptroller.bootstrap import price_book
 from comptroller.domain.pricing import ceiling_mc
 from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.storage import store_from_url
-from comptroller.storage.keys import keys_from_url, new_key
+from comptroller.storage.key_stores import keys_from_url
+from comptroller.storage.keys import new_key
 from postgres.pg_kit import PG_URL, new_schema
 
 WORKERS = 4

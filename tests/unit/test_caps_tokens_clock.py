@@ -15,7 +15,7 @@ from comptroller.domain.caps import NoOutputCapError, OutputCaps
 from comptroller.domain.pricing import ModelPrice
 from comptroller.domain.tokens import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS, input_tokens_upper_bound
 from comptroller.storage import StoreURLError, ledger_target, store_from_url
-from comptroller.storage.keys import keys_from_url
+from comptroller.storage.key_stores import keys_from_url
 from comptroller.storage.memory import MemoryStore
 from comptroller.storage.sqlite import SQLiteStore
 

@@ -17,7 +17,7 @@ from comptroller.domain.defenses.chain import Defenses
 from comptroller.domain.money import format_usd
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.storage import store_from_url
-from comptroller.storage.keys import keys_from_url
+from comptroller.storage.key_stores import keys_from_url
 
 __all__ = ["defenses_summary", "print_defenses", "unbudgeted_tenants", "warn_unbudgeted_tenants"]
 

@@ -30,7 +30,8 @@ from comptroller.config import ConfigError
 from comptroller.gateway.config import load_gateway_config
 from comptroller.gateway.lifecycle import ENV_PARENT_PID, ENV_RUN_DIR, ENV_WORKERS
 from comptroller.storage import StoreURLError
-from comptroller.storage.keys import ApiKey, ApiKeyError, imported_key, keys_from_url, new_key, provision
+from comptroller.storage.key_stores import keys_from_url
+from comptroller.storage.keys import ApiKey, ApiKeyError, imported_key, new_key, provision
 
 __all__ = ["key_app", "register", "serve_command"]
 

@@ -19,7 +19,7 @@ from comptroller.bootstrap import build_engine
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, user_errors
 from comptroller.config import ConfigError, load_policy
 from comptroller.storage import StoreURLError
-from comptroller.storage.keys import keys_from_url
+from comptroller.storage.key_stores import keys_from_url
 from comptroller.ui import ui_routes
 
 __all__ = ["register", "ui_command"]

@@ -66,7 +66,8 @@ from comptroller.gateway.upstream import Upstreams
 from comptroller.groups import GroupDefinition, GroupService
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
-from comptroller.storage.keys import KeyStore, keys_from_url
+from comptroller.storage.key_stores import keys_from_url
+from comptroller.storage.keys import KeyStore
 from comptroller.ui import ui_routes
 
 __all__ = ["app_from_env", "create_app"]

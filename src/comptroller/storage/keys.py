@@ -35,8 +35,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from comptroller.storage import ledger_target
-
 __all__ = [
     "ApiKey",
     "ApiKeyError",
@@ -46,7 +44,8 @@ __all__ = [
     "hash_key",
     "imported_key",
     "key_format_problem",
-    "keys_from_url",
+    "key_id",
+    "match_key",
     "new_key",
     "provision",
 ]
@@ -187,7 +186,15 @@ def provision(store: KeyStore, record: ApiKey) -> bool:
     return False
 
 
-def _match(record: ApiKey | None, plaintext: str) -> ApiKey | None:
+def match_key(record: ApiKey | None, plaintext: str) -> ApiKey | None:
+    """``record`` if ``plaintext`` is its key and it is active, else None (constant-time compare).
+
+    Args:
+        record: the stored key whose id ``plaintext`` names (:func:`key_id`), or None if no such id.
+        plaintext: the key as the client sent it.
+
+    The digest is computed even when ``record`` is None, so an unknown id takes the same time.
+    """
     digest = hash_key(plaintext)
     if record is None:
         hmac.compare_digest(digest, digest)  # the same work whether or not the id exists
@@ -197,7 +204,8 @@ def _match(record: ApiKey | None, plaintext: str) -> ApiKey | None:
     return record
 
 
-def _key_id(plaintext: str) -> str | None:
+def key_id(plaintext: str) -> str | None:
+    """The id part of a ``ck-...`` key (what a store looks it up by), or None if it is not of that form."""
     found = _KEY.match(plaintext)
     return found.group(1) if found else None
 
@@ -245,8 +253,8 @@ class MemoryKeyStore:
 
     def verify(self, plaintext: str) -> ApiKey | None:
         """The active key matching ``plaintext``, or None."""
-        key_id = _key_id(plaintext)
-        return _match(self._keys.get(key_id) if key_id else None, plaintext)
+        found = key_id(plaintext)
+        return match_key(self._keys.get(found) if found else None, plaintext)
 
     def get(self, key_id: str) -> ApiKey | None:
         """One key by id, or None."""
@@ -319,8 +327,8 @@ class SQLiteKeyStore:
 
     def verify(self, plaintext: str) -> ApiKey | None:
         """The active key matching ``plaintext``, or None."""
-        key_id = _key_id(plaintext)
-        return _match(self.get(key_id) if key_id else None, plaintext)
+        found = key_id(plaintext)
+        return match_key(self.get(found) if found else None, plaintext)
 
     def get(self, key_id: str) -> ApiKey | None:
         """One key by id, or None."""
@@ -347,19 +355,3 @@ class SQLiteKeyStore:
         """Close the connection."""
         with self._lock:
             self._conn.close()
-
-
-def keys_from_url(url: str) -> KeyStore:
-    """The key store beside the ledger a URL names (see :func:`comptroller.storage.store_from_url`).
-
-    Raises:
-        StoreURLError: for an unknown scheme.
-    """
-    backend, target = ledger_target(url)
-    if backend == "memory":
-        return MemoryKeyStore()
-    if backend == "sqlite":
-        return SQLiteKeyStore(target)
-    from comptroller.storage.postgres import PostgresKeyStore  # noqa: PLC0415 (psycopg loads only when used)
-
-    return PostgresKeyStore(target)

@@ -77,7 +77,7 @@ from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
 from comptroller.errors import LedgerUnavailableError
-from comptroller.storage.keys import ApiKey, _key_id, _match
+from comptroller.storage.keys import ApiKey, key_id, match_key
 from comptroller.storage.migrations import check_version
 from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import (
@@ -876,8 +876,8 @@ class PostgresKeyStore:
 
     def verify(self, plaintext: str) -> ApiKey | None:
         """The active key whose digest matches ``plaintext`` (constant-time compare), or None."""
-        key_id = _key_id(plaintext)
-        return _match(self.get(key_id) if key_id else None, plaintext)
+        found = key_id(plaintext)
+        return match_key(self.get(found) if found else None, plaintext)
 
     def get(self, key_id: str) -> ApiKey | None:
         """One key by id, revoked or not, or None."""
