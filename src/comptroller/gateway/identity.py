@@ -98,14 +98,19 @@ class Identity:
         self._cache: OrderedDict[str, tuple[float, ApiKey | None | GatewayError]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def authenticate(self, headers: Mapping[str, str]) -> Caller:
+    def authenticate(self, headers: Mapping[str, str], *, key_header: str = "authorization") -> Caller:
         """The caller of a request: from memory when :meth:`prefetch` ran, else from the store.
+
+        Args:
+            headers: the request's headers (the key in ``Authorization: Bearer``).
+            key_header: the header the route's clients send the key in, named by the 401 for a
+                missing key: ``authorization`` (OpenAI's clients) or ``x-api-key`` (Anthropic's).
 
         Raises:
             GatewayError: 401 when the key is missing, malformed, unknown or revoked; 503
                 ``ledger_unavailable`` when the key store cannot answer.
         """
-        token = _token(headers)
+        token = _token(headers, key_header)
         digest = hash_key(token)
         if self._admin_digest is not None and hmac.compare_digest(self._admin_digest, digest):
             return Caller(ApiKey(id=_ENV_ADMIN_ID, tenant="*", agent=None, name="admin key from the environment",
@@ -218,8 +223,11 @@ class KeyPrefetch:
 _MISSING = object()
 
 
-def _token(headers: Mapping[str, str]) -> str:
+def _token(headers: Mapping[str, str], key_header: str = "authorization") -> str:
     header = headers.get("authorization")
+    if not header and key_header == "x-api-key":
+        raise _unauthorized("no API key: send the header 'x-api-key: ck-...' (as the anthropic client does) or "
+                            "'Authorization: Bearer ck-...'")
     if not header:
         raise _unauthorized("no API key: send the header 'Authorization: Bearer ck-...'")
     scheme, _, token = header.partition(" ")

@@ -61,7 +61,8 @@ def authenticate(service: BatchService, request: Request) -> Caller:
     headers: Any = request.headers
     if not headers.get("authorization") and headers.get("x-api-key"):
         headers = {"authorization": f"Bearer {headers['x-api-key']}"}
-    return service.gw.identity.authenticate(headers)
+    anthropic = request.url.path.startswith("/v1/messages")  # the 401 names the header its clients send
+    return service.gw.identity.authenticate(headers, key_header="x-api-key" if anthropic else "authorization")
 
 
 def not_found(what: str, ident: str) -> GatewayError:
