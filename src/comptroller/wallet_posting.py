@@ -33,7 +33,8 @@ from comptroller.domain.wallets.fees import FeeSchedule
 from comptroller.domain.wallets.postings import ADJ_MAX, adjustments, targets
 from comptroller.domain.wallets.transfers import Transfer, TransferCode
 from comptroller.errors import LedgerUnavailableError
-from comptroller.storage.transfers import TransferStore, transfers_from_url
+from comptroller.storage.transfer_stores import transfers_from_url
+from comptroller.storage.transfers import TransferStore
 
 __all__ = ["PostingSummary", "WalletPosting", "post_usage", "wallet_hooks"]
 

@@ -23,7 +23,7 @@ from comptroller.economics_config import infra_items
 from comptroller.errors import LedgerUnavailableError
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import SchemaVersionError
-from comptroller.storage.transfers import transfers_from_url
+from comptroller.storage.transfer_stores import transfers_from_url
 from comptroller.wallet_posting import post_usage
 
 __all__ = ["register", "wallet_app"]

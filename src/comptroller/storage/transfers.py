@@ -25,9 +25,8 @@ from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from comptroller.domain.wallets.transfers import AccountBalance, Transfer, TransferCode, TransferResult, decide
-from comptroller.storage import ledger_target
 
-__all__ = ["MemoryTransferStore", "TransferStore", "apply_batch", "transfers_from_url"]
+__all__ = ["MemoryTransferStore", "TransferStore", "apply_batch"]
 
 
 @runtime_checkable
@@ -133,23 +132,3 @@ class MemoryTransferStore:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def transfers_from_url(url: str) -> TransferStore:
-    """The transfer store beside the ledger a URL names (see :func:`comptroller.storage.store_from_url`).
-
-    Raises:
-        StoreURLError: for an unknown scheme.
-        SchemaVersionError: if a PostgreSQL ledger's schema is behind (run ``comptroller db upgrade``).
-        LedgerUnavailableError: if a PostgreSQL ledger cannot be reached.
-    """
-    backend, target = ledger_target(url)
-    if backend == "memory":
-        return MemoryTransferStore()
-    if backend == "sqlite":
-        from comptroller.storage.transfers_sqlite import SQLiteTransferStore  # noqa: PLC0415 (no cycle at import)
-
-        return SQLiteTransferStore(target)
-    from comptroller.storage.transfers_postgres import PostgresTransferStore  # noqa: PLC0415 (psycopg when used)
-
-    return PostgresTransferStore(target)
