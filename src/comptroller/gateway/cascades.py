@@ -8,7 +8,9 @@ admits each tier attempt (its own reservation, idempotency key
 ``<request id>:<tier>:<attempt>``), this module sends the client's body upstream with the
 tier's model and the reserved output bound, and the runner settles the attempt and applies
 the tier's gates (JSON schema from ``response_format``, confidence, finish reason...).
-Pinning always wins: a tier model outside the agent's pin is never called.
+Pinning always wins: a tier model outside the agent's pin is never called. A Predicted Output
+(``prediction``) is reserved on every attempt beyond the bound sent upstream, as the chat
+adapter does (its rejected tokens are billed as output).
 
 ==============================================  ================================================
 a tier attempt's exit                           ledger
@@ -147,7 +149,8 @@ class _Tiers:
     async def _charge_bounds(self, tc: TierCall) -> None:
         reservation = self.metered.current
         if reservation is not None:
-            usage = Usage(input_tokens=self.chat.input_tokens_max, output_tokens=tc.output_tokens_max)
+            usage = Usage(input_tokens=self.chat.input_tokens_max,
+                          output_tokens=tc.output_tokens_max + self.chat.output_tokens_extra)
             with anyio.CancelScope(shield=True):
                 await self.gw.run(self.gw.settle, reservation, usage)
 
@@ -178,7 +181,7 @@ class _Tiers:
             raise TierFailedError(f"{upstream.name} answered 200 with a body that is not a chat completion; "
                                   "charged at the reserved bounds") from None
         usage = _CHAT.usage(answer) or Usage(input_tokens=self.chat.input_tokens_max,
-                                                         output_tokens=tc.output_tokens_max)
+                                             output_tokens=tc.output_tokens_max + self.chat.output_tokens_extra)
         return TierReply(str(text), usage, finish if isinstance(finish, str) else None, raw=raw)
 
 
@@ -247,7 +250,8 @@ async def cascade_completion(gw: Gateway, request: Request, caller: Caller, chat
                                      response_schema=response_schema(chat),
                                      run_id=request.headers.get("x-comptroller-run"),
                                      attempt_id=request.headers.get("x-comptroller-attempt"),
-                                     fingerprint=chat.fingerprint, text=chat.text)
+                                     fingerprint=chat.fingerprint, text=chat.text,
+                                     output_tokens_extra=chat.output_tokens_extra)
     facts = _facts(chat, attribution.agent, request.headers)
     if not gw.config.ledger_threads:
         result = await gw.routing.run_async(metered, cascade_request, call, facts=facts, cascade=requested)

@@ -127,6 +127,9 @@ class CascadeRequest:
             checked with the fingerprint qualified by tier and attempt (a cascade's own
             escalations are not repeats; the same request sent again is), and the text is
             checked once, with the first attempt.
+        output_tokens_extra: output tokens each attempt is billed beyond the bound sent upstream
+            (a Predicted Output's rejected tokens: :func:`comptroller.domain.tokens.prediction_tokens_max`),
+            reserved on top (:attr:`comptroller.engine.CallRequest.output_tokens_extra`).
     """
 
     attribution: Attribution
@@ -139,11 +142,16 @@ class CascadeRequest:
     attempt_id: str | None = None
     fingerprint: str | None = None
     text: str | None = None
+    output_tokens_extra: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class TierCall:
-    """What ``call`` must send upstream: ``model`` with ``max_tokens = output_tokens_max``."""
+    """What ``call`` must send upstream: ``model`` with ``max_tokens = output_tokens_max``.
+
+    ``output_tokens_max`` is the bound sent upstream: the reservation's output bound less the
+    request's ``output_tokens_extra`` (reserved, but billed beyond ``max_tokens``).
+    """
 
     request_id: str
     tier: str
@@ -268,12 +276,14 @@ class _Run:
         return self.engine.admit(CallRequest(
             attribution=request.attribution, model=step.model, input_tokens_max=request.input_tokens_max,
             max_tokens=request.max_tokens, idempotency_key=f"{request.request_id}:{step.tier}:{step.attempt}",
+            output_tokens_extra=request.output_tokens_extra,
             run_id=request.run_id, attempt_id=request.attempt_id,
             fingerprint=None if request.fingerprint is None else f"{request.fingerprint}|{step.tier}|{step.attempt}",
             text=request.text if first else None))
 
     def tier_call(self, step: PlannedAttempt, admission: Admission) -> TierCall:
-        return TierCall(self.request.request_id, step.tier, step.attempt, admission.model, admission.output_tokens_max)
+        return TierCall(self.request.request_id, step.tier, step.attempt, admission.model,
+                        admission.output_tokens_max - self.request.output_tokens_extra)
 
     def failed(self, step: PlannedAttempt, admission: Admission, exc: Exception) -> None:
         assert admission.reservation is not None
