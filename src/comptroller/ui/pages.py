@@ -1,7 +1,7 @@
 """The UI's page handlers: read the query or form, ask the admin services, render a template.
 
 Each handler runs in a worker thread (the ledger reads block) and takes the
-:class:`~comptroller.ui.app.UI`, the request and the logged-in session. What a page shows
+:class:`~comptroller.ui.shell.UI`, the request and the logged-in session. What a page shows
 is computed by :mod:`comptroller.ui.views`; a tenant naming another tenant raises
 :class:`Forbidden` (a 403 page), bad input is a 400 page naming the field.
 """
@@ -37,8 +37,8 @@ from comptroller.ui.views import (
 )
 
 if TYPE_CHECKING:
-    from comptroller.ui.app import UI
     from comptroller.ui.session import Session
+    from comptroller.ui.shell import UI
 
 __all__ = ["BadInput", "Forbidden", "budgets", "defenses", "kill", "overview", "request_table", "requests",
            "reset_breaker", "routing", "set_budget", "unkill"]
