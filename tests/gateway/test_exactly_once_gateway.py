@@ -2,7 +2,8 @@
 
 * A SQLite ledger locked by another connection (``BEGIN EXCLUSIVE``) while 32 calls are in
   flight: the settles go to the durable outbox and are delivered after the lock goes, so the
-  usage rows are the calls the stub served, each once, and ``db check`` is clean.
+  usage rows are the calls the stub served, each once, and ``db check`` is clean; the
+  ``comptroller_outbox_*`` metrics show them waiting, then delivered.
 * Streams lasting more than three leases: the upkeep task renews the lease, a monitor
   samples ``settled + reserved <= limit`` throughout, a second call cannot take the held
   money meanwhile, and the stream settles on time (not ``settled_late``).
@@ -24,6 +25,7 @@ import openai
 import pytest
 from gateway_kit import INPUT_MC_PER_TOKEN, MODEL, OUTPUT_MC_PER_TOKEN, engine_namespace, stub_policy, wait_for
 from loopback import LoopbackServer
+from prometheus_client.parser import text_string_to_metric_families
 from stub_upstream import StubUpstream
 from typer.testing import CliRunner
 
@@ -57,8 +59,8 @@ class Running:
         self.keys = SQLiteKeyStore(self.db)
         config = GatewayConfig(providers={"stub": ProviderConfig(base_url=stub.base_url)}, models={MODEL: "stub"},
                                admin_key_env=None, **gateway)
-        app = create_app(engine=self.engine, keys=self.keys, config=config, namespace=engine_namespace(policy))
-        self.server = LoopbackServer(app, grace_s=5.0).__enter__()
+        self.app = create_app(engine=self.engine, keys=self.keys, config=config, namespace=engine_namespace(policy))
+        self.server = LoopbackServer(self.app, grace_s=5.0).__enter__()
         record, self.key = new_key(tenant="acme")
         self.keys.add(record)
         self.outbox_path = Path(f"{self.db}.outbox")
@@ -72,6 +74,13 @@ class Running:
             return outbox.count()
         finally:
             outbox.close()
+
+    def outbox_metrics(self) -> dict[str, float]:
+        """The outbox samples of the gateway's Prometheus exposition, by sample name."""
+        text = self.app.state.gateway.metrics.exposition().decode()
+        return {sample.name: sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name.startswith("comptroller_outbox_") and not sample.name.endswith("_created")}
 
     def close(self) -> None:
         self.server.__exit__(None, None, None)
@@ -123,10 +132,15 @@ def test_settles_survive_a_locked_sqlite_ledger_and_are_charged_once(
             answers = [c.result(timeout=60) for c in calls]
             wait_for(lambda: gw.outbox_waiting() == CALLS, "every settle to be kept in the outbox", 60)
             assert {r.reservation_id for r in gw.store.usage_records()} == before  # nothing reached the ledger
+            waiting = gw.outbox_metrics()
+            assert waiting["comptroller_outbox_pending"] == CALLS
+            assert waiting["comptroller_outbox_oldest_pending_age_seconds"] > 0
         finally:
             locker.execute("ROLLBACK")
             locker.close()
     wait_for(lambda: gw.outbox_waiting() == 0, "the outbox to be delivered after the lock went", 60)
+    assert gw.outbox_metrics() == {"comptroller_outbox_pending": 0, "comptroller_outbox_oldest_pending_age_seconds": 0,
+                                   "comptroller_outbox_delivered_total": CALLS}
     records = [r for r in gw.store.usage_records() if r.reservation_id not in before]
     assert len(answers) == CALLS == len(stub.control.requests)
     assert len(records) == CALLS == len({r.reservation_id for r in records})

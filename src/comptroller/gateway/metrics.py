@@ -12,7 +12,14 @@ name                                       type       labels
 ``comptroller_gateway_overhead_seconds``   histogram  (time in the gateway, upstream excluded)
 ``comptroller_upstream_seconds``           histogram  ``provider`` (request sent to last byte)
 ``comptroller_usage_anomalies_total``      counter    ``api``, ``code`` (usage above its bound)
+``comptroller_outbox_pending``             gauge      (outcomes waiting for the ledger)
+``comptroller_outbox_delivered_total``     counter    (outcomes the ledger took from the outbox)
 =========================================  =========  =========================================
+
+``comptroller_outbox_oldest_pending_age_seconds`` (gauge) is the age of the oldest outcome
+waiting in the outbox (0 when none waits). The outbox gauges are read from the outbox file at
+scrape time (every worker shares it, so they agree); an outbox that cannot be read is left out
+of the scrape rather than failing it.
 
 ``GET /metrics`` shows tenant and agent names, so it is closed: it answers only the admin key
 (``Authorization: Bearer <admin key>``) or the scrape token named by ``[gateway]
@@ -56,6 +63,24 @@ class _Breakers(Collector):
         yield family
 
 
+class _Outbox(Collector):
+    """Reads the shared outbox at scrape time: ``(pending, oldest pending age in s or None)``."""
+
+    def __init__(self, stats: Callable[[], tuple[int, float | None]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            pending, age_s = self._stats()
+        except Exception:  # a locked or closed outbox file: no sample this scrape
+            return
+        yield GaugeMetricFamily("comptroller_outbox_pending", "Call outcomes waiting for the ledger in the outbox",
+                                value=pending)
+        yield GaugeMetricFamily("comptroller_outbox_oldest_pending_age_seconds",
+                                "Age of the oldest outcome waiting for the ledger (0 when none waits)",
+                                value=age_s or 0.0)
+
+
 class GatewayMetrics:
     """The gateway's metrics in their own registry (one per app, so tests can build many apps).
 
@@ -82,6 +107,16 @@ class GatewayMetrics:
         r.register(self._breakers)
         self.inflight = Gauge("comptroller_inflight_calls", "Calls between admit and settle/release",
                               registry=r, multiprocess_mode="livesum")
+        self.outbox_delivered = Counter("comptroller_outbox_delivered", "Call outcomes delivered from the outbox",
+                                        registry=r)
+        self._outbox: _Outbox | None = None
+
+    def watch_outbox(self, stats: Callable[[], tuple[int, float | None]]) -> None:
+        """Expose the outbox gauges, read by ``stats`` at scrape time: ``(pending, oldest pending age s | None)``."""
+        if self._outbox is not None:
+            self.registry.unregister(self._outbox)
+        self._outbox = _Outbox(stats)
+        self.registry.register(self._outbox)
 
     def exposition(self) -> bytes:
         """The text exposition format; every worker's samples in multiprocess mode."""
@@ -89,6 +124,8 @@ class GatewayMetrics:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             registry.register(self._breakers)
+            if self._outbox is not None:
+                registry.register(self._outbox)
             return generate_latest(registry)
         return generate_latest(self.registry)
 

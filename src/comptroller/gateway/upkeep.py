@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import anyio.to_thread
 
@@ -88,6 +88,7 @@ class Upkeep:
         delivered, waiting = await anyio.to_thread.run_sync(self.outbox.drain, self.gw.engine.deliver,
                                                             self.gw.engine.clock.now)
         if delivered:
+            self.gw.metrics.outbox_delivered.inc(delivered)
             log.info("outbox: %d outcome(s) delivered to the ledger, %d waiting", delivered, waiting)
         return delivered, waiting
 
@@ -115,8 +116,8 @@ class Upkeep:
 
 
 async def start_upkeep(gateway: Gateway) -> Upkeep:
-    """Open the worker's outbox (``[gateway] outbox_path``, else beside the ledger), hand it to the gateway,
-    and start renewal and delivery.
+    """Open the worker's outbox (``[gateway] outbox_path``, else beside the ledger), hand it to the gateway
+    and the metrics (``comptroller_outbox_*``), and start renewal and delivery.
 
     Raises:
         sqlite3.OperationalError: if the outbox file cannot be opened (start-up stops: a gateway that
@@ -125,6 +126,7 @@ async def start_upkeep(gateway: Gateway) -> Upkeep:
     path = gateway.config.outbox_path or default_outbox_path(gateway.engine.store)
     outbox = await anyio.to_thread.run_sync(Outbox, path)
     gateway.outbox = outbox
+    gateway.metrics.watch_outbox(lambda: (outbox.count(), outbox.oldest_pending_age_s(datetime.now(UTC))))
     upkeep = Upkeep(gateway, outbox)
     await upkeep.start()
     return upkeep

@@ -134,6 +134,12 @@ class Outbox:
             row = self._conn.execute("SELECT count(*) FROM outcomes WHERE delivered_at IS NULL").fetchone()
         return int(row[0])
 
+    def oldest_pending_age_s(self, now: datetime) -> float | None:
+        """Seconds since the oldest outcome still waiting was kept (None: nothing waits)."""
+        with self._lock:
+            row = self._conn.execute("SELECT min(written_at) FROM outcomes WHERE delivered_at IS NULL").fetchone()
+        return None if row[0] is None else max(0.0, _ts(now) - float(row[0]))
+
     def prune(self, now: datetime, keep_s: float = KEEP_DELIVERED_S) -> int:
         """Drop outcomes delivered more than ``keep_s`` seconds before ``now``; the number dropped."""
         with self._lock:
