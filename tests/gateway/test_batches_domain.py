@@ -18,8 +18,8 @@ from comptroller.domain.batches import BatchInputError, discounted, parse_anthro
 from comptroller.domain.pricing import ModelPrice, TieredRate, cost_mc
 from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage
-from comptroller.gateway.batches.pricing import BatchPrices
 from comptroller.prices import PriceBook
+from comptroller.prices.batch import BatchPrices
 
 
 def _row(custom_id: str, **body: object) -> str:

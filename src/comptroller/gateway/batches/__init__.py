@@ -3,7 +3,7 @@
 * :mod:`~comptroller.gateway.batches.openai_api`: ``/v1/files``, ``/v1/batches`` (OpenAI Batch API);
 * :mod:`~comptroller.gateway.batches.anthropic_api`: ``/v1/messages/batches`` (Anthropic Message Batches);
 * :mod:`~comptroller.gateway.batches.service`: the reservations, the reconciliation and its background task;
-* :mod:`~comptroller.gateway.batches.pricing`: batch prices (genai-prices, else ``[batch]``);
+* :mod:`comptroller.prices.batch`: batch prices (genai-prices, else ``[batch]``), shared with the SDK;
 * :mod:`comptroller.domain.batches` and :mod:`comptroller.domain.batch_results`: the pure rules (lines and
   bounds; results -> settle and release actions).
 

@@ -42,12 +42,12 @@ from comptroller.domain.state import StateKey
 from comptroller.domain.usage import Usage
 from comptroller.domain.usage_checks import UsageAnomaly, check_usage
 from comptroller.engine import Admission, CallRequest, Engine
-from comptroller.gateway.batches.pricing import BatchPrices
 from comptroller.gateway.batches.provider import BatchUpstream
 from comptroller.gateway.batches.records import BATCH, BATCH_LINES, BatchRecord, lines_from_state
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.runtime import Gateway
 from comptroller.prices import UnknownModelError
+from comptroller.prices.batch import BatchPrices
 
 __all__ = ["BatchService", "PlannedLine", "Poll"]
 

@@ -1,4 +1,4 @@
-"""Batch prices as a :class:`~comptroller.ports.PriceSource`, so batch lines go through the one engine.
+"""Batch prices as a :class:`~comptroller.ports.PriceSource`: batch lines go through the one engine (gateway, SDK).
 
 An :class:`~comptroller.engine.Engine` built on :class:`BatchPrices` (and the gateway engine's
 store, clock, caps and defenses) reserves every ceiling and settles every cost at the batch
