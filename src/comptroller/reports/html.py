@@ -20,8 +20,10 @@ import plotly.graph_objects as go
 
 from comptroller.domain.budgets import Period, period_key
 from comptroller.domain.money import MC_PER_USD, format_usd
+from comptroller.reports.ceiling_miss import CEILING_MISS_HEADER, ceiling_miss_rows
 from comptroller.reports.model import Report
 from comptroller.reports.terminal import (
+    CEILING_MISS_TITLE,
     GROUP_HEADER,
     HEADROOM_HEADER,
     REFUSAL_HEADER,
@@ -125,6 +127,7 @@ def _detail_tables(report: Report) -> list[str]:
     tables = [
         _rows_table("Refused calls by level, code and reason", REFUSAL_HEADER, refusal_rows(report, usd_display)),
         _rows_table("Defense timeline: trips and defense refusals", TRIP_HEADER, trip_rows(report)),
+        _rows_table(CEILING_MISS_TITLE, CEILING_MISS_HEADER, ceiling_miss_rows(report.usage_anomalies)),
         _reconciliation(report) if report.reconciliation else "",
     ]
     if report.headroom is not None:

@@ -24,6 +24,7 @@ from comptroller.domain.ledger import Event, UsageRecord
 from comptroller.domain.money import MC_PER_USD, usd_to_mc_half_up
 from comptroller.domain.pricing import ModelPrice
 from comptroller.replay.runner import CallOutcome
+from comptroller.reports.ceiling_miss import CeilingMiss, ceiling_misses
 from comptroller.reports.reconcile import CallTokens, Diagnosis, diagnose
 
 __all__ = ["Report", "ReportRow", "TripEntry", "build_report", "rows_from_ledger", "rows_from_replay", "trip_timeline"]
@@ -55,6 +56,7 @@ class ReportRow:
     cache_write_tokens: int = 0
     tenant: str = "-"
     refused_reason: str = ""
+    reservation_id: str = ""
 
 
 @dataclass
@@ -196,6 +198,8 @@ class Report:
     default_bound_tokens: int = 0
     prevented_fitting_mc: int = 0
     """The part of ``prevented_mc`` in calls refused for their ceiling whose cost fitted the money left."""
+    usage_anomalies: list[CeilingMiss] = field(default_factory=list)
+    """The ceiling-miss table: usage reported above its call's bounds, per model, tenant, agent and code."""
 
     @property
     def input_output_ratio(self) -> float:
@@ -363,6 +367,8 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
     """
     admitted = [r for r in rows if r.refused_level is None]
     refused = [r for r in rows if r.refused_level is not None]
+    events = list(events)
+    callers = {r.reservation_id: (r.tenant, r.agent) for r in admitted if r.reservation_id}
     by_run = _group(admitted, lambda r: r.run)
     run_costs = sorted(g.cost_mc for g in by_run)
     refusal_groups = _refusals(refused)
@@ -385,6 +391,7 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         default_bound_calls=sum(1 for r in rows if r.default_output_bound),
         default_bound_models=sorted({r.model for r in rows if r.default_output_bound}),
         default_bound_tokens=default_bound_tokens,
+        usage_anomalies=ceiling_misses(events, callers),
     )
 
 
@@ -413,7 +420,7 @@ def rows_from_ledger(records: Iterable[UsageRecord], refusals: Iterable[Event]) 
         ReportRow(ts=r.resolved_at, run=r.attribution.conversation or r.attribution.task or "-",
                   agent=r.attribution.agent, phase=r.attribution.phase or "-", model=r.model,
                   input_tokens=r.usage.input_tokens, output_tokens=r.usage.output_tokens, cost_mc=r.cost_mc,
-                  ceiling_mc=r.ceiling_mc, tenant=r.attribution.tenant)
+                  ceiling_mc=r.ceiling_mc, tenant=r.attribution.tenant, reservation_id=r.reservation_id)
         for r in records
     ]
     rows += [

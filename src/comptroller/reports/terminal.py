@@ -10,6 +10,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from comptroller.domain.money import format_usd
+from comptroller.reports.ceiling_miss import CEILING_MISS_HEADER, ceiling_miss_rows
 from comptroller.reports.model import Group, Reconciliation, Report
 
 __all__ = ["render_terminal"]
@@ -108,6 +109,18 @@ def _trips(report: Report) -> Table:
     return table
 
 
+CEILING_MISS_TITLE = "Ceiling misses: usage reported above its call's bounds (charged in full)"
+
+
+def _ceiling_misses(report: Report) -> Table:
+    table = Table(title=CEILING_MISS_TITLE, title_justify="left")
+    for name in CEILING_MISS_HEADER:
+        table.add_column(name, justify="right" if name.endswith(("calls", "tokens")) else "left")
+    for row in ceiling_miss_rows(report.usage_anomalies):
+        table.add_row(*row)
+    return table
+
+
 _SIDE = {"none": "[green]agrees[/green]", "source": "[yellow]the logged costs look wrong[/yellow]",
          "table": "[red]our table looks stale[/red]", "unknown": "[yellow]disagrees[/yellow]"}
 
@@ -198,6 +211,8 @@ def render_terminal(report: Report, console: Console) -> None:
         console.print(_refusals(report))
     if report.trips:
         console.print(_trips(report))
+    if report.usage_anomalies:
+        console.print(_ceiling_misses(report))
     if report.reconciliation:
         console.print(_reconciliation(report))
         _diagnoses(report, console)

@@ -85,7 +85,9 @@ async def settle_answer(gw: Gateway, admission: Admission, usage: Usage, served_
     settled = await gw.run(gw.settle, reservation, usage, served)
     for anomaly in anomalies:
         gw.metrics.usage_anomalies.labels(api, anomaly.code).inc()
-        detail = {"reservation": reservation.id, "api": api, "model": reservation.model, "bucket": anomaly.bucket,
+        detail = {"reservation": reservation.id, "api": api, "model": reservation.model,
+                  "tenant": reservation.attribution.tenant, "agent": reservation.attribution.agent,
+                  "bucket": anomaly.bucket,
                   "reported_tokens": anomaly.reported_tokens, "bound_tokens": anomaly.bound_tokens,
                   "message": anomaly.describe()}
         event = Event(gw.engine.clock.now(), "usage_anomaly", anomaly.code, scope=None, detail=detail)
