@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import anthropic
@@ -10,9 +11,12 @@ import openai
 import pytest
 from gateway_kit import CLAUDE, MC_PER_TOKEN, MODEL, PRICIER, GatewayFactory, Harness, api_gateway, api_policy
 from stub_upstream import StubUpstream, prompt_tokens
+from typer.testing import CliRunner
 
 from comptroller.bootstrap import build_engine
+from comptroller.cli.main import app
 from comptroller.clock import SystemClock
+from comptroller.domain.defenses.served_drift import ServedDrift, reset_served_drift
 from comptroller.domain.scopes import Attribution
 from comptroller.engine import CallRequest
 from comptroller.engine.admin import Admin
@@ -148,3 +152,28 @@ def test_a_stream_served_as_admitted_has_no_served_model_comment(gw: Harness) ->
     text = stream_text(gw, gw.key, "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": 5})
     assert "x-comptroller-served-model" not in text
     assert gw.engine.store.events("served_model") == []
+
+
+def test_comptroller_pin_list_and_reset_from_the_cli(gw: Harness) -> None:
+    """`comptroller pin list` shows the drifted agent; `pin reset --scope` (the scope the refusal names) clears it."""
+    key = gw.new_key("acme", agent="writer")
+    drift_once(gw, key)
+    db = f"sqlite:///{gw.engine.store.path}"  # type: ignore[attr-defined]
+    runner = CliRunner()
+    listed = runner.invoke(app, ["pin", "list", "--db", db], env={"COLUMNS": "250"})
+    assert listed.exit_code == 0, listed.output
+    assert PRICIER in listed.output
+    reset = runner.invoke(app, ["pin", "reset", "--scope", WRITER_SCOPE, "--by", "ops", "--db", db])
+    assert reset.exit_code == 0, reset.output
+    gw.client(key).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+    unknown = runner.invoke(app, ["pin", "reset", "--scope", "test|acme|nobody", "--db", db], env={"COLUMNS": "250"})
+    assert unknown.exit_code != 0 and "no served-model drift" in unknown.output
+
+
+def test_a_drift_state_survives_its_record_and_a_reset_clears_it() -> None:
+    """ServedDrift round-trips through its record; a reset clears it and a second reset changes nothing."""
+    drift = ServedDrift(WRITER_SCOPE, "writer", PRICIER, MODEL, "r1", datetime(2026, 1, 2, tzinfo=UTC), 3)
+    assert ServedDrift.from_record(drift.to_record()) == drift
+    cleared = reset_served_drift(drift, datetime(2026, 1, 3, tzinfo=UTC), by="ops")
+    assert not cleared.state.drifted and cleared.state.version == 4 and len(cleared.events) == 1
+    assert reset_served_drift(cleared.state, datetime(2026, 1, 4, tzinfo=UTC), by="ops").state is cleared.state
