@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from comptroller.domain.ledger import AccountView, Event, Reservation, ReserveRequest
 
@@ -34,12 +34,12 @@ if TYPE_CHECKING:
 __all__ = ["AdmitGuard", "GuardOutcome", "SettleGuard", "StateKey", "StoredState"]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class StateKey:
+class StateKey(NamedTuple):
     """Which state: ``kind`` (``breaker``, ``kill_switch``, ``retry``, ``loop``, ``run``) and its ``key``.
 
     Stores lock and read keys in sorted order, so two transactions never wait on
-    each other in a cycle.
+    each other in a cycle. A named tuple, so hashing, equality and order (by kind, then
+    key) run in C: a call's guards look a dozen keys up in several dicts.
     """
 
     kind: str

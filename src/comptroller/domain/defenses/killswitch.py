@@ -199,7 +199,9 @@ def record_spend(state: KillSwitchState, config: KillSwitchConfig, cost_mc: int,
         window, spend = state.window_index, state.window_spend_mc + cost_mc
     else:
         window, spend = index, cost_mc
-    counted = replace(state, window_index=window, window_spend_mc=spend, version=state.version + 1)
+    counted = KillSwitchState(level=state.level, scope=state.scope, tripped=state.tripped, mode=state.mode,
+                              tripped_at=state.tripped_at, by=state.by, reason=state.reason, window_index=window,
+                              window_spend_mc=spend, version=state.version + 1)
     if state.tripped:
         return KillSwitchStep(counted)
     limit = config.window_spend_mc_max

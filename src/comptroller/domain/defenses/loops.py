@@ -162,6 +162,12 @@ class LoopEntry:
     first_at: datetime
     last_at: datetime
     last_call_id: str
+    _row: bytes = field(init=False, repr=False, compare=False)  # the JSON row, encoded once per entry
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_row", orjson.dumps([self.agent, self.fingerprint, self.sketch, self.count,
+                                                      self.first_at.timestamp(), self.last_at.timestamp(),
+                                                      self.last_call_id]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +193,8 @@ class LoopHistory:
 
     def to_record(self) -> dict[str, JsonScalar]:
         """A flat JSON record (entries and turns as JSON text, times as UTC epoch seconds)."""
-        entries = [[e.agent, e.fingerprint, e.sketch, e.count, e.first_at.timestamp(), e.last_at.timestamp(),
-                    e.last_call_id] for e in self.entries]
-        return {"level": str(self.level), "scope": self.scope, "entries": orjson.dumps(entries).decode(),
+        entries = b"[" + b",".join(e._row for e in self.entries) + b"]"  # each entry's row is encoded once
+        return {"level": str(self.level), "scope": self.scope, "entries": entries.decode(),
                 "turns": orjson.dumps(self.turns).decode(),
                 "turn_at": None if self.turn_at is None else self.turn_at.timestamp(),
                 **self.lock.to_record(), "version": self.version}
