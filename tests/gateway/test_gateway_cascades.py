@@ -229,8 +229,8 @@ def test_tier_model_without_a_provider_stops_start_up() -> None:
 
 
 @pytest.mark.parametrize("threads", [False, True], ids=["ledger-on-loop", "ledger-threads"])
-def test_shutdown_mid_cascade_releases_the_attempt(make_gateway: GatewayFactory, threads: bool) -> None:
-    """A worker stopping while a tier attempt waits on the upstream releases its hold."""
+def test_shutdown_mid_cascade_charges_the_attempt_its_bounds(make_gateway: GatewayFactory, threads: bool) -> None:
+    """A worker stopping while a tier attempt waits on the upstream charges its bounds (DESIGN.md rule 12)."""
     gw = make_gateway(cascade_policy(), grace_s=0.2, models=MODELS, ledger_threads=threads)
     gw.stub.control.latency_s = 3.0
     outcome: list[object] = []
@@ -249,7 +249,8 @@ def test_shutdown_mid_cascade_releases_the_attempt(make_gateway: GatewayFactory,
     gw.server.__exit__(None, None, None)
     caller.join(timeout=10)
     # with ledger threads the runner's thread, abandoned by the cancelled request, may still be ending
-    wait_for(lambda: gw.pending() == 0, "every tier attempt's hold to be released")
+    wait_for(lambda: gw.pending() == 0, "every tier attempt's hold to be resolved")
     assert gw.reserved_mc() == 0
-    assert list(gw.engine.store.usage_records()) == []
+    [charged] = list(gw.engine.store.usage_records())  # sent upstream, cut off: it may have been billed
+    assert charged.cost_mc == charged.ceiling_mc > 0
     assert outcome and outcome[0] != 200

@@ -191,10 +191,10 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
             await app.state.upkeep.aclose()
             await app.state.batches.aclose()
             life.stop()
-            charged, released = gateway.resolve_all()  # sent: charged the bound; never sent: released
-            if charged or released:
-                log.warning("shutdown: %d call(s) still in flight charged their reserved bound, %d released",
-                            charged, released)
+            left, released = gateway.resolve_all()  # sent: left to its lease (unknown_outcome); never sent: released
+            if left or released:
+                log.warning("shutdown: %d sent call(s) still in flight left to their lease, %d hold(s) released",
+                            left, released)
             await gateway.upstreams.aclose()
             if on_shutdown is not None:
                 on_shutdown()

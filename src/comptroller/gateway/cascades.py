@@ -19,7 +19,7 @@ answered with usage                             settle the usage; the gates deci
 answered without usage                          settle the bounds (input bound, output bound)
 connect error, timeout, HTTP error status       release; the runner moves to the next attempt
 answered 200, body cut short or unreadable      settle the bounds (the provider billed it); next
-request cancelled (shutdown) mid-attempt        release
+request cancelled (shutdown) mid-attempt        settle the bounds (it may have been billed)
 ==============================================  ================================================
 
 The answer:
@@ -129,10 +129,9 @@ class _Tiers:
                 return await self._ask(tc)
             except Exception:
                 raise  # the runner releases the attempt (a no-op if it was charged at its bounds)
-            except BaseException:
-                if reservation is not None:  # cancelled: the runner will not get to release it
-                    with anyio.CancelScope(shield=True):
-                        await self.gw.run(self.gw.release, reservation)
+            except BaseException:  # cancelled (shutdown): the runner will not get to resolve the attempt,
+                if reservation is not None:  # which may have been billed: charge its bounds (DESIGN.md rule 12)
+                    await self._charge_bounds(tc)
                 raise
         raise TierFailedError("the request was cancelled (client gone or shutdown); nothing more is sent")
 

@@ -2,7 +2,7 @@
 
 One :class:`Gateway` per worker process: the engine (on the shared ledger), the key
 store, the upstream pools, the metrics and the set of calls between admit and
-settle/release (charged their bound when the worker shuts down: :meth:`Gateway.resolve_all`).
+settle/release (never released to zero at shutdown: :meth:`Gateway.resolve_all`).
 
 Ledger calls run in worker threads (:meth:`Gateway.run`), so a locked SQLite file or a
 lost database stalls only its own call, never the event loop (a stream in flight keeps
@@ -317,30 +317,33 @@ class Gateway:
             self.release_result(reservation)
 
     def resolve_all(self) -> tuple[int, int]:
-        """Resolve every call still in flight (worker shutdown); later admissions are released at once.
+        """Resolve what is still in flight when the worker stops; later admissions are released at once.
 
-        The rule of :meth:`comptroller.gateway.lifecycle.WorkerLife.cut_off` at the grace
-        deadline, for what is left when the worker stops: a call admitted as sent (every call
-        the gateway forwards) may have been billed by the provider, so it is charged its
-        reserved bound (input bound + output bound), never released to zero (DESIGN.md rule 12).
-        A hold not marked sent was never forwarded and is released. A charge or release the
-        ledger cannot take goes to the outbox like any other.
+        Each request path resolves its own call when it is cut off (a call waiting on the
+        upstream is charged its reserved bound, a stream what it generated; see
+        :mod:`comptroller.gateway.apis.pipeline`), and at the grace deadline
+        :meth:`comptroller.gateway.lifecycle.WorkerLife.cut_off` charges the bound of every call
+        in flight. What is left here may still be finishing in a thread (a cascade's runner), so
+        a hold admitted as sent (every call the gateway forwards) is never released to zero
+        (DESIGN.md rule 12): it is left to its owner, or, if none resolves it, to its lease,
+        which charges its ceiling as ``unknown_outcome`` (reported by ``db check``). A hold not
+        marked sent was never forwarded and is released.
 
         Returns:
-            ``(charged at the bound, released)``.
+            ``(sent holds left to their lease, holds released)``.
         """
         with self._lock:
             self.closing = True
             pending = list(self.inflight.values())
-        charged = 0
+        left = [r for r in pending if r.sent]
         for reservation in pending:
-            if reservation.sent:
-                self.settle(reservation, Usage(input_tokens=reservation.input_tokens_max,
-                                               output_tokens=reservation.output_tokens_max))
-                charged += 1
-            else:
+            if not reservation.sent:
                 self.release(reservation)
-        return charged, len(pending) - charged
+        for reservation in left:
+            log.warning("shutdown: call %s is still in flight; unless its request settles it, its lease "
+                        "charges its ceiling as unknown_outcome at %s", reservation.id,
+                        reservation.expires_at.isoformat())
+        return len(left), len(pending) - len(left)
 
 
 class MeteredEngine:
@@ -350,7 +353,7 @@ class MeteredEngine:
     The same ledger, prices, clock and defenses as ``gateway.engine`` (read through to it),
     but :meth:`admit`, :meth:`settle` and :meth:`release` go through the :class:`Gateway`:
     fail-closed admission (``GatewayError`` 400/503), in-flight tracking (a tier attempt cut
-    short by shutdown is charged its bound by ``resolve_all``) and the cost and token metrics. Ledger
+    short by shutdown is charged its bounds, never released to zero) and the cost and token metrics. Ledger
     failures raise ``GatewayError`` 503.
 
     Attributes:

@@ -28,8 +28,7 @@ client disconnect or upstream failure mid-stream         settle what was generat
                                                          else the input bound and the output seen (UTF-8
                                                          bytes of the text, an upper bound on its tokens);
                                                          the upstream request is aborted
-worker shutdown                                          settle the bound of what is still in flight
-                                                         (``resolve_all``: it may have been billed)
+request cancelled (shutdown) before the answer          settle the bound (the provider may have billed it)
 =======================================================  ==================================================
 """
 
