@@ -1,24 +1,7 @@
-"""Who is calling: the API key, and the attribution it allows.
+"""Who is calling: the API key (``Authorization: Bearer ck-...``), checked against the key store.
 
-The key (``Authorization: Bearer ck-...``) fixes the tenant and, if it is bound to
-one, the agent. Headers may narrow the attribution within that scope and never widen
-it (DESIGN.md, "Interfaces users expect"):
-
-==============================  ===============================================================
-header                          rule
-==============================  ===============================================================
-``X-Comptroller-Tenant``        must equal the key's tenant (else 403): it can never switch tenant
-``X-Comptroller-Agent``         names the agent when the key has none; must equal the key's agent
-                                when it has one (else 403)
-``X-Comptroller-Conversation``  adds a conversation (its budgets apply too: narrower, never wider)
-``X-Comptroller-Task``          adds a task (likewise)
-``X-Comptroller-Phase``         a label for reports (never budgeted)
-``X-Comptroller-Run``           the scheduled run (its deadline applies)
-``X-Comptroller-Attempt``       the attempt of the task (counts against the re-attempt limit)
-==============================  ===============================================================
-
-Adding a conversation or task only adds budgets that must also admit the call, so it
-cannot lift any limit the key's own scope has.
+The key fixes the tenant and, if it is bound to one, the agent; the attribution a call
+gets from its key and its ``X-Comptroller-*`` headers is :mod:`comptroller.gateway.attribution`.
 """
 
 from __future__ import annotations
@@ -34,13 +17,13 @@ from datetime import UTC, datetime
 
 import anyio
 import anyio.to_thread
-from comptroller.domain.scopes import Attribution, AttributionError
-from comptroller.gateway.errors import GatewayError
-from comptroller.storage.keys import ApiKey, KeyStore, hash_key
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["Caller", "Identity", "KeyPrefetch", "attribute"]
+from comptroller.gateway.errors import GatewayError
+from comptroller.storage.keys import ApiKey, KeyStore, hash_key
+
+__all__ = ["Caller", "Identity", "KeyPrefetch"]
 
 _ENV_ADMIN_ID = "env-admin"
 log = logging.getLogger("comptroller.gateway")
@@ -95,7 +78,7 @@ class Identity:
         self.keys: KeyStore = _EvictOnRevoke(keys, self)
         self._admin_digest = None if admin_key is None else hash_key(admin_key)
         self.cache_ttl_s, self.timeout_s, self._size_max, self._clock = cache_ttl_s, timeout_s, cache_size_max, clock
-        self._cache: OrderedDict[str, tuple[float, ApiKey | None | GatewayError]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, ApiKey | GatewayError | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def authenticate(self, headers: Mapping[str, str], *, key_header: str = "authorization") -> Caller:
@@ -142,14 +125,14 @@ class Identity:
         self._remember(digest, _key_store_unavailable(f"the key store gave no answer within {self.timeout_s:g} s"),
                        self.outcome_ttl_s)
 
-    def _cached(self, digest: str) -> ApiKey | None | GatewayError | object:
+    def _cached(self, digest: str) -> ApiKey | GatewayError | object | None:
         with self._lock:
             entry = self._cache.get(digest)
         if entry is None or entry[0] <= self._clock():
             return _MISSING
         return entry[1]
 
-    def _remember(self, digest: str, value: ApiKey | None | GatewayError, ttl_s: float) -> None:
+    def _remember(self, digest: str, value: ApiKey | GatewayError | None, ttl_s: float) -> None:
         with self._lock:
             self._cache[digest] = (self._clock() + ttl_s, value)
             self._cache.move_to_end(digest)
@@ -162,13 +145,13 @@ class Identity:
             for digest in [d for d, (_, v) in self._cache.items() if isinstance(v, ApiKey) and v.id == key_id]:
                 del self._cache[digest]
 
-    def _lookup(self, token: str, digest: str) -> ApiKey | None | GatewayError:
+    def _lookup(self, token: str, digest: str) -> ApiKey | GatewayError | None:
         """Read the store and remember what it said (a verified key for ``cache_ttl_s``)."""
         try:
             key = self.keys.verify(token)
         except Exception as exc:
             log.warning("key store lookup failed: %s", exc)
-            found: ApiKey | None | GatewayError = _key_store_unavailable("the key store cannot be reached")
+            found: ApiKey | GatewayError | None = _key_store_unavailable("the key store cannot be reached")
         else:
             found = key
         self._remember(digest, found, self.cache_ttl_s if isinstance(found, ApiKey) else self.outcome_ttl_s)
@@ -240,41 +223,3 @@ def _token(headers: Mapping[str, str], key_header: str = "authorization") -> str
 def _key_store_unavailable(why: str) -> GatewayError:
     return GatewayError(503, f"{why}, so the API key cannot be checked; retry shortly", type_="api_error",
                         code="ledger_unavailable", headers={"Retry-After": "1"})
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    return None if value is None else value.strip()
-
-
-def _forbidden(message: str, param: str) -> GatewayError:
-    return GatewayError(403, message, type_="permission_error", code="scope_not_allowed", param=param)
-
-
-def attribute(caller: Caller, headers: Mapping[str, str], *, namespace: str) -> Attribution:
-    """The attribution of a call: the key's scope, narrowed by the ``X-Comptroller-*`` headers.
-
-    Raises:
-        GatewayError: 403 when a header would widen or leave the key's scope (another tenant,
-            another agent than the key's), or when an admin key makes a call; 400 for an
-            empty or over-long id.
-    """
-    key = caller.key
-    if key.admin:
-        raise _forbidden("an admin key is for the admin API; call models with a tenant key", "authorization")
-    tenant = _header(headers, "x-comptroller-tenant")
-    if tenant is not None and tenant != key.tenant:
-        raise _forbidden(f"this key belongs to tenant {key.tenant!r}; it cannot call for {tenant!r}",
-                         "x-comptroller-tenant")
-    agent = _header(headers, "x-comptroller-agent")
-    if key.agent is not None and agent is not None and agent != key.agent:
-        raise _forbidden(f"this key is bound to agent {key.agent!r}; it cannot call as {agent!r}",
-                         "x-comptroller-agent")
-    try:
-        return Attribution(namespace=namespace, tenant=key.tenant, agent=key.agent or agent or "default",
-                           conversation=_header(headers, "x-comptroller-conversation"),
-                           task=_header(headers, "x-comptroller-task"), phase=_header(headers, "x-comptroller-phase"))
-    except AttributionError as exc:
-        field = str(exc).split(" ", 1)[0].removeprefix("attribution.")
-        raise GatewayError(400, f"{exc}; fix the X-Comptroller-{field.capitalize()} header",
-                           code="invalid_header", param=f"x-comptroller-{field}") from None
