@@ -11,13 +11,13 @@ A stream (``create(stream=True)`` or ``.stream(...)``) settles when it ends, is 
 dropped: the input side from ``message_start``, the output from the last
 ``message_delta`` (cumulative), or, cut short before that, the input bound and an upper
 bound on the output seen. Server tools billed per use (web search, code execution) raise
-:class:`~comptroller.sdk.errors.UnmeteredCallError`. Message batches are refused in the
-SDK; the gateway meters them.
+:class:`~comptroller.sdk.errors.UnmeteredCallError`. Message batches are metered by
+:mod:`comptroller.sdk.batch_methods`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from comptroller.domain.ledger import Reservation
@@ -112,8 +112,10 @@ _METHODS: dict[str, tuple[Shape, Api]] = {
 """Every name in ``catalog.METERED["anthropic"]``, with its shape and API."""
 
 
-def wrap_anthropic(client: Any, meter: Meter, context: CallContext, allow_unmetered: frozenset[str]) -> Governed:
-    """A governed proxy of an ``anthropic`` client: metered methods through ``meter``, the rest by the catalog."""
+def wrap_anthropic(client: Any, meter: Meter, context: CallContext, allow_unmetered: frozenset[str],
+                   extra: Mapping[str, Callable[[Callable[..., Any]], Callable[..., Any]]] | None = None) -> Governed:
+    """A governed proxy of an ``anthropic`` client: metered methods through ``meter`` (and ``extra``: name ->
+    wrapper, e.g. :mod:`.batch_methods`), the rest by the catalog."""
     wiring = Wiring(meter, context, is_async=type(client).__name__.startswith("Async"))
-    metered = {name: bind(shape, api, wiring) for name, (shape, api) in _METHODS.items()}
+    metered = {name: bind(shape, api, wiring) for name, (shape, api) in _METHODS.items()} | dict(extra or {})
     return govern(client, Rules("anthropic", metered, allow_unmetered))

@@ -9,7 +9,7 @@ on the client (``chat.completions.create``, ``messages.batches.create``, ``post`
 * **free**: known not to bill (reads, deletes, token counting, organisation admin, file
   storage): passed through unchanged;
 * **refused**: may bill and is not metered (images, audio, realtime, assistants runs,
-  fine-tuning, batches, the raw ``post``/``request`` escape hatches...): raises
+  fine-tuning, the raw ``post``/``request`` escape hatches...): raises
   :class:`~comptroller.sdk.errors.UnmeteredCallError` unless the user allows it by name.
 
 A name in none of the lists is refused too (fail closed); ``tests/sdk/test_sdk_coverage.py``
@@ -18,9 +18,10 @@ classified by a person, never by accident. Patterns use :mod:`fnmatch` (``*`` ma
 too). Precedence: metered, then free, then refused, so the free patterns are narrow
 (verbs that never bill) and the refused ones may be broad.
 
-Batches are refused (not metered) in the SDK: reserving a batch needs its input file and
-reconciling needs its results, which the gateway's ``/v1/batches`` and
-``/v1/messages/batches`` do; send batches through the gateway.
+Batches are metered (:mod:`comptroller.sdk.batch_methods`): every line is reserved at
+``create`` at the batch price, and the batch is reconciled by ``custom_id`` on the first
+``retrieve`` (or Anthropic ``results``) that sees it ended; ``list``, ``cancel`` and
+``delete`` are free.
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ METERED: dict[str, frozenset[str]] = {
         "beta.chat.completions.create", "beta.chat.completions.parse", "beta.chat.completions.stream",
         "responses.create", "responses.parse", "responses.stream",
         "embeddings.create", "completions.create",
+        "batches.create", "batches.retrieve",           # comptroller.sdk.batch_methods
     }),
     "anthropic": frozenset({
         "messages.create", "messages.parse", "messages.stream",
         "beta.messages.create", "beta.messages.parse", "beta.messages.stream",
+        "messages.batches.create", "messages.batches.retrieve", "messages.batches.results",  # batch_methods
+        "beta.messages.batches.create", "beta.messages.batches.retrieve", "beta.messages.batches.results",
     }),
 }
 """Exact names, implemented by the provider modules."""
@@ -79,14 +83,14 @@ FREE: dict[str, tuple[str, ...]] = {
 
 REFUSED: dict[str, tuple[str, ...]] = {
     "openai": (*_CLIENT_HTTP,
-               "batches.*",                     # the gateway meters batches (reserve at create, settle by custom_id)
+               "batches.*",                     # any other batch method (create and retrieve are metered)
                "responses.compact", "responses.connect", "beta.responses.*",
                "audio.*", "images.*", "videos.*", "realtime.*", "beta.realtime.*", "live.*",
                "beta.assistants.*", "beta.threads.*", "beta.agents.*", "beta.chatkit.*",
                "fine_tuning.*", "evals.*", "containers.*", "vector_stores.*",
                "decisions.*", "content_provenance_checks.*", "safety.*"),
     "anthropic": (*_CLIENT_HTTP,
-                  "messages.batches.*", "beta.messages.batches.*",  # batches: through the gateway
+                  "messages.batches.*", "beta.messages.batches.*",  # any other batch method
                   "beta.messages.tool_runner", "beta.messages.thread",  # loops that call the unwrapped client
                   "beta.agents.*", "beta.sessions.*", "beta.deployments.*", "beta.deployment_runs.*",
                   "beta.dreams.*", "beta.environments.*", "beta.memory_stores.*"),

@@ -16,11 +16,13 @@ threads started with ``contextvars.copy_context`` and asyncio tasks), and the ca
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from comptroller.batch_config import BatchSection
 from comptroller.bootstrap import build_engine
 from comptroller.config import load_policy
 from comptroller.domain.defenses.similarity import fingerprint
@@ -34,6 +36,8 @@ from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.routing import CascadeRequest, CascadeResult, RoutingConfig, TierCall, TierReply
 from comptroller.sdk.actions import Act, guarded_action
 from comptroller.sdk.anthropic import wrap_anthropic
+from comptroller.sdk.batch_ledger import BatchLedger
+from comptroller.sdk.batch_methods import anthropic_batch_methods, openai_batch_methods
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.errors import refused
 from comptroller.sdk.leases import LeaseKeeper
@@ -76,8 +80,10 @@ class Comptroller:
     """
 
     def __init__(self, engine: Engine, *, namespace: str = "default", tenant: str | None = None,
-                 agent: str | None = None, routing: RoutingConfig | None = None) -> None:
+                 agent: str | None = None, routing: RoutingConfig | None = None,
+                 batch: BatchSection | None = None) -> None:
         self.engine = engine
+        self.batches = BatchLedger(engine, batch or BatchSection())
         self.defaults = CallContext(namespace=namespace, tenant=tenant, agent=agent)
         self.routing = routing
         self.leases = LeaseKeeper(engine.renew)
@@ -94,7 +100,7 @@ class Comptroller:
         loaded = load_policy(policy)
         engine = build_engine(db_url=db, policy=loaded)
         return cls(engine, namespace=loaded.namespace, tenant=tenant, agent=agent,
-                   routing=loaded.routing_config(engine.prices))
+                   routing=loaded.routing_config(engine.prices), batch=loaded.batch)
 
     @contextmanager
     def attribution(self, **ids: str | None) -> Iterator[CallContext]:
@@ -199,6 +205,16 @@ class Comptroller:
         self.leases.drop(reservation)
         self.engine.release(reservation)
 
+    def batch_report(self, batch_id: str) -> dict[str, Any] | None:
+        """The reconciliation of a batch created through a wrapped client (:mod:`comptroller.sdk.batch_methods`).
+
+        Returns:
+            ``{}`` while it runs; once reconciled: ``lines``, ``settled``, ``released``, ``cost_mc``,
+            ``missing`` / ``duplicate`` / ``unexpected`` counts and their ``*_custom_ids``; None for a
+            batch the SDK did not create.
+        """
+        return self.batches.report(batch_id)
+
     def cascade(self, messages: Sequence[Mapping[str, Any]], call: Callable[[TierCall], TierReply], *,
                 cascade: str | None = None, max_tokens: int | None = None,
                 response_schema: Mapping[str, Any] | None = None, deep_mode: bool = False,
@@ -237,7 +253,9 @@ class Comptroller:
         request = CascadeRequest(attribution=context.attribution(), input_tokens_max=input_max, max_tokens=max_tokens,
                                  prompt=text, response_schema=response_schema, run_id=context.run_id,
                                  attempt_id=context.attempt_id, fingerprint=fingerprint("cascade", messages),
-                                 text=text, **({"request_id": request_id} if request_id else {}))
+                                 text=text)
+        if request_id:
+            request = dataclasses.replace(request, request_id=request_id)
         facts = RouteFacts(agent=request.attribution.agent, input_tokens=input_max, deep_mode=deep_mode, text=text,
                            role=role)
         result = self.routing.run(self.engine, request, call, facts=facts, cascade=cascade)
@@ -265,9 +283,12 @@ class Comptroller:
         module = type(client).__module__.split(".", 1)[0]
         context = CallContext(**ids)
         allowed = frozenset(allow_unmetered)
+        is_async = type(client).__name__.startswith("Async")
         if module == "openai":
-            return wrap_openai(client, self, context, allowed)
+            return wrap_openai(client, self, context, allowed,
+                               openai_batch_methods(client, self, self.batches, context, is_async))
         if module == "anthropic":
-            return wrap_anthropic(client, self, context, allowed)
+            return wrap_anthropic(client, self, context, allowed,
+                                  anthropic_batch_methods(client, self, self.batches, context, is_async))
         raise TypeError(f"cannot wrap a {type(client).__module__}.{type(client).__name__}: pass an openai.OpenAI, "
                         "openai.AsyncOpenAI, anthropic.Anthropic or anthropic.AsyncAnthropic client")

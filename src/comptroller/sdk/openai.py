@@ -30,7 +30,7 @@ exception before a response releases the hold.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from comptroller.domain.ledger import Reservation
@@ -231,8 +231,10 @@ _METHODS: dict[str, tuple[Shape, Api]] = {
 """Every name in ``catalog.METERED["openai"]``, with its shape and API."""
 
 
-def wrap_openai(client: Any, meter: Meter, context: CallContext, allow_unmetered: frozenset[str]) -> Governed:
-    """A governed proxy of an ``openai`` client: metered methods through ``meter``, the rest by the catalog."""
+def wrap_openai(client: Any, meter: Meter, context: CallContext, allow_unmetered: frozenset[str],
+                extra: Mapping[str, Callable[[Callable[..., Any]], Callable[..., Any]]] | None = None) -> Governed:
+    """A governed proxy of an ``openai`` client: metered methods through ``meter`` (and ``extra``: name -> wrapper,
+    e.g. :mod:`.batch_methods`), the rest by the catalog."""
     wiring = Wiring(meter, context, is_async=type(client).__name__.startswith("Async"))
-    metered = {name: bind(shape, api, wiring) for name, (shape, api) in _METHODS.items()}
+    metered = {name: bind(shape, api, wiring) for name, (shape, api) in _METHODS.items()} | dict(extra or {})
     return govern(client, Rules("openai", metered, allow_unmetered))
