@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
                  "--workers", str(args.workers), "--log-level", "warning"]
         prof = work / "gateway.prof"
         runner = work / "serve.py"
-        runner.write_text("import sys\nfrom comptroller.cli.main import app\nsys.argv[0] = 'comptroller'\napp()\n")
+        runner.write_text("import sys\nfrom comptroller.cli.main import app\n\n"  # --workers N re-imports it
+                          "if __name__ == '__main__':\n    sys.argv[0] = 'comptroller'\n    app()\n")
         gateway = start([sys.executable, *(["-m", "cProfile", "-o", str(prof)] if args.profile else []),
                          str(runner), *serve])
         try:

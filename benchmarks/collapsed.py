@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["read_stacks", "summarise"]
+__all__ = ["GATEWAY_PARTS", "parts", "read_stacks", "summarise"]
 
 _LINE = re.compile(r"^(.*) (\d+)$")
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -45,6 +45,34 @@ def read_stacks(path: Path, *, strip_lines: bool = True) -> Counter[tuple[str, .
     return stacks
 
 
+GATEWAY_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ledger: Engine.admit (defenses, SQLite reserve)", ("Engine.admit (",)),
+    ("ledger: Engine.settle (defenses, SQLite settle)", ("Engine.settle (",)),
+    ("ledger: other work in the ledger thread", ("BoundedCall.execute (",)),
+    ("thread hop to and from the ledger thread (anyio, queue, wake-ups)", ("WorkerThread.run (", "Gateway.run (")),
+    ("upstream client (aiohttp, body to JSON)", ("Upstream.open (", "aiohttp/", "_unary (")),
+    ("request: read, parse, check, input bound, fingerprint", ("read_request (",)),
+    ("call path: attribution, CallRequest, headers, metrics", ("serve (pipeline", "_handler.<locals>",
+                                                               "idempotent.<locals>")),
+    ("server: uvicorn, Starlette, middlewares, key cache", ("uvicorn/", "starlette/", "KeyPrefetch")),
+)
+"""The parts of a gateway worker's samples, first match wins (frames as :func:`read_stacks` names them)."""
+
+
+def parts(stacks: Counter[tuple[str, ...]], groups: tuple[tuple[str, tuple[str, ...]], ...] = GATEWAY_PARTS,
+          ) -> list[tuple[str, float]]:
+    """Each part's share of all samples (a sample counts in the first part any of whose prefixes is on its stack)."""
+    total = sum(stacks.values()) or 1
+    shares: Counter[str] = Counter()
+    for frames, count in stacks.items():
+        label = next((label for label, prefixes in groups
+                      if any(frame.startswith(prefix) or prefix in frame for frame in frames for prefix in prefixes)),
+                     "other (event loop, upkeep, idle threads)")
+        shares[label] += count
+    return [(label, 100 * shares[label] / total) for label, _ in (*groups, ("other (event loop, upkeep, idle "
+                                                                          "threads)", ()))]
+
+
 def summarise(stacks: Counter[tuple[str, ...]], *, match: str | None, top: int) -> str:
     """A table of the functions with the most samples (inclusive), their own and inclusive shares."""
     total = sum(stacks.values()) or 1
@@ -68,8 +96,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--own", action="store_true", help="sort by own samples instead of inclusive")
     parser.add_argument("--keep-lines", action="store_true", help="one row per line, not per function")
+    parser.add_argument("--parts", action="store_true", help="a gateway worker's samples by part (GATEWAY_PARTS)")
     args = parser.parse_args()
     stacks = read_stacks(args.path, strip_lines=not args.keep_lines)
+    if args.parts:
+        print(f"{sum(stacks.values()):,} samples\n| part | share % |\n|---|---:|")
+        for label, share in parts(stacks):
+            print(f"| {label} | {share:.1f} |")
+        return
     if args.own:
         own: Counter[str] = Counter()
         for frames, count in stacks.items():
