@@ -31,7 +31,7 @@ from comptroller.sdk.errors import BudgetExceededError
 
 DISCOUNT_PCT = 50
 REPLY_WORDS = 20
-LINES = 24
+LINES = 100
 MAX_TOKENS = 48  # above CAP: the SDK sends CAP (Anthropic); an OpenAI file line must be within it
 IN_MC, OUT_MC = (RATES_MC[k] * (100 - DISCOUNT_PCT) // 100 for k in ("input", "output"))
 
@@ -112,7 +112,7 @@ def test_anthropic_batch_settles_per_custom_id_at_batch_prices(tmp_path: Path, s
     each succeeded custom_id from its usage, releases errored ones, charges a missing one its bound and reports
     it and a duplicate; retrieving and reading the results again changes nothing."""
     requests = _requests()
-    stub.control.fail_ids = {"r1", "r5", "r9"}
+    stub.control.fail_ids = {"r1", "r5", "r90"}
     stub.control.drop_ids = {"r13"}
     stub.control.duplicate_ids = {"r17"}
     stub.control.finish_on_create = False
@@ -123,6 +123,7 @@ def test_anthropic_batch_settles_per_custom_id_at_batch_prices(tmp_path: Path, s
     assert [r["params"]["max_tokens"] for r in sent] == [CAP] * LINES
     ceilings = {r["custom_id"]: _ceiling_mc(r["params"], CAP) for r in requests}
     assert _money(comptroller) == (sum(ceilings.values()), 0)
+    assert comptroller.leases.held == LINES  # renewed in the background until reconciled
     assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
     assert comptroller.batch_report(batch.id) == {}
     stub.control.finish(batch.id)
@@ -133,6 +134,7 @@ def test_anthropic_batch_settles_per_custom_id_at_batch_prices(tmp_path: Path, s
     expected["r13"] = _bound_mc(by_id["r13"], CAP)  # not returned by an ended batch: its bound (outcome unknown)
     assert _costs(comptroller) == expected
     assert _money(comptroller) == (0, sum(expected.values()))
+    assert comptroller.leases.held == 0
     report = comptroller.batch_report(batch.id)
     assert report is not None
     assert (report["settled"], report["released"], report["cost_mc"]) == (LINES - 3, 3, sum(expected.values()))
@@ -201,6 +203,26 @@ def test_openai_batch_settles_per_custom_id_and_failed_lines_are_released(tmp_pa
     assert report is not None and (report["released"], report["missing"]) == (3, 0)
     client.batches.retrieve(batch.id)
     assert _costs(comptroller) == expected and _money(comptroller) == (0, sum(expected.values()))
+
+
+def test_async_openai_batch_reads_the_file_and_settles_on_retrieve(tmp_path: Path, stub: BatchStub) -> None:
+    """With the async client, create downloads the input file to reserve it, and retrieve settles the batch."""
+    stub.control.fail_ids = {"r1"}
+    comptroller = _comptroller(tmp_path)
+    lines = _openai_lines(5)
+    client = comptroller.wrap(openai.AsyncOpenAI(base_url=stub.base_url, api_key="k", max_retries=0))
+
+    async def run() -> None:
+        content = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        uploaded = await client.files.create(file=("batch.jsonl", content), purpose="batch")
+        batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+        await client.batches.retrieve(batch.id)
+
+    asyncio.run(run())
+    expected = {line["custom_id"]: _cost_mc(line["body"], CAP) for line in lines if line["custom_id"] != "r1"}
+    assert _costs(comptroller) == expected
+    assert _money(comptroller) == (0, sum(expected.values()))
 
 
 def test_openai_batch_over_the_budget_or_uncapped_is_refused_before_it_is_sent(tmp_path: Path,

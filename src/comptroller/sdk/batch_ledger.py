@@ -15,9 +15,11 @@ like a call (every defense and budget) and settled at the batch price.
   settle at the batch price, release, and report missing, duplicate and unexpected custom_ids
   in the row and one ledger event (kind ``batch``). Settles and releases are idempotent and the
   row is written by compare-and-set, so reconciling again changes nothing and answers the report.
-* :meth:`BatchLedger.renew` extends the leases of a batch still running (called on every
-  retrieve); a lease that ran out anyway is charged its ceiling (``unknown_outcome``) until the
-  reconcile corrects it to the real cost.
+* The process that sent a batch renews its line leases in the background
+  (:class:`~comptroller.sdk.leases.LeaseKeeper`, each third of the lease) until it is reconciled;
+  :meth:`BatchLedger.renew` extends the leases of a batch still running on every retrieve (so a
+  restarted process keeps them alive too); a lease that ran out anyway is charged its ceiling
+  (``unknown_outcome``) until the reconcile corrects it to the real cost.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.prices.batch import BatchPrices
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.errors import refused
+from comptroller.sdk.leases import LeaseKeeper
 
 __all__ = ["SDK_BATCH", "BatchLedger"]
 
@@ -58,10 +61,13 @@ class BatchLedger:
     Args:
         engine: the Comptroller's engine (its store, clock, caps, defenses, sinks are shared).
         section: the policy's ``[batch]`` section (prices without a genai-prices batch price, lease length).
+        leases: renews the line leases of the batches this process sent, each third of their length, until
+            they are reconciled (a restarted process renews on ``retrieve`` instead: :meth:`renew`).
     """
 
-    def __init__(self, engine: Engine, section: BatchSection) -> None:
+    def __init__(self, engine: Engine, section: BatchSection, leases: LeaseKeeper | None = None) -> None:
         self.section = section
+        self.leases = leases
         self.engine = Engine(store=engine.store, prices=BatchPrices(engine.prices, section), clock=engine.clock,
                              caps=engine.caps, ttl_s=section.lease_s, defenses=engine.defenses,
                              sinks=[engine.sinks])
@@ -119,6 +125,10 @@ class BatchLedger:
                                          "ceiling_mc": sum(a.ceiling_mc for a in held.values())}
         if not self.engine.store.put_state(StoredState(StateKey(SDK_BATCH, batch_id), 1, record), 0):
             log.error("batch %s was already recorded; keeping the first record", batch_id)
+        if self.leases is not None:
+            for admission in held.values():
+                if admission.reservation is not None:
+                    self.leases.hold(admission.reservation)
 
     def is_open(self, batch_id: str) -> bool:
         """True when the batch was created through the SDK and is not reconciled yet."""
@@ -170,6 +180,8 @@ class BatchLedger:
         cost, anomalies = 0, []
         for custom_id, usage in plan.settle.items():
             reservation = self.engine.store.reservation(lines[custom_id])
+            if reservation is not None and self.leases is not None:
+                self.leases.drop(reservation)
             if reservation is None:
                 log.error("batch line reservation %s is not in the ledger; nothing to settle", lines[custom_id])
                 continue
@@ -185,6 +197,8 @@ class BatchLedger:
         for custom_id in plan.release:
             reservation = self.engine.store.reservation(lines[custom_id])
             if reservation is not None:
+                if self.leases is not None:
+                    self.leases.drop(reservation)
                 self.engine.release(reservation)
         report = {"status": "reconciled", "batch_status": provider_status, "lines": len(lines),
                   "ceiling_mc": stored.record.get("ceiling_mc"), "settled": len(plan.settle), "cost_mc": cost,

@@ -70,6 +70,9 @@ class Comptroller:
     Args:
         engine: the engine (build one with :meth:`from_policy` or :func:`comptroller.bootstrap.build_engine`).
         namespace, tenant, agent: default attribution of every call.
+        routing: the policy's cascades (:meth:`cascade`).
+        batch: the ``[batch]`` section: batch prices where genai-prices has none, the batch line lease
+            (default: :class:`~comptroller.batch_config.BatchSection`'s, a full-price over-bound).
 
     Example::
 
@@ -83,10 +86,10 @@ class Comptroller:
                  agent: str | None = None, routing: RoutingConfig | None = None,
                  batch: BatchSection | None = None) -> None:
         self.engine = engine
-        self.batches = BatchLedger(engine, batch or BatchSection())
         self.defaults = CallContext(namespace=namespace, tenant=tenant, agent=agent)
         self.routing = routing
         self.leases = LeaseKeeper(engine.renew)
+        self.batches = BatchLedger(engine, batch or BatchSection(), self.leases)
 
     @classmethod
     def from_policy(cls, policy: str | Path | None = None, *, db: str = "sqlite:///comptroller.db",
