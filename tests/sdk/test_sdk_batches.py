@@ -244,14 +244,17 @@ def test_openai_batch_over_the_budget_or_uncapped_is_refused_before_it_is_sent(t
 
 
 def test_a_restarted_process_reconciles_a_batch_from_the_ledger(tmp_path: Path, stub: BatchStub) -> None:
-    """A batch created by one Comptroller is settled by another on the same ledger (the sdk_batch state row)."""
+    """A batch created by one Comptroller is settled by another on the same ledger (the sdk_batch state row):
+    reconcile_batches leaves a running batch open and reconciles it once it has ended."""
     stub.control.finish_on_create = False
     requests = _requests(5)
     first = _comptroller(tmp_path)
     batch = _anthropic(first, stub).messages.batches.create(requests=requests)
-    stub.control.finish(batch.id)
     second = _comptroller(tmp_path)
-    _anthropic(second, stub).messages.batches.retrieve(batch.id)
+    raw = anthropic.Anthropic(base_url=stub.base_url.removesuffix("/v1"), api_key="k", max_retries=0)
+    assert second.reconcile_batches(raw) == []
+    stub.control.finish(batch.id)
+    assert second.reconcile_batches(raw) == [batch.id]
     expected = {r["custom_id"]: _cost_mc(r["params"], CAP) for r in requests}
     assert _costs(second) == expected
     assert _money(second) == (0, sum(expected.values()))

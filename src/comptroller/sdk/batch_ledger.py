@@ -130,6 +130,11 @@ class BatchLedger:
                 if admission.reservation is not None:
                     self.leases.hold(admission.reservation)
 
+    def open_ids(self, api: str) -> list[str]:
+        """The batches of ``api`` (``openai`` | ``anthropic``) created through the SDK and not reconciled yet."""
+        return [stored.key.key for stored in self.engine.store.states(SDK_BATCH)
+                if stored.record.get("status") == "open" and stored.record.get("api") == api]
+
     def is_open(self, batch_id: str) -> bool:
         """True when the batch was created through the SDK and is not reconciled yet."""
         stored = self.engine.store.state(StateKey(SDK_BATCH, batch_id))

@@ -218,6 +218,31 @@ class Comptroller:
         """
         return self.batches.report(batch_id)
 
+    def reconcile_batches(self, client: Any) -> list[str]:
+        """Look at every open batch of the client's API that the ledger holds (from any process, a restarted
+        one too): reconcile those that ended, renew the line leases of those still running.
+
+        Args:
+            client: an unwrapped ``openai.OpenAI`` or ``anthropic.Anthropic`` client (sync; with an async
+                client, ``await`` the wrapped ``retrieve`` of each batch instead).
+
+        Returns:
+            The ids of the batches reconciled by this pass.
+
+        Raises:
+            TypeError: for an async or unknown client.
+        """
+        api = type(client).__module__.split(".", 1)[0]
+        if api not in ("openai", "anthropic") or type(client).__name__.startswith("Async"):
+            raise TypeError("reconcile_batches takes a sync openai.OpenAI or anthropic.Anthropic client; with an "
+                            "async client, await the wrapped retrieve(batch_id) of each batch")
+        wrapped = self.wrap(client)
+        retrieve = wrapped.batches.retrieve if api == "openai" else wrapped.messages.batches.retrieve
+        seen = self.batches.open_ids(api)
+        for batch_id in seen:
+            retrieve(batch_id)
+        return [batch_id for batch_id in seen if not self.batches.is_open(batch_id)]
+
     def cascade(self, messages: Sequence[Mapping[str, Any]], call: Callable[[TierCall], TierReply], *,
                 cascade: str | None = None, max_tokens: int | None = None,
                 response_schema: Mapping[str, Any] | None = None, deep_mode: bool = False,
