@@ -258,3 +258,15 @@ def test_a_restarted_process_reconciles_a_batch_from_the_ledger(tmp_path: Path, 
     expected = {r["custom_id"]: _cost_mc(r["params"], CAP) for r in requests}
     assert _costs(second) == expected
     assert _money(second) == (0, sum(expected.values()))
+
+
+def test_beta_message_batches_are_metered_like_message_batches(tmp_path: Path, stub: BatchStub) -> None:
+    """beta.messages.batches.create reserves every line and its retrieve settles the ended batch per custom_id."""
+    requests = _requests(4)
+    comptroller = _comptroller(tmp_path)
+    client = _anthropic(comptroller, stub)
+    batch = client.beta.messages.batches.create(requests=requests)
+    client.beta.messages.batches.retrieve(batch.id)
+    expected = {r["custom_id"]: _cost_mc(r["params"], CAP) for r in requests}
+    assert _costs(comptroller) == expected
+    assert _money(comptroller) == (0, sum(expected.values()))
