@@ -18,6 +18,8 @@ Usage::
     python benchmarks/bench_defenses.py                          # table on stdout
     python benchmarks/bench_defenses.py --markdown BENCHMARKS.md # also update the block there
     python benchmarks/bench_defenses.py --profile                # cProfile one all-layers SQLite run
+    valgrind --tool=callgrind --instr-atstart=no python benchmarks/bench_defenses.py \
+        --callgrind "all layers" --skip 1000 --pairs 300            # instructions of pairs 1,001-1,300 only
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import platform
 import pstats
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -138,15 +141,37 @@ def table(results: dict[str, dict[str, tuple[float, float]]], pairs: int, repeat
     return "\n".join(lines)
 
 
+def _callgrind_run(layers: str, skip: int, pairs: int, workdir: Path) -> None:
+    """Run ``skip + pairs`` pairs; callgrind counts only the last ``pairs`` (``callgrind_control -i``)."""
+    def instrument(on: bool) -> None:
+        subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(os.getpid())], check=True,
+                       capture_output=True, timeout=60)
+
+    store = open_store("sqlite", workdir / "callgrind.db")
+    try:
+        run(store, LAYERS[layers], skip + pairs, "cg", on_pair=lambda i: instrument(True) if i == skip else None)
+        instrument(False)
+    finally:
+        store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--markdown", type=Path, help="update the defenses block of this file")
     parser.add_argument("--profile", action="store_true", help="profile one all-layers SQLite run")
+    parser.add_argument("--callgrind", choices=tuple(LAYERS),
+                        help="under valgrind --tool=callgrind --instr-atstart=no: one SQLite run of this "
+                             "setting, instrumented from pair --skip for --pairs pairs (instruction counts do "
+                             "not depend on the machine's load)")
+    parser.add_argument("--skip", type=int, default=1_000, help="--callgrind: pairs run before instrumenting")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        if args.callgrind is not None:
+            _callgrind_run(args.callgrind, args.skip, args.pairs, workdir)
+            return
         if args.profile:
             store = open_store("sqlite", workdir / "profile.db")
             profiler = cProfile.Profile()
