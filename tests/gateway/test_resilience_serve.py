@@ -202,3 +202,19 @@ def test_healthz_is_not_ready_until_every_worker_is_listed(tmp_path: Path) -> No
     assert life.health()[0] == 200
     (tmp_path / "999999999").write_text("")  # a dead pid never counts
     assert life.health()[1]["workers"]["ready"] == 2
+
+
+def test_a_killed_worker_not_yet_reaped_is_not_counted_ready(tmp_path: Path) -> None:
+    """A worker SIGKILLed but not yet reaped by its parent (a zombie) is not counted as a ready worker."""
+    roster = Roster(tmp_path, expected=1)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / str(child.pid)).write_text("")
+        assert roster.ready() == 1
+        os.kill(child.pid, signal.SIGKILL)
+        wait_for(lambda: Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z",
+                 "the killed child to become a zombie", limit_s=10)
+        assert roster.ready() == 0
+    finally:
+        child.kill()
+        child.wait(timeout=10)

@@ -141,13 +141,19 @@ class Roster:
 
 
 def _alive(pid: int) -> bool:
+    """True if ``pid`` runs: it exists and, where ``/proc`` tells, is not a zombie (a killed
+    worker its parent has not reaped yet still answers ``kill(pid, 0)``; proc(5), ``stat`` field 3)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True  # no /proc here (or the pid just went): kill(pid, 0) is all we know
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 @dataclass
