@@ -25,8 +25,11 @@ from stub_batches import BatchStub, stub_input_tokens
 from comptroller.batch_config import BatchSection
 from comptroller.bootstrap import build_engine
 from comptroller.domain.batches import BatchInputError
+from comptroller.domain.state import StateKey
 from comptroller.domain.tokens import request_input_tokens_max
+from comptroller.domain.usage import Usage
 from comptroller.sdk import Comptroller
+from comptroller.sdk.batch_ledger import SDK_BATCH
 from comptroller.sdk.errors import BudgetExceededError
 
 DISCOUNT_PCT = 50
@@ -270,3 +273,25 @@ def test_beta_message_batches_are_metered_like_message_batches(tmp_path: Path, s
     expected = {r["custom_id"]: _cost_mc(r["params"], CAP) for r in requests}
     assert _costs(comptroller) == expected
     assert _money(comptroller) == (0, sum(expected.values()))
+
+
+def test_a_reconcile_cut_short_is_finished_by_the_next_one_without_double_charges(tmp_path: Path,
+                                                                                  stub: BatchStub) -> None:
+    """Lines settled by a pass that died before marking the batch are not charged again, and the report's cost
+    still counts them."""
+    requests = _requests(4)
+    comptroller = _comptroller(tmp_path)
+    client = _anthropic(comptroller, stub)
+    batch = client.messages.batches.create(requests=requests)
+    stored = comptroller.engine.store.state(StateKey(SDK_BATCH, batch.id))
+    assert stored is not None
+    reservation = comptroller.engine.store.reservation(json.loads(str(stored.record["lines"]))["r0"])
+    assert reservation is not None
+    params = requests[0]["params"]
+    comptroller.batches.engine.settle(reservation, Usage(input_tokens=stub_input_tokens(params["messages"]),
+                                                         output_tokens=min(REPLY_WORDS, CAP)))
+    client.messages.batches.retrieve(batch.id)
+    expected = {r["custom_id"]: _cost_mc(r["params"], CAP) for r in requests}
+    assert _costs(comptroller) == expected
+    report = comptroller.batch_report(batch.id)
+    assert report is not None and report["cost_mc"] == sum(expected.values())

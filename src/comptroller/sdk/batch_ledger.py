@@ -35,6 +35,7 @@ from comptroller.domain.batch_results import LineResult, Unreturned, reconcile
 from comptroller.domain.batches import BatchInputError, BatchLine
 from comptroller.domain.defenses.verdict import JsonScalar
 from comptroller.domain.ledger import Event
+from comptroller.domain.pricing import cost_mc
 from comptroller.domain.state import StateKey, StoredState
 from comptroller.domain.usage import Usage
 from comptroller.domain.usage_checks import check_usage
@@ -198,7 +199,9 @@ class BatchLedger:
             charged = usage or Usage(input_tokens=reservation.input_tokens_max,
                                      output_tokens=reservation.output_tokens_max)
             result = self.engine.settle(reservation, charged, served_model=plan.served.get(custom_id))
-            cost += result.record.cost_mc if result.record is not None else 0
+            # None: settled by an earlier pass cut short (its cost at the admitted model's batch price)
+            cost += result.record.cost_mc if result.record is not None else cost_mc(
+                self.engine.prices.price(reservation.model, reservation.created_at), charged)
         for custom_id in plan.release:
             reservation = self.engine.store.reservation(lines[custom_id])
             if reservation is not None:
