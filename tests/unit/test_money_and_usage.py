@@ -8,7 +8,15 @@ from decimal import Decimal
 import pytest
 
 from comptroller.domain.money import MC_PER_USD, format_usd, mc_to_usd, usd_to_mc_ceil, usd_to_mc_half_up
-from comptroller.domain.usage import Usage, UsageError, from_anthropic, from_openai, from_openai_usage
+from comptroller.domain.usage import (
+    Usage,
+    UsageError,
+    from_anthropic,
+    from_anthropic_usage,
+    from_openai,
+    from_openai_usage,
+    from_responses_usage,
+)
 
 # --- money ----------------------------------------------------------------------------------------
 
@@ -123,3 +131,24 @@ def test_from_anthropic_rejects_bad_counts_by_their_anthropic_name(field: str, b
 def test_openai_usage_objects_parse_or_answer_unknown(value: object, expected: Usage | None) -> None:
     """A provider's usage object becomes Usage; anything missing or malformed is None (the edge charges the bound)."""
     assert from_openai_usage(value) == expected
+
+
+def test_responses_usage_reads_cached_input_and_refuses_malformed_objects() -> None:
+    """A Responses usage object maps input (cached inside), output (reasoning inside) and cached tokens; bad ones are None."""
+    usage = from_responses_usage({"input_tokens": 120, "output_tokens": 40,
+                                  "input_tokens_details": {"cached_tokens": 100},
+                                  "output_tokens_details": {"reasoning_tokens": 30}})
+    assert usage == Usage(input_tokens=120, output_tokens=40, cache_read_tokens=100)
+    for bad in (None, [], {"input_tokens": 1}, {"input_tokens": "1", "output_tokens": 2},
+                {"input_tokens": 5, "output_tokens": 1, "input_tokens_details": {"cached_tokens": 9}}):
+        assert from_responses_usage(bad) is None
+
+
+def test_anthropic_usage_object_adds_cache_tokens_back_to_input() -> None:
+    """An Anthropic usage object maps like from_anthropic (1-hour writes included); bad ones are None."""
+    value = {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 50,
+             "cache_creation_input_tokens": 30, "cache_creation": {"ephemeral_1h_input_tokens": 20}}
+    assert from_anthropic_usage(value) == from_anthropic(input_tokens=10, output_tokens=7, cache_read_input_tokens=50,
+                                                         cache_creation_input_tokens=30, ephemeral_1h_input_tokens=20)
+    for bad in (None, "x", {"input_tokens": 1}, {"input_tokens": None, "output_tokens": 1}):
+        assert from_anthropic_usage(bad) is None

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from comptroller.domain.usage import Usage, UsageError, from_anthropic, from_openai_usage
+from comptroller.domain.usage import Usage, UsageError, from_anthropic_usage, from_openai_usage
 
 __all__ = ["LineResult", "Reconciliation", "Unreturned", "anthropic_results", "openai_results", "reconcile"]
 
@@ -174,20 +174,6 @@ def openai_results(output: bytes, errors: bytes = b"") -> list[LineResult]:
     return results
 
 
-def _anthropic_usage(value: Any) -> Usage | None:
-    if not isinstance(value, Mapping):
-        return None
-    creation = value.get("cache_creation")
-    one_hour = creation.get("ephemeral_1h_input_tokens", 0) if isinstance(creation, Mapping) else 0
-    try:
-        return from_anthropic(input_tokens=value["input_tokens"], output_tokens=value["output_tokens"],
-                              cache_read_input_tokens=value.get("cache_read_input_tokens") or 0,
-                              cache_creation_input_tokens=value.get("cache_creation_input_tokens") or 0,
-                              ephemeral_1h_input_tokens=one_hour or 0)
-    except (KeyError, TypeError, UsageError):
-        return None
-
-
 def anthropic_results(raw: bytes) -> list[LineResult]:
     """The result lines of an Anthropic Message Batch (its results JSONL).
 
@@ -199,7 +185,7 @@ def anthropic_results(raw: bytes) -> list[LineResult]:
         result = item.get("result") if isinstance(item.get("result"), dict) else {}
         ok = isinstance(result, dict) and result.get("type") == "succeeded"
         message = result.get("message") if isinstance(result, dict) else None
-        usage = _anthropic_usage(message.get("usage")) if ok and isinstance(message, dict) else None
+        usage = from_anthropic_usage(message.get("usage")) if ok and isinstance(message, dict) else None
         model = message.get("model") if isinstance(message, dict) and isinstance(message.get("model"), str) else None
         results.append(LineResult(item["custom_id"], ok, usage, model))
     return results

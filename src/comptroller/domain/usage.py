@@ -21,7 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Usage", "UsageError", "from_anthropic", "from_openai", "from_openai_usage"]
+__all__ = [
+    "Usage",
+    "UsageError",
+    "from_anthropic",
+    "from_anthropic_usage",
+    "from_openai",
+    "from_openai_usage",
+    "from_responses_usage",
+]
 
 
 class UsageError(ValueError):
@@ -147,3 +155,41 @@ def from_anthropic(
         cache_write_tokens=cache_creation_input_tokens,
         cache_write_1h_tokens=ephemeral_1h_input_tokens,
     )
+
+
+def from_responses_usage(value: object) -> Usage | None:
+    """Usage from an OpenAI Responses ``usage`` JSON object, or None when absent or malformed.
+
+    ``input_tokens`` includes ``input_tokens_details.cached_tokens`` and ``output_tokens``
+    includes ``output_tokens_details.reasoning_tokens`` (OpenAI API reference, "The response
+    object"), so reasoning is billed as output and cached tokens at the cache-read rate.
+    """
+    if not isinstance(value, Mapping):
+        return None
+    details = value.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    try:
+        return Usage(input_tokens=value["input_tokens"], output_tokens=value["output_tokens"],
+                     cache_read_tokens=cached or 0)
+    except (KeyError, TypeError, UsageError):
+        return None
+
+
+def from_anthropic_usage(value: object) -> Usage | None:
+    """Usage from an Anthropic Messages ``usage`` JSON object, or None when absent or malformed.
+
+    Reads ``input_tokens``, ``output_tokens``, ``cache_read_input_tokens``,
+    ``cache_creation_input_tokens`` and ``cache_creation.ephemeral_1h_input_tokens`` (Anthropic
+    docs, "Prompt caching"); see :func:`from_anthropic` for how they map.
+    """
+    if not isinstance(value, Mapping):
+        return None
+    creation = value.get("cache_creation")
+    one_hour = creation.get("ephemeral_1h_input_tokens") if isinstance(creation, Mapping) else None
+    try:
+        return from_anthropic(input_tokens=value["input_tokens"], output_tokens=value["output_tokens"],
+                              cache_read_input_tokens=value.get("cache_read_input_tokens") or 0,
+                              cache_creation_input_tokens=value.get("cache_creation_input_tokens") or 0,
+                              ephemeral_1h_input_tokens=one_hour or 0)
+    except (KeyError, TypeError, UsageError):
+        return None

@@ -23,7 +23,7 @@ from typing import Any
 from comptroller.domain.ledger import Reservation
 from comptroller.domain.tokens import Api as TokensApi
 from comptroller.domain.tokens import request_input_tokens_max
-from comptroller.domain.usage import Usage, UsageError, from_anthropic
+from comptroller.domain.usage import Usage, from_anthropic_usage
 from comptroller.engine import Admission
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.governed import Governed, Rules, govern
@@ -34,18 +34,7 @@ __all__ = ["anthropic_usage", "wrap_anthropic"]
 
 def anthropic_usage(value: Any) -> Usage | None:
     """Usage from an Anthropic ``usage`` object or dict, or None when absent or malformed."""
-    data = as_dict(value)
-    if not isinstance(data, Mapping):
-        return None
-    creation = data.get("cache_creation")
-    one_hour = creation.get("ephemeral_1h_input_tokens") if isinstance(creation, Mapping) else None
-    try:
-        return from_anthropic(input_tokens=data["input_tokens"], output_tokens=data["output_tokens"],
-                              cache_read_input_tokens=data.get("cache_read_input_tokens") or 0,
-                              cache_creation_input_tokens=data.get("cache_creation_input_tokens") or 0,
-                              ephemeral_1h_input_tokens=one_hour or 0)
-    except (KeyError, UsageError):
-        return None
+    return from_anthropic_usage(as_dict(value))
 
 
 class _Tally:

@@ -36,7 +36,7 @@ from typing import Any
 from comptroller.domain.ledger import Reservation
 from comptroller.domain.tokens import Api as TokensApi
 from comptroller.domain.tokens import request_input_tokens_max
-from comptroller.domain.usage import Usage, UsageError, from_openai_usage
+from comptroller.domain.usage import Usage, from_openai_usage, from_responses_usage
 from comptroller.engine import Admission
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.errors import UnmeteredCallError
@@ -61,16 +61,7 @@ def openai_usage(value: Any) -> Usage | None:
 
 def responses_usage(value: Any) -> Usage | None:
     """Usage from a Responses ``usage`` (object or dict), or None when absent or malformed."""
-    data = as_dict(value)
-    if not isinstance(data, Mapping):
-        return None
-    details = data.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    try:
-        return Usage(input_tokens=data["input_tokens"], output_tokens=data["output_tokens"],
-                     cache_read_tokens=cached or 0)
-    except (KeyError, UsageError):
-        return None
+    return from_responses_usage(as_dict(value))
 
 
 def _limit(body: Mapping[str, Any], fields: tuple[str, ...]) -> int | None:

@@ -16,11 +16,10 @@ stream reports the input side in ``message_start`` and the output (cumulative) i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from comptroller.domain.defenses.similarity import fingerprint
-from comptroller.domain.usage import Usage, UsageError, from_anthropic
+from comptroller.domain.usage import Usage, from_anthropic_usage
 from comptroller.gateway.apis.base import (
     ApiRequest,
     Family,
@@ -41,17 +40,7 @@ _COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_cr
 
 def anthropic_usage(value: object) -> Usage | None:
     """Usage from an Anthropic ``usage`` object, or None when absent or malformed."""
-    if not isinstance(value, Mapping):
-        return None
-    creation = value.get("cache_creation")
-    one_hour = creation.get("ephemeral_1h_input_tokens") if isinstance(creation, Mapping) else None
-    try:
-        return from_anthropic(input_tokens=value["input_tokens"], output_tokens=value["output_tokens"],
-                              cache_read_input_tokens=value.get("cache_read_input_tokens") or 0,
-                              cache_creation_input_tokens=value.get("cache_creation_input_tokens") or 0,
-                              ephemeral_1h_input_tokens=one_hour or 0)
-    except (KeyError, TypeError, UsageError):
-        return None
+    return from_anthropic_usage(value)
 
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:

@@ -18,11 +18,10 @@ Usage (``response.usage``; streamed in ``response.completed``, ``response.incomp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from comptroller.domain.defenses.similarity import fingerprint
-from comptroller.domain.usage import Usage, UsageError
+from comptroller.domain.usage import Usage, from_responses_usage
 from comptroller.gateway.apis.base import (
     ApiRequest,
     Family,
@@ -43,15 +42,7 @@ _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respons
 
 def responses_usage(value: object) -> Usage | None:
     """Usage from a Responses ``usage`` object, or None when absent or malformed."""
-    if not isinstance(value, Mapping):
-        return None
-    details = value.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    try:
-        return Usage(input_tokens=value["input_tokens"], output_tokens=value["output_tokens"],
-                     cache_read_tokens=cached or 0)
-    except (KeyError, UsageError):
-        return None
+    return from_responses_usage(value)
 
 
 def _items(value: Any) -> list[dict[str, Any]]:
