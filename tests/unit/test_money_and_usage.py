@@ -134,7 +134,7 @@ def test_openai_usage_objects_parse_or_answer_unknown(value: object, expected: U
 
 
 def test_responses_usage_reads_cached_input_and_refuses_malformed_objects() -> None:
-    """A Responses usage object maps input (cached inside), output (reasoning inside) and cached tokens; bad ones are None."""
+    """A Responses usage object maps input (cached inside), output (reasoning inside), cached tokens; bad ones: None."""
     usage = from_responses_usage({"input_tokens": 120, "output_tokens": 40,
                                   "input_tokens_details": {"cached_tokens": 100},
                                   "output_tokens_details": {"reasoning_tokens": 30}})
