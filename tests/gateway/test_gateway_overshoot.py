@@ -60,6 +60,9 @@ limit_mc = {limit_mc}
 period = "total"
 [gateway]
 read_timeout_s = 30
+# this test races for money, not outages: on 2 shared cores a queue of 32 reserves on one hot row can
+# outlast the default 2 s ledger bound (a fail-closed 503, tested in test_resilience_*)
+ledger_timeout_s = 30
 [gateway.providers.stub]
 base_url = "{stub.base_url}"
 [gateway.models]

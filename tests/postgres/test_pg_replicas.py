@@ -88,7 +88,8 @@ class Upstream:
 
 
 def _who(process: int, caller: int) -> Attribution:
-    return Attribution(namespace="ns", tenant=f"t{caller % 4}", agent=f"p{process}-a{caller}", conversation="room")
+    return Attribution(namespace="ns", tenant=f"t{caller % 4}", agent=f"p{process}-a{caller}", conversation="room",
+                       conversation_shared=True)  # one group room shared by the four tenants (rule 1)
 
 
 def _call_upstream(port: int, reservation_id: str, input_tokens_max: int, max_tokens: int) -> Usage:
