@@ -180,7 +180,8 @@ def test_shutdown_charges_calls_in_flight_their_bound(make_gateway: GatewayFacto
     wait_for(lambda: gw.pending() == 1, "the call to be admitted and in flight")
     gw.server.__exit__(None, None, None)
     caller.join(timeout=10)
-    assert gw.pending() == 0
+    # the cut-off call's own task charges its bound; it may land just after the server returns
+    wait_for(lambda: gw.pending() == 0, "the cut-off call to be charged")
     assert gw.reserved_mc() == 0
     [charged] = list(gw.engine.store.usage_records())  # the provider may have billed it: never released to zero
     assert charged.cost_mc == charged.ceiling_mc > 0
