@@ -30,8 +30,8 @@ from comptroller.domain.usage import Usage
 from comptroller.gateway.config import ProviderConfig
 from comptroller.gateway.errors import ErrorShape, GatewayError
 
-__all__ = ["Api", "ApiRequest", "Family", "StreamTally", "bad_request", "input_bound", "json_or_none",
-           "message_text", "positive_int", "require_model", "stream_flag"]
+__all__ = ["Api", "ApiRequest", "Family", "StreamTally", "bad_request", "include_usage_flag", "input_bound",
+           "json_or_none", "message_text", "positive_int", "require_model", "stream_flag"]
 
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
@@ -179,6 +179,18 @@ def stream_flag(body: dict[str, Any]) -> bool:
     if not isinstance(stream, bool):
         raise bad_request(f"stream must be true or false, got {stream!r}", "stream")
     return stream
+
+
+def include_usage_flag(body: dict[str, Any]) -> bool:
+    """``stream_options.include_usage`` as the client asked (``stream_options`` absent or an object).
+
+    Raises:
+        GatewayError: 400 on ``stream_options``.
+    """
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("stream_options must be an object", "stream_options")
+    return bool(options and options.get("include_usage"))
 
 
 def positive_int(body: dict[str, Any], name: str) -> int | None:

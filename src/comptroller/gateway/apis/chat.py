@@ -29,6 +29,7 @@ from comptroller.gateway.apis.base import (
     ApiRequest,
     Family,
     bad_request,
+    include_usage_flag,
     input_bound,
     message_text,
     positive_int,
@@ -132,16 +133,14 @@ class ChatApi:
         messages = _check_messages(body.get("messages"))
         stream = stream_flag(body)
         n = positive_int(body, "n") or 1
-        options = body.get("stream_options")
-        if options is not None and not isinstance(options, dict):
-            raise bad_request("stream_options must be an object", "stream_options")
+        include_usage = include_usage_flag(body)
         limits = [v for v in (positive_int(body, "max_completion_tokens"), positive_int(body, "max_tokens"))
                   if v is not None]
         return ApiRequest(body=body, model=model, stream=stream, max_tokens=min(limits) if limits else None,
                           input_tokens_max=input_bound(body, "chat"), choices=n,
                           output_tokens_extra=prediction_tokens_max(body),
                           fingerprint=fingerprint(model, messages), text=message_text(messages[-1]),
-                          include_usage=bool(options and options.get("include_usage")))
+                          include_usage=include_usage)
 
     def forward_body(self, request: ApiRequest, output_tokens_max: int, provider: ProviderConfig) -> dict[str, Any]:
         """The client's body with the output bound in each limit field it sent (else the model's field)."""

@@ -19,6 +19,7 @@ from comptroller.gateway.apis.base import (
     ApiRequest,
     Family,
     bad_request,
+    include_usage_flag,
     input_bound,
     positive_int,
     require_model,
@@ -90,14 +91,12 @@ class CompletionsApi:
         model = require_model(body)
         text = _prompt(body.get("prompt"))
         stream = stream_flag(body)
-        options = body.get("stream_options")
-        if options is not None and not isinstance(options, dict):
-            raise bad_request("stream_options must be an object", "stream_options")
+        include_usage = include_usage_flag(body)
         choices = max(positive_int(body, "n") or 1, positive_int(body, "best_of") or 1)
         return ApiRequest(body=body, model=model, stream=stream, max_tokens=positive_int(body, "max_tokens"),
                           input_tokens_max=input_bound(body, "completions"), choices=choices,
                           fingerprint=fingerprint(model, [{"role": "user", "content": text or ""}]) if text else None,
-                          text=text, include_usage=bool(options and options.get("include_usage")))
+                          text=text, include_usage=include_usage)
 
     def forward_body(self, request: ApiRequest, output_tokens_max: int, provider: ProviderConfig) -> dict[str, Any]:
         """The client's body with ``max_tokens`` set to the reserved bound (per completion)."""
