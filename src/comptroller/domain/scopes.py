@@ -95,6 +95,8 @@ class Attribution:
         conversation_shared: the conversation is a registered shared group: its scope
             is ``ns|conversation`` (every member's calls share it) instead of the
             tenant's ``ns|tenant|conversation``. Set only after a membership check.
+        key_id: the id of the API key the call came with (the gateway sets it), for spend per
+            key and per-key rate limits; a label, never a budget scope. None for in-process calls.
 
     Raises:
         AttributionError: on an empty or over-long id (256 characters at most), or
@@ -108,11 +110,12 @@ class Attribution:
     task: str | None = None
     phase: str | None = None
     conversation_shared: bool = False
+    key_id: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("namespace", "tenant", "agent"):
             _check_id(name, getattr(self, name), required=True)
-        for name in ("conversation", "task", "phase"):
+        for name in ("conversation", "task", "phase", "key_id"):
             _check_id(name, getattr(self, name), required=False)
         if self.conversation_shared is not False and (self.conversation_shared is not True
                                                       or self.conversation is None):

@@ -111,7 +111,8 @@ def attribute(caller: Caller, headers: Mapping[str, str], *, namespace: str,
     try:
         return Attribution(namespace=namespace, tenant=key.tenant, agent=key.agent or agent or "default",
                            conversation=conversation, task=_header(headers, "x-comptroller-task"),
-                           phase=_header(headers, "x-comptroller-phase"), conversation_shared=shared)
+                           phase=_header(headers, "x-comptroller-phase"), conversation_shared=shared,
+                           key_id=key.id)
     except AttributionError as exc:
         field = str(exc).split(" ", 1)[0].removeprefix("attribution.")
         raise GatewayError(400, f"{exc}; fix the X-Comptroller-{field.capitalize()} header",

@@ -107,12 +107,12 @@ _POOL_PARAMS = {"pool_min_size": "min_size", "pool_max_size": "max_size", "pool_
 _BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
 _RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
              "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent, "
-             "conversation_shared")
-_RES_N = 18
+             "conversation_shared, key_id")
+_RES_N = 19
 """How many columns ``_RES_COLS`` names (``_SETTLE_READ``'s due flag and accounts follow them)."""
 _USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
                "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-               "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome")
+               "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome, conversation_shared, key_id")
 _ACCOUNT_COLS = "id, budget_id, scope, period_key, settled_mc, reserved_mc, alert_pct_fired"
 _LOCK_ACCOUNTS_BY_KEY = (
     f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE (budget_id, scope, period_key) IN "
@@ -121,7 +121,7 @@ _SETTLE_WRITE = (
     "WITH charged AS (UPDATE accounts SET settled_mc = settled_mc + %s, reserved_mc = reserved_mc - %s, "
     "alert_pct_fired = coalesce(f.pct, alert_pct_fired) FROM unnest(%s::bigint[]) AS t(id) "
     "LEFT JOIN unnest(%s::bigint[], %s::integer[]) AS f(id, pct) ON f.id = t.id WHERE accounts.id = t.id), "
-    f"logged AS (INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 19)})) "
+    f"logged AS (INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 21)})) "
     "UPDATE reservations SET state = 'settled' WHERE id = %s")
 _CORRECT_WRITE = (
     "WITH charged AS (UPDATE accounts SET settled_mc = settled_mc + %s, "
@@ -172,22 +172,25 @@ def _budget(row: Sequence[Any]) -> Budget:
                   alert_thresholds_pct=tuple(json.loads(row[6])))
 
 
-def _attribution(row: Sequence[Any], *, shared: bool = False) -> Attribution:
-    """An attribution from its six columns; ``shared``: its conversation is a registered shared group."""
+def _attribution(row: Sequence[Any], *, shared: bool = False, key_id: str | None = None) -> Attribution:
+    """An attribution from its six columns; ``shared``: its conversation is a registered shared group;
+    ``key_id``: the API key the call came with."""
     return Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3], task=row[4],
-                       phase=row[5], conversation_shared=shared)
+                       phase=row[5], conversation_shared=shared, key_id=key_id)
 
 
 def _reservation(row: Sequence[Any]) -> Reservation:
     return Reservation(
-        id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8], shared=bool(row[17])), model=row[8],
+        id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8], shared=bool(row[17]), key_id=row[18]),
+        model=row[8],
         ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
         created_at=row[12], expires_at=row[13], state=ReservationState(row[14]), sent=bool(row[16]))
 
 
 def _record(row: Sequence[Any]) -> UsageRecord:
     return UsageRecord(
-        reservation_id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
+        reservation_id=row[0], idempotency_key=row[1], model=row[8],
+        attribution=_attribution(row[2:8], shared=bool(row[19]), key_id=row[20]),
         reserved_at=row[9], resolved_at=row[10], usage=Usage(row[11], row[12], row[13], row[14], row[15]),
         cost_mc=row[16], ceiling_mc=row[17], outcome=row[18])
 
@@ -477,7 +480,7 @@ class PostgresStore:
             conn.execute("UPDATE reservations SET state = CASE WHEN sent THEN 'unknown_outcome' ELSE 'expired' END "
                          "WHERE id = ANY(%s)", ([r.id for r in due],))
             if sent:
-                conn.cursor().executemany(f"INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 19)})",
+                conn.cursor().executemany(f"INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 21)})",
                                           [_usage_row(unknown_outcome_record(r, now)) for r in sent])
             _insert_events(conn, [unknown_outcome_event(r, now) for r in sent])
             conn.execute("COMMIT")
@@ -593,10 +596,11 @@ class PostgresStore:
             conn.execute(
                 "WITH held AS (UPDATE accounts SET reserved_mc = reserved_mc + %s WHERE id = ANY(%s)) "
                 f"INSERT INTO reservations ({_RES_COLS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)",
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s)",
                 (request.ceiling_mc, ids, reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent,
                  a.conversation, a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
-                 request.output_tokens_max, now, reservation.expires_at, ids, request.sends, a.conversation_shared))
+                 request.output_tokens_max, now, reservation.expires_at, ids, request.sends, a.conversation_shared,
+                 a.key_id))
 
         self._commit(conn, attempt, outcome, read, hold)
         return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
@@ -961,4 +965,5 @@ def _usage_row(r: UsageRecord) -> tuple[Any, ...]:
     a, u = r.attribution, r.usage
     return (r.reservation_id, r.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation, a.task, a.phase,
             r.model, r.reserved_at, r.resolved_at, u.input_tokens, u.output_tokens, u.cache_read_tokens,
-            u.cache_write_tokens, u.cache_write_1h_tokens, r.cost_mc, r.ceiling_mc, r.outcome)
+            u.cache_write_tokens, u.cache_write_1h_tokens, r.cost_mc, r.ceiling_mc, r.outcome, a.conversation_shared,
+            a.key_id)

@@ -66,7 +66,7 @@ from comptroller.storage.rows import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the ledger; 2: adds ``states`` (defense state rows); 3: adds ``reservations.sent`` (a sent call's
 expired lease is charged its ceiling). Each version only adds tables or columns."""
 
@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     conversation TEXT, task TEXT, phase TEXT, model TEXT NOT NULL,
     ceiling_mc INTEGER NOT NULL, input_tokens_max INTEGER NOT NULL, output_tokens_max INTEGER NOT NULL,
     created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL, account_ids TEXT NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0, conversation_shared INTEGER NOT NULL DEFAULT 0);
+    sent INTEGER NOT NULL DEFAULT 0, conversation_shared INTEGER NOT NULL DEFAULT 0, key_id TEXT);
 CREATE INDEX IF NOT EXISTS reservations_pending ON reservations (expires_at) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS usage_log (
     id INTEGER PRIMARY KEY, reservation_id TEXT NOT NULL UNIQUE, idempotency_key TEXT NOT NULL,
@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS usage_log (
     input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
     cache_write_1h_tokens INTEGER NOT NULL,
-    cost_mc INTEGER NOT NULL, ceiling_mc INTEGER NOT NULL, outcome TEXT NOT NULL);
+    cost_mc INTEGER NOT NULL, ceiling_mc INTEGER NOT NULL, outcome TEXT NOT NULL,
+    conversation_shared INTEGER NOT NULL DEFAULT 0, key_id TEXT);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, code TEXT NOT NULL,
     level TEXT, scope TEXT, detail TEXT NOT NULL);
@@ -117,10 +118,10 @@ _CACHE_ENTRIES_MAX = 100_000
 
 _RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
              "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent, "
-             "conversation_shared")
+             "conversation_shared, key_id")
 _USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
                "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-               "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome")
+               "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome, conversation_shared, key_id")
 
 
 def _ts(at: datetime) -> float:
@@ -136,10 +137,11 @@ def _budget(row: Sequence[Any]) -> Budget:
                   alert_thresholds_pct=tuple(json.loads(row[6])))
 
 
-def _attribution(row: Sequence[Any], *, shared: bool = False) -> Attribution:
-    """An attribution from its six columns; ``shared``: its conversation is a registered shared group."""
+def _attribution(row: Sequence[Any], *, shared: bool = False, key_id: str | None = None) -> Attribution:
+    """An attribution from its six columns; ``shared``: its conversation is a registered shared group;
+    ``key_id``: the API key the call came with."""
     return Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3], task=row[4],
-                       phase=row[5], conversation_shared=shared)
+                       phase=row[5], conversation_shared=shared, key_id=key_id)
 
 
 class _BudgetCache:
@@ -221,6 +223,10 @@ class SQLiteStore:
                 cur.execute("ALTER TABLE reservations ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
             if "conversation_shared" not in columns:  # a file from before shared groups were kept per hold
                 cur.execute("ALTER TABLE reservations ADD COLUMN conversation_shared INTEGER NOT NULL DEFAULT 0")
+            if "key_id" not in columns:  # a version 3 file: no API key id per hold and usage row
+                cur.execute("ALTER TABLE reservations ADD COLUMN key_id TEXT")
+                cur.execute("ALTER TABLE usage_log ADD COLUMN conversation_shared INTEGER NOT NULL DEFAULT 0")
+                cur.execute("ALTER TABLE usage_log ADD COLUMN key_id TEXT")
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('budgets_version', '0')")
 
@@ -298,11 +304,11 @@ class SQLiteStore:
             reservation = new_reservation(uuid.uuid4().hex, request, now)
             a = request.attribution
             cur.execute(
-                f"INSERT INTO reservations ({_RES_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO reservations ({_RES_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation,
                  a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
                  request.output_tokens_max, _ts(now), _ts(reservation.expires_at), "pending",
-                 ",".join(map(str, ids)), int(request.sends), int(a.conversation_shared)),
+                 ",".join(map(str, ids)), int(request.sends), int(a.conversation_shared), a.key_id),
             )
             self._commit(cur, outcome)
             return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
@@ -525,7 +531,8 @@ class SQLiteStore:
     @staticmethod
     def _reservation(row: Sequence[Any]) -> Reservation:
         return Reservation(
-            id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8], shared=bool(row[17])), model=row[8],
+            id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8], shared=bool(row[17]), key_id=row[18]),
+        model=row[8],
             ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
             created_at=_dt(row[12]), expires_at=_dt(row[13]), state=ReservationState(row[14]), sent=bool(row[16]),
         )
@@ -535,17 +542,18 @@ class SQLiteStore:
     def _insert_usage(cur: sqlite3.Cursor, r: UsageRecord) -> None:
         a, u = r.attribution, r.usage
         cur.execute(
-            f"INSERT INTO usage_log ({_USAGE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO usage_log ({_USAGE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (r.reservation_id, r.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation, a.task,
              a.phase, r.model, _ts(r.reserved_at), _ts(r.resolved_at), u.input_tokens, u.output_tokens,
              u.cache_read_tokens, u.cache_write_tokens, u.cache_write_1h_tokens, r.cost_mc, r.ceiling_mc,
-             r.outcome),
+             r.outcome, int(a.conversation_shared), a.key_id),
         )
 
     @staticmethod
     def _record(row: Sequence[Any]) -> UsageRecord:
         return UsageRecord(
-            reservation_id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8]), model=row[8],
+            reservation_id=row[0], idempotency_key=row[1], model=row[8],
+            attribution=_attribution(row[2:8], shared=bool(row[19]), key_id=row[20]),
             reserved_at=_dt(row[9]), resolved_at=_dt(row[10]),
             usage=Usage(row[11], row[12], row[13], row[14], row[15]),
             cost_mc=row[16], ceiling_mc=row[17], outcome=row[18],
