@@ -44,7 +44,8 @@ def _services(db: str, config: str | None) -> tuple[ActionService, TaskService]:
     policy = load_policy(config)
     store = store_from_url(db)
     actions = ActionService(store, SystemClock(), policy.action_policy())
-    return actions, TaskService(store, SystemClock(), actions, policy.task_settings())
+    return actions, TaskService(store, SystemClock(), actions, policy.task_settings(),
+                                retries=policy.defenses().retries)
 
 
 @action_app.command("list")

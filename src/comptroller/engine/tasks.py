@@ -4,6 +4,11 @@ Each task is the row ``("task", "tenant|id")``, changed by compare-and-set (read
 transition of :mod:`comptroller.domain.tasks`, write back iff the version is unchanged, else read
 again), so workers and replicas agree. ``done`` reads the task's actions from the action guard
 (:class:`~comptroller.engine.actions.ActionService`) at the moment of the move.
+
+Every move into ``in_progress`` is an attempt counted by defense layer 2 (``[retries]
+retries_max_per_day``, 3 re-attempts per UTC day by default): the count is a field of the task's
+row, so the move and its count are one compare-and-set, and a move past the limit raises
+:class:`~comptroller.domain.tasks.TaskRefusedError` (``retry_limit``) with nothing written.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from comptroller.actions_config import TaskSettings
+from comptroller.domain.defenses.retries import RetryPolicy
 from comptroller.domain.state import StateKey, StoredState
 from comptroller.domain.tasks import ChainOfCommand, Task, TaskError, TaskStatus
 from comptroller.engine.actions import ActionService, UnknownActionError
@@ -22,6 +28,7 @@ __all__ = ["TASK", "TaskService"]
 TASK = "task"
 """The state kind of a task's row."""
 _ATTEMPTS = 64
+_RETRIES = RetryPolicy()
 
 
 class TaskService:
@@ -32,12 +39,15 @@ class TaskService:
         clock: the time source (UTC).
         actions: the action guard (a task is done only with its verified actions).
         settings: ``[tasks]``: stale_s and the chain of command.
+        retries: defense layer 2's limit on a task's attempts per UTC day (the policy's ``[retries]``,
+            ``Policy.defenses().retries``; default 3 re-attempts; None only when ``[retries] enabled = false``).
     """
 
     def __init__(self, store: LedgerStore, clock: Clock, actions: ActionService,
-                 settings: TaskSettings | None = None) -> None:
+                 settings: TaskSettings | None = None, *, retries: RetryPolicy | None = _RETRIES) -> None:
         self.store, self.clock, self.actions = store, clock, actions
         self.settings = settings or TaskSettings()
+        self.retries = retries
         self.chain = ChainOfCommand({k: tuple(v) for k, v in self.settings.chain.items()})
 
     def create(self, tenant: str, task_id: str, title: str, *, by: str, actions_min: int = 1,
@@ -78,11 +88,17 @@ class TaskService:
         return self._update(tenant, task_id, lambda t, now: t.assign(assignee, now, by=by, chain=self.chain))
 
     def move(self, tenant: str, task_id: str, to: TaskStatus, *, by: str) -> Task:
-        """Move a task; ``done`` checks its verified actions. Raises TaskError, UnknownActionError."""
+        """Move a task; ``done`` checks its verified actions, ``in_progress`` counts an attempt.
+
+        Raises:
+            TaskRefusedError: ``in_progress`` past the day's attempts (``retry_limit``; nothing written).
+            TaskError: a move the task's table, owner or actions do not allow.
+            UnknownActionError: no such task.
+        """
         def step(task: Task, now: datetime) -> Task:
             done = to is TaskStatus.DONE
             actions = [a for a in self.actions.list(tenant) if a.action.task == task_id] if done else []
-            return task.move(to, now, by=by, actions=actions)
+            return task.move(to, now, by=by, actions=actions, retries=self.retries)
         return self._update(tenant, task_id, step)
 
     def heartbeat(self, tenant: str, task_id: str, *, by: str) -> Task:

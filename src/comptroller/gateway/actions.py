@@ -93,7 +93,7 @@ def action_routes(policy: ActionPolicy | None = None, tasks: TaskSettings | None
         ConfigError: the policy file is invalid (``comptroller serve`` has checked it already).
     """
     file = load_policy(os.environ.get("COMPTROLLER_CONFIG") or None)
-    state = GuardServices(policy or file.action_policy(), tasks or file.task_settings())
+    state = GuardServices(policy or file.action_policy(), tasks or file.task_settings(), file.defenses().retries)
     return [
         Route("/v1/actions/check", endpoint(state, _check), methods=["POST"]),
         Route("/v1/actions/{action_id}", endpoint(state, _get), methods=["GET"]),

@@ -12,11 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from comptroller.actions_config import ActionPolicy, TaskSettings
-from comptroller.domain.tasks import TaskError
+from comptroller.domain.defenses.retries import RetryPolicy
+from comptroller.domain.tasks import TaskError, TaskRefusedError
 from comptroller.engine.actions import ActionConflictError, ActionService, UnknownActionError
 from comptroller.engine.tasks import TaskService
 from comptroller.gateway.attribution import attribute
-from comptroller.gateway.errors import GatewayError
+from comptroller.gateway.errors import GatewayError, verdict_response
 from comptroller.gateway.runtime import Gateway
 
 __all__ = ["GuardServices", "Handler", "endpoint", "on_ledger", "parse_body", "tenant_agent"]
@@ -30,11 +31,13 @@ class GuardServices:
     Args:
         policy: the ``[actions]`` sections.
         tasks: the ``[tasks]`` section.
+        retries: defense layer 2's re-attempt limit (the policy's ``[retries]``), for a task's attempts.
     """
 
-    def __init__(self, policy: ActionPolicy, tasks: TaskSettings) -> None:
+    def __init__(self, policy: ActionPolicy, tasks: TaskSettings, retries: RetryPolicy | None) -> None:
         self.policy = policy
         self.settings = tasks
+        self.retries = retries
         self._actions: ActionService | None = None
         self._tasks: TaskService | None = None
 
@@ -48,7 +51,8 @@ class GuardServices:
     def tasks(self, gw: Gateway) -> TaskService:
         """The task service on the gateway's engine."""
         if self._tasks is None:
-            self._tasks = TaskService(gw.engine.store, gw.engine.clock, self.actions(gw), self.settings)
+            self._tasks = TaskService(gw.engine.store, gw.engine.clock, self.actions(gw), self.settings,
+                                      retries=self.retries)
         return self._tasks
 
 
@@ -56,13 +60,16 @@ Handler = Callable[[Gateway, GuardServices, Request], Awaitable[Response]]
 
 
 def endpoint(services: GuardServices, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """A route endpoint: ``handler`` with its GatewayError rendered and the request counted."""
+    """A route endpoint: ``handler`` with its GatewayError (or a task's ``retry_limit`` refusal, rendered as
+    the LLM path renders it: 429, ``Retry-After`` to 00:00 UTC) rendered and the request counted."""
     async def run(request: Request) -> Response:
         gw: Gateway = request.app.state.gateway
         try:
             response = await handler(gw, services, request)
         except GatewayError as exc:
             response = exc.response()
+        except TaskRefusedError as refused:
+            response = verdict_response(refused.verdict)
         gw.metrics.requests.labels("actions", str(response.status_code)).inc()
         return response
     return run
@@ -86,6 +93,8 @@ async def on_ledger(gw: Gateway, operation: Callable[..., Any], *args: Any, **kw
         return await gw.run(lambda: operation(*args, **kwargs))
     except UnknownActionError as exc:
         raise GatewayError(404, str(exc), code="action_not_found") from None
+    except TaskRefusedError:
+        raise
     except (ActionConflictError, TaskError) as exc:
         raise GatewayError(409, str(exc), code="action_conflict") from None
     except Exception:

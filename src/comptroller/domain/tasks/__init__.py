@@ -3,6 +3,6 @@
 """
 
 from comptroller.domain.tasks.chain import ChainOfCommand
-from comptroller.domain.tasks.model import Task, TaskError, TaskStatus
+from comptroller.domain.tasks.model import Task, TaskError, TaskRefusedError, TaskStatus
 
-__all__ = ["ChainOfCommand", "Task", "TaskError", "TaskStatus"]
+__all__ = ["ChainOfCommand", "Task", "TaskError", "TaskRefusedError", "TaskStatus"]
