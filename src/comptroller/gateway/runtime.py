@@ -4,15 +4,19 @@ One :class:`Gateway` per worker process: the engine (on the shared ledger), the 
 store, the upstream pools, the metrics and the set of calls between admit and
 settle/release (never released to zero at shutdown: :meth:`Gateway.resolve_all`).
 
-Ledger calls run in worker threads (:meth:`Gateway.run`), so a locked SQLite file or a
-lost database stalls only its own call, never the event loop (a stream in flight keeps
-flowing), and a request waits at most ``[gateway] ledger_timeout_s`` for one before it
-answers 503 ``ledger_unavailable``. ``ledger_threads = false`` runs them on the loop (a
-little faster on SQLite, unbounded). A ledger call, once started, runs to its end even if
-the request is cancelled or stops waiting (client gone, shutdown, timeout), so every
-admitted call is settled or released exactly once. Any exception from the ledger other than a bad request
-(unknown model, no output bound) refuses the call with 503 ``ledger_unavailable``:
-the gateway never forwards a call it could not meter.
+Ledger calls never stall the event loop (:meth:`Gateway.run`): a locked SQLite file or a lost
+database stalls only its own call (a stream in flight keeps flowing), and a request waits at
+most ``[gateway] ledger_timeout_s`` for one before it answers 503 ``ledger_unavailable``. On
+SQLite an admit, settle or release runs on the loop when it cannot wait: the store's connection
+and SQLite's write lock are both free and taken at once, without waiting
+(:meth:`~comptroller.storage.sqlite.SQLiteStore.uncontended`); otherwise, and on PostgreSQL
+(a network round trip per call) and for every other ledger call, it runs in a worker thread
+whose wait is bounded. The hop to a thread and back was a third of a call's CPU (BENCHMARKS.md,
+issue 14). ``ledger_threads = false`` runs every call on the loop (unbounded). A ledger call,
+once started, runs to its end even if the request is cancelled or stops waiting (client gone,
+shutdown, timeout), so every admitted call is settled or released exactly once. Any exception
+from the ledger other than a bad request (unknown model, no output bound) refuses the call
+with 503 ``ledger_unavailable``: the gateway never forwards a call it could not meter.
 
 Exactly-once money (DESIGN.md rule 12): every call is admitted as *sent*
 (``CallRequest.sends``: it goes upstream right after), so a lease that runs out unresolved
@@ -34,8 +38,9 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.to_thread
@@ -56,7 +61,7 @@ from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
 from comptroller.storage.outbox import Outbox
 
-__all__ = ["BoundedCall", "Gateway", "MeteredEngine", "Settled"]
+__all__ = ["BoundedCall", "Gateway", "InlineLedger", "MeteredEngine", "Settled"]
 
 log = logging.getLogger("comptroller.gateway")
 _T = TypeVar("_T")
@@ -65,6 +70,18 @@ _T = TypeVar("_T")
 def _ledger_unavailable(what: str) -> GatewayError:
     return GatewayError(503, f"the ledger cannot be reached, so {what}; retry shortly", type_="api_error",
                         code="ledger_unavailable", headers={"Retry-After": "1"})
+
+
+@runtime_checkable
+class InlineLedger(Protocol):
+    """A ledger store that can hold itself for one operation without waiting (SQLite's).
+
+    ``uncontended()`` yields True when the operation's calls will wait on no lock (they are
+    taken for the block), False when something holds them (run the operation where a wait is bounded).
+    """
+
+    def uncontended(self) -> AbstractContextManager[bool]:
+        """Take the store for one operation if it is free now; never waits."""
 
 
 class BoundedCall:
@@ -169,15 +186,33 @@ class Gateway:
     closing: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    async def run(self, operation: Callable[..., _T], *args: Any) -> _T:
-        """Run a ledger operation in a worker thread, waiting at most ``ledger_timeout_s``.
+    def _inline(self, operation: Callable[..., Any]) -> AbstractContextManager[bool] | None:
+        """The store's hold for an operation that may run on the loop, or None (it goes to a thread).
 
-        The operation runs to its end whatever happens to the request (shielded from
-        cancellation), so every admitted call is settled or released exactly once. Past the
-        timeout the request stops waiting: an admission that lands later is released at once
-        (its caller already answered 503, nothing went upstream); a settle or release goes on
-        in its thread, and its caller gets the value its own failure would give
-        (``Settled(None)``, None). With ``ledger_threads = false`` it runs on the loop, unbounded.
+        Only :meth:`admit`, :meth:`settle` and :meth:`release` (one write transaction each, then
+        in-memory work), on a store that can hold itself without waiting; a settle only when no
+        post-settle hook writes elsewhere (``Engine.on_settled``: wallet postings, their own
+        connection and lock).
+        """
+        store = self.engine.store
+        if not isinstance(store, InlineLedger):
+            return None
+        if operation in (self.admit, self.release) or (operation == self.settle and not self.engine.on_settled):
+            return store.uncontended()
+        return None
+
+    async def run(self, operation: Callable[..., _T], *args: Any) -> _T:
+        """Run a ledger operation without stalling the loop, waiting at most ``ledger_timeout_s``.
+
+        An admit, settle or release on SQLite runs at once on the loop when the store is free
+        (:meth:`_inline`): it cannot wait on a lock there, and its write is a few hundred
+        microseconds. Anything else, or a store held by another thread or process (SQLITE_BUSY),
+        runs in a worker thread. There the operation runs to its end whatever happens to the
+        request (shielded from cancellation), so every admitted call is settled or released
+        exactly once. Past the timeout the request stops waiting: an admission that lands later
+        is released at once (its caller already answered 503, nothing went upstream); a settle
+        or release goes on in its thread, and its caller gets the value its own failure would
+        give (``Settled(None)``, None). With ``ledger_threads = false`` it runs on the loop, unbounded.
 
         Raises:
             GatewayError: 503 ``ledger_unavailable`` when an admission (or any other operation)
@@ -185,6 +220,11 @@ class Gateway:
         """
         if not self.config.ledger_threads:
             return operation(*args)
+        hold = self._inline(operation)
+        if hold is not None:
+            with hold as free:
+                if free:
+                    return operation(*args)
         call = BoundedCall(operation, args, late=self._late)
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.ledger_timeout_s):
             await anyio.to_thread.run_sync(call.run, abandon_on_cancel=True)

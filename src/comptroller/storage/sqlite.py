@@ -205,11 +205,15 @@ class SQLiteStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                      timeout=busy_timeout_s)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: uncontended() holds it around a caller's whole operation
+        self._begun = False  # uncontended() took the write lock: the next _write's transaction uses it
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._checkpoints: sqlite3.Connection | None = None  # checkpoint()'s own connection, opened on first use
+        self._checkpoint_lock = threading.Lock()
         self._written: list[Event] = []  # events appended by the current write transaction, for its result
         self._state_texts: dict[StateKey, tuple[str, StoredState]] = {}  # last text read or written per row
         self._budgets = _BudgetCache()
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         _set_wal(self._conn, busy_timeout_s)
         self._conn.execute("PRAGMA synchronous = NORMAL")
         with self._write() as cur:
@@ -235,7 +239,10 @@ class SQLiteStore:
         with self._lock:
             self._written = []
             cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            if self._begun:  # the write lock uncontended() took
+                self._begun = False
+            else:
+                cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
                 cur.execute("COMMIT")
@@ -248,6 +255,83 @@ class SQLiteStore:
     def _read(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             yield self._conn.cursor()
+
+    @contextmanager
+    def uncontended(self) -> Iterator[bool]:
+        """Take the store's connection and SQLite's write lock if both are free now, never waiting.
+
+        For a caller that must not block (the gateway's event loop). Yields True when both are
+        held until the block ends: the store calls made inside wait on no lock (the first write
+        transaction uses the write lock taken here; ``busy_timeout`` is 0 inside, so a later one
+        meeting another process's writer fails at once with "database is locked" instead of
+        waiting). Yields False, having done nothing, when another thread of this process or
+        another connection's writer holds one of them: make the calls where a wait is bounded.
+        Meant for one operation of single write transactions (reserve, settle, release), not
+        :meth:`ledger_snapshot`.
+        """
+        if not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # SQLITE_BUSY: another connection writes (or the file fails)
+                yield False
+                return
+            self._begun = True
+            try:
+                yield True
+            finally:
+                if self._begun:  # no write transaction used it
+                    self._begun = False
+                    self._conn.execute("ROLLBACK")
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            self._lock.release()
+
+    def defer_checkpoints(self, backstop_pages: int) -> None:
+        """Leave WAL checkpoints to :meth:`checkpoint`, off this connection's commits.
+
+        SQLite checkpoints inside the commit that takes the WAL past ``wal_autocheckpoint``
+        pages (1000 by default), so that call pays for the checkpoint's ``fsync`` calls. This raises
+        the threshold to ``backstop_pages``: a commit then checkpoints only when the WAL has
+        grown that large, which bounds the WAL if the caller's periodic :meth:`checkpoint`
+        stops (SQLite docs, "Write-Ahead Logging", "Automatic Checkpoint").
+
+        Raises:
+            ValueError: for ``backstop_pages`` < 1 (0 would turn the bound off).
+        """
+        if backstop_pages < 1:
+            raise ValueError(f"backstop_pages must be >= 1 (0 leaves the WAL unbounded), got {backstop_pages}")
+        with self._lock:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(backstop_pages)}")
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int] | None:
+        """Copy the WAL into the database file (``PRAGMA wal_checkpoint``), on a connection of its own.
+
+        ``PASSIVE`` never waits and lets the store's writers go on meanwhile; once every frame is
+        copied, the next commit starts the WAL over from its beginning. ``TRUNCATE`` also empties
+        the WAL file, taking the write lock for that moment; it does not wait for it either.
+
+        Returns:
+            SQLite's ``(busy, frames in the WAL, frames copied)`` (busy 1: not complete, try later),
+            or None for ``:memory:``.
+
+        Raises:
+            ValueError: for a mode other than PASSIVE, FULL, RESTART or TRUNCATE.
+            sqlite3.OperationalError: if the file cannot be read or written.
+        """
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}: PASSIVE, FULL, RESTART or TRUNCATE")
+        if self.path == ":memory:":
+            return None
+        with self._checkpoint_lock:
+            if self._checkpoints is None:
+                self._checkpoints = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                                    timeout=0)
+            busy, frames, copied = self._checkpoints.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return int(busy), int(frames), int(copied)
 
     # budgets
     def put_budget(self, budget: Budget) -> None:
@@ -640,7 +724,10 @@ class SQLiteStore:
         return [Event(_dt(r[0]), r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
+        with self._checkpoint_lock:
+            if self._checkpoints is not None:
+                self._checkpoints.close()
         with self._lock:
             self._conn.close()
 
