@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from comptroller.domain.caps import OutputCaps
@@ -39,6 +39,7 @@ from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import StoredState
 from comptroller.domain.usage import Usage
+from comptroller.engine.recount import RecountGuard, RecountNeeded
 from comptroller.notify.sink import FanOut
 from comptroller.ports import Clock, EventSink, LedgerStore, PriceSource
 
@@ -77,6 +78,10 @@ class CallRequest:
             ceiling as ``unknown_outcome`` (DESIGN.md rule 12). Release it if the call is not sent.
         message_id: the group message the call answers; in a strict group only its dispatched
             members may call (default: the group's latest dispatched message).
+        input_recount: for a priced model id, a tighter upper bound on the input tokens (an exact
+            tokenizer's count: :func:`comptroller.exact_input.input_recount`), or None when it has
+            none. Asked only near a budget's edge, where the ceiling on ``input_tokens_max``
+            leaves little room (:mod:`comptroller.engine.recount`); None (the default): ``input_tokens_max`` only.
     """
 
     attribution: Attribution
@@ -93,6 +98,7 @@ class CallRequest:
     output_tokens_extra: int = 0
     sends: bool = False
     message_id: str | None = None
+    input_recount: Callable[[str], int | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +172,26 @@ class Engine:
         One store transaction decides: an idempotency key seen before is answered
         first (``already_reserved``), then kill switch, pinning, deadline, loop,
         breaker and pacing (:mod:`comptroller.domain.defenses.order`), then the budgets.
+        A call with an ``input_recount`` near a budget's edge is reserved on its recounted input
+        instead (:mod:`comptroller.engine.recount`).
 
         Raises:
             UnknownModelError: for a model without a price.
             NoOutputCapError: when nothing bounds the output.
             ValueError: on negative token bounds.
         """
+        if call.input_recount is None:
+            return self._admit(call, recount=False)
+        call = replace(call, idempotency_key=call.idempotency_key or uuid.uuid4().hex)
+        try:
+            admission = self._admit(call, recount=True)
+        except RecountNeeded as needed:
+            return self._admit(_recounted(call, needed.models), recount=False)
+        if admission.code is Code.IDEMPOTENCY_CONFLICT:  # a retry of a call admitted on its recounted bound
+            return self._admit(_recounted(call, [admission.model]), recount=False)
+        return admission
+
+    def _admit(self, call: CallRequest, *, recount: bool) -> Admission:
         now = self.clock.now()
         key = call.idempotency_key or uuid.uuid4().hex
         requested = self.prices.resolve(call.model)
@@ -183,13 +203,21 @@ class Engine:
         facts = CallFacts(call_id=key, attribution=call.attribution, route=route, requests=requests,
                           run_id=call.run_id, attempt_id=call.attempt_id or call.run_id,
                           fingerprint=call.fingerprint, text=call.text, message_id=call.message_id)
-        result = self.store.reserve(requests[model], now, AdmitDefenses(self.defenses, facts, self._parsed))
+        guard: AdmitDefenses | RecountGuard = AdmitDefenses(self.defenses, facts, self._parsed)
+        if recount:
+            guard = RecountGuard(guard, requests[model], list(requests), self._output_floor_mc)
+        result = self.store.reserve(requests[model], now, guard)
         self._publish(result.events)
         held = requests.get(result.reservation.model, requests[model]) if result.reservation else requests[model]
         return Admission(code=result.code, model=held.model, output_tokens_max=held.output_tokens_max,
                          ceiling_mc=held.ceiling_mc, reservation=result.reservation, refusal=result.refusal,
                          verdict=result.verdict, route=_route_taken(route, held.model),
                          remaining_mc=result.remaining_mc)
+
+    def _output_floor_mc(self, request: ReserveRequest, now: datetime) -> int:
+        """The least ceiling a recount could give ``request``: its output bound with no input, millicents."""
+        price = self.prices.price(request.model, now)
+        return ceiling_mc(price, input_tokens_max=0, output_tokens_max=request.output_tokens_max)
 
     def _route(self, attribution: Attribution, model: str) -> Route | Verdict:
         pinning = self.defenses.pinning
@@ -368,6 +396,16 @@ def allowed_models(policy: PinningPolicy, agent: str) -> list[str]:
     if pin is None:
         return []
     return sorted({*pin.models, *(m for m, tier in policy.model_tiers.items() if tier in pin.tiers)})
+
+
+def _recounted(call: CallRequest, models: Sequence[str]) -> CallRequest:
+    """``call`` with its input bound lowered to the largest recount over ``models`` (none: unchanged)."""
+    assert call.input_recount is not None
+    counts = [call.input_recount(model) for model in models]
+    if not counts or any(c is None for c in counts):
+        return replace(call, input_recount=None)
+    tighter = max(c for c in counts if c is not None)
+    return replace(call, input_tokens_max=min(call.input_tokens_max, tighter), input_recount=None)
 
 
 def _route_taken(route: Route | Verdict, model: str) -> Route | None:

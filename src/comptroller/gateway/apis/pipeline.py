@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from comptroller.engine import Admission, CallRequest
+from comptroller.exact_input import input_recount
 from comptroller.gateway.apis.base import Api, ApiRequest, Family, json_or_none
 from comptroller.gateway.apis.relay import Relay
 from comptroller.gateway.apis.request_body import loads_object, read_body
@@ -220,7 +221,8 @@ async def serve(gw: Gateway, request: Request, api: Api, caller: Caller, call: A
         input_tokens_max=call.input_tokens_max, max_tokens=call.max_tokens, choices=call.choices,
         output_tokens_extra=call.output_tokens_extra,
         run_id=headers.get("x-comptroller-run"), attempt_id=headers.get("x-comptroller-attempt"),
-        fingerprint=call.fingerprint, text=call.text, message_id=headers.get("x-comptroller-message"))
+        fingerprint=call.fingerprint, text=call.text, message_id=headers.get("x-comptroller-message"),
+        input_recount=input_recount(call.body, api=api.name))  # asked only near a budget's edge
     admission = await gw.run(gw.admit, call_request)
     if admission.reservation is None:
         assert admission.verdict is not None
