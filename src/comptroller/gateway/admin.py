@@ -4,6 +4,7 @@
 route                                      who     what
 =========================================  ======  ==============================================
 ``GET /budgets``                           both    accounts: limit, settled, reserved, remaining
+``GET /budgets/idle``                      both    budgets that matched no call this period, and why
 ``PUT /budgets``                           admin   create or replace a budget
 ``DELETE /budgets/{budget_id}``            admin   delete a budget (its accounts stay)
 ``GET /usage?group_by=&tenant=``           both    settled calls, tokens and cost per group
@@ -62,6 +63,7 @@ from comptroller.gateway.identity import Caller, Identity
 from comptroller.groups import GroupDefinition, GroupService, UnknownGroupError
 from comptroller.reports import build_report, rows_from_ledger
 from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
+from comptroller.storage.reconcile import idle_budgets
 from comptroller.ui.swagger import docs_routes
 
 __all__ = ["admin_app"]
@@ -104,6 +106,17 @@ class AccountOut(BaseModel):
     settled_mc: int
     reserved_mc: int
     remaining_mc: int
+
+
+class IdleBudgetOut(BaseModel):
+    """A budget that matched no call in its current period (``last_period_key`` None: never)."""
+
+    budget_id: str
+    level: Level
+    scope: str
+    period_key: str
+    last_period_key: str | None
+    message: str
 
 
 class BudgetIn(BaseModel):
@@ -241,12 +254,16 @@ def _key_out(key: ApiKey, plaintext: str | None = None) -> KeyOut:
 
 
 def _in_tenant(account: AccountView, namespace: str, tenant: str) -> bool:
-    if account.budget.level not in _TENANT_LEVELS:
+    return _scope_in_tenant(account.budget.level, account.scope, namespace, tenant)
+
+
+def _scope_in_tenant(level: Level, scope: str, namespace: str, tenant: str) -> bool:
+    if level not in _TENANT_LEVELS:
         return False
     own = scope_key(namespace, tenant)
-    if account.budget.level is Level.TENANT:
-        return account.scope == own
-    return account.scope.startswith(own + "|")  # a shared group's conversation (ns|group) is not the tenant's
+    if level is Level.TENANT:
+        return scope == own
+    return scope.startswith(own + "|")  # a shared group's conversation (ns|group) is not the tenant's
 
 
 @dataclass(frozen=True)
@@ -313,6 +330,22 @@ def list_accounts(ctx: Ctx, caller: AnyCaller) -> list[AccountOut]:
     return [AccountOut(budget_id=a.budget.id, level=a.budget.level, scope=a.scope, period_key=a.period_key,
                        limit_mc=a.budget.limit_mc, settled_mc=a.settled_mc, reserved_mc=a.reserved_mc,
                        remaining_mc=a.remaining_mc) for a in accounts]
+
+
+@budgets.get("/budgets/idle", response_model=list[IdleBudgetOut])
+def list_idle_budgets(ctx: Ctx, caller: AnyCaller) -> list[IdleBudgetOut]:
+    """The budgets that matched no call in their current period (DESIGN.md rule 14), with why.
+
+    A budget with no account in its current period is absent from ``GET /budgets``, so a
+    budget whose scope names no traffic (a typo, a missing id level) would otherwise be
+    invisible here. Admin: every idle budget; a tenant key: its tenant's.
+    """
+    store = ctx.engine.store
+    idle = idle_budgets(store.budgets(), store.accounts(), ctx.engine.clock.now())
+    if not caller.admin:
+        idle = [i for i in idle if _scope_in_tenant(i.budget.level, i.budget.scope, ctx.namespace, caller.key.tenant)]
+    return [IdleBudgetOut(budget_id=i.budget.id, level=i.budget.level, scope=i.budget.scope, period_key=i.period_key,
+                          last_period_key=i.last_period_key, message=i.message) for i in idle]
 
 
 @budgets.put("/budgets", response_model=BudgetOut)
