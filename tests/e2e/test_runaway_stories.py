@@ -40,6 +40,8 @@ class Outcome:
     spent_mc: int = 0
     admitted_at: list[datetime] = field(default_factory=list)
     refused: dict[str, int] = field(default_factory=dict)
+    detectors: dict[str, int] = field(default_factory=dict)  # refusals by detector (rule) that refused
+    first_refused_at: datetime | None = None
 
     @property
     def spent_usd(self) -> float:
@@ -51,22 +53,27 @@ def _engine(clock: VirtualClock) -> Engine:
     return build_engine(db_url="memory://", policy=Policy(), clock=clock)
 
 
-def simulate(calls: Callable[[int], CallRequest | None], *, minutes: int = DAYS * 1440) -> Outcome:
-    """Call ``calls(minute)`` once a minute for ``minutes`` minutes; admit and settle each request it makes."""
+def simulate(calls: Callable[[int], CallRequest | None], *, minutes: int = DAYS * 1440, step_s: float = 60.0,
+             usage: Usage = USAGE) -> Outcome:
+    """Call ``calls(i)`` every ``step_s`` seconds, ``minutes`` times; admit each request and settle it at ``usage``."""
     clock = VirtualClock(START)
     engine, outcome = _engine(clock), Outcome()
     for minute in range(minutes):
-        clock.set(START + timedelta(minutes=minute))
+        clock.set(START + timedelta(seconds=minute * step_s))
         call = calls(minute)
         if call is None:
             continue
         admission = engine.admit(call)
         if admission.reservation is None:
             assert admission.verdict is not None
-            outcome.refused[admission.verdict.code] = outcome.refused.get(admission.verdict.code, 0) + 1
+            verdict = admission.verdict
+            outcome.refused[verdict.code] = outcome.refused.get(verdict.code, 0) + 1
+            detector = verdict.detector or str(verdict.rule)
+            outcome.detectors[detector] = outcome.detectors.get(detector, 0) + 1
+            outcome.first_refused_at = outcome.first_refused_at or clock.now()
             continue
         outcome.admitted_at.append(clock.now())
-        outcome.spent_mc += _settled_mc(engine, admission.reservation)
+        outcome.spent_mc += _settled_mc(engine, admission.reservation, usage)
     return outcome
 
 
@@ -74,23 +81,25 @@ def unchecked_cost_mc() -> int:
     """What one call costs, priced by the engine itself (so the stories' bounds follow the price list)."""
     clock = VirtualClock(START)
     engine = _engine(clock)
-    admission = engine.admit(_request(Attribution(agent="probe"), [{"role": "user", "content": "hi"}]))
+    admission = engine.admit(story_request(Attribution(agent="probe"), [{"role": "user", "content": "hi"}]))
     assert admission.reservation is not None
     return _settled_mc(engine, admission.reservation)
 
 
-def _settled_mc(engine: Engine, reservation: Reservation) -> int:
-    record = engine.settle(reservation, USAGE).record
+def _settled_mc(engine: Engine, reservation: Reservation, usage: Usage = USAGE) -> int:
+    record = engine.settle(reservation, usage).record
     assert record is not None
     return record.cost_mc
 
 
-def _request(who: Attribution, messages: list[dict[str, str]]) -> CallRequest:
+def story_request(who: Attribution, messages: list[dict[str, str]]) -> CallRequest:
+    """A story's call: 20,000 input tokens and 800 output tokens on gpt-4o, with its fingerprint and last text."""
     return CallRequest(attribution=who, model=MODEL, input_tokens_max=USAGE.input_tokens, max_tokens=800,
                        fingerprint=fingerprint(MODEL, messages), text=messages[-1]["content"])
 
 
-def _error_line(minute: int) -> str:
+def error_line(minute: int) -> str:
+    """The retry loop's message: the same error, with a new path, line, timestamp and request id each minute."""
     at = START + timedelta(minutes=minute, seconds=minute % 60)
     return (f"Traceback: File \"/srv/agents/worker/jobs/sync_{minute % 7}.py\", line {120 + minute % 13}, in run: "
             f"TimeoutError at {at.isoformat()} for request {minute:08x}-7f3c-4d1e-9a2b-{minute * 7919:012x}. "
@@ -107,7 +116,7 @@ def test_a_retry_loop_with_a_varying_error_line_is_stopped_in_the_first_hour() -
     hour, and 11 days cost under $5."""
     who = Attribution(tenant="acme", agent="worker", task="sync-42")
     system = {"role": "system", "content": "You are a data sync agent."}
-    outcome = simulate(lambda m: _request(who, [system, {"role": "user", "content": _error_line(m)}]))
+    outcome = simulate(lambda m: story_request(who, [system, {"role": "user", "content": error_line(m)}]))
     assert outcome.admitted_at and outcome.admitted_at[-1] < START + timedelta(hours=1)
     assert outcome.spent_mc < 5 * MC_PER_USD, outcome
 
@@ -116,11 +125,11 @@ def test_an_identical_retry_for_eleven_days_costs_under_one_dollar() -> None:
     """The same request once a minute for 11 days pays less than $1: the lock does not forget."""
     who = Attribution(tenant="acme", agent="retrier")
     messages = [{"role": "user", "content": "Fetch the quarterly numbers and summarise them."}]
-    outcome = simulate(lambda m: _request(who, messages))
+    outcome = simulate(lambda m: story_request(who, messages))
     assert outcome.spent_mc < 1 * MC_PER_USD, outcome
 
 
-def _ping_pong(conversation: str | None) -> Callable[[int], CallRequest]:
+def ping_pong(conversation: str | None) -> Callable[[int], CallRequest]:
     """Two agents answering each other in turn, each quoting the other's last point (causal ping-pong)."""
     agents = ("planner", "critic")
 
@@ -129,20 +138,21 @@ def _ping_pong(conversation: str | None) -> Callable[[int], CallRequest]:
         who = Attribution(tenant="acme", agent=me, conversation=conversation)
         text = (f"{other} said in reply {minute - 1}: the plan still misses step {minute % 9} of section "
                 f"{minute % 5}. I disagree with that point; revise your last answer and send it back to me.")
-        return _request(who, [{"role": "system", "content": f"You are the {me}."},
+        return story_request(who, [{"role": "system", "content": f"You are the {me}."},
                               {"role": "user", "content": text}])
     return call
 
 
 def test_a_ping_pong_in_a_conversation_costs_under_five_dollars() -> None:
     """Two agents alternating in one conversation for 11 days pay less than $5."""
-    outcome = simulate(_ping_pong("room-7"))
+    outcome = simulate(ping_pong("room-7"))
     assert outcome.spent_mc < 5 * MC_PER_USD, outcome
 
 
 def test_a_ping_pong_without_a_conversation_costs_under_five_dollars() -> None:
-    """Without a conversation id each agent's near-identical turns lock it: 11 days cost less than $5."""
-    outcome = simulate(_ping_pong(None))
+    """Without a conversation id each agent's templated turns lock it once they reserved $1: 11 days cost less
+    than $5."""
+    outcome = simulate(ping_pong(None))
     assert outcome.spent_mc < 5 * MC_PER_USD, outcome
 
 
@@ -154,7 +164,7 @@ def test_the_cli_lists_and_resets_a_loop_lock(tmp_path: Path) -> None:
     who = Attribution(namespace="ns", tenant="acme", agent="retrier")
     messages = [{"role": "user", "content": "Fetch the quarterly numbers and summarise them."}]
     engine = build_engine(db_url=url, policy=Policy(), clock=clock)
-    results = [engine.admit(_request(who, messages)) for _ in range(LoopConfig().identical_max + 1)]
+    results = [engine.admit(story_request(who, messages)) for _ in range(LoopConfig().identical_max + 1)]
     assert [r.admitted for r in results].count(False) == 1
     engine.store.close()
     runner = CliRunner(env={"COLUMNS": "250"})
@@ -165,7 +175,7 @@ def test_the_cli_lists_and_resets_a_loop_lock(tmp_path: Path) -> None:
     assert reset.exit_code == 0, reset.output
     assert "closed" in reset.output
     again = build_engine(db_url=url, policy=Policy(), clock=clock)
-    assert again.admit(_request(who, messages)).admitted
+    assert again.admit(story_request(who, messages)).admitted
     again.store.close()
 
 

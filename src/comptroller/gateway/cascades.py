@@ -41,6 +41,8 @@ so the runner's thread releases what it holds and ends on its own.
 
 Request headers for the routing rules: ``X-Comptroller-Deep-Mode`` (``true``/``false``) and
 ``X-Comptroller-Role`` (the agent's role), beside the usual attribution headers.
+``X-Comptroller-Message`` (the group message the call answers) reaches every tier attempt's
+admission, as on the plain chat path, so a strict group's dispatch rule judges cascades too.
 A key restricted to a model list must list ``cascade/<name>`` itself.
 """
 
@@ -49,6 +51,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 
 import anyio
@@ -59,6 +62,7 @@ from starlette.responses import Response
 
 from comptroller.domain.routing import RouteFacts
 from comptroller.domain.usage import Usage
+from comptroller.engine import Admission, CallRequest
 from comptroller.gateway.apis.base import ApiRequest
 from comptroller.gateway.apis.chat import ChatApi, last_user_text, response_schema
 from comptroller.gateway.apis.pipeline import check_model_allowed
@@ -78,6 +82,18 @@ _TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", 
 
 
 _CHAT = ChatApi()
+
+
+class _AnsweringEngine(MeteredEngine):
+    """:class:`MeteredEngine` whose every admission names the group message the request answers."""
+
+    def __init__(self, gateway: Gateway, message_id: str | None) -> None:
+        super().__init__(gateway)
+        self.message_id = message_id
+
+    def admit(self, call: CallRequest) -> Admission:
+        """:meth:`MeteredEngine.admit` of the tier attempt, with ``X-Comptroller-Message``'s id."""
+        return super().admit(call if self.message_id is None else replace(call, message_id=self.message_id))
 
 
 class TierFailedError(Exception):
@@ -242,7 +258,7 @@ async def cascade_completion(gw: Gateway, request: Request, caller: Caller, chat
                            f"{chat.choices}", code="invalid_request", param="n")
     requested = _chosen(gw, name)
     attribution = attribute(caller, request.headers, namespace=gw.namespace, groups=gw.groups)
-    metered = MeteredEngine(gw)
+    metered = _AnsweringEngine(gw, request.headers.get("x-comptroller-message"))
     call = _Tiers(gw, chat, metered)
     cascade_request = CascadeRequest(attribution=attribution, input_tokens_max=chat.input_tokens_max,
                                      max_tokens=chat.max_tokens, prompt=last_user_text(chat),

@@ -390,7 +390,8 @@ class AdmitDefenses:
         level, scope = self._loop_level, self._loop_scope
         history = self.parsed.load(states, key, LoopHistory.from_record, lambda: LoopHistory(level, scope))
         request = LoopRequest(call_id=self.facts.call_id, agent=self.facts.attribution.agent,
-                              fingerprint=self.facts.fingerprint or "", text=self.facts.text or "")
+                              fingerprint=self.facts.fingerprint or "", text=self.facts.text or "",
+                              ceiling_mc=max(r.ceiling_mc for r in self.facts.requests.values()))
         step = check_loops(history, self.defenses.loops, request, now)
         writes = self.parsed.write(key, history, step.history)
         if step.verdict is None:

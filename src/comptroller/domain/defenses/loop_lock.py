@@ -15,10 +15,11 @@ Transitions (``n`` counts trips; it starts over after ``memory_s`` without a tri
 cooldown of trip n = min(cooldown_s_start * 2 ** (n - 1), cooldown_s_max).
 
 The half-open probe is judged when it is admitted, by its request: the lock keeps
-what the loop looked like (the agent and its request's fingerprint and sketch, or
-the two agents of a ping-pong), so a loop's own retries are refused at every probe
-and never paid, while any other call re-opens the scope at once. Pure: ``now`` is
-an argument; the state lives inside the loop history's row.
+what the loop looked like (the agent and its request's fingerprint and sketch, and
+for a ``repeated_template`` trip its template; or the two agents of a ping-pong), so
+a loop's own retries are refused at every probe and never paid, while any other
+call re-opens the scope at once. Pure: ``now`` is an argument; the state lives
+inside the loop history's row.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class LoopLock:
         agent: the agent whose loop tripped it (for a ping-pong: one of the two).
         other_agent: the other agent of a ping-pong, else None.
         fingerprint, sketch: the looping request's fingerprint and sketch (hex), else None.
+        template: the looping template's key, for a ``repeated_template`` trip, else None.
         opened_at, open_until: when the current lock opened and its cooldown ends (None: closed).
         last_trip_at: when it last tripped (trips are forgotten ``memory_s`` after it).
     """
@@ -91,6 +93,7 @@ class LoopLock:
     other_agent: str | None = None
     fingerprint: str | None = None
     sketch: str | None = None
+    template: str | None = None
     opened_at: datetime | None = None
     open_until: datetime | None = None
     last_trip_at: datetime | None = None
@@ -103,13 +106,13 @@ class LoopLock:
 
     def trip(self, *, detector: str, agent: str, other_agent: str | None, fingerprint: str | None,
              sketch: str | None, now: datetime, cooldown_s_start: float, cooldown_s_max: float,
-             memory_s: float) -> LoopLock:
+             memory_s: float, template: str | None = None) -> LoopLock:
         """Open (or re-open) the lock on this loop, its cooldown doubled from the last trip."""
         remembered = self.last_trip_at is not None and now - self.last_trip_at < timedelta(seconds=memory_s)
         trips = (self.trips if remembered else 0) + 1
         cooldown = min(cooldown_s_start * 2.0 ** min(trips - 1, 64), cooldown_s_max)
         return LoopLock(trips=trips, detector=detector, agent=agent, other_agent=other_agent,
-                        fingerprint=fingerprint, sketch=sketch, opened_at=now,
+                        fingerprint=fingerprint, sketch=sketch, template=template, opened_at=now,
                         open_until=now + timedelta(seconds=cooldown), last_trip_at=now)
 
     def close(self) -> LoopLock:
@@ -120,7 +123,7 @@ class LoopLock:
         """Flat fields (``lock_*``) for the loop history's record; times as UTC epoch seconds."""
         return {"lock_trips": self.trips, "lock_detector": self.detector, "lock_agent": self.agent,
                 "lock_other_agent": self.other_agent, "lock_fingerprint": self.fingerprint,
-                "lock_sketch": self.sketch, "lock_opened_at": _ts(self.opened_at),
+                "lock_sketch": self.sketch, "lock_template": self.template, "lock_opened_at": _ts(self.opened_at),
                 "lock_open_until": _ts(self.open_until), "lock_last_trip_at": _ts(self.last_trip_at)}
 
     @classmethod
@@ -132,5 +135,6 @@ class LoopLock:
         return cls(trips=trips, detector=_opt_str(record, "lock_detector"), agent=_opt_str(record, "lock_agent"),
                    other_agent=_opt_str(record, "lock_other_agent"),
                    fingerprint=_opt_str(record, "lock_fingerprint"), sketch=_opt_str(record, "lock_sketch"),
+                   template=_opt_str(record, "lock_template"),
                    opened_at=_dt(record, "lock_opened_at"), open_until=_dt(record, "lock_open_until"),
                    last_trip_at=_dt(record, "lock_last_trip_at"))

@@ -5,27 +5,55 @@ that ran for 11 days); "What 221 AI Agents in One Chat Taught Us" (ping-pong and
 deference loops are cut off, DESIGN.md rule 8); "Running 6 AI Agents in Production"
 (a near-duplicate check against recent output).
 
-Each admission passes its request (call id, agent, :func:`.similarity.fingerprint`, and
-the text the agent adds this turn) through three detectors, in this order, over the
-history of its loop scope (the conversation, else the agent; see :func:`loop_scope`):
+Each admission passes its request (call id, agent, :func:`.similarity.fingerprint`, the
+text the agent adds this turn, and the call's reservation ceiling) through four detectors,
+in this order, over the history of its loop scope (the conversation, else the agent; see
+:func:`loop_scope`):
 
-==================  ===========================================================  =================
-detector            fires when                                                   default
-==================  ===========================================================  =================
-``same_request``    the agent already sent this fingerprint ``identical_max``    5 (6th refused)
-                    times in a run without a gap of ``lookback_s``
-``ab_alternation``  the call would extend a strict A-B-A-B run of turns between  8 (9th refused)
-                    two agents beyond ``alternation_turns_max``
-``near_duplicate``  the agent already sent ``near_duplicates_max`` texts whose   5 at >= 0.9
-                    sketches are this close (after :func:`.similarity.mask_variables`)
-==================  ===========================================================  =================
+=====================  =========================================================  ==================
+detector               fires when                                                 default
+=====================  =========================================================  ==================
+``same_request``       the agent already sent this fingerprint ``identical_max``  5 (6th refused),
+                       times in a run, reserving ``repeat_spend_mc_min`` or more  $0.25 reserved
+``ab_alternation``     the call would extend a strict A-B-A-B run of turns        8 (9th refused)
+                       between two agents beyond ``alternation_turns_max``
+``near_duplicate``     the agent already sent ``near_duplicates_max`` texts this  5 at >= 0.9,
+                       close (after :func:`.similarity.mask_volatile`: numbers    $0.25 reserved
+                       masked on error-looking lines only), reserving
+                       ``repeat_spend_mc_min`` or more
+``repeated_template``  the agent already sent ``near_duplicates_max`` texts of    5, $1.00 reserved
+                       this template (:func:`.similarity.mask_variables`: every
+                       number masked), reserving ``template_spend_mc_min`` or more
+=====================  =========================================================  ==================
 
-Few repeats versus a sustained loop: the history keeps one entry per distinct request
-family (agent + fingerprint, or agent + masked-text sketch) with a repeat count, so a
-user's test loop of 3 identical calls passes, a benchmark may set ``identical_max`` to
-100,000, and the history row's size is bounded by ``history_max`` families of fixed size
-(a 256-character sketch each), whatever the texts' length. A count starts over after a
-gap of ``lookback_s`` without the family.
+A run of a family is its admissions without a gap of ``lookback_s``.
+
+Few repeats and templated requests versus a sustained loop (issue 13's false alarm: a
+classifier filling one template with different ticket numbers and prices was locked
+after 5 calls):
+
+* **Numbers are content outside error lines.** The near-duplicate detector compares texts
+  masked by :func:`.similarity.mask_volatile`: a retry's error line (traceback, ``...Error``,
+  "failed", ``line N``) has its numbers, ids, paths and times masked, so a retry loop whose
+  error line changes each time is one family and is stopped after 5 calls; an ordinary
+  line keeps its numbers, so ``Classify ticket #1234: price 19.99`` and ``... #1235: price
+  4.50`` are two requests, not a loop.
+* **A template is a loop only when it costs.** Requests that differ only in numbers (one
+  template) are counted as a template family; they trip ``repeated_template`` only once the
+  agent's recent calls of the template (at most ``history_max`` families) reserved
+  ``template_spend_mc_min`` (default $1.00). A 200-call classifier at $0.001 a call never
+  gets there; two agents ping-ponging 20,000-token turns get there after about 18 turns each.
+* **A few repeats are free.** An exact or near-duplicate repeat trips only once its family
+  reserved ``repeat_spend_mc_min`` (default $0.25) in the run: a user's test loop or a
+  benchmark of 200 identical $0.001 calls passes; an identical retry of 20,000-token
+  gpt-4o calls ($0.058 each) is stopped after 5 calls. Set ``repeat_spend_mc_min = 0`` to
+  count repeats whatever they cost, or raise ``identical_max`` (up to 1,000,000).
+* A call whose ceiling is unknown counts as reaching both floors (fail closed).
+
+The history keeps one entry per distinct request family (agent + fingerprint, or agent +
+masked-text sketch) with a repeat count and the ceilings it reserved, so the history row's
+size is bounded by ``history_max`` families of fixed size (a 256-character sketch and a
+16-character template key each), whatever the texts' length.
 
 When a detector fires, the scope is locked (:mod:`.loop_lock`): open for a cooldown that
 doubles each trip, then half-open, where the loop's own retry is refused again (never
@@ -36,18 +64,16 @@ hour. An admin reset (:func:`reset_loops`) clears the lock and the history.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from functools import lru_cache
 
-import orjson
-
 from comptroller.domain.codes import Code
-from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import require_aware, require_int, require_seconds, require_text
 from comptroller.domain.defenses.errors import DefenseConfigError
+from comptroller.domain.defenses.loop_history import LoopEntry, LoopHistory
 from comptroller.domain.defenses.loop_lock import LockStatus, LoopLock, LoopTransition
-from comptroller.domain.defenses.similarity import Sketch, mask_variables
+from comptroller.domain.defenses.similarity import Sketch, mask_variables, mask_volatile, template_key
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
 from comptroller.domain.defenses.windows import seconds_until
 from comptroller.domain.ledger import Event
@@ -77,6 +103,12 @@ class LoopConfig:
         near_duplicate_words_min: texts with fewer words are not compared (short replies
             like "continue" repeat legitimately; exact repeats are still caught by
             ``same_request``) (default 5).
+        repeat_spend_mc_min: what an exact or near-duplicate family must have reserved in its
+            run before ``same_request`` or ``near_duplicate`` may fire, millicents (0..10**12;
+            default 25,000 = $0.25: a benchmark of cheap identical calls passes, an expensive
+            retry loop is stopped after ``identical_max`` calls).
+        template_spend_mc_min: what the agent's recent calls of one template must have reserved
+            before ``repeated_template`` fires, millicents (1..10**12; default 100,000 = $1.00).
         lookback_s: a family's count starts over after this long without it, seconds
             (default 3,600).
         history_max: request families kept per loop scope (2..1,000; default 32).
@@ -95,6 +127,8 @@ class LoopConfig:
     near_duplicate_min: float = 0.9
     near_duplicates_max: int = 5
     near_duplicate_words_min: int = 5
+    repeat_spend_mc_min: int = 25_000
+    template_spend_mc_min: int = 100_000
     lookback_s: float = 3_600.0
     history_max: int = 32
     text_chars_max: int = 4_000
@@ -109,6 +143,8 @@ class LoopConfig:
         require_int(owner, "near_duplicates_max", self.near_duplicates_max, low=1, high=1_000_000)
         require_int(owner, "near_duplicate_words_min", self.near_duplicate_words_min, low=1, high=10_000)
         require_int(owner, "text_chars_max", self.text_chars_max, low=1, high=1_000_000)
+        require_int(owner, "repeat_spend_mc_min", self.repeat_spend_mc_min, low=0, high=10**12)
+        require_int(owner, "template_spend_mc_min", self.template_spend_mc_min, low=1, high=10**12)
         if self.alternation_turns_max is not None:
             require_int(owner, "alternation_turns_max", self.alternation_turns_max, low=2, high=1_000)
         level = self.near_duplicate_min
@@ -134,91 +170,15 @@ class LoopRequest:
         agent: the agent making it.
         fingerprint: :func:`.similarity.fingerprint` of the model and messages ("" if none).
         text: what the agent adds in this turn (its last message), not the history ("" if none).
+        ceiling_mc: the call's reservation ceiling, millicents (None: unknown, counted as
+            reaching every spend floor, so an unknown cost never hides a loop).
     """
 
     call_id: str
     agent: str
     fingerprint: str
     text: str
-
-
-@dataclass(frozen=True, slots=True)
-class LoopEntry:
-    """One request family of a loop history: who, its identity, how often in the current run, when.
-
-    Attributes:
-        agent: the agent that sends it.
-        fingerprint: the request's fingerprint (first 32 hex digits; "" if none).
-        sketch: the masked text's :class:`.similarity.Sketch` as hex ("" for short or no text).
-        count: admissions in the current run (a gap of ``lookback_s`` starts a new run).
-        first_at, last_at: the run's first and last admission.
-        last_call_id: the last call admitted in it (a repeated admission is idempotent).
-    """
-
-    agent: str
-    fingerprint: str
-    sketch: str
-    count: int
-    first_at: datetime
-    last_at: datetime
-    last_call_id: str
-    _row: bytes = field(init=False, repr=False, compare=False)  # the JSON row, encoded once per entry
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_row", orjson.dumps([self.agent, self.fingerprint, self.sketch, self.count,
-                                                      self.first_at.timestamp(), self.last_at.timestamp(),
-                                                      self.last_call_id]))
-
-
-@dataclass(frozen=True, slots=True)
-class LoopHistory:
-    """Request families and turns of one loop scope, and its lock; one row per scope in a store.
-
-    Attributes:
-        level, scope: the loop scope (conversation, else agent).
-        entries: the families, least recently seen first.
-        turns: the agents of the last turns, oldest first (the alternation detector's input).
-        turn_at: when the last turn was admitted.
-        lock: the lock-out state.
-        version: incremented by every change; the compare-and-set token.
-    """
-
-    level: Level
-    scope: str
-    entries: tuple[LoopEntry, ...] = ()
-    turns: tuple[str, ...] = ()
-    turn_at: datetime | None = None
-    lock: LoopLock = field(default_factory=LoopLock)
-    version: int = 0
-
-    def to_record(self) -> dict[str, JsonScalar]:
-        """A flat JSON record (entries and turns as JSON text, times as UTC epoch seconds)."""
-        entries = b"[" + b",".join(e._row for e in self.entries) + b"]"  # each entry's row is encoded once
-        return {"level": str(self.level), "scope": self.scope, "entries": entries.decode(),
-                "turns": orjson.dumps(self.turns).decode(),
-                "turn_at": None if self.turn_at is None else self.turn_at.timestamp(),
-                **self.lock.to_record(), "version": self.version}
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, JsonScalar]) -> LoopHistory:
-        """Read a record written by :meth:`to_record`. Raises ValueError on a missing or mistyped field."""
-        raw = orjson.loads(rec.get_str(record, "entries"))
-        turns = orjson.loads(str(record.get("turns") or "[]"))
-        try:
-            entries = tuple(LoopEntry(str(a), str(f), str(s), int(n), _at(t0), _at(t1), str(c))
-                            for a, f, s, n, t0, t1, c in raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"state record field 'entries' must be a JSON list of [agent, fingerprint, "
-                             f"sketch, count, first_at, last_at, last_call_id] rows, got {raw!r:.200}") from None
-        turn_at = record.get("turn_at")
-        return cls(level=Level(rec.get_str(record, "level")), scope=rec.get_str(record, "scope"),
-                   entries=entries, turns=tuple(str(t) for t in turns),
-                   turn_at=None if turn_at is None else _at(turn_at), lock=LoopLock.from_record(record),
-                   version=rec.get_int(record, "version"))
-
-
-def _at(value: object) -> datetime:
-    return datetime.fromtimestamp(float(value), UTC)  # type: ignore[arg-type]  # checked by the caller's except
+    ceiling_mc: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,18 +206,30 @@ class _Seen:
     fingerprint: str
     sketch: Sketch | None
     sketch_hex: str  # "" without a sketch
+    template: str  # "" without a sketch
+    reserved_mc: int  # the ceiling, or the highest spend floor when unknown
 
 
 def _seen(config: LoopConfig, request: LoopRequest) -> _Seen:
-    sketch = _text_sketch(request.text, config.text_chars_max, config.near_duplicate_words_min)
-    return _Seen(request, request.fingerprint[:_FINGERPRINT_CHARS], sketch, "" if sketch is None else sketch.to_hex())
+    sketch, template = _text_sketch(request.text, config.text_chars_max, config.near_duplicate_words_min)
+    ceiling = request.ceiling_mc
+    reserved = max(config.repeat_spend_mc_min, config.template_spend_mc_min) if ceiling is None else ceiling
+    return _Seen(request, request.fingerprint[:_FINGERPRINT_CHARS], sketch, "" if sketch is None else sketch.to_hex(),
+                 template, reserved)
 
 
 @lru_cache(maxsize=4_096)
-def _text_sketch(text: str, chars_max: int, words_min: int) -> Sketch | None:
-    """The sketch of the masked text, None for a text of fewer words (memoised: a loop repeats its text)."""
-    masked = mask_variables(text)[:chars_max] if text else ""
-    return Sketch.of(masked) if len(masked.split()) >= words_min else None
+def _text_sketch(text: str, chars_max: int, words_min: int) -> tuple[Sketch | None, str]:
+    """The sketch of the volatile-masked text and the template key, (None, "") for a text of fewer words.
+
+    Memoised: a loop repeats its text.
+    """
+    if not text:
+        return None, ""
+    volatile = mask_volatile(text)[:chars_max]
+    if len(volatile.split()) < words_min:
+        return None, ""
+    return Sketch.of(volatile), template_key(mask_variables(text)[:chars_max])
 
 
 def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, now: datetime) -> LoopStep:
@@ -298,7 +270,8 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
     live = tuple(e for e in history.entries if e.last_at > horizon)
     turns = history.turns if history.turn_at is not None and history.turn_at > horizon else ()
     fired = (_same_request(history, config, live, seen, now) or _alternation(history, config, turns, seen, now)
-             or _near_duplicate(history, config, live, seen, now))
+             or _near_duplicate(history, config, live, seen, now)
+             or _repeated_template(history, config, live, seen, now))
     if fired is not None:
         return replace(fired, events=(*events, *fired.events))
     return LoopStep(_record(history, config, live, turns, seen=seen, now=now), None, events)
@@ -319,6 +292,8 @@ def _is_locked_loop(lock: LoopLock, config: LoopConfig, seen: _Seen) -> bool:
         return False
     if lock.fingerprint and seen.fingerprint == lock.fingerprint:
         return True
+    if lock.template and seen.template == lock.template:
+        return True
     if not lock.sketch or seen.sketch is None:
         return False
     return seen.sketch.similarity(Sketch.from_hex(lock.sketch)) >= config.near_duplicate_min
@@ -329,10 +304,12 @@ def _record(history: LoopHistory, config: LoopConfig, live: tuple[LoopEntry, ...
     agent, call_id = seen.request.agent, seen.request.call_id
     match = _family(live, agent, seen.fingerprint, seen.sketch_hex)
     if match is None:
-        entry = LoopEntry(agent, seen.fingerprint, seen.sketch_hex, 1, now, now, call_id)
+        entry = LoopEntry(agent, seen.fingerprint, seen.sketch_hex, 1, now, now, call_id, seen.template,
+                          seen.reserved_mc)
         rest = live
     else:
-        entry = replace(match, count=match.count + 1, last_at=now, last_call_id=call_id)
+        entry = replace(match, count=match.count + 1, last_at=now, last_call_id=call_id, template=seen.template,
+                        reserved_mc=match.reserved_mc + seen.reserved_mc)
         rest = tuple(e for e in live if e is not match)
     keep = max(2, (config.alternation_turns_max or 1) + 1)
     return replace(history, entries=(*rest, entry)[-config.history_max:], turns=(*turns, agent)[-keep:],
@@ -353,9 +330,11 @@ def _trip(history: LoopHistory, config: LoopConfig, seen: _Seen, now: datetime, 
           other: str | None, evidence: dict[str, JsonScalar], transition: LoopTransition) -> LoopStep:
     agent = seen.request.agent
     kept = history.lock.agent if transition is LoopTransition.REOPENED and other is not None else None
+    template = seen.template if detector == _TEMPLATE and not other else None  # only a template trip locks it
     lock = history.lock.trip(detector=detector, agent=kept or agent, other_agent=other,  # a ping-pong keeps its pair
                              fingerprint=None if other else (seen.fingerprint or None),
-                             sketch=None if other else (seen.sketch_hex or None), now=now,
+                             sketch=None if other else (seen.sketch_hex or None), template=template or None,
+                             now=now,
                              cooldown_s_start=config.cooldown_s_start, cooldown_s_max=config.cooldown_s_max,
                              memory_s=config.memory_s)
     locked = replace(history, lock=lock, version=history.version + 1)
@@ -375,10 +354,12 @@ def _trip(history: LoopHistory, config: LoopConfig, seen: _Seen, now: datetime, 
     return LoopStep(locked, verdict, (_event(locked, transition, now, {"detector": detector, **full}),))
 
 
+_TEMPLATE = "repeated_template"
 _DETECTOR_TEXT = {
     "same_request": "the same request repeated",
-    "near_duplicate": "near-identical requests repeated (ids, numbers and times masked)",
+    "near_duplicate": "near-identical requests repeated (times, and ids and numbers of error lines, masked)",
     "ab_alternation": "a ping-pong of alternating turns",
+    _TEMPLATE: "one template filled with different numbers, repeated at a cost",
 }
 
 
@@ -402,10 +383,11 @@ def _same_request(history: LoopHistory, config: LoopConfig, live: Sequence[LoopE
     if not seen.fingerprint:
         return None
     same = next((e for e in live if e.agent == seen.request.agent and e.fingerprint == seen.fingerprint), None)
-    if same is None or same.count < config.identical_max:
+    if same is None or same.count < config.identical_max or same.reserved_mc < config.repeat_spend_mc_min:
         return None
     evidence: dict[str, JsonScalar] = {
         "fingerprint": seen.fingerprint, "seen": same.count, "identical_max": config.identical_max,
+        "reserved_mc": same.reserved_mc, "repeat_spend_mc_min": config.repeat_spend_mc_min,
         "first_seen_at": same.first_at.isoformat(), "last_call_id": same.last_call_id}
     return _trip(history, config, seen, now, detector="same_request", other=None, evidence=evidence,
                  transition=LoopTransition.OPENED)
@@ -445,13 +427,32 @@ def _near_duplicate(history: LoopHistory, config: LoopConfig, live: Sequence[Loo
     close = [(score, e) for e in live if e.agent == agent and e.sketch
              and (score := sketch.similarity_at_least(Sketch.from_hex(e.sketch), level)) is not None]
     similar = sum(e.count for _, e in close)
-    if similar < config.near_duplicates_max:
+    reserved = sum(e.reserved_mc for _, e in close)
+    if similar < config.near_duplicates_max or reserved < config.repeat_spend_mc_min:
         return None
     best, nearest = max(close, key=lambda pair: pair[0])
     return _trip(history, config, seen, now, detector="near_duplicate", other=None,
                  evidence={"similar": similar, "near_duplicates_max": config.near_duplicates_max,
+                  "reserved_mc": reserved, "repeat_spend_mc_min": config.repeat_spend_mc_min,
                   "near_duplicate_min": config.near_duplicate_min, "closest_similarity": round(best, 4),
                   "closest_call_id": nearest.last_call_id, "measure": "bottom_k_minhash_word_3_shingles"},
+                 transition=LoopTransition.OPENED)
+
+
+def _repeated_template(history: LoopHistory, config: LoopConfig, live: Sequence[LoopEntry], seen: _Seen,
+                       now: datetime) -> LoopStep | None:
+    """The agent's recent calls of this template (every number masked) reserved the template floor."""
+    agent, template = seen.request.agent, seen.template
+    if not template or _family(live, agent, seen.fingerprint, "") is not None:
+        return None  # an exact repeat is same_request's to judge (identical_max may be set high)
+    same = [e for e in live if e.agent == agent and e.template == template]
+    calls, reserved = sum(e.count for e in same), sum(e.reserved_mc for e in same)
+    if calls < config.near_duplicates_max or reserved < config.template_spend_mc_min:
+        return None
+    return _trip(history, config, seen, now, detector=_TEMPLATE, other=None,
+                 evidence={"calls": calls, "near_duplicates_max": config.near_duplicates_max, "template": template,
+                           "reserved_mc": reserved, "template_spend_mc_min": config.template_spend_mc_min,
+                           "first_seen_at": min(e.first_at for e in same).isoformat()},
                  transition=LoopTransition.OPENED)
 
 

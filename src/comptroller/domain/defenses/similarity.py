@@ -14,7 +14,12 @@
 * :func:`mask_variables`: what varies between two retries of one request (UUIDs,
   timestamps, hex ids, paths, numbers, stack-trace line numbers) replaced by a
   placeholder, so a retry whose error line carries a new timestamp or id is the
-  same text as the one before.
+  same text as the one before. This is a request's *template*.
+* :func:`mask_volatile`: the same masking, but only on error-looking lines (a
+  traceback, an ``...Error``/exception, "failed", "timed out", ``line N``, an HTTP
+  4xx/5xx status); other lines keep their numbers, ids and paths (a classifier's
+  ticket number and price are its content, not noise) and mask only timestamps and
+  clock times. This is what the near-duplicate detector compares.
 * :class:`Sketch`: a fixed-size signature of a text's shingle set (a bottom-k
   MinHash: the ``k`` smallest 32-bit BLAKE2b hashes of its shingles; A. Broder,
   "On the resemblance and containment of documents", 1997; E. Cohen and H.
@@ -39,8 +44,8 @@ import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
-__all__ = ["SHINGLE_WORDS", "SKETCH_SIZE", "Sketch", "fingerprint", "mask_variables", "normalise_text", "shingles",
-           "similarity"]
+__all__ = ["SHINGLE_WORDS", "SKETCH_SIZE", "Sketch", "fingerprint", "mask_variables", "mask_volatile", "normalise_text",
+           "shingles", "similarity", "template_key"]
 
 SHINGLE_WORDS = 3
 _SPACE = re.compile(r"\s+")
@@ -60,6 +65,16 @@ _VARIABLES = re.compile(r"(?=\b[\da-f]|[a-z]:\\|~?/)(?:" + "|".join((
 )) + ")")
 
 
+# A line that reports a failure: its numbers, ids and paths are what changes between two retries.
+_ERROR_LINE = re.compile(r"traceback|exception|error|errno|fail|fatal|panic|timed? ?out|unavailable|refused"
+                         r"|\bline \d+\b|\bstatus(?: code)?:? ?[45]\d\d\b")
+# Outside error lines only the clock is masked: a timestamp or a time of day is never an item's content.
+_CLOCK = re.compile(r"(?=\b\d)(?:" + "|".join((
+    r"(?P<ts>\b\d{4}-\d{2}-\d{2}[t ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)",
+    r"(?P<time>\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)",
+)) + ")")
+
+
 def normalise_text(text: str) -> str:
     """Case-folded, with runs of whitespace collapsed to one space and the ends stripped."""
     return _SPACE.sub(" ", text.casefold()).strip()
@@ -74,6 +89,31 @@ def mask_variables(text: str) -> str:
     Two retries whose error line differs only in such values mask to the same text.
     """
     return _VARIABLES.sub(_placeholder, normalise_text(text))
+
+
+def mask_volatile(text: str) -> str:
+    """The normalised text with :func:`mask_variables` applied to its error-looking lines only.
+
+    A line is error-looking when it mentions a traceback, an error or exception, a failure,
+    a time-out, ``line N`` or an HTTP 4xx/5xx status. Other lines mask only timestamps and
+    clock times (``<ts>``, ``<time>``) and keep their numbers, ids and paths, so two requests
+    that fill one template with different values stay different requests, while two retries
+    whose error line differs in a timestamp, an id or a line number are the same text.
+    Lines are joined by one space (the result equals :func:`normalise_text` when nothing is masked).
+    """
+    lines = text.splitlines() if "\n" in text or "\r" in text else [text]
+    masked = []
+    for line in lines:
+        plain = normalise_text(line)
+        if plain:
+            masked.append(_VARIABLES.sub(_placeholder, plain) if _ERROR_LINE.search(plain)
+                          else _CLOCK.sub(_placeholder, plain))
+    return " ".join(masked)
+
+
+def template_key(masked: str) -> str:
+    """A 64-bit identity (16 hex digits, BLAKE2b) of a :func:`mask_variables` text: its template."""
+    return hashlib.blake2b(masked.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def _placeholder(match: re.Match[str]) -> str:
