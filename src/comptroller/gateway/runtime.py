@@ -35,12 +35,13 @@ tracking (resolved at shutdown) and metrics as a plain call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import anyio
 import anyio.to_thread
@@ -82,6 +83,12 @@ class InlineLedger(Protocol):
 
     def uncontended(self) -> AbstractContextManager[bool]:
         """Take the store for one operation if it is free now; never waits."""
+
+
+@functools.cache
+def _holds_itself(store_type: type) -> bool:
+    """Whether a store class is an :class:`InlineLedger` (a protocol check is slow: once per class)."""
+    return issubclass(store_type, InlineLedger)
 
 
 class BoundedCall:
@@ -195,10 +202,10 @@ class Gateway:
         connection and lock).
         """
         store = self.engine.store
-        if not isinstance(store, InlineLedger):
+        if not _holds_itself(type(store)):
             return None
         if operation in (self.admit, self.release) or (operation == self.settle and not self.engine.on_settled):
-            return store.uncontended()
+            return cast(InlineLedger, store).uncontended()
         return None
 
     async def run(self, operation: Callable[..., _T], *args: Any) -> _T:
