@@ -144,4 +144,4 @@ def test_approval_over_http_takes_the_admin_key(make_workers: Callable[[str, int
         assert (approved.status_code, approved.json()["action"]["status"]) == (200, "approved")
         assert c.post("/v1/actions/p1/outcome", json={"published": True}, headers=writer).status_code == 200
         again = c.post("/v1/actions/p1/reject", json=decision, headers=admin)
-        assert (again.status_code, again.json()["error"]["code"]) == (409, "action_conflict")
+        assert (again.status_code, again.json()["error"]["code"]) == (409, "action_already_decided")

@@ -7,7 +7,9 @@ State lives in the ledger's state rows, so every worker and replica sharing the 
   A check reads it, runs the pure rules and writes it back with a compare-and-set on its version;
   two workers checking at once cannot both take the last slot: the loser reads again and re-checks.
 * ``("action", "tenant|id")``: one action's record (:class:`~comptroller.domain.actions.ActionRecord`),
-  created once (expected version 0, so the id is an idempotency key) and moved by compare-and-set.
+  created once (expected version 0, so the id is an idempotency key) and moved by compare-and-set
+  (:mod:`comptroller.engine.action_rows`); an unverified action's next check is due at its
+  ``verify_next_at`` (:mod:`comptroller.engine.verification`).
 
 An allowed action takes its slot in the history first, then its record is written; a crash in
 between leaves the slot held (conservative) and a retry of the same id finds it and answers allowed.
@@ -19,46 +21,43 @@ Time comes from the injected clock only: in tests and simulations a :class:`~com
 
 from __future__ import annotations
 
+import builtins
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta
-
-import httpx
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from comptroller.actions_config import ActionPolicy
 from comptroller.domain.actions import Action, ActionRecord, ActionStatus, History, HistoryEntry, Reason, check
 from comptroller.domain.actions.history import HISTORY
 from comptroller.domain.actions.model import ACTIVE, TransitionError
 from comptroller.domain.actions.rules import ActionRules
-from comptroller.domain.ledger import Event
 from comptroller.domain.state import StateKey, StoredState
+from comptroller.engine.action_rows import (
+    ACTION,
+    ActionConflictError,
+    ActionRows,
+    UnknownActionError,
+    transition_events,
+)
+from comptroller.engine.verification import DUE_MAX, Fetch, Verifier, http_fetch
 from comptroller.ports import Clock, EventSink, LedgerStore
 
-__all__ = ["ACTION", "ActionConflictError", "ActionService", "UnknownActionError", "http_fetch"]
+__all__ = ["ACTION", "ActionAlreadyDecidedError", "ActionConflictError", "ActionExpiredError", "ActionService",
+           "UnknownActionError", "http_fetch"]
 
-ACTION = "action"
-"""The state kind of one action's row, and the kind of its events."""
 _ATTEMPTS = 64
 
-Fetch = Callable[[str], tuple[int, str]]
+
+class ActionAlreadyDecidedError(ActionConflictError):
+    """Approving or rejecting an action that is not pending: decided already (approved, rejected) or never held."""
+
+    code = "action_already_decided"
 
 
-class ActionConflictError(ValueError):
-    """An action id reused with different fields (the id is an idempotency key), or a transition refused."""
+class ActionExpiredError(ActionConflictError):
+    """Approving or rejecting a held action past its ``expires_at``: the hold lapsed, nothing happens."""
 
-
-class UnknownActionError(LookupError):
-    """No action of that id for that tenant."""
-
-
-def http_fetch(url: str) -> tuple[int, str]:
-    """GET ``url`` (10 s timeout, redirects followed): (status, body); a transport error reads as status 0."""
-    try:
-        response = httpx.get(url, timeout=10.0, follow_redirects=True)
-    except httpx.HTTPError:
-        return 0, ""
-    return response.status_code, response.text
+    code = "action_expired"
 
 
 class ActionService:
@@ -77,7 +76,8 @@ class ActionService:
     def __init__(self, store: LedgerStore, clock: Clock, policy: ActionPolicy, *, sinks: EventSink | None = None,
                  fetch: Fetch = http_fetch, sleep: Callable[[float], None] = time.sleep) -> None:
         self.store, self.clock, self.policy = store, clock, policy
-        self.sinks, self.fetch, self.sleep = sinks, fetch, sleep
+        self.rows = ActionRows(store, sinks)
+        self.verifier = Verifier(self.rows, clock, policy, fetch=fetch, sleep=sleep)
 
     # -- check -----------------------------------------------------------------------------------------
     def check(self, action: Action) -> ActionRecord:
@@ -130,18 +130,12 @@ class ActionService:
                                     history.version)
 
     def _create(self, record: ActionRecord, now: datetime) -> bool:
-        events = _events(record, now)
-        written = self.store.put_state(StoredState(_key(record.action.tenant, record.action.id), 1,
-                                                   record.to_record()), 0, events)
-        if written:
-            self._publish(events)
-        return written
+        return self.rows.create(record, transition_events(record, now))
 
     # -- read ------------------------------------------------------------------------------------------
     def get(self, tenant: str, action_id: str) -> ActionRecord | None:
         """One action's stored record (status as stored; ``.at(now)`` reads expiry), or None."""
-        stored = self.store.state(_key(tenant, action_id))
-        return None if stored is None else ActionRecord.from_record(stored.record)
+        return self.rows.get(tenant, action_id)
 
     def list(self, tenant: str | None = None, status: ActionStatus | None = None) -> list[ActionRecord]:
         """Actions (of one tenant, in one status as read now), oldest first."""
@@ -157,7 +151,9 @@ class ActionService:
 
         Raises:
             UnknownActionError: no such action.
-            ActionConflictError: it is not pending (decided, expired, never held), or kept changing.
+            ActionExpiredError: the hold lapsed (past ``expires_at``).
+            ActionAlreadyDecidedError: it is not pending (approved, rejected, never held).
+            ActionConflictError: no decider named, or the row kept changing.
         """
         for _ in range(_ATTEMPTS):
             now = self.clock.now()
@@ -165,6 +161,11 @@ class ActionService:
             try:
                 decided = record.decide(approve, now, by=by)
             except TransitionError as exc:
+                status = record.at(now).status
+                if status is ActionStatus.EXPIRED:
+                    raise ActionExpiredError(str(exc)) from None
+                if status is not ActionStatus.PENDING_APPROVAL:
+                    raise ActionAlreadyDecidedError(str(exc)) from None
                 raise ActionConflictError(str(exc)) from None
             if not approve:
                 if self._move(record, decided, now):
@@ -188,8 +189,9 @@ class ActionService:
 
     # -- outcome and verification ----------------------------------------------------------------------
     def record_outcome(self, tenant: str, action_id: str, *, published: bool, url: str | None = None) -> ActionRecord:
-        """Record what happened after an allowed or approved action: ``unverified`` (then :meth:`verify`)
-        or ``failed`` (its slot in the history returns). A repeat answers the stored record.
+        """Record what happened after an allowed or approved action: ``unverified`` (its first check due at
+        once: :meth:`check_once`, :meth:`reverify_due`) or ``failed`` (its slot in the history returns).
+        A repeat answers the stored record.
 
         Raises:
             UnknownActionError: no such action.
@@ -203,7 +205,8 @@ class ActionService:
             if record.status not in ACTIVE:
                 raise ActionConflictError(f"action {action_id!r} is {record.status}; only an allowed or approved "
                                           "action has an outcome")
-            nxt = record.moved(ActionStatus.UNVERIFIED if published else ActionStatus.FAILED, now, outcome_url=url)
+            nxt = record.moved(ActionStatus.UNVERIFIED if published else ActionStatus.FAILED, now, outcome_url=url,
+                               published_at=now if published else None, verify_next_at=now if published else None)
             if self._move(record, nxt, now):
                 if not published:
                     self._give_back(tenant, action_id)
@@ -211,77 +214,34 @@ class ActionService:
         raise ActionConflictError(f"action {action_id!r} kept changing; retry")
 
     def verify(self, tenant: str, action_id: str) -> ActionRecord:
-        """Verify an ``unverified`` action, re-trying with exponential backoff (tenacity) up to the rules'
-        ``attempts``; ``done`` when confirmed, else it stays ``unverified`` and an ``action/unverified``
-        event is raised. Every attempt is counted in ``verify_attempts``.
+        """Check an ``unverified`` action up to its rules' ``attempts`` times with backoff (``sleep``):
+        ``done`` when confirmed, else it stays ``unverified``, its durable schedule goes on, and the
+        ``attempts``-th failed check raises an ``action/unverified`` event (:class:`~.verification.Verifier`).
 
         Raises:
             UnknownActionError: no such action.
         """
-        record = self._must(tenant, action_id)
-        if record.status is not ActionStatus.UNVERIFIED:
-            return record
-        rules = self.policy.rules_for(record.action.platform, record.action.kind)
-        spec = rules.verification if rules is not None else None
-        attempts = 1 if spec is None else spec.attempts
-        retrying = Retrying(stop=stop_after_attempt(attempts), retry=retry_if_result(lambda ok: not ok),
-                            wait=wait_exponential(multiplier=spec.backoff_s_start if spec else 1.0,
-                                                  max=spec.backoff_s_max if spec else 1.0), sleep=self.sleep)
-        try:
-            retrying(self._attempt, tenant, action_id)
-        except RetryError:
-            now = self.clock.now()
-            last = self._must(tenant, action_id)
-            event = Event(now, ACTION, "unverified", "platform", f"{tenant}/{last.action.platform}",
-                          _detail(last, attempts=last.verify_attempts, url=last.outcome_url))
-            self.store.record_event(event)
-            self._publish([event])
-        return self._must(tenant, action_id)
+        return self.verifier.verify(tenant, action_id)
 
-    def _attempt(self, tenant: str, action_id: str) -> bool:
-        for _ in range(_ATTEMPTS):
-            record = self._must(tenant, action_id)
-            if record.status is not ActionStatus.UNVERIFIED:
-                return record.status is ActionStatus.DONE
-            ok = self._confirmed(record)
-            now = self.clock.now()
-            nxt = record.moved(ActionStatus.DONE if ok else ActionStatus.UNVERIFIED, now,
-                               verify_attempts=record.verify_attempts + 1, verified_at=now if ok else None)
-            if self._move(record, nxt, now):
-                return ok
-        raise ActionConflictError(f"action {action_id!r} kept changing; retry")
+    def check_once(self, tenant: str, action_id: str) -> ActionRecord:
+        """One check of an ``unverified`` action (``done``, or counted and re-scheduled).
 
-    def _confirmed(self, record: ActionRecord) -> bool:
-        rules = self.policy.rules_for(record.action.platform, record.action.kind)
-        if rules is None:
-            return False
-        spec = rules.verification
-        if spec.trust_outcome:
-            return True
-        if spec.verifier is not None and not spec.verifier(record):
-            return False
-        if spec.url is not None:
-            url = spec.url.format(url=record.outcome_url or "", id=record.action.id)
-            marker = spec.marker.format(text40=record.action.text[:40], id=record.action.id)
-            status, body = self.fetch(url)
-            return status == 200 and marker in body
-        return spec.verifier is not None
+        Raises:
+            UnknownActionError: no such action.
+        """
+        return self.verifier.check_once(tenant, action_id)
+
+    def reverify_due(self, limit: int = DUE_MAX) -> builtins.list[ActionRecord]:
+        """Check every unverified action whose ``verify_next_at`` is due now (at most ``limit``): what a
+        gateway worker runs every round, so checks a dead worker left resume. The records after."""
+        return self.verifier.reverify_due(limit)
 
     # -- rows ------------------------------------------------------------------------------------------
     def _must(self, tenant: str, action_id: str) -> ActionRecord:
-        record = self.get(tenant, action_id)
-        if record is None:
-            raise UnknownActionError(f"no action {action_id!r} for tenant {tenant!r}; "
-                                     "`comptroller action list` shows them")
-        return record
+        return self.rows.must(tenant, action_id)
 
     def _move(self, current: ActionRecord, nxt: ActionRecord, now: datetime) -> bool:
-        events = _events(nxt, now)
-        ok = self.store.put_state(StoredState(_key(nxt.action.tenant, nxt.action.id), nxt.version, nxt.to_record()),
-                                  current.version, events)
-        if ok:
-            self._publish(events)
-        return ok
+        return self.rows.move(current, nxt, transition_events(nxt, now))
 
     def _give_back(self, tenant: str, action_id: str) -> None:
         for _ in range(_ATTEMPTS):
@@ -294,24 +254,3 @@ class ActionService:
             nxt = history.without(action_id)
             if self.store.put_state(StoredState(stored.key, nxt.version, nxt.to_record()), history.version):
                 return
-
-    def _publish(self, events: Sequence[Event]) -> None:
-        if events and self.sinks is not None:
-            self.sinks.publish(events)
-
-
-def _key(tenant: str, action_id: str) -> StateKey:
-    return StateKey(ACTION, f"{tenant}|{action_id}")
-
-
-def _detail(record: ActionRecord, **extra: object) -> dict[str, object]:
-    a = record.action
-    return {"action": a.id, "tenant": a.tenant, "agent": a.agent, "platform": a.platform, "kind": a.kind,
-            "task": a.task, "reasons": [r.to_json() for r in record.reasons], **extra}
-
-
-def _events(record: ActionRecord, now: datetime) -> list[Event]:
-    if record.status in (ActionStatus.REFUSED, ActionStatus.PENDING_APPROVAL, ActionStatus.REJECTED):
-        return [Event(now, ACTION, str(record.status), "platform", f"{record.action.tenant}/{record.action.platform}",
-                      _detail(record))]
-    return []

@@ -5,8 +5,12 @@
                                               ``{"id", "platform", "kind", "text", "task"?, "fields"?}``
 ``GET  /v1/actions/{id}``                     the action as it reads now
 ``POST /v1/actions/{id}/outcome``             ``{"published": true, "url": "..."}`` after the side
-                                              effect; verification then runs in the background
+                                              effect; the first check runs in the background, later
+                                              ones on the durable schedule (:mod:`.reverify`)
 ``POST /v1/actions/{id}/approve`` | ``reject``  an admin key only: ``{"tenant", "by"}``
+``POST /v1/actions/{id}/approval``            a signed webhook callback: ``{"action", "tenant",
+                                              "decision": "approve" | "reject", "by"}`` (no key; HMAC
+                                              signature, :mod:`.approval_callback`)
 ============================================  ====================================================
 
 The tenant and agent come from the key (``X-Comptroller-Agent`` narrows an unbound key, as for
@@ -22,6 +26,8 @@ error                                        status  ``code``
 ===========================================  ======  ================================
 body not JSON, field missing or mistyped     400     ``invalid_request``
 an id reused with other fields, a transition 409     ``action_conflict``
+deciding an action decided already           409     ``action_already_decided``
+deciding an action whose hold expired        409     ``action_expired``
 no such action for this tenant               404     ``action_not_found``
 approving with a tenant key                  403     ``scope_not_allowed``
 the ledger cannot be reached                 503     ``ledger_unavailable``
@@ -45,12 +51,13 @@ from comptroller.config import load_policy
 from comptroller.domain.actions import Action, ActionRecord, ActionStatus
 from comptroller.engine.actions import ActionService
 from comptroller.gateway.apis.request_body import read_body
+from comptroller.gateway.approval_callback import approval_secret, signed_approval
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.guard_http import GuardServices, endpoint, on_ledger, parse_body, tenant_agent
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.tasks import task_routes
 
-__all__ = ["ActionIn", "action_routes"]
+__all__ = ["ActionIn", "action_routes", "guard_services"]
 
 log = logging.getLogger("comptroller.gateway")
 
@@ -85,21 +92,36 @@ class DecisionIn(BaseModel):
     by: str = Field(min_length=1)
 
 
-def action_routes(policy: ActionPolicy | None = None, tasks: TaskSettings | None = None) -> list[Route]:
-    """The ``/v1/actions`` and ``/v1/tasks`` routes; ``policy`` and ``tasks`` default to the ``[actions]``
-    and ``[tasks]`` of ``COMPTROLLER_CONFIG``.
+def guard_services(policy: ActionPolicy | None = None, tasks: TaskSettings | None = None) -> GuardServices:
+    """The services the routes and the re-verifier share: ``policy``, ``tasks`` and the re-attempt limit
+    default to the ``[actions]``, ``[tasks]`` and ``[retries]`` of ``COMPTROLLER_CONFIG``.
 
     Raises:
         ConfigError: the policy file is invalid (``comptroller serve`` has checked it already).
     """
     file = load_policy(os.environ.get("COMPTROLLER_CONFIG") or None)
-    state = GuardServices(policy or file.action_policy(), tasks or file.task_settings(), file.defenses().retries)
+    return GuardServices(policy or file.action_policy(), tasks or file.task_settings(), file.defenses().retries)
+
+
+def action_routes(state: GuardServices | None = None) -> list[Route]:
+    """The ``/v1/actions`` and ``/v1/tasks`` routes on ``state`` (default :func:`guard_services`).
+
+    Raises:
+        ConfigError: the policy file is invalid (``comptroller serve`` has checked it already).
+        ValueError: ``COMPTROLLER_APPROVAL_SECRET`` is set but not a ``whsec_`` secret.
+    """
+    state = state or guard_services()
+    secret = approval_secret()
+
+    async def approval(gw: Gateway, services: GuardServices, request: Request) -> Response:
+        return await signed_approval(gw, services, request, secret)
     return [
         Route("/v1/actions/check", endpoint(state, _check), methods=["POST"]),
         Route("/v1/actions/{action_id}", endpoint(state, _get), methods=["GET"]),
         Route("/v1/actions/{action_id}/outcome", endpoint(state, _outcome), methods=["POST"]),
         Route("/v1/actions/{action_id}/approve", endpoint(state, _approve), methods=["POST"]),
         Route("/v1/actions/{action_id}/reject", endpoint(state, _reject), methods=["POST"]),
+        Route("/v1/actions/{action_id}/approval", endpoint(state, approval), methods=["POST"]),
         *task_routes(state),
     ]
 
@@ -145,16 +167,17 @@ async def _outcome(gw: Gateway, services: GuardServices, request: Request) -> Re
     action_id = request.path_params["action_id"]
     record = await on_ledger(gw, service.record_outcome, tenant, action_id, published=body.published, url=body.url)
     response = _answer(service, record)
-    if record.status is ActionStatus.UNVERIFIED:
-        response.background = BackgroundTask(_verify, service, tenant, action_id)
+    if record.status is ActionStatus.UNVERIFIED and record.verify_attempts == 0:
+        response.background = BackgroundTask(_check_once, service, tenant, action_id)
     return response
 
 
-def _verify(service: ActionService, tenant: str, action_id: str) -> None:
+def _check_once(service: ActionService, tenant: str, action_id: str) -> None:
     try:
-        service.verify(tenant, action_id)
+        service.check_once(tenant, action_id)
     except Exception:
-        log.exception("verifying action %s of %s failed; it stays unverified", action_id, tenant)
+        log.exception("verifying action %s of %s failed; it stays unverified, and its schedule re-checks it",
+                      action_id, tenant)
 
 
 async def _decide(gw: Gateway, services: GuardServices, request: Request, approve: bool) -> Response:

@@ -48,7 +48,7 @@ from comptroller.domain.breaker import BreakerState, BreakerStatus
 from comptroller.domain.routing import Router
 from comptroller.engine import Engine
 from comptroller.engine.engine import allowed_models
-from comptroller.gateway.actions import action_routes
+from comptroller.gateway.actions import action_routes, guard_services
 from comptroller.gateway.admin import admin_app
 from comptroller.gateway.apis.routes import api_routes, not_found
 from comptroller.gateway.batches import batch_routes, start_batches
@@ -59,6 +59,7 @@ from comptroller.gateway.groups import dispatch
 from comptroller.gateway.identity import Identity, KeyPrefetch
 from comptroller.gateway.lifecycle import LedgerProbe, Roster, WorkerLife, die_with_parent
 from comptroller.gateway.metrics import GatewayMetrics, authorize_scrape
+from comptroller.gateway.reverify import start_reverifier
 from comptroller.gateway.runs import runs_endpoint
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upkeep import start_upkeep
@@ -174,6 +175,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
     routing = routing or RoutingConfig(Router({}))
     tiers = tier_models(routing, config, engine.prices)
     group_service = GroupService(engine=engine, namespace=namespace, groups=groups)
+    guard = guard_services()  # [actions], [tasks], [retries] of COMPTROLLER_CONFIG
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -185,10 +187,12 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         life.start(gateway)
         app.state.batches = await start_batches(gateway, batch)
         app.state.upkeep = await start_upkeep(gateway)  # lease renewal and outbox delivery
+        app.state.reverifier = await start_reverifier(gateway, guard)  # unverified actions' durable re-checks
         try:
             yield
         finally:
             await app.state.upkeep.aclose()
+            await app.state.reverifier.aclose()
             await app.state.batches.aclose()
             life.stop()
             left, released = gateway.resolve_all()  # sent: left to its lease (unknown_outcome); never sent: released
@@ -204,7 +208,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         *batch_routes(),
         Route("/v1/groups/{group_id}/dispatch", _dispatch, methods=["POST"]),
         Route("/v1/runs", runs_endpoint, methods=["POST"]),
-        *action_routes(),  # /v1/actions/..., /v1/tasks/... ([actions] of COMPTROLLER_CONFIG)
+        *action_routes(guard),  # /v1/actions/..., /v1/tasks/...
         Route("/v1/models", _models, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),

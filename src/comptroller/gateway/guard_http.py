@@ -95,7 +95,9 @@ async def on_ledger(gw: Gateway, operation: Callable[..., Any], *args: Any, **kw
         raise GatewayError(404, str(exc), code="action_not_found") from None
     except TaskRefusedError:
         raise
-    except (ActionConflictError, TaskError) as exc:
+    except ActionConflictError as exc:
+        raise GatewayError(409, str(exc), code=exc.code) from None
+    except TaskError as exc:
         raise GatewayError(409, str(exc), code="action_conflict") from None
     except Exception:
         log.exception("action or task operation failed: the ledger did not answer")

@@ -110,6 +110,9 @@ class ActionRecord:
         outcome_url: where the agent says the side effect landed (what the verifier fetches).
         verify_attempts: verifications tried so far.
         verified_at: when a verifier confirmed it.
+        published_at: when the agent recorded that it happened (re-verification's horizon counts from it).
+        verify_next_at: when an ``unverified`` action's next check is due (the durable schedule of
+            :mod:`.schedule`); None when none is due (not unverified, or past the horizon).
         updated_at: the last transition.
         version: the compare-and-set token of the row.
     """
@@ -125,6 +128,8 @@ class ActionRecord:
     verified_at: datetime | None = None
     updated_at: datetime | None = None
     version: int = 0
+    published_at: datetime | None = None
+    verify_next_at: datetime | None = None
 
     def at(self, now: datetime) -> ActionRecord:
         """This record as it reads at ``now``: a pending approval past its expiry is ``expired``."""
@@ -159,7 +164,8 @@ class ActionRecord:
                 "reasons": json.dumps([r.to_json() for r in self.reasons]),
                 "expires_at": _iso(self.expires_at), "decided_by": self.decided_by, "outcome_url": self.outcome_url,
                 "verify_attempts": self.verify_attempts, "verified_at": _iso(self.verified_at),
-                "updated_at": _iso(self.updated_at), "version": self.version}
+                "updated_at": _iso(self.updated_at), "version": self.version,
+                "published_at": _iso(self.published_at), "verify_next_at": _iso(self.verify_next_at)}
 
     @classmethod
     def from_record(cls, r: Mapping[str, JsonScalar]) -> ActionRecord:
@@ -174,7 +180,8 @@ class ActionRecord:
                    decided_by=None if r["decided_by"] is None else str(r["decided_by"]),
                    outcome_url=None if r["outcome_url"] is None else str(r["outcome_url"]),
                    verify_attempts=int(str(r["verify_attempts"])), verified_at=_opt_dt(r["verified_at"]),
-                   updated_at=_opt_dt(r["updated_at"]), version=int(str(r["version"])))
+                   updated_at=_opt_dt(r["updated_at"]), version=int(str(r["version"])),
+                   published_at=_opt_dt(r.get("published_at")), verify_next_at=_next_at(r))
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         """The action as an API answers it (its status as read at ``now``)."""
@@ -182,6 +189,13 @@ class ActionRecord:
         body: dict[str, Any] = {**current.to_record(), "fields": dict(self.action.fields),
                                 "reasons": [r.to_json() for r in current.reasons]}
         return body
+
+
+def _next_at(r: Mapping[str, JsonScalar]) -> datetime | None:
+    if "verify_next_at" in r:
+        return _opt_dt(r["verify_next_at"])
+    # a row written before the schedule existed: an unverified one is due now, so it is not forgotten
+    return _opt_dt(r["updated_at"] or r["created_at"]) if r["status"] == ActionStatus.UNVERIFIED else None
 
 
 def _iso(at: datetime | None) -> str | None:

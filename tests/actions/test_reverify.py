@@ -1,0 +1,177 @@
+"""Durable re-verification: unverified actions are re-checked on a schedule kept in their ledger rows,
+so a new gateway resumes what a stopped one left (virtual time; loopback stub platform; real HTTP)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from actions_kit import T0, TUMBLR, RecordingSink, StubPlatform
+from loopback import LoopbackServer
+
+from comptroller.actions_config import parse_actions
+from comptroller.bootstrap import build_engine
+from comptroller.clock import VirtualClock
+from comptroller.config import load_policy
+from comptroller.domain.actions import Action, ActionRecord, ActionStatus
+from comptroller.domain.actions.rules import Verification
+from comptroller.domain.actions.schedule import VERIFY_HORIZON_S, backoff_s
+from comptroller.engine import Engine
+from comptroller.engine.action_rows import action_key
+from comptroller.engine.actions import ActionService
+from comptroller.gateway.app import create_app
+from comptroller.gateway.config import GatewayConfig
+from comptroller.storage import store_from_url
+from comptroller.storage.keys import SQLiteKeyStore, new_key
+
+START_S, MAX_S, ATTEMPTS = 60.0, 240.0, 2
+TEXT = "Five lessons from running six AI agents in production for a month. Read the thread."
+POLICY = f"""namespace = "test"
+[actions.tumblr]
+count_max = 3
+window_s = 86400
+verify_url = "{{url}}"
+verify_attempts = {ATTEMPTS}
+verify_backoff_s_start = {START_S}
+verify_backoff_s_max = {MAX_S}
+"""
+
+
+def _wait(what: Callable[[], ActionRecord], until: Callable[[ActionRecord], bool]) -> ActionRecord:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        record = what()
+        if until(record):
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"not reached within 20 s; last seen {what()}")
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], tuple[str, Engine]]]:
+    """Start a gateway (its own engine and key store) on one SQLite ledger and one virtual clock; each call
+    starts a new one, as a restarted worker would be; ``stop()`` on the returned server closes it."""
+    (tmp_path / "policy.toml").write_text(POLICY, encoding="utf-8")
+    monkeypatch.setenv("COMPTROLLER_CONFIG", str(tmp_path / "policy.toml"))
+    policy = load_policy(tmp_path / "policy.toml")
+    clock = VirtualClock(T0)
+    running: list[LoopbackServer] = []
+
+    def start() -> tuple[str, Engine]:
+        engine = build_engine(db_url=f"sqlite:///{tmp_path / 'ledger.db'}", policy=policy, clock=clock, sinks=[])
+        app = create_app(engine=engine, keys=SQLiteKeyStore(tmp_path / "ledger.db"),
+                         config=GatewayConfig(admin_key_env=None), namespace="test")
+        running.append(LoopbackServer(app).__enter__())
+        return running[-1].url, engine
+
+    gateway_start = start
+    gateway_start.running = running  # type: ignore[attr-defined]
+    gateway_start.clock = clock  # type: ignore[attr-defined]
+    yield gateway_start
+    for server in running:
+        server.__exit__(None, None, None)
+
+
+def test_a_restarted_gateway_resumes_re_verifying(gateway: Callable[[], tuple[str, Engine]], tmp_path: Path) -> None:
+    """A post the stub answered 200 for without publishing is checked once by the first gateway, which then
+    stops; a new gateway on the same ledger re-checks it when due (the unverified event at the attempts-th
+    check), and marks it done once the stub publishes it."""
+    clock: VirtualClock = gateway.clock  # type: ignore[attr-defined]
+    with StubPlatform(publishes=False) as liar:
+        url, _ = gateway()
+        record, plain = new_key(tenant="acme", agent="writer")
+        SQLiteKeyStore(tmp_path / "ledger.db").add(record)
+        auth = {"Authorization": f"Bearer {plain}"}
+        body = {"id": "p1", "platform": "tumblr", "kind": "post", "text": TEXT}
+        assert httpx.post(f"{url}/v1/actions/check", json=body, headers=auth, timeout=10).status_code == 200
+        liar.publish(TEXT)  # answered 200, published nothing
+        outcome = httpx.post(f"{url}/v1/actions/p1/outcome", json={"published": True, "url": liar.url},
+                             headers=auth, timeout=10)
+        assert outcome.json()["action"]["status"] == "unverified"
+
+        reader = store_from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+
+        def stored() -> ActionRecord:
+            found = reader.state(action_key("acme", "p1"))
+            assert found is not None
+            return ActionRecord.from_record(found.record)
+        checked = _wait(stored, lambda r: r.verify_attempts == 1)
+        assert (checked.status, checked.verify_next_at, liar.gets) == (
+            ActionStatus.UNVERIFIED, T0 + timedelta(seconds=START_S), 1)
+        gateway.running[0].__exit__(None, None, None)  # type: ignore[attr-defined]  # the first gateway stops
+        gateway.running.pop(0)  # type: ignore[attr-defined]
+        assert stored().verify_attempts == 1 and liar.gets == 1  # nothing re-checked it: it was not due
+
+        _, second = gateway()  # a new gateway on the same ledger, as after a restart
+        clock.advance(START_S)  # the second check falls due
+        again = _wait(stored, lambda r: r.verify_attempts == 2)
+        assert again.status is ActionStatus.UNVERIFIED
+        assert again.verify_next_at == clock.now() + timedelta(seconds=backoff_s(Verification(
+            backoff_s_start=START_S, backoff_s_max=MAX_S), 2))
+        events = [e for e in second.store.events("action") if e.code == "unverified"]
+        assert [(e.detail["action"], e.detail["attempts"]) for e in events] == [("p1", ATTEMPTS)]
+
+        liar.publishes = True
+        liar.publish(TEXT)  # the platform finally shows the post
+        clock.advance(backoff_s(Verification(backoff_s_start=START_S, backoff_s_max=MAX_S), 2))
+        done = _wait(stored, lambda r: r.status is ActionStatus.DONE)
+        assert (done.verify_attempts, done.verified_at, done.verify_next_at) == (3, clock.now(), None)
+        assert liar.gets == 3
+        reader.close()
+
+
+def test_the_schedule_backs_off_and_stops_at_the_horizon() -> None:
+    """Checks of an action that never shows up fall due at start, 2x start ... capped at the maximum, are
+    counted once each, raise unverified once, and stop one horizon after the outcome (verification_stopped)."""
+    clock, sink = VirtualClock(T0), RecordingSink()
+    with StubPlatform(publishes=False) as liar:
+        spec = {**TUMBLR, "verify_url": "{url}", "verify_attempts": 3, "verify_backoff_s_start": 600,
+                "verify_backoff_s_max": 7200}
+        svc = ActionService(store_from_url("memory://"), clock, parse_actions({"tumblr": spec}), sinks=sink)
+        svc.check(Action("a1", "acme", "writer", "tumblr", "post", TEXT))
+        svc.record_outcome("acme", "a1", published=True, url=liar.url)
+        waits: list[float] = []
+        for _ in range(1000):  # bounded: the horizon ends it long before
+            record = svc.get("acme", "a1")
+            assert record is not None
+            if record.verify_next_at is None:
+                break
+            waits.append((record.verify_next_at - clock.now()).total_seconds())
+            clock.set(record.verify_next_at)
+            assert svc.reverify_due() != []
+            assert svc.reverify_due() == []  # the same instant again: nothing is due, nothing counted twice
+    spec_ = Verification(backoff_s_start=600, backoff_s_max=7200)
+    expected = [0.0]
+    while sum(expected) + backoff_s(spec_, len(expected)) <= VERIFY_HORIZON_S:
+        expected.append(backoff_s(spec_, len(expected)))
+    assert waits == expected
+    assert record.verify_attempts == len(expected) == liar.gets
+    assert [e.code for e in sink.events] == ["unverified", "verification_stopped"]
+    assert sink.events[0].detail["attempts"] == 3
+
+
+def test_two_workers_racing_on_a_due_check_count_it_once() -> None:
+    """Worker b reads a due action, and while b fetches, worker a checks it and writes: b's write loses the
+    compare-and-set, sees a's check, and counts nothing (one count, two GETs)."""
+    clock = VirtualClock(T0)
+    store = store_from_url("memory://")
+    policy = parse_actions({"tumblr": {**TUMBLR, "verify_url": "{url}"}})
+    gets: list[str] = []
+    a = ActionService(store, clock, policy, fetch=lambda url: (gets.append("a"), (200, "<html></html>"))[1])
+
+    def b_fetch(url: str) -> tuple[int, str]:
+        gets.append("b")
+        a.check_once("acme", "a1")  # a's check lands while b is still fetching
+        return 200, "<html></html>"
+    b = ActionService(store, clock, policy, fetch=b_fetch)
+    a.check(Action("a1", "acme", "writer", "tumblr", "post", TEXT))
+    a.record_outcome("acme", "a1", published=True, url="http://127.0.0.1:9/post")
+    assert [r.action.id for r in b.verifier.due(clock.now())] == ["a1"]
+    after = b.reverify_due()
+    assert [(r.verify_attempts, r.status) for r in after] == [(1, ActionStatus.UNVERIFIED)]
+    assert gets == ["b", "a"]
+    assert b.verifier.due(clock.now()) == []
