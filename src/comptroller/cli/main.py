@@ -25,7 +25,9 @@ from comptroller.cli.db import db_app
 from comptroller.cli.defenses import register as register_defenses
 from comptroller.cli.defenses_summary import print_defenses
 from comptroller.cli.group import group_app, simulate_app
+from comptroller.cli.pnl import posted_transfers
 from comptroller.cli.pnl import register as register_pnl
+from comptroller.cli.report import register as register_report
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
 from comptroller.cli.topology import register as register_topology
@@ -47,9 +49,10 @@ from comptroller.replay.importers import load as load_traces
 from comptroller.replay.inject import inject_loop, parse_loop_spec
 from comptroller.replay.runner import DEFAULT_OUTPUT_TOKENS_MAX, MissingModelError
 from comptroller.replay.trace import TraceError
-from comptroller.reports import Report, build_report, rows_from_ledger, rows_from_replay
+from comptroller.reports import Report, build_report, rows_from_replay
 from comptroller.reports.html import render_html
 from comptroller.reports.model import ReportRow
+from comptroller.reports.pnl import replay_pnl
 from comptroller.reports.terminal import render_terminal
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import SchemaVersionError
@@ -72,6 +75,7 @@ register_defenses(app)  # kill, breaker
 register_traces(app)  # traces convert
 register_topology(simulate_app)  # simulate topology
 register_pnl(app)  # pnl
+register_report(app)  # report
 register_wallet(app)  # wallet transfer|balance|floor|post
 register_ui(app)  # ui
 register_actions(app, simulate_app)  # action list|approve|reject, task list|show, simulate publisher
@@ -135,7 +139,8 @@ def replay_command(
         prices = None if prices_data is None else PriceBook(
             overrides=policy.price_overrides(), aliases=policy.aliases, snapshot=load_prices_data(prices_data),
             snapshot_name=prices_data.name)
-        engine = build_engine(db_url=db or f"sqlite:///{tmp}/replay.db", policy=policy, clock=clock, prices=prices)
+        db_url = db or f"sqlite:///{tmp}/replay.db"
+        engine = build_engine(db_url=db_url, policy=policy, clock=clock, prices=prices)
         with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, transient=True, disable=len(records) < 5000) as progress:
             task = progress.add_task("replay", total=len(records))
@@ -145,6 +150,8 @@ def replay_command(
         events = engine.store.events()
         engine.close()
         engine.store.close()
+        pnl = None if policy.fees is None else replay_pnl(posted_transfers(db_url, policy),
+                                                          policy.fees.schedule().margin_floor)
 
     def ceiling(row: ReportRow, output_max: int) -> int:
         return ceiling_mc(book.price(row.model, row.ts), input_tokens_max=row.input_tokens,
@@ -153,27 +160,9 @@ def replay_command(
     report = build_report(rows_from_replay(result.outcomes), budgets=policy.budget_list(), skipped_lines=skipped,
                           ceiling_fn=ceiling, events=events, default_bound_tokens=DEFAULT_OUTPUT_TOKENS_MAX,
                           price_fn=book.price)
+    report.pnl = pnl
     render_terminal(report, console)
     _write_outputs(report, json_out, html_out, "comptroller replay: " + ", ".join(p.name for p in paths))
-
-
-@app.command("report")
-@_user_errors
-def report_command(
-    db: DbOption = DEFAULT_DB,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
-    html_out: Annotated[Path | None, typer.Option("--html", help="Write the report as self-contained HTML")] = None,
-) -> None:
-    """Report cost and refusals from a ledger's usage log (the same report as replay)."""
-    store = store_from_url(db)
-    try:
-        events = store.events()
-        rows = rows_from_ledger(store.usage_records(), (e for e in events if e.kind == "refusal"))
-        report = build_report(rows, budgets=store.budgets(), events=events)
-    finally:
-        store.close()
-    render_terminal(report, console)
-    _write_outputs(report, json_out, html_out, f"comptroller report: {db}")
 
 
 def _seen_ids(db: str) -> tuple[list[str], dict[str, list[str]]]:

@@ -4,37 +4,39 @@ Posts the usage log to the wallets first (idempotent: :func:`comptroller.wallet_
 with the policy's ``[fees]`` and ``[[infra]]``), then reads every transfer and prints
 :func:`comptroller.domain.wallets.pnl.pnl_rows`. Rows below the policy's
 ``fees.margin_floor`` are flagged. ``--json`` and ``--csv`` write the same rows for finance
-(money in integer millicents and in USD).
+(money in integer millicents and in USD; :func:`comptroller.reports.pnl.pnl_row_dict`).
+``--from`` is inclusive, ``--to`` exclusive, both UTC (a transfer's ``ts`` is its call's settle time).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, user_errors
-from comptroller.config import ConfigError, load_policy
+from comptroller.config import ConfigError, Policy, load_policy
 from comptroller.domain.budgets import Period
-from comptroller.domain.money import format_usd, mc_to_usd
+from comptroller.domain.money import format_usd
 from comptroller.domain.wallets.pnl import PnlBy, PnlRow, pnl_rows, pnl_totals
+from comptroller.domain.wallets.transfers import Transfer
 from comptroller.economics_config import infra_items
 from comptroller.errors import LedgerUnavailableError
+from comptroller.reports.chargeback import TimeRange
+from comptroller.reports.pnl import PNL_MONEY, pnl_row_dict
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import SchemaVersionError
 from comptroller.storage.transfer_stores import transfers_from_url
 from comptroller.wallet_posting import post_usage
 
-__all__ = ["register", "row_dict"]
+__all__ = ["posted_transfers", "register"]
 
 _user_errors = user_errors(ConfigError, StoreURLError, SchemaVersionError, LedgerUnavailableError, ValueError,
                            FileNotFoundError)
-_MONEY = ("revenue_mc", "llm_cost_mc", "infra_mc", "fees_net_mc", "margin_mc")
 
 
 def register(app: typer.Typer) -> None:
@@ -42,16 +44,22 @@ def register(app: typer.Typer) -> None:
     app.command("pnl")(pnl)
 
 
-def row_dict(row: PnlRow) -> dict[str, Any]:
-    """One row for JSON and CSV: money as integer millicents and USD strings, margin_pct as a string or None."""
-    out: dict[str, Any] = {"scope": row.scope, "period": row.period}
-    for name in _MONEY:
-        mc = getattr(row, name)
-        out[name] = mc
-        out[name.removesuffix("_mc") + "_usd"] = str(mc_to_usd(mc))
-    out["margin_pct"] = None if row.margin_pct is None else str(round(row.margin_pct * 100, 2))
-    out["flagged"] = row.flagged
-    return out
+def posted_transfers(db: str, policy: Policy, *, post: bool = True) -> list[Transfer]:
+    """Every wallet transfer of the ledger at ``db``, after posting its usage log with the policy's fees and infra.
+
+    Raises:
+        StoreURLError: for an unknown URL scheme.
+        LedgerUnavailableError: if the ledger or the wallet store cannot answer.
+    """
+    fees = policy.fees.schedule() if policy.fees else None
+    ledger, store = store_from_url(db), transfers_from_url(db)
+    try:
+        if post:
+            post_usage(ledger.usage_records(), store, fees=fees, infra=infra_items(policy.infra))
+        return list(store.transfers())
+    finally:
+        store.close()
+        ledger.close()
 
 
 @_user_errors
@@ -70,41 +78,22 @@ def pnl(
 ) -> None:
     """Profit and loss per agent or tenant and period: revenue, LLM cost, allocated infra, margin; flags."""
     policy = load_policy(policy_path)
-    window = _instant(since, "--from"), _instant(until, "--to")
+    window = TimeRange.parse(since, until)
     fees = policy.fees.schedule() if policy.fees else None
-    ledger, store = store_from_url(db), transfers_from_url(db)
-    try:
-        if post:
-            post_usage(ledger.usage_records(), store, fees=fees, infra=infra_items(policy.infra))
-        chosen = [t for t in store.transfers() if (window[0] is None or t.ts >= window[0])
-                  and (window[1] is None or t.ts < window[1])]
-        rows = pnl_rows(chosen, by=by, period=period,
-                        margin_floor=None if fees is None else fees.margin_floor)
-    finally:
-        store.close()
-        ledger.close()
+    chosen = [t for t in posted_transfers(db, policy, post=post) if window.contains(t.ts)]
+    rows = pnl_rows(chosen, by=by, period=period, margin_floor=None if fees is None else fees.margin_floor)
     total = pnl_totals(rows)
     _print(rows, total, by)
     if json_out is not None:
-        json_out.write_text(json.dumps({"by": by.value, "period": period.value, "rows": [row_dict(r) for r in rows],
-                                        "total": row_dict(total)}, indent=2), encoding="utf-8")
+        since_text, until_text = window.bounds()
+        json_out.write_text(json.dumps({"by": by.value, "period": period.value, "from": since_text, "to": until_text,
+                                        "rows": [pnl_row_dict(r) for r in rows], "total": pnl_row_dict(total)},
+                                       indent=2), encoding="utf-8")
     if csv_out is not None:
         with csv_out.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row_dict(total)))
+            writer = csv.DictWriter(f, fieldnames=list(pnl_row_dict(total)))
             writer.writeheader()
-            writer.writerows(row_dict(r) for r in rows)
-
-
-def _instant(text: str | None, option: str) -> datetime | None:
-    """An aware instant from an ISO date or date-time (naive: UTC)."""
-    if text is None:
-        return None
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{option} must be an ISO date or time such as 2026-03-01 or 2026-03-01T12:00Z, "
-                         f"got {text!r}") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+            writer.writerows(pnl_row_dict(r) for r in rows)
 
 
 def _print(rows: list[PnlRow], total: PnlRow, by: PnlBy) -> None:
@@ -113,6 +102,6 @@ def _print(rows: list[PnlRow], total: PnlRow, by: PnlBy) -> None:
         table.add_column(name, justify="left" if name in (by.value, "period", "") else "right")
     for r in [*rows, total]:
         pct = "" if r.margin_pct is None else f"{r.margin_pct * 100:.1f}"
-        table.add_row(r.scope, r.period, *(format_usd(getattr(r, n)) for n in _MONEY), pct,
+        table.add_row(r.scope, r.period, *(format_usd(getattr(r, n)) for n in PNL_MONEY), pct,
                       "BELOW MARGIN" if r.flagged else "")
     console.print(table)

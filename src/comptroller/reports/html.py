@@ -26,13 +26,16 @@ from comptroller.reports.terminal import (
     CEILING_MISS_TITLE,
     GROUP_HEADER,
     HEADROOM_HEADER,
+    PNL_HEADER,
     REFUSAL_HEADER,
     TRIP_HEADER,
     default_bound_note,
     group_rows,
     headroom_rows,
     headroom_title,
+    pnl_rows_text,
     prevented_text,
+    range_text,
     reconciliation_verdict,
     refusal_rows,
     trip_rows,
@@ -133,6 +136,11 @@ def _detail_tables(report: Report) -> list[str]:
     if report.headroom is not None:
         tables.append(_rows_table(headroom_title(report, usd_display), HEADROOM_HEADER,
                                   headroom_rows(report, usd_display)))
+    if report.pnl is not None:
+        tables += [_rows_table("P&L by tenant (chargeback)", ("tenant", *PNL_HEADER[1:]),
+                               pnl_rows_text(report.pnl["tenant"], usd_display)),
+                   _rows_table("P&L by agent", ("agent", *PNL_HEADER[1:]),
+                               pnl_rows_text(report.pnl["agent"], usd_display))]
     return tables
 
 
@@ -147,6 +155,9 @@ def _summary(report: Report) -> str:
         ("spend prevented by refusals", prevented_text(report, usd_display)),
         ("ceiling misses", f"{report.ceiling_misses:,}"),
     ]
+    span = range_text(report)
+    if span is not None:
+        items.insert(0, ("calls settled", span))
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in items)
     note = default_bound_note(report)
     return f"<table>{rows}</table>" + (f"<p>{html.escape(note)}</p>" if note else "")
@@ -167,8 +178,9 @@ def render_html(report: Report, path: str | Path, *, title: str = "comptroller r
     body = "".join([
         f"<h1>{html.escape(title)}</h1>", _summary(report), *charts,
         *(_rows_table(title, GROUP_HEADER, group_rows(groups, report.cost_mc, usd_display)) for title, groups in (
-            ("Cost by tenant", report.by_tenant), ("Cost by agent", report.by_agent),
-            ("Cost by model", report.by_model), ("Cost by phase", report.by_phase), ("Top runs", report.top_runs))),
+            ("Cost by tenant", report.by_tenant), ("Cost by API key", report.by_key),
+            ("Cost by agent", report.by_agent), ("Cost by model", report.by_model),
+            ("Cost by phase", report.by_phase), ("Top runs", report.top_runs))),
         *_detail_tables(report),
     ])
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

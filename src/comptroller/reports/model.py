@@ -57,6 +57,7 @@ class ReportRow:
     tenant: str = "-"
     refused_reason: str = ""
     reservation_id: str = ""
+    key_id: str = "-"
 
 
 @dataclass
@@ -200,6 +201,12 @@ class Report:
     """The part of ``prevented_mc`` in calls refused for their ceiling whose cost fitted the money left."""
     usage_anomalies: list[CeilingMiss] = field(default_factory=list)
     """The ceiling-miss table: usage reported above its call's bounds, per model, tenant, agent and code."""
+    by_key: list[Group] = field(default_factory=list)
+    """Cost per API key id (empty when no call came with a key: replays, in-process calls)."""
+    pnl: dict[str, Any] | None = None
+    """The P&L with a fee schedule: ``{"agent": pnl document, "tenant": pnl document}`` (:mod:`.pnl`)."""
+    time_range: dict[str, str] = field(default_factory=dict)
+    """The settle-time range the report covers: ``{"from", "to"}`` (ISO-8601 UTC, empty when open)."""
 
     @property
     def input_output_ratio(self) -> float:
@@ -381,6 +388,7 @@ def build_report(rows: Sequence[ReportRow], *, budgets: Sequence[Budget] = (), s
         by_run=by_run, by_agent=_group(admitted, lambda r: r.agent), by_phase=_group(admitted, lambda r: r.phase),
         by_model=_group(admitted, lambda r: r.model), refusals=refusal_groups,
         by_tenant=_group(admitted, lambda r: r.tenant),
+        by_key=_group(admitted, lambda r: r.key_id) if any(r.key_id != "-" for r in admitted) else [],
         prevented_mc=sum(g.prevented_mc for g in refusal_groups),
         prevented_fitting_mc=sum(g.prevented_mc for g in refusal_groups if g.reason == CEILING_OVER_REMAINING),
         reconciliation=_reconcile(admitted, price_fn), headroom=_headroom(admitted, ceiling_fn),
@@ -420,7 +428,9 @@ def rows_from_ledger(records: Iterable[UsageRecord], refusals: Iterable[Event]) 
         ReportRow(ts=r.resolved_at, run=r.attribution.conversation or r.attribution.task or "-",
                   agent=r.attribution.agent, phase=r.attribution.phase or "-", model=r.model,
                   input_tokens=r.usage.input_tokens, output_tokens=r.usage.output_tokens, cost_mc=r.cost_mc,
-                  ceiling_mc=r.ceiling_mc, tenant=r.attribution.tenant, reservation_id=r.reservation_id)
+                  ceiling_mc=r.ceiling_mc, tenant=r.attribution.tenant, reservation_id=r.reservation_id,
+                  key_id=r.attribution.key_id or "-", cache_read_tokens=r.usage.cache_read_tokens,
+                  cache_write_tokens=r.usage.cache_write_tokens)
         for r in records
     ]
     rows += [

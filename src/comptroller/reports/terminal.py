@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.padding import Padding
@@ -68,9 +69,20 @@ def _summary(report: Report) -> Table:
         rows.append(("spend prevented by refusals", prevented_text(report, format_usd)))
     if report.skipped_lines:
         rows.append(("invalid lines skipped", f"{report.skipped_lines:,}"))
+    span = range_text(report)
+    if span is not None:
+        rows.insert(0, ("calls settled", span))
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def range_text(report: Report) -> str | None:
+    """The report's time range (``--from`` inclusive, ``--to`` exclusive, UTC), or None when it has none."""
+    since, until = report.time_range.get("from", ""), report.time_range.get("to", "")
+    if not since and not until:
+        return None
+    return f"from {since or 'the first call'} (inclusive) to {until or 'the last call'} (exclusive), UTC"
 
 
 REFUSAL_HEADER = ("level", "code", "reason", "calls", "spend prevented")
@@ -196,6 +208,27 @@ def default_bound_note(report: Report) -> str | None:
             f"{report.default_bound_tokens:,} tokens (set output_cap_tokens in a policy to choose another)")
 
 
+PNL_HEADER = ("", "revenue", "LLM cost", "infra", "fees net", "margin", "margin %", "")
+
+
+def pnl_rows_text(document: dict[str, Any], money: Callable[[int], str] = format_usd) -> list[tuple[str, ...]]:
+    """A P&L document's rows and total (:func:`comptroller.reports.pnl.pnl_document`) in the columns of
+    :data:`PNL_HEADER` (shared by the terminal and HTML reports)."""
+    return [(row["scope"], *(money(row[n]) for n in ("revenue_mc", "llm_cost_mc", "infra_mc", "fees_net_mc",
+                                                      "margin_mc")),
+             "" if row["margin_pct"] is None else f"{row['margin_pct']}%", "BELOW MARGIN" if row["flagged"] else "")
+            for row in [*document["rows"], document["total"]]]
+
+
+def _pnl(title: str, document: dict[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in PNL_HEADER:
+        table.add_column(name, justify="left" if not name else "right")
+    for row in pnl_rows_text(document):
+        table.add_row(*row)
+    return table
+
+
 def render_terminal(report: Report, console: Console) -> None:
     """Print the report as tables."""
     console.print(_summary(report))
@@ -203,6 +236,8 @@ def render_terminal(report: Report, console: Console) -> None:
     if note is not None:
         console.print(note, highlight=False)
     console.print(_groups("Cost by tenant", report.by_tenant, report.cost_mc))
+    if report.by_key:
+        console.print(_groups("Cost by API key", report.by_key, report.cost_mc))
     console.print(_groups("Cost by agent", report.by_agent, report.cost_mc))
     console.print(_groups("Cost by model", report.by_model, report.cost_mc))
     console.print(_groups("Cost by phase", report.by_phase, report.cost_mc))
@@ -219,3 +254,6 @@ def render_terminal(report: Report, console: Console) -> None:
     headroom = _headroom(report)
     if headroom is not None:
         console.print(headroom)
+    if report.pnl is not None:
+        console.print(_pnl("P&L by tenant (chargeback)", report.pnl["tenant"]))
+        console.print(_pnl("P&L by agent", report.pnl["agent"]))
