@@ -13,7 +13,12 @@ from actions_kit import TUMBLR, RecordingSink, StubPlatform
 from comptroller.actions_config import parse_actions
 from comptroller.clock import VirtualClock
 from comptroller.domain.actions import Action, ActionStatus
-from comptroller.engine.actions import ActionConflictError, ActionService
+from comptroller.engine.actions import (
+    ActionAlreadyDecidedError,
+    ActionConflictError,
+    ActionExpiredError,
+    ActionService,
+)
 from comptroller.ports import LedgerStore
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -87,7 +92,7 @@ def test_approval_pending_rejected(ledger: LedgerStore, clock: VirtualClock, sin
     svc = _service(ledger, {"tumblr": {**TUMBLR, "approval": True}}, clock, sink)
     svc.check(_act(1))
     assert svc.decide("acme", "a1", approve=False, by="ops").status is ActionStatus.REJECTED
-    with pytest.raises(ActionConflictError):
+    with pytest.raises(ActionAlreadyDecidedError):
         svc.decide("acme", "a1", approve=True, by="ops")
     with pytest.raises(ActionConflictError):
         svc.record_outcome("acme", "a1", published=True)
@@ -103,7 +108,7 @@ def test_approval_pending_expired(ledger: LedgerStore, clock: VirtualClock, sink
     assert svc.list("acme")[0].status is ActionStatus.PENDING_APPROVAL
     clock.advance(1)
     assert svc.list("acme")[0].status is ActionStatus.EXPIRED
-    with pytest.raises(ActionConflictError):
+    with pytest.raises(ActionExpiredError):
         svc.decide("acme", "a1", approve=True, by="ops")
 
 

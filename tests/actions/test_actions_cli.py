@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actions_kit import StubPlatform
 from typer.testing import CliRunner
 
 from comptroller.actions_config import parse_actions
@@ -48,3 +49,28 @@ def test_simulate_publisher_prints_counts_and_reasons() -> None:
     result = CliRunner().invoke(app, ["simulate", "publisher", "--days", "2"])
     assert result.exit_code == 0
     assert "writeas" in result.output and "tumblr" in result.output and "near_duplicate" in result.output
+
+
+def test_action_verify_and_reverify(tmp_path: Path) -> None:
+    """`action reverify` checks what is due (once: the next check waits its backoff); `action verify` checks one
+    action now, and it is done once the platform shows it."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[actions.tumblr]\nverify_url = "{url}"\n', encoding="utf-8")
+    text = "Weekly digest: budgets per tenant and circuit breakers. Read it."
+    with StubPlatform(publishes=False) as liar:
+        store = store_from_url(db)
+        guard = ActionService(store, SystemClock(), parse_actions({"tumblr": {"verify_url": "{url}"}}))
+        guard.check(Action("p1", "acme", "writer", "tumblr", "post", text))
+        guard.record_outcome("acme", "p1", published=True, url=liar.url)
+        store.close()
+        runner = CliRunner()
+        base = ["--db", db, "--config", str(policy)]
+        first = runner.invoke(app, ["action", "reverify", *base])
+        assert first.exit_code == 0 and "1 due action(s) checked" in first.output and "unverified" in first.output
+        assert "0 due action(s) checked" in runner.invoke(app, ["action", "reverify", *base]).output
+        liar.publishes = True
+        liar.publish(text)
+        verified = runner.invoke(app, ["action", "verify", "p1", "--tenant", "acme", *base])
+        assert verified.exit_code == 0 and "done after 2 verification(s)" in verified.output
+        assert liar.gets == 2

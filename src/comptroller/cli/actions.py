@@ -1,4 +1,4 @@
-"""``comptroller action list|approve|reject|verify``, ``task list|show``, ``simulate publisher``.
+"""``comptroller action list|approve|reject|verify|reverify``, ``task list|show``, ``simulate publisher``.
 
 The action and task commands read and change the ledger's state rows through the same services the
 gateway uses (:class:`~comptroller.engine.actions.ActionService`, :class:`~comptroller.engine.tasks.TaskService`),
@@ -67,10 +67,23 @@ def action_list(db: DbOption = "sqlite:///comptroller.db", config: ConfigOption 
 @user_errors(*_ERRORS)
 def action_verify(action_id: str, tenant: TenantOption, db: DbOption = "sqlite:///comptroller.db",
                   config: ConfigOption = None) -> None:
-    """Verify an unverified action again (the policy's attempts and backoff; for a scheduler's re-check)."""
+    """Check an unverified action once now, whatever its schedule says (done, or counted and re-scheduled)."""
     actions, _ = _services(db, config)
-    record = actions.verify(tenant, action_id)
+    record = actions.check_once(tenant, action_id)
     console.print(f"action {action_id}: {record.status} after {record.verify_attempts} verification(s)")
+
+
+@action_app.command("reverify")
+@user_errors(*_ERRORS)
+def action_reverify(db: DbOption = "sqlite:///comptroller.db", config: ConfigOption = None) -> None:
+    """Check every unverified action whose re-check is due (one round of the schedule a gateway worker runs
+    every second; for SDK-only deployments, from cron)."""
+    actions, _ = _services(db, config)
+    checked = actions.reverify_due()
+    for record in checked:
+        console.print(f"action {record.action.tenant}/{record.action.id}: {record.status} after "
+                      f"{record.verify_attempts} verification(s)")
+    console.print(f"{len(checked)} due action(s) checked")
 
 
 def _decide(db: str, config: str | None, tenant: str, action_id: str, approve: bool, by: str) -> None:

@@ -8,8 +8,10 @@
 
 Entering the block checks the action (:meth:`~comptroller.engine.actions.ActionService.check`):
 a refusal raises :class:`ActionRefusedError` (with every reason), an action held for approval raises
-:class:`ActionHeldError` (check its id again later). Leaving the block records the outcome: ``published``
-(then the verifier runs, with backoff) or, when the block raised, ``failed`` (its rate slot returns).
+:class:`ActionHeldError` (check its id again later). Leaving the block records the outcome:
+``published`` (then the verifier checks it once; an action still ``unverified`` is re-checked on its
+durable schedule by any gateway worker on the same ledger, or ``comptroller action reverify``) or,
+when the block raised, ``failed`` (its rate slot returns).
 Tenant, agent and task come from the Comptroller's attribution (``with comptroller.attribution(...)``)
 unless given. The rules are the ``[actions]`` sections of :func:`use_actions`'s policy, else of the
 ``COMPTROLLER_CONFIG`` file; with neither, every action is refused (``unknown_platform``).
@@ -134,4 +136,4 @@ def guarded_action(comptroller: Comptroller, *, platform: str, kind: str, text: 
         raise
     act.record = service.record_outcome(who, action.id, published=True, url=act.url)
     if verify:
-        act.record = service.verify(who, action.id)
+        act.record = service.check_once(who, action.id)
