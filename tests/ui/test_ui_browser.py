@@ -25,7 +25,7 @@ from comptroller.reports.routing import build_routing_report, routed_from_events
 
 PAGES = {"overview": "/ui/?tenant=chatdev&group_by=agent&start={first}&end={last}", "overview-today": "/ui/",
          "budgets": "/ui/budgets", "defenses": "/ui/defenses", "requests": "/ui/requests",
-         "routing": "/ui/routing"}
+         "routing": "/ui/routing", "cache": "/ui/cache", "actions": "/ui/actions"}
 
 
 def login(page: Any, gateway: UiGateway, key: str) -> None:

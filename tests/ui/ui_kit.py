@@ -31,6 +31,7 @@ from comptroller.storage.keys import SQLiteKeyStore, new_key  # noqa: E402
 
 __all__ = [
     "CHEAP",
+    "HOT_AGENT",
     "MODEL",
     "POLICY",
     "ROOT",
@@ -47,7 +48,9 @@ __all__ = [
 TRACES = ROOT / "data" / "traces" / "chatdev_warehouse.jsonl"
 POLICY = ROOT / "policies" / "chatdev.toml"
 MODEL = "stub-model"
-STUB_PRICE = {"input_mtok": "1000", "output_mtok": "2000"}  # 100 mc per input token, 200 per output token
+STUB_PRICE = {"input_mtok": "1000", "output_mtok": "2000",  # 100 mc per input token, 200 per output token
+              "cache_read_mtok": "100"}  # 10 mc per cache-read token
+HOT_AGENT = "hot"  # acme's agent whose breaker opens on its first call (threshold 1 mc, one window)
 CHEAP, STRONG = "tier1-model", "tier2-model"  # the two tiers of cascade ``support``
 SCHEMA = {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}}
 VALID, INVALID = '{"answer": "42"}', "Sure! It is 42, I think."
@@ -61,6 +64,8 @@ def gateway_policy() -> Policy:
     tiers = [{"name": "cheap", "models": [CHEAP], "gates": [{"kind": "json_schema"}]},
              {"name": "strong", "models": [STRONG], "gates": [{"kind": "json_schema"}]}]
     data["cascades"] = {"support": {"tiers": tiers}}
+    data["breakers"] = {"overrides": [{"level": "agent", "tenant": "acme", "agent": HOT_AGENT, "threshold_mc": 1,
+                                       "trip_windows": 1, "cooldown_s_start": 1, "cooldown_s_max": 1}]}
     return Policy.model_validate(data)
 
 
@@ -81,11 +86,16 @@ class UiGateway:
         """An OpenAI client on the gateway (no retries: each call is one request)."""
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or self.acme_key, max_retries=0, timeout=20)
 
-    def call(self, key: str | None = None, max_tokens: int = 16, conversation: str = "c1") -> Any:
-        """One chat completion as ``acme`` (or ``key``); raises openai.APIStatusError when refused."""
+    def call(self, key: str | None = None, max_tokens: int = 16, conversation: str = "c1",
+             agent: str | None = None) -> Any:
+        """One chat completion as ``acme`` (or ``key``), as ``agent`` when given; raises openai.APIStatusError
+        when refused."""
+        headers = {"X-Comptroller-Conversation": conversation, "X-Comptroller-Task": f"task-{conversation}"}
+        if agent is not None:
+            headers["X-Comptroller-Agent"] = agent
         return self.client(key).chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "hello there"}], max_tokens=max_tokens,
-            extra_headers={"X-Comptroller-Conversation": conversation, "X-Comptroller-Task": f"task-{conversation}"})
+            model=MODEL, messages=[{"role": "user", "content": "hello there"}],
+            max_tokens=max_tokens, extra_headers=headers)
 
     def ask_cascade(self, *, cheap_answers: bool) -> Any:
         """One request through cascade ``support`` as acme; the cheap tier answers valid JSON or not."""

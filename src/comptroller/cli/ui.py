@@ -2,7 +2,9 @@
 
 The same pages the gateway serves at ``/ui`` (:mod:`comptroller.ui`), for a ledger
 filled by replays, the SDK or gateways elsewhere. Log in with a stored admin or tenant
-key (``comptroller key create``) or the admin key in ``COMPTROLLER_ADMIN_KEY``.
+key (``comptroller key create``) or the admin key in ``COMPTROLLER_ADMIN_KEY``. The
+Wallets page reads the transfers beside the ledger and flags P&L rows below the policy's
+``fees.margin_floor``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from comptroller.cli.common import DEFAULT_DB, DbOption, console, user_errors
 from comptroller.config import ConfigError, load_policy
 from comptroller.storage import StoreURLError
 from comptroller.storage.key_stores import keys_from_url
+from comptroller.storage.transfer_stores import transfers_from_url
 from comptroller.ui import ui_routes
 
 __all__ = ["register", "ui_command"]
@@ -38,15 +41,19 @@ def ui_app_for(db: str, policy_path: Path | None) -> Starlette:
     policy = load_policy(policy_path)
     engine = build_engine(db_url=db, policy=policy)
     keys = keys_from_url(db)
+    fees = policy.fees.schedule() if policy.fees else None
     return Starlette(routes=ui_routes(engine=engine, keys=keys, namespace=policy.namespace,
-                                      admin_key=os.environ.get(ADMIN_KEY_ENV) or None))
+                                      admin_key=os.environ.get(ADMIN_KEY_ENV) or None,
+                                      transfers=transfers_from_url(db),
+                                      margin_floor=None if fees is None else fees.margin_floor))
 
 
 @_user_errors
 def ui_command(
     db: DbOption = DEFAULT_DB,
     policy: Annotated[Path | None, typer.Option("--policy", envvar="COMPTROLLER_CONFIG", exists=True,
-                                                dir_okay=False, help="Policy TOML (its namespace)")] = None,
+                                                dir_okay=False, help="Policy TOML (its namespace, "
+                                                "fees.margin_floor)")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8788,
 ) -> None:

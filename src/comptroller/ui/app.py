@@ -10,12 +10,17 @@ route (under ``/ui``)          who    what
                                       conversations and tasks, P50/P95 cost per task
 ``GET /budgets``, ``POST``     both / each budget account: limit, settled, reserved, remaining,
                                admin  next reset, utilisation; the admin sets budgets
-``GET /defenses``              both   breakers and kill switches (admin), recent refusals
+``GET /defenses``, ``/feed``   both   kill switches, breakers and their history, the live feed
+                                      of refusals by code and level (htmx polls ``/feed``)
 ``POST /defenses/kill``,       admin  trip / reset a kill switch, each after a confirmation
 ``/defenses/unkill``                  page; reset a breaker
 ``/defenses/breaker-reset``
-``GET /requests``, ``/rows``   both   recent calls, searchable (htmx updates the table)
+``GET /requests``, ``/rows``   both   recent calls, searchable by tenant, agent, key... (htmx
+                                      updates the table)
 ``GET /routing``               both   escalation rate and P95 cost per cascade tier
+``GET /cache``                 both   prompt-cache hit rate and money saved, by model and agent
+``GET /wallets``               both   wallet balances, P&L per agent and tenant (margin flags)
+``GET /actions``               both   guarded actions with state and reasons; tasks with spend
 ``/static/...``                all    htmx, uPlot and the stylesheet, vendored (no CDN)
 =============================  =====  =====================================================
 
@@ -28,6 +33,7 @@ and the report models, never storage internals.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,8 +47,9 @@ from starlette.staticfiles import StaticFiles
 
 from comptroller.engine import Engine
 from comptroller.storage.keys import KeyStore
-from comptroller.ui import pages
-from comptroller.ui.pages import BadInput, Forbidden
+from comptroller.storage.transfers import TransferStore
+from comptroller.ui import pages, pages_cache, pages_defenses, pages_wallets
+from comptroller.ui.inputs import BadInput, Forbidden
 from comptroller.ui.session import Session, Sessions, csrf_ok
 from comptroller.ui.shell import UI
 
@@ -114,7 +121,8 @@ async def _logout(request: Request) -> Response:
 
 
 def ui_app(*, engine: Engine, keys: KeyStore, namespace: str, admin_key: str | None = None,
-           secret: str | None = None) -> Starlette:
+           secret: str | None = None, transfers: TransferStore | None = None,
+           margin_floor: Decimal | None = None) -> Starlette:
     """The UI as an ASGI app (mount it at ``/ui``).
 
     Args:
@@ -123,8 +131,11 @@ def ui_app(*, engine: Engine, keys: KeyStore, namespace: str, admin_key: str | N
         namespace: the namespace calls are attributed to.
         admin_key: a plaintext admin key from the environment (None: only stored admin keys).
         secret: the session signing secret (None: ``COMPTROLLER_UI_SECRET`` or a random one).
+        transfers: the wallets' transfer store beside the ledger (None: the Wallets page says none is wired).
+        margin_floor: the policy's ``fees.margin_floor`` (None: no P&L row is flagged).
     """
-    ui = UI(engine=engine, keys=keys, namespace=namespace, admin_key=admin_key, secret=secret)
+    ui = UI(engine=engine, keys=keys, namespace=namespace, admin_key=admin_key, secret=secret,
+            transfers=transfers, margin_floor=margin_floor)
     login = _login_form(ui)
     routes = [
         Route("/login", login, methods=["GET", "POST"]),
@@ -132,13 +143,18 @@ def ui_app(*, engine: Engine, keys: KeyStore, namespace: str, admin_key: str | N
         Route("/", _page(ui, pages.overview)),
         Route("/budgets", _page(ui, pages.budgets)),
         Route("/budgets", _page(ui, pages.set_budget, admin=True, post=True), methods=["POST"]),
-        Route("/defenses", _page(ui, pages.defenses)),
-        Route("/defenses/kill", _page(ui, pages.kill, admin=True, post=True), methods=["POST"]),
-        Route("/defenses/unkill", _page(ui, pages.unkill, admin=True, post=True), methods=["POST"]),
-        Route("/defenses/breaker-reset", _page(ui, pages.reset_breaker, admin=True, post=True), methods=["POST"]),
+        Route("/defenses", _page(ui, pages_defenses.defenses)),
+        Route("/defenses/feed", _page(ui, pages_defenses.refusal_feed)),
+        Route("/defenses/kill", _page(ui, pages_defenses.kill, admin=True, post=True), methods=["POST"]),
+        Route("/defenses/unkill", _page(ui, pages_defenses.unkill, admin=True, post=True), methods=["POST"]),
+        Route("/defenses/breaker-reset", _page(ui, pages_defenses.reset_breaker, admin=True, post=True),
+              methods=["POST"]),
         Route("/requests", _page(ui, pages.requests)),
         Route("/requests/rows", _page(ui, pages.request_table)),
         Route("/routing", _page(ui, pages.routing)),
+        Route("/cache", _page(ui, pages_cache.cache)),
+        Route("/wallets", _page(ui, pages_wallets.wallets)),
+        Route("/actions", _page(ui, pages_wallets.actions)),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     return Starlette(routes=routes)

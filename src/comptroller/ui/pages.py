@@ -1,35 +1,33 @@
-"""The UI's page handlers: read the query or form, ask the admin services, render a template.
+"""The UI's page handlers for the overview, budgets, requests and routing: read the query or form, ask the
+admin services, render a template (the other pages: :mod:`.pages_defenses`, :mod:`.pages_cache`,
+:mod:`.pages_wallets`).
 
 Each handler runs in a worker thread (the ledger reads block) and takes the
 :class:`~comptroller.ui.shell.UI`, the request and the logged-in session. What a page shows
 is computed by :mod:`comptroller.ui.views`; a tenant naming another tenant raises
-:class:`Forbidden` (a 403 page), bad input is a 400 page naming the field.
+:class:`~comptroller.ui.inputs.Forbidden` (a 403 page), bad input is a 400 page naming the field.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from comptroller.domain.breaker import BreakerStatus
 from comptroller.domain.budgets import Budget, BudgetError, Period, budget_scope, limit_usd_to_mc
-from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
 from comptroller.domain.scopes import Level, scope_key
-from comptroller.engine.admin import ConcurrentChangeError
 from comptroller.reports.routing import TOP_TIER_WARNING_SHARE, build_routing_report, routed_from_events
+from comptroller.ui.inputs import Forbidden, base_of, range_filters, tenant_filter, viewer_of
 from comptroller.ui.views import (
     GROUP_FIELDS,
-    Filters,
-    Viewer,
     bucket_days,
     budget_rows,
     groups,
+    key_of,
     percentile,
     request_rows,
     series,
@@ -40,70 +38,21 @@ if TYPE_CHECKING:
     from comptroller.ui.session import Session
     from comptroller.ui.shell import UI
 
-__all__ = ["BadInput", "Forbidden", "budgets", "defenses", "kill", "overview", "request_table", "requests",
-           "reset_breaker", "routing", "set_budget", "unkill"]
+__all__ = ["budgets", "overview", "request_table", "requests", "routing", "set_budget"]
 
-_RANGE_DAYS = 30
-_RANGE_DAYS_MAX = 3 * 366  # a point per day: at most ~1,100 points per series
 _TOP = 10
-_SEARCH = ("tenant", "agent", "conversation", "task", "outcome")
-
-
-class Forbidden(Exception):  # noqa: N818 (an HTTP answer, as Starlette's HTTPException)
-    """The viewer asked for something it may not see (a 403 page)."""
-
-
-class BadInput(Exception):  # noqa: N818 (an HTTP answer)
-    """A query or form field is invalid (a 400 page naming it)."""
-
-
-def _viewer(session: Session) -> Viewer:
-    assert session.viewer is not None  # the route checked it
-    return session.viewer
-
-
-def _tenant(viewer: Viewer, asked: str | None) -> str | None:
-    """The tenant filter: the asked one for an admin; a tenant key may only ask for its own."""
-    asked = asked or None
-    if viewer.tenant is None:
-        return asked
-    if asked not in (None, viewer.tenant):
-        raise Forbidden(f"This key belongs to tenant {viewer.tenant!r}; it cannot see tenant {asked!r}.")
-    return viewer.tenant
-
-
-def _day(value: str | None, name: str, default: date) -> date:
-    if not value:
-        return default
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise BadInput(f"{name}: {value!r} is not a date; use YYYY-MM-DD") from None
-
-
-def _filters(request: Request, viewer: Viewer, last_day: date) -> Filters:
-    q = request.query_params
-    end = _day(q.get("end"), "end", last_day)
-    start = _day(q.get("start"), "start", end - timedelta(days=_RANGE_DAYS - 1))
-    if start > end or (end - start).days >= _RANGE_DAYS_MAX:
-        raise BadInput(f"start {start} .. end {end}: the range must run forward and span at most "
-                       f"{_RANGE_DAYS_MAX} days")
-    group_by = q.get("group_by") or "agent"
-    if group_by not in GROUP_FIELDS:
-        raise BadInput(f"group_by: {group_by!r} is not one of {', '.join(GROUP_FIELDS)}")
-    return Filters(start, end, _tenant(viewer, q.get("tenant")), q.get("agent") or None, q.get("model") or None,
-                   group_by)
+_SEARCH = ("tenant", "agent", "key", "conversation", "task", "outcome")
 
 
 def overview(ui: UI, request: Request, session: Session) -> Response:
     """Spend today and this month against budgets, spend over time, top conversations and tasks, cost per task."""
-    viewer = _viewer(session)
+    viewer = viewer_of(session)
     now = ui.engine.clock.now().astimezone(UTC)
     records = [r for r in ui.engine.store.usage_records() if viewer.sees(r.attribution)]
-    tenant = _tenant(viewer, request.query_params.get("tenant"))
+    tenant = tenant_filter(viewer, request.query_params.get("tenant"))
     last_day = max((r.resolved_at.date() for r in records if tenant in (None, r.attribution.tenant)),
                    default=now.date())  # the range ends on the last day with spend, unless asked
-    filters = _filters(request, viewer, last_day)
+    filters = range_filters(request, viewer, last_day)
     kept = [r for r in records if filters.keeps(r)]
     today = datetime(now.year, now.month, now.day, tzinfo=UTC)
     month = today.replace(day=1)
@@ -125,11 +74,11 @@ def overview(ui: UI, request: Request, session: Session) -> Response:
         p50_task_mc=percentile(task_costs, 50), p95_task_mc=percentile(task_costs, 95),
         chart=json.dumps({"days": chart.days, "names": chart.names, "values": chart.values}),
         bucket=bucket_days(filters),
-        choices={f: sorted({_by(f)(r) for r in scoped}) for f in ("tenant", "agent", "model")})
+        choices={f: sorted({key_of(r, f) for r in scoped}) for f in ("tenant", "agent", "model", "key")})
 
 
 def _by(field: str) -> Any:
-    return lambda r: r.model if field == "model" else (getattr(r.attribution, field) or "-")
+    return lambda r: key_of(r, field)
 
 
 def _conversation(r: Any) -> str:
@@ -143,7 +92,7 @@ def _task(r: Any) -> str:
 def budgets(ui: UI, request: Request, session: Session, *, error: str | None = None, status: int = 200,
             form: dict[str, str] | None = None) -> Response:
     """Every visible budget account with limit, settled, reserved, remaining, next reset and utilisation."""
-    viewer = _viewer(session)
+    viewer = viewer_of(session)
     rows, idle = budget_rows(ui.engine.store.accounts(), ui.engine.store.budgets(), viewer=viewer,
                              namespace=ui.namespace, now=ui.engine.clock.now())
     return ui.render(request, "budgets.html", session, status, rows=rows, idle=idle, error=error, form=form or {},
@@ -168,85 +117,12 @@ def set_budget(ui: UI, request: Request, session: Session) -> Response:
     except (BudgetError, ValueError) as exc:
         return budgets(ui, request, session, error=str(exc), status=400, form=form)
     ui.engine.store.put_budget(budget)
-    base = request.scope.get("root_path", "").rstrip("/")
+    base = base_of(request)
     return RedirectResponse(f"{base}/budgets?saved={budget.id}", status_code=303)
 
 
-def defenses(ui: UI, request: Request, session: Session, *, error: str | None = None,
-             status: int = 200) -> Response:
-    """Breakers and kill switches (admin) and the recent refusals the viewer may see, with their reasons."""
-    viewer = _viewer(session)
-    refusals = [e for e in ui.engine.store.events("refusal") if viewer.sees_scope(ui.namespace, e.scope, e.level)]
-    refusals.sort(key=lambda e: e.ts, reverse=True)
-    counts = Counter((e.code, e.level or "-") for e in refusals)
-    return ui.render(request, "defenses.html", session, status, error=error,
-                     breakers=sorted(ui.ops.breakers(), key=lambda b: b.status is BreakerStatus.CLOSED)
-                     if viewer.admin else [],
-                     switches=ui.ops.kill_switches() if viewer.admin else [], refusals=refusals[:100],
-                     counts=sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])),
-                     levels=[str(level) for level in Level])
-
-
-def _confirm(ui: UI, request: Request, session: Session, action: str, what: str) -> Response | None:
-    """The confirmation page, unless the form says ``confirm=yes``."""
-    form = request.state.form
-    if form.get("confirm") == "yes":
-        return None
-    fields = {k: str(v) for k, v in form.items() if k not in ("csrf", "confirm")}
-    return ui.render(request, "confirm.html", session, action=action, what=what, fields=fields)
-
-
-def _defense_op(ui: UI, request: Request, session: Session, op: Any) -> Response:
-    try:
-        op()
-    except (UnknownScopeError, DefenseConfigError, ConcurrentChangeError, ValueError) as exc:
-        return defenses(ui, request, session, error=str(exc), status=400)
-    base = request.scope.get("root_path", "").rstrip("/")
-    return RedirectResponse(f"{base}/defenses", status_code=303)
-
-
-def _scope_form(request: Request) -> tuple[Level, str]:
-    form = request.state.form
-    try:
-        level = Level(str(form.get("level") or ""))
-    except ValueError:
-        raise BadInput(f"level: {form.get('level')!r} is not one of {', '.join(Level)}") from None
-    scope = str(form.get("scope") or "").strip()
-    if not scope:
-        raise BadInput("scope: give the scope key, e.g. the namespace for the whole platform")
-    return level, scope
-
-
-def kill(ui: UI, request: Request, session: Session) -> Response:
-    """Trip a kill switch after a confirmation page (admin)."""
-    level, scope = _scope_form(request)
-    reason = str(request.state.form.get("reason") or "").strip()
-    page = _confirm(ui, request, session, "kill", f"Trip the kill switch on {level} {scope!r}: every call under it "
-                    "is refused until it is reset.")
-    return page or _defense_op(ui, request, session, lambda: ui.ops.kill(
-        level, scope, by=f"ui key {_viewer(session).key_id}", reason=reason))
-
-
-def unkill(ui: UI, request: Request, session: Session) -> Response:
-    """Reset a kill switch after a confirmation page (admin)."""
-    level, scope = _scope_form(request)
-    page = _confirm(ui, request, session, "unkill", f"Reset the kill switch on {level} {scope!r}: calls under it "
-                    "are admitted again.")
-    return page or _defense_op(ui, request, session, lambda: ui.ops.unkill(
-        level, scope, by=f"ui key {_viewer(session).key_id}"))
-
-
-def reset_breaker(ui: UI, request: Request, session: Session) -> Response:
-    """Close a breaker after a confirmation page (admin)."""
-    level, scope = _scope_form(request)
-    page = _confirm(ui, request, session, "breaker-reset", f"Close the breaker on {level} {scope!r} and reset "
-                    "its cooldown.")
-    return page or _defense_op(ui, request, session, lambda: ui.ops.reset_breaker(
-        level, scope, by=f"ui key {_viewer(session).key_id}"))
-
-
 def _request_rows(ui: UI, request: Request, session: Session) -> tuple[dict[str, str], list[Any]]:
-    viewer = _viewer(session)
+    viewer = viewer_of(session)
     search = {k: request.query_params.get(k, "") for k in _SEARCH}
     if viewer.tenant is not None and search["tenant"] not in ("", viewer.tenant):
         raise Forbidden(f"This key belongs to tenant {viewer.tenant!r}; it cannot see tenant {search['tenant']!r}.")
@@ -269,7 +145,7 @@ def request_table(ui: UI, request: Request, session: Session) -> Response:
 
 def routing(ui: UI, request: Request, session: Session) -> Response:
     """Escalation rate and P50/P95 cost per tier for each cascade, warning above 30 % at the top tier."""
-    viewer = _viewer(session)
+    viewer = viewer_of(session)
     events = [e for e in ui.engine.store.events("route") if viewer.sees_scope(ui.namespace, e.scope, e.level)]
     try:
         reports = build_routing_report(routed_from_events(events))

@@ -7,16 +7,21 @@ use it; neither imports the other's internals.
 from __future__ import annotations
 
 import hmac
+from decimal import Decimal
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from comptroller.actions_config import ActionPolicy
 from comptroller.domain.money import format_usd
 from comptroller.engine import Engine
+from comptroller.engine.actions import ActionService
 from comptroller.engine.admin import Admin
+from comptroller.engine.tasks import TaskService
 from comptroller.storage.keys import KeyStore, hash_key
+from comptroller.storage.transfers import TransferStore
 from comptroller.ui.session import ENV_ADMIN_ID, Session, Sessions
 from comptroller.ui.views import Viewer
 
@@ -24,9 +29,8 @@ __all__ = ["NAV", "UI"]
 
 NAV: tuple[tuple[str, str, bool], ...] = (
     ("/", "Overview", True), ("/budgets", "Budgets", True), ("/defenses", "Defenses", True),
-    ("/requests", "Requests", True), ("/routing", "Routing", True),
-    ("/wallets", "Wallets & P&L", False),  # seam: shown when the wallets issue lands its pages
-    ("/actions", "Actions & tasks", False),  # seam: shown when the actions/tasks issue lands
+    ("/requests", "Requests", True), ("/routing", "Routing", True), ("/cache", "Cache", True),
+    ("/wallets", "Wallets & P&L", True), ("/actions", "Actions & tasks", True),
 )
 """(path under /ui, label, shown) of the navigation bar."""
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -42,12 +46,19 @@ class UI:
         namespace: the namespace calls are attributed to.
         admin_key: a plaintext admin key from the environment (None: only stored admin keys).
         secret: the session signing secret (None: ``COMPTROLLER_UI_SECRET`` or random).
+        transfers: the wallets' transfer store beside the ledger (None: the Wallets page says none is wired).
+        margin_floor: the policy's ``fees.margin_floor``: P&L rows below it are flagged (None: no flags).
     """
 
     def __init__(self, *, engine: Engine, keys: KeyStore, namespace: str, admin_key: str | None = None,
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, transfers: TransferStore | None = None,
+                 margin_floor: Decimal | None = None) -> None:
         self.engine, self.keys, self.namespace = engine, keys, namespace
+        self.transfers, self.margin_floor = transfers, margin_floor
         self.ops = Admin(engine.store, engine.clock)
+        # read-only here (list, get, spend): the policy's [actions] rules are never consulted
+        self.actions = ActionService(engine.store, engine.clock, ActionPolicy({}, "(the UI only reads actions)"))
+        self.tasks = TaskService(engine.store, engine.clock, self.actions)
         self.sessions = Sessions(keys, secret=secret)
         self._admin_digest = None if admin_key is None else hash_key(admin_key)
         self.env = Environment(loader=PackageLoader("comptroller.ui", "templates"),

@@ -25,7 +25,7 @@ __all__ = ["GROUP_FIELDS", "BudgetRow", "Filters", "Group", "RequestRow", "Serie
            "budget_rows", "groups", "key_of", "percentile", "request_rows", "series", "spend_between",
            "tenant_of_scope"]
 
-GROUP_FIELDS = ("tenant", "agent", "model", "conversation", "task")
+GROUP_FIELDS = ("tenant", "agent", "model", "key", "conversation", "task")
 _SERIES_MAX = 8
 _DAILY_MAX = 92
 
@@ -96,7 +96,8 @@ class Filters:
 
     Attributes:
         start, end: the first and last UTC day shown (inclusive).
-        group_by: one of ``tenant``, ``agent``, ``model``, ``conversation``, ``task``.
+        group_by: one of :data:`GROUP_FIELDS`.
+        key: the API key's public id the calls came with (``-``: calls without a key, such as replays).
     """
 
     start: date
@@ -105,19 +106,22 @@ class Filters:
     agent: str | None = None
     model: str | None = None
     group_by: str = "agent"
+    key: str | None = None
 
     def keeps(self, record: UsageRecord) -> bool:
         """True when the record falls in the range and matches every set filter."""
         day = record.resolved_at.date()
         a = record.attribution
         return (self.start <= day <= self.end and self.tenant in (None, a.tenant) and self.agent in (None, a.agent)
-                and self.model in (None, record.model))
+                and self.model in (None, record.model) and self.key in (None, a.key_id or "-"))
 
 
 def key_of(record: UsageRecord, by: str) -> str:
-    """The record's value of a group field (``-`` when unset)."""
+    """The record's value of a group field (``-`` when unset; ``key`` is the API key's public id)."""
     if by == "model":
         return record.model
+    if by == "key":
+        return record.attribution.key_id or "-"
     value: str | None = getattr(record.attribution, by)
     return value or "-"
 
@@ -237,6 +241,8 @@ class RequestRow:
     """One call in the request log: settled (with its cost) or refused (with its code, level and reason).
 
     ``duration_ms`` is reserve to settle (the call's latency through the ledger; None for a refusal).
+    ``key`` is the API key's public id (empty: no key, such as a replayed call or a refusal whose event
+    names none).
     """
 
     ts: datetime
@@ -254,6 +260,7 @@ class RequestRow:
     level: str = ""
     reason: str = ""
     duration_ms: int | None = None
+    key: str = ""
 
 
 def request_rows(records: Iterable[UsageRecord], refusals: Iterable[Event], *, viewer: Viewer, namespace: str,
@@ -262,7 +269,8 @@ def request_rows(records: Iterable[UsageRecord], refusals: Iterable[Event], *, v
     rows = [RequestRow(r.resolved_at, r.attribution.tenant, r.attribution.agent, r.attribution.conversation or "",
                        r.attribution.task or "", r.model, r.usage.input_tokens, r.usage.output_tokens,
                        r.usage.cache_read_tokens, r.cost_mc, r.ceiling_mc, r.outcome,
-                       duration_ms=round((r.resolved_at - r.reserved_at).total_seconds() * 1000))
+                       duration_ms=round((r.resolved_at - r.reserved_at).total_seconds() * 1000),
+                       key=r.attribution.key_id or "")
             for r in records if viewer.sees(r.attribution)]
     for e in refusals:
         if not viewer.sees_scope(namespace, e.scope, e.level):
@@ -272,7 +280,7 @@ def request_rows(records: Iterable[UsageRecord], refusals: Iterable[Event], *, v
         rows.append(RequestRow(e.ts, tenant, str(d.get("agent") or ""),
                                str(d.get("conversation") or ""), str(d.get("task") or ""), str(d.get("model") or ""),
                                0, 0, 0, 0, int(d.get("requested_mc") or 0), e.code, e.level or "",
-                               str(d.get("message") or "")))
+                               str(d.get("message") or ""), key=str(d.get("key_id") or "")))
     wanted = {k: v.strip().lower() for k, v in search.items() if v and v.strip()}
     kept = [r for r in rows if all(v in str(getattr(r, k)).lower() for k, v in wanted.items())]
     kept.sort(key=lambda r: r.ts, reverse=True)
