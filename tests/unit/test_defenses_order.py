@@ -40,9 +40,10 @@ MODULES = [
 
 
 def test_the_order_is_the_documented_one() -> None:
-    """Kill switch, pinning, deadline, dispatch, loop, breaker, fan-out, pacing, budgets: ranks 1 to 9."""
+    """Kill switch, pinning, deadline, dispatch, loop, breaker, fan-out, pacing, rate limit, quota, wallet,
+    budgets: ranks 1 to 12."""
     assert [str(r) for r in CHECK_ORDER] == ["kill_switch", "pinning", "deadline", "dispatch", "loop", "breaker",
-                                              "fan_out", "pacing", "budgets"]
+                                              "fan_out", "pacing", "rate_limit", "quota", "wallet", "budgets"]
     assert [rank(r) for r in CHECK_ORDER] == list(range(1, len(CHECK_ORDER) + 1))
     assert set(CHECK_ORDER) == set(Rule) == set(RULE_CODES)
 

@@ -34,6 +34,7 @@ from comptroller.domain.ledger import (
     SettleResult,
     UsageRecord,
 )
+from comptroller.domain.limits import Limits
 from comptroller.domain.pricing import ceiling_mc, cost_mc
 from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution, Level
@@ -150,11 +151,14 @@ class Engine:
         sinks: subscribers told of every event a call appends (refusals, trips, alerts), after commit.
         on_settled: called with each usage row a settle or delivery writes, after commit (wallet
             posting: :class:`comptroller.wallet_posting.WalletPosting`); a hook must not raise.
+        limits: rate limits and quotas (:mod:`comptroller.domain.limits`; default none); wallet
+            floors are checked always.
     """
 
     def __init__(self, *, store: LedgerStore, prices: PriceSource, clock: Clock,
                  caps: OutputCaps | None = None, ttl_s: float = 600.0, defenses: Defenses | None = None,
-                 sinks: Sequence[EventSink] = (), on_settled: Sequence[Callable[[UsageRecord], None]] = ()) -> None:
+                 sinks: Sequence[EventSink] = (), on_settled: Sequence[Callable[[UsageRecord], None]] = (),
+                 limits: Limits | None = None) -> None:
         self.store = store
         self.prices = prices
         self.clock = clock
@@ -165,6 +169,7 @@ class Engine:
         self._parsed = ParsedStates()
         self._settle_guard = SettleDefenses(self.defenses, self._parsed)
         self.on_settled = list(on_settled)
+        self.limits = limits or Limits()
 
     def admit(self, call: CallRequest) -> Admission:
         """Run every defense in the fixed order, then reserve the ceiling on every budget, or refuse.
@@ -206,7 +211,7 @@ class Engine:
         guard: AdmitDefenses | RecountGuard = AdmitDefenses(self.defenses, facts, self._parsed)
         if recount:
             guard = RecountGuard(guard, requests[model], list(requests), self._output_floor_mc)
-        result = self.store.reserve(requests[model], now, guard)
+        result = self.store.reserve(requests[model], now, self.limits.admit(guard, requests[model], now))
         self._publish(result.events)
         held = requests.get(result.reservation.model, requests[model]) if result.reservation else requests[model]
         return Admission(code=result.code, model=held.model, output_tokens_max=held.output_tokens_max,
@@ -272,7 +277,7 @@ class Engine:
             cost = cost_mc(self.prices.price(served, reservation.created_at), usage) if served else max(
                 cost, reservation.ceiling_mc)
         guard = self._settle_guard if served is None else self._settle_guard.serving(served or str(served_model))
-        result = self.store.settle(reservation.id, usage, cost, self.clock.now(), guard)
+        result = self.store.settle(reservation.id, usage, cost, self.clock.now(), self.limits.settle(guard, usage))
         if served is not None and result.code in (Code.SETTLED, Code.SETTLED_LATE):
             self.store.record_event(Event(self.clock.now(), "served_model", "served_model_mismatch", scope=None,
                                           detail={"reservation": reservation.id, "admitted": reservation.model,
@@ -342,17 +347,17 @@ class Engine:
             return Code.RESERVATION_NOT_FOUND
         result: SettleResult | ReleaseResult
         if outcome.usage is None:
-            result = self.store.release(reservation.id, self.clock.now(), self._settle_guard)
+            result = self.store.release(reservation.id, self.clock.now(), self.limits.settle(self._settle_guard, None))
         else:
             result = self.store.settle(reservation.id, outcome.usage, outcome.cost_mc, self.clock.now(),
-                                       self._settle_guard)
+                                       self.limits.settle(self._settle_guard, outcome.usage))
             self._settled(result.record)
         self._publish(result.events)
         return result.code
 
     def release(self, reservation: Reservation) -> ReleaseResult:
         """Return the whole hold: the call failed or was abandoned (a breaker probe lease returns too)."""
-        result = self.store.release(reservation.id, self.clock.now(), self._settle_guard)
+        result = self.store.release(reservation.id, self.clock.now(), self.limits.settle(self._settle_guard, None))
         self._publish(result.events)
         return result
 

@@ -8,22 +8,30 @@ the account locks (same id, same accounts) or, for an id reused on other account
 unique index: the insert that loses finds the winner's row (``ON CONFLICT DO NOTHING``
 returns nothing), and the batch is decided again. A lost connection or a pool timeout is
 :class:`~comptroller.errors.LedgerUnavailableError`; a batch retried with the same ids is safe.
+
+Floor rows (:mod:`comptroller.domain.wallets.floors`) are the ledger's ``states`` rows of kind
+``wallet_floor``: a batch locks those of its agent accounts (``FOR UPDATE``, after the account
+rows; the ledger's transactions never lock wallet accounts, so there is no cycle) and writes them
+in its own transaction, so a row and the transfers that move it commit together.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from comptroller.domain.wallets.floors import WALLET_FLOOR, FloorState
 from comptroller.domain.wallets.transfers import AccountBalance, Transfer, TransferCode, TransferResult
 from comptroller.errors import LedgerUnavailableError
 from comptroller.storage.migrations import check_version
 from comptroller.storage.postgres import redact, split_url
-from comptroller.storage.transfers import apply_batch
+from comptroller.storage.transfers import apply_batch, floor_row, has_floor_row
 
 __all__ = ["PostgresTransferStore"]
 
@@ -125,9 +133,8 @@ class PostgresTransferStore:
         return [_account(r) for r in rows]
 
     def set_floor(self, account: str, floor_mc: int | None) -> None:
-        """Set or remove an account's floor, millicents."""
-        self._run(lambda c: c.execute("INSERT INTO wallet_accounts (id, floor_mc) VALUES (%s, %s) ON CONFLICT (id) "
-                                      "DO UPDATE SET floor_mc = excluded.floor_mc", (account, floor_mc)))
+        """Set or remove an account's floor, millicents (and its floor row, for an agent wallet)."""
+        self._run(lambda c: _set_floor(c, account, floor_mc))
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -144,7 +151,10 @@ def _create(conn: Conn, transfers: Sequence[Transfer]) -> list[TransferResult]:
     accounts = {a.account: a for a in map(_account, locked)}
     stored = conn.execute(f"SELECT {_COLS} FROM wallet_transfers WHERE id = ANY(%s)", (ids,)).fetchall()
     existing = {t.id: t for t in map(_transfer, stored)}
-    results = apply_batch(transfers, existing, accounts)
+    before = _floor_rows(conn, [a for a in names if has_floor_row(a)])
+    rows = dict(before)
+    results = apply_batch(transfers, existing, accounts, rows)
+    _write_rows(conn, [row for a, row in rows.items() if row is not before[a]], before)
     with conn.cursor() as cur:
         for t in (r.transfer for r in results if r.code is TransferCode.OK):
             cur.execute(f"INSERT INTO wallet_transfers ({_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -155,3 +165,37 @@ def _create(conn: Conn, transfers: Sequence[Transfer]) -> list[TransferResult]:
         cur.executemany("UPDATE wallet_accounts SET debits_mc = %s, credits_mc = %s WHERE id = %s",
                         [(accounts[a].debits_mc, accounts[a].credits_mc, a) for a in names if a in accounts])
     return results
+
+
+def _set_floor(conn: Conn, account: str, floor_mc: int | None) -> None:
+    row = conn.execute(f"INSERT INTO wallet_accounts (id, floor_mc) VALUES (%s, %s) ON CONFLICT (id) "
+                       f"DO UPDATE SET floor_mc = excluded.floor_mc RETURNING {_ACCOUNT_COLS}",
+                       (account, floor_mc)).fetchone()
+    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE RETURNING always returns the row
+    if not has_floor_row(account):
+        return
+    before = _floor_rows(conn, [account])
+    if floor_mc is None and account not in before:
+        return
+    new = floor_row(account, floor_mc, _account(row), before.get(account), datetime.now(UTC))
+    _write_rows(conn, [new] if new is not before.get(account) else [], before)
+
+
+def _floor_rows(conn: Conn, accounts: Sequence[str]) -> dict[str, FloorState]:
+    """The floor rows of ``accounts`` that have one, locked until the transaction ends."""
+    if not accounts:
+        return {}
+    rows = conn.execute("SELECT key, version, record FROM states WHERE kind = %s AND key = ANY(%s) ORDER BY key "
+                        "FOR UPDATE", (WALLET_FLOOR, list(accounts))).fetchall()
+    return {r[0]: FloorState.from_record(r[2], int(r[1])) for r in rows}
+
+
+def _write_rows(conn: Conn, rows: Sequence[FloorState], before: dict[str, FloorState]) -> None:
+    for r in rows:
+        record = json.dumps(r.to_record(), sort_keys=True)
+        if r.account in before:
+            conn.execute("UPDATE states SET version = %s, record = %s WHERE kind = %s AND key = %s",
+                         (r.version, record, WALLET_FLOOR, r.account))
+        else:  # a racing insert of the same row fails the batch: it is retried by the caller with the same ids
+            conn.execute("INSERT INTO states (kind, key, version, record) VALUES (%s, %s, %s, %s)",
+                         (WALLET_FLOOR, r.account, r.version, record))

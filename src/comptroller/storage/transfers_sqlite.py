@@ -5,10 +5,16 @@ reads), so the account totals a decision reads cannot change before its writes, 
 thread or process (SQLite docs, "Transaction"). The tables are created by this store on
 the ledger's own file (``CREATE TABLE IF NOT EXISTS``), so they need no upgrade step.
 Times are UTC epoch seconds (REAL); money INTEGER millicents.
+
+Floor rows (:mod:`comptroller.domain.wallets.floors`) live in the ledger's ``states`` table of
+the same file (created by whichever of the two opens the file first): a batch reads and writes the rows of its agent accounts inside its
+``BEGIN IMMEDIATE``, so a row and the transfers that move it commit together, serialised with
+every reservation and settle of the ledger.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,9 +22,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from comptroller.domain.wallets.floors import WALLET_FLOOR, FloorState
 from comptroller.domain.wallets.transfers import AccountBalance, Transfer, TransferCode, TransferResult
 from comptroller.errors import LedgerUnavailableError
-from comptroller.storage.transfers import apply_batch
+from comptroller.storage.transfers import apply_batch, floor_row, has_floor_row
 
 __all__ = ["SQLiteTransferStore"]
 
@@ -33,7 +40,12 @@ CREATE TABLE IF NOT EXISTS wallet_transfers (
     CHECK (debit_account <> credit_account));
 CREATE INDEX IF NOT EXISTS wallet_transfers_debit ON wallet_transfers (debit_account);
 CREATE INDEX IF NOT EXISTS wallet_transfers_credit ON wallet_transfers (credit_account);
+CREATE TABLE IF NOT EXISTS states (
+    kind TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL CHECK (version >= 1),
+    record TEXT NOT NULL, PRIMARY KEY (kind, key));
 """
+# ``states`` exactly as the ledger defines it (comptroller.storage.sqlite, schema 2), for a file whose
+# ledger is opened after its wallets: the floor rows live there.
 _COLS = "id, debit_account, credit_account, amount_mc, kind, ts, ref"
 
 
@@ -98,7 +110,10 @@ class SQLiteTransferStore:
                                                                    "id", ids))}
             accounts = {a.account: a for a in map(_account, _select_in(
                 cur, "SELECT id, debits_mc, credits_mc, floor_mc FROM wallet_accounts", "id", names))}
-            results = apply_batch(transfers, existing, accounts)
+            before = _floor_rows(cur, [a for a in names if has_floor_row(a)])
+            rows = dict(before)
+            results = apply_batch(transfers, existing, accounts, rows)
+            _write_rows(cur, [row for a, row in rows.items() if row is not before[a]])
             applied = [r.transfer for r in results if r.code is TransferCode.OK]
             cur.executemany(f"INSERT INTO wallet_transfers ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [(t.id, t.debit_account, t.credit_account, t.amount_mc, t.kind, t.ts.timestamp(), t.ref)
@@ -141,11 +156,35 @@ class SQLiteTransferStore:
         with self._write() as cur:
             cur.execute("INSERT INTO wallet_accounts (id, floor_mc) VALUES (?, ?) "
                         "ON CONFLICT (id) DO UPDATE SET floor_mc = excluded.floor_mc", (account, floor_mc))
+            if not has_floor_row(account):
+                return
+            row = _floor_rows(cur, [account]).get(account)
+            if floor_mc is None and row is None:
+                return
+            totals = cur.execute("SELECT id, debits_mc, credits_mc, floor_mc FROM wallet_accounts WHERE id = ?",
+                                 (account,)).fetchone()
+            new = floor_row(account, floor_mc, _account(totals), row, datetime.now(UTC))
+            if new is not row:
+                _write_rows(cur, [new])
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             self._conn.close()
+
+
+def _floor_rows(cur: sqlite3.Cursor, accounts: Sequence[str]) -> dict[str, FloorState]:
+    """The floor rows of ``accounts`` that have one (read inside the batch's write lock)."""
+    rows = [r for a in sorted(accounts) for r in cur.execute(
+        "SELECT key, version, record FROM states WHERE kind = ? AND key = ?", (WALLET_FLOOR, a)).fetchall()]
+    return {str(key): FloorState.from_record(json.loads(str(record)), int(str(version)))
+            for key, version, record in rows}
+
+
+def _write_rows(cur: sqlite3.Cursor, rows: Sequence[FloorState]) -> None:
+    cur.executemany("INSERT INTO states (kind, key, version, record) VALUES (?, ?, ?, ?) ON CONFLICT (kind, key) "
+                    "DO UPDATE SET version = excluded.version, record = excluded.record",
+                    [(WALLET_FLOOR, r.account, r.version, json.dumps(r.to_record(), sort_keys=True)) for r in rows])
 
 
 def _select_in(cur: sqlite3.Cursor, select: str, column: str, values: Sequence[str]) -> list[tuple[object, ...]]:

@@ -24,7 +24,10 @@ rank  rule            why here                                        codes
                       or agent below ``max_in_flight``
 8     pacing          the long-term rate of period budgets; may      ``pace_exceeded``
                       downgrade the model before budgets price it
-9     budgets         every applicable budget holds the ceiling      ``budget_exceeded``
+9     rate_limit      RPM/TPM of the key, tenant, agent (GCRA)       ``rate_limited``
+10    quota           token and message quotas hold the ceiling      ``quota_exceeded``
+11    wallet          a prepaid agent's wallet stays above its floor ``insufficient_funds``
+12    budgets         every applicable budget holds the ceiling      ``budget_exceeded``
 ====  ==============  =============================================  ===============================
 
 Stateless and cheap checks come first; stateful ones (loop, breaker) come after
@@ -49,6 +52,9 @@ CHECK_ORDER: tuple[Rule, ...] = (
     Rule.BREAKER,
     Rule.FAN_OUT,
     Rule.PACING,
+    Rule.RATE_LIMIT,
+    Rule.QUOTA,
+    Rule.WALLET,
     Rule.BUDGETS,
 )
 _RANK: Mapping[Rule, int] = {rule: i for i, rule in enumerate(CHECK_ORDER, start=1)}

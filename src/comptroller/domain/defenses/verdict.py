@@ -41,6 +41,9 @@ class Rule(StrEnum):
     BREAKER = "breaker"
     FAN_OUT = "fan_out"
     PACING = "pacing"
+    RATE_LIMIT = "rate_limit"
+    QUOTA = "quota"
+    WALLET = "wallet"
     BUDGETS = "budgets"
 
 
@@ -53,6 +56,9 @@ RULE_CODES: Mapping[Rule, frozenset[Code]] = {
     Rule.BREAKER: frozenset({Code.CIRCUIT_OPEN}),
     Rule.FAN_OUT: frozenset({Code.FAN_OUT_EXCEEDED}),
     Rule.PACING: frozenset({Code.PACE_EXCEEDED}),
+    Rule.RATE_LIMIT: frozenset({Code.RATE_LIMITED}),
+    Rule.QUOTA: frozenset({Code.QUOTA_EXCEEDED}),
+    Rule.WALLET: frozenset({Code.INSUFFICIENT_FUNDS}),
     Rule.BUDGETS: frozenset({Code.BUDGET_EXCEEDED}),
 }
 """The codes each rule may answer."""

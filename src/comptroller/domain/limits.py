@@ -1,0 +1,221 @@
+"""Rate limits, quotas and wallet floors of one call, as guards composed around the defenses' guards.
+
+The engine wraps the call's :class:`~comptroller.domain.state.AdmitGuard` (the defenses,
+:mod:`comptroller.domain.defenses.chain`) in :class:`LimitsAdmit`, and its settle guard in
+:class:`LimitsSettle`. Inside the reservation's transaction, on every backend, after the
+defenses admitted the call (and chose its final request: pacing may downgrade it), the
+limits run in the order of :data:`~comptroller.domain.defenses.order.CHECK_ORDER`: rate
+limits (:mod:`.rate_limits`), quotas (:mod:`.quotas`), the wallet floor
+(:mod:`.wallets.floors`); the store then checks the money budgets. The first refusal wins,
+and then nothing the defenses or the limits would have written is written: a refused call
+takes no rate-limit slot, no quota and no hold. Admitted, every change commits with the
+reservation; a budget refusal after them drops them with it.
+
+At settle (and release) :class:`LimitsSettle` corrects a TPM slot to the actual tokens,
+settles quota holds to the actual count and moves the wallet hold to the spend at the
+actual cost, in the settle's transaction, once (stores call settle guards only when they
+charge or release).
+
+Rows read per call: one per applicable rate limit and quota, and the agent's floor row
+(always: a floor set by an admin applies at once, with no policy change). Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from comptroller.domain import held_counts, quotas, rate_limits
+from comptroller.domain.defenses.verdict import Verdict
+from comptroller.domain.held_counts import HeldCount
+from comptroller.domain.ledger import AccountView, Reservation, ReserveRequest
+from comptroller.domain.quotas import Quota
+from comptroller.domain.rate_limits import Gcra, RateLimit, RateUnit
+from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
+from comptroller.domain.usage import Usage
+from comptroller.domain.wallets import floors
+from comptroller.domain.wallets.accounts import agent_wallet
+from comptroller.domain.wallets.floors import FloorState
+
+__all__ = ["Limits", "LimitsAdmit", "LimitsSettle"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The configured rate limits and quotas (wallet floors are rows, set by an admin, always checked).
+
+    Attributes:
+        rate_limits: RPM and TPM limits per key, tenant and agent.
+        quotas: token and message quotas per level and period.
+    """
+
+    rate_limits: tuple[RateLimit, ...] = ()
+    quotas: tuple[Quota, ...] = field(default=())
+
+    def admit(self, inner: AdmitGuard, request: ReserveRequest, now: datetime) -> LimitsAdmit:
+        """The admit guard of a call reserved with ``request`` at ``now`` around the defenses ``inner``."""
+        return LimitsAdmit(inner, self, request, now)
+
+    def settle(self, inner: SettleGuard, usage: Usage | None) -> LimitsSettle:
+        """The settle guard of a call that used ``usage`` (None: a release) around ``inner``."""
+        return LimitsSettle(inner, self, usage)
+
+
+def _units(unit: RateUnit, input_tokens_max: int, output_tokens_max: int) -> int:
+    return 1 if unit is RateUnit.RPM else input_tokens_max + output_tokens_max
+
+
+class _Plan:
+    """The rows of one call: its rate limits, quotas and floor, with their keys."""
+
+    def __init__(self, limits: Limits, attribution: Attribution, admitted_at: datetime) -> None:
+        scopes = attribution.scopes()
+        self.rates = [(rate_limits.state_key(r, s), r, s)
+                      for r, s in rate_limits.applicable(limits.rate_limits, attribution.key_id, scopes)]
+        self.quotas = [(quotas.quota_key(q, s, admitted_at), q, s) for q, s in quotas.applicable(limits.quotas, scopes)]
+        self.agent_scope = dict(scopes)[Level.AGENT]
+        self.floor = floors.floor_key(agent_wallet(attribution))
+
+    def keys(self) -> list[StateKey]:
+        return [k for k, _, _ in self.rates] + [k for k, _, _ in self.quotas] + [self.floor]
+
+
+def _gcra(states: Mapping[StateKey, StoredState], key: StateKey) -> Gcra:
+    stored = states.get(key)
+    return Gcra() if stored is None else Gcra.from_record(stored.record, stored.version)
+
+
+def _count(states: Mapping[StateKey, StoredState], key: StateKey) -> HeldCount:
+    stored = states.get(key)
+    return HeldCount() if stored is None else HeldCount.from_record(stored.record, stored.version)
+
+
+def _floor(states: Mapping[StateKey, StoredState], key: StateKey) -> FloorState | None:
+    stored = states.get(key)
+    return None if stored is None else FloorState.from_record(stored.record, stored.version)
+
+
+class LimitsAdmit:
+    """The :class:`~comptroller.domain.state.AdmitGuard` of one call: the defenses, then the limits.
+
+    Args:
+        inner: the call's defenses.
+        limits: the configured limits.
+        request: the request the call is reserved with unless the defenses replace it.
+        now: the admission time (the store's ``now``; it fixes the quota periods).
+    """
+
+    def __init__(self, inner: AdmitGuard, limits: Limits, request: ReserveRequest, now: datetime) -> None:
+        self.inner, self.request = inner, request
+        self.plan = _Plan(limits, request.attribution, now)
+
+    def state_keys(self) -> list[StateKey]:
+        """The defenses' rows, then the call's rate-limit, quota and floor rows."""
+        return [*self.inner.state_keys(), *self.plan.keys()]
+
+    def apply(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
+              now: datetime) -> GuardOutcome:
+        """The defenses' outcome; if they admit, the limits' checks on the final request (module docstring)."""
+        outcome = self.inner.apply(states, accounts, now)
+        if outcome.verdict is not None:
+            return outcome
+        request = outcome.request or self.request
+        writes: list[StoredState] = []
+        verdict = (self._rates(states, request, now, writes) or self._quotas(states, request, now, writes)
+                   or self._floor(states, request, now, writes))
+        if verdict is not None:
+            return GuardOutcome(verdict)
+        return GuardOutcome(None, outcome.writes + tuple(writes), outcome.events, outcome.request)
+
+    def _rates(self, states: Mapping[StateKey, StoredState], request: ReserveRequest, now: datetime,
+               writes: list[StoredState]) -> Verdict | None:
+        now_ns = rate_limits.ns(now)
+        for key, limit, scope in self.plan.rates:
+            units = _units(limit.unit, request.input_tokens_max, request.output_tokens_max)
+            state, wait_ns = rate_limits.conform(_gcra(states, key), limit, units, now_ns)
+            if wait_ns is not None:
+                return rate_limits.refusal(limit, scope, units, wait_ns)
+            writes.append(StoredState(key, state.version, state.to_record()))
+        return None
+
+    def _quotas(self, states: Mapping[StateKey, StoredState], request: ReserveRequest, now: datetime,
+                writes: list[StoredState]) -> Verdict | None:
+        expires_at = now + timedelta(seconds=request.ttl_s)
+        for key, quota, scope in self.plan.quotas:
+            count = held_counts.age(_count(states, key), now)
+            amount = quotas.ceiling(quota.unit, request.input_tokens_max, request.output_tokens_max)
+            verdict = quotas.check(count, quota, scope, amount, now)
+            if verdict is not None:
+                return verdict
+            count = held_counts.reserve(count, request.idempotency_key, amount, expires_at)
+            writes.append(StoredState(key, count.version, count.to_record()))
+        return None
+
+    def _floor(self, states: Mapping[StateKey, StoredState], request: ReserveRequest, now: datetime,
+               writes: list[StoredState]) -> Verdict | None:
+        state = _floor(states, self.plan.floor)
+        if state is None:
+            return None
+        state = state.with_spend(held_counts.age(state.spend, now))
+        verdict = floors.check(state, self.plan.agent_scope, request.ceiling_mc)
+        if verdict is not None:
+            return verdict
+        state = state.with_spend(held_counts.reserve(state.spend, request.idempotency_key, request.ceiling_mc,
+                                                     now + timedelta(seconds=request.ttl_s)))
+        writes.append(StoredState(self.plan.floor, state.version, state.to_record()))
+        return None
+
+
+class LimitsSettle:
+    """The :class:`~comptroller.domain.state.SettleGuard` of one settle or release: the defenses', then the limits'.
+
+    Args:
+        inner: the defenses' settle guard.
+        limits: the configured limits.
+        usage: the tokens billed (None: a release; a settle without usage counts its reserved bounds).
+    """
+
+    def __init__(self, inner: SettleGuard, limits: Limits, usage: Usage | None) -> None:
+        self.inner, self.limits, self.usage = inner, limits, usage
+
+    def state_keys(self, reservation: Reservation) -> list[StateKey]:
+        """The defenses' rows, then the call's rate-limit, quota and floor rows."""
+        plan = _Plan(self.limits, reservation.attribution, reservation.created_at)
+        return [*self.inner.state_keys(reservation), *plan.keys()]
+
+    def apply(self, reservation: Reservation, cost_mc: int | None, states: Mapping[StateKey, StoredState],
+              now: datetime) -> GuardOutcome:
+        """The defenses' writes and the limits' corrections (``cost_mc`` None: a release)."""
+        outcome = self.inner.apply(reservation, cost_mc, states, now)
+        plan = _Plan(self.limits, reservation.attribution, reservation.created_at)
+        usage = None if cost_mc is None else self.usage or Usage(reservation.input_tokens_max,
+                                                                 reservation.output_tokens_max)
+        call_id = reservation.idempotency_key
+        writes: list[StoredState] = []
+        now_ns = rate_limits.ns(now)
+        for key, limit, _ in plan.rates:
+            if limit.unit is RateUnit.TPM:
+                ceiling = reservation.input_tokens_max + reservation.output_tokens_max
+                unused = ceiling if usage is None else ceiling - usage.input_tokens - usage.output_tokens
+                before = _gcra(states, key)
+                after = rate_limits.refund(before, limit, unused, now_ns)
+                if after != before:
+                    writes.append(StoredState(key, after.version, after.to_record()))
+        for key, quota, _ in plan.quotas:
+            before_count = _count(states, key)
+            count = held_counts.age(before_count, now)
+            count = (held_counts.release(count, call_id) if usage is None
+                     else held_counts.settle(count, call_id, quotas.used(quota.unit, usage)))
+            if count != before_count:
+                writes.append(StoredState(key, max(count.version, before_count.version + 1), count.to_record()))
+        floor = _floor(states, plan.floor)
+        if floor is not None:
+            spend = held_counts.age(floor.spend, now)
+            spend = held_counts.release(spend, call_id) if cost_mc is None else held_counts.settle(spend, call_id,
+                                                                                                  cost_mc)
+            after_floor = floor.with_spend(spend)
+            if after_floor != floor:
+                writes.append(StoredState(plan.floor, after_floor.version, after_floor.to_record()))
+        return GuardOutcome(outcome.verdict, outcome.writes + tuple(writes), outcome.events, outcome.request)
