@@ -18,6 +18,11 @@ wrong:
   genai-prices file can be loaded with ``--prices-data``.
 * **source** again when the logged costs fit no consistent rates (calls off the fit by
   more than 2 %): they are not a price list applied to tokens.
+* **older_price**, checked first: genai-prices keeps dated prices (a price change has a start
+  date: o3's cut on 2025-06-10, claude-sonnet-4-6's on 2026-03-13...). When the logged total
+  matches, within the tolerance, a price the table published *before* the calls' time, the
+  source priced the calls at that older price: "the log used an older price (from DATE)",
+  not "the log is wrong", and no override is suggested (:func:`older_prices`).
 
 When every call has the same mix of buckets the rates cannot be told apart; the
 report then gives only the overall ratio.
@@ -27,13 +32,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
-from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
+from comptroller.domain.pricing import ModelPrice, Rate, TieredRate, cost_usd
+from comptroller.domain.usage import Usage
 
-__all__ = ["BUCKETS", "BucketFit", "CallTokens", "Diagnosis", "diagnose", "fit_rates", "override_toml"]
+__all__ = ["BUCKETS", "BucketFit", "CallTokens", "DatedPrice", "Diagnosis", "diagnose", "fit_rates", "older_prices",
+           "override_toml"]
 
 BUCKETS = ("input", "cache_read", "cache_write", "output")
 """Token buckets, in the order of :class:`CallTokens`; rates are USD per million tokens."""
@@ -41,6 +48,9 @@ _PRICE_FIELD = {"input": "input_mtok", "cache_read": "cache_read_mtok", "cache_w
                 "output": "output_mtok"}
 _MATCH = Fraction(2, 100)
 _MTOK = 1_000_000
+_HISTORY_DAYS = 3 * 366
+"""How far before the first call :func:`older_prices` looks for published prices, days."""
+_NOON = time(12, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,69 @@ class CallTokens:
         """Tokens in one of :data:`BUCKETS`."""
         return {"input": self.input_uncached, "cache_read": self.cache_read, "cache_write": self.cache_write,
                 "output": self.output}[name]
+
+    def usage(self) -> Usage:
+        """The call's tokens as a :class:`Usage` (input including the cache buckets)."""
+        return Usage(self.input_uncached + self.cache_read + self.cache_write, self.output,
+                     cache_read_tokens=self.cache_read, cache_write_tokens=self.cache_write)
+
+
+@dataclass(frozen=True, slots=True)
+class DatedPrice:
+    """A price the table published for a while: from ``start`` (None: before the probed span) to ``end`` (exclusive).
+
+    Days are UTC dates; genai-prices' price changes take effect at 00:00 UTC of their start date.
+    """
+
+    start: date | None
+    end: date
+    price: ModelPrice
+
+
+def older_prices(price_at: Callable[[datetime], ModelPrice], calls: Sequence[CallTokens]) -> list[DatedPrice]:
+    """The prices our table published before the last call that differ from its price then, newest first.
+
+    The price function is read once a day at 12:00 UTC (so daily off-peak windows such as
+    DeepSeek's do not count as changes), from ``_HISTORY_DAYS`` before the first call to the day of
+    the last one; a change of price between two days is a dated price change. Overrides and
+    tables without history give no older price.
+    """
+    first, last = min(c.ts for c in calls).date(), max(c.ts for c in calls).date()
+    current = _price_or_none(price_at, last)
+    spans: list[DatedPrice] = []
+    day = first - timedelta(days=_HISTORY_DAYS)
+    start: date | None = None
+    price = _price_or_none(price_at, day)
+    while day < last:
+        day += timedelta(days=1)
+        seen = _price_or_none(price_at, day)
+        if seen != price:
+            if price is not None:
+                spans.append(DatedPrice(start, day, price))
+            start, price = day, seen
+    return [span for span in reversed(spans) if span.price != current]
+
+
+def _price_or_none(price_at: Callable[[datetime], ModelPrice], day: date) -> ModelPrice | None:
+    """The price at 12:00 UTC of ``day``; None when the table has no token price that day."""
+    try:
+        return price_at(datetime.combine(day, _NOON))
+    except LookupError:
+        return None
+
+
+def _older_match(calls: Sequence[CallTokens], price_at: Callable[[datetime], ModelPrice],
+                 tolerance_pct: float) -> tuple[DatedPrice, float] | None:
+    """The newest older price at which the logged total agrees within the tolerance, and its difference (%)."""
+    logged = sum((c.logged_usd for c in calls), Decimal(0))
+    if not logged:
+        return None
+    for span in older_prices(price_at, calls):
+        at_span = sum((cost_usd(span.price, c.usage()) for c in calls), Decimal(0))
+        diff = float((at_span - logged) * 100 / logged)
+        if abs(diff) <= tolerance_pct:
+            return span, diff
+    return None
 
 
 @dataclass
@@ -77,8 +150,9 @@ class Diagnosis:
 
     Attributes:
         buckets: the per-bucket comparison (empty when the rates cannot be told apart).
-        side: ``none`` (agrees), ``source`` (the logged costs are more likely wrong),
-            ``table`` (our table is more likely stale) or ``unknown``.
+        side: ``none`` (agrees), ``older_price`` (the logged costs match a price the table
+            published before the calls' time), ``source`` (the logged costs are more likely
+            wrong), ``table`` (our table is more likely stale) or ``unknown``.
         explanation: one sentence naming the bucket, the amount and the reason.
         fit_error_pct: the largest relative gap between a call's logged cost and the fit.
         override_toml: the price override the logged costs imply, for review (or None).
@@ -130,6 +204,10 @@ def _base(rate: Rate | None) -> Fraction | None:
     return Fraction(rate.base if isinstance(rate, TieredRate) else rate)
 
 
+def _rate_text(rate: Rate) -> str:
+    return f"{rate.base if isinstance(rate, TieredRate) else rate}"
+
+
 def _close(a: Fraction, b: Fraction | None) -> bool:
     return b is not None and (abs(a - b) <= _MATCH * abs(b) if b else a == 0)
 
@@ -172,6 +250,15 @@ def diagnose(model: str, calls: Sequence[CallTokens], price_at: Callable[[dateti
     """
     if abs(diff_pct) <= tolerance_pct:
         return Diagnosis(side="none", explanation="agrees")
+    older = _older_match(calls, price_at, tolerance_pct)
+    if older is not None:
+        span, diff = older
+        when = f"from {span.start} until {span.end}" if span.start is not None else f"in force until {span.end}"
+        return Diagnosis(side="older_price", explanation=(
+            f"the log used an older price ({when}: input ${_rate_text(span.price.input_mtok)}/M, "
+            f"output ${_rate_text(span.price.output_mtok)}/M): at that price the logged costs agree within "
+            f"{abs(diff):.2f}%, while our table's price at the calls' time gives {diff_pct:+.1f}%; the log is "
+            "not wrong, it predates the price change; keep the table"))
     rates = fit_rates(calls)
     if rates is None:
         return Diagnosis(side="unknown", explanation=(

@@ -134,7 +134,8 @@ def _ceiling_misses(report: Report) -> Table:
 
 
 _SIDE = {"none": "[green]agrees[/green]", "source": "[yellow]the logged costs look wrong[/yellow]",
-         "table": "[red]our table looks stale[/red]", "unknown": "[yellow]disagrees[/yellow]"}
+         "table": "[red]our table looks stale[/red]", "unknown": "[yellow]disagrees[/yellow]",
+         "older_price": "[yellow]the log used an older price[/yellow]"}
 
 
 def reconciliation_verdict(r: Reconciliation) -> str:
