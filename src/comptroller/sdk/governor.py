@@ -145,7 +145,8 @@ class Comptroller:
         return effective if call is None else call.over(effective)
 
     def admit(self, *, context: CallContext, model: str, messages: Sequence[Mapping[str, Any]] | None,
-              input_tokens_max: int, max_tokens: int | None, choices: int = 1) -> Admission:
+              input_tokens_max: int, max_tokens: int | None, choices: int = 1,
+              input_recount: Callable[[str], int | None] | None = None) -> Admission:
         """Admit a call or raise its refusal.
 
         The call is reserved as sent (it goes upstream right away: a lease that expired
@@ -160,6 +161,8 @@ class Comptroller:
             input_tokens_max: an upper bound on the input tokens.
             max_tokens: the requested output limit per choice, if any.
             choices: outputs generated (OpenAI ``n``); the output bound is reserved this many times.
+            input_recount: a tighter input bound per priced model, asked near a budget's edge
+                (:func:`comptroller.exact_input.input_recount`; None: ``input_tokens_max`` only).
 
         Raises:
             RefusedError: (a subclass per code) when any defense or budget refuses.
@@ -169,7 +172,8 @@ class Comptroller:
         call = CallRequest(attribution=context.attribution(), model=model, input_tokens_max=input_tokens_max,
                            max_tokens=max_tokens, run_id=context.run_id, attempt_id=context.attempt_id,
                            fingerprint=None if messages is None else fingerprint(model, messages),
-                           text=None if messages is None else last_text(messages), choices=choices, sends=True)
+                           text=None if messages is None else last_text(messages), choices=choices, sends=True,
+                           input_recount=input_recount)
         admission = self.engine.admit(call)
         if admission.reservation is None:
             assert admission.verdict is not None

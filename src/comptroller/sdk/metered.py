@@ -26,6 +26,7 @@ from comptroller.domain.ledger import Reservation, SettleResult
 from comptroller.domain.tokens import Api as TokensApi
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission
+from comptroller.exact_input import input_recount
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.streams import AsyncMeteredStream, AsyncStreamManager, MeteredStream, StreamManager
 
@@ -44,7 +45,8 @@ class Meter(Protocol):
         ...
 
     def admit(self, *, context: CallContext, model: str, messages: Sequence[Mapping[str, Any]] | None,
-              input_tokens_max: int, max_tokens: int | None, choices: int = 1) -> Admission:
+              input_tokens_max: int, max_tokens: int | None, choices: int = 1,
+              input_recount: Callable[[str], int | None] | None = None) -> Admission:
         """Admit a call or raise its refusal."""
         ...
 
@@ -171,12 +173,13 @@ class Call:
     def __init__(self, meter: Meter, context: CallContext, api: Api, kwargs: dict[str, Any]) -> None:
         self.meter, self.api = meter, api
         try:
-            request = api.read(request_body(kwargs))
+            body = request_body(kwargs)
+            request = api.read(body)
         except KeyError as exc:  # the client would refuse it too, before sending
             raise TypeError(f"{api.shape} request is missing the required argument {exc.args[0]!r}") from None
         self.admission = meter.admit(context=context, model=request.model, messages=request.messages,
                                      input_tokens_max=request.input_tokens_max, max_tokens=request.max_tokens,
-                                     choices=request.choices)
+                                     choices=request.choices, input_recount=input_recount(body, api=api.shape))
         self.kwargs = api.forward(kwargs, self.admission, request)
         self.asked = kwargs
         self._tally: Tally | None = None
