@@ -13,8 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from gateway_kit import MODEL, GatewayFactory, Harness, wait_for
 
+from comptroller.domain.budgets import ANY_SCOPE, Budget
+from comptroller.domain.scopes import Level
 from comptroller.gateway.runtime import InlineLedger
 from comptroller.storage.memory import MemoryStore
 from comptroller.storage.postgres import PostgresStore
@@ -115,6 +118,28 @@ def test_the_store_is_held_for_the_operation_and_let_go_after(tmp_path: Any) -> 
     other.execute("ROLLBACK")
     other.execute("BEGIN IMMEDIATE")  # the free hold above was let go: another writer gets the lock at once
     other.execute("ROLLBACK")
+    other.close()
+    store.close()
+
+
+def test_a_later_write_of_the_block_waits_briefly_for_another_writer_then_fails(tmp_path: Any) -> None:
+    """A second write transaction inside the hold waits for another writer up to ``later_wait_s``, no longer."""
+    store = SQLiteStore(tmp_path / "ledger.db")
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    with store.uncontended(later_wait_s=10.0) as free:
+        assert free
+        store.put_budget(Budget(Level.TENANT, ANY_SCOPE, 1_000))  # the first write: the lock taken at entry
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.05, other.execute, ("ROLLBACK",)).start()
+        store.put_budget(Budget(Level.TENANT, ANY_SCOPE, 2_000))  # waits for the other writer to finish
+    with store.uncontended(later_wait_s=0.05) as free:
+        assert free
+        store.put_budget(Budget(Level.TENANT, ANY_SCOPE, 3_000))
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.put_budget(Budget(Level.TENANT, ANY_SCOPE, 4_000))
+        other.execute("ROLLBACK")
+    assert [b.limit_mc for b in store.budgets()] == [3_000]
     other.close()
     store.close()
 

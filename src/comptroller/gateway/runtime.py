@@ -196,10 +196,10 @@ class Gateway:
     def _inline(self, operation: Callable[..., Any]) -> AbstractContextManager[bool] | None:
         """The store's hold for an operation that may run on the loop, or None (it goes to a thread).
 
-        Only :meth:`admit`, :meth:`settle` and :meth:`release` (one write transaction each, then
-        in-memory work), on a store that can hold itself without waiting; a settle only when no
-        post-settle hook writes elsewhere (``Engine.on_settled``: wallet postings, their own
-        connection and lock).
+        Only :meth:`admit`, :meth:`settle` and :meth:`release` (a write transaction each, two for
+        an admit recounted near a budget's edge, then in-memory work), on a store that can hold
+        itself without waiting; a settle only when no post-settle hook writes elsewhere
+        (``Engine.on_settled``: wallet postings, their own connection and lock).
         """
         store = self.engine.store
         if not _holds_itself(type(store)):

@@ -257,17 +257,20 @@ class SQLiteStore:
             yield self._conn.cursor()
 
     @contextmanager
-    def uncontended(self) -> Iterator[bool]:
+    def uncontended(self, later_wait_s: float = 0.1) -> Iterator[bool]:
         """Take the store's connection and SQLite's write lock if both are free now, never waiting.
 
         For a caller that must not block (the gateway's event loop). Yields True when both are
-        held until the block ends: the store calls made inside wait on no lock (the first write
-        transaction uses the write lock taken here; ``busy_timeout`` is 0 inside, so a later one
-        meeting another process's writer fails at once with "database is locked" instead of
-        waiting). Yields False, having done nothing, when another thread of this process or
-        another connection's writer holds one of them: make the calls where a wait is bounded.
-        Meant for one operation of single write transactions (reserve, settle, release), not
-        :meth:`ledger_snapshot`.
+        held: the store calls made inside the block wait on no other thread, and the first write
+        transaction uses the write lock taken here. A later write transaction of the same block
+        (an engine that recounts a call near a budget's edge reserves twice) may meet another
+        process's writer; it waits for it at most ``later_wait_s`` (writers hold the lock for well
+        under a millisecond), then fails with "database is locked". Yields False, having done
+        nothing, when another thread of this process or another connection's writer holds a lock:
+        make the calls where a wait is bounded. Not for :meth:`ledger_snapshot`.
+
+        Args:
+            later_wait_s: the longest a later write transaction of the block waits, seconds.
         """
         if not self._lock.acquire(blocking=False):
             yield False
@@ -280,6 +283,7 @@ class SQLiteStore:
                 yield False
                 return
             self._begun = True
+            self._conn.execute(f"PRAGMA busy_timeout = {int(later_wait_s * 1000)}")
             try:
                 yield True
             finally:
