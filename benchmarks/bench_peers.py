@@ -24,7 +24,10 @@ Race (``--race K``): a fresh budget of exactly K call ceilings (each target's ow
 the request: comptroller's ``X-Comptroller-Ceiling-Mc``, LiteLLM's "Estimated request cost"
 from a probe), then 64 agents send one call each at once while the stub holds every answer
 for ``--race-latency-s``, so all 64 are in flight together. A target that keeps its budget
-admits at most K; ``overshoot`` is the admitted calls beyond K.
+admits at most what fits: K for LiteLLM; for comptroller, the budget over the ceiling each admitted
+call held (its answer's ``X-Comptroller-Ceiling-Mc``: near the edge it recounts the input exactly
+and holds less than the probe's byte-bound ceiling, so more than K may fit). ``overshoot`` is the
+admitted calls beyond that.
 
     python benchmarks/bench_peers.py --litellm-python /path/to/venv/bin/python
     python benchmarks/bench_peers.py --targets direct comptroller-1 --concurrency 1 --variant \\
@@ -135,21 +138,6 @@ async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     return UserAPIKeyAuth(api_key=api_key, token=hashlib.sha256(api_key.encode()).hexdigest(),
                           key_alias=api_key, max_budget=budget, spend=0.0)
 '''
-
-
-WAL_PREAMBLE = """import sqlite3
-_connect = sqlite3.connect
-
-
-def _connect_with_checkpoint(*args, **kwargs):
-    conn = _connect(*args, **kwargs)
-    conn.execute("PRAGMA wal_autocheckpoint = {pages}")
-    return conn
-
-
-sqlite3.connect = _connect_with_checkpoint
-"""
-"""A diagnostic only (``--wal-variant``): every SQLite connection of the gateway checkpoints every N WAL pages."""
 
 
 @dataclass
@@ -271,22 +259,44 @@ async def _post(port: int, path: str, payload: dict[str, object] | None, key: st
         writer.close()
 
 
-async def _race_once(target: Target, key: str, first_id: int) -> int:
-    """64 agents, one call each, at once: how many were admitted (HTTP 200)."""
-    async def agent(n: int) -> int:
+@dataclass(frozen=True)
+class RaceRound:
+    """One race round of one target: calls admitted, and how many of the calls' held ceilings the budget fits.
+
+    comptroller answers each admitted call with the ceiling it held (``X-Comptroller-Ceiling-Mc``).
+    Near a budget's edge it recounts a call's input exactly and holds a tighter ceiling than the
+    probe's byte-bound one, so more than K calls may fit the budget of K probe ceilings: ``fit`` is
+    the budget over the largest ceiling held (K for LiteLLM, which answers no ceiling).
+    """
+
+    admitted: int
+    fit: int
+
+    @property
+    def overshoot(self) -> int:
+        """Calls admitted beyond what the budget fits."""
+        return max(0, self.admitted - self.fit)
+
+
+async def _race_once(target: Target, key: str, first_id: int) -> list[int | None]:
+    """64 agents, one call each, at once: per admitted call, the ceiling it held (mc; None: not stated)."""
+    async def agent(n: int) -> tuple[bool, int | None]:
         reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
         try:
-            status, _, _ = await exchange(reader, writer, request(target.port, key, first_id + n, f"agent-{n}"))
-            return 1 if status == 200 else 0
+            status, headers, _ = await exchange(reader, writer, request(target.port, key, first_id + n, f"agent-{n}"))
+            held = headers.get("x-comptroller-ceiling-mc")
+            return status == 200, None if held is None else int(held)
         finally:
             writer.close()
 
-    return sum(await asyncio.gather(*(agent(n) for n in range(AGENTS))))
+    answers = await asyncio.gather(*(agent(n) for n in range(AGENTS)))
+    return [held for admitted, held in answers if admitted]
 
 
-def race(targets: list[Target], stub_port: int, k: int, rounds: int, latency_s: float) -> dict[str, list[int]]:
-    """Each budgeted target's admitted calls per race round (a fresh budget of K ceilings each round)."""
-    admitted: dict[str, list[int]] = {}
+def race(targets: list[Target], stub_port: int, k: int, rounds: int,
+         latency_s: float) -> dict[str, list[RaceRound]]:
+    """Each budgeted target's race rounds (a fresh budget of K probe ceilings each round)."""
+    admitted: dict[str, list[RaceRound]] = {}
     next_id = 10**9
     for t in targets:
         if t.kind == "direct":
@@ -306,7 +316,7 @@ def race(targets: list[Target], stub_port: int, k: int, rounds: int, latency_s: 
                 status, _, payload = asyncio.run(_post(t.port, "/admin/budgets", budget, ADMIN_KEY, "PUT"))
                 if status != 200:
                     raise RuntimeError(f"{t.name}: PUT /admin/budgets answered {status}: {payload[:300]!r}")
-                race_key = t.race_keys[rounds + r]
+                race_key, budget_mc = t.race_keys[rounds + r], k * ceiling_mc
             else:
                 probe_key = f"sk-bench-probe{r}-0.000000001"
                 status, _, payload = asyncio.run(_post(t.port, "/v1/chat/completions", json.loads(body(next_id)),
@@ -314,19 +324,22 @@ def race(targets: list[Target], stub_port: int, k: int, rounds: int, latency_s: 
                 found = re.search(rb"Estimated request cost: ([0-9.eE+-]+)", payload)
                 if found is None:
                     raise RuntimeError(f"{t.name}: no estimate in the probe's answer {status}: {payload[:400]!r}")
-                race_key = f"sk-bench-race{r}-{k * float(found[1])!r}"
+                race_key, budget_mc = f"sk-bench-race{r}-{k * float(found[1])!r}", 0
             next_id += 1
             asyncio.run(_post(stub_port, f"/control/latency/{latency_s}", None))
-            got = asyncio.run(_race_once(t, race_key, next_id))
+            held = asyncio.run(_race_once(t, race_key, next_id))
             next_id += AGENTS
+            known = [h for h in held if h is not None]
+            got = RaceRound(len(held), budget_mc // max(known) if known else k)
             admitted[t.name].append(got)
-            print(f"race {t.name} round {r}: {got} admitted of {AGENTS} for a budget of {k} ceilings", flush=True)
+            print(f"race {t.name} round {r}: {got.admitted} admitted of {AGENTS}, {got.fit} fit the budget of "
+                  f"{k} probe ceilings (largest ceiling held: {max(known) if known else '-'} mc)", flush=True)
     asyncio.run(_post(stub_port, "/control/latency/0", None))
     return admitted
 
 
-def start_comptroller(name: str, work: Path, stub_port: int, *, workers: int, extra: str, race_rounds: int,
-                      wal_pages: int | None = None) -> Target:
+def start_comptroller(name: str, work: Path, stub_port: int, *, workers: int, extra: str,
+                      race_rounds: int) -> Target:
     folder = work / name
     folder.mkdir()
     config = folder / "gateway.toml"
@@ -344,8 +357,7 @@ def start_comptroller(name: str, work: Path, stub_port: int, *, workers: int, ex
     keys.close()
     port = free_port()
     runner = folder / "serve.py"
-    preamble = "" if wal_pages is None else WAL_PREAMBLE.format(pages=wal_pages)
-    runner.write_text(f"{preamble}import sys\nfrom comptroller.cli.main import app\n\n"  # workers re-import it
+    runner.write_text("import sys\nfrom comptroller.cli.main import app\n\n"  # workers re-import it
                       "if __name__ == '__main__':\n    sys.argv[0] = 'comptroller'\n    app()\n")
     # output to a file: a pipe nobody reads fills up and blocks the workers (uvicorn then restarts them)
     process = subprocess.Popen([sys.executable, str(runner), "serve", "--config", str(config), "--db", url,
@@ -379,7 +391,7 @@ def started(target: Target) -> None:
     print(f"{target.name} listens on {target.port}", flush=True)
 
 
-def table(results: dict[int, dict[str, Row]], admitted: dict[str, list[int]], k: int) -> str:
+def table(results: dict[int, dict[str, Row]], admitted: dict[str, list[RaceRound]], k: int) -> str:
     lines = ["| c | target | p50 ms | p99 ms | added p50 ms | added p99 ms | calls/s | CPU ms/call |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for c, rows in results.items():
@@ -390,10 +402,12 @@ def table(results: dict[int, dict[str, Row]], admitted: dict[str, list[int]], k:
             lines.append(f"| {c} | {name} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | {added[0]} | {added[1]} "
                          f"| {row.calls_s:,.0f} | {row.cpu_ms:.2f} |")
     if admitted:
-        lines += ["", f"Race: {AGENTS} agents at once for a budget of K = {k} ceilings, per round:", "",
-                  "| target | admitted per round | overshoot (admitted beyond K) |", "|---|---|---:|"]
+        lines += ["", f"Race: {AGENTS} agents at once for a budget of K = {k} probe ceilings, per round:", "",
+                  "| target | admitted per round | fit at the ceilings held | overshoot (admitted beyond fit) |",
+                  "|---|---|---|---:|"]
         for name, got in admitted.items():
-            lines.append(f"| {name} | {', '.join(map(str, got))} | {sum(max(0, g - k) for g in got)} |")
+            lines.append(f"| {name} | {', '.join(str(g.admitted) for g in got)} | {', '.join(str(g.fit) for g in got)} "
+                         f"| {sum(g.overshoot for g in got)} |")
     return "\n".join(lines)
 
 
@@ -403,9 +417,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=TOML",
                         help="another comptroller (1 worker) with these [gateway] lines, e.g. "
                              "threads-off='ledger_threads = false'")
-    parser.add_argument("--wal-variant", action="append", default=[], metavar="NAME=PAGES",
-                        help="another comptroller (1 worker) whose SQLite connections set PRAGMA wal_autocheckpoint "
-                             "= PAGES (default 1000; 0: never; a diagnostic of the c=1 tail)")
     parser.add_argument("--litellm-python", default=None, help="the Python of a virtualenv with the bench extra")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--requests", type=int, default=400, help="requests per round at c=1 (x c/4 above)")
@@ -439,10 +450,6 @@ def main(argv: list[str] | None = None) -> None:
                                                      extra="", race_rounds=args.race_rounds))
                 elif name == "litellm":
                     targets.append(start_litellm(work, stub_port, args.litellm_python))
-            for variant in args.wal_variant:
-                name, _, pages = variant.partition("=")
-                targets.append(start_comptroller(name, work, stub_port, workers=1, extra="",
-                                                 race_rounds=args.race_rounds, wal_pages=int(pages)))
             for variant in args.variant:
                 name, _, extra = variant.partition("=")
                 targets.append(start_comptroller(name, work, stub_port, workers=1, extra=extra,
