@@ -44,4 +44,5 @@ def build_engine(*, db_url: str, policy: Policy, clock: Clock | None = None,
     subscribers = sinks_from_config(policy.notify, clock=clock) if sinks is None else sinks
     return Engine(store=ledger, prices=prices or price_book(policy), clock=clock or SystemClock(), caps=policy.caps(),
                   ttl_s=policy.ttl_s, defenses=policy.defenses(), sinks=subscribers,
-                  on_settled=wallet_hooks(db_url, policy.fees.schedule() if policy.fees else None))
+                  on_settled=wallet_hooks(db_url, policy.fees.schedule() if policy.fees else None),
+                  limits=policy.limits())

@@ -49,11 +49,13 @@ from comptroller.domain.budgets import (
 )
 from comptroller.domain.caps import OutputCaps
 from comptroller.domain.defenses.chain import Defenses
+from comptroller.domain.limits import Limits
 from comptroller.domain.money import parse_usd
 from comptroller.domain.pricing import ModelPrice, Rate, TieredRate
 from comptroller.domain.scopes import Level
 from comptroller.economics_config import FeesSection, InfraSpec
 from comptroller.groups.config import GroupDefinition, parse_groups
+from comptroller.limits_config import QuotaSpec, RateLimitSpec, limits_of
 from comptroller.notify.config import NotifyConfig
 from comptroller.ports import PriceSource
 from comptroller.prices import PriceBook
@@ -193,6 +195,9 @@ class Policy(DefenseSections):
     fees: FeesSection | None = None
     """``[fees]`` and ``[[infra]]``: service fees and shared costs (:mod:`comptroller.economics_config`)."""
     infra: list[InfraSpec] = Field(default_factory=list)
+    quotas: list[QuotaSpec] = Field(default_factory=list)
+    """``[[quotas]]`` and ``[[rate_limits]]``: tokens, messages, RPM and TPM (:mod:`comptroller.limits_config`)."""
+    rate_limits: list[RateLimitSpec] = Field(default_factory=list)
     actions: dict[str, Any] = Field(default_factory=dict)
     tasks: dict[str, Any] = Field(default_factory=dict)
     """``[tasks]``: heartbeat staleness and the chain of command (:class:`comptroller.actions_config.TaskSettings`)."""
@@ -218,6 +223,10 @@ class Policy(DefenseSections):
     def budget_list(self) -> list[Budget]:
         """Configured budgets."""
         return [spec.to_budget(self.namespace) for spec in self.budgets]
+
+    def limits(self) -> Limits:
+        """The quotas and rate limits. Raises ValueError naming the entry at fault."""
+        return limits_of(self.quotas, self.rate_limits, self.namespace)
 
     def defenses(self) -> Defenses:
         """The runtime defenses. Raises DefenseConfigError (a ValueError) naming the bad field."""
@@ -265,6 +274,7 @@ def load_policy(path: str | Path | None) -> Policy:
         policy.budget_list()
         policy.caps()
         policy.defenses()
+        policy.limits()
         policy.routing_config(PriceBook(overrides=policy.price_overrides(), aliases=policy.aliases))
         policy.group_definitions()
         policy.action_policy()

@@ -32,6 +32,11 @@ code                           status  OpenAI ``type``                  retry he
                                                                         ``Retry-After`` to midnight UTC)
 ``circuit_open``               429     ``circuit_open``                 ``Retry-After`` (cooldown)
 ``pace_exceeded``              429     ``pace_exceeded``                ``Retry-After``
+``rate_limited``               429     ``rate_limited``                 ``Retry-After`` (GCRA wait; over 60 s
+                                                                        also ``x-should-retry: false``)
+``quota_exceeded``             429     ``insufficient_quota``           ``x-should-retry: false`` (a period
+                                                                        quota: ``Retry-After`` if <= 60 s)
+``insufficient_funds``         429     ``insufficient_quota``           ``x-should-retry: false`` (top up)
 bad body / unknown field       400     ``invalid_request_error``        ``x-should-retry: false``
 no or bad API key              401     ``authentication_error``         ``x-should-retry: false``
 key may not / header widens    403     ``permission_error``             ``x-should-retry: false``
@@ -62,7 +67,7 @@ __all__ = ["RETRY_HORIZON_S", "ErrorShape", "GatewayError", "error_response", "v
 RETRY_HORIZON_S = 60
 """The longest ``Retry-After`` the openai/anthropic clients wait for; longer waits they ignore and retry early."""
 
-_QUOTA = frozenset({Code.BUDGET_EXCEEDED, Code.KILL_SWITCH})
+_QUOTA = frozenset({Code.BUDGET_EXCEEDED, Code.KILL_SWITCH, Code.QUOTA_EXCEEDED, Code.INSUFFICIENT_FUNDS})
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                     403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                     429: "rate_limit_error"}

@@ -10,7 +10,10 @@
     ├── PaceExceededError              pace_exceeded
     ├── KillSwitchError                kill_switch
     ├── ModelNotAllowedError           model_not_allowed
-    └── DeadlineExceededError          deadline_exceeded
+    ├── DeadlineExceededError          deadline_exceeded
+    ├── RateLimitedError               rate_limited
+    ├── QuotaExceededError             quota_exceeded
+    └── InsufficientFundsError         insufficient_funds
     UnmeteredCallError                 a client method the SDK cannot meter (nothing was sent)
 
 The refusals are the gateway's HTTP 429 / 503 bodies as Python values: the same code,
@@ -28,10 +31,13 @@ __all__ = [
     "BudgetExceededError",
     "CircuitOpenError",
     "DeadlineExceededError",
+    "InsufficientFundsError",
     "KillSwitchError",
     "LoopDetectedError",
     "ModelNotAllowedError",
     "PaceExceededError",
+    "QuotaExceededError",
+    "RateLimitedError",
     "RefusedError",
     "RetryLimitError",
     "UnmeteredCallError",
@@ -89,6 +95,18 @@ class DeadlineExceededError(RefusedError):
     """The scheduled run is past its maximum duration."""
 
 
+class RateLimitedError(RefusedError):
+    """An RPM or TPM limit of the key, tenant or agent has no room now; ``verdict.retry_after_s`` says when."""
+
+
+class QuotaExceededError(RefusedError):
+    """A token or message quota has no room for the call (``verdict.evidence``: unit, limit, used, held)."""
+
+
+class InsufficientFundsError(RefusedError):
+    """The agent's prepaid wallet would go below its floor; top it up (``comptroller wallet transfer``)."""
+
+
 class UnmeteredCallError(Exception):
     """A wrapped client's method that may cost money and is not metered; nothing was sent.
 
@@ -110,6 +128,8 @@ _BY_CODE: dict[Code, type[RefusedError]] = {
     Code.LOOP_DETECTED: LoopDetectedError,
     Code.RETRY_LIMIT: RetryLimitError, Code.PACE_EXCEEDED: PaceExceededError, Code.KILL_SWITCH: KillSwitchError,
     Code.MODEL_NOT_ALLOWED: ModelNotAllowedError, Code.DEADLINE_EXCEEDED: DeadlineExceededError,
+    Code.RATE_LIMITED: RateLimitedError, Code.QUOTA_EXCEEDED: QuotaExceededError,
+    Code.INSUFFICIENT_FUNDS: InsufficientFundsError,
 }
 
 
