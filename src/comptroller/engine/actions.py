@@ -210,6 +210,7 @@ class ActionService:
             if self._move(record, nxt, now):
                 if not published:
                     self._give_back(tenant, action_id)
+                self.verifier.watch(nxt)
                 return nxt
         raise ActionConflictError(f"action {action_id!r} kept changing; retry")
 

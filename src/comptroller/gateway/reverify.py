@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import logging
 
-import anyio.to_thread
-
 from comptroller.gateway.guard_http import GuardServices
 from comptroller.gateway.runtime import Gateway
 
@@ -43,7 +41,9 @@ class Reverifier:
     async def round(self) -> int:
         """One round: check every due action; how many were checked."""
         service = self.services.actions(self.gw)
-        checked = await anyio.to_thread.run_sync(service.reverify_due)
+        # asyncio.to_thread: stopping the worker does not wait for a round's slow GETs (the thread finishes its
+        # check, or loses it, on its own; each check is one compare-and-set, never half written)
+        checked = await asyncio.to_thread(service.reverify_due)
         if checked:
             log.info("re-verification: %d due action(s) checked", len(checked))
         return len(checked)
@@ -53,7 +53,7 @@ class Reverifier:
         self._task = asyncio.create_task(self._loop(), name="comptroller-action-reverifier")
 
     async def aclose(self) -> None:
-        """Stop the task (a check in flight finishes in its thread; its result is written or lost, never half)."""
+        """Stop the task at once (a check in flight finishes in its thread: written or lost, never half)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
