@@ -120,17 +120,30 @@ class Watch:
 
 
 @pytest.fixture
-def page(browser: Any, gateway: UiGateway) -> Iterator[Any]:
+def page_on(browser: Any) -> Iterator[Callable[[str], Any]]:
+    """Open a fresh browser page watched for ``origin``; fails the test on a console error or a request off it."""
+    opened: list[tuple[Any, Watch]] = []
+
+    def open_page(origin: str) -> Any:
+        context = browser.new_context(viewport={"width": 1360, "height": 900})
+        context.set_default_timeout(15_000)
+        watch = Watch(origin)
+        page = context.new_page()
+        page.on("console", watch.on_console)
+        page.on("pageerror", lambda exc: watch.errors.append(str(exc)))
+        page.on("request", watch.on_request)
+        page.watch = watch
+        opened.append((context, watch))
+        return page
+
+    yield open_page
+    for context, watch in opened:
+        context.close()
+        assert watch.errors == [], f"console errors: {watch.errors}"
+        assert watch.external == [], f"requests off the origin: {watch.external}"
+
+
+@pytest.fixture
+def page(page_on: Callable[[str], Any], gateway: UiGateway) -> Any:
     """A fresh browser page on the gateway; fails the test on a console error or an external request."""
-    context = browser.new_context(viewport={"width": 1360, "height": 900})
-    context.set_default_timeout(15_000)
-    watch = Watch(gateway.url)
-    page = context.new_page()
-    page.on("console", watch.on_console)
-    page.on("pageerror", lambda exc: watch.errors.append(str(exc)))
-    page.on("request", watch.on_request)
-    page.watch = watch
-    yield page
-    context.close()
-    assert watch.errors == [], f"console errors: {watch.errors}"
-    assert watch.external == [], f"requests off the gateway: {watch.external}"
+    return page_on(gateway.url)
