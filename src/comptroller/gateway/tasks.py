@@ -12,7 +12,9 @@
 
 The tenant and the acting agent come from the key, as for ``/v1/actions``. A move the table,
 the chain of command or the actions do not allow answers 409 ``action_conflict`` with the reason;
-no such task 404 ``action_not_found``.
+no such task 404 ``action_not_found``. A move into ``in_progress`` past the day's attempts (defense
+layer 2, ``[retries] retries_max_per_day``) answers 429 ``retry_limit`` in the shape a refused call
+gets (``Retry-After`` to 00:00 UTC, ``x-should-retry: false``, the verdict's evidence).
 """
 
 from __future__ import annotations
