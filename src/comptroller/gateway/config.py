@@ -12,6 +12,7 @@
     connect_retries = 2                  # retries on connection errors only (never after bytes were sent)
     admin_key_env = "COMPTROLLER_ADMIN_KEY"   # an admin key from the environment (optional)
     metrics_token_env = "COMPTROLLER_METRICS_TOKEN"  # a scrape token for /metrics (optional; else admin key)
+    metrics_tenants_top = 20             # /metrics: tenants with a label of their own (the rest: tenant="other")
     ledger_timeout_s = 2.0               # a ledger call slower than this answers 503 ledger_unavailable
     key_cache_ttl_s = 10.0               # a revoked key stops working within this time
     shutdown_grace_s = 30.0              # SIGTERM: calls in flight may finish within this time
@@ -106,6 +107,9 @@ class GatewayConfig(BaseModel):
         admin_key_env: environment variable holding an admin key (None: only stored admin keys).
         metrics_token_env: environment variable holding a scrape token for ``GET /metrics``
             (None or unset: only admin keys may scrape).
+        metrics_tenants_top: in ``/metrics``' tenant families, the tenants with the most settled
+            cost that get a label of their own; every other tenant is summed under ``other``, so a
+            family has at most this + 1 series (:mod:`comptroller.gateway.metrics`).
         ledger_threads: run ledger calls (and key lookups) in worker threads, each bounded by
             ``ledger_timeout_s`` (the default). False runs them on the event loop: a little faster
             on SQLite, but a locked file or a lost database then stalls every call of the worker
@@ -137,6 +141,7 @@ class GatewayConfig(BaseModel):
     pool_connections_max: int = Field(default=256, ge=1)
     admin_key_env: str | None = "COMPTROLLER_ADMIN_KEY"
     metrics_token_env: str | None = None
+    metrics_tenants_top: int = Field(default=20, ge=1, le=1000)
     ledger_threads: bool = True
     ledger_timeout_s: float = Field(default=2.0, gt=0, le=60)
     key_cache_ttl_s: float = Field(default=10.0, ge=0, le=300)

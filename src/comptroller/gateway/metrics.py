@@ -14,7 +14,22 @@ name                                       type       labels
 ``comptroller_usage_anomalies_total``      counter    ``api``, ``code`` (usage above its bound)
 ``comptroller_outbox_pending``             gauge      (outcomes waiting for the ledger)
 ``comptroller_outbox_delivered_total``     counter    (outcomes the ledger took from the outbox)
+``comptroller_tenant_cost_mc``             gauge      ``tenant`` (top N + ``other``; settled mc)
+``comptroller_tenant_calls``               gauge      ``tenant`` (top N + ``other``; settled calls)
+``comptroller_tenant_tokens``              gauge      ``tenant``, ``kind`` (top N + ``other``)
 =========================================  =========  =========================================
+
+**Tenant metrics, bounded.** A label per tenant would grow without bound (a platform has
+thousands), so the tenant families carry the ``[gateway] metrics_tenants_top`` tenants (N,
+default 20) with the most settled cost since the workers started, each under its own label, and
+every other tenant summed under ``tenant="other"``: at most N + 1 series per family (N + 1 per
+``kind`` for tokens), and the sum over the labels equals the gateway's total at every scrape.
+They are gauges of the running totals, not counters, because a tenant can move between its own
+label and ``other`` from one scrape to the next (``other`` may then go down); use the totals by
+model for rates, and ``GET /admin/usage?by=tenant&from=&to=`` for exact spend per tenant over
+a range. Ties in cost are broken by tenant name; a tenant literally named ``other`` is counted
+in ``other``. With several workers the running totals of all workers are summed before the top
+N are chosen, so every scrape ranks the same totals.
 
 ``comptroller_outbox_oldest_pending_age_seconds`` (gauge) is the age of the oldest outcome
 waiting in the outbox (0 when none waits). The outbox gauges are read from the outbox file at
@@ -34,6 +49,8 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -43,7 +60,14 @@ from prometheus_client.registry import Collector
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.identity import Identity
 
-__all__ = ["GatewayMetrics", "authorize_scrape"]
+__all__ = ["OTHER_TENANTS", "TENANTS_TOP_DEFAULT", "GatewayMetrics", "authorize_scrape", "top_tenants"]
+
+OTHER_TENANTS = "other"
+"""The ``tenant`` label of every tenant outside the top N."""
+TENANTS_TOP_DEFAULT = 20
+"""Tenants with a label of their own when ``[gateway] metrics_tenants_top`` is not set."""
+_RAW_COST, _RAW_CALLS, _RAW_TOKENS = ("comptroller_tenant_raw_cost_mc", "comptroller_tenant_raw_calls",
+                                      "comptroller_tenant_raw_tokens")
 
 _OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _UPSTREAM_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -81,16 +105,107 @@ class _Outbox(Collector):
                                 value=age_s or 0.0)
 
 
+def top_tenants(cost_mc: Mapping[str, float], n: int) -> set[str]:
+    """The ``n`` tenants with the most cost (ties by name), never the ``other`` label itself."""
+    ranked = sorted((t for t in cost_mc if t != OTHER_TENANTS), key=lambda t: (-cost_mc[t], t))
+    return set(ranked[:n])
+
+
+class _TenantTotals(Collector):
+    """The tenant families: the running totals read from ``raw`` at scrape time, folded to the top N + ``other``.
+
+    Args:
+        raw: yields the raw per-tenant counter families (this process's, or every worker's).
+        top_n: tenants with a label of their own.
+    """
+
+    def __init__(self, raw: Callable[[], Iterable[Metric]], top_n: int) -> None:
+        self._raw = raw
+        self._top_n = top_n
+
+    def collect(self) -> Iterable[Metric]:
+        cost: dict[str, float] = defaultdict(float)
+        calls: dict[str, float] = defaultdict(float)
+        tokens: dict[tuple[str, str], float] = defaultdict(float)
+        for family in self._raw():
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue  # the _created samples
+                tenant = sample.labels["tenant"]
+                if family.name == _RAW_COST:
+                    cost[tenant] += sample.value
+                elif family.name == _RAW_CALLS:
+                    calls[tenant] += sample.value
+                elif family.name == _RAW_TOKENS:
+                    tokens[(tenant, sample.labels["kind"])] += sample.value
+        chosen = top_tenants(cost, self._top_n)
+
+        def label(tenant: str) -> str:
+            return tenant if tenant in chosen else OTHER_TENANTS
+
+        for name, text, values in (("comptroller_tenant_cost_mc", "Settled cost per tenant, millicents (top N + other)",
+                                    cost),
+                                   ("comptroller_tenant_calls", "Settled calls per tenant (top N + other)", calls)):
+            family = GaugeMetricFamily(name, text, labels=["tenant"])
+            folded: dict[str, float] = defaultdict(float)
+            for tenant, value in values.items():
+                folded[label(tenant)] += value
+            for tenant in sorted(folded):
+                family.add_metric([tenant], folded[tenant])
+            yield family
+        family = GaugeMetricFamily("comptroller_tenant_tokens", "Settled tokens per tenant (top N + other)",
+                                   labels=["tenant", "kind"])
+        by_kind: dict[tuple[str, str], float] = defaultdict(float)
+        for (tenant, kind), value in tokens.items():
+            by_kind[(label(tenant), kind)] += value
+        for key in sorted(by_kind):
+            family.add_metric(list(key), by_kind[key])
+        yield family
+
+
+class _Filtered(Collector):
+    """Every worker's samples (multiprocess mode) without the raw tenant families, plus their folded form."""
+
+    def __init__(self, top_n: int) -> None:
+        self._workers = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        self._top_n = top_n
+
+    def collect(self) -> Iterable[Metric]:
+        raw: list[Metric] = []
+        for family in self._workers.collect():  # type: ignore[no-untyped-call]
+            if family.name in (_RAW_COST, _RAW_CALLS, _RAW_TOKENS):
+                raw.append(family)
+            else:
+                yield family
+        yield from _TenantTotals(lambda: raw, self._top_n).collect()
+
+
 class GatewayMetrics:
     """The gateway's metrics in their own registry (one per app, so tests can build many apps).
 
     Args:
         breaker_states: yields ``(scope, open_or_half_open)`` for the breaker gauge.
+        tenants_top: tenants with a label of their own in the tenant families (the rest are ``other``;
+            ``[gateway] metrics_tenants_top``).
+
+    Raises:
+        ValueError: when ``tenants_top`` is below 1.
     """
 
-    def __init__(self, breaker_states: Callable[[], Iterable[tuple[str, bool]]] = lambda: ()) -> None:
+    def __init__(self, breaker_states: Callable[[], Iterable[tuple[str, bool]]] = lambda: (), *,
+                 tenants_top: int = TENANTS_TOP_DEFAULT) -> None:
+        if tenants_top < 1:
+            raise ValueError(f"tenants_top must be at least 1, got {tenants_top}")
+        self.tenants_top = tenants_top
         self.registry = CollectorRegistry()
         r = self.registry
+        # Raw per-tenant totals: registered nowhere (never exposed as they are); in multiprocess mode
+        # prometheus_client still writes them to the worker's file, where every worker's are summed.
+        self._tenant_cost = Counter(_RAW_COST, "Settled cost per tenant, millicents", ["tenant"], registry=None)
+        self._tenant_calls = Counter(_RAW_CALLS, "Settled calls per tenant", ["tenant"], registry=None)
+        self._tenant_tokens = Counter(_RAW_TOKENS, "Settled tokens per tenant", ["tenant", "kind"], registry=None)
+        self._tenant_lock = threading.Lock()
+        r.register(_TenantTotals(self._raw_tenants, tenants_top))
         self.requests = Counter("comptroller_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.tokens = Counter("comptroller_tokens", "Tokens settled", ["model", "kind"], registry=r)
         self.cost_mc = Counter("comptroller_cost_mc", "Settled cost, millicents", ["model"], registry=r)
@@ -111,6 +226,18 @@ class GatewayMetrics:
                                         registry=r)
         self._outbox: _Outbox | None = None
 
+    def observe_settled(self, tenant: str, *, cost_mc: int, input_tokens: int, output_tokens: int) -> None:
+        """Count one settled call of ``tenant`` in the tenant families (thread-safe)."""
+        with self._tenant_lock:
+            self._tenant_cost.labels(tenant).inc(cost_mc)
+            self._tenant_calls.labels(tenant).inc()
+            self._tenant_tokens.labels(tenant, "input").inc(input_tokens)
+            self._tenant_tokens.labels(tenant, "output").inc(output_tokens)
+
+    def _raw_tenants(self) -> Iterable[Metric]:
+        with self._tenant_lock:
+            return [*self._tenant_cost.collect(), *self._tenant_calls.collect(), *self._tenant_tokens.collect()]
+
     def watch_outbox(self, stats: Callable[[], tuple[int, float | None]]) -> None:
         """Expose the outbox gauges, read by ``stats`` at scrape time: ``(pending, oldest pending age s | None)``."""
         if self._outbox is not None:
@@ -122,7 +249,7 @@ class GatewayMetrics:
         """The text exposition format; every worker's samples in multiprocess mode."""
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(_Filtered(self.tenants_top))
             registry.register(self._breakers)
             if self._outbox is not None:
                 registry.register(self._outbox)
