@@ -27,7 +27,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from comptroller.domain.state import StoredState
@@ -130,13 +129,12 @@ def has_floor_row(account: str) -> bool:
     return account.startswith(f"{AccountKind.AGENT}:")
 
 
-def floor_row(account: str, floor_mc: int | None, balance: AccountBalance, row: FloorState | None,
-              now: datetime) -> FloorState:
+def floor_row(account: str, floor_mc: int | None, balance: AccountBalance, row: FloorState | None) -> FloorState:
     """The floor row after ``set_floor``: the floor changed (None: removed, the row keeps counting), or a new
     row funded at the posted ``balance``."""
     if row is not None:
         return row if row.floor_mc == floor_mc else replace(row, floor_mc=floor_mc, version=row.version + 1)
-    return FloorState(account, floor_mc, balance.balance_mc, now, version=1)
+    return FloorState(account, floor_mc, balance.balance_mc, version=1)
 
 
 class MemoryTransferStore:
@@ -218,7 +216,7 @@ class MemoryTransferStore:
                 row = None if stored is None else FloorState.from_record(stored.record, stored.version)
                 if floor_mc is None and row is None:
                     return
-                new = floor_row(account, floor_mc, self.balance(account), row, datetime.now(UTC))
+                new = floor_row(account, floor_mc, self.balance(account), row)
                 if new is row or self._ledger.put_state(StoredState(key, new.version, new.to_record()),
                                                         expected_version=0 if row is None else row.version):
                     return

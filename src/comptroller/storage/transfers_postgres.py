@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -177,7 +176,7 @@ def _set_floor(conn: Conn, account: str, floor_mc: int | None) -> None:
     before = _floor_rows(conn, [account])
     if floor_mc is None and account not in before:
         return
-    new = floor_row(account, floor_mc, _account(row), before.get(account), datetime.now(UTC))
+    new = floor_row(account, floor_mc, _account(row), before.get(account))
     _write_rows(conn, [new] if new is not before.get(account) else [], before)
 
 

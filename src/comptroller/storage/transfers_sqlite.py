@@ -7,9 +7,9 @@ the ledger's own file (``CREATE TABLE IF NOT EXISTS``), so they need no upgrade 
 Times are UTC epoch seconds (REAL); money INTEGER millicents.
 
 Floor rows (:mod:`comptroller.domain.wallets.floors`) live in the ledger's ``states`` table of
-the same file (created by whichever of the two opens the file first): a batch reads and writes the rows of its agent accounts inside its
-``BEGIN IMMEDIATE``, so a row and the transfers that move it commit together, serialised with
-every reservation and settle of the ledger.
+the same file (created by whichever of the two opens the file first): a batch reads and writes
+the rows of its agent accounts inside its ``BEGIN IMMEDIATE``, so a row and the transfers that
+move it commit together, serialised with every reservation and settle of the ledger.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class SQLiteTransferStore:
                 return
             totals = cur.execute("SELECT id, debits_mc, credits_mc, floor_mc FROM wallet_accounts WHERE id = ?",
                                  (account,)).fetchone()
-            new = floor_row(account, floor_mc, _account(totals), row, datetime.now(UTC))
+            new = floor_row(account, floor_mc, _account(totals), row)
             if new is not row:
                 _write_rows(cur, [new])
 

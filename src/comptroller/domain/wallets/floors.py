@@ -11,7 +11,7 @@ ledger transactions:
 * ``floor_mc``: the floor, millicents (0 for a prepaid agent; None once removed: the row keeps
   counting, so a floor set again starts exact);
 * ``funded_mc``: the net of every wallet transfer into and out of the account (deposits,
-  fees earned, knowledge fees paid...), except its LLM costs from ``since`` on;
+  fees earned, knowledge fees paid...), except its LLM costs (counted at settle, below);
 * ``spend``: a :class:`~comptroller.domain.held_counts.HeldCount` of LLM cost: the
   ceilings of the agent's calls in flight (holds) and the cost of its settled calls.
 
@@ -26,18 +26,17 @@ Transfers reach the row in the transfer store's own transaction (SQLite and Post
 the same database; memory: a compare-and-set under the store's lock), through
 :func:`apply_transfer`: a credit raises ``funded_mc``; a debit lowers it and is refused
 ``insufficient_funds`` if it would take the available amount below zero (so a knowledge
-fee cannot spend money held by calls in flight). The LLM-cost postings of calls settled
-from ``since`` on are skipped there: the settle guard counted them already, exactly once.
-When a floor is first set, ``funded_mc`` starts at the wallet's balance as posted then
-(costs settled but not yet posted at that moment are missed: set floors before traffic,
-or after ``comptroller wallet post``).
+fee cannot spend money held by calls in flight). LLM-cost postings (kind ``llm_cost``, and
+their adjustments) are skipped there: every engine's settle guard counted the cost already,
+exactly once, when it was charged. When a floor is first set, ``funded_mc`` starts at the
+wallet's balance as posted then (costs settled but not yet posted at that moment are
+missed: set floors before traffic, or after ``comptroller wallet post``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
@@ -62,8 +61,7 @@ class FloorState:
     Attributes:
         account: the wallet account (``agent:<ns|tenant|agent>``).
         floor_mc: the floor (None: removed, nothing is refused).
-        funded_mc: the net of its transfers other than LLM costs from ``since`` on.
-        since: when the row began counting LLM costs at settle (aware UTC).
+        funded_mc: the net of its transfers other than LLM costs (and of its balance when the row began).
         spend: LLM cost held by calls in flight and settled.
         version: the row's compare-and-set token (0: not stored).
     """
@@ -71,7 +69,6 @@ class FloorState:
     account: str
     floor_mc: int | None
     funded_mc: int
-    since: datetime
     spend: HeldCount = field(default_factory=HeldCount)
     version: int = 0
 
@@ -83,17 +80,15 @@ class FloorState:
     def to_record(self) -> dict[str, JsonScalar]:
         """A flat JSON record."""
         return {"account": self.account, "floor_mc": self.floor_mc, "funded_mc": self.funded_mc,
-                "since": self.since.timestamp(), **self.spend.to_record()}
+                **self.spend.to_record()}
 
     @classmethod
     def from_record(cls, record: Mapping[str, JsonScalar], version: int) -> FloorState:
         """Read :meth:`to_record`. Raises ValueError on a missing or mistyped field."""
-        account, floor, funded, since = (record.get(k) for k in ("account", "floor_mc", "funded_mc", "since"))
-        if not isinstance(account, str) or not (floor is None or type(floor) is int) or type(funded) is not int \
-                or not isinstance(since, int | float):
+        account, floor, funded = (record.get(k) for k in ("account", "floor_mc", "funded_mc"))
+        if not isinstance(account, str) or not (floor is None or type(floor) is int) or type(funded) is not int:
             raise ValueError(f"not a wallet floor record: {dict(record)!r:.200}")
-        return cls(account, floor, funded, datetime.fromtimestamp(since, UTC), HeldCount.from_record(record, version),
-                   version)
+        return cls(account, floor, funded, HeldCount.from_record(record, version), version)
 
     def with_spend(self, spend: HeldCount) -> FloorState:
         """This row with ``spend`` (and its version moved if it changed)."""
@@ -124,14 +119,14 @@ def check(state: FloorState, scope: str, ceiling_mc: int) -> Verdict | None:
 def apply_transfer(state: FloorState, transfer: Transfer) -> FloorState | None:
     """The row after ``transfer`` touches its account, or None when a debit would go below the floor.
 
-    An LLM-cost posting dated ``since`` or later changes nothing (the settle counted it).
+    An LLM-cost posting changes nothing (the settle counted it).
     """
-    if transfer.kind == KIND_LLM and transfer.ts >= state.since:
+    if transfer.kind == KIND_LLM:
         return state
     if transfer.credit_account == state.account:
         return replace(state, funded_mc=state.funded_mc + transfer.amount_mc, version=state.version + 1)
     if transfer.debit_account != state.account:
         return state
-    if state.floor_mc is not None and transfer.amount_mc > state.available_mc and transfer.kind != KIND_LLM:
+    if state.floor_mc is not None and transfer.amount_mc > state.available_mc:
         return None
     return replace(state, funded_mc=state.funded_mc - transfer.amount_mc, version=state.version + 1)
