@@ -14,6 +14,11 @@ The ratio reported is ``request_input_tokens_max(body) / billed tokens of the re
 (1.0 would be exact; below 1.0 would be an under-count, a bug). The same for the gateway
 benchmark's request (benchmarks/bench_gateway.py).
 
+A second table (issue 14, "Ceilings") puts that byte bound (before) beside the bound a call is held
+on near a budget's edge (after): :func:`~comptroller.domain.exact_tokens.exact_input_tokens_max`
+for the models with an exact tokenizer (OpenAI's, through ``bpe-openai``), the byte bound for the
+others (Claude and Llama: no exact tokenizer ships, so nothing changes for them).
+
 Run:
     python3 benchmarks/bench_input_bound.py --chatdev /path/to/ChatDev.git [--write]
 
@@ -35,7 +40,9 @@ from typing import Any
 
 import bpe_openai
 
+from comptroller.domain.exact_tokens import exact_input_tokens_max
 from comptroller.domain.tokens import request_input_tokens_max
+from comptroller.exact_input import count_tokens, input_recount
 from markdown_block import update_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,39 +141,56 @@ def rebuild(record: dict[str, Any], text: ChatDevText) -> tuple[dict[str, Any], 
     return {"model": model, "messages": messages, "max_tokens": 100}, "chat", chat_tokens(encoding, messages)
 
 
-def measure(records: list[dict[str, Any]], text: ChatDevText) -> list[dict[str, Any]]:
-    """One row per model family: calls, ratio percentiles, overall ratio, worst recorded-vs-rebuilt gap."""
+def held_bound(body: dict[str, Any], api: str) -> int:
+    """The input bound a call is held on near a budget's edge: the exact recount where the model has one."""
+    by_bytes = request_input_tokens_max(body, api=api)  # type: ignore[arg-type]
+    recount = input_recount(body, api=api)
+    exact = recount(body["model"]) if recount is not None else None
+    return by_bytes if exact is None else min(by_bytes, exact)
+
+
+def _row(label: str, ratios: list[float], bound: int, billed: int, gap: int) -> dict[str, Any]:
+    values = sorted(ratios)
+    return {"family": label, "calls": len(values), "min": values[0], "p50": statistics.median(values),
+            "p95": values[int(0.95 * (len(values) - 1))], "max": values[-1], "overall": bound / billed, "gap": gap}
+
+
+def measure(records: list[dict[str, Any]], text: ChatDevText) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows per model family (calls, ratio percentiles, overall ratio, worst recorded-vs-rebuilt gap), for the
+    byte bound and for the bound held near an edge."""
     ratios: dict[str, list[float]] = defaultdict(list)
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    held: dict[str, list[float]] = defaultdict(list)
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     gap: dict[str, int] = defaultdict(int)
     for record in records:
         label, _ = family(record)
         body, api, billed = rebuild(record, text)
-        bound = request_input_tokens_max(body, api=api)  # type: ignore[arg-type]
+        bound, tight = request_input_tokens_max(body, api=api), held_bound(body, api)  # type: ignore[arg-type]
+        assert billed <= tight <= bound, (label, billed, tight, bound)
         ratios[label].append(bound / billed)
+        held[label].append(tight / billed)
         totals[label][0] += bound
-        totals[label][1] += billed
+        totals[label][1] += tight
+        totals[label][2] += billed
         gap[label] = max(gap[label], abs(billed - record["input_tokens"]))
-    rows = []
-    for label in sorted(ratios):
-        values = sorted(ratios[label])
-        rows.append({"family": label, "calls": len(values), "min": values[0], "p50": statistics.median(values),
-                     "p95": values[int(0.95 * (len(values) - 1))], "max": values[-1],
-                     "overall": totals[label][0] / totals[label][1], "gap": gap[label]})
-    return rows
+    before = [_row(label, ratios[label], totals[label][0], totals[label][2], gap[label]) for label in sorted(ratios)]
+    after = [_row(label, held[label], totals[label][1], totals[label][2], gap[label]) for label in sorted(held)]
+    return before, after
 
 
-def benchmark_prompt_row() -> dict[str, Any]:
-    """The gateway benchmark's request (bench_gateway.py) on gpt-4o-mini (o200k)."""
+def benchmark_prompt_rows() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The gateway benchmark's request (bench_gateway.py) on gpt-4o-mini (o200k): (byte bound row, held row)."""
     messages = [{"role": "user", "content": "Benchmark request 000000001."}]
-    bound = request_input_tokens_max({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 16}, api="chat")
+    body = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 16}
     billed = chat_tokens(O200K, messages)
-    ratio = bound / billed
-    return {"family": "bench_gateway.py prompt, gpt-4o-mini (o200k)", "calls": 1, "min": ratio, "p50": ratio,
-            "p95": ratio, "max": ratio, "overall": ratio, "gap": 0}
+    label = "bench_gateway.py prompt, gpt-4o-mini (o200k)"
+    rows = []
+    for bound in (request_input_tokens_max(body, api="chat"), held_bound(body, "chat")):
+        rows.append(_row(label, [bound / billed], bound, billed, 0))
+    return rows[0], rows[1]
 
 
-def cpu_us_per_call(repeat: int = 2000) -> str:
+def cpu_us_per_call(repeat: int = 2000, *, exact: bool = False) -> str:
     """CPU microseconds of one bound, on a 1 KB and a 100 KB chat body (median of 5 runs)."""
     out = []
     for size in (1_000, 100_000):
@@ -178,10 +202,15 @@ def cpu_us_per_call(repeat: int = 2000) -> str:
         for _ in range(5):
             start = time.process_time()
             for _ in range(runs):
-                request_input_tokens_max(body, api="chat")
+                if exact:
+                    exact_input_tokens_max(body, api="chat", encoding="o200k_base", count=count_tokens)
+                else:
+                    request_input_tokens_max(body, api="chat")
             samples.append((time.process_time() - start) / runs * 1e6)
         out.append(f"{size // 1000} KB body: {statistics.median(samples):.1f} us")
-    return "CPU per bound (`request_input_tokens_max`, chat): " + ", ".join(out) + "."
+    name = "exact_input_tokens_max`, chat, o200k" if exact else "request_input_tokens_max`, chat"
+    return f"CPU per bound (`{name}): " + ", ".join(out) + "."
+
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -189,6 +218,16 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['family']} | {r['calls']} | {r['min']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['max']:.2f} "
               f"| {r['overall']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def before_after(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """The byte bound's and the held bound's ratios to the billed tokens, side by side per family."""
+    lines = ["| family (tokenizer) | calls | before: p50 | before: max | before: sum ratio | after: min | after: p50 "
+             "| after: max | after: sum ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for old, new in zip(before, after, strict=True):
+        lines.append(f"| {old['family']} | {old['calls']} | {old['p50']:.2f} | {old['max']:.2f} | {old['overall']:.2f} "
+                     f"| {new['min']:.2f} | {new['p50']:.2f} | {new['max']:.2f} | {new['overall']:.2f} |")
     return "\n".join(lines)
 
 
@@ -201,17 +240,24 @@ def main() -> None:
     git_dir = args.chatdev / ".git" if (args.chatdev / ".git").exists() else args.chatdev
     text = ChatDevText(git_dir)
     records = [json.loads(line) for path in args.traces for line in path.read_text().splitlines() if line.strip()]
-    rows = [*measure(records, text), benchmark_prompt_row()]
+    before, after = measure(records, text)
+    prompt_before, prompt_after = benchmark_prompt_rows()
+    rows = [*before, prompt_before]
     out = table(rows)
     worst_gap = max(r["gap"] for r in rows)
     note = (f"{len(records)} calls; each rebuilt request is within {worst_gap} tokens of its recorded `input_tokens`. "
             f"Machine: {platform.machine()}, Python {platform.python_version()}, bpe-openai "
             f"{bpe_openai.__version__}.")
     note += " " + cpu_us_per_call()
+    compared = before_after([*before, prompt_before], [*after, prompt_after])
+    exact_note = f"Same run. Every call: billed <= held <= byte bound (asserted). {cpu_us_per_call(exact=True)}"
     print(out)
     print(note)
+    print(compared)
+    print(exact_note)
     if args.write:
         update_block(ROOT / "BENCHMARKS.md", "input-bound", f"{out}\n\n{note}")
+        update_block(ROOT / "BENCHMARKS.md", "exact-input-bound", f"{compared}\n\n{exact_note}")
 
 
 if __name__ == "__main__":
