@@ -110,9 +110,11 @@ class GatewayConfig(BaseModel):
         metrics_tenants_top: in ``/metrics``' tenant families, the tenants with the most settled
             cost that get a label of their own; every other tenant is summed under ``other``, so a
             family has at most this + 1 series (:mod:`comptroller.gateway.metrics`).
-        ledger_threads: run ledger calls (and key lookups) in worker threads, each bounded by
-            ``ledger_timeout_s`` (the default). False runs them on the event loop: a little faster
-            on SQLite, but a locked file or a lost database then stalls every call of the worker
+        ledger_threads: never let a ledger call (or key lookup) wait on the event loop; each is
+            bounded by ``ledger_timeout_s`` (the default). On SQLite an admit, settle or release
+            runs on the loop when the file's write lock is free (taken without waiting), else in
+            a worker thread; on PostgreSQL every call runs in a thread. False runs every call on
+            the event loop: a locked file or a lost database then stalls every call of the worker
             and the outage bound cannot be kept.
         ledger_timeout_s: the longest a request waits for one ledger or key-store call, seconds,
             before it answers 503 ``ledger_unavailable`` (the call itself runs on to its end).
