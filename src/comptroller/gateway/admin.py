@@ -7,8 +7,10 @@ route                                      who     what
 ``GET /budgets/idle``                      both    budgets that matched no call this period, and why
 ``PUT /budgets``                           admin   create or replace a budget
 ``DELETE /budgets/{budget_id}``            admin   delete a budget (its accounts stay)
-``GET /usage?group_by=&tenant=``           both    settled calls, tokens and cost per group
-``GET /report``                            admin   the report ``comptroller report --json`` prints
+``GET /usage?by=&from=&to=&tenant=``       both    settled calls, tokens and cost per tenant, agent,
+                                                   key, conversation, task or model, over a range
+``GET /report?from=&to=``                  admin   the report ``comptroller report --json`` prints
+``GET /pnl?by=&period=&from=&to=``         both    P&L per agent or tenant (with a ``[fees]`` schedule)
 ``GET /keys`` / ``POST /keys``             both /  list keys (never secrets) / create one (the key
                                            admin   is in the answer, once)
 ``DELETE /keys/{key_id}``                  admin   revoke a key
@@ -31,17 +33,20 @@ namespace, a shared group's conversation) are admin-only. ``PUT /budgets`` names
 above the level's own (a budget that could match no call is a 400 naming the missing ids;
 see :func:`comptroller.domain.budgets.budget_scope`; the namespace is the gateway's).
 Errors use the gateway's OpenAI-style body.
+
+``from`` (inclusive) and ``to`` (exclusive) are ISO dates or times, UTC unless they name a zone,
+and select calls by settle time (:mod:`comptroller.reports.chargeback`); a tenant key's usage and
+P&L are its tenant's rows only. ``/usage`` rows have the columns of ``comptroller report --by``'s
+CSV (``group`` is ``key`` here; ``group_by`` is the older name of ``by``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import zoneinfo
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
@@ -55,16 +60,20 @@ from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeE
 from comptroller.domain.dispatch import Flag, GroupError
 from comptroller.domain.ledger import AccountView
 from comptroller.domain.scopes import Level, scope_key
+from comptroller.domain.wallets.pnl import PnlBy
 from comptroller.engine import Engine
 from comptroller.engine.admin import Admin, ConcurrentChangeError
 from comptroller.gateway.errors import GatewayError, error_response
 from comptroller.gateway.groups import visible_to
 from comptroller.gateway.identity import Caller, Identity
 from comptroller.groups import GroupDefinition, GroupService, UnknownGroupError
-from comptroller.reports import build_report, rows_from_ledger
+from comptroller.reports.chargeback import ChargebackBy, TimeRange, chargeback_rows, parse_instant
+from comptroller.reports.ledger import ledger_report
+from comptroller.reports.pnl import pnl_document
 from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
 from comptroller.storage.reconcile import idle_budgets
 from comptroller.ui.swagger import docs_routes
+from comptroller.wallet_posting import WalletPosting
 
 __all__ = ["admin_app"]
 
@@ -146,31 +155,29 @@ class BudgetOut(BaseModel):
     timezone: str
 
 
-class GroupBy(StrEnum):
-    """What usage is grouped by."""
-
-    TENANT = "tenant"
-    AGENT = "agent"
-    CONVERSATION = "conversation"
-    TASK = "task"
-    MODEL = "model"
-
-
 class UsageRow(BaseModel):
-    """Settled calls of one group."""
+    """Settled calls of one group: ``key`` is the tenant, agent, API key id (``-``: no key), conversation,
+    task or model; agents, keys, conversations and tasks are their tenant's (``tenant``). Tokens per bucket."""
 
     key: str
+    namespace: str
+    tenant: str
     calls: int
     input_tokens: int
     output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
     cost_mc: int
 
 
 class UsageOut(BaseModel):
-    """Usage of a tenant (or of every tenant, for an admin) grouped by one field."""
+    """Usage of a tenant (or of every tenant, for an admin) grouped by one field over ``[from, to)`` (UTC)."""
 
+    model_config = ConfigDict(populate_by_name=True)
     tenant: str | None
-    group_by: GroupBy
+    group_by: ChargebackBy
+    since: str = Field(serialization_alias="from", description="inclusive, ISO-8601 UTC; empty: open")
+    until: str = Field(serialization_alias="to", description="exclusive, ISO-8601 UTC; empty: open")
     rows: list[UsageRow]
     total_cost_mc: int
 
@@ -371,32 +378,63 @@ def delete_budget(budget_id: str, ctx: Ctx, _: AdminCaller) -> Response:
     return Response(status_code=204)
 
 
+Since = Annotated[str | None, Query(alias="from", max_length=64, description="inclusive; ISO date or time (UTC)")]
+Until = Annotated[str | None, Query(alias="to", max_length=64, description="exclusive; ISO date or time (UTC)")]
+
+
+def _instant(text: str | None, name: str) -> datetime | None:
+    try:
+        return parse_instant(text, name)
+    except ValueError as exc:
+        raise GatewayError(400, str(exc), code="invalid_request", param=name) from None
+
+
+def _range(since: str | None, until: str | None) -> TimeRange:
+    """``[from, to)`` from the query; 400 naming the parameter on a malformed instant or an empty range."""
+    start, end = _instant(since, "from"), _instant(until, "to")
+    try:
+        return TimeRange(start, end)
+    except ValueError as exc:
+        raise GatewayError(400, str(exc).replace("--", ""), code="invalid_request", param="to") from None
+
+
 @usage.get("/usage", response_model=UsageOut)
-def usage_by(ctx: Ctx, caller: AnyCaller, group_by: GroupBy = GroupBy.AGENT,
+def usage_by(ctx: Ctx, caller: AnyCaller, *, since: Since = None, until: Until = None,
+             by: ChargebackBy | None = None, group_by: ChargebackBy = ChargebackBy.AGENT,
              tenant: Annotated[str | None, Query(max_length=256)] = None) -> UsageOut:
-    """Settled usage grouped by one field; a tenant key sees only its own tenant."""
+    """Settled usage per tenant, agent, API key, conversation, task or model in ``[from, to)``; a tenant key
+    sees only its own tenant (``by`` wins over its older name ``group_by``)."""
     only = _tenant_of(caller, tenant)
-    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for record in ctx.engine.store.usage_records():
-        if only is not None and record.attribution.tenant != only:
-            continue
-        key = record.model if group_by is GroupBy.MODEL else getattr(record.attribution, str(group_by))
-        group = groups[key or "-"]
-        group[0] += 1
-        group[1] += record.usage.input_tokens
-        group[2] += record.usage.output_tokens
-        group[3] += record.cost_mc
-    rows = [UsageRow(key=k, calls=v[0], input_tokens=v[1], output_tokens=v[2], cost_mc=v[3])
-            for k, v in sorted(groups.items())]
-    return UsageOut(tenant=only, group_by=group_by, rows=rows, total_cost_mc=sum(r.cost_mc for r in rows))
+    window, chosen = _range(since, until), by or group_by
+    rows = [UsageRow(key=r.group, namespace=r.namespace, tenant=r.tenant, calls=r.calls, input_tokens=r.input_tokens,
+                     output_tokens=r.output_tokens, cache_read_tokens=r.cache_read_tokens,
+                     cache_write_tokens=r.cache_write_tokens, cost_mc=r.cost_mc)
+            for r in sorted(chargeback_rows(ctx.engine.store.usage_records(), chosen, window, tenant=only),
+                            key=lambda r: (r.group, r.namespace, r.tenant))]
+    bounds = window.bounds()
+    return UsageOut(tenant=only, group_by=chosen, since=bounds[0], until=bounds[1], rows=rows,
+                    total_cost_mc=sum(r.cost_mc for r in rows))
 
 
 @usage.get("/report")
-def report(ctx: Ctx, _: AdminCaller) -> dict[str, Any]:
-    """The ledger's report, as ``comptroller report --json`` writes it (admin)."""
-    rows = rows_from_ledger(ctx.engine.store.usage_records(), ctx.engine.store.events("refusal"))
-    result: dict[str, Any] = build_report(rows, budgets=ctx.engine.store.budgets()).to_dict()
+def report(ctx: Ctx, _: AdminCaller, *, since: Since = None, until: Until = None) -> dict[str, Any]:
+    """The ledger's report over ``[from, to)``, as ``comptroller report --json`` writes it (admin)."""
+    result: dict[str, Any] = ledger_report(ctx.engine.store, _range(since, until)).to_dict()
     return result
+
+
+@usage.get("/pnl")
+def pnl(ctx: Ctx, caller: AnyCaller, *, since: Since = None, until: Until = None, by: PnlBy = PnlBy.AGENT,
+        period: Period = Period.MONTH) -> dict[str, Any]:
+    """P&L per agent or tenant and period over ``[from, to)`` (the wallets the gateway posts with a ``[fees]``
+    schedule; :func:`comptroller.reports.pnl.pnl_document`); a tenant key gets its own tenant's rows."""
+    wallets = next((h for h in ctx.engine.on_settled if isinstance(h, WalletPosting)), None)
+    if wallets is None:
+        raise _not_found("no P&L: the gateway posts wallets only when its policy has a [fees] schedule; "
+                         "`comptroller pnl --db <ledger>` computes it from the usage log", "by")
+    floor = wallets.fees.margin_floor if wallets.fees is not None else None
+    return pnl_document(wallets.transfers.transfers(), by=by, period=period, window=_range(since, until),
+                        margin_floor=floor, tenant=None if caller.admin else (ctx.namespace, caller.key.tenant))
 
 
 @api_keys.get("/keys", response_model=list[KeyOut])

@@ -1,0 +1,107 @@
+"""The admin API's usage, report and P&L over a time range, per API key, with tenant walls, over real HTTP.
+
+Expected figures are computed in the test from the ledger's own usage log (what the gateway
+settled), never pasted; the range cuts are instants of that log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+from gateway_kit import MODEL, GatewayFactory, Harness, stub_policy
+
+MESSAGES = [{"role": "user", "content": "Hello there."}]
+FEES = {"base_fee_usd": "0.00002", "margin": "0.5", "margin_floor": "0.2"}
+
+
+def _client(gw: Harness, key: str) -> httpx.Client:
+    return httpx.Client(base_url=f"{gw.url}/admin", headers={"authorization": f"Bearer {key}"}, timeout=20)
+
+
+def _traffic(gw: Harness) -> tuple[str, str, str]:
+    """acme calls with two keys (1 and 2 calls), globex with one (3 calls); returns the three plaintexts."""
+    acme_1, acme_2, globex = gw.new_key("acme"), gw.new_key("acme"), gw.new_key("globex")
+    for key, n in ((acme_1, 1), (acme_2, 2), (globex, 3)):
+        for i in range(n):
+            gw.client(key).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q{i}"}])
+    return acme_1, acme_2, globex
+
+
+def test_usage_by_key_gives_spend_per_key_and_a_tenant_key_sees_only_its_keys(make_gateway: GatewayFactory) -> None:
+    """GET /usage?by=key: a row per API key id with its tenant and the sums of its calls; a tenant key gets its own."""
+    gw = make_gateway()
+    acme_key, _, _ = _traffic(gw)
+    records = list(gw.engine.store.usage_records())
+    expected: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for r in records:
+        assert r.attribution.key_id is not None
+        expected[(r.attribution.tenant, r.attribution.key_id)][0] += 1
+        expected[(r.attribution.tenant, r.attribution.key_id)][1] += r.cost_mc
+    with _client(gw, gw.new_key("ops", admin=True)) as admin:
+        body = admin.get("/usage", params={"by": "key"}).json()
+        assert body["group_by"] == "key"
+        assert {(r["tenant"], r["key"]): [r["calls"], r["cost_mc"]] for r in body["rows"]} == expected
+        assert sorted(calls for calls, _ in expected.values()) == [1, 2, 3]
+    with _client(gw, acme_key) as acme:
+        body = acme.get("/usage", params={"by": "key"}).json()
+        assert {r["tenant"] for r in body["rows"]} == {"acme"}
+        assert body["total_cost_mc"] == sum(c for (t, _), (_, c) in expected.items() if t == "acme")
+        assert acme.get("/usage", params={"by": "key", "tenant": "globex"}).status_code == 403
+
+
+def test_usage_from_is_inclusive_and_to_exclusive(make_gateway: GatewayFactory) -> None:
+    """A cut at one call's settle instant puts that call in [cut, ...) and not in [..., cut); both add up."""
+    gw = make_gateway()
+    _traffic(gw)
+    records = sorted(gw.engine.store.usage_records(), key=lambda r: r.resolved_at)
+    cut = records[3].resolved_at
+    with _client(gw, gw.new_key("ops", admin=True)) as admin:
+        after = admin.get("/usage", params={"by": "tenant", "from": cut.isoformat()}).json()
+        before = admin.get("/usage", params={"by": "tenant", "to": cut.isoformat()}).json()
+        assert after["from"] == cut.isoformat() and after["to"] == ""
+        assert after["total_cost_mc"] == sum(r.cost_mc for r in records if r.resolved_at >= cut)
+        assert before["total_cost_mc"] == sum(r.cost_mc for r in records if r.resolved_at < cut)
+        assert sum(r["calls"] for r in after["rows"]) + sum(r["calls"] for r in before["rows"]) == len(records)
+        later = (records[-1].resolved_at + timedelta(seconds=1)).isoformat()
+        assert admin.get("/usage", params={"from": later}).json()["rows"] == []
+        report = admin.get("/report", params={"from": cut.isoformat()}).json()
+        assert report["cost_mc"] == after["total_cost_mc"]
+        assert report["time_range"]["from"] == cut.isoformat()
+        empty = admin.get("/usage", params={"from": later, "to": later})
+        assert empty.status_code == 400 and empty.json()["error"]["param"] == "to"
+        bad = admin.get("/usage", params={"from": "last tuesday"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "from"
+
+
+def test_pnl_in_the_admin_api_uses_the_fee_schedule_and_keeps_tenant_walls(make_gateway: GatewayFactory) -> None:
+    """GET /pnl?by=tenant: revenue = the fees of the calls, LLM cost = their cost; a tenant key gets its own row."""
+    gw = make_gateway(stub_policy(fees=FEES))
+    acme_key, _, _ = _traffic(gw)
+    records = list(gw.engine.store.usage_records())
+    base_mc, margin = 2, Decimal(FEES["margin"])  # $0.00002 = 2 mc
+    fee = {r.reservation_id: max(base_mc, math.ceil(r.cost_mc * (1 + margin))) for r in records}
+    with _client(gw, gw.new_key("ops", admin=True)) as admin:
+        body = admin.get("/pnl", params={"by": "tenant", "period": "total"}).json()
+        assert body["total"]["llm_cost_mc"] == sum(r.cost_mc for r in records)
+        assert body["total"]["revenue_mc"] == sum(fee.values())
+        rows = {r["scope"]: r for r in body["rows"]}
+        assert set(rows) == {"test|acme", "test|globex"}
+        assert rows["test|acme"]["revenue_mc"] == sum(fee[r.reservation_id] for r in records
+                                                      if r.attribution.tenant == "acme")
+        later = (max(r.resolved_at for r in records) + timedelta(seconds=1)).isoformat()
+        assert admin.get("/pnl", params={"by": "tenant", "from": later}).json()["rows"] == []
+    with _client(gw, acme_key) as acme:
+        own = acme.get("/pnl", params={"by": "agent", "period": "total"}).json()
+        assert own["rows"] and all(r["scope"].startswith("test|acme|") for r in own["rows"])
+
+
+def test_pnl_without_a_fee_schedule_says_how_to_get_one(gw: Harness) -> None:
+    """Without [fees] the gateway posts no wallets: GET /pnl is 404 naming the policy section and the CLI."""
+    with _client(gw, gw.new_key("ops", admin=True)) as admin:
+        answer = admin.get("/pnl")
+    assert answer.status_code == 404
+    assert "[fees]" in answer.json()["error"]["message"] and "comptroller pnl" in answer.json()["error"]["message"]
