@@ -185,20 +185,19 @@ class Engine:
             NoOutputCapError: when nothing bounds the output.
             ValueError: on negative token bounds.
         """
+        key = call.idempotency_key or uuid.uuid4().hex
         if call.input_recount is None:
-            return self._admit(call, recount=False)
-        call = replace(call, idempotency_key=call.idempotency_key or uuid.uuid4().hex)
+            return self._admit(call, key, recount=False)
         try:
-            admission = self._admit(call, recount=True)
+            admission = self._admit(call, key, recount=True)
         except RecountNeeded as needed:
-            return self._admit(_recounted(call, needed.models), recount=False)
+            return self._admit(_recounted(call, needed.models), key, recount=False)
         if admission.code is Code.IDEMPOTENCY_CONFLICT:  # a retry of a call admitted on its recounted bound
-            return self._admit(_recounted(call, [admission.model]), recount=False)
+            return self._admit(_recounted(call, [admission.model]), key, recount=False)
         return admission
 
-    def _admit(self, call: CallRequest, *, recount: bool) -> Admission:
+    def _admit(self, call: CallRequest, key: str, *, recount: bool) -> Admission:
         now = self.clock.now()
-        key = call.idempotency_key or uuid.uuid4().hex
         requested = self.prices.resolve(call.model)
         route = self._route(call.attribution, requested)
         model = route.model if isinstance(route, Route) else requested
