@@ -8,18 +8,21 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from actions_kit import Workers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from comptroller.actions_config import TaskSettings, parse_actions
 from comptroller.clock import VirtualClock
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.retries import RetryPolicy
-from comptroller.domain.tasks import TaskRefusedError, TaskStatus
+from comptroller.domain.tasks import TaskError, TaskRefusedError, TaskStatus
 from comptroller.engine.actions import ActionService
 from comptroller.engine.tasks import TaskService
 from comptroller.storage import store_from_url
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 SETTINGS = TaskSettings(chain={"lead": ["writer"]})
+MOVES = [TaskStatus.IN_PROGRESS, TaskStatus.FAILED, TaskStatus.BLOCKED, TaskStatus.TODO, TaskStatus.DONE]
 RE_RUNS = [TaskStatus.FAILED, TaskStatus.BLOCKED, TaskStatus.TODO]  # ways out of in_progress, then back in
 
 
@@ -124,3 +127,31 @@ def test_a_re_run_past_the_limit_over_http_answers_429_retry_limit(
         assert refused.headers["x-should-retry"] == "false"
         workers.clock.advance(to_midnight)
         assert move("in_progress").json()["task"]["status"] == "in_progress"
+
+
+@settings(max_examples=60, deadline=None)
+@given(retries_max=st.integers(0, 4),
+       steps=st.lists(st.tuples(st.integers(0, 14_400), st.sampled_from(MOVES)), max_size=60))
+def test_starts_per_utc_day_match_a_reference_count(retries_max: int, steps: list[tuple[int, TaskStatus]]) -> None:
+    """Any sequence of moves and waits: a valid start is refused exactly when the reference count of the day's
+    admitted starts has reached 1 + retries_max, and no UTC day admits more."""
+    clock = VirtualClock(T0)
+    tasks = _tasks(clock, RetryPolicy(retries_max))
+    tasks.create("acme", "t1", "publish the digest", by="lead", status=TaskStatus.TODO, actions_min=0)
+    tasks.assign("acme", "t1", "writer", by="lead")
+    starts: dict[str, int] = {}
+    for wait_s, to in steps:
+        clock.advance(wait_s)
+        day = clock.now().date().isoformat()
+        try:
+            moved = tasks.move("acme", "t1", to, by="writer")
+        except TaskRefusedError:
+            assert to is TaskStatus.IN_PROGRESS and starts.get(day, 0) == retries_max + 1
+            continue
+        except TaskError:
+            continue  # a move the table does not allow (done is final, backlog cannot start...)
+        if to is TaskStatus.IN_PROGRESS:
+            assert starts.get(day, 0) < retries_max + 1
+            starts[day] = starts.get(day, 0) + 1
+        assert moved.status is to
+    assert all(n <= retries_max + 1 for n in starts.values())
