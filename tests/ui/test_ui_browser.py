@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from ui_kit import UiGateway
+from ui_kit import HOT_AGENT, UiGateway
 
 from comptroller.domain.budgets import Budget, Period
 from comptroller.domain.money import format_usd
@@ -45,7 +45,10 @@ def shoot(page: Any, name: str, tmp_path: Path) -> Path:
 
 def test_every_page_loads_clean(page: Any, gateway: UiGateway, tmp_path: Path) -> None:
     """Each page answers 200 and renders with no console error and no request off the gateway (fixture)."""
+    gateway.stub.control.cached_tokens = 3
     gateway.call()
+    gateway.call(agent=HOT_AGENT)  # opens its breaker: the Defenses page shows the trip in its history
+    gateway.stub.control.cached_tokens = 0
     for cheap in (False, True, False):
         gateway.ask_cascade(cheap_answers=cheap)
     gateway.engine.store.put_budget(_acme_budget(gateway, 1))

@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from test_ui_browser import login
+from test_ui_browser import login, shoot
 from ui_kit import HOT_AGENT, UiGateway
 
 from comptroller.actions_config import TaskSettings, parse_actions
@@ -34,7 +35,7 @@ def _acme_today(gateway: UiGateway) -> list[Any]:
             if r.attribution.tenant == "acme" and r.resolved_at.date() == today]
 
 
-def test_cache_page_shows_hit_rate_and_savings_of_the_ledger(page: Any, gateway: UiGateway) -> None:
+def test_cache_page_shows_hit_rate_and_savings_of_the_ledger(page: Any, gateway: UiGateway, tmp_path: Path) -> None:
     """Acme's calls with 3 cached prompt tokens each: the page's hit rate is the ledger's reads / input, and
     the money saved is 90 mc per read token (input 100 mc - read 10 mc), by model, by agent and in total."""
     gateway.stub.control.cached_tokens = 3
@@ -61,6 +62,7 @@ def test_cache_page_shows_hit_rate_and_savings_of_the_ledger(page: Any, gateway:
     assert default.locator("td[data-rate]").inner_text() == f"{reads / default_input:.1%}"
     writer = page.locator('table[data-testid=cache-by-agent] tr[data-key="writer"]')
     assert int(writer.locator("td[data-saved-mc]").get_attribute("data-saved-mc")) == 0
+    shoot(page, "cache", tmp_path)
     page.goto(f"{gateway.url}/ui/cache?tenant=chatdev")
     assert "cannot see tenant 'chatdev'" in page.inner_text("[data-testid=error]")
     page.watch.errors.clear()  # Chromium logs the 403 it was shown
@@ -139,7 +141,8 @@ def test_breaker_history_and_live_refusal_feed(page: Any, gateway: UiGateway) ->
     assert "acme" not in page.inner_text("main")
 
 
-def test_actions_and_tasks_page_shows_states_reasons_and_spend(page: Any, gateway: UiGateway) -> None:
+def test_actions_and_tasks_page_shows_states_reasons_and_spend(page: Any, gateway: UiGateway,
+                                                               tmp_path: Path) -> None:
     """Actions checked through the engine's action service show their states and reasons; a task shows its
     state, assignee and the spend the task service reads from the usage log; acme's key sees no chatdev row."""
     store, clock = gateway.engine.store, gateway.engine.clock
@@ -178,5 +181,6 @@ def test_actions_and_tasks_page_shows_states_reasons_and_spend(page: Any, gatewa
     assert task.locator("[data-testid=task-state]").inner_text() == "in_progress"
     assert "writer" in task.inner_text()
     assert int(task.locator("td[data-mc]").get_attribute("data-mc")) == spent
+    shoot(page, "actions", tmp_path)
     page.goto(f"{gateway.url}/ui/actions?status=refused")
     assert page.locator("table[data-testid=actions] tr[data-id]").count() == 2
