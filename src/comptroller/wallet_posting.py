@@ -16,8 +16,9 @@ settle's ledger transaction is unchanged, and a wallet store outage never fails 
 and a pass (``comptroller wallet post``, ``comptroller pnl``) posts whatever the hook missed:
 infrastructure shares (they need whole periods), charges the expiry sweep wrote
 (``unknown_outcome``), and anything lost to a crash between a settle and its posting.
-Wallets therefore lag the ledger by at most one pass, so a wallet floor cannot yet refuse
-a call at admit (see the README's "Wallets and P&L").
+Wallets therefore lag the ledger by at most one pass; a wallet floor is checked at admit against
+the agent's floor row instead, which every settle moves exactly
+(:mod:`comptroller.domain.wallets.floors`).
 """
 
 from __future__ import annotations

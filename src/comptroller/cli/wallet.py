@@ -112,7 +112,8 @@ def floor(
                                                    "-5: a $5 credit line)")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Set (or without --floor-usd remove) an account's floor: transfers below it are refused insufficient_funds."""
+    """Set (or without --floor-usd remove) an account's floor: transfers below it, and an agent's calls whose
+    ceiling does not fit above it, are refused insufficient_funds."""
     account_kind(account)
     store = transfers_from_url(db)
     try:
