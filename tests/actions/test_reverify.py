@@ -51,38 +51,46 @@ def _wait(what: Callable[[], ActionRecord], until: Callable[[ActionRecord], bool
     raise AssertionError(f"not reached within 20 s; last seen {what()}")
 
 
+class Gateways:
+    """Gateways started one after another on one SQLite ledger and one virtual clock, as restarted workers."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.db = tmp_path / "ledger.db"
+        self.policy = load_policy(tmp_path / "policy.toml")
+        self.clock = VirtualClock(T0)
+        self.running: list[LoopbackServer] = []
+
+    def start(self) -> tuple[str, Engine]:
+        """A new gateway (its own engine and key store) on the ledger: its URL and engine."""
+        engine = build_engine(db_url=f"sqlite:///{self.db}", policy=self.policy, clock=self.clock, sinks=[])
+        app = create_app(engine=engine, keys=SQLiteKeyStore(self.db), config=GatewayConfig(admin_key_env=None),
+                         namespace="test")
+        self.running.append(LoopbackServer(app).__enter__())
+        return self.running[-1].url, engine
+
+    def stop_oldest(self) -> None:
+        """Close the oldest gateway still running (its app shuts down; its re-verifier stops)."""
+        self.running.pop(0).__exit__(None, None, None)
+
+
 @pytest.fixture
-def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], tuple[str, Engine]]]:
-    """Start a gateway (its own engine and key store) on one SQLite ledger and one virtual clock; each call
-    starts a new one, as a restarted worker would be; ``stop()`` on the returned server closes it."""
+def gateways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateways]:
+    """Gateways on the test's ledger with POLICY as COMPTROLLER_CONFIG; every one still running is closed at the end."""
     (tmp_path / "policy.toml").write_text(POLICY, encoding="utf-8")
     monkeypatch.setenv("COMPTROLLER_CONFIG", str(tmp_path / "policy.toml"))
-    policy = load_policy(tmp_path / "policy.toml")
-    clock = VirtualClock(T0)
-    running: list[LoopbackServer] = []
-
-    def start() -> tuple[str, Engine]:
-        engine = build_engine(db_url=f"sqlite:///{tmp_path / 'ledger.db'}", policy=policy, clock=clock, sinks=[])
-        app = create_app(engine=engine, keys=SQLiteKeyStore(tmp_path / "ledger.db"),
-                         config=GatewayConfig(admin_key_env=None), namespace="test")
-        running.append(LoopbackServer(app).__enter__())
-        return running[-1].url, engine
-
-    gateway_start = start
-    gateway_start.running = running  # type: ignore[attr-defined]
-    gateway_start.clock = clock  # type: ignore[attr-defined]
-    yield gateway_start
-    for server in running:
-        server.__exit__(None, None, None)
+    started = Gateways(tmp_path)
+    yield started
+    while started.running:
+        started.stop_oldest()
 
 
-def test_a_restarted_gateway_resumes_re_verifying(gateway: Callable[[], tuple[str, Engine]], tmp_path: Path) -> None:
+def test_a_restarted_gateway_resumes_re_verifying(gateways: Gateways, tmp_path: Path) -> None:
     """A post the stub answered 200 for without publishing is checked once by the first gateway, which then
     stops; a new gateway on the same ledger re-checks it when due (the unverified event at the attempts-th
     check), and marks it done once the stub publishes it."""
-    clock: VirtualClock = gateway.clock  # type: ignore[attr-defined]
+    clock = gateways.clock
     with StubPlatform(publishes=False) as liar:
-        url, _ = gateway()
+        url, _ = gateways.start()
         record, plain = new_key(tenant="acme", agent="writer")
         SQLiteKeyStore(tmp_path / "ledger.db").add(record)
         auth = {"Authorization": f"Bearer {plain}"}
@@ -102,11 +110,10 @@ def test_a_restarted_gateway_resumes_re_verifying(gateway: Callable[[], tuple[st
         checked = _wait(stored, lambda r: r.verify_attempts == 1)
         assert (checked.status, checked.verify_next_at, liar.gets) == (
             ActionStatus.UNVERIFIED, T0 + timedelta(seconds=START_S), 1)
-        gateway.running[0].__exit__(None, None, None)  # type: ignore[attr-defined]  # the first gateway stops
-        gateway.running.pop(0)  # type: ignore[attr-defined]
+        gateways.stop_oldest()  # the first gateway stops
         assert stored().verify_attempts == 1 and liar.gets == 1  # nothing re-checked it: it was not due
 
-        _, second = gateway()  # a new gateway on the same ledger, as after a restart
+        _, second = gateways.start()  # a new gateway on the same ledger, as after a restart
         clock.advance(START_S)  # the second check falls due
         again = _wait(stored, lambda r: r.verify_attempts == 2)
         assert again.status is ActionStatus.UNVERIFIED
