@@ -15,7 +15,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import httpx
 import pytest
+from gateway_kit import MODEL, GatewayFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -129,3 +131,21 @@ def test_the_gateway_config_takes_n_and_refuses_zero() -> None:
         GatewayConfig(metrics_tenants_top=0)
     with pytest.raises(ValueError, match="at least 1"):
         GatewayMetrics(tenants_top=0)
+
+
+def test_the_gateway_scrape_names_the_top_tenants_and_sums_the_rest(make_gateway: GatewayFactory) -> None:
+    """Through the gateway with metrics_tenants_top = 2: four tenants' calls give 2 labels plus other, summing to
+    the usage log's total, and the top two are those that spent most."""
+    gw = make_gateway(metrics_tenants_top=2)
+    for tenant, n in (("acme", 4), ("globex", 3), ("initech", 1), ("umbrella", 2)):
+        key = gw.new_key(tenant)
+        for i in range(n):
+            gw.client(key).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q{i}"}])
+    costs: dict[str, int] = defaultdict(int)
+    calls: dict[str, int] = defaultdict(int)
+    for record in gw.engine.store.usage_records():
+        costs[record.attribution.tenant] += record.cost_mc
+        calls[record.attribution.tenant] += 1
+    text = httpx.get(f"{gw.url}/metrics", headers={"authorization": f"Bearer {gw.new_key('ops', admin=True)}"},
+                     timeout=20).text
+    _check(text, dict(costs), dict(calls), 2)

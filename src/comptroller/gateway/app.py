@@ -169,7 +169,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
     Raises:
         ConfigError: a cascade tier model no provider serves.
     """
-    metrics = GatewayMetrics(_breaker_states(engine))
+    metrics = GatewayMetrics(_breaker_states(engine), tenants_top=config.metrics_tenants_top)
     identity = Identity(keys, config.admin_key(), cache_ttl_s=config.key_cache_ttl_s, timeout_s=config.ledger_timeout_s)
     life = WorkerLife(Roster.from_env(), LedgerProbe(engine.store, timeout_s=config.ledger_timeout_s),
                       grace_s=config.shutdown_grace_s)

@@ -318,6 +318,8 @@ class Gateway:
             self.metrics.cost_mc.labels(reservation.model).inc(result.record.cost_mc)
             self.metrics.tokens.labels(reservation.model, "input").inc(usage.input_tokens)
             self.metrics.tokens.labels(reservation.model, "output").inc(usage.output_tokens)
+            self.metrics.observe_settled(reservation.attribution.tenant, cost_mc=result.record.cost_mc,
+                                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         return result
 
     def settle(self, reservation: Reservation, usage: Usage, served_model: str | None = None) -> Settled:
