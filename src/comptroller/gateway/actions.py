@@ -37,23 +37,29 @@ the ledger cannot be reached                 503     ``ledger_unavailable``
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from comptroller.actions_config import ActionPolicy, TaskSettings
 from comptroller.config import load_policy
-from comptroller.domain.actions import Action, ActionRecord, ActionStatus
+from comptroller.domain.actions import Action, ActionStatus
 from comptroller.engine.actions import ActionService
 from comptroller.gateway.apis.request_body import read_body
 from comptroller.gateway.approval_callback import approval_secret, signed_approval
 from comptroller.gateway.errors import GatewayError
-from comptroller.gateway.guard_http import GuardServices, endpoint, on_ledger, parse_body, tenant_agent
+from comptroller.gateway.guard_http import (
+    GuardServices,
+    answer_action,
+    endpoint,
+    on_ledger,
+    parse_body,
+    tenant_agent,
+)
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.tasks import task_routes
 
@@ -126,28 +132,13 @@ def action_routes(state: GuardServices | None = None) -> list[Route]:
     ]
 
 
-def _answer(service: ActionService, record: ActionRecord) -> Response:
-    body = {"action": record.to_json(service.clock.now())}
-    if record.status is ActionStatus.REFUSED:
-        waits = [r.retry_after_s for r in record.reasons]
-        headers = {}
-        if waits and all(w is not None for w in waits):
-            headers["Retry-After"] = str(math.ceil(max(w for w in waits if w is not None)))
-        codes = ", ".join(r.code for r in record.reasons)
-        body["error"] = {"type": "action_refused", "code": "action_refused", "message":
-                         f"the action guard refused action {record.action.id!r} ({codes}): "
-                         + " ".join(r.message for r in record.reasons), "param": None}
-        return JSONResponse(body, status_code=429, headers=headers)
-    return JSONResponse(body, status_code=202 if record.status is ActionStatus.PENDING_APPROVAL else 200)
-
-
 async def _check(gw: Gateway, services: GuardServices, request: Request) -> Response:
     service = services.actions(gw)
     tenant, agent = tenant_agent(gw, request)
     body: ActionIn = parse_body(ActionIn, await read_body(request, gw.config.body_bytes_max))
     action = Action(id=body.id, tenant=tenant, agent=agent, platform=body.platform, kind=body.kind, text=body.text,
                     task=body.task, fields=body.fields)
-    return _answer(service, await on_ledger(gw, service.check, action))
+    return answer_action(service, await on_ledger(gw, service.check, action))
 
 
 async def _get(gw: Gateway, services: GuardServices, request: Request) -> Response:
@@ -157,7 +148,7 @@ async def _get(gw: Gateway, services: GuardServices, request: Request) -> Respon
     if record is None:
         raise GatewayError(404, f"no action {request.path_params['action_id']!r} for this tenant",
                            code="action_not_found")
-    return _answer(service, record)
+    return answer_action(service, record)
 
 
 async def _outcome(gw: Gateway, services: GuardServices, request: Request) -> Response:
@@ -166,7 +157,7 @@ async def _outcome(gw: Gateway, services: GuardServices, request: Request) -> Re
     body: OutcomeIn = parse_body(OutcomeIn, await read_body(request, gw.config.body_bytes_max))
     action_id = request.path_params["action_id"]
     record = await on_ledger(gw, service.record_outcome, tenant, action_id, published=body.published, url=body.url)
-    response = _answer(service, record)
+    response = answer_action(service, record)
     if record.status is ActionStatus.UNVERIFIED and record.verify_attempts == 0:
         response.background = BackgroundTask(_check_once, service, tenant, action_id)
     return response
@@ -189,7 +180,7 @@ async def _decide(gw: Gateway, services: GuardServices, request: Request, approv
     body: DecisionIn = parse_body(DecisionIn, await read_body(request, gw.config.body_bytes_max))
     record = await on_ledger(gw, service.decide, body.tenant, request.path_params["action_id"], approve=approve,
                            by=body.by)
-    return _answer(service, record)
+    return answer_action(service, record)
 
 
 async def _approve(gw: Gateway, services: GuardServices, request: Request) -> Response:

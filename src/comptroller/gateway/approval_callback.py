@@ -13,8 +13,9 @@ a shared secret in the same ``whsec_<base64>`` format, read from ``COMPTROLLER_A
 
 ``action`` must repeat the path's id, so a signed decision for one action cannot be replayed against
 another; a replay of the same decision within the window finds the action decided (409). The decision
-is recorded as made by ``callback:<by>``. Answers: 200 with the action (``approved`` or ``rejected``),
-or an error in the gateway's shape:
+is recorded as made by ``callback:<by>``. Answers: 200 with the action (``approved`` or ``rejected``;
+429 ``action_refused`` when an approval finds the rate rules now refuse it, as the admin route), or an
+error in the gateway's shape:
 
 ==============================================  ======  ================================
 cause                                           status  ``code``
@@ -37,11 +38,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from comptroller.gateway.apis.request_body import read_body
 from comptroller.gateway.errors import GatewayError
-from comptroller.gateway.guard_http import GuardServices, on_ledger, parse_body
+from comptroller.gateway.guard_http import GuardServices, answer_action, on_ledger, parse_body
 from comptroller.gateway.runtime import Gateway
 from comptroller.notify.signing import SignatureError, decode_secret, verify_signature
 
@@ -118,4 +119,4 @@ async def signed_approval(gw: Gateway, services: GuardServices, request: Request
     service = services.actions(gw)
     record = await on_ledger(gw, service.decide, body.tenant, action_id, approve=body.decision == "approve",
                              by=f"callback:{body.by}")
-    return JSONResponse({"action": record.to_json(service.clock.now())})
+    return answer_action(service, record)

@@ -4,14 +4,16 @@ engine's store and clock, body parsing, the ledger call with its errors, and the
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from comptroller.actions_config import ActionPolicy, TaskSettings
+from comptroller.domain.actions import ActionRecord, ActionStatus
 from comptroller.domain.defenses.retries import RetryPolicy
 from comptroller.domain.tasks import TaskError, TaskRefusedError
 from comptroller.engine.actions import ActionConflictError, ActionService, UnknownActionError
@@ -20,7 +22,7 @@ from comptroller.gateway.attribution import attribute
 from comptroller.gateway.errors import GatewayError, verdict_response
 from comptroller.gateway.runtime import Gateway
 
-__all__ = ["GuardServices", "Handler", "endpoint", "on_ledger", "parse_body", "tenant_agent"]
+__all__ = ["GuardServices", "Handler", "answer_action", "endpoint", "on_ledger", "parse_body", "tenant_agent"]
 
 log = logging.getLogger("comptroller.gateway")
 
@@ -111,3 +113,20 @@ def tenant_agent(gw: Gateway, request: Request) -> tuple[str, str]:
     caller = gw.identity.authenticate(request.headers)
     who = attribute(caller, request.headers, namespace=gw.namespace, groups=gw.groups)
     return who.tenant, who.agent
+
+
+def answer_action(service: ActionService, record: ActionRecord) -> Response:
+    """The answer carrying an action: 200 (202 while held), or 429 ``action_refused`` naming every reason, with
+    ``Retry-After`` when every reason is a rate rule that waiting clears."""
+    body = {"action": record.to_json(service.clock.now())}
+    if record.status is ActionStatus.REFUSED:
+        waits = [r.retry_after_s for r in record.reasons]
+        headers = {}
+        if waits and all(w is not None for w in waits):
+            headers["Retry-After"] = str(math.ceil(max(w for w in waits if w is not None)))
+        codes = ", ".join(r.code for r in record.reasons)
+        body["error"] = {"type": "action_refused", "code": "action_refused", "message":
+                         f"the action guard refused action {record.action.id!r} ({codes}): "
+                         + " ".join(r.message for r in record.reasons), "param": None}
+        return JSONResponse(body, status_code=429, headers=headers)
+    return JSONResponse(body, status_code=202 if record.status is ActionStatus.PENDING_APPROVAL else 200)
