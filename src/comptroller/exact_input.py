@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from comptroller.domain.exact_tokens import TextCounter, encoding_for_model, exact_input_tokens_max
 from comptroller.domain.tokens import Api
 
-__all__ = ["TEXT_CHARS_MAX", "available", "count_tokens", "input_recount"]
+__all__ = ["TEXT_CHARS_MAX", "ExactRecount", "available", "count_tokens", "input_recount"]
 
 TEXT_CHARS_MAX: Final = 500_000
 """Longer texts are byte-counted: ``bpe-openai`` refuses 1,000,000 characters or 200,000 tokens."""
@@ -71,8 +71,32 @@ def count_tokens(encoding: str, text: str) -> int | None:
         return None
 
 
-def input_recount(body: Mapping[str, Any], *, api: str,
-                  count: TextCounter | None = None) -> Callable[[str], int | None] | None:
+class ExactRecount:
+    """A request's recount: its input bound with the plain texts counted exactly, per priced model.
+
+    An :class:`~comptroller.engine.recount.InputRecount`; build it with :func:`input_recount`.
+    """
+
+    def __init__(self, body: Mapping[str, Any], api: Api, count: TextCounter) -> None:
+        self.body, self.api, self.count = body, api, count
+
+    def covers(self, model: str) -> bool:
+        """True for a model with an exact tokenizer (:func:`~comptroller.domain.exact_tokens.encoding_for_model`)."""
+        return encoding_for_model(model) is not None
+
+    def __call__(self, model: str) -> int | None:
+        """The bound for ``model``, or None (no tokenizer, or no text counted exactly).
+
+        Raises:
+            UnboundableInputError: as :func:`~comptroller.domain.exact_tokens.exact_input_tokens_max`.
+        """
+        encoding = encoding_for_model(model)
+        if encoding is None:
+            return None
+        return exact_input_tokens_max(self.body, api=self.api, encoding=encoding, count=self.count)
+
+
+def input_recount(body: Mapping[str, Any], *, api: str, count: TextCounter | None = None) -> ExactRecount | None:
     """The recount a :class:`~comptroller.engine.CallRequest` carries, or None without a tokenizer.
 
     Args:
@@ -82,22 +106,13 @@ def input_recount(body: Mapping[str, Any], *, api: str,
         count: the exact counter (default: :func:`count_tokens` when ``bpe-openai`` is installed).
 
     Returns:
-        ``recount(model)``: for a priced model id, an upper bound on the input tokens with the plain
-        texts counted exactly, or None when the model has no exact tokenizer or nothing was counted.
-        It raises what :func:`~comptroller.domain.exact_tokens.exact_input_tokens_max` raises.
+        The :class:`ExactRecount` of ``body``, or None (no tokenizer installed, or an API without one).
     """
     counter = count if count is not None else (count_tokens if _AVAILABLE else None)
     shape = _COUNTED_APIS.get(api)
     if counter is None or shape is None:
         return None
-
-    def recount(model: str) -> int | None:
-        encoding = encoding_for_model(model)
-        if encoding is None:
-            return None
-        return exact_input_tokens_max(body, api=shape, encoding=encoding, count=counter)
-
-    return recount
+    return ExactRecount(body, shape, counter)
 
 
 _AVAILABLE: Final = available()

@@ -22,11 +22,15 @@ BYTES, EXACT, OUTPUT = 3_000, 600, 100
 
 
 class Recount:
-    """A recount answering ``tokens`` for every model, recording the models it was asked about."""
+    """A recount answering ``tokens`` for every model it covers, recording the models it was asked about."""
 
-    def __init__(self, tokens: int | None) -> None:
+    def __init__(self, tokens: int | None, *, covers: bool = True) -> None:
         self.tokens = tokens
+        self.covered = covers
         self.asked: list[str] = []
+
+    def covers(self, model: str) -> bool:
+        return self.covered
 
     def __call__(self, model: str) -> int | None:
         self.asked.append(model)
@@ -114,6 +118,14 @@ def test_a_model_without_an_exact_tokenizer_keeps_the_byte_bound(store: LedgerSt
     admission = _engine(store).admit(_call(Recount(None)))
     assert admission.code is Code.BUDGET_EXCEEDED and admission.ceiling_mc == _ceiling(BYTES)
     assert len(list(store.events("refusal"))) == 1
+
+
+def test_a_model_the_recount_does_not_cover_takes_one_transaction(store: LedgerStore) -> None:
+    """A recount that does not cover the model is never asked: the call is refused on its byte bound at once."""
+    store.put_budget(Budget(Level.AGENT, ANY_SCOPE, _ceiling(BYTES) - 1))
+    recount = Recount(EXACT, covers=False)
+    admission = _engine(store).admit(_call(recount))
+    assert admission.code is Code.BUDGET_EXCEEDED and recount.asked == []
 
 
 def test_a_recount_above_the_byte_bound_is_not_used(store: LedgerStore) -> None:

@@ -40,7 +40,7 @@ from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import StoredState
 from comptroller.domain.usage import Usage
-from comptroller.engine.recount import RecountGuard, RecountNeeded
+from comptroller.engine.recount import InputRecount, RecountGuard, RecountNeeded
 from comptroller.notify.sink import FanOut
 from comptroller.ports import Clock, EventSink, LedgerStore, PriceSource
 
@@ -80,8 +80,8 @@ class CallRequest:
         message_id: the group message the call answers; in a strict group only its dispatched
             members may call (default: the group's latest dispatched message).
         input_recount: for a priced model id, a tighter upper bound on the input tokens (an exact
-            tokenizer's count: :func:`comptroller.exact_input.input_recount`), or None when it has
-            none. Asked only near a budget's edge, where the ceiling on ``input_tokens_max``
+            tokenizer's count: :func:`comptroller.exact_input.input_recount`), for the models it
+            ``covers``. Asked only near a budget's edge, where the ceiling on ``input_tokens_max``
             leaves little room (:mod:`comptroller.engine.recount`); None (the default): ``input_tokens_max`` only.
     """
 
@@ -99,7 +99,7 @@ class CallRequest:
     output_tokens_extra: int = 0
     sends: bool = False
     message_id: str | None = None
-    input_recount: Callable[[str], int | None] | None = None
+    input_recount: InputRecount | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +208,7 @@ class Engine:
                           run_id=call.run_id, attempt_id=call.attempt_id or call.run_id,
                           fingerprint=call.fingerprint, text=call.text, message_id=call.message_id)
         guard: AdmitDefenses | RecountGuard = AdmitDefenses(self.defenses, facts, self._parsed)
-        if recount:
+        if recount and call.input_recount is not None and all(map(call.input_recount.covers, requests)):
             guard = RecountGuard(guard, requests[model], list(requests), self._output_floor_mc)
         result = self.store.reserve(requests[model], now, self.limits.admit(guard, requests[model], now))
         self._publish(result.events)

@@ -24,17 +24,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from comptroller.domain.admission import decide
 from comptroller.domain.ledger import AccountView, ReserveRequest
 from comptroller.domain.state import AdmitGuard, GuardOutcome, StateKey, StoredState
 
-__all__ = ["RECOUNT_WINDOW_CEILINGS", "RecountGuard", "RecountNeeded"]
+__all__ = ["RECOUNT_WINDOW_CEILINGS", "InputRecount", "RecountGuard", "RecountNeeded"]
 
 RECOUNT_WINDOW_CEILINGS = 64
 """A call is recounted when one of its budgets has room for fewer than this many of its byte-bound
 ceilings: as many as the agents racing in the issue's benchmark, so a whole first wave near the
 edge is held on recounted ceilings. Larger: more calls pay a recount and a second transaction."""
+
+
+class InputRecount(Protocol):
+    """A call's exact input recount (:class:`comptroller.exact_input.ExactRecount` is one)."""
+
+    def covers(self, model: str) -> bool:
+        """True if :meth:`__call__` can count the input for this priced model (cheap: no counting)."""
+        ...
+
+    def __call__(self, model: str) -> int | None:
+        """An upper bound on the input tokens for this priced model, or None when it has none."""
+        ...
 
 
 class RecountNeeded(Exception):  # noqa: N818  (a signal to the engine, not an error anyone sees)

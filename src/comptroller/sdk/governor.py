@@ -33,6 +33,7 @@ from comptroller.domain.tokens import request_input_tokens_max
 from comptroller.domain.usage import Usage
 from comptroller.domain.usage_checks import check_served_model, check_usage
 from comptroller.engine import Admission, CallRequest, Engine
+from comptroller.engine.recount import InputRecount
 from comptroller.routing import CascadeRequest, CascadeResult, RoutingConfig, TierCall, TierReply
 from comptroller.sdk.actions import Act, guarded_action
 from comptroller.sdk.anthropic import wrap_anthropic
@@ -146,7 +147,7 @@ class Comptroller:
 
     def admit(self, *, context: CallContext, model: str, messages: Sequence[Mapping[str, Any]] | None,
               input_tokens_max: int, max_tokens: int | None, choices: int = 1,
-              input_recount: Callable[[str], int | None] | None = None) -> Admission:
+              input_recount: InputRecount | None = None) -> Admission:
         """Admit a call or raise its refusal.
 
         The call is reserved as sent (it goes upstream right away: a lease that expired

@@ -26,6 +26,7 @@ from comptroller.domain.ledger import Reservation, SettleResult
 from comptroller.domain.tokens import Api as TokensApi
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission
+from comptroller.engine.recount import InputRecount
 from comptroller.exact_input import input_recount
 from comptroller.sdk.context import CallContext
 from comptroller.sdk.streams import AsyncMeteredStream, AsyncStreamManager, MeteredStream, StreamManager
@@ -46,7 +47,7 @@ class Meter(Protocol):
 
     def admit(self, *, context: CallContext, model: str, messages: Sequence[Mapping[str, Any]] | None,
               input_tokens_max: int, max_tokens: int | None, choices: int = 1,
-              input_recount: Callable[[str], int | None] | None = None) -> Admission:
+              input_recount: InputRecount | None = None) -> Admission:
         """Admit a call or raise its refusal."""
         ...
 
