@@ -58,7 +58,10 @@ def test_tenant_key_sees_only_its_tenant(gateway: UiGateway) -> None:
     client = login_client(gateway.url, gateway.acme_key)
     for url in ("/ui/?tenant=chatdev", "/ui/requests?tenant=chatdev", "/ui/requests/rows?tenant=chatdev"):
         assert client.get(url).status_code == 403, url
-    for url in ("/ui/", "/ui/requests", "/ui/budgets", "/ui/defenses", "/ui/routing"):
+    for url in ("/ui/cache?tenant=chatdev", "/ui/?group_by=key&tenant=chatdev"):
+        assert client.get(url).status_code == 403, url
+    for url in ("/ui/", "/ui/requests", "/ui/budgets", "/ui/defenses", "/ui/routing", "/ui/cache",
+                "/ui/defenses/feed", "/ui/actions", "/ui/wallets", "/ui/?group_by=key"):
         page = client.get(url)
         assert page.status_code == 200, url
         assert "chatdev" not in page.text, url  # every replayed record and scope names tenant chatdev
@@ -96,3 +99,6 @@ def test_bad_range_is_a_400_naming_the_field(gateway: UiGateway) -> None:
     assert answer.status_code == 400 and "start" in answer.text and "YYYY-MM-DD" in answer.text
     answer = client.get("/ui/", params={"group_by": "colour"})
     assert answer.status_code == 400 and "group_by" in answer.text
+    answer = client.get("/ui/actions", params={"status": "finished"})
+    assert answer.status_code == 400 and "status" in answer.text and "pending_approval" in answer.text
+    assert client.get("/ui/wallets", params={"period": "fortnight"}).status_code == 400

@@ -69,9 +69,9 @@ def test_cache_page_shows_hit_rate_and_savings_of_the_ledger(page: Any, gateway:
 
 
 def test_spend_by_key_on_the_overview_and_the_requests_page(page: Any, gateway: UiGateway) -> None:
-    """Calls with two acme keys: the overview grouped by key shows each key's settled spend of today, and the
-    requests page shows the key of each call and filters by it."""
-    second = gateway.add_key("acme")
+    """Calls with two acme keys: the overview grouped by key shows each key's settled spend of today (and the
+    key's name), and the requests page shows the key of each call and filters by it."""
+    second = gateway.add_key("acme", name="batch jobs")
     gateway.call()
     gateway.call(key=second)
     gateway.call(key=second, conversation="c2")
@@ -85,6 +85,8 @@ def test_spend_by_key_on_the_overview_and_the_requests_page(page: Any, gateway: 
     for key_id, cost in by_key.items():
         cell = page.locator(f'table[data-testid=groups] tr[data-key="{key_id}"] td[data-mc]')
         assert int(cell.get_attribute("data-mc")) == cost
+    named = second.removeprefix("ck-").split(".")[0]  # a key is ck-<id>.<secret>
+    assert "batch jobs" in page.inner_text(f'table[data-testid=groups] tr[data-key="{named}"]')
     chosen = max(by_key, key=lambda k: by_key[k])
     page.goto(f"{gateway.url}/ui/?tenant=acme&key={chosen}&start={day}&end={day}&group_by=agent")
     assert page.inner_text("[data-testid=total]") == format_usd(by_key[chosen])

@@ -104,9 +104,9 @@ class UiGateway:
             model="cascade/support", max_tokens=32, messages=[{"role": "user", "content": "six times seven?"}],
             response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}})
 
-    def add_key(self, tenant: str, *, admin: bool = False) -> str:
-        """Store a new key and return its plaintext."""
-        record, plaintext = new_key(tenant=tenant, admin=admin)
+    def add_key(self, tenant: str, *, admin: bool = False, name: str = "") -> str:
+        """Store a new key (named ``name``) and return its plaintext."""
+        record, plaintext = new_key(tenant=tenant, admin=admin, name=name)
         self.keys.add(record)
         return plaintext
 

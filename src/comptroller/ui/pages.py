@@ -24,6 +24,7 @@ from comptroller.reports.routing import TOP_TIER_WARNING_SHARE, build_routing_re
 from comptroller.ui.inputs import Forbidden, base_of, range_filters, tenant_filter, viewer_of
 from comptroller.ui.views import (
     GROUP_FIELDS,
+    Viewer,
     bucket_days,
     budget_rows,
     groups,
@@ -69,12 +70,18 @@ def overview(ui: UI, request: Request, session: Session) -> Response:
         today_mc=spend_between(scoped, today, today + timedelta(days=1)),
         month_mc=spend_between(scoped, month, now + timedelta(seconds=1)), gauges=gauges,
         table=groups(kept, _by(filters.group_by)), total_mc=sum(r.cost_mc for r in kept), calls=len(kept),
+        key_names=_key_names(ui, viewer) if filters.group_by == "key" else {},
         top_conversations=[g for g in groups(kept, _conversation) if g.key != "-"][:_TOP],
         top_tasks=[g for g in groups(kept, _task) if g.key != "-"][:_TOP], tasks=len(task_costs),
         p50_task_mc=percentile(task_costs, 50), p95_task_mc=percentile(task_costs, 95),
         chart=json.dumps({"days": chart.days, "names": chart.names, "values": chart.values}),
         bucket=bucket_days(filters),
         choices={f: sorted({key_of(r, f) for r in scoped}) for f in ("tenant", "agent", "model", "key")})
+
+
+def _key_names(ui: UI, viewer: Viewer) -> dict[str, str]:
+    """The names people gave the keys the viewer may see, by public id (for the spend-by-key table)."""
+    return {k.id: k.name for k in ui.keys.keys(viewer.tenant) if k.name}
 
 
 def _by(field: str) -> Any:
