@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from comptroller.clock import VirtualClock
 from comptroller.domain.budgets import ANY_SCOPE, Budget
@@ -14,6 +18,7 @@ from comptroller.engine import CallRequest, Engine
 from comptroller.engine.recount import RECOUNT_WINDOW_CEILINGS
 from comptroller.ports import LedgerStore
 from comptroller.prices import PriceBook
+from comptroller.storage.memory import MemoryStore
 from ledger_kit import attribution
 
 START = datetime(2025, 6, 1, 9, tzinfo=UTC)
@@ -145,3 +150,41 @@ def test_a_retry_of_a_recounted_call_answers_already_reserved(store: LedgerStore
     assert first.reservation is not None and second.reservation is not None
     assert first.reservation.id == second.reservation.id
     assert [a.reserved_mc for a in store.accounts()] == [_ceiling(EXACT)]
+
+
+def test_racing_threads_hold_exactly_the_recounted_ceilings_that_fit(store: LedgerStore) -> None:
+    """16 threads racing 48 recounted calls for a budget of K recounted ceilings: exactly K admitted, none more."""
+    k = 7
+    limit = k * _ceiling(EXACT) + _ceiling(EXACT) // 2
+    store.put_budget(Budget(Level.AGENT, ANY_SCOPE, limit))
+    engine = _engine(store)
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: engine.admit(_call(Recount(EXACT))).code, range(48)))
+    assert codes.count(Code.OK) == k and codes.count(Code.BUDGET_EXCEEDED) == 48 - k
+    (account,) = store.accounts()
+    assert account.reserved_mc == k * _ceiling(EXACT) <= limit
+
+
+@given(limit_ceilings=st.integers(1, 80), calls=st.lists(st.tuples(st.integers(1, 5_000), st.integers(0, 100)),
+                                                          min_size=1, max_size=30))
+def test_admissions_follow_the_reference_model(limit_ceilings: int, calls: list[tuple[int, int]]) -> None:
+    """Each call is held on its byte bound far from the edge, on its recount within the window, or refused;
+    reserved never exceeds the limit (the reference model: room, window and both ceilings, call by call)."""
+    store = MemoryStore()
+    limit = limit_ceilings * _ceiling(1_000)
+    store.put_budget(Budget(Level.AGENT, ANY_SCOPE, limit))
+    engine = _engine(store)
+    reserved = 0
+    for by_bytes, saved_pct in calls:
+        exact = by_bytes - by_bytes * saved_pct // 100
+        call = CallRequest(attribution(), MODEL, input_tokens_max=by_bytes, max_tokens=OUTPUT,
+                           input_recount=Recount(exact))
+        room, byte_ceiling = limit - reserved, _ceiling(by_bytes)
+        near_edge = byte_ceiling * RECOUNT_WINDOW_CEILINGS > room and _ceiling(0) <= room
+        held = _ceiling(min(exact, by_bytes)) if near_edge else byte_ceiling
+        admission = engine.admit(call)
+        assert admission.admitted == (held <= room)
+        assert admission.ceiling_mc == held
+        reserved += held if admission.admitted else 0
+        (account,) = store.accounts()
+        assert account.reserved_mc == reserved <= limit
