@@ -40,6 +40,7 @@ def test_action_and_task_commands(tmp_path: Path) -> None:
     assert [r.status for r in check.list("acme")] == [ActionStatus.APPROVED, ActionStatus.REJECTED]
     shown = runner.invoke(app, ["task", "show", "t1", "--tenant", "acme", *base])
     assert shown.exit_code == 0 and '"p1"' in shown.output and '"backlog"' in shown.output
+    assert '"budgets": []' in shown.output
     assert "t1" in runner.invoke(app, ["task", "list", *base]).output
     assert runner.invoke(app, ["task", "show", "nope", "--tenant", "acme", *base]).exit_code == 2
 

@@ -122,6 +122,7 @@ def test_tasks_over_http(make_workers: Callable[[str, int], Workers]) -> None:
             time.sleep(0.01)
         shown = c.get("/v1/tasks/t1", headers=as_(lead)).json()
         assert [a["id"] for a in shown["actions"]] == ["p1"]
+        assert (shown["calls"], shown["cost_mc"], shown["budgets"]) == (0, 0, [])  # no calls, no task budget
         assert shown["actions"][0]["status"] == "done"  # trust_outcome = true in POLICY; verified in the background
         done = c.post("/v1/tasks/t1/move", json={"status": "done"}, headers=as_(writer))
         assert done.json()["task"]["status"] == "done"

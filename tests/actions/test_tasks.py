@@ -12,7 +12,8 @@ from comptroller.bootstrap import build_engine
 from comptroller.clock import VirtualClock
 from comptroller.config import Policy
 from comptroller.domain.actions import Action, ActionStatus
-from comptroller.domain.scopes import Attribution
+from comptroller.domain.budgets import Budget
+from comptroller.domain.scopes import Attribution, Level, scope_key
 from comptroller.domain.tasks import TaskError, TaskStatus
 from comptroller.domain.usage import Usage
 from comptroller.engine import CallRequest
@@ -107,12 +108,15 @@ def test_a_task_is_not_done_without_its_verified_actions() -> None:
         assert tasks.move("acme", "t1", TaskStatus.DONE, by="writer").status is TaskStatus.DONE
 
 
-def test_a_task_shows_its_calls_and_spend() -> None:
-    """The task's settled calls and cost come from the usage log, only those attributed to it (and its tenant)."""
+def test_a_task_shows_its_calls_spend_and_budget() -> None:
+    """The task's settled calls and cost come from the usage log, only those attributed to it (and its tenant);
+    its budget shows the limit and what its account settled: its own budget for t1, the "*" default for t2."""
     clock = VirtualClock(T0)
     engine = build_engine(db_url="memory://", policy=Policy(namespace="prod"), clock=clock, sinks=[])
     guard = ActionService(engine.store, clock, parse_actions({}))
     tasks = TaskService(engine.store, clock, guard, TaskSettings())
+    engine.store.put_budget(Budget(Level.TASK, scope_key("prod", "acme", "t1"), 500_000))
+    engine.store.put_budget(Budget(Level.TASK, "*", 100_000))
     costs = []
     for tenant, task in [("acme", "t1"), ("acme", "t1"), ("acme", "t2"), ("globex", "t1")]:
         call = CallRequest(attribution=Attribution(namespace="prod", tenant=tenant, agent="writer", task=task),
@@ -125,3 +129,10 @@ def test_a_task_shows_its_calls_and_spend() -> None:
             costs.append(settled.record.cost_mc)
     assert tasks.spend("acme", "t1") == (2, sum(costs))
     assert sum(costs) > 0
+    [own] = tasks.budgets("prod", "acme", "t1")
+    assert (own["scope"], own["limit_mc"], own["settled_mc"], own["reserved_mc"], own["remaining_mc"]) == (
+        scope_key("prod", "acme", "t1"), 500_000, sum(costs), 0, 500_000 - sum(costs))
+    [default] = tasks.budgets("prod", "acme", "t2")
+    assert (default["scope"], default["limit_mc"], default["settled_mc"]) == ("*", 100_000, sum(costs) // 2)
+    [unused] = tasks.budgets("prod", "acme", "t9")
+    assert (unused["settled_mc"], unused["period_key"]) == (0, None)

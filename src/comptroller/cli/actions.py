@@ -128,13 +128,14 @@ def task_list(db: DbOption = "sqlite:///comptroller.db", config: ConfigOption = 
 @user_errors(*_ERRORS)
 def task_show(task_id: str, tenant: TenantOption, db: DbOption = "sqlite:///comptroller.db",
               config: ConfigOption = None) -> None:
-    """One task, its calls and spend (millicents) and its actions, as JSON."""
+    """One task, its calls and spend, its task budgets (millicents) and its actions, as JSON."""
     actions, tasks = _services(db, config)
+    namespace = load_policy(config).namespace
     task = tasks.must(tenant, task_id)
     now = tasks.clock.now()
     calls, cost_mc = tasks.spend(tenant, task_id)
     body = {"task": {**task.to_record(), "stale": task.stale(now, tasks.settings.stale_s)},
-            "calls": calls, "cost_mc": cost_mc,
+            "calls": calls, "cost_mc": cost_mc, "budgets": tasks.budgets(namespace, tenant, task_id),
             "actions": [a.to_json(now) for a in actions.list(tenant) if a.action.task == task_id]}
     console.print_json(json.dumps(body))
 

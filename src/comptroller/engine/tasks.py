@@ -18,6 +18,7 @@ from datetime import datetime
 
 from comptroller.actions_config import TaskSettings
 from comptroller.domain.defenses.retries import RetryPolicy
+from comptroller.domain.scopes import Level, scope_key
 from comptroller.domain.state import StateKey, StoredState
 from comptroller.domain.tasks import ChainOfCommand, Task, TaskError, TaskStatus
 from comptroller.engine.actions import ActionService, UnknownActionError
@@ -114,6 +115,26 @@ class TaskService:
                 calls += 1
                 cost_mc += record.cost_mc
         return calls, cost_mc
+
+    def budgets(self, namespace: str, tenant: str, task_id: str) -> list[dict[str, str | int | None]]:
+        """The task-level budgets that apply to the task (its own, else the ``scope = "*"`` default, as the
+        ledger applies them) with their latest period's account: limit, settled, reserved and remaining
+        millicents (zeros before the first call of the period). For one view, not a hot path.
+        """
+        key = scope_key(namespace, tenant, task_id)
+        defined = [b for b in self.store.budgets() if b.level is Level.TASK and b.scope in (key, "*")]
+        applying = [b for b in defined if b.scope == key] or defined
+        accounts = sorted((a for a in self.store.accounts() if a.budget.level is Level.TASK and a.scope == key),
+                          key=lambda a: a.period_key)
+        out: list[dict[str, str | int | None]] = []
+        for budget in applying:
+            mine = [a for a in accounts if (a.budget.period, a.budget.limit_mc) == (budget.period, budget.limit_mc)]
+            settled_mc, reserved_mc = (mine[-1].settled_mc, mine[-1].reserved_mc) if mine else (0, 0)
+            out.append({"scope": budget.scope, "period": str(budget.period),
+                        "period_key": mine[-1].period_key if mine else None, "limit_mc": budget.limit_mc,
+                        "settled_mc": settled_mc, "reserved_mc": reserved_mc,
+                        "remaining_mc": budget.limit_mc - settled_mc - reserved_mc})
+        return out
 
     def stale(self, tenant: str | None = None) -> list[Task]:
         """Tasks in progress whose assignee missed its heartbeat for ``stale_s`` (read now)."""

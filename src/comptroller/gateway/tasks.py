@@ -4,7 +4,8 @@
 ``POST /v1/tasks``                         ``{"id", "title", "actions_min"?, "status"?}``: create (201; an
                                            existing id answers the stored task, 200)
 ``GET  /v1/tasks``                         the tenant's tasks, each with ``stale``
-``GET  /v1/tasks/{id}``                    the task, ``stale``, its calls, ``cost_mc`` and actions
+``GET  /v1/tasks/{id}``                    the task, ``stale``, its calls, ``cost_mc``, its task-level
+                                           ``budgets`` (limit, settled, reserved, remaining) and actions
 ``POST /v1/tasks/{id}/assign``             ``{"assignee"}``: the caller's agent assigns (chain of command)
 ``POST /v1/tasks/{id}/move``               ``{"status"}``: ``done`` only with its verified actions
 ``POST /v1/tasks/{id}/heartbeat``          the assignee's heartbeat
@@ -96,8 +97,9 @@ async def _show(gw: Gateway, services: GuardServices, request: Request) -> Respo
     task = await on_ledger(gw, services.tasks(gw).must, tenant, task_id)
     actions = await on_ledger(gw, services.actions(gw).list, tenant)
     calls, cost_mc = await on_ledger(gw, services.tasks(gw).spend, tenant, task_id)
+    budgets = await on_ledger(gw, services.tasks(gw).budgets, gw.namespace, tenant, task_id)
     now = gw.engine.clock.now()
-    return JSONResponse({"task": _json(services, gw, task), "calls": calls, "cost_mc": cost_mc,
+    return JSONResponse({"task": _json(services, gw, task), "calls": calls, "cost_mc": cost_mc, "budgets": budgets,
                          "actions": [a.to_json(now) for a in actions if a.action.task == task_id]})
 
 
