@@ -50,6 +50,7 @@ from comptroller.replay.inject import inject_loop, parse_loop_spec
 from comptroller.replay.runner import DEFAULT_OUTPUT_TOKENS_MAX, MissingModelError
 from comptroller.replay.trace import TraceError
 from comptroller.reports import Report, build_report, rows_from_replay
+from comptroller.reports.chargeback import ALL_TIME, TimeRange
 from comptroller.reports.html import render_html
 from comptroller.reports.model import ReportRow
 from comptroller.reports.pnl import replay_pnl
@@ -125,12 +126,18 @@ def replay_command(
     default_model: Annotated[str | None, typer.Option("--default-model", help="Model of unlabelled records")] = None,
     inject_loop_spec: Annotated[str | None, typer.Option(
         "--inject-loop", help="RUN_ID:FACTOR: re-attempt that run until it ran FACTOR times (a retry loop)")] = None,
+    since: Annotated[str | None, typer.Option("--from", help="Only calls recorded at or after this instant "
+                                              "(ISO date or time; UTC unless it names a zone)")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Only calls recorded before this instant")] = None,
 ) -> None:
     """Replay recorded LLM calls through the ledger and a policy, in virtual (recorded) time."""
     policy = _policy(policy_path, prices_path, default_model)
+    window = TimeRange.parse(since, until)
     records, skipped = load_traces(paths, trace_format, skip_invalid=skip_invalid)
+    records = [r for r in records if window.contains(r.ts)]
     if not records:
-        raise ValueError("the trace files hold no calls")
+        within = "" if window == ALL_TIME else f" from {window.describe('recorded time')}"
+        raise ValueError(f"the trace files hold no calls{within}")
     if inject_loop_spec is not None:
         records = inject_loop(records, *parse_loop_spec(inject_loop_spec))
     print_defenses(err, policy.defenses())  # issue 13: what is on and what is not
@@ -161,6 +168,7 @@ def replay_command(
                           ceiling_fn=ceiling, events=events, default_bound_tokens=DEFAULT_OUTPUT_TOKENS_MAX,
                           price_fn=book.price)
     report.pnl = pnl
+    report.time_range = dict(zip(("from", "to"), window.bounds(), strict=True))
     render_terminal(report, console)
     _write_outputs(report, json_out, html_out, "comptroller replay: " + ", ".join(p.name for p in paths))
 

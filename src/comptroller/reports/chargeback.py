@@ -108,11 +108,11 @@ class TimeRange:
         return ("" if self.since is None else self.since.isoformat(),
                 "" if self.until is None else self.until.isoformat())
 
-    def describe(self) -> str:
-        """The range for people: ``2026-03-01T00:00:00+00:00 (inclusive) to ... (exclusive), UTC``."""
+    def describe(self, basis: str = "settle time") -> str:
+        """The range for people: ``2026-03-01T00:00:00+00:00 (inclusive) to ... (exclusive), UTC, by <basis>``."""
         since, until = self.bounds()
         return (f"{since or 'the first call'} (inclusive) to {until or 'the last call'} (exclusive), UTC, "
-                "by settle time")
+                f"by {basis}")
 
 
 ALL_TIME = TimeRange()
