@@ -3,6 +3,8 @@ so a new gateway resumes what a stopped one left (virtual time; loopback stub pl
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -25,6 +27,7 @@ from comptroller.engine.action_rows import action_key
 from comptroller.engine.actions import ActionService
 from comptroller.gateway.app import create_app
 from comptroller.gateway.config import GatewayConfig
+from comptroller.gateway.reverify import Reverifier
 from comptroller.storage import store_from_url
 from comptroller.storage.keys import SQLiteKeyStore, new_key
 
@@ -183,3 +186,40 @@ def test_two_workers_racing_on_a_due_check_count_it_once() -> None:
     assert record is not None and (record.verify_attempts, record.status) == (1, ActionStatus.UNVERIFIED)
     assert gets == ["b", "a"]
     assert b.verifier.due(clock.now()) == []
+
+
+def test_a_failing_round_is_logged_once_and_the_rounds_go_on(caplog: pytest.LogCaptureFixture) -> None:
+    """While rounds fail (a ledger outage) the re-verifier logs the first failure only, backs off, keeps going,
+    and says when rounds work again."""
+    class Flaky:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def reverify_due(self) -> list[ActionRecord]:
+            self.calls += 1
+            if self.calls <= 3:
+                raise ConnectionError("ledger down")
+            return []
+
+    flaky = Flaky()
+
+    class Services:
+        def actions(self, gw: object) -> Flaky:
+            return flaky
+
+    async def run() -> None:
+        reverifier = Reverifier(object(), Services(), interval_s=0.01)  # type: ignore[arg-type]
+        await reverifier.start()
+        for _ in range(2000):  # bounded: about 20 s at most
+            if flaky.calls >= 5:
+                break
+            await asyncio.sleep(0.01)
+        await reverifier.aclose()
+
+    with caplog.at_level(logging.INFO, logger="comptroller.gateway"):
+        asyncio.run(run())
+    assert flaky.calls >= 5
+    failures = [r for r in caplog.records if "round failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert [r.getMessage() for r in caplog.records if "work again" in r.getMessage()] == [
+        "re-verification rounds work again"]

@@ -17,12 +17,14 @@ import logging
 from comptroller.gateway.guard_http import GuardServices
 from comptroller.gateway.runtime import Gateway
 
-__all__ = ["REVERIFY_INTERVAL_S", "Reverifier", "start_reverifier"]
+__all__ = ["REVERIFY_INTERVAL_S", "REVERIFY_INTERVAL_S_MAX", "Reverifier", "start_reverifier"]
 
 log = logging.getLogger("comptroller.gateway")
 
 REVERIFY_INTERVAL_S = 1.0
 """How often a worker looks for due re-verifications, real seconds (the backoff itself is on the engine's clock)."""
+REVERIFY_INTERVAL_S_MAX = 30.0
+"""The longest pause between rounds while they fail (the ledger is down), real seconds."""
 
 
 class Reverifier:
@@ -60,12 +62,21 @@ class Reverifier:
                 await self._task
 
     async def _loop(self) -> None:
+        pause_s, failing = self.interval_s, False
         while True:
             try:
                 await self.round()
             except Exception:
-                log.exception("re-verification round failed; retrying in %g s", self.interval_s)
-            await asyncio.sleep(self.interval_s)
+                pause_s = min(pause_s * 2, REVERIFY_INTERVAL_S_MAX)
+                if not failing:  # once per outage, not once a second
+                    log.exception("re-verification round failed; retrying, backing off to %g s",
+                                  REVERIFY_INTERVAL_S_MAX)
+                failing = True
+            else:
+                if failing:
+                    log.info("re-verification rounds work again")
+                pause_s, failing = self.interval_s, False
+            await asyncio.sleep(pause_s)
 
 
 async def start_reverifier(gateway: Gateway, services: GuardServices) -> Reverifier:
