@@ -361,7 +361,7 @@ def rows_from_replay(outcomes: Iterable[CallOutcome]) -> list[ReportRow]:
                   refused_code=None if o.admitted else str(o.code), logged_cost_usd=o.record.logged_cost_usd,
                   requested_max_tokens=o.record.max_output_tokens, default_output_bound=o.default_output_bound,
                   cache_read_tokens=o.record.cache_read_tokens, cache_write_tokens=o.record.cache_write_tokens,
-                  tenant=o.attribution.tenant,
+                  tenant=o.attribution.tenant, key_id=o.attribution.key_id or "-",
                   refused_reason=CEILING_OVER_REMAINING if o.ceiling_over_remaining else "")
         for o in outcomes
     ]
