@@ -223,3 +223,13 @@ def test_a_failing_round_is_logged_once_and_the_rounds_go_on(caplog: pytest.LogC
     assert len(failures) == 1 and failures[0].exc_info is not None
     assert [r.getMessage() for r in caplog.records if "work again" in r.getMessage()] == [
         "re-verification rounds work again"]
+
+
+def test_an_unverified_row_written_before_the_schedule_is_due_at_once() -> None:
+    """A row without published_at/verify_next_at (written before the schedule existed) reads as due at its last
+    update if unverified, and unscheduled otherwise, so an upgrade forgets no pending verification."""
+    action = Action("a1", "acme", "writer", "tumblr", "post", TEXT)
+    for status, due in [(ActionStatus.UNVERIFIED, T0), (ActionStatus.DONE, None), (ActionStatus.ALLOWED, None)]:
+        old = ActionRecord(action, status, T0 - timedelta(hours=1), updated_at=T0, version=3).to_record()
+        del old["published_at"], old["verify_next_at"]
+        assert ActionRecord.from_record(old).verify_next_at == due
