@@ -12,6 +12,8 @@ import functools
 import gzip
 import importlib.resources
 import json
+import subprocess
+import sys
 from base64 import b64decode
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +27,7 @@ from hypothesis import strategies as st
 from comptroller.domain.exact_tokens import CL100K, O200K, encoding_for_model, exact_input_tokens_max
 from comptroller.domain.input_parts import UnboundableInputError
 from comptroller.domain.tokens import request_input_tokens_max
-from comptroller.exact_input import count_tokens, input_recount
+from comptroller.exact_input import TEXT_CHARS_MAX, count_tokens, input_recount
 
 ROOT = Path(__file__).resolve().parents[2]
 # the shipped traces, and the shared copy when this machine has one (read once when the two are the same bytes)
@@ -127,6 +129,17 @@ def test_nothing_countable_gives_none_and_anthropic_is_never_recounted() -> None
     assert input_recount({"model": "gpt-4o", "messages": []}, api="chat") is not None
 
 
+@pytest.mark.timeout(60)
+def test_without_the_exact_extra_no_call_carries_a_recount() -> None:
+    """With bpe-openai absent (as without the ``exact`` extra), input_recount answers None: the byte bound stays."""
+    script = ("import sys; sys.modules['bpe_openai'] = None\n"  # what importlib sees when the package is absent
+              "from comptroller.exact_input import available, input_recount\n"
+              "body = {'model': 'gpt-4o', 'messages': [{'role': 'user', 'content': 'hi'}]}\n"
+              "print(available(), input_recount(body, api='chat'))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50, check=True)
+    assert out.stdout.split() == ["False", "None"]
+
+
 def test_unboundable_parts_are_refused_as_by_the_byte_bound() -> None:
     """An audio part is refused by the exact bound too: it has no documented upper bound."""
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}, {"role": "user", "content": [
@@ -138,6 +151,12 @@ def test_unboundable_parts_are_refused_as_by_the_byte_bound() -> None:
 def test_a_lone_surrogate_is_byte_counted() -> None:
     """A text the tokenizer would alter (a lone surrogate) is not counted exactly."""
     assert count_tokens(O200K, "a\ud800b") is None
+
+
+def test_texts_the_tokenizer_refuses_are_byte_counted() -> None:
+    """Past the character cap, or past bpe-openai's 200,000-token limit, a text is not counted exactly."""
+    assert count_tokens(O200K, "x" * (TEXT_CHARS_MAX + 1)) is None
+    assert count_tokens(O200K, "7 " * 200_001) is None  # one token per digit and per space: 400,002 tokens
     assert exact({"model": "gpt-4o", "messages": [{"role": "user", "content": "a\ud800b"}]}, "chat", O200K) is None
 
 
