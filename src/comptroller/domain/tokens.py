@@ -28,7 +28,9 @@ we allow 600), and its client tools add fixed definitions (bash 245, text editor
 How tight it is: English averages about 4 bytes per token in cl100k, and JSON escapes add to
 code (``\n``, ``\"``), so the bound is about 4x the billed count for English prose, about 5x on
 ChatDev's prompts and code (BENCHMARKS.md, "Input bound"), and close to 1x for text that
-tokenizes byte by byte.
+tokenizes byte by byte. Near a budget's edge, a call to an OpenAI model is held on a tighter
+bound instead, its plain texts counted with the model's tokenizer
+(:mod:`comptroller.domain.exact_tokens`, :mod:`comptroller.engine.recount`).
 """
 
 from __future__ import annotations
