@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import openai
+import pytest
 from gateway_kit import MODEL, GatewayFactory, stub_policy
 
 
@@ -22,3 +24,13 @@ def test_each_usage_row_names_the_key_that_made_the_call(make_gateway: GatewayFa
     assert {r.attribution.key_id: r.attribution.tenant for r in rows} == {
         key_ids[0]: "acme", key_ids[1]: "acme", key_ids[2]: "globex"}
     assert all(r.cost_mc > 0 for r in rows)
+
+
+def test_a_refused_calls_event_names_its_key(make_gateway: GatewayFactory) -> None:
+    """A call refused by a budget leaves a refusal event whose detail names the key (the UI's key filter)."""
+    gw = make_gateway(stub_policy(budgets=[{"level": "tenant", "tenant": "acme", "limit_mc": 1, "period": "total"}]))
+    key = gw.new_key("acme")
+    with pytest.raises(openai.RateLimitError):
+        gw.client(key).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello"}])
+    (event,) = [e for e in gw.engine.store.events("refusal") if e.code == "budget_exceeded"]
+    assert event.detail["key_id"] == key.split(".")[0].removeprefix("ck-")

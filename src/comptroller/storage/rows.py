@@ -105,4 +105,4 @@ def refusal_event(verdict: Verdict, request: ReserveRequest, now: datetime) -> E
     """The ``refusal`` event of a refused reserve: the verdict with who asked and for which model."""
     a = request.attribution
     return verdict.event(now, model=request.model, agent=a.agent, conversation=a.conversation, task=a.task,
-                         phase=a.phase, requested_mc=request.ceiling_mc)
+                         phase=a.phase, key_id=a.key_id, requested_mc=request.ceiling_mc)
