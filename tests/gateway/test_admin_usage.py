@@ -6,6 +6,8 @@ settled), never pasted; the range cuts are instants of that log.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections import defaultdict
 from datetime import timedelta
@@ -13,6 +15,8 @@ from decimal import Decimal
 
 import httpx
 from gateway_kit import MODEL, GatewayFactory, Harness, stub_policy
+
+from comptroller.reports.chargeback import COLUMNS
 
 MESSAGES = [{"role": "user", "content": "Hello there."}]
 FEES = {"base_fee_usd": "0.00002", "margin": "0.5", "margin_floor": "0.2"}
@@ -105,3 +109,23 @@ def test_pnl_without_a_fee_schedule_says_how_to_get_one(gw: Harness) -> None:
         answer = admin.get("/pnl")
     assert answer.status_code == 404
     assert "[fees]" in answer.json()["error"]["message"] and "comptroller pnl" in answer.json()["error"]["message"]
+
+
+def test_usage_csv_has_the_report_columns_and_keeps_tenant_walls(make_gateway: GatewayFactory) -> None:
+    """GET /usage.csv?by=key: the CSV `comptroller report --by key --csv` writes; a tenant key's holds its rows only."""
+    gw = make_gateway()
+    acme_key, _, _ = _traffic(gw)
+    records = list(gw.engine.store.usage_records())
+    with _client(gw, gw.new_key("ops", admin=True)) as admin:
+        answer = admin.get("/usage.csv", params={"by": "key"})
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+    reader = csv.DictReader(io.StringIO(answer.text))
+    assert tuple(reader.fieldnames or ()) == COLUMNS
+    rows = list(reader)
+    assert sum(int(r["cost_mc"]) for r in rows) == sum(r.cost_mc for r in records)
+    assert {r["group"] for r in rows} == {r.attribution.key_id for r in records}
+    with _client(gw, acme_key) as acme:
+        own = list(csv.DictReader(io.StringIO(acme.get("/usage.csv", params={"by": "tenant"}).text)))
+        assert [(r["tenant"], int(r["cost_mc"])) for r in own] == [
+            ("acme", sum(r.cost_mc for r in records if r.attribution.tenant == "acme"))]
+        assert acme.get("/usage.csv", params={"tenant": "globex"}).status_code == 403

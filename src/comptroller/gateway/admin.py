@@ -9,6 +9,7 @@ route                                      who     what
 ``DELETE /budgets/{budget_id}``            admin   delete a budget (its accounts stay)
 ``GET /usage?by=&from=&to=&tenant=``       both    settled calls, tokens and cost per tenant, agent,
                                                    key, conversation, task or model, over a range
+``GET /usage.csv?by=&from=&to=&tenant=``   both    the same rows as ``comptroller report --by --csv``
 ``GET /report?from=&to=``                  admin   the report ``comptroller report --json`` prints
 ``GET /pnl?by=&period=&from=&to=``         both    P&L per agent or tenant (with a ``[fees]`` schedule)
 ``GET /keys`` / ``POST /keys``             both /  list keys (never secrets) / create one (the key
@@ -67,7 +68,7 @@ from comptroller.gateway.errors import GatewayError, error_response
 from comptroller.gateway.groups import visible_to
 from comptroller.gateway.identity import Caller, Identity
 from comptroller.groups import GroupDefinition, GroupService, UnknownGroupError
-from comptroller.reports.chargeback import ChargebackBy, TimeRange, chargeback_rows, parse_instant
+from comptroller.reports.chargeback import ChargebackBy, TimeRange, chargeback_csv, chargeback_rows, parse_instant
 from comptroller.reports.ledger import ledger_report
 from comptroller.reports.pnl import pnl_document
 from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
@@ -414,6 +415,18 @@ def usage_by(ctx: Ctx, caller: AnyCaller, *, since: Since = None, until: Until =
     bounds = window.bounds()
     return UsageOut(tenant=only, group_by=chosen, since=bounds[0], until=bounds[1], rows=rows,
                     total_cost_mc=sum(r.cost_mc for r in rows))
+
+
+@usage.get("/usage.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+def usage_csv(ctx: Ctx, caller: AnyCaller, *, since: Since = None, until: Until = None,
+              by: ChargebackBy = ChargebackBy.TENANT,
+              tenant: Annotated[str | None, Query(max_length=256)] = None) -> Response:
+    """The usage rows as the CSV ``comptroller report --by --csv`` writes (stable columns, most expensive first);
+    a tenant key gets its own tenant's rows."""
+    only, window = _tenant_of(caller, tenant), _range(since, until)
+    rows = chargeback_rows(ctx.engine.store.usage_records(), by, window, tenant=only)
+    return Response(chargeback_csv(rows, by, window), media_type="text/csv",
+                    headers={"content-disposition": f'attachment; filename="usage-by-{by}.csv"'})
 
 
 @usage.get("/report")
