@@ -144,6 +144,21 @@ def test_a_later_write_of_the_block_waits_briefly_for_another_writer_then_fails(
     store.close()
 
 
+def test_a_write_after_the_hold_waits_for_another_writer_again(tmp_path: Any) -> None:
+    """The hold's busy_timeout of 0 does not outlive it: a write made outside one waits for a writer as before."""
+    store = SQLiteStore(tmp_path / "ledger.db", busy_timeout_s=10.0)
+    with store.uncontended() as free:
+        assert free
+        store.put_budget(Budget(Level.TENANT, ANY_SCOPE, 1_000))
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.05, other.execute, ("ROLLBACK",)).start()
+    store.put_budget(Budget(Level.TENANT, ANY_SCOPE, 2_000))  # waits for the other writer, then writes
+    assert [b.limit_mc for b in store.budgets()] == [2_000]
+    other.close()
+    store.close()
+
+
 def test_only_sqlite_runs_ledger_calls_on_the_loop() -> None:
     """PostgreSQL (a network round trip) and the memory store keep the thread path; SQLite can hold itself."""
     assert isinstance(SQLiteStore(":memory:"), InlineLedger)

@@ -208,6 +208,9 @@ class SQLiteStore:
         self._lock = threading.RLock()  # reentrant: uncontended() holds it around a caller's whole operation
         self._begun = False  # uncontended() took the write lock: the next _write's transaction uses it
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._busy_ms_now = self._busy_timeout_ms  # the connection's busy_timeout (uncontended() lowers it)
+        self._held = False  # inside uncontended(): later write transactions wait at most _later_wait_ms
+        self._later_wait_ms = 0
         self._checkpoints: sqlite3.Connection | None = None  # checkpoint()'s own connection, opened on first use
         self._checkpoint_lock = threading.Lock()
         self._written: list[Event] = []  # events appended by the current write transaction, for its result
@@ -242,6 +245,7 @@ class SQLiteStore:
             if self._begun:  # the write lock uncontended() took
                 self._begun = False
             else:
+                self._busy(self._later_wait_ms if self._held else self._busy_timeout_ms)
                 cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
@@ -254,7 +258,15 @@ class SQLiteStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
+            if not self._held:
+                self._busy(self._busy_timeout_ms)
             yield self._conn.cursor()
+
+    def _busy(self, ms: int) -> None:
+        """Set the connection's busy_timeout (under the lock), unless it is already that."""
+        if self._busy_ms_now != ms:
+            self._conn.execute(f"PRAGMA busy_timeout = {ms}")
+            self._busy_ms_now = ms
 
     @contextmanager
     def uncontended(self, later_wait_s: float = 0.1) -> Iterator[bool]:
@@ -276,22 +288,22 @@ class SQLiteStore:
             yield False
             return
         try:
-            self._conn.execute("PRAGMA busy_timeout = 0")
+            self._busy(0)  # left at 0 after the block: calls made outside one set it back first
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:  # SQLITE_BUSY: another connection writes (or the file fails)
                 yield False
                 return
-            self._begun = True
-            self._conn.execute(f"PRAGMA busy_timeout = {int(later_wait_s * 1000)}")
+            self._begun = self._held = True
+            self._later_wait_ms = int(later_wait_s * 1000)
             try:
                 yield True
             finally:
+                self._held = False
                 if self._begun:  # no write transaction used it
                     self._begun = False
                     self._conn.execute("ROLLBACK")
         finally:
-            self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             self._lock.release()
 
     def defer_checkpoints(self, backstop_pages: int) -> None:
