@@ -65,7 +65,8 @@ def ledger(tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _expected(by: str, since: datetime | None = None, until: datetime | None = None) -> dict[tuple[str, str], list[int]]:
+def _expected(by: str, since: datetime | None = None, until: datetime | None = None
+              ) -> dict[tuple[str, str], list[int]]:
     """Independent sums: (tenant or '', group) -> [calls, input, output, cache_read, cost]."""
     field = {"tenant": 0, "agent": 1, "key": 2, "conversation": 3, "task": 4, "model": 5}[by]
     out: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
