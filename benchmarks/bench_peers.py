@@ -32,6 +32,8 @@ admitted calls beyond that.
     python benchmarks/bench_peers.py --litellm-python /path/to/venv/bin/python
     python benchmarks/bench_peers.py --targets direct comptroller-1 --concurrency 1 --variant \\
         threads-off='ledger_threads = false'      # another comptroller configuration beside the default
+    git archive OLD src | tar -x -C /tmp/before     # an older tree beside this one, in the same run:
+    python benchmarks/bench_peers.py --targets direct comptroller-1 --source before=/tmp/before/src
 """
 
 from __future__ import annotations
@@ -339,7 +341,8 @@ def race(targets: list[Target], stub_port: int, k: int, rounds: int,
 
 
 def start_comptroller(name: str, work: Path, stub_port: int, *, workers: int, extra: str,
-                      race_rounds: int) -> Target:
+                      race_rounds: int, source: str | None = None) -> Target:
+    """``comptroller serve`` on a fresh SQLite ledger, with its keys; ``source``: another tree's ``src`` to run."""
     folder = work / name
     folder.mkdir()
     config = folder / "gateway.toml"
@@ -362,7 +365,8 @@ def start_comptroller(name: str, work: Path, stub_port: int, *, workers: int, ex
     # output to a file: a pipe nobody reads fills up and blocks the workers (uvicorn then restarts them)
     process = subprocess.Popen([sys.executable, str(runner), "serve", "--config", str(config), "--db", url,
                                 "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
-                               env={**os.environ, "COMPTROLLER_ADMIN_KEY": ADMIN_KEY},
+                               env={**os.environ, "COMPTROLLER_ADMIN_KEY": ADMIN_KEY,
+                                    **({"PYTHONPATH": source} if source else {})},
                                stdout=(folder / "out.log").open("wb"), stderr=subprocess.STDOUT)
     return Target(name, port, process, key, race_keys, "comptroller")
 
@@ -417,6 +421,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=TOML",
                         help="another comptroller (1 worker) with these [gateway] lines, e.g. "
                              "threads-off='ledger_threads = false'")
+    parser.add_argument("--source", action="append", default=[], metavar="NAME=SRC",
+                        help="another comptroller (1 worker) run from another source tree's src directory, e.g. "
+                             "before='/tmp/before/src' (git archive of an older commit): before and after in one run")
     parser.add_argument("--litellm-python", default=None, help="the Python of a virtualenv with the bench extra")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--requests", type=int, default=400, help="requests per round at c=1 (x c/4 above)")
@@ -450,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
                                                      extra="", race_rounds=args.race_rounds))
                 elif name == "litellm":
                     targets.append(start_litellm(work, stub_port, args.litellm_python))
+            for variant in args.source:
+                name, _, source = variant.partition("=")
+                targets.append(start_comptroller(name, work, stub_port, workers=1, extra="",
+                                                 race_rounds=args.race_rounds, source=source))
             for variant in args.variant:
                 name, _, extra = variant.partition("=")
                 targets.append(start_comptroller(name, work, stub_port, workers=1, extra=extra,
