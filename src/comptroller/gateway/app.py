@@ -35,6 +35,7 @@ import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
+from decimal import Decimal
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -70,6 +71,8 @@ from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
 from comptroller.storage.key_stores import keys_from_url
 from comptroller.storage.keys import KeyStore
+from comptroller.storage.transfer_stores import transfers_from_url
+from comptroller.storage.transfers import TransferStore
 from comptroller.ui import ui_routes
 
 __all__ = ["app_from_env", "create_app"]
@@ -153,7 +156,8 @@ def _breaker_states(engine: Engine) -> Callable[[], Iterable[tuple[str, bool]]]:
 
 def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespace: str,
                routing: RoutingConfig | None = None, groups: Iterable[GroupDefinition] = (),
-               on_shutdown: Callable[[], None] | None = None, batch: BatchSection | None = None) -> Starlette:
+               on_shutdown: Callable[[], None] | None = None, batch: BatchSection | None = None,
+               transfers: TransferStore | None = None, margin_floor: Decimal | None = None) -> Starlette:
     """The gateway app for one worker.
 
     Args:
@@ -165,6 +169,9 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         groups: the groups to register at start (``Policy.group_definitions().values()``).
         on_shutdown: called after in-flight calls are resolved (close stores).
         batch: the policy's ``[batch]`` section (batch prices, reconciler interval; None: defaults).
+        transfers: the wallets' transfer store beside the ledger, for the UI's Wallets page (None:
+            the page says none is wired).
+        margin_floor: the policy's ``fees.margin_floor`` (the UI flags P&L rows below it; None: none).
 
     Raises:
         ConfigError: a cascade tier model no provider serves.
@@ -216,7 +223,8 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         Route("/metrics", _metrics, methods=["GET"]),
         Mount("/admin", app=admin_app(engine=engine, keys=identity.keys, identity=identity, namespace=namespace,
                                       groups=group_service)),
-        *ui_routes(engine=engine, keys=identity.keys, namespace=namespace, admin_key=config.admin_key()),  # /ui, /
+        *ui_routes(engine=engine, keys=identity.keys, namespace=namespace, admin_key=config.admin_key(),  # /ui, /
+                   transfers=transfers, margin_floor=margin_floor),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found},
                      middleware=[Middleware(KeyPrefetch, identity=identity), Middleware(life.middleware)])
@@ -238,11 +246,15 @@ def app_from_env() -> Starlette:
     routing = policy.routing_config(engine.prices)  # both checked by load_gateway_config
     groups = policy.group_definitions()
     keys = keys_from_url(db_url)
+    transfers = transfers_from_url(db_url)
+    fees = policy.fees.schedule() if policy.fees else None
 
     def close() -> None:
         engine.close()
         keys.close()
+        transfers.close()
         engine.store.close()
 
     return create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace, routing=routing,
-                      groups=groups.values(), on_shutdown=close, batch=policy.batch)
+                      groups=groups.values(), on_shutdown=close, batch=policy.batch, transfers=transfers,
+                      margin_floor=None if fees is None else fees.margin_floor)
