@@ -25,6 +25,7 @@ from comptroller.domain.actions.schedule import VERIFY_HORIZON_S, backoff_s
 from comptroller.engine import Engine
 from comptroller.engine.action_rows import action_key
 from comptroller.engine.actions import ActionService
+from comptroller.engine.verification import BODY_BYTES_MAX, http_fetch
 from comptroller.gateway.app import create_app
 from comptroller.gateway.config import GatewayConfig
 from comptroller.gateway.reverify import Reverifier
@@ -233,3 +234,16 @@ def test_an_unverified_row_written_before_the_schedule_is_due_at_once() -> None:
         old = ActionRecord(action, status, T0 - timedelta(hours=1), updated_at=T0, version=3).to_record()
         del old["published_at"], old["verify_next_at"]
         assert ActionRecord.from_record(old).verify_next_at == due
+
+
+def test_the_verifier_reads_at_most_body_bytes_max() -> None:
+    """A marker past BODY_BYTES_MAX of the page is not seen (the read is bounded); one before it is; a closed
+    port reads as status 0."""
+    with StubPlatform(publishes=True) as platform:
+        platform.publish("early marker")
+        platform.publish("x" * BODY_BYTES_MAX)
+        platform.publish("late marker")
+        status, body = http_fetch(platform.url)
+    assert status == 200 and "early marker" in body and "late marker" not in body
+    assert len(body.encode()) <= BODY_BYTES_MAX
+    assert http_fetch(platform.url) == (0, "")  # the stub is closed now

@@ -40,12 +40,14 @@ from comptroller.domain.events import Event
 from comptroller.engine.action_rows import ActionConflictError, ActionRows, action_event
 from comptroller.ports import Clock
 
-__all__ = ["DUE_MAX", "SCAN_EVERY", "Fetch", "Verifier", "http_fetch"]
+__all__ = ["BODY_BYTES_MAX", "DUE_MAX", "SCAN_EVERY", "Fetch", "Verifier", "http_fetch"]
 
 DUE_MAX = 32
 """Due actions checked per :meth:`Verifier.reverify_due` round (the rest wait for the next round)."""
 SCAN_EVERY = 60
 """Rounds of :meth:`Verifier.reverify_due` between scans of every action row (the first round scans)."""
+BODY_BYTES_MAX = 4 * 1024 * 1024
+"""The most of a verified page :func:`http_fetch` reads, bytes (a marker past it is not seen)."""
 _ATTEMPTS = 64
 
 Fetch = Callable[[str], tuple[int, str]]
@@ -53,12 +55,19 @@ Fetch = Callable[[str], tuple[int, str]]
 
 
 def http_fetch(url: str) -> tuple[int, str]:
-    """GET ``url`` (10 s timeout, redirects followed): (status, body); a transport error reads as status 0."""
+    """GET ``url`` (10 s timeout, redirects followed, at most ``BODY_BYTES_MAX`` of the body read):
+    (status, body); a transport error reads as status 0 (not confirmed)."""
     try:
-        response = httpx.get(url, timeout=10.0, follow_redirects=True)
+        with httpx.stream("GET", url, timeout=10.0, follow_redirects=True) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) >= BODY_BYTES_MAX:
+                    break
+            return response.status_code, bytes(body[:BODY_BYTES_MAX]).decode(response.encoding or "utf-8",
+                                                                             errors="replace")
     except httpx.HTTPError:
         return 0, ""
-    return response.status_code, response.text
 
 
 class Verifier:

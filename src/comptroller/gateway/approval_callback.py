@@ -11,9 +11,11 @@ a shared secret in the same ``whsec_<base64>`` format, read from ``COMPTROLLER_A
 
     {"action": "p1", "tenant": "acme", "decision": "approve", "by": "telegram:@ops"}
 
-``action`` must repeat the path's id, so a signed decision for one action cannot be replayed against
-another; a replay of the same decision within the window finds the action decided (409). The decision
-is recorded as made by ``callback:<by>``. Answers: 200 with the action (``approved`` or ``rejected``;
+The secret is one for the gateway, not one per tenant: whoever holds it may decide any tenant's held
+actions, as the admin key may, so keep it to the approval bot. ``action`` must repeat the path's id,
+so a signed decision for one action cannot be replayed against another; a replay of the same
+decision within the window finds the action decided (409). The decision is recorded as made by
+``callback:<by>``. Answers: 200 with the action (``approved`` or ``rejected``;
 429 ``action_refused`` when an approval finds the rate rules now refuse it, as the admin route), or an
 error in the gateway's shape:
 
