@@ -56,8 +56,9 @@ def count_tokens(encoding: str, text: str) -> int | None:
 
     Returns:
         The count, or None for a text it does not count exactly (byte-counted instead): longer than
-        :data:`TEXT_CHARS_MAX` characters, or not encodable as UTF-8 (a lone surrogate, which
-        ``bpe-openai`` would silently replace).
+        :data:`TEXT_CHARS_MAX` characters, not encodable as UTF-8 (a lone surrogate, which
+        ``bpe-openai`` would silently replace), refused by the tokenizer, or when the installed
+        package cannot load (the byte bound is the safe answer).
     """
     if len(text) > TEXT_CHARS_MAX:
         return None
@@ -68,6 +69,8 @@ def count_tokens(encoding: str, text: str) -> int | None:
     try:
         return len(_encoding(encoding).encode_ordinary(text))
     except (RuntimeError, ValueError):  # bpe_openai.TokenizerError (a token limit), "Input too long"
+        return None
+    except (ImportError, OSError):  # a broken install (its library or vocabulary missing): the byte bound stays
         return None
 
 

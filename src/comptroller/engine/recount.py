@@ -1,4 +1,4 @@
-"""Recount a call's input exactly, only when its byte-bound ceiling does not fit a budget (issue 14, "Ceilings").
+"""Recount a call's input exactly, only near a budget's edge (issue 14, "Ceilings").
 
 Every call is admitted on the byte bound first
 (:func:`~comptroller.domain.tokens.request_input_tokens_max`: cheap, and 4-6x the billed input on
