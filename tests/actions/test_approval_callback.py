@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import standardwebhooks
 from actions_kit import Workers
 
 from comptroller.gateway.approval_callback import APPROVAL_SECRET_ENV, APPROVAL_TOLERANCE_S, approval_secret
@@ -129,3 +130,18 @@ def test_a_malformed_secret_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> N
         approval_secret({APPROVAL_SECRET_ENV: "whsec_short"})
     assert approval_secret({}) is None
     assert approval_secret({APPROVAL_SECRET_ENV: SECRET}) == SECRET
+
+
+def test_a_callback_signed_by_the_standard_webhooks_library_is_accepted(held: Callable[..., Any]) -> None:
+    """A bot signing with the reference `standardwebhooks` library and the same whsec_ secret is understood: one
+    secret format and one scheme serve the gateway's outgoing webhooks and its incoming approvals."""
+    workers, client, hold, _ = held()
+    with client:
+        hold(client, "p1")
+        raw = json.dumps({"action": "p1", "tenant": "acme", "decision": "approve", "by": "bot"}).encode()
+        now = workers.clock.now()
+        headers = {"webhook-id": "msg_ref", "webhook-timestamp": str(int(now.timestamp())),
+                   "webhook-signature": standardwebhooks.Webhook(SECRET).sign("msg_ref", now, raw),
+                   "Content-Type": "application/json"}
+        approved = _decide(client, "p1", raw, headers)
+        assert (approved.status_code, approved.json()["action"]["status"]) == (200, "approved")
