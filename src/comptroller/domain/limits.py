@@ -41,6 +41,8 @@ from comptroller.domain.wallets.floors import FloorState
 
 __all__ = ["Limits", "LimitsAdmit", "LimitsSettle"]
 
+_STATICS_MAX = 8_192
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -52,7 +54,22 @@ class Limits:
     """
 
     rate_limits: tuple[RateLimit, ...] = ()
-    quotas: tuple[Quota, ...] = field(default=())
+    quotas: tuple[Quota, ...] = ()
+    _statics: dict[Attribution, _Static] = field(default_factory=dict, compare=False, repr=False)
+
+    def static(self, attribution: Attribution) -> _Static:
+        """The rate limits, quotas and floor row an attribution counts against (memoised, bounded)."""
+        found = self._statics.get(attribution)
+        if found is None:
+            if len(self._statics) >= _STATICS_MAX:
+                self._statics.clear()
+            scopes = attribution.scopes()
+            found = self._statics[attribution] = _Static(
+                tuple((rate_limits.state_key(r, s), r, s)
+                      for r, s in rate_limits.applicable(self.rate_limits, attribution.key_id, scopes)),
+                tuple(quotas.applicable(self.quotas, scopes)), dict(scopes)[Level.AGENT],
+                floors.floor_key(agent_wallet(attribution)))
+        return found
 
     def admit(self, inner: AdmitGuard, request: ReserveRequest, now: datetime) -> LimitsAdmit:
         """The admit guard of a call reserved with ``request`` at ``now`` around the defenses ``inner``."""
@@ -67,18 +84,27 @@ def _units(unit: RateUnit, input_tokens_max: int, output_tokens_max: int) -> int
     return 1 if unit is RateUnit.RPM else input_tokens_max + output_tokens_max
 
 
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """What an attribution counts against, whatever the time: rate-limit rows, quotas, the floor row."""
+
+    rates: tuple[tuple[StateKey, RateLimit, str], ...]
+    quotas: tuple[tuple[Quota, str], ...]
+    agent_scope: str
+    floor: StateKey
+
+
 class _Plan:
-    """The rows of one call: its rate limits, quotas and floor, with their keys."""
+    """The rows of one call: its rate limits, quotas (in the period it was admitted in) and floor."""
 
     def __init__(self, limits: Limits, attribution: Attribution, admitted_at: datetime) -> None:
-        scopes = attribution.scopes()
-        self.rates = [(rate_limits.state_key(r, s), r, s)
-                      for r, s in rate_limits.applicable(limits.rate_limits, attribution.key_id, scopes)]
-        self.quotas = [(quotas.quota_key(q, s, admitted_at), q, s) for q, s in quotas.applicable(limits.quotas, scopes)]
-        self.agent_scope = dict(scopes)[Level.AGENT]
-        self.floor = floors.floor_key(agent_wallet(attribution))
+        static = limits.static(attribution)
+        self.rates, self.agent_scope, self.floor = static.rates, static.agent_scope, static.floor
+        self.quotas = [(quotas.quota_key(q, s, admitted_at), q, s) for q, s in static.quotas]
 
     def keys(self) -> list[StateKey]:
+        if not self.rates and not self.quotas:
+            return [self.floor]
         return [k for k, _, _ in self.rates] + [k for k, _, _ in self.quotas] + [self.floor]
 
 
@@ -127,6 +153,8 @@ class LimitsAdmit:
                    or self._floor(states, request, now, writes))
         if verdict is not None:
             return GuardOutcome(verdict)
+        if not writes:
+            return outcome
         return GuardOutcome(None, outcome.writes + tuple(writes), outcome.events, outcome.request)
 
     def _rates(self, states: Mapping[StateKey, StoredState], request: ReserveRequest, now: datetime,
@@ -179,17 +207,24 @@ class LimitsSettle:
 
     def __init__(self, inner: SettleGuard, limits: Limits, usage: Usage | None) -> None:
         self.inner, self.limits, self.usage = inner, limits, usage
+        self._plan: tuple[str, _Plan] | None = None
+
+    def _plan_of(self, reservation: Reservation) -> _Plan:
+        if self._plan is None or self._plan[0] != reservation.id:
+            self._plan = (reservation.id, _Plan(self.limits, reservation.attribution, reservation.created_at))
+        return self._plan[1]
 
     def state_keys(self, reservation: Reservation) -> list[StateKey]:
         """The defenses' rows, then the call's rate-limit, quota and floor rows."""
-        plan = _Plan(self.limits, reservation.attribution, reservation.created_at)
-        return [*self.inner.state_keys(reservation), *plan.keys()]
+        return [*self.inner.state_keys(reservation), *self._plan_of(reservation).keys()]
 
     def apply(self, reservation: Reservation, cost_mc: int | None, states: Mapping[StateKey, StoredState],
               now: datetime) -> GuardOutcome:
         """The defenses' writes and the limits' corrections (``cost_mc`` None: a release)."""
         outcome = self.inner.apply(reservation, cost_mc, states, now)
-        plan = _Plan(self.limits, reservation.attribution, reservation.created_at)
+        plan = self._plan_of(reservation)
+        if not plan.rates and not plan.quotas and plan.floor not in states:
+            return outcome
         usage = None if cost_mc is None else self.usage or Usage(reservation.input_tokens_max,
                                                                  reservation.output_tokens_max)
         call_id = reservation.idempotency_key
