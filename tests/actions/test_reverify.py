@@ -247,3 +247,25 @@ def test_the_verifier_reads_at_most_body_bytes_max() -> None:
     assert status == 200 and "early marker" in body and "late marker" not in body
     assert len(body.encode()) <= BODY_BYTES_MAX
     assert http_fetch(platform.url) == (0, "")  # the stub is closed now
+
+
+def explodes_on_a1(record: ActionRecord) -> bool:
+    """A custom verifier with a bug: it raises for action a1 and confirms every other action."""
+    if record.action.id == "a1":
+        raise RuntimeError("verifier bug")
+    return True
+
+
+def test_a_verifier_that_raises_is_a_failed_check_and_does_not_stall_the_round() -> None:
+    """A custom verifier raising for one action counts a failed check for it (re-scheduled, never done), and the
+    same round still verifies the other due action."""
+    clock = VirtualClock(T0)
+    svc = ActionService(store_from_url("memory://"), clock,
+                        parse_actions({"tumblr": {"count_max": 10, "verifier": "test_reverify:explodes_on_a1"}}))
+    for i in (1, 2):
+        svc.check(Action(f"a{i}", "acme", "writer", "tumblr", "post", f"{TEXT} ({i})"))
+        svc.record_outcome("acme", f"a{i}", published=True)
+    checked = {r.action.id: r for r in svc.reverify_due()}
+    assert (checked["a1"].status, checked["a1"].verify_attempts) == (ActionStatus.UNVERIFIED, 1)
+    assert checked["a1"].verify_next_at is not None and checked["a1"].verify_next_at > clock.now()
+    assert checked["a2"].status is ActionStatus.DONE

@@ -25,6 +25,7 @@ platform sees one extra GET).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from comptroller.engine.action_rows import ActionConflictError, ActionRows, acti
 from comptroller.ports import Clock
 
 __all__ = ["BODY_BYTES_MAX", "DUE_MAX", "SCAN_EVERY", "Fetch", "Verifier", "http_fetch"]
+
+log = logging.getLogger("comptroller.actions")
 
 DUE_MAX = 32
 """Due actions checked per :meth:`Verifier.reverify_due` round (the rest wait for the next round)."""
@@ -192,6 +195,16 @@ class Verifier:
         return nxt, events
 
     def _confirmed(self, record: ActionRecord) -> bool:
+        # a verifier that raises (a custom callable's bug, a URL template naming an unknown field) is a failed
+        # check, counted and re-scheduled like any other: never "done", and never a round stuck on one action
+        try:
+            return self._confirm(record)
+        except Exception:
+            log.exception("verifying action %s of %s raised; counted as not confirmed", record.action.id,
+                          record.action.tenant)
+            return False
+
+    def _confirm(self, record: ActionRecord) -> bool:
         rules = self.policy.rules_for(record.action.platform, record.action.kind)
         if rules is None:
             return False
