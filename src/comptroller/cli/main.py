@@ -27,6 +27,7 @@ from comptroller.cli.defenses_summary import print_defenses
 from comptroller.cli.group import group_app, simulate_app
 from comptroller.cli.pnl import posted_transfers
 from comptroller.cli.pnl import register as register_pnl
+from comptroller.cli.quota import register as register_quota
 from comptroller.cli.report import register as register_report
 from comptroller.cli.routing import register as register_routing
 from comptroller.cli.serve import register as register_serve
@@ -78,6 +79,7 @@ register_topology(simulate_app)  # simulate topology
 register_pnl(app)  # pnl
 register_report(app)  # report
 register_wallet(app)  # wallet transfer|balance|floor|post
+register_quota(app)  # quota usage
 register_ui(app)  # ui
 register_actions(app, simulate_app)  # action list|approve|reject, task list|show, simulate publisher
 
