@@ -195,6 +195,7 @@ def _write_rows(conn: Conn, rows: Sequence[FloorState], before: dict[str, FloorS
         if r.account in before:
             conn.execute("UPDATE states SET version = %s, record = %s WHERE kind = %s AND key = %s",
                          (r.version, record, WALLET_FLOOR, r.account))
-        else:  # a racing insert of the same row fails the batch: it is retried by the caller with the same ids
-            conn.execute("INSERT INTO states (kind, key, version, record) VALUES (%s, %s, %s, %s)",
-                         (WALLET_FLOOR, r.account, r.version, record))
+        elif conn.execute("INSERT INTO states (kind, key, version, record) VALUES (%s, %s, %s, %s) "
+                          "ON CONFLICT (kind, key) DO NOTHING", (WALLET_FLOOR, r.account, r.version, record)
+                          ).rowcount == 0:
+            raise _LostRaceError(r.account)  # another set_floor made the row first: decide again
