@@ -10,9 +10,9 @@ does, :mod:`comptroller.gateway.reverify`) resumes what a dead or restarted work
 
 Finding due actions: a round reads the rows of the actions this verifier watches (those it saw
 become or stay unverified); every ``SCAN_EVERY``-th round, the first included, it scans every
-action row, which is how it learns what other workers, and dead ones, left. A scan costs about
-0.1 ms per action row on SQLite (1 s for 10,000 rows, measured on a loaded 2-core machine), so it
-runs once a minute at the gateway's one round a second, not every round.
+action row, which is how it learns what other workers, and dead ones, left. A scan of 10,000 action
+rows on SQLite took 570 ms wall, 252 ms CPU on a loaded 2-core machine (BENCHMARKS.md, "Re-verification
+rounds"), so it runs once a minute at the gateway's one round a second, not every round.
 
 Events (kind ``action``), appended in the same write as the check that raises them:
 ``unverified`` when the ``attempts``-th check fails (once), ``verification_stopped`` when the horizon
