@@ -22,8 +22,9 @@ detector               fires when                                               
                        masked on error-looking lines only), reserving
                        ``repeat_spend_mc_min`` or more
 ``repeated_template``  the agent already sent ``near_duplicates_max`` texts of    5, $1.00 reserved
-                       this template (:func:`.similarity.mask_variables`: every
-                       number masked), reserving ``template_spend_mc_min`` or more
+                       this template (:func:`.similarity.template_key`: every
+                       word starting with a digit masked), reserving
+                       ``template_spend_mc_min`` or more
 =====================  =========================================================  ==================
 
 A run of a family is its admissions without a gap of ``lookback_s``.
@@ -73,7 +74,7 @@ from comptroller.domain.defenses._checks import require_aware, require_int, requ
 from comptroller.domain.defenses.errors import DefenseConfigError
 from comptroller.domain.defenses.loop_history import LoopEntry, LoopHistory
 from comptroller.domain.defenses.loop_lock import LockStatus, LoopLock, LoopTransition
-from comptroller.domain.defenses.similarity import Sketch, mask_variables, mask_volatile, template_key
+from comptroller.domain.defenses.similarity import Sketch, mask_volatile, template_key
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
 from comptroller.domain.defenses.windows import seconds_until
 from comptroller.domain.ledger import Event
@@ -229,7 +230,7 @@ def _text_sketch(text: str, chars_max: int, words_min: int) -> tuple[Sketch | No
     volatile = mask_volatile(text)[:chars_max]
     if len(volatile.split()) < words_min:
         return None, ""
-    return Sketch.of(volatile), template_key(mask_variables(text)[:chars_max])
+    return Sketch.of(volatile), template_key(volatile)
 
 
 def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, now: datetime) -> LoopStep:
@@ -423,8 +424,9 @@ def _near_duplicate(history: LoopHistory, config: LoopConfig, live: Sequence[Loo
     agent, sketch = seen.request.agent, seen.sketch
     if sketch is None or _family(live, agent, seen.fingerprint, "") is not None:
         return None  # an exact repeat is same_request's to judge (identical_max may be set high)
-    level = config.near_duplicate_min
-    close = [(score, e) for e in live if e.agent == agent and e.sketch
+    level, template = config.near_duplicate_min, seen.template
+    close = [(score, e) for e in live if e.agent == agent and e.sketch  # the same template with other values
+             and (e.sketch == seen.sketch_hex or e.template != template)  # is repeated_template's to judge
              and (score := sketch.similarity_at_least(Sketch.from_hex(e.sketch), level)) is not None]
     similar = sum(e.count for _, e in close)
     reserved = sum(e.reserved_mc for _, e in close)
