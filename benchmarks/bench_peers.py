@@ -273,6 +273,7 @@ class RaceRound:
 
     admitted: int
     fit: int
+    failed: int  # answers neither admitted nor a budget refusal (503 ledger_unavailable past the 2 s bound...)
 
     @property
     def overshoot(self) -> int:
@@ -280,19 +281,20 @@ class RaceRound:
         return max(0, self.admitted - self.fit)
 
 
-async def _race_once(target: Target, key: str, first_id: int) -> list[int | None]:
-    """64 agents, one call each, at once: per admitted call, the ceiling it held (mc; None: not stated)."""
-    async def agent(n: int) -> tuple[bool, int | None]:
+async def _race_once(target: Target, key: str, first_id: int) -> tuple[list[int | None], int]:
+    """64 agents, one call each, at once: per admitted call the ceiling it held (mc; None: not stated), and
+    how many answers were neither 200 nor a refusal (429, 400)."""
+    async def agent(n: int) -> tuple[int, int | None]:
         reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
         try:
             status, headers, _ = await exchange(reader, writer, request(target.port, key, first_id + n, f"agent-{n}"))
             held = headers.get("x-comptroller-ceiling-mc")
-            return status == 200, None if held is None else int(held)
+            return status, None if held is None else int(held)
         finally:
             writer.close()
 
     answers = await asyncio.gather(*(agent(n) for n in range(AGENTS)))
-    return [held for admitted, held in answers if admitted]
+    return [held for status, held in answers if status == 200], sum(s not in (200, 400, 429) for s, _ in answers)
 
 
 def race(targets: list[Target], stub_port: int, k: int, rounds: int,
@@ -329,13 +331,14 @@ def race(targets: list[Target], stub_port: int, k: int, rounds: int,
                 race_key, budget_mc = f"sk-bench-race{r}-{k * float(found[1])!r}", 0
             next_id += 1
             asyncio.run(_post(stub_port, f"/control/latency/{latency_s}", None))
-            held = asyncio.run(_race_once(t, race_key, next_id))
+            held, failed = asyncio.run(_race_once(t, race_key, next_id))
             next_id += AGENTS
             known = [h for h in held if h is not None]
-            got = RaceRound(len(held), budget_mc // max(known) if known else k)
+            got = RaceRound(len(held), budget_mc // max(known) if known else k, failed)
             admitted[t.name].append(got)
             print(f"race {t.name} round {r}: {got.admitted} admitted of {AGENTS}, {got.fit} fit the budget of "
-                  f"{k} probe ceilings (largest ceiling held: {max(known) if known else '-'} mc)", flush=True)
+                  f"{k} probe ceilings (largest ceiling held: {max(known) if known else '-'} mc), {failed} failed",
+                  flush=True)
     asyncio.run(_post(stub_port, "/control/latency/0", None))
     return admitted
 
@@ -407,11 +410,11 @@ def table(results: dict[int, dict[str, Row]], admitted: dict[str, list[RaceRound
                          f"| {row.calls_s:,.0f} | {row.cpu_ms:.2f} |")
     if admitted:
         lines += ["", f"Race: {AGENTS} agents at once for a budget of K = {k} probe ceilings, per round:", "",
-                  "| target | admitted per round | fit at the ceilings held | overshoot (admitted beyond fit) |",
-                  "|---|---|---|---:|"]
+                  "| target | admitted per round | fit at the ceilings held | failed (not 200/400/429) "
+                  "| overshoot (admitted beyond fit) |", "|---|---|---|---|---:|"]
         for name, got in admitted.items():
             lines.append(f"| {name} | {', '.join(str(g.admitted) for g in got)} | {', '.join(str(g.fit) for g in got)} "
-                         f"| {sum(g.overshoot for g in got)} |")
+                         f"| {', '.join(str(g.failed) for g in got)} | {sum(g.overshoot for g in got)} |")
     return "\n".join(lines)
 
 
