@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from comptroller.cli.main import app
@@ -39,3 +40,11 @@ def test_serve_refuses_a_missing_provider_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["serve", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'l.db'}"])
     assert result.exit_code == 2
     assert "COMPTROLLER_TEST_UNSET_KEY" in result.output
+
+
+def test_serve_refuses_a_malformed_approval_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in COMPTROLLER_APPROVAL_SECRET stops `serve` before any worker starts (exit 2, naming it)."""
+    monkeypatch.setenv("COMPTROLLER_APPROVAL_SECRET", "whsec_not-base64!")
+    result = CliRunner().invoke(app, ["serve", "--db", f"sqlite:///{tmp_path / 'l.db'}"])
+    assert result.exit_code == 2, result.output
+    assert "COMPTROLLER_APPROVAL_SECRET" in result.output

@@ -27,6 +27,7 @@ from rich.table import Table
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
 from comptroller.cli.defenses_summary import print_defenses, warn_unbudgeted_tenants
 from comptroller.config import ConfigError
+from comptroller.gateway.approval_callback import approval_secret
 from comptroller.gateway.config import load_gateway_config
 from comptroller.gateway.lifecycle import ENV_PARENT_PID, ENV_RUN_DIR, ENV_WORKERS
 from comptroller.storage import StoreURLError
@@ -60,6 +61,7 @@ def serve_command(
     uvicorn_grace_s = math.ceil(gateway.shutdown_grace_s + gateway.ledger_timeout_s) + 2
     for provider in gateway.providers.values():
         provider.api_key()  # a missing provider key is an error now, not in every worker
+    approval_secret()  # a malformed COMPTROLLER_APPROVAL_SECRET stops serve, not each worker
     if not gateway.providers:
         err.print("warning: no [gateway.providers] configured; every chat call will answer 400", markup=False,
                   highlight=False)
