@@ -79,7 +79,7 @@ register_topology(simulate_app)  # simulate topology
 register_pnl(app)  # pnl
 register_report(app)  # report
 register_wallet(app)  # wallet transfer|balance|floor|post
-register_quota(app)  # quota usage
+register_quota(app)  # quota set|delete|usage, rate-limit set|delete
 register_ui(app)  # ui
 register_actions(app, simulate_app)  # action list|approve|reject, task list|show, simulate publisher
 

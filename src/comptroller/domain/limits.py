@@ -11,6 +11,11 @@ and then nothing the defenses or the limits would have written is written: a ref
 takes no rate-limit slot, no quota and no hold. Admitted, every change commits with the
 reservation; a budget refusal after them drops them with it.
 
+Limits come from the policy and from the namespace's limit book in the ledger
+(:mod:`.limit_book`, ``comptroller quota set``): the admit guard reads the book's row in the
+transaction and raises :class:`~.limit_book.LimitsChanged` when it changed since the engine
+read it (the engine reads it again and retries), so every admission sees the current limits.
+
 At settle (and release) :class:`LimitsSettle` corrects a TPM slot to the actual tokens,
 settles quota holds to the actual count and moves the wallet hold to the spend at the
 actual cost, in the settle's transaction, once (stores call settle guards only when they
@@ -30,6 +35,7 @@ from comptroller.domain import held_counts, quotas, rate_limits
 from comptroller.domain.defenses.verdict import Verdict
 from comptroller.domain.held_counts import HeldCount
 from comptroller.domain.ledger import AccountView, Reservation, ReserveRequest
+from comptroller.domain.limit_book import LimitBook, LimitsChanged, book_key, merged
 from comptroller.domain.quotas import Quota
 from comptroller.domain.rate_limits import Gcra, RateLimit, RateUnit
 from comptroller.domain.scopes import Attribution, Level
@@ -46,7 +52,9 @@ _STATICS_MAX = 8_192
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The configured rate limits and quotas (wallet floors are rows, set by an admin, always checked).
+    """The policy's rate limits and quotas, and the engine's copy of each namespace's limit book.
+
+    Wallet floors are rows set by an admin, always checked.
 
     Attributes:
         rate_limits: RPM and TPM limits per key, tenant and agent.
@@ -55,20 +63,31 @@ class Limits:
 
     rate_limits: tuple[RateLimit, ...] = ()
     quotas: tuple[Quota, ...] = ()
-    _statics: dict[Attribution, _Static] = field(default_factory=dict, compare=False, repr=False)
+    _statics: dict[tuple[Attribution, int], _Static] = field(default_factory=dict, compare=False, repr=False)
+    _books: dict[str, LimitBook] = field(default_factory=dict, compare=False, repr=False)
+
+    def book(self, namespace: str) -> LimitBook:
+        """The engine's copy of a namespace's limit book (an empty one, version 0, until read)."""
+        return self._books.get(namespace) or LimitBook()
+
+    def refresh(self, namespace: str, book: LimitBook) -> None:
+        """Replace the engine's copy of a namespace's book (after :class:`~.limit_book.LimitsChanged`)."""
+        self._books[namespace] = book
 
     def static(self, attribution: Attribution) -> _Static:
         """The rate limits, quotas and floor row an attribution counts against (memoised, bounded)."""
-        found = self._statics.get(attribution)
+        book = self.book(attribution.namespace)
+        found = self._statics.get((attribution, book.version))
         if found is None:
             if len(self._statics) >= _STATICS_MAX:
                 self._statics.clear()
             scopes = attribution.scopes()
-            found = self._statics[attribution] = _Static(
+            quota_list, rate_list = merged(self.quotas, self.rate_limits, book)
+            found = self._statics[attribution, book.version] = _Static(
                 tuple((rate_limits.state_key(r, s), r, s)
-                      for r, s in rate_limits.applicable(self.rate_limits, attribution.key_id, scopes)),
-                tuple(quotas.applicable(self.quotas, scopes)), dict(scopes)[Level.AGENT],
-                floors.floor_key(agent_wallet(attribution)))
+                      for r, s in rate_limits.applicable(rate_list, attribution.key_id, scopes)),
+                tuple(quotas.applicable(quota_list, scopes)), dict(scopes)[Level.AGENT],
+                floors.floor_key(agent_wallet(attribution)), book.version)
         return found
 
     def admit(self, inner: AdmitGuard, request: ReserveRequest, now: datetime) -> LimitsAdmit:
@@ -92,6 +111,7 @@ class _Static:
     quotas: tuple[tuple[Quota, str], ...]
     agent_scope: str
     floor: StateKey
+    book_version: int
 
 
 class _Plan:
@@ -100,6 +120,7 @@ class _Plan:
     def __init__(self, limits: Limits, attribution: Attribution, admitted_at: datetime) -> None:
         static = limits.static(attribution)
         self.rates, self.agent_scope, self.floor = static.rates, static.agent_scope, static.floor
+        self.book_version = static.book_version
         self.quotas = [(quotas.quota_key(q, s, admitted_at), q, s) for q, s in static.quotas]
 
     def keys(self) -> list[StateKey]:
@@ -136,17 +157,25 @@ class LimitsAdmit:
     def __init__(self, inner: AdmitGuard, limits: Limits, request: ReserveRequest, now: datetime) -> None:
         self.inner, self.request = inner, request
         self.plan = _Plan(limits, request.attribution, now)
+        self.book = book_key(request.attribution.namespace)
 
     def state_keys(self) -> list[StateKey]:
-        """The defenses' rows, then the call's rate-limit, quota and floor rows."""
-        return [*self.inner.state_keys(), *self.plan.keys()]
+        """The defenses' rows, then the call's rate-limit, quota and floor rows and its namespace's limit book."""
+        return [*self.inner.state_keys(), *self.plan.keys(), self.book]
 
     def apply(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
               now: datetime) -> GuardOutcome:
-        """The defenses' outcome; if they admit, the limits' checks on the final request (module docstring)."""
+        """The defenses' outcome; if they admit, the limits' checks on the final request (module docstring).
+
+        Raises:
+            LimitsChanged: the namespace's limit book is not the one the call's rows were chosen from.
+        """
         outcome = self.inner.apply(states, accounts, now)
         if outcome.verdict is not None:
             return outcome
+        stored = states.get(self.book)
+        if (0 if stored is None else stored.version) != self.plan.book_version:
+            raise LimitsChanged(self.book.key)
         request = outcome.request or self.request
         writes: list[StoredState] = []
         verdict = (self._rates(states, request, now, writes) or self._quotas(states, request, now, writes)

@@ -30,21 +30,26 @@ from comptroller.domain.ledger import (
     ReleaseResult,
     Reservation,
     ReserveRequest,
+    ReserveResult,
     SettleOutcome,
     SettleResult,
     UsageRecord,
 )
+from comptroller.domain.limit_book import LimitBook, LimitsChanged, book_key
 from comptroller.domain.limits import Limits
 from comptroller.domain.pricing import ceiling_mc, cost_mc
 from comptroller.domain.refusals import Refusal
 from comptroller.domain.scopes import Attribution, Level
-from comptroller.domain.state import StoredState
+from comptroller.domain.state import AdmitGuard, StoredState
 from comptroller.domain.usage import Usage
 from comptroller.engine.recount import InputRecount, RecountGuard, RecountNeeded
 from comptroller.notify.sink import FanOut
 from comptroller.ports import Clock, EventSink, LedgerStore, PriceSource
 
 __all__ = ["Admission", "CallRequest", "Engine"]
+
+_BOOK_READS_MAX = 3
+"""Reads of a namespace's limit book one admission makes when it keeps changing (then its error stands)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,13 +215,24 @@ class Engine:
         guard: AdmitDefenses | RecountGuard = AdmitDefenses(self.defenses, facts, self._parsed)
         if recount and call.input_recount is not None and all(map(call.input_recount.covers, requests)):
             guard = RecountGuard(guard, requests[model], list(requests), self._output_floor_mc)
-        result = self.store.reserve(requests[model], now, self.limits.admit(guard, requests[model], now))
+        result = self._reserve(requests[model], now, guard)
         self._publish(result.events)
         held = requests.get(result.reservation.model, requests[model]) if result.reservation else requests[model]
         return Admission(code=result.code, model=held.model, output_tokens_max=held.output_tokens_max,
                          ceiling_mc=held.ceiling_mc, reservation=result.reservation, refusal=result.refusal,
                          verdict=result.verdict, route=_route_taken(route, held.model),
                          remaining_mc=result.remaining_mc)
+
+    def _reserve(self, request: ReserveRequest, now: datetime, guard: AdmitGuard) -> ReserveResult:
+        """Reserve under the limits' guard; when a namespace's limit book changed meanwhile, read it and retry."""
+        for _ in range(_BOOK_READS_MAX):
+            try:
+                return self.store.reserve(request, now, self.limits.admit(guard, request, now))
+            except LimitsChanged as changed:
+                stored = self.store.state(book_key(changed.namespace))
+                book = LimitBook() if stored is None else LimitBook.from_record(stored.record, stored.version)
+                self.limits.refresh(changed.namespace, book)
+        return self.store.reserve(request, now, self.limits.admit(guard, request, now))
 
     def _output_floor_mc(self, request: ReserveRequest, now: datetime) -> int:
         """The least ceiling a recount could give ``request``: its output bound with no input, millicents."""
