@@ -10,16 +10,26 @@ import csv
 import io
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
+import pytest
 from gateway_kit import MODEL, GatewayFactory, Harness, stub_policy
+from loopback import LoopbackServer
+from stub_upstream import StubUpstream
 
+from comptroller.bootstrap import build_engine
+from comptroller.gateway.app import create_app
+from comptroller.gateway.config import GatewayConfig, ProviderConfig
 from comptroller.reports.chargeback import COLUMNS
+from comptroller.storage.keys import SQLiteKeyStore, new_key
+from comptroller.storage.transfer_stores import transfers_from_url
 
 MESSAGES = [{"role": "user", "content": "Hello there."}]
-FEES = {"base_fee_usd": "0.00002", "margin": "0.5", "margin_floor": "0.2"}
+FEES = {"base_fee_usd": "0.00002", "margin": "0.5", "margin_floor": "0.4"}  # margin 1/3 < 0.4: flagged
 
 
 def _client(gw: Harness, key: str) -> httpx.Client:
@@ -81,9 +91,28 @@ def test_usage_from_is_inclusive_and_to_exclusive(make_gateway: GatewayFactory) 
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "from"
 
 
-def test_pnl_in_the_admin_api_uses_the_fee_schedule_and_keeps_tenant_walls(make_gateway: GatewayFactory) -> None:
+@pytest.fixture
+def wallet_gateway(stub: StubUpstream, tmp_path: Path) -> Iterator[Harness]:
+    """A gateway as `serve` builds it with a [fees] policy: the admin API gets the transfer store and margin floor."""
+    stub.control.reset()
+    db, policy = tmp_path / "ledger.db", stub_policy(fees=FEES)
+    engine = build_engine(db_url=f"sqlite:///{db}", policy=policy)
+    keys, transfers = SQLiteKeyStore(db), transfers_from_url(f"sqlite:///{db}")
+    config = GatewayConfig(providers={"stub": ProviderConfig(base_url=stub.base_url)}, models={MODEL: "stub"},
+                           admin_key_env=None)
+    fees = policy.fees.schedule() if policy.fees else None
+    app = create_app(engine=engine, keys=keys, config=config, namespace=policy.namespace, transfers=transfers,
+                     margin_floor=None if fees is None else fees.margin_floor)
+    record, plaintext = new_key(tenant="acme")
+    keys.add(record)
+    with LoopbackServer(app, grace_s=5.0) as server:
+        yield Harness(url=server.url, engine=engine, keys=keys, stub=stub, key=plaintext, server=server)
+    transfers.close()
+
+
+def test_pnl_in_the_admin_api_uses_the_fee_schedule_and_keeps_tenant_walls(wallet_gateway: Harness) -> None:
     """GET /pnl?by=tenant: revenue = the fees of the calls, LLM cost = their cost; a tenant key gets its own row."""
-    gw = make_gateway(stub_policy(fees=FEES))
+    gw = wallet_gateway
     acme_key, _, _ = _traffic(gw)
     records = list(gw.engine.store.usage_records())
     base_mc, margin = 2, Decimal(FEES["margin"])  # $0.00002 = 2 mc
@@ -98,17 +127,25 @@ def test_pnl_in_the_admin_api_uses_the_fee_schedule_and_keeps_tenant_walls(make_
                                                       if r.attribution.tenant == "acme")
         later = (max(r.resolved_at for r in records) + timedelta(seconds=1)).isoformat()
         assert admin.get("/pnl", params={"by": "tenant", "from": later}).json()["rows"] == []
+        flagged = {r["scope"] for r in admin.get("/pnl", params={"by": "agent", "period": "total"}).json()["rows"]
+                   if r["flagged"]}
+        margins = defaultdict(lambda: [0, 0])
+        for r in records:
+            margins[f"test|{r.attribution.tenant}|{r.attribution.agent}"][0] += fee[r.reservation_id]
+            margins[f"test|{r.attribution.tenant}|{r.attribution.agent}"][1] += r.cost_mc
+        assert flagged == {s for s, (rev, cost) in margins.items() if rev - cost < Decimal(FEES["margin_floor"]) * rev}
+        assert flagged  # the stub's calls cost far above the base fee: every agent's margin is 1/3
     with _client(gw, acme_key) as acme:
         own = acme.get("/pnl", params={"by": "agent", "period": "total"}).json()
         assert own["rows"] and all(r["scope"].startswith("test|acme|") for r in own["rows"])
 
 
-def test_pnl_without_a_fee_schedule_says_how_to_get_one(gw: Harness) -> None:
-    """Without [fees] the gateway posts no wallets: GET /pnl is 404 naming the policy section and the CLI."""
+def test_pnl_without_a_wallet_store_says_how_to_get_one(gw: Harness) -> None:
+    """An admin API built without the transfer store answers GET /pnl with 404 naming `comptroller pnl`."""
     with _client(gw, gw.new_key("ops", admin=True)) as admin:
         answer = admin.get("/pnl")
     assert answer.status_code == 404
-    assert "[fees]" in answer.json()["error"]["message"] and "comptroller pnl" in answer.json()["error"]["message"]
+    assert "comptroller pnl" in answer.json()["error"]["message"]
 
 
 def test_usage_csv_has_the_report_columns_and_keeps_tenant_walls(make_gateway: GatewayFactory) -> None:

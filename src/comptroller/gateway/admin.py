@@ -11,7 +11,7 @@ route                                      who     what
                                                    key, conversation, task or model, over a range
 ``GET /usage.csv?by=&from=&to=&tenant=``   both    the same rows as ``comptroller report --by --csv``
 ``GET /report?from=&to=``                  admin   the report ``comptroller report --json`` prints
-``GET /pnl?by=&period=&from=&to=``         both    P&L per agent or tenant (with a ``[fees]`` schedule)
+``GET /pnl?by=&period=&from=&to=``         both    P&L per agent or tenant (the wallet transfers)
 ``GET /keys`` / ``POST /keys``             both /  list keys (never secrets) / create one (the key
                                            admin   is in the answer, once)
 ``DELETE /keys/{key_id}``                  admin   revoke a key
@@ -48,6 +48,7 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
@@ -73,8 +74,8 @@ from comptroller.reports.ledger import ledger_report
 from comptroller.reports.pnl import pnl_document
 from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
 from comptroller.storage.reconcile import idle_budgets
+from comptroller.storage.transfers import TransferStore
 from comptroller.ui.swagger import docs_routes
-from comptroller.wallet_posting import WalletPosting
 
 __all__ = ["admin_app"]
 
@@ -282,6 +283,8 @@ class _Context:
     namespace: str
     ops: Admin
     groups: GroupService
+    transfers: TransferStore | None = None
+    margin_floor: Decimal | None = None
 
 
 def _context(request: Request) -> _Context:
@@ -439,15 +442,16 @@ def report(ctx: Ctx, _: AdminCaller, *, since: Since = None, until: Until = None
 @usage.get("/pnl")
 def pnl(ctx: Ctx, caller: AnyCaller, *, since: Since = None, until: Until = None, by: PnlBy = PnlBy.AGENT,
         period: Period = Period.MONTH) -> dict[str, Any]:
-    """P&L per agent or tenant and period over ``[from, to)`` (the wallets the gateway posts with a ``[fees]``
-    schedule; :func:`comptroller.reports.pnl.pnl_document`); a tenant key gets its own tenant's rows."""
-    wallets = next((h for h in ctx.engine.on_settled if isinstance(h, WalletPosting)), None)
-    if wallets is None:
-        raise _not_found("no P&L: the gateway posts wallets only when its policy has a [fees] schedule; "
-                         "`comptroller pnl --db <ledger>` computes it from the usage log", "by")
-    floor = wallets.fees.margin_floor if wallets.fees is not None else None
-    return pnl_document(wallets.transfers.transfers(), by=by, period=period, window=_range(since, until),
-                        margin_floor=floor, tenant=None if caller.admin else (ctx.namespace, caller.key.tenant))
+    """P&L per agent or tenant and period over ``[from, to)`` from the wallet transfers beside the ledger (posted
+    after each settle with a ``[fees]`` schedule, or by ``comptroller wallet post`` / ``pnl``;
+    :func:`comptroller.reports.pnl.pnl_document`), flagged below the policy's margin floor; a tenant key gets
+    its own tenant's rows."""
+    if ctx.transfers is None:
+        raise _not_found("no P&L: this admin API has no wallet store; `comptroller pnl --db <ledger>` computes "
+                         "it from the usage log", "by")
+    return pnl_document(ctx.transfers.transfers(), by=by, period=period, window=_range(since, until),
+                        margin_floor=ctx.margin_floor,
+                        tenant=None if caller.admin else (ctx.namespace, caller.key.tenant))
 
 
 @api_keys.get("/keys", response_model=list[KeyOut])
@@ -615,17 +619,21 @@ async def _render(request: Request, exc: Exception) -> Response:
 
 
 def admin_app(*, engine: Engine, keys: KeyStore, identity: Identity, namespace: str,
-              groups: GroupService | None = None) -> FastAPI:
+              groups: GroupService | None = None, transfers: TransferStore | None = None,
+              margin_floor: Decimal | None = None) -> FastAPI:
     """The admin API over one engine's ledger, key store and group registry (mount it at ``/admin``).
 
     Args:
         groups: the group registry the gateway dispatches with (default: an empty one).
+        transfers: the wallets' transfer store beside the ledger, for ``GET /pnl`` (None: 404).
+        margin_floor: the policy's ``fees.margin_floor`` (P&L rows below it are flagged; None: none).
     """
     app = FastAPI(title="comptroller admin API", version="1", docs_url=None, redoc_url=None, responses=_ERRORS)
     app.router.routes.extend(docs_routes(app.title))  # /docs with vendored assets (no CDN), / -> /docs
     registry = groups if groups is not None else GroupService(engine=engine, namespace=namespace)
     app.state.admin = _Context(engine=engine, keys=keys, identity=identity, namespace=namespace,
-                               ops=Admin(engine.store, engine.clock), groups=registry)
+                               ops=Admin(engine.store, engine.clock), groups=registry, transfers=transfers,
+                               margin_floor=margin_floor)
     for error in (GatewayError, RequestValidationError, HTTPException):
         app.add_exception_handler(error, _render)
     for router in (budgets, usage, api_keys, defenses, group_chats):

@@ -222,7 +222,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
         Mount("/admin", app=admin_app(engine=engine, keys=identity.keys, identity=identity, namespace=namespace,
-                                      groups=group_service)),
+                                      groups=group_service, transfers=transfers, margin_floor=margin_floor)),
         *ui_routes(engine=engine, keys=identity.keys, namespace=namespace, admin_key=config.admin_key(),  # /ui, /
                    transfers=transfers, margin_floor=margin_floor),
     ]
