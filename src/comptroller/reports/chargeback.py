@@ -111,8 +111,8 @@ class TimeRange:
     def describe(self, basis: str = "settle time") -> str:
         """The range for people: ``2026-03-01T00:00:00+00:00 (inclusive) to ... (exclusive), UTC, by <basis>``."""
         since, until = self.bounds()
-        return (f"{since or 'the first call'} (inclusive) to {until or 'the last call'} (exclusive), UTC, "
-                f"by {basis}")
+        return (f"{f'{since} (inclusive)' if since else 'the first call'} to "
+                f"{f'{until} (exclusive)' if until else 'the last call'}, UTC, by {basis}")
 
 
 ALL_TIME = TimeRange()

@@ -82,7 +82,8 @@ def range_text(report: Report) -> str | None:
     since, until = report.time_range.get("from", ""), report.time_range.get("to", "")
     if not since and not until:
         return None
-    return f"from {since or 'the first call'} (inclusive) to {until or 'the last call'} (exclusive), UTC"
+    return (f"from {f'{since} (inclusive)' if since else 'the first call'} to "
+            f"{f'{until} (exclusive)' if until else 'the last call'}, UTC")
 
 
 REFUSAL_HEADER = ("level", "code", "reason", "calls", "spend prevented")
