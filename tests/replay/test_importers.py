@@ -179,3 +179,22 @@ def test_mixed_files_keep_jsonl_seq(tmp_path: Path) -> None:
     records, _ = load([ours, FIXTURES / "helicone_export.jsonl"])
     assert [r.seq for r in records if r.run_id == "x/r"] == [41]
     assert [r.seq for r in records if r.run_id == "acme/s-9"] == [1, 2]
+
+
+def test_litellm_keys_become_a_key_table_in_the_replay_report(tmp_path: Path) -> None:
+    """LiteLLM logs each call's key hash (``api_key``): replay attributes calls to it and the report, terminal
+    and JSON and HTML, has a cost-by-key table whose calls per key equal the rows' count."""
+    with open(FIXTURES / "litellm_spend_logs.csv", newline="") as f:
+        billed = [r for r in csv.DictReader(f) if r["cache_hit"] != "True" and r["status"] != "failure"]
+    records, _ = load([FIXTURES / "litellm_spend_logs.csv"])
+    assert [r.key_id for r in records] == [r["api_key"] or None for r in sorted(billed, key=lambda r: r["endTime"])]
+    out, html = tmp_path / "report.json", tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["replay", str(FIXTURES / "litellm_spend_logs.csv"), "--json", str(out),
+                                      "--html", str(html)])
+    assert result.exit_code == 0, result.output
+    assert "Cost by API key" in result.output and "Cost by API key" in html.read_text()
+    by_key = {g["key"]: g["calls"] for g in json.loads(out.read_text())["by_key"]}
+    want: dict[str, int] = {}
+    for row in billed:
+        want[row["api_key"] or "-"] = want.get(row["api_key"] or "-", 0) + 1
+    assert by_key == want

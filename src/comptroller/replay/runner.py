@@ -133,7 +133,7 @@ def attribution_for(record: TraceRecord, policy: Policy) -> Attribution:
     agents, phases = policy.label_aliases.get("agent", {}), policy.label_aliases.get("phase", {})
     phase = None if record.phase is None else phases.get(record.phase, record.phase)
     return Attribution(namespace=policy.namespace, tenant=tenant, agent=agents.get(record.agent, record.agent),
-                       conversation=record.run_id, task=record.run_id, phase=phase)
+                       conversation=record.run_id, task=record.run_id, phase=phase, key_id=record.key_id)
 
 
 def _usage(record: TraceRecord) -> Usage:

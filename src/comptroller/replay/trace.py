@@ -1,8 +1,8 @@
 """Reading normalised JSONL traces (the format of ``data/traces/README.md``).
 
 One JSON object per line, one LLM call each. Required fields: ``run_id``, ``ts``,
-``agent``, ``input_tokens``, ``output_tokens``. Optional: ``seq``, ``phase``,
-``model``, ``cache_read_tokens``, ``cache_write_tokens`` (parts of
+``agent``, ``input_tokens``, ``output_tokens``. Optional: ``seq``, ``phase``, ``key_id``
+(the API key the call came with, for spend per key), ``model``, ``cache_read_tokens``, ``cache_write_tokens`` (parts of
 ``input_tokens``, OpenAI convention), and the extras ``x_logged_cost_usd``,
 ``x_max_output_tokens``, ``x_model_resolved``. Other fields are ignored.
 
@@ -46,6 +46,7 @@ class TraceRecord:
         seq: order in the run (1-based; the line number when absent).
         ts: when the response arrived (aware UTC).
         agent, phase: who made the call, and the phase label.
+        key_id: the API key the call came with (an id or a hash, never a secret), or None.
         model: the recorded model label, or None.
         model_resolved: ``x_model_resolved``, the API model worked out from evidence.
         input_tokens, output_tokens, cache_read_tokens, cache_write_tokens: tokens.
@@ -62,6 +63,7 @@ class TraceRecord:
     ts: datetime
     agent: str
     phase: str | None
+    key_id: str | None
     model: str | None
     model_resolved: str | None
     input_tokens: int
@@ -119,7 +121,7 @@ def _cost(obj: dict[str, Any]) -> Decimal | None:
     return Decimal(str(value))
 
 
-_FIELDS = ("run_id", "ts", "agent", "phase", "model", "x_model_resolved", "input_tokens", "output_tokens",
+_FIELDS = ("run_id", "ts", "agent", "phase", "key_id", "model", "x_model_resolved", "input_tokens", "output_tokens",
            "cache_read_tokens", "cache_write_tokens", "x_logged_cost_usd", "x_max_output_tokens", "seq")
 
 
@@ -130,7 +132,7 @@ def _parse_field(obj: dict[str, Any], name: str) -> Any:
         return _cost(obj)
     if name in ("run_id", "agent"):
         return _str(obj, name, required=True)
-    if name in ("phase", "model", "x_model_resolved"):
+    if name in ("phase", "key_id", "model", "x_model_resolved"):
         return _str(obj, name, required=False)
     return _int(obj, name, required=name in ("input_tokens", "output_tokens"))
 
@@ -172,7 +174,8 @@ def parse_object(obj: dict[str, Any], path: str, line: int) -> TraceRecord:
                          "input_tokens must include cached tokens")
     return TraceRecord(
         path=path, line=line, run_id=values["run_id"], seq=values["seq"] if values["seq"] is not None else line,
-        ts=values["ts"], agent=values["agent"], phase=values["phase"], model=values["model"],
+        ts=values["ts"], agent=values["agent"], phase=values["phase"], key_id=values["key_id"],
+        model=values["model"],
         model_resolved=values["x_model_resolved"], input_tokens=values["input_tokens"],
         output_tokens=values["output_tokens"], cache_read_tokens=values["cache_read_tokens"] or 0,
         cache_write_tokens=values["cache_write_tokens"] or 0, logged_cost_usd=values["x_logged_cost_usd"],

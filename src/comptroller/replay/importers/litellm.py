@@ -17,6 +17,7 @@ cache reads and writes, and ``metadata.usage_object`` keeps the details
 | conversation (``run_id`` after ``/``) | ``session_id``, else ``request_id`` (a call of its own) |
 | ``agent`` | ``agent_id``, else ``end_user`` (the ``user`` a client passed), else ``litellm`` |
 | ``phase`` | ``call_type`` (``acompletion``, ``aembedding`` ...) |
+| ``key_id`` | ``api_key``: the proxy stores the key's hash there, never the key |
 | ``model`` / ``x_model_group`` | ``model`` (its ``provider/`` prefix dropped) / ``model_group`` |
 | ``x_logged_cost_usd`` | ``spend``: LiteLLM's own cost, for reconciliation |
 | ``ts`` | ``endTime`` |
@@ -84,6 +85,7 @@ def calls(row: Row) -> list[Row]:
         "ts": iso_utc(first(row, "endTime", "startTime"), "endTime"),
         "agent": as_str(row.get("agent_id")) or as_str(row.get("end_user")) or "litellm",
         "phase": as_str(row.get("call_type")),
+        "key_id": as_str(row.get("api_key")),
         "model": _model(row),
         "input_tokens": input_tokens_total(prompt, cache_read, cache_write, excludes_cache=False),
         "output_tokens": as_int(row.get("completion_tokens"), "completion_tokens") or 0,
