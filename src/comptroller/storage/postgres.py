@@ -49,15 +49,15 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import errors, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide, remaining_after
+from comptroller.domain import escrow
+from comptroller.domain.admission import account_keys, decide, remaining_after
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import Verdict
@@ -73,15 +73,40 @@ from comptroller.domain.ledger import (
     UsageRecord,
     check_ttl_s,
 )
-from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.scopes import Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
 from comptroller.errors import LedgerUnavailableError
+from comptroller.storage import postgres_escrow as pe
 from comptroller.storage.keys import ApiKey, key_id, match_key
 from comptroller.storage.migrations import check_version
+from comptroller.storage.postgres_rows import (
+    ACCOUNT_ROW,
+    BUDGET_COLS,
+    KEY_COLS,
+    RES_COLS,
+    RES_N,
+    USAGE_COLS,
+    Conn,
+    alerts_crossed,
+    api_key_of,
+    budget_of,
+    event_row,
+    insert_events,
+    key_columns,
+    record_of,
+    redact,
+    reservation_of,
+    rollback,
+    scalar,
+    split_url,
+    state_of,
+    usage_row,
+    why_not,
+    write_state,
+)
 from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import (
-    alert_event,
     corrected_record,
     new_reservation,
     refusal_event,
@@ -90,10 +115,9 @@ from comptroller.storage.rows import (
     unknown_outcome_record,
 )
 
-__all__ = ["PostgresKeyStore", "PostgresStore"]
+__all__ = ["PostgresKeyStore", "PostgresStore", "redact", "split_url"]
 
 _T = TypeVar("_T")
-Conn = psycopg.Connection[TupleRow]
 
 _ATTEMPTS = 12
 _SWEEP_BATCH = 500
@@ -102,49 +126,54 @@ _CACHE_ENTRIES_MAX = 100_000
 # first new connection could come many seconds late (issue 12: 11 s and 25 s). Giving up a retry
 # series after 2 s lets the next waiting call start a fresh attempt at once instead.
 _RECONNECT_TIMEOUT_S = 2.0
-_POOL_PARAMS = {"pool_min_size": "min_size", "pool_max_size": "max_size", "pool_timeout_s": "timeout_s"}
+_SHARDED_LEVELS = frozenset({Level.NAMESPACE, Level.TENANT})
 
-_BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
-_RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
-             "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent, "
-             "conversation_shared, key_id")
-_RES_N = 19
-"""How many columns ``_RES_COLS`` names (``_SETTLE_READ``'s due flag and accounts follow them)."""
-_USAGE_COLS = ("reservation_id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, "
-               "reserved_at, resolved_at, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-               "cache_write_1h_tokens, cost_mc, ceiling_mc, outcome, conversation_shared, key_id")
-_ACCOUNT_COLS = "id, budget_id, scope, period_key, settled_mc, reserved_mc, alert_pct_fired"
-_LOCK_ACCOUNTS_BY_KEY = (
-    f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE (budget_id, scope, period_key) IN "
-    "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) ORDER BY id FOR UPDATE")
-_SETTLE_WRITE = (
-    "WITH charged AS (UPDATE accounts SET settled_mc = settled_mc + %s, reserved_mc = reserved_mc - %s, "
-    "alert_pct_fired = coalesce(f.pct, alert_pct_fired) FROM unnest(%s::bigint[]) AS t(id) "
-    "LEFT JOIN unnest(%s::bigint[], %s::integer[]) AS f(id, pct) ON f.id = t.id WHERE accounts.id = t.id), "
-    f"logged AS (INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 21)})) "
-    "UPDATE reservations SET state = 'settled' WHERE id = %s")
+_BY_ID = "a.id = ANY(%s)"
+_BY_KEY = "(a.budget_id, a.scope, a.period_key) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
+_LOCK_ACCOUNTS = f"{pe.ACCOUNT_SELECT} WHERE {{}} AND (a.shards = 0 OR %s) ORDER BY a.id FOR UPDATE OF a"
+"""The call's accounts locked (ascending id): the unsharded ones, and the sharded ones too when the flag is on."""
+_READ_SHARDED = f"{pe.ACCOUNT_SELECT} WHERE {{}} AND a.shards > 0 AND NOT %s"
+"""The call's sharded accounts with their totals, not locked (the fast path)."""
+_INSERT_HOLD = (f"INSERT INTO reservations ({RES_COLS}, shard_ids) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s, {})")
+_SETTLE_WRITE = (f"WITH logged AS (INSERT INTO usage_log ({USAGE_COLS}) VALUES ({', '.join(['%s'] * 21)})) "
+                 "UPDATE reservations SET state = 'settled' WHERE id = %s")
 _CORRECT_WRITE = (
-    "WITH charged AS (UPDATE accounts SET settled_mc = settled_mc + %s, "
-    "alert_pct_fired = coalesce(f.pct, alert_pct_fired) FROM unnest(%s::bigint[]) AS t(id) "
-    "LEFT JOIN unnest(%s::bigint[], %s::integer[]) AS f(id, pct) ON f.id = t.id WHERE accounts.id = t.id), "
-    "logged AS (UPDATE usage_log SET resolved_at = %s, input_tokens = %s, output_tokens = %s, "
+    "WITH logged AS (UPDATE usage_log SET resolved_at = %s, input_tokens = %s, output_tokens = %s, "
     "cache_read_tokens = %s, cache_write_tokens = %s, cache_write_1h_tokens = %s, cost_mc = %s, outcome = %s "
     "WHERE reservation_id = %s) UPDATE reservations SET state = 'settled' WHERE id = %s")
 """Correct an ``unknown_outcome`` ceiling charge to the real cost (its one usage row rewritten)."""
+_FIRE_ALERTS = ("UPDATE accounts SET alert_pct_fired = f.pct FROM unnest(%s::bigint[], %s::integer[]) AS f(id, pct) "
+                "WHERE accounts.id = f.id")
 _LOCK_STATES = ("SELECT kind, key, version, record FROM states WHERE (kind, key) IN "
                 "(SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind, key FOR UPDATE")
 _DUE = "EXISTS (SELECT 1 FROM reservations WHERE state = 'pending' AND expires_at <= %s)"
 _RESERVE_READ = (f"SELECT m.*, a.* FROM (SELECT (SELECT value FROM meta WHERE key = 'budgets_version'), {_DUE}, "
                  "(SELECT id FROM reservations WHERE idempotency_key = %s)) AS m(version, due, existing) "
                  "LEFT JOIN LATERAL ({}) AS a ON true")
-"""The budgets version, a due lease, a known key, then the call's accounts locked (one row each, or one empty)."""
+"""The budgets version, a due lease, a known key, then the call's accounts (one row each, or one empty)."""
+_SETTLE_ACCOUNTS = ("SELECT x.*, b.id, b.level, b.scope, b.period, b.timezone, b.limit_mc, b.alerts FROM "
+                    f"({pe.ACCOUNT_SELECT} WHERE {{}} ORDER BY a.id {{}}) AS x "
+                    "LEFT JOIN budgets b ON b.id = x.budget_id ORDER BY x.id")
 _SETTLE_READ = (
-    f"SELECT r.*, x.* FROM (SELECT {_RES_COLS}, {_DUE} FROM reservations WHERE id = %s FOR UPDATE) AS r "
-    "LEFT JOIN LATERAL (SELECT a.id, a.budget_id, a.scope, a.period_key, a.settled_mc, a.reserved_mc, "
-    "a.alert_pct_fired, b.id, b.level, b.scope, b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a "
-    "LEFT JOIN budgets b ON b.id = a.budget_id WHERE a.id = ANY(r.account_ids) ORDER BY a.id FOR UPDATE OF a) "
-    "AS x ON true")
-"""The reservation locked, a due lease, then its accounts locked with their budgets (ascending id)."""
+    f"SELECT r.*, x.* FROM (SELECT {RES_COLS}, {_DUE}, shard_ids FROM reservations WHERE id = %s FOR UPDATE) AS r "
+    "LEFT JOIN LATERAL ({}) AS x ON true".format(
+        _SETTLE_ACCOUNTS.format("a.id = ANY(r.account_ids) AND a.shards = 0", "FOR UPDATE OF a")))
+"""The reservation locked, a due lease, where its money sits, then its unsharded accounts locked with their budgets
+(ascending id)."""
+_SETTLE_SHARDED = _SETTLE_ACCOUNTS.format(
+    "a.id = ANY((SELECT account_ids FROM reservations WHERE id = %s)::bigint[]) AND a.shards > 0", "")
+"""A reservation's sharded accounts with their totals and budgets, not locked."""
+
+
+class _Found(NamedTuple):
+    """A locked reservation: whether its lease is due, its accounts (in its order, with totals and budgets), and
+    where its money sits on each."""
+
+    reservation: Reservation
+    due: bool
+    accounts: list[TupleRow]
+    holds: list[pe.Move]
 
 
 class _RetryError(Exception):
@@ -157,6 +186,8 @@ class _Attempt:
 
     commit_sent: bool = False
     swept: bool = False
+    slow: bool = False
+    """Lock the call's sharded accounts and their shards (a shard ran dry, or their caps are stale)."""
 
 
 @dataclass
@@ -165,78 +196,6 @@ class _Budgets:
 
     version: int | None = None
     by_scope: dict[tuple[str, str], tuple[Budget, ...]] = field(default_factory=dict)
-
-
-def _budget(row: Sequence[Any]) -> Budget:
-    return Budget(level=Level(row[1]), scope=row[2], period=row[3], timezone=row[4], limit_mc=row[5],
-                  alert_thresholds_pct=tuple(json.loads(row[6])))
-
-
-def _attribution(row: Sequence[Any], *, shared: bool = False, key_id: str | None = None) -> Attribution:
-    """An attribution from its six columns; ``shared``: its conversation is a registered shared group;
-    ``key_id``: the API key the call came with."""
-    return Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3], task=row[4],
-                       phase=row[5], conversation_shared=shared, key_id=key_id)
-
-
-def _reservation(row: Sequence[Any]) -> Reservation:
-    return Reservation(
-        id=row[0], idempotency_key=row[1], attribution=_attribution(row[2:8], shared=bool(row[17]), key_id=row[18]),
-        model=row[8],
-        ceiling_mc=row[9], input_tokens_max=row[10], output_tokens_max=row[11],
-        created_at=row[12], expires_at=row[13], state=ReservationState(row[14]), sent=bool(row[16]))
-
-
-def _record(row: Sequence[Any]) -> UsageRecord:
-    return UsageRecord(
-        reservation_id=row[0], idempotency_key=row[1], model=row[8],
-        attribution=_attribution(row[2:8], shared=bool(row[19]), key_id=row[20]),
-        reserved_at=row[9], resolved_at=row[10], usage=Usage(row[11], row[12], row[13], row[14], row[15]),
-        cost_mc=row[16], ceiling_mc=row[17], outcome=row[18])
-
-
-def _state(row: Sequence[Any]) -> StoredState:
-    return StoredState(StateKey(row[0], row[1]), int(row[2]), row[3])
-
-
-def _event_row(e: Event) -> tuple[Any, ...]:
-    return (e.ts, e.kind, e.code, e.level, e.scope, json.dumps(e.detail, sort_keys=True))
-
-
-def _key_columns(keys: Sequence[StateKey]) -> tuple[list[str], list[str]]:
-    ordered = sorted(set(keys))
-    return [k.kind for k in ordered], [k.key for k in ordered]
-
-
-def split_url(url: str) -> tuple[str, dict[str, float]]:
-    """Separate the pool options (``pool_min_size``, ``pool_max_size``, ``pool_timeout_s``) from a libpq URL.
-
-    Returns:
-        The URL without them, and the options found (as numbers).
-
-    Raises:
-        ValueError: on a pool option that is not a number.
-    """
-    parts = urlsplit(url)
-    kept, options = [], {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _POOL_PARAMS:
-            try:
-                options[_POOL_PARAMS[name]] = float(value)
-            except ValueError:
-                raise ValueError(f"{name} in the ledger URL must be a number, got {value!r}") from None
-        else:
-            kept.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), options
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class PostgresStore:
@@ -258,6 +217,11 @@ class PostgresStore:
             ``synchronous_commit = off``: a crash of the database server (not a restart)
             may then lose the last fraction of a second of commits, never corrupt them
             (PostgreSQL docs, "Asynchronous Commit"). For tests and benchmarks of CPU cost.
+        escrow_shards: how many escrow shards a new namespace or tenant account gets
+            (:mod:`comptroller.domain.escrow`; 0 or 1: none, every reserve locks the
+            account row). The count is kept in the account, so replicas configured
+            differently still agree on it. BENCHMARKS.md ("PostgreSQL") has the measurement
+            behind the default.
 
     Raises:
         SchemaVersionError: if the schema is behind (run ``comptroller db upgrade``) or ahead.
@@ -266,7 +230,10 @@ class PostgresStore:
 
     def __init__(self, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 16,
                  timeout_s: float = 5.0, connect_timeout_s: float = 5.0, lock_timeout_s: float = 10.0,
-                 statement_timeout_s: float = 30.0, durable: bool = True) -> None:
+                 statement_timeout_s: float = 30.0, durable: bool = True, escrow_shards: int = 16) -> None:
+        if not 0 <= escrow_shards <= escrow.SHARDS_MAX:
+            raise ValueError(f"escrow_shards must be in 0..{escrow.SHARDS_MAX}, got {escrow_shards}")
+        self._shards = escrow_shards if escrow_shards > 1 else 0
         conninfo, options = split_url(url)
         self.where = redact(conninfo) + (f" (schema {schema})" if schema else "")
         self._timeout_s = options.get("timeout_s", timeout_s)
@@ -291,7 +258,7 @@ class PostgresStore:
             self._run(lambda conn, _: check_version(conn, self.where))
         except LedgerUnavailableError as exc:
             self._pool.close()
-            raise LedgerUnavailableError(f"{exc} ({_why_not(conninfo, connect_timeout_s)})") from exc
+            raise LedgerUnavailableError(f"{exc} ({why_not(conninfo, connect_timeout_s)})") from exc
         except BaseException:
             self._pool.close()
             raise
@@ -332,7 +299,7 @@ class PostgresStore:
                     try:
                         return op(conn, attempt)
                     except (_RetryError, errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected):
-                        _rollback(conn)
+                        rollback(conn)
             except PoolTimeout as exc:
                 raise self._unavailable(exc) from exc
             except (errors.LockNotAvailable, errors.QueryCanceled) as exc:
@@ -366,7 +333,7 @@ class PostgresStore:
         """Create or replace a budget (every replica sees it in its next reserve)."""
         row = (budget.id, str(budget.level), budget.scope, str(budget.period), budget.timezone, budget.limit_mc,
                json.dumps(list(budget.alert_thresholds_pct)))
-        self._write(f"INSERT INTO budgets ({_BUDGET_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        self._write(f"INSERT INTO budgets ({BUDGET_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                    "ON CONFLICT (id) DO UPDATE SET level = excluded.level, scope = excluded.scope, "
                    "period = excluded.period, timezone = excluded.timezone, limit_mc = excluded.limit_mc, "
                    "alerts = excluded.alerts RETURNING id", row)
@@ -377,7 +344,7 @@ class PostgresStore:
 
     def budgets(self) -> list[Budget]:
         """Every budget, ordered by id."""
-        return [_budget(r) for r in self._read(f"SELECT {_BUDGET_COLS} FROM budgets ORDER BY id")]
+        return [budget_of(r) for r in self._read(f"SELECT {BUDGET_COLS} FROM budgets ORDER BY id")]
 
     def _candidates(self, conn: Conn, scopes: Sequence[tuple[Level, str]]) -> tuple[int, list[Budget]]:
         """The budgets set on the call's scopes or their level's ``*`` default, and the version they are from."""
@@ -395,13 +362,13 @@ class PostgresStore:
         """Read the budgets of ``pairs`` and their version (on the operation's connection), and cache them."""
         with conn.pipeline():
             seen = conn.execute("SELECT value FROM meta WHERE key = 'budgets_version'")
-            found = conn.execute(f"SELECT {_BUDGET_COLS} FROM budgets WHERE (level, scope) IN "
+            found = conn.execute(f"SELECT {BUDGET_COLS} FROM budgets WHERE (level, scope) IN "
                                  "(SELECT * FROM unnest(%s::text[], %s::text[]))",
                                  ([p[0] for p in pairs], [p[1] for p in pairs]))
-        version, rows = int(_scalar(seen) or 0), found.fetchall()
+        version, rows = int(scalar(seen) or 0), found.fetchall()
         grouped: dict[tuple[str, str], list[Budget]] = {p: [] for p in pairs}
         for row in rows:
-            grouped.setdefault((row[1], row[2]), []).append(_budget(row))
+            grouped.setdefault((row[1], row[2]), []).append(budget_of(row))
         loaded = {k: tuple(v) for k, v in grouped.items()}
         with self._budgets_lock:
             cache = self._budgets
@@ -457,39 +424,36 @@ class PostgresStore:
         """Resolve a batch of due leases: a sent one is charged its ceiling (``unknown_outcome``), another returns."""
         conn.execute("BEGIN")
         rows = conn.execute(
-            f"SELECT {_RES_COLS} FROM reservations WHERE state = 'pending' AND expires_at <= %s "
+            f"SELECT {RES_COLS}, shard_ids FROM reservations WHERE state = 'pending' AND expires_at <= %s "
             "ORDER BY expires_at, id LIMIT %s FOR UPDATE SKIP LOCKED", (now, _SWEEP_BATCH)).fetchall()
         if not rows:
             conn.execute("COMMIT")
             return 0
-        due = [_reservation(r) for r in rows]
-        account_ids = {r[0]: r[15] for r in rows}
-        returned: dict[int, int] = {}
-        charged: dict[int, int] = {}
-        for reservation in due:
-            for account_id in account_ids[reservation.id]:
-                returned[account_id] = returned.get(account_id, 0) + reservation.ceiling_mc
-                charged[account_id] = charged.get(account_id, 0) + (reservation.ceiling_mc if reservation.sent else 0)
-        ids = sorted(returned)
+        due = [reservation_of(r) for r in rows]
+        moves: dict[pe.Move, tuple[int, int]] = {}
+        for reservation, row in zip(due, rows, strict=True):
+            charged = reservation.ceiling_mc if reservation.sent else 0
+            for where in _holds(row[15], row[RES_N]):
+                settled, reserved = moves.get(where, (0, 0))
+                moves[where] = (settled + charged, reserved - reservation.ceiling_mc)
+        rows_ids = sorted({i for i, shard in moves if shard < 0})
         sent = [r for r in due if r.sent]
         with conn.pipeline():
-            conn.execute("SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
-            conn.execute("UPDATE accounts SET reserved_mc = reserved_mc - d.mc, settled_mc = settled_mc + d.charged "
-                         "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS d(id, mc, charged) "
-                         "WHERE accounts.id = d.id", (ids, [returned[i] for i in ids], [charged[i] for i in ids]))
+            conn.execute("SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (rows_ids,))
+            pe.apply(conn, moves)
             conn.execute("UPDATE reservations SET state = CASE WHEN sent THEN 'unknown_outcome' ELSE 'expired' END "
                          "WHERE id = ANY(%s)", ([r.id for r in due],))
             if sent:
-                conn.cursor().executemany(f"INSERT INTO usage_log ({_USAGE_COLS}) VALUES ({', '.join(['%s'] * 21)})",
-                                          [_usage_row(unknown_outcome_record(r, now)) for r in sent])
-            _insert_events(conn, [unknown_outcome_event(r, now) for r in sent])
+                conn.cursor().executemany(f"INSERT INTO usage_log ({USAGE_COLS}) VALUES ({', '.join(['%s'] * 21)})",
+                                          [usage_row(unknown_outcome_record(r, now)) for r in sent])
+            insert_events(conn, [unknown_outcome_event(r, now) for r in sent])
             conn.execute("COMMIT")
         return len(due)
 
     def _sweep_first(self, conn: Conn, attempt: _Attempt, now: datetime) -> None:
         """A lease is due: roll back, sweep in a transaction of its own, and retry (once per operation)."""
         if not attempt.swept:
-            _rollback(conn)
+            rollback(conn)
             self._sweep(conn, now)
             attempt.swept = True
             raise _RetryError
@@ -509,11 +473,13 @@ class PostgresStore:
             version, candidates = self._candidates(conn, scopes)
             keys = account_keys(scopes, candidates, now)
             wanted = [(b.id, s, p) for b, s, p in keys]
-            lock, lock_params = self._lock_accounts(wanted)
+            where, params = self._account_filter(wanted)
             with conn.pipeline():
                 conn.execute("BEGIN")
-                first = conn.execute(_RESERVE_READ.format(lock), (now, request.idempotency_key, *lock_params))
-                states = conn.execute(_LOCK_STATES, _key_columns(state_keys)) if state_keys else None
+                first = conn.execute(_RESERVE_READ.format(_LOCK_ACCOUNTS.format(where)),
+                                     (now, request.idempotency_key, *params, attempt.slow))
+                sharded = conn.execute(_READ_SHARDED.format(where), (*params, attempt.slow))
+                states = conn.execute(_LOCK_STATES, key_columns(state_keys)) if state_keys else None
             rows = first.fetchall()
             seen, due, existing_id = rows[0][:3]
             if seen != version:
@@ -522,38 +488,56 @@ class PostgresStore:
             if due:
                 self._sweep_first(conn, attempt, now)
             if existing_id is not None:
-                row = conn.execute(f"SELECT {_RES_COLS} FROM reservations WHERE id = %s", (existing_id,)).fetchone()
-                _rollback(conn)
-                if row is None:
-                    raise _RetryError
-                found = _reservation(row)
-                if request.same_request(found):
-                    return ReserveResult(Code.ALREADY_RESERVED, reservation=found)
-                return ReserveResult(Code.IDEMPOTENCY_CONFLICT)
-            by_key = self._learn_accounts([row[3:] for row in rows if row[3] is not None])
+                return self._known_key(conn, request, existing_id)
+            by_key = self._learn_accounts([row[3:] for row in rows if row[3] is not None] + sharded.fetchall())
             if len(by_key) < len(set(wanted)):
-                _rollback(conn)
+                rollback(conn)
                 missing = sorted(set(wanted) - set(by_key))
                 with self._budgets_lock:  # a remembered id may be gone (a restored or truncated ledger)
                     for key in missing:
                         self._account_ids.pop(key, None)
-                self._create_accounts(conn, missing)
+                levels = {(b.id, s, p): b.level for b, s, p in keys}
+                pe.create_accounts(conn, missing, [self._shards if levels[k] in _SHARDED_LEVELS else 0
+                                                   for k in missing])
                 raise _RetryError
-            views = [AccountView(b, s, p, *by_key[(b.id, s, p)][4:7]) for b, s, p in keys]
-            ids = [by_key[k][0] for k in wanted]
-            read = {} if states is None else {StateKey(r[0], r[1]): _state(r) for r in states.fetchall()}
-            return self._admit(conn, attempt, request, now, guard=guard, views=views, ids=ids, read=read)
+            read = {} if states is None else {StateKey(r[0], r[1]): state_of(r) for r in states.fetchall()}
+            held = [by_key[k] for k in wanted]
+            locked: dict[int, list[escrow.Shard]] = {}
+            if attempt.slow:
+                locked = pe.lock_shards(conn, [r[0] for r in held if r[pe.ACCOUNT_SHARDS] > 0])
+                held = [_with_shards(r, locked.get(r[0])) for r in held]
+            elif any(r[pe.ACCOUNT_SHARDS] > 0 and r[pe.ACCOUNT_SHARDS + 1] != b.limit_mc
+                     for r, (b, _, _) in zip(held, keys, strict=True)):
+                rollback(conn)  # a limit changed since the caps were split: rebalance under the account's lock
+                attempt.slow = True
+                raise _RetryError
+            views = [AccountView(b, s, p, *r[4:7]) for r, (b, s, p) in zip(held, keys, strict=True)]
+            starts = [escrow.shard_order(request.idempotency_key, r[pe.ACCOUNT_SHARDS])[0]
+                      if r[pe.ACCOUNT_SHARDS] > 0 else -1 for r in held]
+            return self._admit(conn, attempt, request, now, guard=guard, views=views, ids=[r[0] for r in held],
+                               read=read, starts=starts, locked=locked)
 
         return self._run(op)
 
-    def _lock_accounts(self, wanted: Sequence[tuple[str, str, str]]) -> tuple[str, tuple[Any, ...]]:
-        """The query locking the call's accounts, ascending id (by id when all are known, else by key), and its
-        parameters."""
+    @staticmethod
+    def _known_key(conn: Conn, request: ReserveRequest, existing_id: str) -> ReserveResult:
+        """The answer to a reserve whose idempotency key a reservation already has."""
+        row = conn.execute(f"SELECT {RES_COLS} FROM reservations WHERE id = %s", (existing_id,)).fetchone()
+        rollback(conn)
+        if row is None:
+            raise _RetryError
+        found = reservation_of(row)
+        if request.same_request(found):
+            return ReserveResult(Code.ALREADY_RESERVED, reservation=found)
+        return ReserveResult(Code.IDEMPOTENCY_CONFLICT)
+
+    def _account_filter(self, wanted: Sequence[tuple[str, str, str]]) -> tuple[str, tuple[Any, ...]]:
+        """The condition naming the call's accounts (by id when all are known, else by key), and its parameters."""
         with self._budgets_lock:
             ids = [self._account_ids.get(k) for k in wanted]
         if all(i is not None for i in ids):
-            return f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,)
-        return _LOCK_ACCOUNTS_BY_KEY, ([k[0] for k in wanted], [k[1] for k in wanted], [k[2] for k in wanted])
+            return _BY_ID, (ids,)
+        return _BY_KEY, ([k[0] for k in wanted], [k[1] for k in wanted], [k[2] for k in wanted])
 
     def _learn_accounts(self, rows: Sequence[TupleRow]) -> dict[tuple[str, str, str], TupleRow]:
         """Account rows by key; their ids are remembered (an account never changes id or goes away)."""
@@ -564,17 +548,15 @@ class PostgresStore:
             self._account_ids.update((k, r[0]) for k, r in by_key.items())
         return by_key
 
-    @staticmethod
-    def _create_accounts(conn: Conn, keys: Sequence[tuple[str, str, str]]) -> None:
-        """Insert empty accounts (sorted, in a transaction of their own: it holds no other lock)."""
-        conn.execute("INSERT INTO accounts (budget_id, scope, period_key) SELECT * FROM unnest(%s::text[], "
-                     "%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
-                     ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]))
-
     def _admit(self, conn: Conn, attempt: _Attempt, request: ReserveRequest, now: datetime, *,
                guard: AdmitGuard | None, views: list[AccountView], ids: list[int],
-               read: dict[StateKey, StoredState]) -> ReserveResult:
-        """Decide with the locked rows, then write and commit in one round trip."""
+               read: dict[StateKey, StoredState], starts: list[int], locked: dict[int, list[escrow.Shard]]
+               ) -> ReserveResult:
+        """Decide with the read rows, then write and commit in one round trip.
+
+        ``starts``: per account, the shard its hold tries first (-1: the row); ``locked``: the shards of
+        the sharded accounts when they are locked (the slow path), which are rebalanced before the hold.
+        """
         outcome = GuardOutcome()
         if guard is not None:
             outcome = guard.apply(read, views, now)
@@ -589,34 +571,46 @@ class PostgresStore:
             event = refusal_event(verdict, request, now)
             self._commit(conn, attempt, GuardOutcome(events=(event,)), read)
             return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal, verdict=verdict, events=(event,))
+        plans = _rebalanced(request.ceiling_mc, views, ids, starts, locked)
         reservation = new_reservation(uuid.uuid4().hex, request, now)
         a = request.attribution
 
         def hold() -> None:
-            conn.execute(
-                "WITH held AS (UPDATE accounts SET reserved_mc = reserved_mc + %s WHERE id = ANY(%s)) "
-                f"INSERT INTO reservations ({_RES_COLS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s)",
-                (request.ceiling_mc, ids, reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent,
-                 a.conversation, a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
-                 request.output_tokens_max, now, reservation.expires_at, ids, request.sends, a.conversation_shared,
-                 a.key_id))
+            pe.write_caps(conn, plans)
+            conn.execute(_INSERT_HOLD.format(pe.HOLD_VALUE), (
+                reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation, a.task,
+                a.phase, request.model, request.ceiling_mc, request.input_tokens_max, request.output_tokens_max, now,
+                reservation.expires_at, ids, request.sends, a.conversation_shared, a.key_id, ids, starts,
+                request.ceiling_mc))
 
-        self._commit(conn, attempt, outcome, read, hold)
+        try:
+            self._commit(conn, attempt, outcome, read, hold)
+        except errors.RaiseException as exc:
+            if not pe.is_dry(exc):
+                raise
+            rollback(conn)  # nothing was committed: rebalance under the accounts' locks and hold again
+            attempt.slow = True
+            raise _RetryError from exc
         return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
                              remaining_mc=remaining_after(request.ceiling_mc, views))
 
     def _commit(self, conn: Conn, attempt: _Attempt, outcome: GuardOutcome, read: Mapping[StateKey, StoredState],
                 writes: Callable[[], None] | None = None) -> None:
-        """Send the ledger writes, the guard's state writes and events, and ``COMMIT``, in one round trip."""
+        """Send the guard's state writes and events, the ledger writes, and ``COMMIT``, in one round trip.
+
+        The ledger writes go last, so when ``escrow_hold`` finds every shard dry only ``COMMIT`` follows
+        the error, and it is never a prepared statement: psycopg 3.3 counts a statement it prepares
+        inside a pipeline as prepared even when an earlier error made the server skip it, and its
+        next use then fails ("prepared statement ... does not exist").
+        """
         attempt.commit_sent = True
         with conn.pipeline():
+            for state in sorted(outcome.writes, key=lambda s: s.key):
+                write_state(conn, state, read.get(state.key))
+            insert_events(conn, outcome.events)
             if writes is not None:
                 writes()
-            for state in sorted(outcome.writes, key=lambda s: s.key):
-                _write_state(conn, state, read.get(state.key))
-            _insert_events(conn, outcome.events)
-            conn.execute("COMMIT")
+            conn.execute("COMMIT", prepare=False)
 
     # settle and release --------------------------------------------------------------------------
 
@@ -631,30 +625,31 @@ class PostgresStore:
         def op(conn: Conn, attempt: _Attempt) -> SettleResult:
             found = self._lock_reservation(conn, attempt, reservation_id, now)
             if found is None:
-                _rollback(conn)
+                rollback(conn)
                 return SettleResult(Code.RESERVATION_NOT_FOUND)
-            reservation, due, _ = found
+            reservation, due = found.reservation, found.due
             if reservation.state is ReservationState.SETTLED:
-                usage_row = conn.execute(f"SELECT {_USAGE_COLS} FROM usage_log WHERE reservation_id = %s",
+                usage_row = conn.execute(f"SELECT {USAGE_COLS} FROM usage_log WHERE reservation_id = %s",
                                          (reservation_id,)).fetchone()
-                _rollback(conn)
-                return SettleResult(Code.ALREADY_SETTLED, None if usage_row is None else _record(usage_row))
+                rollback(conn)
+                return SettleResult(Code.ALREADY_SETTLED, None if usage_row is None else record_of(usage_row))
             record, events = self._resolve(conn, attempt, found, usage, cost_mc=cost_mc, now=now, guard=guard)
             late = reservation.state is not ReservationState.PENDING or due
             return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record, events)
 
         return self._run(op)
 
-    def _resolve(self, conn: Conn, attempt: _Attempt, found: tuple[Reservation, bool, list[TupleRow]],
-                 usage: Usage | None, *, cost_mc: int, now: datetime, guard: SettleGuard | None
-                 ) -> tuple[UsageRecord, tuple[Event, ...]]:
+    def _resolve(self, conn: Conn, attempt: _Attempt, found: _Found, usage: Usage | None, *, cost_mc: int,
+                 now: datetime, guard: SettleGuard | None) -> tuple[UsageRecord, tuple[Event, ...]]:
         """Charge a locked reservation ``cost_mc`` (``usage`` None: a release of a sent call, zero) and commit.
 
         A pending reservation gets its usage row; an ``unknown_outcome`` one has its ceiling charge
         corrected (its row rewritten); a sent one whose lease is due is first charged its ceiling as
-        the sweep would have done (its event), then corrected in the same transaction.
+        the sweep would have done (its event), then corrected in the same transaction. The money
+        moves on the rows or shards the hold names; a charge past the hold (a ceiling miss, a late
+        settle) rebalances the sharded accounts in the same transaction (:func:`escrow.rebalance`).
         """
-        reservation, due, accounts = found
+        reservation, due, accounts, holds = found
         unknown = reservation.state is ReservationState.UNKNOWN_OUTCOME
         swept = [unknown_outcome_event(reservation, now)] if due and reservation.sent else []
         if unknown:
@@ -666,21 +661,32 @@ class PostgresStore:
                       else settled_record(reservation, usage, cost_mc, now, late=late))
             delta = cost_mc
             held = reservation.ceiling_mc if reservation.state is ReservationState.PENDING else 0
-        events, fired = _alerts(accounts, delta, now)
+        events, fired = alerts_crossed(accounts, delta, now)
+        sharded = sorted(r[0] for r in accounts if r[pe.ACCOUNT_SHARDS] > 0)
+        pushed = delta > held and bool(sharded)
+        if pushed or set(fired) & set(sharded):  # lock them: alerts fire once, a rebalance needs the caps
+            fresh: dict[int, int] = dict(conn.execute(
+                "SELECT id, alert_pct_fired FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                (sharded,)).fetchall())
+            accounts = [(*r[:6], fresh.get(r[0], r[6]), *r[7:]) for r in accounts]
+            events, fired = alerts_crossed(accounts, delta, now)
         outcome, read = self._settle_guard(conn, guard, reservation, None if usage is None else cost_mc, now)
-        ids = [r[0] for r in accounts]
+        moves = {where: (delta, -held) for where in holds}
+        plans = _recapped(conn, accounts, moves) if pushed else {}
 
         def write() -> None:
+            pe.apply(conn, moves)
+            pe.write_caps(conn, plans)
+            if fired:
+                conn.execute(_FIRE_ALERTS, (list(fired), list(fired.values())))
             if unknown:
                 u = record.usage
-                conn.execute(_CORRECT_WRITE, (delta, ids, list(fired), list(fired.values()), now, u.input_tokens,
-                                              u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
-                                              u.cache_write_1h_tokens, cost_mc, record.outcome, reservation.id,
-                                              reservation.id))
+                conn.execute(_CORRECT_WRITE, (now, u.input_tokens, u.output_tokens, u.cache_read_tokens,
+                                              u.cache_write_tokens, u.cache_write_1h_tokens, cost_mc, record.outcome,
+                                              reservation.id, reservation.id))
             else:
-                conn.execute(_SETTLE_WRITE, (delta, held, ids, list(fired), list(fired.values()),
-                                             *_usage_row(record), reservation.id))
-            _insert_events(conn, [*swept, *events])
+                conn.execute(_SETTLE_WRITE, (*usage_row(record), reservation.id))
+            insert_events(conn, [*swept, *events])
 
         self._commit(conn, attempt, outcome, read, write)
         return record, (*events, *outcome.events)
@@ -694,24 +700,22 @@ class PostgresStore:
         def op(conn: Conn, attempt: _Attempt) -> ReleaseResult:
             found = self._lock_reservation(conn, attempt, reservation_id, now)
             if found is None:
-                _rollback(conn)
+                rollback(conn)
                 return ReleaseResult(Code.RESERVATION_NOT_FOUND)
-            reservation, due, accounts = found
+            reservation, due = found.reservation, found.due
             if reservation.state is ReservationState.SETTLED:
-                _rollback(conn)
+                rollback(conn)
                 return ReleaseResult(Code.ALREADY_SETTLED)
             if reservation.state is ReservationState.UNKNOWN_OUTCOME or (due and reservation.sent):
                 return ReleaseResult(Code.RELEASED, self._resolve(conn, attempt, found, None, cost_mc=0, now=now,
                                                                guard=guard)[1])
             if reservation.state is not ReservationState.PENDING:
-                _rollback(conn)
+                rollback(conn)
                 return ReleaseResult(Code.ALREADY_RELEASED)
-            ids = [r[0] for r in accounts]
 
             def unhold(state: str) -> Callable[[], None]:
                 def writes() -> None:
-                    conn.execute("UPDATE accounts SET reserved_mc = reserved_mc - %s WHERE id = ANY(%s)",
-                                 (reservation.ceiling_mc, ids))
+                    pe.apply(conn, {where: (0, -reservation.ceiling_mc) for where in found.holds})
                     conn.execute("UPDATE reservations SET state = %s WHERE id = %s", (state, reservation_id))
                 return writes
 
@@ -724,29 +728,28 @@ class PostgresStore:
 
         return self._run(op)
 
-    def _lock_reservation(self, conn: Conn, attempt: _Attempt, reservation_id: str, now: datetime
-                          ) -> tuple[Reservation, bool, list[TupleRow]] | None:
-        """Lock one reservation and then its accounts (ascending id); None if unknown.
-
-        Returns ``(reservation, due, account rows with their budget)``; ``due`` is True
-        when it is still pending but its lease has run out.
-        """
+    def _lock_reservation(self, conn: Conn, attempt: _Attempt, reservation_id: str, now: datetime) -> _Found | None:
+        """Lock one reservation and then its unsharded accounts (ascending id); read its sharded ones; None if
+        unknown. ``due`` is True when it is still pending but its lease has run out."""
         with conn.pipeline():
             conn.execute("BEGIN")
             res = conn.execute(_SETTLE_READ, (now, reservation_id))
+            sharded = conn.execute(_SETTLE_SHARDED, (reservation_id,))
         rows = res.fetchall()
         row = rows[0] if rows else None
         if row is None:
-            if _scalar(conn.execute(f"SELECT {_DUE}", (now,))):
+            if scalar(conn.execute(f"SELECT {_DUE}", (now,))):
                 self._sweep_first(conn, attempt, now)  # expire every due lease first, as the model does
             return None
-        if row[_RES_N]:  # the due flag
+        if row[RES_N]:  # the due flag
             self._sweep_first(conn, attempt, now)
-        reservation = _reservation(row)
-        by_id = {r[_RES_N + 1]: r[_RES_N + 1:] for r in rows if r[_RES_N + 1] is not None}
+        reservation = reservation_of(row)
+        first = RES_N + 2
+        by_id = {r[first]: r[first:] for r in rows if r[first] is not None}
+        by_id.update((r[0], r) for r in sharded.fetchall())
         held = [by_id[i] for i in row[15] if i in by_id]  # in the reservation's order: alerts fire in it
         due_self = reservation.state is ReservationState.PENDING and reservation.expires_at <= now
-        return reservation, due_self, held
+        return _Found(reservation, due_self, held, _holds(row[15], row[RES_N + 1]))
 
     @staticmethod
     def _settle_guard(conn: Conn, guard: SettleGuard | None, reservation: Reservation, cost_mc: int | None,
@@ -755,34 +758,34 @@ class PostgresStore:
         if guard is None:
             return GuardOutcome(), {}
         keys = list(guard.state_keys(reservation))
-        rows = conn.execute(_LOCK_STATES, _key_columns(keys)).fetchall() if keys else []
-        read = {StateKey(r[0], r[1]): _state(r) for r in rows}
+        rows = conn.execute(_LOCK_STATES, key_columns(keys)).fetchall() if keys else []
+        read = {StateKey(r[0], r[1]): state_of(r) for r in rows}
         return guard.apply(reservation, cost_mc, read, now), read
 
     def reservation(self, reservation_id: str) -> Reservation | None:
         """One reservation by id, or None."""
-        rows = self._read(f"SELECT {_RES_COLS} FROM reservations WHERE id = %s", (reservation_id,))
-        return _reservation(rows[0]) if rows else None
+        rows = self._read(f"SELECT {RES_COLS} FROM reservations WHERE id = %s", (reservation_id,))
+        return reservation_of(rows[0]) if rows else None
 
     # reads ---------------------------------------------------------------------------------------
 
     def accounts(self) -> list[AccountView]:
         """Every account with its money (accounts of deleted budgets are left out)."""
         rows = self._read(
-            "SELECT a.scope, a.period_key, a.settled_mc, a.reserved_mc, a.alert_pct_fired, b.id, b.level, b.scope, "
-            "b.period, b.timezone, b.limit_mc, b.alerts FROM accounts a JOIN budgets b ON b.id = a.budget_id "
-            "ORDER BY b.id, a.scope, a.period_key")
-        return [AccountView(_budget(r[5:]), r[0], r[1], r[2], r[3], r[4]) for r in rows]
+            f"SELECT x.*, b.id, b.level, b.scope, b.period, b.timezone, b.limit_mc, b.alerts "
+            f"FROM ({pe.ACCOUNT_SELECT}) AS x JOIN budgets b ON b.id = x.budget_id "
+            "ORDER BY b.id, x.scope, x.period_key")
+        return [AccountView(budget_of(r[ACCOUNT_ROW:]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def usage_records(self) -> Iterator[UsageRecord]:
         """The usage log in settle order."""
-        return (_record(r) for r in self._read(f"SELECT {_USAGE_COLS} FROM usage_log ORDER BY id"))
+        return (record_of(r) for r in self._read(f"SELECT {USAGE_COLS} FROM usage_log ORDER BY id"))
 
     def ledger_snapshot(self) -> LedgerSnapshot:
         """Every account (deleted budgets' too), reservation and usage charge, read in one snapshot."""
         def op(conn: Conn, _: _Attempt) -> LedgerSnapshot:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            accounts = conn.execute(f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY id").fetchall()
+            accounts = conn.execute(f"{pe.ACCOUNT_SELECT} ORDER BY a.id").fetchall()
             holds = conn.execute("SELECT id, state, ceiling_mc, account_ids FROM reservations ORDER BY id").fetchall()
             charges = conn.execute("SELECT reservation_id, cost_mc FROM usage_log ORDER BY id").fetchall()
             conn.execute("COMMIT")
@@ -802,11 +805,11 @@ class PostgresStore:
         """One defense state, or None if it was never written."""
         rows = self._read("SELECT kind, key, version, record FROM states WHERE kind = %s AND key = %s",
                           (key.kind, key.key))
-        return _state(rows[0]) if rows else None
+        return state_of(rows[0]) if rows else None
 
     def states(self, kind: str) -> list[StoredState]:
         """Every state of one kind, ordered by key."""
-        return [_state(r) for r in self._read(
+        return [state_of(r) for r in self._read(
             "SELECT kind, key, version, record FROM states WHERE kind = %s ORDER BY key", (kind,))]
 
     def put_state(self, state: StoredState, expected_version: int, events: Sequence[Event] = ()) -> bool:
@@ -823,7 +826,7 @@ class PostgresStore:
                                    "AND version = %s", (state.version, record, state.key.kind, state.key.key,
                                                         expected_version))
             if cur.rowcount != 1:
-                _rollback(conn)
+                rollback(conn)
                 return False
             self._commit(conn, attempt, GuardOutcome(events=tuple(events)), {})
             return True
@@ -835,7 +838,7 @@ class PostgresStore:
     def record_event(self, event: Event) -> None:
         """Append an event."""
         self._write("INSERT INTO events (ts, kind, code, level, scope, detail) VALUES (%s, %s, %s, %s, %s, %s) "
-                   "RETURNING id", _event_row(event))
+                   "RETURNING id", event_row(event))
 
     def events(self, kind: str | None = None) -> list[Event]:
         """Events in time order, optionally of one kind."""
@@ -848,7 +851,6 @@ class PostgresStore:
         self._pool.close()
 
 
-_KEY_COLS = "id, digest, tenant, agent, name, admin, models, created_at, revoked_at"
 
 
 class PostgresKeyStore:
@@ -874,7 +876,7 @@ class PostgresKeyStore:
     def add(self, record: ApiKey) -> None:
         """Store a new key record (from :func:`~comptroller.storage.keys.new_key`)."""
         models = None if record.models is None else json.dumps(list(record.models))
-        self._db._write(f"INSERT INTO api_keys ({_KEY_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        self._db._write(f"INSERT INTO api_keys ({KEY_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                         "RETURNING id", (record.id, record.digest, record.tenant, record.agent, record.name,
                                          record.admin, models, record.created_at, record.revoked_at))
 
@@ -885,14 +887,14 @@ class PostgresKeyStore:
 
     def get(self, key_id: str) -> ApiKey | None:
         """One key by id, revoked or not, or None."""
-        rows = self._db._read(f"SELECT {_KEY_COLS} FROM api_keys WHERE id = %s", (key_id,))
-        return _api_key(rows[0]) if rows else None
+        rows = self._db._read(f"SELECT {KEY_COLS} FROM api_keys WHERE id = %s", (key_id,))
+        return api_key_of(rows[0]) if rows else None
 
     def keys(self, tenant: str | None = None) -> list[ApiKey]:
         """Every key (of one tenant if given), oldest first."""
-        rows = self._db._read(f"SELECT {_KEY_COLS} FROM api_keys WHERE %s::text IS NULL OR tenant = %s "
+        rows = self._db._read(f"SELECT {KEY_COLS} FROM api_keys WHERE %s::text IS NULL OR tenant = %s "
                               "ORDER BY created_at, id", (tenant, tenant))
-        return [_api_key(r) for r in rows]
+        return [api_key_of(r) for r in rows]
 
     def revoke(self, key_id: str, now: datetime) -> bool:
         """Revoke a key; False if no such key. Revoking twice keeps the first time."""
@@ -905,65 +907,51 @@ class PostgresKeyStore:
         self._db.close()
 
 
-def _api_key(row: Sequence[Any]) -> ApiKey:
-    return ApiKey(id=row[0], digest=row[1], tenant=row[2], agent=row[3], name=row[4], admin=row[5],
-                  models=None if row[6] is None else tuple(row[6]), created_at=row[7], revoked_at=row[8])
+def _holds(account_ids: Sequence[int], shard_ids: Sequence[int] | None) -> list[pe.Move]:
+    """Where a reservation's money sits on each of its accounts (a hold made before shards: the rows)."""
+    return list(zip(account_ids, shard_ids if shard_ids is not None else [-1] * len(account_ids), strict=True))
 
 
-def _alerts(accounts: Sequence[TupleRow], delta_mc: int, now: datetime) -> tuple[list[Event], dict[int, int]]:
-    """The alerts a charge of ``delta_mc`` crosses on the locked accounts (rows with their budget, in the
-    reservation's order), and each account's new highest threshold fired."""
-    events: list[Event] = []
-    fired: dict[int, int] = {}
-    for row in accounts:
-        if row[7] is None:  # the budget was deleted: no alerts
-            continue
-        view = AccountView(_budget(row[7:]), row[2], row[3], row[4], row[5], row[6])
-        for pct in alert_thresholds_crossed(view, row[4] + delta_mc):
-            events.append(alert_event(view, pct, row[4] + delta_mc, now))
-            fired[row[0]] = pct
-    return events, fired
+def _with_shards(row: TupleRow, shards: Sequence[escrow.Shard] | None) -> TupleRow:
+    """An account row whose totals are recomputed from its locked shards (and its own money)."""
+    if not shards:
+        return row
+    settled, reserved = escrow.totals(shards)
+    return (*row[:4], row[9] + settled, row[10] + reserved, *row[6:])
 
 
-def _why_not(conninfo: str, timeout_s: float) -> str:
-    """Why a plain connection attempt fails (the pool only logs it), for the start-up error."""
-    try:
-        psycopg.connect(conninfo, connect_timeout=max(1, round(timeout_s))).close()
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0]
-    return "the database answers now: try again"
+def _rebalanced(ceiling_mc: int, views: Sequence[AccountView], ids: Sequence[int], starts: Sequence[int],
+                locked: Mapping[int, Sequence[escrow.Shard]]) -> dict[int, tuple[int, tuple[escrow.Shard, ...]]]:
+    """New caps for each locked sharded account, its ceiling going to the shard it tries first.
+
+    Raises:
+        _RetryError: if an account cannot hold the ceiling (the decision read other totals: read again).
+    """
+    plans: dict[int, tuple[int, tuple[escrow.Shard, ...]]] = {}
+    for view, account_id, start in zip(views, ids, starts, strict=True):
+        shards = locked.get(account_id)
+        if shards:
+            planned = escrow.rebalance(view.budget.limit_mc, shards, need_mc=ceiling_mc, preferred=start)
+            if planned is None:
+                raise _RetryError
+            plans[account_id] = (view.budget.limit_mc, planned)
+    return plans
 
 
-def _scalar(cur: psycopg.Cursor[TupleRow]) -> Any:
-    row = cur.fetchone()
-    return None if row is None else row[0]
-
-
-def _rollback(conn: Conn) -> None:
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        conn.execute("ROLLBACK")
-
-
-def _write_state(conn: Conn, state: StoredState, before: StoredState | None) -> None:
-    """Write a guard's state: update the locked row, or insert a new one (a racing insert retries the call)."""
-    record = json.dumps(dict(state.record), sort_keys=True)
-    if before is not None:
-        conn.execute("UPDATE states SET version = %s, record = %s WHERE kind = %s AND key = %s",
-                     (state.version, record, state.key.kind, state.key.key))
-    else:
-        conn.execute("INSERT INTO states (kind, key, version, record) VALUES (%s, %s, %s, %s)",
-                     (state.key.kind, state.key.key, state.version, record))
-
-
-def _insert_events(conn: Conn, events: Sequence[Event]) -> None:
-    if events:
-        conn.cursor().executemany("INSERT INTO events (ts, kind, code, level, scope, detail) "
-                                  "VALUES (%s, %s, %s, %s, %s, %s)", [_event_row(e) for e in events])
-
-
-def _usage_row(r: UsageRecord) -> tuple[Any, ...]:
-    a, u = r.attribution, r.usage
-    return (r.reservation_id, r.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation, a.task, a.phase,
-            r.model, r.reserved_at, r.resolved_at, u.input_tokens, u.output_tokens, u.cache_read_tokens,
-            u.cache_write_tokens, u.cache_write_1h_tokens, r.cost_mc, r.ceiling_mc, r.outcome, a.conversation_shared,
-            a.key_id)
+def _recapped(conn: Conn, accounts: Sequence[TupleRow], moves: Mapping[pe.Move, tuple[int, int]]
+              ) -> dict[int, tuple[int, tuple[escrow.Shard, ...]]]:
+    """Lock the shards of the sharded accounts, apply ``moves`` to them in memory, and rebalance each from its
+    budget's limit: after a charge past a hold, no shard keeps room the account no longer has."""
+    limits = {r[0]: r[ACCOUNT_ROW + 5] for r in accounts if r[pe.ACCOUNT_SHARDS] > 0 and r[ACCOUNT_ROW] is not None}
+    locked = pe.lock_shards(conn, sorted(limits))
+    plans: dict[int, tuple[int, tuple[escrow.Shard, ...]]] = {}
+    for account_id, shards in locked.items():
+        after = list(shards)
+        for (moved_id, index), (settled_mc, reserved_mc) in moves.items():
+            if moved_id == account_id and 0 <= index < len(after):
+                s = after[index]
+                after[index] = escrow.Shard(s.cap_mc, s.settled_mc + settled_mc, s.reserved_mc + reserved_mc)
+        planned = escrow.rebalance(limits[account_id], after) if after else None
+        if planned is not None:
+            plans[account_id] = (limits[account_id], planned)
+    return plans

@@ -1,0 +1,118 @@
+"""Escrow shards in PostgreSQL: the statements behind :mod:`comptroller.domain.escrow`.
+
+A sharded account (``accounts.shards > 0``, migration 0007) keeps its money in
+``account_shards`` rows; its totals are its own columns plus the sums over its shards
+(:data:`ACCOUNT_SELECT`). The store uses two paths:
+
+* **fast** (no account lock): a reserve reads a sharded account without locking it,
+  decides on that snapshot, then holds its ceiling on one shard with room in its
+  write (the server function ``escrow_hold``, :data:`HOLD_VALUE`); if every shard is
+  dry the function raises ``escrow_dry`` (:func:`is_dry`) and the transaction rolls
+  back before it commits anything;
+* **slow** (after ``escrow_dry``, a stale ``shard_limit_mc``, a ceiling miss): the
+  account rows are locked, then every shard of them (:func:`lock_shards`), the caps
+  are recomputed by :func:`comptroller.domain.escrow.rebalance` and written
+  (:func:`write_caps`) in the same transaction as the operation.
+
+Settles, releases and expiries move money on the row or shard the hold names
+(``reservations.shard_ids``, -1: the account row) with the server function
+``escrow_apply`` (:func:`apply`), which locks shard rows in ascending (account,
+shard) order, as ``escrow_hold`` does: the global lock order is reservations, then
+accounts (ascending id), then defense states, then shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from psycopg import errors
+
+from comptroller.domain.escrow import Shard
+from comptroller.storage.postgres_rows import Conn
+
+__all__ = [
+    "ACCOUNT_SELECT",
+    "ACCOUNT_SHARDS",
+    "HOLD_VALUE",
+    "Move",
+    "apply",
+    "create_accounts",
+    "is_dry",
+    "lock_shards",
+    "write_caps",
+]
+
+ACCOUNT_SELECT = (
+    "SELECT a.id, a.budget_id, a.scope, a.period_key, a.settled_mc + coalesce(s.settled_mc, 0), "
+    "a.reserved_mc + coalesce(s.reserved_mc, 0), a.alert_pct_fired, a.shards, a.shard_limit_mc, a.settled_mc, "
+    "a.reserved_mc FROM accounts a LEFT JOIN LATERAL (SELECT sum(settled_mc)::bigint AS settled_mc, "
+    "sum(reserved_mc)::bigint AS reserved_mc FROM account_shards WHERE account_id = a.id) AS s ON a.shards > 0")
+"""An account with its totals: ``(id, budget_id, scope, period_key, settled_mc, reserved_mc, alert_pct_fired,
+shards, shard_limit_mc, own settled_mc, own reserved_mc)``; append ``WHERE``/``ORDER BY``/``FOR UPDATE OF a``."""
+ACCOUNT_SHARDS = 7
+"""Where ``ACCOUNT_SELECT``'s ``shards`` column is (the limit the caps were split from, and the row's own money,
+follow it)."""
+
+HOLD_VALUE = "escrow_hold(%s::bigint[], %s::integer[], %s)"
+"""An expression holding an amount on accounts (ids, start shards with -1 for a row, amount); the shard of each."""
+
+Move = tuple[int, int]
+"""Where money sits: ``(account id, shard)``, shard -1 for the account row itself."""
+
+
+def is_dry(exc: Exception) -> bool:
+    """True if ``exc`` is ``escrow_hold``'s answer that a sharded account had no shard with room."""
+    return isinstance(exc, errors.RaiseException) and exc.diag.message_primary == "escrow_dry"
+
+
+def apply(conn: Conn, moves: Mapping[Move, tuple[int, int]]) -> None:
+    """Add ``(settled_mc, reserved_mc)`` deltas to each row or shard (one statement, locks in order)."""
+    if not moves:
+        return
+    keys = sorted(moves)
+    conn.execute("SELECT escrow_apply(%s::bigint[], %s::integer[], %s::bigint[], %s::bigint[])",
+                 ([k[0] for k in keys], [k[1] for k in keys], [moves[k][0] for k in keys],
+                  [moves[k][1] for k in keys]))
+
+
+def lock_shards(conn: Conn, account_ids: Sequence[int]) -> dict[int, list[Shard]]:
+    """Lock every shard of the accounts (ascending account, shard) and read them, by account id."""
+    rows = conn.execute("SELECT account_id, shard, cap_mc, settled_mc, reserved_mc FROM account_shards "
+                        "WHERE account_id = ANY(%s) ORDER BY account_id, shard FOR UPDATE",
+                        (list(account_ids),)).fetchall()
+    found: dict[int, list[Shard]] = {i: [] for i in account_ids}
+    for row in rows:
+        found[row[0]].append(Shard(row[2], row[3], row[4]))
+    return found
+
+
+def write_caps(conn: Conn, plans: Mapping[int, tuple[int, Sequence[Shard]]]) -> None:
+    """Write rebalanced caps, and the limit they were split from, for each ``account id -> (limit, shards)``."""
+    if not plans:
+        return
+    ids, shard_nos, caps = [], [], []
+    for account_id, (_, shards) in plans.items():
+        for index, shard in enumerate(shards):
+            ids.append(account_id)
+            shard_nos.append(index)
+            caps.append(shard.cap_mc)
+    conn.execute("UPDATE account_shards SET cap_mc = c.cap FROM unnest(%s::bigint[], %s::integer[], %s::bigint[]) "
+                 "AS c(id, shard, cap) WHERE account_id = c.id AND account_shards.shard = c.shard",
+                 (ids, shard_nos, caps))
+    conn.execute("UPDATE accounts SET shard_limit_mc = p.lim FROM unnest(%s::bigint[], %s::bigint[]) AS p(id, lim) "
+                 "WHERE accounts.id = p.id", (list(plans), [limit for limit, _ in plans.values()]))
+
+
+def create_accounts(conn: Conn, keys: Sequence[tuple[str, str, str]], shards: Sequence[int]) -> None:
+    """Insert empty accounts with ``shards[i]`` shards each (caps 0: the first reserve rebalances them).
+
+    One statement, so an account and its shards appear together; an account another
+    replica created first is left as it is.
+    """
+    params: tuple[Any, ...] = ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], list(shards))
+    conn.execute(
+        "WITH made AS (INSERT INTO accounts (budget_id, scope, period_key, shards) SELECT * FROM "
+        "unnest(%s::text[], %s::text[], %s::text[], %s::integer[]) ON CONFLICT DO NOTHING RETURNING id, shards) "
+        "INSERT INTO account_shards (account_id, shard) SELECT id, generate_series(0, shards - 1) FROM made "
+        "WHERE shards > 0", params)
