@@ -23,6 +23,7 @@ from comptroller.config import ConfigError, load_policy
 from comptroller.domain.budgets import Period
 from comptroller.domain.held_counts import HeldCount
 from comptroller.domain.limit_book import LimitBook, book_key, merged
+from comptroller.domain.limit_rows import KIND
 from comptroller.domain.quotas import QUOTA, Quota, QuotaUnit
 from comptroller.domain.rate_limits import LimitLevel, RateUnit
 from comptroller.domain.scopes import Level
@@ -193,15 +194,16 @@ def usage(
     configured = load_policy(policy).limits()
     store = store_from_url(db)
     try:
-        rows = store.states(QUOTA)
-        books = {s.key.key: LimitBook.from_record(s.record, s.version) for s in store.states(book_key("").kind)}
+        rows = store.states(KIND)
+        books = {s.key.key: LimitBook.from_record(s.record, s.version) for s in rows
+                 if s.key.key.startswith(book_key("").key)}
     finally:
         store.close()
     table = Table(title="Quotas")
     for name in ("unit", "level", "period", "from", "scope", "used", "held", "limit", "remaining"):
         table.add_column(name, justify="right" if name in ("used", "held", "limit", "remaining") else "left")
-    for row in rows:
-        unit, level, period, start, scope = row.key.key.split(":", 4)
+    for row in (r for r in rows if r.key.key.startswith(f"{QUOTA}:")):
+        unit, level, period, start, scope = row.key.key.removeprefix(f"{QUOTA}:").split(":", 4)
         count = HeldCount.from_record(row.record, row.version)
         namespace = scope.split("|", 1)[0]
         quotas, _ = merged(configured.quotas, configured.rate_limits, books.get(namespace, LimitBook()))

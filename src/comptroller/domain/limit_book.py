@@ -2,7 +2,7 @@
 
 The policy's ``[[quotas]]`` and ``[[rate_limits]]`` are fixed when an engine starts; an
 operator also changes them while gateways run. Those live in one state row per namespace
-(kind ``limits``, key the namespace): a :class:`LimitBook`. An entry in the book replaces the
+(kind ``limits``, key ``book:`` and the namespace): a :class:`LimitBook`. An entry in the book replaces the
 policy's entry for the same unit, level, scope (and period, for quotas).
 
 Exact under change: every admission reads the book's row in its own transaction and
@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from comptroller.domain.budgets import Period
 from comptroller.domain.defenses.verdict import JsonScalar
+from comptroller.domain.limit_rows import row_key
 from comptroller.domain.quotas import Quota, QuotaUnit
 from comptroller.domain.rate_limits import LimitLevel, RateLimit, RateUnit
 from comptroller.domain.scopes import Level
@@ -29,8 +30,8 @@ from comptroller.domain.state import StateKey
 
 __all__ = ["LIMITS", "LimitBook", "LimitsChanged", "book_key", "merged"]
 
-LIMITS = "limits"
-"""The state kind of limit books."""
+LIMITS = "book"
+"""The key prefix of limit books (kind :data:`~comptroller.domain.limit_rows.KIND`)."""
 
 
 class LimitsChanged(Exception):  # noqa: N818  (a signal to the engine, not an error anyone sees)
@@ -47,7 +48,7 @@ class LimitsChanged(Exception):  # noqa: N818  (a signal to the engine, not an e
 
 def book_key(namespace: str) -> StateKey:
     """The book row of a namespace."""
-    return StateKey(LIMITS, namespace)
+    return row_key(LIMITS, namespace)
 
 
 def _quota_id(q: Quota) -> tuple[str, str, str, str]:

@@ -157,7 +157,8 @@ class LimitsAdmit:
     def __init__(self, inner: AdmitGuard, limits: Limits, request: ReserveRequest, now: datetime) -> None:
         self.inner, self.request = inner, request
         self.plan = _Plan(limits, request.attribution, now)
-        self.book = book_key(request.attribution.namespace)
+        self.namespace = request.attribution.namespace
+        self.book = book_key(self.namespace)
 
     def state_keys(self) -> list[StateKey]:
         """The defenses' rows, then the call's rate-limit, quota and floor rows and its namespace's limit book."""
@@ -175,7 +176,7 @@ class LimitsAdmit:
             return outcome
         stored = states.get(self.book)
         if (0 if stored is None else stored.version) != self.plan.book_version:
-            raise LimitsChanged(self.book.key)
+            raise LimitsChanged(self.namespace)
         request = outcome.request or self.request
         writes: list[StoredState] = []
         verdict = (self._rates(states, request, now, writes) or self._quotas(states, request, now, writes)

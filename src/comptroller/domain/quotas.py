@@ -10,8 +10,8 @@ A call that does not fit is refused ``quota_exceeded``, naming the unit, level, 
 limit, used and held. Invariant at every moment: ``settled + held <= limit`` (a call
 whose usage exceeds its own ceiling, a ceiling miss, is charged what it used).
 
-State: one row per quota, scope and period (kind ``quota``, key
-``unit:level:period:period start:scope``), a :class:`~comptroller.domain.held_counts.HeldCount`,
+State: one row per quota, scope and period (kind ``limits``, key
+``quota:unit:level:period:period start:scope``), a :class:`~comptroller.domain.held_counts.HeldCount`,
 changed by the guards in the reservation's transaction on every backend
 (:mod:`comptroller.domain.limits`). A call's period is the one it was admitted in, as for
 money. Pure: no I/O, no clock.
@@ -28,6 +28,7 @@ from comptroller.domain.budgets import ANY_SCOPE, Period, period_bounds, period_
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import Rule, Verdict
 from comptroller.domain.held_counts import HeldCount, fits
+from comptroller.domain.limit_rows import row_key
 from comptroller.domain.scopes import Level
 from comptroller.domain.state import StateKey
 from comptroller.domain.usage import Usage
@@ -35,7 +36,7 @@ from comptroller.domain.usage import Usage
 __all__ = ["QUOTA", "Quota", "QuotaUnit", "applicable", "ceiling", "check", "quota_key", "used"]
 
 QUOTA = "quota"
-"""The state kind of quota rows."""
+"""The key prefix of quota rows (kind :data:`~comptroller.domain.limit_rows.KIND`)."""
 
 
 class QuotaUnit(StrEnum):
@@ -113,7 +114,7 @@ def applicable(quotas: Sequence[Quota], scopes: Sequence[tuple[Level, str]]) -> 
 def quota_key(quota: Quota, scope: str, at: datetime) -> StateKey:
     """The row of ``quota`` for ``scope`` in the period containing ``at`` (aware)."""
     start = period_key(quota.period, quota.timezone, at)
-    return StateKey(QUOTA, f"{quota.unit}:{quota.level}:{quota.period}:{start}:{scope}")
+    return row_key(QUOTA, f"{quota.unit}:{quota.level}:{quota.period}:{start}:{scope}")
 
 
 def check(count: HeldCount, quota: Quota, scope: str, amount: int, now: datetime) -> Verdict | None:

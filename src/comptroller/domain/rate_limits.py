@@ -19,7 +19,7 @@ and at settle is corrected to the actual count: the unused tokens are handed bac
 (``TAT -= unused x T``, not below ``now``); a release hands back every token. RPM counts
 the request at admit and keeps it (a released call was still made).
 
-State: one row per limit and scope (kind ``rate_limit``, key ``rpm|tpm:level:scope``),
+State: one row per limit and scope (kind ``limits``, key ``rate:rpm|tpm:level:scope``),
 written by the guards in the reservation's transaction, so a refused call takes no slot
 and every worker and replica shares it. Pure: no I/O, no clock.
 """
@@ -33,14 +33,15 @@ from enum import StrEnum
 
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
+from comptroller.domain.limit_rows import row_key
 from comptroller.domain.scopes import Level
 from comptroller.domain.state import StateKey
 
 __all__ = ["ANY", "RATE_LIMIT", "Gcra", "LimitLevel", "RateLimit", "RateUnit", "applicable", "conform", "ns", "refund",
            "refusal", "state_key"]
 
-RATE_LIMIT = "rate_limit"
-"""The state kind of rate-limit rows."""
+RATE_LIMIT = "rate"
+"""The key prefix of rate-limit rows (kind :data:`~comptroller.domain.limit_rows.KIND`)."""
 ANY = "*"
 """A rate limit's scope for every key, tenant or agent without a limit of its own."""
 _MINUTE_NS = 60_000_000_000
@@ -143,7 +144,7 @@ def refund(state: Gcra, limit: RateLimit, units: int, now_ns: int) -> Gcra:
 
 def state_key(limit: RateLimit, scope: str) -> StateKey:
     """The row of ``limit`` for one key id, tenant or agent scope."""
-    return StateKey(RATE_LIMIT, f"{limit.unit}:{limit.level}:{scope}")
+    return row_key(RATE_LIMIT, f"{limit.unit}:{limit.level}:{scope}")
 
 
 def applicable(limits: Sequence[RateLimit], key_id: str | None,

@@ -25,7 +25,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from comptroller.domain.wallets.floors import WALLET_FLOOR, FloorState
+from comptroller.domain.limit_rows import KIND
+from comptroller.domain.wallets.floors import FloorState, floor_key
 from comptroller.domain.wallets.transfers import AccountBalance, Transfer, TransferCode, TransferResult
 from comptroller.errors import LedgerUnavailableError
 from comptroller.storage.migrations import check_version
@@ -185,8 +186,9 @@ def _floor_rows(conn: Conn, accounts: Sequence[str]) -> dict[str, FloorState]:
     if not accounts:
         return {}
     rows = conn.execute("SELECT key, version, record FROM states WHERE kind = %s AND key = ANY(%s) ORDER BY key "
-                        "FOR UPDATE", (WALLET_FLOOR, list(accounts))).fetchall()
-    return {r[0]: FloorState.from_record(r[2], int(r[1])) for r in rows}
+                        "FOR UPDATE", (KIND, [floor_key(a).key for a in accounts])).fetchall()
+    parsed = (FloorState.from_record(r[2], int(r[1])) for r in rows)
+    return {row.account: row for row in parsed}
 
 
 def _write_rows(conn: Conn, rows: Sequence[FloorState], before: dict[str, FloorState]) -> None:
@@ -194,8 +196,8 @@ def _write_rows(conn: Conn, rows: Sequence[FloorState], before: dict[str, FloorS
         record = json.dumps(r.to_record(), sort_keys=True)
         if r.account in before:
             conn.execute("UPDATE states SET version = %s, record = %s WHERE kind = %s AND key = %s",
-                         (r.version, record, WALLET_FLOOR, r.account))
+                         (r.version, record, *floor_key(r.account)))
         elif conn.execute("INSERT INTO states (kind, key, version, record) VALUES (%s, %s, %s, %s) "
-                          "ON CONFLICT (kind, key) DO NOTHING", (WALLET_FLOOR, r.account, r.version, record)
+                          "ON CONFLICT (kind, key) DO NOTHING", (*floor_key(r.account), r.version, record)
                           ).rowcount == 0:
             raise _LostRaceError(r.account)  # another set_floor made the row first: decide again

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from comptroller.domain.wallets.floors import WALLET_FLOOR, FloorState
+from comptroller.domain.wallets.floors import FloorState, floor_key
 from comptroller.domain.wallets.transfers import AccountBalance, Transfer, TransferCode, TransferResult
 from comptroller.errors import LedgerUnavailableError
 from comptroller.storage.transfers import apply_batch, floor_row, has_floor_row
@@ -176,15 +176,15 @@ class SQLiteTransferStore:
 def _floor_rows(cur: sqlite3.Cursor, accounts: Sequence[str]) -> dict[str, FloorState]:
     """The floor rows of ``accounts`` that have one (read inside the batch's write lock)."""
     rows = [r for a in sorted(accounts) for r in cur.execute(
-        "SELECT key, version, record FROM states WHERE kind = ? AND key = ?", (WALLET_FLOOR, a)).fetchall()]
-    return {str(key): FloorState.from_record(json.loads(str(record)), int(str(version)))
-            for key, version, record in rows}
+        "SELECT key, version, record FROM states WHERE kind = ? AND key = ?", floor_key(a)).fetchall()]
+    parsed = (FloorState.from_record(json.loads(str(record)), int(str(version))) for _, version, record in rows)
+    return {row.account: row for row in parsed}
 
 
 def _write_rows(cur: sqlite3.Cursor, rows: Sequence[FloorState]) -> None:
     cur.executemany("INSERT INTO states (kind, key, version, record) VALUES (?, ?, ?, ?) ON CONFLICT (kind, key) "
                     "DO UPDATE SET version = excluded.version, record = excluded.record",
-                    [(WALLET_FLOOR, r.account, r.version, json.dumps(r.to_record(), sort_keys=True)) for r in rows])
+                    [(*floor_key(r.account), r.version, json.dumps(r.to_record(), sort_keys=True)) for r in rows])
 
 
 def _select_in(cur: sqlite3.Cursor, select: str, column: str, values: Sequence[str]) -> list[tuple[object, ...]]:

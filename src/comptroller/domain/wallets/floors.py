@@ -4,7 +4,7 @@ Issue 15 part 1 ("balances can have floors ... refused at admit and in the same 
 as the reservation"). The wallets themselves (:mod:`comptroller.storage.transfers`) follow
 the usage log after each settle, so they lag the ledger; a floor checked against them
 would let every call in that lag through. So an agent with a floor has one more account
-that the call path keeps exactly: the **floor row** (state kind ``wallet_floor``, key the
+that the call path keeps exactly: the **floor row** (state kind ``limits``, key ``floor:`` and the
 agent's wallet account name, ``agent:<ns|tenant|agent>``), read and written only inside
 ledger transactions:
 
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
 from comptroller.domain.held_counts import HeldCount
+from comptroller.domain.limit_rows import row_key
 from comptroller.domain.money import format_usd
 from comptroller.domain.scopes import Level
 from comptroller.domain.state import StateKey
@@ -48,8 +49,8 @@ from comptroller.domain.wallets.transfers import Transfer
 
 __all__ = ["KIND_LLM", "WALLET_FLOOR", "FloorState", "apply_transfer", "check", "floor_key"]
 
-WALLET_FLOOR = "wallet_floor"
-"""The state kind of floor rows."""
+WALLET_FLOOR = "floor"
+"""The key prefix of floor rows (kind :data:`~comptroller.domain.limit_rows.KIND`)."""
 KIND_LLM = "llm_cost"
 """The transfer kind of LLM-cost postings (:data:`comptroller.domain.wallets.postings.KIND_LLM`)."""
 
@@ -97,7 +98,7 @@ class FloorState:
 
 def floor_key(account: str) -> StateKey:
     """The floor row of a wallet account."""
-    return StateKey(WALLET_FLOOR, account)
+    return row_key(WALLET_FLOOR, account)
 
 
 def check(state: FloorState, scope: str, ceiling_mc: int) -> Verdict | None:
