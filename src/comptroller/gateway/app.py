@@ -31,7 +31,6 @@ them (:mod:`comptroller.groups.rows`) and they outlive a restart.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -66,6 +65,7 @@ from comptroller.gateway.runs import runs_endpoint
 from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upkeep import start_upkeep
 from comptroller.gateway.upstream import Upstreams
+from comptroller.gateway.warmup import warm_worker
 from comptroller.groups import GroupDefinition, GroupService
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
@@ -195,7 +195,7 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         life.start(gateway)
         app.state.batches = await start_batches(gateway, batch)
         app.state.upkeep = await start_upkeep(gateway)  # lease renewal, outbox delivery, WAL checkpoints
-        gc.freeze()  # start-up's objects out of the collector's full scans (~76 ms each, a p99 tail; issue 14)
+        await warm_worker(gateway)  # the exact tokenizer's vocabularies loaded, start-up's objects frozen (issue 14)
         app.state.reverifier = await start_reverifier(gateway, guard)  # unverified actions' durable re-checks
         try:
             yield
