@@ -6,8 +6,8 @@
   average 6). Admissions run on the event loop when the ledger is free
   (:meth:`comptroller.gateway.runtime.Gateway.run`), so that load stalled the whole worker once,
   and requests waiting on it passed their 2 s bounds (503). The worker loads the vocabularies its
-  configured models use before it serves (``[gateway.models]`` and cascade tiers; about 76 MB for
-  o200k, 34 MB for cl100k, only with the ``exact`` extra installed).
+  configured models use before it serves (``[gateway.models]`` and cascade tiers; only with the
+  ``exact`` extra installed; resident memory about 140 MB for o200k, 100 MB for cl100k: docs/policy.md).
 * **The collector.** ``gc.freeze()`` moves the objects of start-up (about 170,000: routes, price
   tables, configuration) out of the cyclic collector's scans; a full collection over them was
   about 76 ms of CPU, paid by whichever request was running.
