@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -152,11 +153,13 @@ def test_a_retry_of_a_recounted_call_answers_already_reserved(store: LedgerStore
     assert [a.reserved_mc for a in store.accounts()] == [_ceiling(EXACT)]
 
 
-def test_racing_threads_hold_exactly_the_recounted_ceilings_that_fit(store: LedgerStore) -> None:
-    """16 threads racing 48 recounted calls for a budget of K recounted ceilings: exactly K admitted, none more."""
+@pytest.mark.parametrize("level", [Level.AGENT, Level.TENANT, Level.NAMESPACE])
+def test_racing_threads_hold_exactly_the_recounted_ceilings_that_fit(store: LedgerStore, level: Level) -> None:
+    """16 threads racing 48 recounted calls for a budget of K recounted ceilings: exactly K admitted, none more
+    (tenant and namespace accounts are the ones PostgreSQL splits into escrow shards)."""
     k = 7
     limit = k * _ceiling(EXACT) + _ceiling(EXACT) // 2
-    store.put_budget(Budget(Level.AGENT, ANY_SCOPE, limit))
+    store.put_budget(Budget(level, ANY_SCOPE, limit))
     engine = _engine(store)
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(lambda _: engine.admit(_call(Recount(EXACT))).code, range(48)))
