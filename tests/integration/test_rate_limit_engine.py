@@ -3,8 +3,13 @@ after settle; a refusal takes no slot; key limits need a key."""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+
+import pytest
 
 from comptroller.clock import VirtualClock
 from comptroller.domain.caps import OutputCaps
@@ -70,3 +75,18 @@ def test_rpm_refusals_take_no_slot_and_key_limits_need_a_key(store: LedgerStore)
     codes = [engine.admit(replace(_call(f"l{i}"), attribution=keyed)).code for i in range(2)]
     assert codes == [Code.OK, Code.RATE_LIMITED]
     assert engine.admit(_call("no-key")).code is Code.OK
+
+
+@pytest.mark.timeout(180)
+def test_an_rpm_limit_admits_exactly_n_of_64_concurrent_callers(store: LedgerStore) -> None:
+    """64 threads racing on one frozen instant: an RPM of 5 per tenant admits exactly 5, on every backend."""
+    engine = _engine(store, RateLimit(RateUnit.RPM, LimitLevel.TENANT, ANY, 5), clock=VirtualClock(START))
+    barrier = threading.Barrier(64, timeout=60)
+
+    def call(i: int) -> Code:
+        barrier.wait()
+        return engine.admit(_call(f"race-{i}")).code
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        codes = Counter(pool.map(call, range(64), timeout=120))
+    assert codes == Counter({Code.OK: 5, Code.RATE_LIMITED: 59})
