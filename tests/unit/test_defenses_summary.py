@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from comptroller.cli import defenses_summary as summary
 from comptroller.cli.defenses_summary import defenses_summary, unbudgeted_tenants
 from comptroller.config import Policy
 from comptroller.domain.budgets import ANY_SCOPE, Budget
@@ -22,6 +25,14 @@ def test_budgets_only_says_each_layer_is_off() -> None:
     """With every runtime layer off, the block says so for each, with the section that turns it on."""
     text = "\n".join(defenses_summary(Defenses.budgets_only()))
     assert "off: retries" in text and "loops: off" in text and "spend-rate breakers: off" in text
+
+
+def test_the_block_says_how_input_ceilings_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With bpe-openai the exact recount near an edge is named; without it, the extra that adds it."""
+    monkeypatch.setattr(summary, "exact_available", lambda: True)
+    assert "recounted exactly near a budget's edge" in "\n".join(defenses_summary(Policy().defenses()))
+    monkeypatch.setattr(summary, "exact_available", lambda: False)
+    assert "comptroller[exact]" in "\n".join(defenses_summary(Policy().defenses()))
 
 
 def test_a_tenant_without_a_tenant_budget_is_named() -> None:

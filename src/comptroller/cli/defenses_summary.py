@@ -16,6 +16,7 @@ from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.defenses.chain import Defenses
 from comptroller.domain.money import format_usd
 from comptroller.domain.scopes import Attribution, Level
+from comptroller.exact_input import available as exact_available
 from comptroller.storage import store_from_url
 from comptroller.storage.key_stores import keys_from_url
 
@@ -43,7 +44,17 @@ def defenses_summary(defenses: Defenses) -> list[str]:
                  "fan-out cap: on, max in flight " + ", ".join(f"{level} {cap}" for level, cap
                                                               in fan_out.max_in_flight.items()))
     lines.append("pacing: " + ("on" if defenses.pacing is not None else "off ([pacing])"))
+    lines.append(_ceilings_line(exact_available()))
     return lines
+
+
+def _ceilings_line(exact: bool) -> str:
+    """How input ceilings are counted: the byte bound, recounted exactly near an edge when bpe-openai is there."""
+    if exact:
+        return ("input ceilings: UTF-8 byte bound; OpenAI models' input recounted exactly near a budget's edge "
+                "(bpe-openai)")
+    return ("input ceilings: UTF-8 byte bound only (no exact recount near a budget's edge: "
+            "pip install 'comptroller[exact]')")
 
 
 def _breakers_line(defenses: Defenses) -> str:
