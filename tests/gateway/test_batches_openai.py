@@ -366,3 +366,18 @@ def test_an_upload_that_is_not_a_batch_file_is_refused(make: Any, stub: BatchStu
                         "Content-Type": "multipart/form-data; boundary=x"}, content=b"--x\r\nnot a part", timeout=10)
     assert broken.status_code == 400 and broken.json()["error"]["param"] == "file"
     assert stub.control.files == {}
+
+
+def test_a_batch_is_held_to_the_tenants_message_quota_all_lines_or_none(make: Any, stub: BatchStub) -> None:
+    """Quotas apply to batch lines as to calls: 12 lines on a quota of 10 messages are refused whole
+    (quota_exceeded, nothing held, nothing sent); 10 lines fit exactly."""
+    gw = make(_policy(budgets=[{"level": "tenant", "tenant": "acme", "limit_mc": 10**9}],
+                      quotas=[{"unit": "messages", "level": "tenant", "tenant": "acme", "limit": 10}]))
+    with pytest.raises(openai.RateLimitError) as refused:
+        _submit(gw, {f"req-{i}": _body(i) for i in range(12)})
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "quota_exceeded", error
+    assert stub.control.batches == {}
+    assert gw.reserved_mc() == 0
+    batch = _submit(gw, {f"ok-{i}": _body(i) for i in range(10)})
+    assert batch.id in stub.control.batches

@@ -1,7 +1,7 @@
 """The SDK's batch ledger work: reserve a whole batch before it is sent, reconcile it once when it ends.
 
 :class:`BatchLedger` holds a second :class:`~comptroller.engine.Engine` on the SDK engine's
-store, clock, caps and defenses, priced by :class:`~comptroller.prices.batch.BatchPrices`
+store, clock, caps, defenses, limits and settle hooks, priced by :class:`~comptroller.prices.batch.BatchPrices`
 (genai-prices' batch price, else the policy's ``[batch]`` discount): every line is admitted
 like a call (every defense and budget) and settled at the batch price.
 
@@ -71,7 +71,7 @@ class BatchLedger:
         self.leases = leases
         self.engine = Engine(store=engine.store, prices=BatchPrices(engine.prices, section), clock=engine.clock,
                              caps=engine.caps, ttl_s=section.lease_s, defenses=engine.defenses,
-                             sinks=[engine.sinks])
+                             sinks=[engine.sinks], on_settled=engine.on_settled, limits=engine.limits)
 
     def reserve(self, lines: Sequence[BatchLine], context: CallContext, create_id: str) -> dict[str, Admission]:
         """Admit every line at the batch price, or none.

@@ -1,7 +1,8 @@
 """The batch ledger work of one gateway worker: reserve a whole batch, reconcile it when it ends.
 
 :class:`BatchService` holds a second :class:`~comptroller.engine.Engine` on the gateway
-engine's store, clock, caps and defenses, priced by :class:`BatchPrices`: every batch line
+engine's store, clock, caps, defenses, limits (quotas, rate limits) and settle hooks (wallet
+posting), priced by :class:`BatchPrices`: every batch line
 is admitted (every defense and budget, attributed like a call) and settled at the batch
 price on the same integer path as a call.
 
@@ -90,7 +91,8 @@ class BatchService:
         self.gw = gw
         self.section = section
         self.engine = Engine(store=base.store, prices=BatchPrices(base.prices, section), clock=base.clock,
-                             caps=base.caps, ttl_s=section.lease_s, defenses=base.defenses, sinks=[base.sinks])
+                             caps=base.caps, ttl_s=section.lease_s, defenses=base.defenses, sinks=[base.sinks],
+                             on_settled=base.on_settled, limits=base.limits)
         self.upstream = BatchUpstream(gw.config)
         self.polls = dict(polls or {})
         self._locks: dict[str, asyncio.Lock] = {}
