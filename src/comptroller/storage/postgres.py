@@ -458,6 +458,25 @@ class PostgresStore:
             attempt.swept = True
             raise _RetryError
 
+    def rebalance_escrow(self) -> int:
+        """Re-split every sharded account's headroom evenly over its shards, from its budget's current limit.
+
+        Never needed for correctness (a reserve that finds every shard dry, or a stale limit,
+        rebalances by itself); an operator may run it after changing many limits. Safe at any
+        moment: it takes the accounts' locks. Returns how many accounts it rebalanced.
+
+        Raises:
+            LedgerUnavailableError: if the database cannot answer (safe to repeat).
+        """
+        def op(conn: Conn, attempt: _Attempt) -> int:
+            conn.execute("BEGIN")
+            done = pe.rebalance_all(conn)
+            attempt.commit_sent = True
+            conn.execute("COMMIT")
+            return done
+
+        return self._run(op)
+
     # reserve -------------------------------------------------------------------------------------
 
     def reserve(self, request: ReserveRequest, now: datetime, guard: AdmitGuard | None = None) -> ReserveResult:

@@ -28,7 +28,7 @@ from typing import Any
 
 from psycopg import errors
 
-from comptroller.domain.escrow import Shard
+from comptroller.domain.escrow import Shard, rebalance
 from comptroller.storage.postgres_rows import Conn
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "create_accounts",
     "is_dry",
     "lock_shards",
+    "rebalance_all",
     "write_caps",
 ]
 
@@ -116,3 +117,22 @@ def create_accounts(conn: Conn, keys: Sequence[tuple[str, str, str]], shards: Se
         "unnest(%s::text[], %s::text[], %s::text[], %s::integer[]) ON CONFLICT DO NOTHING RETURNING id, shards) "
         "INSERT INTO account_shards (account_id, shard) SELECT id, generate_series(0, shards - 1) FROM made "
         "WHERE shards > 0", params)
+
+
+def rebalance_all(conn: Conn) -> int:
+    """Re-split the headroom of every sharded account from its budget's current limit, in this transaction.
+
+    Locks the sharded accounts (ascending id), then their shards, so it waits for the holds
+    in flight and no reserve sees a half-written plan. Accounts of deleted budgets are left
+    as they are. Returns how many accounts were rebalanced.
+    """
+    rows = conn.execute("SELECT a.id, b.limit_mc FROM accounts a JOIN budgets b ON b.id = a.budget_id "
+                        "WHERE a.shards > 0 ORDER BY a.id FOR UPDATE OF a").fetchall()
+    limits = {r[0]: r[1] for r in rows}
+    plans = {}
+    for account_id, shards in lock_shards(conn, sorted(limits)).items():
+        planned = rebalance(limits[account_id], shards) if shards else None
+        if planned is not None:
+            plans[account_id] = (limits[account_id], planned)
+    write_caps(conn, plans)
+    return len(plans)
