@@ -74,7 +74,7 @@ from comptroller.domain.defenses._checks import require_aware, require_int, requ
 from comptroller.domain.defenses.errors import DefenseConfigError
 from comptroller.domain.defenses.loop_history import LoopEntry, LoopHistory
 from comptroller.domain.defenses.loop_lock import LockStatus, LoopLock, LoopTransition
-from comptroller.domain.defenses.similarity import Sketch, mask_volatile, template_key
+from comptroller.domain.defenses.similarity import Sketch, mask_volatile, template_key, words_of
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
 from comptroller.domain.defenses.windows import seconds_until
 from comptroller.domain.ledger import Event
@@ -230,7 +230,8 @@ def _text_sketch(text: str, chars_max: int, words_min: int) -> tuple[Sketch | No
     volatile = mask_volatile(text)[:chars_max]
     if len(volatile.split()) < words_min:
         return None, ""
-    return Sketch.of(volatile), template_key(volatile)
+    words = words_of(volatile)
+    return Sketch.of_words(words), template_key(words)
 
 
 def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, now: datetime) -> LoopStep:
@@ -270,12 +271,14 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
     horizon = now - timedelta(seconds=config.lookback_s)
     live = tuple(e for e in history.entries if e.last_at > horizon)
     turns = history.turns if history.turn_at is not None and history.turn_at > horizon else ()
-    fired = (_same_request(history, config, live, seen, now) or _alternation(history, config, turns, seen, now)
-             or _near_duplicate(history, config, live, seen, now)
-             or _repeated_template(history, config, live, seen, now))
+    mine = [e for e in live if e.agent == seen.request.agent]  # the detectors compare an agent with itself
+    exact = next((e for e in mine if e.fingerprint == seen.fingerprint), None) if seen.fingerprint else None
+    fired = (_same_request(history, config, exact, seen, now) or _alternation(history, config, turns, seen, now)
+             or _near_duplicate(history, config, mine, seen, now, exact=exact)
+             or _repeated_template(history, config, mine, seen, now, exact=exact))
     if fired is not None:
         return replace(fired, events=(*events, *fired.events))
-    return LoopStep(_record(history, config, live, turns, seen=seen, now=now), None, events)
+    return LoopStep(_record(history, config, live, turns, _family(mine, seen), seen=seen, now=now), None, events)
 
 
 def reset_loops(history: LoopHistory, now: datetime, *, by: str = "admin") -> LoopStep:
@@ -300,10 +303,9 @@ def _is_locked_loop(lock: LoopLock, config: LoopConfig, seen: _Seen) -> bool:
     return seen.sketch.similarity(Sketch.from_hex(lock.sketch)) >= config.near_duplicate_min
 
 
-def _record(history: LoopHistory, config: LoopConfig, live: tuple[LoopEntry, ...], turns: tuple[str, ...], *,
-            seen: _Seen, now: datetime) -> LoopHistory:
+def _record(history: LoopHistory, config: LoopConfig, live: tuple[LoopEntry, ...], turns: tuple[str, ...],
+            match: LoopEntry | None, *, seen: _Seen, now: datetime) -> LoopHistory:
     agent, call_id = seen.request.agent, seen.request.call_id
-    match = _family(live, agent, seen.fingerprint, seen.sketch_hex)
     if match is None:
         entry = LoopEntry(agent, seen.fingerprint, seen.sketch_hex, 1, now, now, call_id, seen.template,
                           seen.reserved_mc)
@@ -317,11 +319,10 @@ def _record(history: LoopHistory, config: LoopConfig, live: tuple[LoopEntry, ...
                    turn_at=now, version=history.version + 1)
 
 
-def _family(live: Sequence[LoopEntry], agent: str, fingerprint: str, sketch: str) -> LoopEntry | None:
-    """The entry this request repeats: same agent, and same fingerprint or the same masked-text sketch."""
-    for entry in reversed(live):
-        if entry.agent != agent:
-            continue
+def _family(mine: Sequence[LoopEntry], seen: _Seen) -> LoopEntry | None:
+    """The entry of the agent's (``mine``) this request repeats: the same fingerprint or the same sketch."""
+    fingerprint, sketch = seen.fingerprint, seen.sketch_hex
+    for entry in reversed(mine):
         if (fingerprint and entry.fingerprint == fingerprint) or (sketch and entry.sketch == sketch):
             return entry
     return None
@@ -379,11 +380,8 @@ def _locked_verdict(history: LoopHistory, now: datetime) -> Verdict:
                  "`comptroller loop reset`."))
 
 
-def _same_request(history: LoopHistory, config: LoopConfig, live: Sequence[LoopEntry], seen: _Seen,
+def _same_request(history: LoopHistory, config: LoopConfig, same: LoopEntry | None, seen: _Seen,
                   now: datetime) -> LoopStep | None:
-    if not seen.fingerprint:
-        return None
-    same = next((e for e in live if e.agent == seen.request.agent and e.fingerprint == seen.fingerprint), None)
     if same is None or same.count < config.identical_max or same.reserved_mc < config.repeat_spend_mc_min:
         return None
     evidence: dict[str, JsonScalar] = {
@@ -419,15 +417,19 @@ def _alternation(history: LoopHistory, config: LoopConfig, turns: tuple[str, ...
                  transition=LoopTransition.OPENED)
 
 
-def _near_duplicate(history: LoopHistory, config: LoopConfig, live: Sequence[LoopEntry], seen: _Seen,
-                    now: datetime) -> LoopStep | None:
-    agent, sketch = seen.request.agent, seen.sketch
-    if sketch is None or _family(live, agent, seen.fingerprint, "") is not None:
+def _near_duplicate(history: LoopHistory, config: LoopConfig, mine: Sequence[LoopEntry], seen: _Seen,
+                    now: datetime, *, exact: LoopEntry | None) -> LoopStep | None:
+    sketch = seen.sketch
+    if sketch is None or exact is not None:
         return None  # an exact repeat is same_request's to judge (identical_max may be set high)
-    level, template = config.near_duplicate_min, seen.template
-    close = [(score, e) for e in live if e.agent == agent and e.sketch  # the same template with other values
-             and (e.sketch == seen.sketch_hex or e.template != template)  # is repeated_template's to judge
-             and (score := sketch.similarity_at_least(Sketch.from_hex(e.sketch), level)) is not None]
+    level, template, sketch_hex = config.near_duplicate_min, seen.template, seen.sketch_hex
+    candidates = [e for e in mine if e.sketch  # the same template with other values is repeated_template's
+                  and (e.sketch == sketch_hex or e.template != template)]
+    if (sum(e.count for e in candidates) < config.near_duplicates_max
+            or sum(e.reserved_mc for e in candidates) < config.repeat_spend_mc_min):
+        return None  # could not fire even if every candidate were close: no similarity computed
+    close = [(score, e) for e in candidates
+             if (score := sketch.similarity_at_least(Sketch.from_hex(e.sketch), level)) is not None]
     similar = sum(e.count for _, e in close)
     reserved = sum(e.reserved_mc for _, e in close)
     if similar < config.near_duplicates_max or reserved < config.repeat_spend_mc_min:
@@ -441,13 +443,13 @@ def _near_duplicate(history: LoopHistory, config: LoopConfig, live: Sequence[Loo
                  transition=LoopTransition.OPENED)
 
 
-def _repeated_template(history: LoopHistory, config: LoopConfig, live: Sequence[LoopEntry], seen: _Seen,
-                       now: datetime) -> LoopStep | None:
-    """The agent's recent calls of this template (every number masked) reserved the template floor."""
-    agent, template = seen.request.agent, seen.template
-    if not template or _family(live, agent, seen.fingerprint, "") is not None:
+def _repeated_template(history: LoopHistory, config: LoopConfig, mine: Sequence[LoopEntry], seen: _Seen,
+                       now: datetime, *, exact: LoopEntry | None) -> LoopStep | None:
+    """The agent's recent calls of this template (numbers masked) reserved the template floor."""
+    template = seen.template
+    if not template or exact is not None:
         return None  # an exact repeat is same_request's to judge (identical_max may be set high)
-    same = [e for e in live if e.agent == agent and e.template == template]
+    same = [e for e in mine if e.template == template]
     calls, reserved = sum(e.count for e in same), sum(e.reserved_mc for e in same)
     if calls < config.near_duplicates_max or reserved < config.template_spend_mc_min:
         return None
