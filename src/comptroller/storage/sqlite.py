@@ -451,7 +451,10 @@ class SQLiteStore:
             text = orjson.dumps(dict(w.record), option=orjson.OPT_SORT_KEYS).decode()
             rows.append((w.key.kind, w.key.key, w.version, text))
             self._remember_state(w.key, text, w)
-        cur.executemany("INSERT OR REPLACE INTO states (kind, key, version, record) VALUES (?, ?, ?, ?)", rows)
+        if rows:  # an upsert updates the row in place (INSERT OR REPLACE deleted and re-inserted it and its key)
+            cur.executemany("INSERT INTO states (kind, key, version, record) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, "
+                            "record = excluded.record", rows)
         for event in outcome.events:
             self._insert_event(cur, event)
 
