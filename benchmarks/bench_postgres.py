@@ -77,10 +77,11 @@ def drop_schema(name: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
-def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int, tag: str,
+def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int, tag: str, shards: int,
              barrier: Barrier, out: mp.SimpleQueue[Span]) -> None:
     """One replica: its own store, ``threads`` callers splitting ``pairs`` pairs."""
-    store = PostgresStore(URL, schema=schema, min_size=threads, max_size=threads, durable=durable)
+    store = PostgresStore(URL, schema=schema, min_size=threads, max_size=threads, durable=durable,
+                          escrow_shards=shards)
     share = [pairs // threads + (1 if t < pairs % threads else 0) for t in range(threads)]
     failures: list[BaseException] = []
 
@@ -104,14 +105,17 @@ def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int,
     out.put((start, end, time.process_time() - cpu))
 
 
-def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, levels: str) -> tuple[float, float]:
-    """Aggregate pairs per wall-clock second and per client CPU-second of one run on a fresh schema."""
+def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, levels: str,
+             shards: int = 16) -> tuple[float, float]:
+    """Aggregate pairs per wall-clock second and per client CPU-second of one run on a fresh schema
+    (``shards``: escrow shards of each namespace and tenant account, 0 for none)."""
     schema = fresh_schema(levels)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(procs)
     out: mp.SimpleQueue[Span] = ctx.SimpleQueue()
     workers = [ctx.Process(target=_process, kwargs={
         "mode": mode, "schema": schema, "durable": durable, "pairs": pairs, "threads": threads, "tag": f"p{n}",
+        "shards": shards,
         "barrier": barrier, "out": out}) for n in range(procs)]
     try:
         for w in workers:
@@ -133,6 +137,7 @@ class Result:
 
     mode: str
     levels: str
+    shards: int
     commit: str
     procs: int
     threads: int
@@ -158,11 +163,13 @@ def commit_latency_ms(samples: int = 50) -> float:
 def table(results: list[Result], flush_ms: float) -> str:
     """A markdown table of the medians and the spread."""
     lines = [f"Durable single-row commit on this server: {flush_ms:.1f} ms (median of 50).", "",
-             "| configuration | budgets | commit | processes | threads each | pairs per process | median pairs/s "
-             "| median pairs/client-CPU-s | runs (pairs/s) |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| configuration | budgets | shards | commit | processes | threads each | pairs per process "
+             "| median pairs/s | median pairs/client-CPU-s | runs (pairs/s) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
         runs = ", ".join(f"{x:,.0f}" for x in r.rates)
-        lines.append(f"| postgres-{r.mode} | {r.levels} | {r.commit} | {r.procs} | {r.threads} | {r.pairs:,} "
+        lines.append(f"| postgres-{r.mode} | {r.levels} | {r.shards} | {r.commit} | {r.procs} | {r.threads} "
+                     f"| {r.pairs:,} "
                      f"| {statistics.median(r.rates):,.0f} | {statistics.median(r.cpu_rates):,.0f} | {runs} |")
     return "\n".join(lines)
 
@@ -178,6 +185,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}")
     p.add_argument("--commits", default="durable,async", help="commit modes: durable, async or both")
     p.add_argument("--levels", default="all", help="budget sets: all, no-namespace or both (comma-separated)")
+    p.add_argument("--shards", default="16", help="escrow shards per namespace/tenant account, comma-separated "
+                   "(0: none, every reserve locks the account row)")
     p.add_argument("--markdown", type=Path, default=None, help="update the block in this markdown file")
     return p.parse_args(argv)
 
@@ -186,15 +195,16 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table."""
     args = parse_args(argv)
     results = []
-    for levels, commit, config in itertools.product(args.levels.split(","), args.commits.split(","),
-                                                    args.configs.split(",")):
+    for levels, shards, commit, config in itertools.product(
+            args.levels.split(","), [int(x) for x in args.shards.split(",")], args.commits.split(","),
+            args.configs.split(",")):
         mode, n = config.split("-")
         procs = args.procs if n == "N" else 1
         runs = [run_once(mode, procs=procs, threads=args.threads, pairs=args.pairs, durable=commit == "durable",
-                         levels=levels) for _ in range(args.repeats)]
-        results.append(Result(mode, levels, commit, procs, args.threads, args.pairs, [w for w, _ in runs],
+                         levels=levels, shards=shards) for _ in range(args.repeats)]
+        results.append(Result(mode, levels, shards, commit, procs, args.threads, args.pairs, [w for w, _ in runs],
                               [c for _, c in runs]))
-        print(f"{config} {levels} {commit}: median {statistics.median(results[-1].rates):,.0f} pairs/s",
+        print(f"{config} {levels} shards={shards} {commit}: median {statistics.median(results[-1].rates):,.0f} pairs/s",
               file=sys.stderr, flush=True)
     text = table(results, commit_latency_ms())
     print(text)

@@ -9,7 +9,18 @@ in one global order, so two transactions never wait on each other in a cycle:
    waits on a lease another is settling);
 2. account rows, in ascending ``id`` (PostgreSQL locks the rows of a sorted
    ``SELECT ... ORDER BY ... FOR UPDATE`` in that order: docs, "The Locking Clause");
-3. defense state rows, in ascending ``(kind, key)`` (``StateKey`` order).
+   a sharded account's row only on the slow path (below);
+3. defense state rows, in ascending ``(kind, key)`` (``StateKey`` order);
+4. escrow shard rows, in ascending ``(account, shard)`` (the server functions
+   ``escrow_hold`` and ``escrow_apply`` loop in that order).
+
+No hot row: a namespace's and a tenant's accounts are split into escrow shards
+(:mod:`comptroller.domain.escrow`, :mod:`comptroller.storage.postgres_escrow`). A
+reserve reads them without a lock and holds its ceiling on one shard with room in
+its write; when every shard is dry or a limit changed, it rolls back and runs again
+on the slow path, which locks the account rows and all their shards and rebalances.
+A sharded account's row itself is locked only there, by an alert about to fire, and
+by a charge past a hold (a ceiling miss, a late settle), which rebalances it.
 
 Missing account rows are created (empty) in a short transaction of their own before
 the reserve is retried, and the expiry sweep runs in its own transaction before the
@@ -20,9 +31,12 @@ and run again, at most :data:`_ATTEMPTS` times (also on a serialization failure 
 deadlock, which the order above should make impossible).
 
 Round trips: statements are sent in libpq pipeline mode, and the reads of each step are
-one statement (the accounts are locked in a ``LATERAL`` subquery beside the other reads),
-so a reserve is two round trips and about five statements (begin, read and lock, guard
-states, write, commit), and a settle the same (three round trips with a guard).
+one statement (the accounts are read, and the unsharded ones locked, in a ``LATERAL``
+subquery beside the other reads), so a reserve is two round trips and four statements
+(begin, read and lock, the hold with ``escrow_hold``, commit; guard states add one
+each way), and a settle the same (begin, read and lock, one write moving the money,
+logging the usage and resolving the hold, commit; three round trips with a guard).
+psycopg prepares a statement on its fifth use (``prepare_threshold``, default 5).
 
 Failure: every connection problem (the server restarting, a broken connection, the
 pool exhausted past ``pool_timeout_s``, a lock held past ``lock_timeout_s``) raises
@@ -134,10 +148,13 @@ _LOCK_ACCOUNTS = f"{pe.ACCOUNT_SELECT} WHERE {{}} AND (a.shards = 0 OR %s) ORDER
 """The call's accounts locked (ascending id): the unsharded ones, and the sharded ones too when the flag is on."""
 _READ_SHARDED = f"{pe.ACCOUNT_SELECT} WHERE {{}} AND a.shards > 0 AND NOT %s"
 """The call's sharded accounts with their totals, not locked (the fast path)."""
+_READ_ACCOUNTS = f"SELECT * FROM ({_LOCK_ACCOUNTS}) AS l UNION ALL SELECT * FROM ({_READ_SHARDED}) AS u"
+"""Both, in one statement (the unsharded ones first, locked)."""
 _INSERT_HOLD = (f"INSERT INTO reservations ({RES_COLS}, shard_ids) VALUES "
                 "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s, %s, {})")
-_SETTLE_WRITE = (f"WITH logged AS (INSERT INTO usage_log ({USAGE_COLS}) VALUES ({', '.join(['%s'] * 21)})) "
-                 "UPDATE reservations SET state = 'settled' WHERE id = %s")
+_SETTLE_WRITE = (f"WITH {pe.APPLY_CTE}, logged AS (INSERT INTO usage_log ({USAGE_COLS}) VALUES "
+                 f"({', '.join(['%s'] * 21)})) UPDATE reservations SET state = 'settled' FROM moved WHERE id = %s")
+"""Move the money, log the usage and mark the hold settled, in one statement."""
 _CORRECT_WRITE = (
     "WITH logged AS (UPDATE usage_log SET resolved_at = %s, input_tokens = %s, output_tokens = %s, "
     "cache_read_tokens = %s, cache_write_tokens = %s, cache_write_1h_tokens = %s, cost_mc = %s, outcome = %s "
@@ -157,13 +174,11 @@ _SETTLE_ACCOUNTS = ("SELECT x.*, b.id, b.level, b.scope, b.period, b.timezone, b
                     "LEFT JOIN budgets b ON b.id = x.budget_id ORDER BY x.id")
 _SETTLE_READ = (
     f"SELECT r.*, x.* FROM (SELECT {RES_COLS}, {_DUE}, shard_ids FROM reservations WHERE id = %s FOR UPDATE) AS r "
-    "LEFT JOIN LATERAL ({}) AS x ON true".format(
-        _SETTLE_ACCOUNTS.format("a.id = ANY(r.account_ids) AND a.shards = 0", "FOR UPDATE OF a")))
-"""The reservation locked, a due lease, where its money sits, then its unsharded accounts locked with their budgets
-(ascending id)."""
-_SETTLE_SHARDED = _SETTLE_ACCOUNTS.format(
-    "a.id = ANY((SELECT account_ids FROM reservations WHERE id = %s)::bigint[]) AND a.shards > 0", "")
-"""A reservation's sharded accounts with their totals and budgets, not locked."""
+    "LEFT JOIN LATERAL (SELECT * FROM ({}) AS l UNION ALL SELECT * FROM ({}) AS u) AS x ON true".format(
+        _SETTLE_ACCOUNTS.format("a.id = ANY(r.account_ids) AND a.shards = 0", "FOR UPDATE OF a"),
+        _SETTLE_ACCOUNTS.format("a.id = ANY(r.account_ids) AND a.shards > 0", "")))
+"""The reservation locked, a due lease, where its money sits, then its accounts with their totals and budgets:
+the unsharded ones locked (ascending id), the sharded ones not."""
 
 
 class _Found(NamedTuple):
@@ -495,9 +510,8 @@ class PostgresStore:
             where, params = self._account_filter(wanted)
             with conn.pipeline():
                 conn.execute("BEGIN")
-                first = conn.execute(_RESERVE_READ.format(_LOCK_ACCOUNTS.format(where)),
-                                     (now, request.idempotency_key, *params, attempt.slow))
-                sharded = conn.execute(_READ_SHARDED.format(where), (*params, attempt.slow))
+                first = conn.execute(_RESERVE_READ.format(_READ_ACCOUNTS.format(where, where)),
+                                     (now, request.idempotency_key, *params, attempt.slow, *params, attempt.slow))
                 states = conn.execute(_LOCK_STATES, key_columns(state_keys)) if state_keys else None
             rows = first.fetchall()
             seen, due, existing_id = rows[0][:3]
@@ -508,7 +522,7 @@ class PostgresStore:
                 self._sweep_first(conn, attempt, now)
             if existing_id is not None:
                 return self._known_key(conn, request, existing_id)
-            by_key = self._learn_accounts([row[3:] for row in rows if row[3] is not None] + sharded.fetchall())
+            by_key = self._learn_accounts([row[3:] for row in rows if row[3] is not None])
             if len(by_key) < len(set(wanted)):
                 rollback(conn)
                 missing = sorted(set(wanted) - set(by_key))
@@ -694,17 +708,17 @@ class PostgresStore:
         plans = _recapped(conn, accounts, moves) if pushed else {}
 
         def write() -> None:
-            pe.apply(conn, moves)
             pe.write_caps(conn, plans)
             if fired:
                 conn.execute(_FIRE_ALERTS, (list(fired), list(fired.values())))
             if unknown:
+                pe.apply(conn, moves)
                 u = record.usage
                 conn.execute(_CORRECT_WRITE, (now, u.input_tokens, u.output_tokens, u.cache_read_tokens,
                                               u.cache_write_tokens, u.cache_write_1h_tokens, cost_mc, record.outcome,
                                               reservation.id, reservation.id))
             else:
-                conn.execute(_SETTLE_WRITE, (*usage_row(record), reservation.id))
+                conn.execute(_SETTLE_WRITE, (*pe.apply_params(moves), *usage_row(record), reservation.id))
             insert_events(conn, [*swept, *events])
 
         self._commit(conn, attempt, outcome, read, write)
@@ -753,7 +767,6 @@ class PostgresStore:
         with conn.pipeline():
             conn.execute("BEGIN")
             res = conn.execute(_SETTLE_READ, (now, reservation_id))
-            sharded = conn.execute(_SETTLE_SHARDED, (reservation_id,))
         rows = res.fetchall()
         row = rows[0] if rows else None
         if row is None:
@@ -765,7 +778,6 @@ class PostgresStore:
         reservation = reservation_of(row)
         first = RES_N + 2
         by_id = {r[first]: r[first:] for r in rows if r[first] is not None}
-        by_id.update((r[0], r) for r in sharded.fetchall())
         held = [by_id[i] for i in row[15] if i in by_id]  # in the reservation's order: alerts fire in it
         due_self = reservation.state is ReservationState.PENDING and reservation.expires_at <= now
         return _Found(reservation, due_self, held, _holds(row[15], row[RES_N + 1]))

@@ -34,9 +34,11 @@ from comptroller.storage.postgres_rows import Conn
 __all__ = [
     "ACCOUNT_SELECT",
     "ACCOUNT_SHARDS",
+    "APPLY_CTE",
     "HOLD_VALUE",
     "Move",
     "apply",
+    "apply_params",
     "create_accounts",
     "is_dry",
     "lock_shards",
@@ -55,6 +57,9 @@ ACCOUNT_SHARDS = 7
 """Where ``ACCOUNT_SELECT``'s ``shards`` column is (the limit the caps were split from, and the row's own money,
 follow it)."""
 
+APPLY_CTE = "moved AS (SELECT escrow_apply(%s::bigint[], %s::integer[], %s::bigint[], %s::bigint[]))"
+"""A ``WITH`` item moving money (:func:`apply_params`); the statement must read ``moved`` for it to run."""
+
 HOLD_VALUE = "escrow_hold(%s::bigint[], %s::integer[], %s)"
 """An expression holding an amount on accounts (ids, start shards with -1 for a row, amount); the shard of each."""
 
@@ -67,14 +72,17 @@ def is_dry(exc: Exception) -> bool:
     return isinstance(exc, errors.RaiseException) and exc.diag.message_primary == "escrow_dry"
 
 
+def apply_params(moves: Mapping[Move, tuple[int, int]]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """The parameters of :data:`APPLY_CTE` for ``(settled_mc, reserved_mc)`` deltas by row or shard."""
+    keys = sorted(moves)
+    return [k[0] for k in keys], [k[1] for k in keys], [moves[k][0] for k in keys], [moves[k][1] for k in keys]
+
+
 def apply(conn: Conn, moves: Mapping[Move, tuple[int, int]]) -> None:
     """Add ``(settled_mc, reserved_mc)`` deltas to each row or shard (one statement, locks in order)."""
-    if not moves:
-        return
-    keys = sorted(moves)
-    conn.execute("SELECT escrow_apply(%s::bigint[], %s::integer[], %s::bigint[], %s::bigint[])",
-                 ([k[0] for k in keys], [k[1] for k in keys], [moves[k][0] for k in keys],
-                  [moves[k][1] for k in keys]))
+    if moves:
+        conn.execute("SELECT escrow_apply(%s::bigint[], %s::integer[], %s::bigint[], %s::bigint[])",
+                     apply_params(moves))
 
 
 def lock_shards(conn: Conn, account_ids: Sequence[int]) -> dict[int, list[Shard]]:
