@@ -4,7 +4,7 @@ One :class:`Gateway` per worker process: the engine (on the shared ledger), the 
 store, the upstream pools, the metrics and the set of calls between admit and
 settle/release (never released to zero at shutdown: :meth:`Gateway.resolve_all`).
 
-Ledger calls never stall the event loop (:meth:`Gateway.run`): a locked SQLite file or a lost
+A ledger call never waits on the event loop (:meth:`Gateway.run`): a locked SQLite file or a lost
 database stalls only its own call (a stream in flight keeps flowing), and a request waits at
 most ``[gateway] ledger_timeout_s`` for one before it answers 503 ``ledger_unavailable``. On
 SQLite an admit, settle or release runs on the loop when it cannot wait: the store's connection
@@ -209,7 +209,7 @@ class Gateway:
         return None
 
     async def run(self, operation: Callable[..., _T], *args: Any) -> _T:
-        """Run a ledger operation without stalling the loop, waiting at most ``ledger_timeout_s``.
+        """Run a ledger operation without waiting on the loop; a request waits at most ``ledger_timeout_s``.
 
         An admit, settle or release on SQLite runs at once on the loop when the store is free
         (:meth:`_inline`): it cannot wait on a lock there, and its write is a few hundred
