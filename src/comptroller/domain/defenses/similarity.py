@@ -54,7 +54,6 @@ __all__ = ["SHINGLE_WORDS", "SKETCH_SIZE", "Sketch", "fingerprint", "mask_variab
            "shingles", "similarity", "template_key", "words_of"]
 
 SHINGLE_WORDS = 3
-_SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 SKETCH_SIZE = 32
 _HASH_HEX = 8
@@ -84,7 +83,7 @@ _CLOCK = re.compile(r"(?=\b\d)(?:" + "|".join((
 
 def normalise_text(text: str) -> str:
     """Case-folded, with runs of whitespace collapsed to one space and the ends stripped."""
-    return _SPACE.sub(" ", text.casefold()).strip()
+    return " ".join(text.casefold().split())  # str.split's whitespace is the regex \s's (checked for every code point)
 
 
 def mask_variables(text: str) -> str:
