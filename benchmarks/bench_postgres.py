@@ -42,14 +42,20 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bench_ledger import RUNNERS, budgets
+from bench_ledger import RUNNERS, START, STEP_S, attributions, budgets
+from comptroller.clock import VirtualClock
+from comptroller.domain.codes import Code
+from comptroller.domain.ledger import ReserveRequest
 from comptroller.domain.scopes import Level
+from comptroller.domain.usage import Usage
 from comptroller.storage.migrations import upgrade
 from comptroller.storage.postgres import PostgresStore
 from markdown_block import update_block
 
 URL = os.environ.get("COMPTROLLER_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CONFIGS = ("store-1", "engine-1", "store-N", "engine-N")
+"""The default configurations; ``spread-1`` and ``spread-N`` run the store with each caller on its own
+attributions (``run_store_spread``)."""
 Span = tuple[float, float, float]
 """One process's run: wall-clock start and end (``perf_counter``) and CPU seconds."""
 
@@ -77,6 +83,23 @@ def drop_schema(name: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
+def run_store_spread(store: PostgresStore, pairs: int, tag: str, offset: int) -> None:
+    """``run_store`` with the caller starting at its own place in the attribution cycle (``offset``), as
+    independent agents do, instead of every caller on the same agent and conversation rows at once."""
+    clock = VirtualClock(START)
+    attrs = attributions()
+    usage = Usage(input_tokens=1200, output_tokens=350)
+    for i in range(offset, offset + pairs):
+        request = ReserveRequest(idempotency_key=f"{tag}-{i}", attribution=attrs[i % len(attrs)], model="gpt-4o-mini",
+                                 ceiling_mc=80, input_tokens_max=1200, output_tokens_max=1024, ttl_s=3600.0)
+        result = store.reserve(request, clock.now())
+        if result.reservation is None:
+            raise SystemExit(f"benchmark call refused: {result.refusal}")
+        clock.advance(STEP_S)
+        if store.settle(result.reservation.id, usage, 39, clock.now()).code is not Code.SETTLED:
+            raise SystemExit("benchmark settle failed")
+
+
 def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int, tag: str, shards: int,
              barrier: Barrier, out: mp.SimpleQueue[Span]) -> None:
     """One replica: its own store, ``threads`` callers splitting ``pairs`` pairs."""
@@ -87,7 +110,10 @@ def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int,
 
     def caller(t: int) -> None:
         try:
-            RUNNERS[mode](store, share[t], f"{tag}t{t}")
+            if mode == "spread":
+                run_store_spread(store, share[t], f"{tag}t{t}", offset=(int(tag[1:]) * threads + t) * 37)
+            else:
+                RUNNERS[mode](store, share[t], f"{tag}t{t}")
         except BaseException as exc:  # reported below: a run with a failed caller is no measurement
             failures.append(exc)
 
