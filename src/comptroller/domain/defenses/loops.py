@@ -38,7 +38,8 @@ after 5 calls):
   "failed", ``line N``) has its numbers, ids, paths and times masked, so a retry loop whose
   error line changes each time is one family and is stopped after 5 calls; an ordinary
   line keeps its numbers, so ``Classify ticket #1234: price 19.99`` and ``... #1235: price
-  4.50`` are two requests, not a loop.
+  4.50`` are two requests, not a loop (texts of one template with other values are left to
+  ``repeated_template``, however alike).
 * **A template is a loop only when it costs.** Requests that differ only in numbers (one
   template) are counted as a template family; they trip ``repeated_template`` only once the
   agent's recent calls of the template (at most ``history_max`` families) reserved
