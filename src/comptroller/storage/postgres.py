@@ -217,8 +217,8 @@ class PostgresStore:
     """A :class:`~comptroller.ports.LedgerStore` in a PostgreSQL database, shared by any number of processes.
 
     Args:
-        url: a libpq URL, ``postgresql://user@host:5432/db``; pool options may ride in
-            its query (``?pool_max_size=32&pool_timeout_s=2``).
+        url: a libpq URL, ``postgresql://user@host:5432/db``; pool options and
+            ``escrow_shards`` may ride in its query (``?pool_max_size=32&escrow_shards=16``).
         schema: the schema holding the ledger (default: the server's ``search_path``).
         min_size: connections kept open.
         max_size: connections at most (one per concurrent operation).
@@ -232,13 +232,14 @@ class PostgresStore:
             ``synchronous_commit = off``: a crash of the database server (not a restart)
             may then lose the last fraction of a second of commits, never corrupt them
             (PostgreSQL docs, "Asynchronous Commit"). For tests and benchmarks of CPU cost.
-        escrow_shards: how many escrow shards a new namespace or tenant account gets
+        escrow_shards: how many escrow shards (0..256) a new namespace or tenant account gets
             (:mod:`comptroller.domain.escrow`; 0 or 1: none, every reserve locks the
             account row). The count is kept in the account, so replicas configured
             differently still agree on it. BENCHMARKS.md ("PostgreSQL") has the measurement
             behind the default.
 
     Raises:
+        ValueError: on an ``escrow_shards`` that is not a whole number in 0..256.
         SchemaVersionError: if the schema is behind (run ``comptroller db upgrade``) or ahead.
         LedgerUnavailableError: if the database cannot be reached within ``timeout_s``.
     """
@@ -246,10 +247,11 @@ class PostgresStore:
     def __init__(self, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 16,
                  timeout_s: float = 5.0, connect_timeout_s: float = 5.0, lock_timeout_s: float = 10.0,
                  statement_timeout_s: float = 30.0, durable: bool = True, escrow_shards: int = 16) -> None:
-        if not 0 <= escrow_shards <= escrow.SHARDS_MAX:
-            raise ValueError(f"escrow_shards must be in 0..{escrow.SHARDS_MAX}, got {escrow_shards}")
-        self._shards = escrow_shards if escrow_shards > 1 else 0
         conninfo, options = split_url(url)
+        shards = options.get("escrow_shards", escrow_shards)
+        if not 0 <= shards <= escrow.SHARDS_MAX or shards != int(shards):
+            raise ValueError(f"escrow_shards must be a whole number in 0..{escrow.SHARDS_MAX}, got {shards!r}")
+        self._shards = int(shards) if shards > 1 else 0
         self.where = redact(conninfo) + (f" (schema {schema})" if schema else "")
         self._timeout_s = options.get("timeout_s", timeout_s)
         self._settings = {"TimeZone": "UTC", "lock_timeout": f"{int(lock_timeout_s * 1000)}ms",

@@ -37,7 +37,9 @@ Conn = psycopg.Connection[TupleRow]
 ACCOUNT_ROW = 11
 """How many columns an account row read with its totals has (``postgres_escrow.ACCOUNT_SELECT``)."""
 
-POOL_PARAMS = {"pool_min_size": "min_size", "pool_max_size": "max_size", "pool_timeout_s": "timeout_s"}
+POOL_PARAMS = {"pool_min_size": "min_size", "pool_max_size": "max_size", "pool_timeout_s": "timeout_s",
+               "escrow_shards": "escrow_shards"}
+"""Store options a ledger URL may carry in its query (taken out before libpq sees it), by their option name."""
 
 
 BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
