@@ -47,6 +47,7 @@ import anyio
 import anyio.to_thread
 
 from comptroller.domain.caps import NoOutputCapError
+from comptroller.domain.codes import Code
 from comptroller.domain.defenses.chain import Defenses
 from comptroller.domain.ledger import ReleaseResult, Reservation, SettleResult
 from comptroller.domain.usage import Usage
@@ -408,11 +409,15 @@ class MeteredEngine:
     Attributes:
         current: the hold of the attempt admitted last (the runner admits, calls, then settles
             or releases one attempt at a time), for the tier call's own exits.
+        cut_off: an attempt the runner released had been charged already: the request was cut
+            off (shutdown, client gone) and its attempt charged its bounds (DESIGN.md rule 12),
+            so no later tier is admitted.
     """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.current: Reservation | None = None
+        self.cut_off = False
 
     @property
     def prices(self) -> PriceSource:
@@ -435,7 +440,14 @@ class MeteredEngine:
         return self.gateway.engine.defenses
 
     def admit(self, call: CallRequest) -> Admission:
-        """:meth:`Gateway.admit`; an admitted attempt becomes :attr:`current`."""
+        """:meth:`Gateway.admit`; an admitted attempt becomes :attr:`current`.
+
+        Raises:
+            GatewayError: as :meth:`Gateway.admit`; 503 ``cut_off`` once the request was cut off.
+        """
+        if self.cut_off:
+            raise GatewayError(503, "the request was cut off (shutdown or the client left) and its tier attempt "
+                               "charged its bounds; no further tier is tried", type_="api_error", code="cut_off")
         admission = self.gateway.admit(call)
         self.current = admission.reservation
         return admission
@@ -445,5 +457,8 @@ class MeteredEngine:
         return self.gateway.settle_result(reservation, usage)
 
     def release(self, reservation: Reservation) -> ReleaseResult:
-        """:meth:`Gateway.release_result`."""
-        return self.gateway.release_result(reservation)
+        """:meth:`Gateway.release_result`; a hold found charged already marks the request :attr:`cut_off`."""
+        result = self.gateway.release_result(reservation)
+        if result.code is Code.ALREADY_SETTLED:
+            self.cut_off = True
+        return result

@@ -288,10 +288,10 @@ class SQLiteStore:
             yield False
             return
         try:
-            self._busy(0)  # left at 0 after the block: calls made outside one set it back first
             try:
+                self._busy(0)  # left at 0 after the block: calls made outside one set it back first
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:  # SQLITE_BUSY: another connection writes (or the file fails)
+            except sqlite3.Error:  # SQLITE_BUSY: another connection writes; or a failing or closed file
                 yield False
                 return
             self._begun = self._held = True
