@@ -20,12 +20,14 @@ Usage::
     python benchmarks/bench_defenses.py --profile                # cProfile one all-layers SQLite run
     valgrind --tool=callgrind --instr-atstart=no python benchmarks/bench_defenses.py \
         --callgrind "all layers" --skip 1000 --pairs 300            # instructions of pairs 1,001-1,300 only
+    ... --callgrind "all layers" --without loops ...              # the same with one layer off (its share)
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import os
 import platform
 import pstats
@@ -66,6 +68,8 @@ ALL_LAYERS = Defenses(
     pacing=PacingConfig(slack_pct=1_000, burst_pct=100),
 )
 LAYERS = {"budgets only": Defenses.budgets_only(), "all layers": ALL_LAYERS}
+OFF: dict[str, object] = {"breakers": None, "kill_switches": {}, "pinning": None, "retries": None, "loops": None,
+                          "pacing": None}  # --without: what switches each layer off
 WORDS = ("plan", "review", "patch", "test", "deploy", "refactor", "explain", "summarise", "check", "merge")
 
 
@@ -166,7 +170,13 @@ def main() -> None:
                              "setting, instrumented from pair --skip for --pairs pairs (instruction counts do "
                              "not depend on the machine's load)")
     parser.add_argument("--skip", type=int, default=1_000, help="--callgrind: pairs run before instrumenting")
+    parser.add_argument("--without", choices=tuple(OFF), action="append", default=[],
+                        help="--callgrind: switch this layer off in the setting measured (repeatable)")
     args = parser.parse_args()
+    if args.without and args.callgrind is None:
+        parser.error("--without applies to the --callgrind setting; name one")
+    for layer in args.without:
+        LAYERS[args.callgrind] = dataclasses.replace(LAYERS[args.callgrind], **{layer: OFF[layer]})
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.callgrind is not None:
