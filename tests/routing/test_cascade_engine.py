@@ -196,8 +196,9 @@ def test_the_defenses_apply_to_every_attempt_but_escalation_is_not_a_repeat() ->
     refused as a repeat (same_request), and an attempt in a run past its deadline is refused."""
     store = MemoryStore()
     clock = VirtualClock(START)
+    loops = LoopConfig(identical_max=2, repeat_spend_mc_min=0)  # trip on count alone (no spend floor)
     engine = Engine(store=store, prices=PriceBook(overrides=PRICES), clock=clock, caps=OutputCaps(default_tokens=500),
-                    defenses=Defenses(breakers=None, retries=None, loops=LoopConfig(identical_max=2)))
+                    defenses=Defenses(breakers=None, retries=None, loops=loops))
     usage = Usage(input_tokens=300, output_tokens=40)
 
     def ask(request_id: str, **extra: str) -> Outcome:
