@@ -119,6 +119,7 @@ from comptroller.storage.postgres_rows import (
     why_not,
     write_state,
 )
+from comptroller.storage.postgres_sweep import sweep
 from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import (
     corrected_record,
@@ -126,7 +127,6 @@ from comptroller.storage.rows import (
     refusal_event,
     settled_record,
     unknown_outcome_event,
-    unknown_outcome_record,
 )
 
 __all__ = ["PostgresKeyStore", "PostgresStore", "redact", "split_url"]
@@ -411,7 +411,7 @@ class PostgresStore:
         """
         total = 0
         while True:
-            done = self._run(lambda conn, _: self._sweep(conn, now))
+            done = self._run(lambda conn, _: sweep(conn, now, _SWEEP_BATCH))
             total += done
             if done < _SWEEP_BATCH:
                 return total
@@ -436,42 +436,11 @@ class PostgresStore:
         self.expire(now)
         return False
 
-    @staticmethod
-    def _sweep(conn: Conn, now: datetime) -> int:
-        """Resolve a batch of due leases: a sent one is charged its ceiling (``unknown_outcome``), another returns."""
-        conn.execute("BEGIN")
-        rows = conn.execute(
-            f"SELECT {RES_COLS}, shard_ids FROM reservations WHERE state = 'pending' AND expires_at <= %s "
-            "ORDER BY expires_at, id LIMIT %s FOR UPDATE SKIP LOCKED", (now, _SWEEP_BATCH)).fetchall()
-        if not rows:
-            conn.execute("COMMIT")
-            return 0
-        due = [reservation_of(r) for r in rows]
-        moves: dict[pe.Move, tuple[int, int]] = {}
-        for reservation, row in zip(due, rows, strict=True):
-            charged = reservation.ceiling_mc if reservation.sent else 0
-            for where in _holds(row[15], row[RES_N]):
-                settled, reserved = moves.get(where, (0, 0))
-                moves[where] = (settled + charged, reserved - reservation.ceiling_mc)
-        rows_ids = sorted({i for i, shard in moves if shard < 0})
-        sent = [r for r in due if r.sent]
-        with conn.pipeline():
-            conn.execute("SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (rows_ids,))
-            pe.apply(conn, moves)
-            conn.execute("UPDATE reservations SET state = CASE WHEN sent THEN 'unknown_outcome' ELSE 'expired' END "
-                         "WHERE id = ANY(%s)", ([r.id for r in due],))
-            if sent:
-                conn.cursor().executemany(f"INSERT INTO usage_log ({USAGE_COLS}) VALUES ({', '.join(['%s'] * 21)})",
-                                          [usage_row(unknown_outcome_record(r, now)) for r in sent])
-            insert_events(conn, [unknown_outcome_event(r, now) for r in sent])
-            conn.execute("COMMIT")
-        return len(due)
-
     def _sweep_first(self, conn: Conn, attempt: _Attempt, now: datetime) -> None:
         """A lease is due: roll back, sweep in a transaction of its own, and retry (once per operation)."""
         if not attempt.swept:
             rollback(conn)
-            self._sweep(conn, now)
+            sweep(conn, now, _SWEEP_BATCH)
             attempt.swept = True
             raise _RetryError
 
@@ -540,7 +509,7 @@ class PostgresStore:
             locked: dict[int, list[escrow.Shard]] = {}
             if attempt.slow:
                 locked = pe.lock_shards(conn, [r[0] for r in held if r[pe.ACCOUNT_SHARDS] > 0])
-                held = [_with_shards(r, locked.get(r[0])) for r in held]
+                held = [pe.with_shards(r, locked.get(r[0])) for r in held]
             elif any(r[pe.ACCOUNT_SHARDS] > 0 and r[pe.ACCOUNT_SHARDS + 1] != b.limit_mc
                      for r, (b, _, _) in zip(held, keys, strict=True)):
                 rollback(conn)  # a limit changed since the caps were split: rebalance under the account's lock
@@ -606,7 +575,9 @@ class PostgresStore:
             event = refusal_event(verdict, request, now)
             self._commit(conn, attempt, GuardOutcome(events=(event,)), read)
             return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal, verdict=verdict, events=(event,))
-        plans = _rebalanced(request.ceiling_mc, views, ids, starts, locked)
+        plans = pe.rebalanced(request.ceiling_mc, [v.budget.limit_mc for v in views], ids, starts, locked)
+        if plans is None:  # the decision read other totals than the locked shards: read again
+            raise _RetryError
         reservation = new_reservation(uuid.uuid4().hex, request, now)
         a = request.attribution
 
@@ -707,7 +678,7 @@ class PostgresStore:
             events, fired = alerts_crossed(accounts, delta, now)
         outcome, read = self._settle_guard(conn, guard, reservation, None if usage is None else cost_mc, now)
         moves = {where: (delta, -held) for where in holds}
-        plans = _recapped(conn, accounts, moves) if pushed else {}
+        plans = pe.recapped(conn, accounts, moves) if pushed else {}
 
         def write() -> None:
             pe.write_caps(conn, plans)
@@ -782,7 +753,7 @@ class PostgresStore:
         by_id = {r[first]: r[first:] for r in rows if r[first] is not None}
         held = [by_id[i] for i in row[15] if i in by_id]  # in the reservation's order: alerts fire in it
         due_self = reservation.state is ReservationState.PENDING and reservation.expires_at <= now
-        return _Found(reservation, due_self, held, _holds(row[15], row[RES_N + 1]))
+        return _Found(reservation, due_self, held, pe.holds(row[15], row[RES_N + 1]))
 
     @staticmethod
     def _settle_guard(conn: Conn, guard: SettleGuard | None, reservation: Reservation, cost_mc: int | None,
@@ -939,52 +910,3 @@ class PostgresKeyStore:
         """Close the pooled connections."""
         self._db.close()
 
-
-def _holds(account_ids: Sequence[int], shard_ids: Sequence[int] | None) -> list[pe.Move]:
-    """Where a reservation's money sits on each of its accounts (a hold made before shards: the rows)."""
-    return list(zip(account_ids, shard_ids if shard_ids is not None else [-1] * len(account_ids), strict=True))
-
-
-def _with_shards(row: TupleRow, shards: Sequence[escrow.Shard] | None) -> TupleRow:
-    """An account row whose totals are recomputed from its locked shards (and its own money)."""
-    if not shards:
-        return row
-    settled, reserved = escrow.totals(shards)
-    return (*row[:4], row[9] + settled, row[10] + reserved, *row[6:])
-
-
-def _rebalanced(ceiling_mc: int, views: Sequence[AccountView], ids: Sequence[int], starts: Sequence[int],
-                locked: Mapping[int, Sequence[escrow.Shard]]) -> dict[int, tuple[int, tuple[escrow.Shard, ...]]]:
-    """New caps for each locked sharded account, its ceiling going to the shard it tries first.
-
-    Raises:
-        _RetryError: if an account cannot hold the ceiling (the decision read other totals: read again).
-    """
-    plans: dict[int, tuple[int, tuple[escrow.Shard, ...]]] = {}
-    for view, account_id, start in zip(views, ids, starts, strict=True):
-        shards = locked.get(account_id)
-        if shards:
-            planned = escrow.rebalance(view.budget.limit_mc, shards, need_mc=ceiling_mc, preferred=start)
-            if planned is None:
-                raise _RetryError
-            plans[account_id] = (view.budget.limit_mc, planned)
-    return plans
-
-
-def _recapped(conn: Conn, accounts: Sequence[TupleRow], moves: Mapping[pe.Move, tuple[int, int]]
-              ) -> dict[int, tuple[int, tuple[escrow.Shard, ...]]]:
-    """Lock the shards of the sharded accounts, apply ``moves`` to them in memory, and rebalance each from its
-    budget's limit: after a charge past a hold, no shard keeps room the account no longer has."""
-    limits = {r[0]: r[ACCOUNT_ROW + 5] for r in accounts if r[pe.ACCOUNT_SHARDS] > 0 and r[ACCOUNT_ROW] is not None}
-    locked = pe.lock_shards(conn, sorted(limits))
-    plans: dict[int, tuple[int, tuple[escrow.Shard, ...]]] = {}
-    for account_id, shards in locked.items():
-        after = list(shards)
-        for (moved_id, index), (settled_mc, reserved_mc) in moves.items():
-            if moved_id == account_id and 0 <= index < len(after):
-                s = after[index]
-                after[index] = escrow.Shard(s.cap_mc, s.settled_mc + settled_mc, s.reserved_mc + reserved_mc)
-        planned = escrow.rebalance(limits[account_id], after) if after else None
-        if planned is not None:
-            plans[account_id] = (limits[account_id], planned)
-    return plans

@@ -27,9 +27,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from psycopg import errors
+from psycopg.rows import TupleRow
 
-from comptroller.domain.escrow import Shard, rebalance
-from comptroller.storage.postgres_rows import Conn
+from comptroller.domain.escrow import Shard, rebalance, totals
+from comptroller.storage.postgres_rows import ACCOUNT_ROW, Conn
 
 __all__ = [
     "ACCOUNT_SELECT",
@@ -40,9 +41,13 @@ __all__ = [
     "apply",
     "apply_params",
     "create_accounts",
+    "holds",
     "is_dry",
     "lock_shards",
     "rebalance_all",
+    "rebalanced",
+    "recapped",
+    "with_shards",
     "write_caps",
 ]
 
@@ -144,3 +149,50 @@ def rebalance_all(conn: Conn) -> int:
             plans[account_id] = (limits[account_id], planned)
     write_caps(conn, plans)
     return len(plans)
+
+
+def holds(account_ids: Sequence[int], shard_ids: Sequence[int] | None) -> list[Move]:
+    """Where a reservation's money sits on each of its accounts (a hold made before shards: the rows)."""
+    return list(zip(account_ids, shard_ids if shard_ids is not None else [-1] * len(account_ids), strict=True))
+
+
+def with_shards(row: TupleRow, shards: Sequence[Shard] | None) -> TupleRow:
+    """An account row whose totals are recomputed from its locked shards (and its own money)."""
+    if not shards:
+        return row
+    settled, reserved = totals(shards)
+    return (*row[:4], row[9] + settled, row[10] + reserved, *row[6:])
+
+
+def rebalanced(ceiling_mc: int, limits_mc: Sequence[int], ids: Sequence[int], starts: Sequence[int],
+               locked: Mapping[int, Sequence[Shard]]) -> dict[int, tuple[int, tuple[Shard, ...]]] | None:
+    """New caps for each locked sharded account (the slow path of a reserve), its ceiling going to the shard it
+    tries first (``starts``); ``limits_mc``: each account's budget limit. None if one cannot hold the ceiling."""
+    plans: dict[int, tuple[int, tuple[Shard, ...]]] = {}
+    for limit_mc, account_id, start in zip(limits_mc, ids, starts, strict=True):
+        shards = locked.get(account_id)
+        if shards:
+            planned = rebalance(limit_mc, shards, need_mc=ceiling_mc, preferred=start)
+            if planned is None:
+                return None
+            plans[account_id] = (limit_mc, planned)
+    return plans
+
+
+def recapped(conn: Conn, accounts: Sequence[TupleRow], moves: Mapping[Move, tuple[int, int]]
+              ) -> dict[int, tuple[int, tuple[Shard, ...]]]:
+    """Lock the shards of the sharded accounts, apply ``moves`` to them in memory, and rebalance each from its
+    budget's limit: after a charge past a hold, no shard keeps room the account no longer has."""
+    limits = {r[0]: r[ACCOUNT_ROW + 5] for r in accounts if r[ACCOUNT_SHARDS] > 0 and r[ACCOUNT_ROW] is not None}
+    locked = lock_shards(conn, sorted(limits))
+    plans: dict[int, tuple[int, tuple[Shard, ...]]] = {}
+    for account_id, shards in locked.items():
+        after = list(shards)
+        for (moved_id, index), (settled_mc, reserved_mc) in moves.items():
+            if moved_id == account_id and 0 <= index < len(after):
+                s = after[index]
+                after[index] = Shard(s.cap_mc, s.settled_mc + settled_mc, s.reserved_mc + reserved_mc)
+        planned = rebalance(limits[account_id], after) if after else None
+        if planned is not None:
+            plans[account_id] = (limits[account_id], planned)
+    return plans
