@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,8 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from comptroller.domain.breaker import BreakerConfig, BreakerState, BreakerStatus, admit, record_spend
-from comptroller.domain.defenses.baseline import NamespaceRate, SpendBaseline
-from comptroller.domain.scopes import Level
+from comptroller.domain.defenses.baseline import RATE_SAMPLE, NamespaceRate, SpendBaseline, rate_sampled
+from comptroller.domain.defenses.chain import RATE, Defenses, SettleDefenses
+from comptroller.domain.ledger import Reservation, ReserveRequest
+from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.state import StateKey
+from comptroller.storage.rows import new_reservation
 
 T0 = datetime(2025, 1, 6, 0, 0, tzinfo=UTC)
 CFG = BreakerConfig()
@@ -100,3 +106,58 @@ def test_relative_trips_can_be_switched_off() -> None:
     for w in range(7 * 24 + 5):
         state = record_spend(state, config, 1_000 if w < 7 * 24 else 40_000, T0 + w * HOUR).state
     assert state.status is BreakerStatus.CLOSED and state.rel == SpendBaseline()
+
+
+def test_the_sampled_namespace_baseline_stays_within_20_percent_of_the_exact_one() -> None:
+    """A week of settles (about 60 an hour, 200-3,000 mc each, random ids): the baseline counted from
+    one settle in RATE_SAMPLE (times RATE_SAMPLE) stays within 20 % of the exact one at every settle
+    from day 2 on (standard error about 4 %; 40 seeds: worst 18 %, mean worst 10 %), and is unbiased."""
+    rng = random.Random(7)
+    exact = sampled = SpendBaseline()
+    at, errors = T0, []
+    while at < T0 + timedelta(days=7):
+        at += timedelta(seconds=rng.expovariate(1 / 60))
+        cost = rng.randint(200, 3_000)
+        exact = exact.add(cost, at, window_s=CFG.relative_window_s, half_life_s=CFG.baseline_half_life_s)
+        if rate_sampled(uuid.UUID(int=rng.getrandbits(128)).hex):
+            sampled = sampled.add(cost * RATE_SAMPLE, at, window_s=CFG.relative_window_s,
+                                  half_life_s=CFG.baseline_half_life_s)
+        if at >= T0 + timedelta(days=2):
+            errors.append((sampled.baseline_mmc - exact.baseline_mmc) / exact.baseline_mmc)
+    assert max(abs(e) for e in errors) < 0.20
+    assert abs(sum(errors) / len(errors)) < 0.05
+
+
+def test_rate_sampling_is_deterministic_and_about_one_in_rate_sample() -> None:
+    """The same id always answers the same; 80,000 random ids sample 1/RATE_SAMPLE of them (within 5 %)."""
+    rng = random.Random(3)
+    ids = [uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(80_000)]
+    assert [rate_sampled(i) for i in ids[:100]] == [rate_sampled(i) for i in ids[:100]]
+    share = sum(map(rate_sampled, ids)) / len(ids)
+    assert abs(share * RATE_SAMPLE - 1) < 0.05
+
+
+def _reservation(reservation_id: str, attribution: Attribution) -> Reservation:
+    request = ReserveRequest(idempotency_key=f"k-{reservation_id}", attribution=attribution, model="m",
+                             ceiling_mc=1_000, input_tokens_max=10, output_tokens_max=10)
+    return new_reservation(reservation_id, request, T0)
+
+
+def test_only_sampled_settles_read_and_write_the_namespace_rate_row() -> None:
+    """Once the guard has seen its namespace's baseline, an unsampled settle neither reads nor writes
+    the rate row; a sampled one counts RATE_SAMPLE times its cost."""
+    guard = SettleDefenses(Defenses())
+    who = Attribution(namespace="ns", tenant="t", agent="a")
+    rate_key = StateKey(RATE, "ns")
+    ids = [f"r{i}" for i in range(200)]
+    hit = next(i for i in ids if rate_sampled(i))
+    miss = next(i for i in ids if not rate_sampled(i))
+    first = _reservation(miss, who)
+    assert rate_key in guard.state_keys(first)  # not seen yet: read, not written
+    assert not [w for w in guard.apply(first, 500, {}, T0).writes if w.key == rate_key]
+    assert rate_key not in guard.state_keys(_reservation(miss, who))
+    sampled = _reservation(hit, who)
+    assert rate_key in guard.state_keys(sampled)
+    written = [w for w in guard.apply(sampled, 500, {}, T0).writes if w.key == rate_key]
+    assert len(written) == 1
+    assert NamespaceRate.from_record(written[0].record).baseline.window_spend_mc == 500 * RATE_SAMPLE

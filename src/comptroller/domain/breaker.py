@@ -65,10 +65,13 @@ lease both compute a lease from the same version; only one write succeeds.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from comptroller.domain.codes import Code
@@ -545,14 +548,20 @@ def _close(state: BreakerState, config: BreakerConfig, now: datetime) -> tuple[B
 
 
 _FIELDS = tuple(f.name for f in fields(BreakerState))
+_FIELD_INDEX = {name: i for i, name in enumerate(_FIELDS)}
+_VALUES = attrgetter(*_FIELDS)  # every field's value, in one C call
+_SLOTS = tuple(getattr(BreakerState, name) for name in _FIELDS)  # the slots' member descriptors
+_SET_SLOT = type(_SLOTS[0]).__set__  # sets a slot directly (a frozen dataclass refuses setattr)
 
 
 def _evolve(state: BreakerState, **changes: Any) -> BreakerState:
     """The next version of a valid state with ``changes`` (internal transitions: not validated again)."""
-    changes["version"] = state.version + 1
+    values = list(_VALUES(state))
+    for name, value in changes.items():
+        values[_FIELD_INDEX[name]] = value
+    values[_FIELD_INDEX["version"]] = state.version + 1
     evolved = object.__new__(BreakerState)
-    for name in _FIELDS:
-        object.__setattr__(evolved, name, changes[name] if name in changes else getattr(state, name))
+    deque(map(_SET_SLOT, _SLOTS, repeat(evolved), values), maxlen=0)  # the slots, set in C
     return evolved
 
 

@@ -43,7 +43,7 @@ from typing import Protocol, TypeVar
 from comptroller.domain import breaker
 from comptroller.domain.breaker import BreakerState
 from comptroller.domain.defenses import killswitch
-from comptroller.domain.defenses.baseline import NamespaceRate
+from comptroller.domain.defenses.baseline import RATE_SAMPLE, NamespaceRate, SpendBaseline, rate_sampled
 from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.deadline import ScheduledRun, check_deadline, check_run_cap, run_key, unknown_run
 from comptroller.domain.defenses.dispatch_rule import DispatchGate, check_dispatched, gate_key
@@ -444,6 +444,7 @@ class SettleDefenses:
         self.defenses = defenses
         self.parsed = parsed or ParsedStates()
         self._plans: dict[Attribution, _SettlePlan] = {}
+        self._rates: dict[str, SpendBaseline] = {}  # namespace -> its baseline as last read or written here
 
     def _plan(self, attribution: Attribution) -> _SettlePlan:
         """The breakers and window-triggered kill switches of an attribution, with their keys (memoised)."""
@@ -465,11 +466,18 @@ class SettleDefenses:
         return plan
 
     def state_keys(self, reservation: Reservation) -> list[StateKey]:
-        """The call's breakers, the switches with a window trigger, the namespace's rate (relative breakers)."""
+        """The call's breakers, the switches with a window trigger, the namespace's rate (relative breakers).
+
+        The rate row is read only by a sampled settle (:func:`.baseline.rate_sampled`, which counts in it)
+        or when this guard has not seen the namespace's baseline yet; other settles judge young scopes
+        against the baseline last seen here (at most a few sampled settles old).
+        """
         breakers, kills, rate, fan_out = self._plan(reservation.attribution)
         keys = [key for key, _, _, _ in breakers] + [key for key, _, _, _ in kills]
         keys += [key for key, _, _, _ in fan_out]
-        return keys if rate is None else [*keys, rate[0]]
+        if rate is None or (rate[1] in self._rates and not rate_sampled(reservation.id)):
+            return keys
+        return [*keys, rate[0]]
 
     def apply(self, reservation: Reservation, cost_mc: int | None, states: Mapping[StateKey, StoredState],
               now: datetime) -> GuardOutcome:
@@ -480,25 +488,29 @@ class SettleDefenses:
         for key, level, scope, _ in fan_out:
             flight = self.parsed.load(states, key, InFlight.from_record, partial(InFlight, level, scope))
             changes.writes += self.parsed.write(key, flight, end_in_flight(flight, call_id, now).state)
-        namespace = None
+        namespace, fallback = None, None
         if rate is not None:
             rate_key, rate_scope, _ = rate
-            namespace = self.parsed.load(states, rate_key, NamespaceRate.from_record,
-                                         partial(NamespaceRate, rate_scope))
-        fallback = None if namespace is None else namespace.baseline
+            if rate_key in states or rate_sampled(reservation.id) or rate_scope not in self._rates:
+                namespace = self.parsed.load(states, rate_key, NamespaceRate.from_record,
+                                             partial(NamespaceRate, rate_scope))
+                fallback = self._remember_rate(rate_scope, namespace.baseline)
+            else:
+                fallback = self._rates.get(rate_scope)
         for key, level, scope, config in breakers:
             state = self.parsed.load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
             step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
                     else breaker.record_spend(state, config, cost_mc, now, call_id=call_id, fallback=fallback))
             changes.writes += self.parsed.write(key, state, step.state)
             changes.events += step.events
-        if rate is not None and namespace is not None and cost_mc is not None:
+        if rate is not None and namespace is not None and cost_mc is not None and rate_sampled(reservation.id):
             config = rate[2]
-            counted = namespace.baseline.add(cost_mc, now, window_s=config.relative_window_s,
+            counted = namespace.baseline.add(cost_mc * RATE_SAMPLE, now, window_s=config.relative_window_s,
                                              half_life_s=config.baseline_half_life_s)
             if counted != namespace.baseline:
                 changes.writes += self.parsed.write(rate[0], namespace, NamespaceRate(
                     namespace.scope, counted, namespace.version + 1))
+                self._remember_rate(rate[1], counted)
         if cost_mc is not None:
             for key, level, scope, kill_config in kills:
                 switch = self.parsed.load(states, key, KillSwitchState.from_record,
@@ -507,6 +519,12 @@ class SettleDefenses:
                 changes.writes += self.parsed.write(key, switch, kill_step.state)
                 changes.events += kill_step.events
         return changes.outcome()
+
+    def _remember_rate(self, namespace: str, baseline: SpendBaseline) -> SpendBaseline:
+        if len(self._rates) >= _PLANS_MAX:
+            self._rates.clear()
+        self._rates[namespace] = baseline
+        return baseline
 
     def serving(self, served_model: str) -> SettleGuard:
         """This guard for a call answered by ``served_model``, another model than the one admitted.

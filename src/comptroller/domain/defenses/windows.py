@@ -19,6 +19,7 @@ from comptroller.domain.defenses._checks import require_aware
 __all__ = ["EPOCH", "seconds_until", "window_bounds", "window_index"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LENGTHS: dict[int, timedelta] = {}  # window_s -> its timedelta (a few window lengths are configured)
 
 
 def window_index(now: datetime, window_s: int) -> int:
@@ -32,9 +33,12 @@ def window_index(now: datetime, window_s: int) -> int:
         ValueError: on a naive ``now`` or a window shorter than 1 s.
     """
     require_aware("now", now)
-    if window_s < 1:
-        raise ValueError(f"window_s must be >= 1 second, got {window_s!r}")
-    return (now - EPOCH) // timedelta(seconds=window_s)
+    length = _LENGTHS.get(window_s)
+    if length is None:
+        if window_s < 1:
+            raise ValueError(f"window_s must be >= 1 second, got {window_s!r}")
+        length = _LENGTHS[window_s] = timedelta(seconds=window_s)
+    return (now - EPOCH) // length
 
 
 def window_bounds(index: int, window_s: int) -> tuple[datetime, datetime]:
