@@ -36,7 +36,10 @@ _ENCODINGS: dict[str, Any] = {}
 
 def available() -> bool:
     """True when ``bpe-openai`` is installed (the ``exact`` extra), so OpenAI models' input can be recounted."""
-    return importlib.util.find_spec("bpe_openai") is not None
+    try:
+        return importlib.util.find_spec("bpe_openai") is not None
+    except ImportError:  # a meta-path finder that refuses the name (an import blocker): absent, as for replay
+        return False
 
 
 def _encoding(name: str) -> Any:
