@@ -111,3 +111,18 @@ def test_prefetch_fills_the_cache_off_the_loop_and_bounds_a_stuck_store() -> Non
         stuck.authenticate(bearer(stuck_key))
     assert (slow.value.status, slow.value.code) == (503, "ledger_unavailable")
     gate.set()
+
+
+def test_a_store_failure_is_not_reused_by_the_next_requests_prefetch() -> None:
+    """A lookup that failed answers its own request 503; the next request's prefetch asks the store again
+    and is served as soon as the store answers (one blip is not a 503 for every request with that key)."""
+    identity, store, key, _ = setup()
+    store.down = True
+    anyio.run(identity.prefetch, bearer(key))
+    with pytest.raises(GatewayError) as failed:
+        identity.authenticate(bearer(key))
+    assert failed.value.status == 503
+    store.down = False
+    anyio.run(identity.prefetch, bearer(key))
+    assert identity.authenticate(bearer(key)).key.tenant == "acme"
+    assert store.lookups == 2

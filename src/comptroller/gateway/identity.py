@@ -56,7 +56,9 @@ class Identity:
     before any route), waiting at most ``timeout_s``: the event loop never waits on the key
     store. What the lookup found, an unknown key or a store failure included, is kept for
     the request (``outcome_ttl_s``), so :meth:`authenticate`, called synchronously by the
-    routes, answers from memory.
+    routes, answers from memory. A store failure is not reused by the next request's
+    prefetch, which asks the store again: one slow lookup does not answer 503 to every
+    request with that key for ``outcome_ttl_s``.
 
     :attr:`keys` is the store as the rest of the worker should use it: a key revoked
     through it (the admin API) leaves this worker's cache at once.
@@ -117,8 +119,9 @@ class Identity:
         if scheme.lower() != "bearer" or not token:
             return
         digest = hash_key(token)
-        if self._cached(digest) is not _MISSING:
-            return
+        cached = self._cached(digest)
+        if cached is not _MISSING and not isinstance(cached, GatewayError):
+            return  # a verified key, or a key the store said is unknown; a store failure is asked again
         with anyio.move_on_after(self.timeout_s):
             await anyio.to_thread.run_sync(self._lookup, token, digest, abandon_on_cancel=True)
             return
