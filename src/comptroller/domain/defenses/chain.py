@@ -22,7 +22,8 @@ kill      ``level:scope``         :class:`.killswitch.KillSwitchState`
 retry     task scope key          :class:`.retries.RetryState`
 loop      ``level:scope``         :class:`.loops.LoopHistory` (with its lock, :mod:`.loop_lock`)
 run       ``tenant|run id``       :class:`.deadline.ScheduledRun` (:func:`.deadline.run_key`)
-rate      namespace scope key     :class:`.baseline.NamespaceRate` (relative breakers' fallback)
+rate      namespace scope key     :class:`.baseline.NamespaceRate` (relative breakers' fallback; counted
+                                  by a 1-in-8 sample of settles, :func:`.baseline.rate_sampled`)
 fan_out   ``level:scope``         :class:`.fanout.InFlight` (live reservation ids of a capped scope)
 dispatch  ``ns|conversation``     :class:`.dispatch_rule.DispatchGate` (a group's mode and dispatches; read only)
 pin_drift ``agent:scope``         :class:`.served_drift.ServedDrift` (a served model outside the pin; written
