@@ -138,9 +138,9 @@ class _Tiers:
 
     async def __call__(self, tc: TierCall) -> TierReply:
         reservation = self.metered.current
+        if self.cancelled:  # nothing of this attempt was sent: the runner releases its hold (not its bounds)
+            raise TierFailedError("the request was cancelled (client gone or shutdown); nothing more is sent")
         with anyio.CancelScope() as self.scope:
-            if self.cancelled:
-                self.scope.cancel()
             try:
                 return await self._ask(tc)
             except Exception:
