@@ -6,14 +6,8 @@ shutdown code runs), a second serve on the same ledger file resumes re-checking 
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,6 +18,7 @@ from comptroller.domain.actions import ActionRecord, ActionStatus
 from comptroller.engine.action_rows import action_key
 from comptroller.storage import store_from_url
 from comptroller.storage.keys import SQLiteKeyStore, new_key
+from serve_kit import kill_serve, serve_process
 
 TEXT = "Five lessons from running six AI agents in production for a month. Read the thread."
 POLICY = """namespace = "test"
@@ -37,59 +32,12 @@ verify_backoff_s_max = 1
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
 def _wait(condition: Callable[[], bool], what: str, limit_s: float = 90.0) -> None:
     deadline = time.monotonic() + limit_s
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"gave up waiting for {what}")
         time.sleep(0.05)
-
-
-@contextmanager
-def _serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`comptroller serve` (one worker) on the test's ledger file until healthy; SIGKILLed at the end if alive."""
-    port = _free_port()
-    command = [sys.executable, "-c", "from comptroller.cli.main import app; app()", "serve", "--config",
-               str(tmp_path / "policy.toml"), "--db", f"sqlite:///{tmp_path / 'ledger.db'}", "--port", str(port),
-               "--workers", "1", "--log-level", "warning"]
-    metrics = tmp_path / f"metrics-{port}"
-    metrics.mkdir()
-    process = subprocess.Popen(command, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, f"serve exited with {process.returncode}"
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-    try:
-        _wait(healthy, "serve to be ready")
-        yield process, url
-    finally:
-        _kill(process)
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the worker(s) and the serve parent: no lifespan shutdown, no last round."""
-    if process.poll() is None:
-        for pid in _children(process.pid):
-            os.kill(pid, signal.SIGKILL)
-        process.kill()
-    process.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -102,14 +50,15 @@ def test_a_sigkilled_serve_leaves_re_verification_to_the_next_one(tmp_path: Path
     keys.add(record)
     keys.close()
     auth = {"Authorization": f"Bearer {plain}"}
-    reader = store_from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    reader = store_from_url(db)
 
     def stored() -> ActionRecord:
         found = reader.state(action_key("acme", "p1"))
         assert found is not None
         return ActionRecord.from_record(found.record)
     with StubPlatform(publishes=False) as liar:
-        with _serve(tmp_path) as (first, url):
+        with serve_process(tmp_path / "policy.toml", db) as (first, url):
             body = {"id": "p1", "platform": "tumblr", "kind": "post", "text": TEXT}
             assert httpx.post(f"{url}/v1/actions/check", json=body, headers=auth, timeout=10).status_code == 200
             liar.publish(TEXT)  # answered 200, published nothing
@@ -117,10 +66,10 @@ def test_a_sigkilled_serve_leaves_re_verification_to_the_next_one(tmp_path: Path
                                  headers=auth, timeout=10)
             assert outcome.json()["action"]["status"] == "unverified"
             _wait(lambda: stored().verify_attempts >= 1, "the first serve's check")
-            _kill(first)
+            kill_serve(first)
         left = stored()
         assert left.status is ActionStatus.UNVERIFIED and left.verify_next_at is not None
-        with _serve(tmp_path):
+        with serve_process(tmp_path / "policy.toml", db):
             _wait(lambda: stored().verify_attempts > left.verify_attempts, "the second serve to re-check it")
             unverified = [e for e in reader.events("action") if e.code == "unverified"]
             assert [(e.detail["action"], e.detail["attempts"]) for e in unverified] == [("p1", 2)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ import httpx
 import pytest
 from gateway_kit import MODEL, OUTPUT_CAP, wait_for
 from stub_upstream import StubUpstream
-from test_resilience_serve import children, free_port
 from typer.testing import CliRunner
 
 from comptroller.cli.main import app as cli
@@ -36,6 +34,7 @@ from comptroller.storage import store_from_url
 from comptroller.storage.keys import KeyStore, SQLiteKeyStore, new_key
 from comptroller.storage.postgres import PostgresKeyStore
 from postgres.pg_kit import PG_URL, new_schema
+from serve_kit import children, ready, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -93,31 +92,8 @@ base_url = "{stub.base_url}"
 [gateway.models]
 "{MODEL}" = "stub"
 """, encoding="utf-8")
-    port = free_port()
-    metrics = tmp_path / f"metrics-{port}"
-    metrics.mkdir()
-    command = [sys.executable, "-c", "from comptroller.cli.main import app; app()", "serve", "--config", str(config),
-               "--db", db, "--port", str(port), "--workers", str(backend.workers), "--log-level", "warning"]
-    process = subprocess.Popen(command, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(url, process), "serve to be ready", limit_s=120)
+    with serve_process(config, db, workers=backend.workers, ready_s=120) as (process, url):
         yield url, process
-    finally:
-        for pid in children(process.pid) if process.poll() is None else []:
-            os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-
-
-def _ready(url: str, process: subprocess.Popen[bytes]) -> bool:
-    """Whether `serve` answers /healthz 200 (every worker up, the ledger reachable)."""
-    assert process.poll() is None, f"serve exited with {process.returncode}"
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _workers(pid: int) -> list[int]:
@@ -172,7 +148,7 @@ def test_sigkill_of_a_worker_leaves_every_served_call_charged_once(stub: StubUps
             # uvicorn restarts the dead worker; it drains the outbox the workers share
             def restarted() -> bool:  # a new worker in the dead one's place, and every worker up
                 workers = _workers(pid)
-                return killed not in workers and len(workers) == backend.workers and _ready(url, process)
+                return killed not in workers and len(workers) == backend.workers and ready(url, process)
             wait_for(restarted, "the killed worker's restart", 120)
             time.sleep(TTL_S + 1)  # every lease of the dead worker runs out
         checked = CliRunner().invoke(cli, ["db", "check", "--db", db])

@@ -8,31 +8,25 @@ burst of calls takes.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from gateway_kit import MODEL, OUTPUT_CAP, stub_policy, wait_for
+from gateway_kit import MODEL, OUTPUT_CAP, stub_policy
 from loopback import LoopbackServer
 from stub_upstream import StubUpstream
-from test_resilience_serve import children, free_port
 
 from comptroller.bootstrap import build_engine
 from comptroller.clock import VirtualClock
 from comptroller.gateway.app import create_app
 from comptroller.gateway.config import GatewayConfig, ProviderConfig
 from comptroller.storage.keys import SQLiteKeyStore, new_key
+from serve_kit import serve_process
 
 N = 3
 CALLS = 4 * N
@@ -118,33 +112,6 @@ def test_the_openai_client_sees_a_rate_limit_error_with_retry_after(stub: StubUp
     assert caught.value.response.headers["retry-after"] == "60"
 
 
-@contextmanager
-def _serve(config: Path, db: Path) -> Iterator[str]:
-    """Run `comptroller serve --workers 2` until healthy; its URL. Killed (with its workers) at the end."""
-    port = free_port()
-    command = [sys.executable, "-c", "from comptroller.cli.main import app; app()", "serve", "--config", str(config),
-               "--db", f"sqlite:///{db}", "--port", str(port), "--workers", "2", "--log-level", "warning"]
-    metrics = db.parent / f"metrics-{port}"
-    metrics.mkdir()
-    process = subprocess.Popen(command, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            assert process.poll() is None, f"serve exited with {process.returncode}"
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_for(healthy, "serve to be ready", limit_s=90)
-        yield url
-    finally:
-        for pid in children(process.pid) if process.poll() is None else []:
-            os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-
-
 @pytest.mark.timeout(240)
 def test_an_rpm_limit_admits_exactly_n_on_serve_with_two_workers(stub: StubUpstream, tmp_path: Path) -> None:
     """`comptroller serve --workers 2` with an RPM limit of 3 per key: a burst of 12 serves exactly 3 (the next
@@ -167,5 +134,5 @@ base_url = "{stub.base_url}"
 [gateway.models]
 "{MODEL}" = "stub"
 """, encoding="utf-8")
-    with _serve(config, db) as url:
+    with serve_process(config, f"sqlite:///{db}", workers=2) as (_, url):
         _check_refusals(_burst([url], key))

@@ -25,13 +25,7 @@ from comptroller.gateway.lifecycle import LedgerProbe, Roster, WorkerLife
 from comptroller.storage import store_from_url
 from comptroller.storage.keys import SQLiteKeyStore, new_key
 from comptroller.storage.memory import MemoryStore
-
-
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from serve_kit import children, serve_process
 
 
 def port_is_free(port: int) -> bool:
@@ -52,14 +46,6 @@ def running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
-
-
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (Linux /proc)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 @contextmanager
@@ -85,28 +71,8 @@ base_url = "{stub.base_url}"
     keys = SQLiteKeyStore(tmp_path / "ledger.db")
     keys.add(record)
     keys.close()
-    port = free_port()
-    metrics = tmp_path / "metrics"
-    metrics.mkdir()
-    command = [sys.executable, "-c", "from comptroller.cli.main import app; app()", "serve", "--config", str(config),
-               "--db", db, "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
-    process = subprocess.Popen(command, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            assert process.poll() is None, f"serve exited with {process.returncode}"
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_for(healthy, "serve to be ready", limit_s=90)
+    with serve_process(config, db, workers=workers, metrics_dir=tmp_path / "metrics") as (process, url):
         yield process, url, key, db
-    finally:
-        for pid in children(process.pid) if process.poll() is None else []:
-            os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
 
 
 def call_in_thread(url: str, key: str, payload: dict[str, object], out: dict[str, httpx.Response]) -> threading.Thread:

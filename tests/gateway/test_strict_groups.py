@@ -7,24 +7,18 @@ is enforced on the other; a group created through the admin API survives a resta
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from gateway_kit import MODEL, OUTPUT_CAP, wait_for
+from gateway_kit import MODEL, OUTPUT_CAP
 from loopback import LoopbackServer
 from stub_upstream import StubUpstream
-from test_resilience_serve import children, free_port
 
 from comptroller.bootstrap import build_engine
 from comptroller.gateway.app import create_app
 from comptroller.gateway.config import load_gateway_config
 from comptroller.storage.keys import SQLiteKeyStore, new_key
+from serve_kit import serve_process
 
 CONVERSATION = "review-1"
 GROUP = f"""
@@ -80,33 +74,6 @@ def _keys(db: Path) -> dict[str, str]:
     return out
 
 
-@contextmanager
-def _serve(config: Path, db: Path, workers: int = 2) -> Iterator[str]:
-    """Run `comptroller serve --workers N` until healthy; its URL. Killed (with its workers) at the end."""
-    port = free_port()
-    command = [sys.executable, "-c", "from comptroller.cli.main import app; app()", "serve", "--config", str(config),
-               "--db", f"sqlite:///{db}", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
-    metrics = db.parent / f"metrics-{port}"
-    metrics.mkdir()
-    process = subprocess.Popen(command, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            assert process.poll() is None, f"serve exited with {process.returncode}"
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait_for(healthy, "serve to be ready", limit_s=90)
-        yield url
-    finally:
-        for pid in children(process.pid) if process.poll() is None else []:
-            os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-
-
 TOPICS = ("the index on orders", "schema migrations for billing", "the cache eviction policy",
           "error handling in the importer", "structured logging of retries", "TLS settings of the proxy")
 
@@ -131,7 +98,7 @@ def test_a_strict_group_on_two_serve_workers_refuses_the_undispatched(stub: Stub
     db = tmp_path / "ledger.db"
     config = _config(tmp_path, stub, GROUP)
     keys = _keys(db)
-    with _serve(config, db) as url:
+    with serve_process(config, f"sqlite:///{db}", workers=2) as (_, url):
         early = _call(url, keys["alice"])
         assert early.status_code == 429 and early.json()["error"]["code"] == "not_dispatched"
         decision = _dispatch(url, keys["carol"], "m1", "@alice the index queries are slow")
@@ -150,17 +117,17 @@ def test_an_admin_group_survives_a_restart_of_the_gateway(stub: StubUpstream, tm
     config = _config(tmp_path, stub, "")
     keys = _keys(db)
     admin = {"authorization": f"Bearer {keys['admin']}"}
-    with _serve(config, db, workers=1) as url:
+    with serve_process(config, f"sqlite:///{db}") as (_, url):
         assert httpx.put(f"{url}/admin/groups/review", json=TABLE, headers=admin, timeout=30).status_code == 200
         assert _dispatch(url, keys["carol"], "m1", "@alice the http api is down").status_code == 200
-    with _serve(config, db, workers=1) as url:
+    with serve_process(config, f"sqlite:///{db}") as (_, url):
         group = httpx.get(f"{url}/admin/groups/review", headers=admin, timeout=30)
         assert group.status_code == 200 and group.json()["mode"] == "strict"
         assert _call(url, keys["alice"]).status_code == 200
         refused = _call(url, keys["bob"])
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "not_dispatched"
         assert httpx.delete(f"{url}/admin/groups/review", headers=admin, timeout=30).status_code == 204
-    with _serve(config, db, workers=1) as url:
+    with serve_process(config, f"sqlite:///{db}") as (_, url):
         assert httpx.get(f"{url}/admin/groups/review", headers=admin, timeout=30).status_code == 404
         assert _call(url, keys["bob"]).status_code == 200  # not a group any more: an ordinary conversation
 
