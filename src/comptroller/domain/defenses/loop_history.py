@@ -4,7 +4,7 @@ One state row per loop scope (``loop``, ``level:scope``). Its size is bounded wh
 the texts' length: at most ``history_max`` entries of fixed size (a fingerprint of 32 hex
 digits, a sketch of at most 256, a template key of 16) and ``alternation_turns_max + 1``
 agents of turns. In the row a sketch is written as ``~`` and the base64 of its bytes (two thirds
-of its hex; a row of 32 entries is about 6 KB, not 8.5); a row written before that, with hex
+of its hex; a 32-entry row in the bench is 6.8 KB, not 8.4); a row written before that, with hex
 sketches, still reads. Pure: no I/O and no clock.
 """
 
