@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from comptroller.domain.budgets import Budget
 from comptroller.domain.ledger import (
@@ -24,11 +24,9 @@ from comptroller.domain.ledger import (
     UsageRecord,
 )
 from comptroller.domain.pricing import ModelPrice
+from comptroller.domain.reconcile import LedgerSnapshot
 from comptroller.domain.state import AdmitGuard, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
-
-if TYPE_CHECKING:
-    from comptroller.storage.reconcile import LedgerSnapshot
 
 __all__ = ["Clock", "EventSink", "LedgerStore", "PriceSource"]
 
@@ -155,7 +153,7 @@ class LedgerStore(Protocol):
 
     def ledger_snapshot(self) -> LedgerSnapshot:
         """Every account (deleted budgets' too), reservation and usage charge, read consistently
-        (for ``comptroller db check``: :func:`comptroller.storage.reconcile.reconcile`)."""
+        (for ``comptroller db check``: :func:`comptroller.domain.reconcile.reconcile`)."""
         ...
 
     def state(self, key: StateKey) -> StoredState | None:

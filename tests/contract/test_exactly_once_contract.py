@@ -19,9 +19,9 @@ import pytest
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.ledger import ReservationState, ReserveRequest
+from comptroller.domain.reconcile import reconcile, unknown_outcomes
 from comptroller.domain.scopes import Level
 from comptroller.ports import LedgerStore
-from comptroller.storage.reconcile import reconcile, unknown_outcomes
 from comptroller.storage.sqlite import SQLiteStore
 from ledger_kit import T0, USAGE, account_of, assert_accounts_within_limits, attribution, reserve_request
 

@@ -9,9 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from comptroller.domain.budgets import ANY_SCOPE, Budget
+from comptroller.domain.reconcile import reconcile
 from comptroller.domain.scopes import Level
 from comptroller.ports import LedgerStore
-from comptroller.storage.reconcile import reconcile
 from comptroller.storage.sqlite import SQLiteStore
 from ledger_kit import T0, USAGE, reserve_request
 

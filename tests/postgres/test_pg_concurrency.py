@@ -23,11 +23,11 @@ from comptroller.domain.budgets import Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.verdict import Rule, Verdict
 from comptroller.domain.ledger import AccountView, Event
+from comptroller.domain.reconcile import reconcile
 from comptroller.domain.scopes import Level
 from comptroller.domain.state import GuardOutcome, StateKey, StoredState
 from comptroller.errors import LedgerUnavailableError
 from comptroller.storage.postgres import PostgresStore
-from comptroller.storage.reconcile import reconcile
 from ledger_kit import T0, USAGE, assert_accounts_within_limits, attribution, reserve_request
 from postgres.pg_kit import PG_URL, admin, postgres_store
 

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from comptroller.cli.main import app
 from comptroller.domain.budgets import Budget, Period
+from comptroller.domain.reconcile import Difference, reconcile
 from comptroller.domain.scopes import Level
 from comptroller.storage.postgres import PostgresStore
-from comptroller.storage.reconcile import Difference, reconcile
 from ledger_kit import T0, USAGE, attribution, reserve_request
 from postgres.pg_kit import PG_URL, admin, postgres_store
 

@@ -33,12 +33,12 @@ import pytest
 from comptroller.clock import SystemClock
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
+from comptroller.domain.reconcile import reconcile
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.usage import Usage
 from comptroller.engine import CallRequest, Engine
 from comptroller.prices import PriceBook
 from comptroller.storage.postgres import PostgresStore
-from comptroller.storage.reconcile import reconcile
 from ledger_kit import assert_accounts_within_limits
 from postgres.pg_kit import PG_URL, admin, postgres_store
 

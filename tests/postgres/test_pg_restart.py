@@ -36,13 +36,13 @@ from comptroller.clock import SystemClock
 from comptroller.domain.budgets import Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.ledger import Reservation
+from comptroller.domain.reconcile import reconcile
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.usage import Usage
 from comptroller.engine import CallRequest, Engine
 from comptroller.errors import LedgerUnavailableError
 from comptroller.prices import PriceBook
 from comptroller.storage.postgres import PostgresStore
-from comptroller.storage.reconcile import reconcile
 from postgres.pg_kit import PG_URL, new_schema, require_postgres
 
 pytestmark = pytest.mark.slow

@@ -19,13 +19,13 @@ from comptroller.clock import SystemClock
 from comptroller.domain.budgets import Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.chain import Defenses
+from comptroller.domain.reconcile import reconcile
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.usage import Usage
 from comptroller.engine import CallRequest, Engine
 from comptroller.engine.admin import Admin
 from comptroller.prices import PriceBook
 from comptroller.storage.postgres import PostgresStore
-from comptroller.storage.reconcile import reconcile
 from postgres.pg_kit import PG_URL, postgres_store
 
 pytestmark = pytest.mark.slow

@@ -36,12 +36,12 @@ from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.ledger import ReserveRequest, SettleOutcome
 from comptroller.domain.pricing import ModelPrice
+from comptroller.domain.reconcile import reconcile
 from comptroller.domain.scopes import Level, scope_key
 from comptroller.engine import Engine
 from comptroller.errors import LedgerUnavailableError
 from comptroller.ports import LedgerStore
 from comptroller.storage.outbox import Outbox
-from comptroller.storage.reconcile import reconcile
 from ledger_kit import BACKENDS, USAGE, attribution
 
 START = datetime(2024, 3, 9, 16, 0, tzinfo=UTC)

@@ -36,11 +36,11 @@ from comptroller.domain.budgets import (
 )
 from comptroller.domain.codes import Code
 from comptroller.domain.money import usd_to_mc_half_up
+from comptroller.domain.reconcile import idle_budgets
 from comptroller.domain.scopes import LEVELS, Attribution, Level, scope_key
 from comptroller.domain.usage import from_openai
 from comptroller.engine import CallRequest, Engine
 from comptroller.storage import store_from_url
-from comptroller.storage.reconcile import idle_budgets
 from postgres.pg_kit import PG_URL, new_schema, require_postgres
 
 runner = CliRunner()

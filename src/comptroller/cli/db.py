@@ -6,7 +6,7 @@
 * ``db check`` first resolves every lease already expired (the sweep every ledger
   operation runs: a sent call's lease is charged its ceiling as ``unknown_outcome``,
   DESIGN.md rule 12; ``--no-sweep`` reads only), then proves the ledger's balances
-  equal its usage log plus its open reservations (:mod:`comptroller.storage.reconcile`),
+  equal its usage log plus its open reservations (:mod:`comptroller.domain.reconcile`),
   lists every difference and names every call charged as ``unknown_outcome``;
   exit status 0 when consistent, 1 when not, 2 on a usage error.
 """
@@ -21,11 +21,11 @@ from rich.markup import escape
 
 from comptroller.cli.common import DEFAULT_DB, DbOption, console, err, user_errors
 from comptroller.clock import SystemClock
+from comptroller.domain.reconcile import IdleBudget, LedgerSnapshot, idle_budgets, reconcile, unknown_outcomes
 from comptroller.errors import LedgerUnavailableError
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import LATEST_VERSION, SchemaVersionError, upgrade
 from comptroller.storage.postgres import redact, split_url
-from comptroller.storage.reconcile import IdleBudget, LedgerSnapshot, idle_budgets, reconcile, unknown_outcomes
 
 __all__ = ["db_app"]
 

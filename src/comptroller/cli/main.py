@@ -41,6 +41,7 @@ from comptroller.domain.budgets import Budget, BudgetError, Period, ScopeIdsMiss
 from comptroller.domain.caps import NoOutputCapError
 from comptroller.domain.money import format_usd
 from comptroller.domain.pricing import ModelPrice, TieredRate, ceiling_mc
+from comptroller.domain.reconcile import idle_budgets
 from comptroller.domain.scopes import Level
 from comptroller.errors import LedgerUnavailableError
 from comptroller.prices import PriceBook, UnknownModelError
@@ -58,7 +59,6 @@ from comptroller.reports.pnl import replay_pnl
 from comptroller.reports.terminal import render_terminal
 from comptroller.storage import StoreURLError, store_from_url
 from comptroller.storage.migrations import SchemaVersionError
-from comptroller.storage.reconcile import idle_budgets
 
 __all__ = ["app"]
 

@@ -61,6 +61,7 @@ from comptroller.domain.budgets import Budget, BudgetError, Period, budget_scope
 from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
 from comptroller.domain.dispatch import Flag, GroupError
 from comptroller.domain.ledger import AccountView
+from comptroller.domain.reconcile import idle_budgets
 from comptroller.domain.scopes import Level, scope_key
 from comptroller.domain.wallets.pnl import PnlBy
 from comptroller.engine import Engine
@@ -73,7 +74,6 @@ from comptroller.reports.chargeback import ChargebackBy, TimeRange, chargeback_c
 from comptroller.reports.ledger import ledger_report
 from comptroller.reports.pnl import pnl_document
 from comptroller.storage.keys import ApiKey, ApiKeyError, KeyStore, new_key
-from comptroller.storage.reconcile import idle_budgets
 from comptroller.storage.transfers import TransferStore
 from comptroller.ui.swagger import docs_routes
 

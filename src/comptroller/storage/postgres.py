@@ -87,6 +87,7 @@ from comptroller.domain.ledger import (
     UsageRecord,
     check_ttl_s,
 )
+from comptroller.domain.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.domain.scopes import Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
@@ -120,7 +121,6 @@ from comptroller.storage.postgres_rows import (
     write_state,
 )
 from comptroller.storage.postgres_sweep import sweep
-from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import (
     corrected_record,
     new_reservation,

@@ -50,10 +50,10 @@ from comptroller.domain.ledger import (
     UsageRecord,
     check_ttl_s,
 )
+from comptroller.domain.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.domain.usage import Usage
-from comptroller.storage.reconcile import AccountBalance, AccountRef, Charge, Hold, LedgerSnapshot
 from comptroller.storage.rows import (
     alert_event,
     corrected_record,
