@@ -30,6 +30,10 @@ pin_drift ``agent:scope``         :class:`.served_drift.ServedDrift` (a served m
                                   at settle by :meth:`SettleDefenses.serving`, read at admit with pinning)
 ========  ======================  =============================================
 
+The quotas, rate limits and wallet floors keep their rows under the kind ``limits``
+(:mod:`comptroller.domain.limit_rows`); their guard (:mod:`comptroller.domain.limits`)
+wraps this chain's, in the same transaction.
+
 Pure: no I/O and no clock; ``now`` comes from the store's caller.
 """
 
