@@ -10,7 +10,7 @@ for everyone else.
 from __future__ import annotations
 
 import contextlib
-import select
+import selectors
 import socket
 import threading
 import time
@@ -94,10 +94,16 @@ class Proxy:
 
     @staticmethod
     def _pump(a: socket.socket, b: socket.socket) -> None:
+        # a selector (epoll), not select.select: late in a long test run this process's descriptors pass
+        # 1,024, where select() raises ValueError and every forwarded connection would be cut at once
+        selector = selectors.DefaultSelector()
         try:
+            selector.register(a, selectors.EVENT_READ)
+            selector.register(b, selectors.EVENT_READ)
             while True:
-                ready, _, _ = select.select([a, b], [], [], 1.0)
-                for sock in ready:
+                for key, _ in selector.select(1.0):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
                     data = sock.recv(65536)
                     if not data:
                         return
@@ -105,6 +111,7 @@ class Proxy:
         except (OSError, ValueError):
             return
         finally:
+            selector.close()
             a.close()
             b.close()
 
