@@ -35,6 +35,7 @@ def make_gateway(stub: StubUpstream, tmp_path: Path) -> Iterator[GatewayFactory]
     """Start a gateway with a given policy and ``[gateway]`` overrides (one per test)."""
     stub.control.reset()
     stack: list[LoopbackServer] = []
+    closers: list[Any] = []
 
     def start(policy: Policy | None = None, *, grace_s: float = 5.0, **gateway: Any) -> Harness:
         db = tmp_path / f"ledger{len(stack)}.db"
@@ -49,6 +50,7 @@ def make_gateway(stub: StubUpstream, tmp_path: Path) -> Iterator[GatewayFactory]
                          routing=policy.routing_config(engine.prices), groups=policy.group_definitions().values())
         server = LoopbackServer(app, grace_s=grace_s).__enter__()
         stack.append(server)
+        closers.extend([engine.close, keys.close, engine.store.close])
         record, plaintext = new_key(tenant="acme")
         keys.add(record)
         return Harness(url=server.url, engine=engine, keys=keys, stub=stub, key=plaintext, server=server)
@@ -56,6 +58,8 @@ def make_gateway(stub: StubUpstream, tmp_path: Path) -> Iterator[GatewayFactory]
     yield start
     for server in stack:
         server.__exit__(None, None, None)
+    for close in closers:  # after every server: tests read the ledger after stopping one
+        close()
 
 
 @pytest.fixture

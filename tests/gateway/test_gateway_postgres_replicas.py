@@ -39,7 +39,7 @@ def test_four_gateway_workers_on_postgres_never_overshoot(stub: StubUpstream, tm
     """Spend <= budget at every level; exactly the admitted calls reach the upstream; no hold is left."""
     url = f"{PG_URL}?options=-csearch_path%3D{new_schema()}"
     stub.control.reset()
-    stub.control.latency_s = 0.02
+    stub.control.latency_s = 0.3  # long enough that the 64 clients are in flight at once: the K holds bind
     price = price_book(stub_policy()).price(MODEL, datetime.now(UTC))
     input_max = request_input_tokens_max({"model": MODEL, "messages": messages(0)}, api="chat")
     ceiling = ceiling_mc(price, input_tokens_max=input_max, output_tokens_max=OUTPUT_CAP)

@@ -209,6 +209,8 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
                 log.warning("shutdown: %d sent call(s) still in flight left to their lease, %d hold(s) released",
                             left, released)
             await gateway.upstreams.aclose()
+            if gateway.outbox is not None:  # kept open for resolve_all's outcomes, now closed
+                gateway.outbox.close()
             if on_shutdown is not None:
                 on_shutdown()
 
