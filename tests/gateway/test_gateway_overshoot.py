@@ -100,7 +100,7 @@ async def drive(url: str, key: str) -> list[httpx.Response]:
 def test_two_workers_never_overshoot_and_forward_exactly_the_admitted(stub: StubUpstream, tmp_path: Path) -> None:
     """Spend stays within the budget, and the upstream sees exactly the admitted calls."""
     stub.control.reset()
-    stub.control.latency_s = 0.02  # keep many calls in flight at once
+    stub.control.latency_s = 0.2  # keep many calls in flight at once, so the K holds bind
     policy = stub_policy()
     price = price_book(policy).price(MODEL, datetime.now(UTC))
     input_max = request_input_tokens_max({"model": MODEL, "messages": messages(0)}, api="chat")
