@@ -52,8 +52,17 @@ def register(app: typer.Typer) -> None:
     app.add_typer(rate_limit_app, name="rate-limit")
 
 
-def _change_book(store: LedgerStore, namespace: str, change: Callable[[LimitBook], LimitBook | None]) -> bool:
-    """Apply ``change`` to the namespace's book by compare-and-set (retried on a race); False if nothing changed."""
+def _change_book(db: str, namespace: str, change: Callable[[LimitBook], LimitBook | None]) -> bool:
+    """Apply ``change`` to the namespace's book in the ledger ``db`` by compare-and-set (retried on a race);
+    False if nothing changed."""
+    store = store_from_url(db)
+    try:
+        return _change_stored_book(store, namespace, change)
+    finally:
+        store.close()
+
+
+def _change_stored_book(store: LedgerStore, namespace: str, change: Callable[[LimitBook], LimitBook | None]) -> bool:
     key = book_key(namespace)
     for _ in range(_CAS_ATTEMPTS):
         stored = store.state(key)
@@ -89,11 +98,7 @@ def set_quota(
     """Create or replace a quota; it applies from every engine's next admission."""
     quota = _quota(unit, level, limit, period, timezone, namespace,
                    {"tenant": tenant, "agent": agent, "conversation": conversation, "task": task})
-    store = store_from_url(db)
-    try:
-        _change_book(store, namespace, lambda book: book.with_quota(quota))
-    finally:
-        store.close()
+    _change_book(db, namespace, lambda book: book.with_quota(quota))
     console.print(f"quota set: {quota.limit:,} {quota.unit} per {quota.period} on {quota.level} {quota.scope!r}",
                   highlight=False)
 
@@ -113,11 +118,7 @@ def delete_quota(
     """Delete a quota set with ``quota set`` (a policy's quota of the same scope applies again)."""
     quota = _quota(unit, level, 0, period, "UTC", namespace,
                    {"tenant": tenant, "agent": agent, "conversation": conversation, "task": task})
-    store = store_from_url(db)
-    try:
-        found = _change_book(store, namespace, lambda book: book.without_quota(quota))
-    finally:
-        store.close()
+    found = _change_book(db, namespace, lambda book: book.without_quota(quota))
     if not found:
         raise ValueError(f"no {quota.unit} quota per {quota.period} on {quota.level} {quota.scope!r} was set; "
                          "`comptroller quota usage` lists the rows")
@@ -138,16 +139,12 @@ def set_rate_limit(
     """Create or replace an RPM and/or TPM limit; it applies from every engine's next admission."""
     limits = RateLimitSpec(level=level, rpm=rpm, tpm=tpm, key=key, tenant=tenant, agent=agent,
                            namespace=None if level is LimitLevel.KEY else namespace).limits(namespace)
-    store = store_from_url(db)
-    try:
-        def change(book: LimitBook) -> LimitBook:
-            for limit in limits:
-                book = book.with_rate_limit(limit)
-            return book
+    def change(book: LimitBook) -> LimitBook:
+        for limit in limits:
+            book = book.with_rate_limit(limit)
+        return book
 
-        _change_book(store, namespace, change)
-    finally:
-        store.close()
+    _change_book(db, namespace, change)
     for limit in limits:
         console.print(f"rate limit set: {limit.limit:,} {limit.unit} on {limit.level} {limit.scope!r}",
                       highlight=False)
@@ -167,11 +164,7 @@ def delete_rate_limit(
     (limit,) = [r for r in RateLimitSpec(level=level, rpm=1, tpm=1, key=key, tenant=tenant, agent=agent,
                                          namespace=None if level is LimitLevel.KEY else namespace).limits(namespace)
                 if r.unit is unit]
-    store = store_from_url(db)
-    try:
-        found = _change_book(store, namespace, lambda book: book.without_rate_limit(limit))
-    finally:
-        store.close()
+    found = _change_book(db, namespace, lambda book: book.without_rate_limit(limit))
     if not found:
         raise ValueError(f"no {unit} limit on {level} {limit.scope!r} was set")
     console.print(f"rate limit deleted: {unit} on {level} {limit.scope!r}", highlight=False)
