@@ -215,6 +215,8 @@ class SQLiteStore:
         self._checkpoint_lock = threading.Lock()
         self._written: list[Event] = []  # events appended by the current write transaction, for its result
         self._state_texts: dict[StateKey, tuple[str, StoredState]] = {}  # last text read or written per row
+        self._rows: dict[StateKey, StoredState | None] = {}  # state rows as of data version _rows_as_of (None: absent)
+        self._rows_as_of = -1  # PRAGMA data_version when _rows was last known to be the file's (-1: never)
         self._budgets = _BudgetCache()
         self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         _set_wal(self._conn, busy_timeout_s)
@@ -251,6 +253,7 @@ class SQLiteStore:
                 yield cur
                 cur.execute("COMMIT")
             except BaseException:
+                self._rows_as_of = -1  # rows this transaction wrote are not the file's: read them again
                 if self._conn.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
@@ -415,22 +418,31 @@ class SQLiteStore:
                                  remaining_mc=remaining_after(request.ceiling_mc, views))
 
     def _read_states(self, cur: sqlite3.Cursor, keys: Iterable[StateKey]) -> dict[StateKey, StoredState]:
-        """The rows of ``keys`` that exist, in one query (an indexed ``key IN (...)`` per kind).
+        """The rows of ``keys`` that exist; only rows this store may not know are read (one query).
 
-        A row whose text is what this store last read or wrote comes back as the same
-        :class:`StoredState` object, so the guards' parse memo hits.
+        ``PRAGMA data_version`` changes when another connection commits (SQLite docs), so while it
+        is the one this store last saw, every row this store read or wrote since (present or
+        absent) is still the file's and is answered from memory; a transaction that rolls back
+        forgets them all (:meth:`_write`). Rows read come back as the same :class:`StoredState`
+        object while their text is unchanged, so the guards' parse memo hits.
         """
-        by_kind: dict[str, list[str]] = {}
-        for key in sorted(set(keys)):
-            by_kind.setdefault(key.kind, []).append(key.key)
-        if not by_kind:
+        wanted = set(keys)
+        if not wanted:
             return {}
-        query = " UNION ALL ".join(
-            f"SELECT kind, key, version, record FROM states WHERE kind = ? AND key IN ({','.join('?' * len(ks))})"
-            for ks in by_kind.values())
-        params = [p for kind, ks in by_kind.items() for p in (kind, *ks)]
-        rows = cur.execute(query, params).fetchall()
-        return {StateKey(r[0], r[1]): self._stored(StateKey(r[0], r[1]), r[2], r[3]) for r in rows}
+        rows = self._rows
+        data_version = cur.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self._rows_as_of or len(rows) >= _CACHE_ENTRIES_MAX:
+            rows.clear()
+            self._rows_as_of = data_version
+        unknown = sorted(wanted.difference(rows))
+        if unknown:  # point lookups on the primary key (an IN list builds a temporary index per statement)
+            query = " UNION ALL ".join(["SELECT kind, key, version, record FROM states WHERE kind = ? AND key = ?"]
+                                       * len(unknown))
+            found = {(r[0], r[1]): r for r in cur.execute(query, [p for key in unknown for p in key])}
+            for key in unknown:
+                r = found.get(key)
+                rows[key] = None if r is None else self._stored(key, r[2], r[3])
+        return {key: stored for key in wanted if (stored := rows[key]) is not None}
 
     def _stored(self, key: StateKey, version: int, text: str) -> StoredState:
         cached = self._state_texts.get(key)
@@ -451,6 +463,7 @@ class SQLiteStore:
             text = orjson.dumps(dict(w.record), option=orjson.OPT_SORT_KEYS).decode()
             rows.append((w.key.kind, w.key.key, w.version, text))
             self._remember_state(w.key, text, w)
+            self._rows[w.key] = w
         if rows:  # an upsert updates the row in place (INSERT OR REPLACE deleted and re-inserted it and its key)
             cur.executemany("INSERT INTO states (kind, key, version, record) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, "
