@@ -12,7 +12,8 @@ PostgreSQL commits concurrent transactions with one WAL flush, but a transaction
 its row locks until its commit is flushed, so the hot row admits at most one commit
 per flush). Processes start together at a barrier; the rate is all pairs over the span
 from the first start to the last end, the median of ``--repeats`` runs, with pairs per
-CPU-second of the client processes (PostgreSQL's own CPU is not in it).
+CPU-second of the client processes, and the CPU of every ``postgres`` process over the run
+(:func:`server_cpu_s`; other sessions on the same server count too), both as milliseconds per pair.
 
 Both commit modes are measured: ``durable`` (``synchronous_commit = on``, the default:
 each commit waits for the WAL flush) and ``async`` (``synchronous_commit = off``: a
@@ -131,11 +132,38 @@ def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int,
     out.put((start, end, time.process_time() - cpu))
 
 
+def server_cpu_s() -> float:
+    """CPU seconds used so far by every PostgreSQL process on this host (Linux ``/proc``).
+
+    Live ``postgres`` processes count their own user + system time, and the postmaster
+    (the one whose parent is not ``postgres``) adds that of the backends it has reaped, so the
+    difference of two readings is the server's CPU between them, whatever sessions came and
+    went. Other clients' sessions are included: run on an otherwise idle server. 0 without ``/proc``.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        try:
+            text = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if "(postgres)" not in text:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        parent = Path(f"/proc/{fields[1]}/stat")
+        if not (parent.exists() and "(postgres)" in parent.read_text()):
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped backends
+    return total / tick
+
+
 def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, levels: str,
-             shards: int = 16) -> tuple[float, float]:
-    """Aggregate pairs per wall-clock second and per client CPU-second of one run on a fresh schema
-    (``shards``: escrow shards of each namespace and tenant account, 0 for none)."""
+             shards: int = 16) -> tuple[float, float, float]:
+    """Aggregate pairs per wall-clock second, per client CPU-second and per server CPU-second (every
+    ``postgres`` process, :func:`server_cpu_s`) of one run on a fresh schema (``shards``: escrow shards of
+    each namespace and tenant account, 0 for none)."""
     schema = fresh_schema(levels)
+    server_before = server_cpu_s()
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(procs)
     out: mp.SimpleQueue[Span] = ctx.SimpleQueue()
@@ -151,10 +179,13 @@ def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, 
             if w.exitcode != 0:
                 raise SystemExit(f"benchmark process exited with {w.exitcode}")
         spans = [out.get() for _ in workers]
+        time.sleep(0.5)  # the backends of the closed pools exit and are reaped
+        server = server_cpu_s() - server_before
     finally:
         drop_schema(schema)
     wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
-    return pairs * procs / wall, pairs * procs / sum(cpu for _, _, cpu in spans)
+    total = pairs * procs
+    return total / wall, total / sum(cpu for _, _, cpu in spans), total / server if server > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +201,7 @@ class Result:
     pairs: int
     rates: list[float]
     cpu_rates: list[float]
+    server_rates: list[float]
 
 
 def commit_latency_ms(samples: int = 50) -> float:
@@ -190,13 +222,14 @@ def table(results: list[Result], flush_ms: float) -> str:
     """A markdown table of the medians and the spread."""
     lines = [f"Durable single-row commit on this server: {flush_ms:.1f} ms (median of 50).", "",
              "| configuration | budgets | shards | commit | processes | threads each | pairs per process "
-             "| median pairs/s | median pairs/client-CPU-s | runs (pairs/s) |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+             "| median pairs/s | client CPU ms/pair | server CPU ms/pair | runs (pairs/s) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         runs = ", ".join(f"{x:,.0f}" for x in r.rates)
+        server = statistics.median(r.server_rates)
         lines.append(f"| postgres-{r.mode} | {r.levels} | {r.shards} | {r.commit} | {r.procs} | {r.threads} "
-                     f"| {r.pairs:,} "
-                     f"| {statistics.median(r.rates):,.0f} | {statistics.median(r.cpu_rates):,.0f} | {runs} |")
+                     f"| {r.pairs:,} | {statistics.median(r.rates):,.0f} | {1000 / statistics.median(r.cpu_rates):.2f} "
+                     f"| {1000 / server if server else float('nan'):.2f} | {runs} |")
     return "\n".join(lines)
 
 
@@ -228,8 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         procs = args.procs if n == "N" else 1
         runs = [run_once(mode, procs=procs, threads=args.threads, pairs=args.pairs, durable=commit == "durable",
                          levels=levels, shards=shards) for _ in range(args.repeats)]
-        results.append(Result(mode, levels, shards, commit, procs, args.threads, args.pairs, [w for w, _ in runs],
-                              [c for _, c in runs]))
+        results.append(Result(mode, levels, shards, commit, procs, args.threads, args.pairs, [w for w, _, _ in runs],
+                              [c for _, c, _ in runs], [s for _, _, s in runs]))
         print(f"{config} {levels} shards={shards} {commit}: median {statistics.median(results[-1].rates):,.0f} pairs/s",
               file=sys.stderr, flush=True)
     text = table(results, commit_latency_ms())

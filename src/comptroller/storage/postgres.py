@@ -136,6 +136,8 @@ _T = TypeVar("_T")
 _ATTEMPTS = 12
 _SWEEP_BATCH = 500
 _CACHE_ENTRIES_MAX = 100_000
+_MADE_MAX = 10_000
+"""Reservations a store remembers from its own reserves (for their settle's guard keys), at most."""
 # psycopg_pool retries a lost connection after 1 s, doubling without a cap, so after an outage the
 # first new connection could come many seconds late (issue 12: 11 s and 25 s). Giving up a retry
 # series after 2 s lets the next waiting call start a fresh attempt at once instead.
@@ -164,6 +166,8 @@ _FIRE_ALERTS = ("UPDATE accounts SET alert_pct_fired = f.pct FROM unnest(%s::big
                 "WHERE accounts.id = f.id")
 _LOCK_STATES = ("SELECT kind, key, version, record FROM states WHERE (kind, key) IN "
                 "(SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY kind, key FOR UPDATE")
+_RESERVE_ONE_TRIP = f"SELECT * FROM ledger_reserve({', '.join(['%s'] * 21)})"
+_SETTLE_ONE_TRIP = "SELECT * FROM ledger_settle(%s, %s, %s, %s, %s, %s, %s, %s)"
 _DUE = "EXISTS (SELECT 1 FROM reservations WHERE state = 'pending' AND expires_at <= %s)"
 _RESERVE_READ = (f"SELECT m.*, a.* FROM (SELECT (SELECT value FROM meta WHERE key = 'budgets_version'), {_DUE}, "
                  "(SELECT id FROM reservations WHERE idempotency_key = %s)) AS m(version, due, existing) "
@@ -189,6 +193,9 @@ class _Found(NamedTuple):
     due: bool
     accounts: list[TupleRow]
     holds: list[pe.Move]
+    states: dict[StateKey, StoredState]
+    """The guard states locked with the reservation (the keys foreseen from this process's own reserve)."""
+    locked: frozenset[StateKey]
 
 
 class _RetryError(Exception):
@@ -203,6 +210,8 @@ class _Attempt:
     swept: bool = False
     slow: bool = False
     """Lock the call's sharded accounts and their shards (a shard ran dry, or their caps are stale)."""
+    general: bool = False
+    """Skip the one-trip server function (it answered that this call is not its plain case)."""
 
 
 @dataclass
@@ -268,8 +277,11 @@ class PostgresStore:
             configure=self._configure, timeout=self._timeout_s, open=False, name="comptroller-ledger",
             reconnect_timeout=_RECONNECT_TIMEOUT_S)
         self._budgets = _Budgets()
-        self._account_ids: dict[tuple[str, str, str], int] = {}
-        self._budgets_lock = threading.Lock()  # guards both caches
+        self._account_ids: dict[tuple[str, str, str], tuple[int, int]] = {}
+        """Account id and shard count by ``(budget id, scope, period key)``: neither ever changes."""
+        self._made: dict[str, Reservation] = {}
+        """Reservations made here and not yet resolved here, oldest first (:meth:`_foresee`)."""
+        self._budgets_lock = threading.Lock()  # guards the caches
         self._pool.open(wait=False)
         try:
             self._run(lambda conn, _: check_version(conn, self.where))
@@ -478,6 +490,10 @@ class PostgresStore:
             version, candidates = self._candidates(conn, scopes)
             keys = account_keys(scopes, candidates, now)
             wanted = [(b.id, s, p) for b, s, p in keys]
+            if guard is None and not attempt.general and not attempt.slow:
+                done = self._reserve_one_trip(conn, attempt, request, now, version=version, keys=keys)
+                if done is not None:
+                    return done
             where, params = self._account_filter(wanted)
             with conn.pipeline():
                 conn.execute("BEGIN")
@@ -535,12 +551,65 @@ class PostgresStore:
             return ReserveResult(Code.ALREADY_RESERVED, reservation=found)
         return ReserveResult(Code.IDEMPOTENCY_CONFLICT)
 
+    def _reserve_one_trip(self, conn: Conn, attempt: _Attempt, request: ReserveRequest, now: datetime, *,
+                          version: int, keys: Sequence[tuple[Budget, str, str]]) -> ReserveResult | None:
+        """Reserve with no guard in one round trip (the server function ``ledger_reserve``, migration 0008).
+
+        None when the call is not the function's plain case (an account it has not seen, caps to
+        rebalance, every shard dry, a lease due after a sweep): the caller takes the general path.
+        Raises :class:`_RetryError` after a budget change or a sweep.
+        """
+        with self._budgets_lock:
+            known = [self._account_ids.get((b.id, s, p)) for b, s, p in keys]
+        if any(k is None for k in known):
+            return None
+        ids = [k[0] for k in known if k is not None]
+        starts = [escrow.shard_order(request.idempotency_key, k[1])[0] if k[1] > 0 else -1
+                  for k in known if k is not None]
+        reservation = new_reservation(uuid.uuid4().hex, request, now)
+        a = request.attribution
+        attempt.commit_sent = True  # one statement in its own transaction: once sent, it may have committed
+        try:
+            row = conn.execute(_RESERVE_ONE_TRIP, (
+                version, now, ids, [b.limit_mc for b, _, _ in keys], starts, reservation.id,
+                request.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation, a.task, a.phase,
+                request.model, request.ceiling_mc, request.input_tokens_max, request.output_tokens_max,
+                reservation.expires_at, request.sends, a.conversation_shared, a.key_id)).fetchone()
+        except errors.RaiseException as exc:
+            if not pe.is_dry(exc):
+                raise
+            attempt.slow = True  # nothing was written: rebalance under the accounts' locks and hold
+            return None
+        status, existing, settled, reserved, fired = row if row is not None else ("general", None, [], [], [])
+        if status == "stale":
+            self._forget_budgets()
+            raise _RetryError
+        if status == "due":
+            self._sweep_first(conn, attempt, now)
+        if status == "existing" and existing is not None:
+            return self._known_key(conn, request, existing)
+        if status not in ("ok", "refused"):
+            attempt.general = True
+            attempt.commit_sent = False
+            return None
+        views = [AccountView(b, s, p, settled[i], reserved[i], fired[i]) for i, (b, s, p) in enumerate(keys)]
+        refusal = decide(request.ceiling_mc, views, now)
+        if status == "refused" and refusal is not None:
+            verdict = Verdict.from_refusal(refusal)
+            event = refusal_event(verdict, request, now)
+            insert_events(conn, [event])
+            return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal, verdict=verdict, events=(event,))
+        if status == "refused" or refusal is not None:  # the function and the rule disagree: a bug, fail closed
+            raise LedgerUnavailableError(f"ledger {self.where}: ledger_reserve answered {status!r} where the "
+                                         "admission rule did not; the call is refused")
+        return ReserveResult(Code.OK, reservation=reservation, remaining_mc=remaining_after(request.ceiling_mc, views))
+
     def _account_filter(self, wanted: Sequence[tuple[str, str, str]]) -> tuple[str, tuple[Any, ...]]:
         """The condition naming the call's accounts (by id when all are known, else by key), and its parameters."""
         with self._budgets_lock:
             ids = [self._account_ids.get(k) for k in wanted]
         if all(i is not None for i in ids):
-            return _BY_ID, (ids,)
+            return _BY_ID, ([i[0] for i in ids if i is not None],)
         return _BY_KEY, ([k[0] for k in wanted], [k[1] for k in wanted], [k[2] for k in wanted])
 
     def _learn_accounts(self, rows: Sequence[TupleRow]) -> dict[tuple[str, str, str], TupleRow]:
@@ -549,7 +618,7 @@ class PostgresStore:
         with self._budgets_lock:
             if len(self._account_ids) >= _CACHE_ENTRIES_MAX:
                 self._account_ids.clear()
-            self._account_ids.update((k, r[0]) for k, r in by_key.items())
+            self._account_ids.update((k, (r[0], r[pe.ACCOUNT_SHARDS])) for k, r in by_key.items())
         return by_key
 
     def _admit(self, conn: Conn, attempt: _Attempt, request: ReserveRequest, now: datetime, *,
@@ -597,8 +666,16 @@ class PostgresStore:
             rollback(conn)  # nothing was committed: rebalance under the accounts' locks and hold again
             attempt.slow = True
             raise _RetryError from exc
+        self._remember(reservation)
         return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
                              remaining_mc=remaining_after(request.ceiling_mc, views))
+
+    def _remember(self, reservation: Reservation) -> None:
+        """Keep a reservation made here until this process resolves it (at most :data:`_MADE_MAX`)."""
+        with self._budgets_lock:
+            if len(self._made) >= _MADE_MAX:
+                del self._made[next(iter(self._made))]
+            self._made[reservation.id] = reservation
 
     def _commit(self, conn: Conn, attempt: _Attempt, outcome: GuardOutcome, read: Mapping[StateKey, StoredState],
                 writes: Callable[[], None] | None = None) -> None:
@@ -628,8 +705,20 @@ class PostgresStore:
             LedgerUnavailableError: if the database cannot answer; retry with the same
                 reservation id (a repeat answers ``already_settled`` and charges nothing).
         """
+        foreseen = self._foresee(reservation_id, guard)
+
         def op(conn: Conn, attempt: _Attempt) -> SettleResult:
-            found = self._lock_reservation(conn, attempt, reservation_id, now)
+            if guard is None and not attempt.general:
+                attempt.commit_sent = True  # one statement in its own transaction: once sent, it may have committed
+                row = conn.execute(_SETTLE_ONE_TRIP, (
+                    reservation_id, now, cost_mc, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                    usage.cache_write_tokens, usage.cache_write_1h_tokens)).fetchone()
+                if row is not None and row[0] == "settled":
+                    record = settled_record(reservation_of(row[1:]), usage, cost_mc, now, late=False)
+                    return SettleResult(Code.SETTLED, record)
+                attempt.general = True  # not its plain case, and nothing was written
+                attempt.commit_sent = False
+            found = self._lock_reservation(conn, attempt, reservation_id, now, foreseen)
             if found is None:
                 rollback(conn)
                 return SettleResult(Code.RESERVATION_NOT_FOUND)
@@ -655,7 +744,7 @@ class PostgresStore:
         moves on the rows or shards the hold names; a charge past the hold (a ceiling miss, a late
         settle) rebalances the sharded accounts in the same transaction (:func:`escrow.rebalance`).
         """
-        reservation, due, accounts, holds = found
+        reservation, due, accounts, holds = found.reservation, found.due, found.accounts, found.holds
         unknown = reservation.state is ReservationState.UNKNOWN_OUTCOME
         swept = [unknown_outcome_event(reservation, now)] if due and reservation.sent else []
         if unknown:
@@ -676,7 +765,7 @@ class PostgresStore:
                 (sharded,)).fetchall())
             accounts = [(*r[:6], fresh.get(r[0], r[6]), *r[7:]) for r in accounts]
             events, fired = alerts_crossed(accounts, delta, now)
-        outcome, read = self._settle_guard(conn, guard, reservation, None if usage is None else cost_mc, now)
+        outcome, read = self._settle_guard(conn, guard, found, None if usage is None else cost_mc, now)
         moves = {where: (delta, -held) for where in holds}
         plans = pe.recapped(conn, accounts, moves) if pushed else {}
 
@@ -703,8 +792,10 @@ class PostgresStore:
         Raises:
             LedgerUnavailableError: if the database cannot answer; retry with the same reservation id.
         """
+        foreseen = self._foresee(reservation_id, guard)
+
         def op(conn: Conn, attempt: _Attempt) -> ReleaseResult:
-            found = self._lock_reservation(conn, attempt, reservation_id, now)
+            found = self._lock_reservation(conn, attempt, reservation_id, now, foreseen)
             if found is None:
                 rollback(conn)
                 return ReleaseResult(Code.RESERVATION_NOT_FOUND)
@@ -728,19 +819,30 @@ class PostgresStore:
             if due:  # its lease ran out before this release: it expires, as the sweep would have done
                 self._commit(conn, attempt, GuardOutcome(), {}, unhold("expired"))
                 return ReleaseResult(Code.ALREADY_RELEASED)
-            outcome, read = self._settle_guard(conn, guard, reservation, None, now)
+            outcome, read = self._settle_guard(conn, guard, found, None, now)
             self._commit(conn, attempt, outcome, read, unhold("released"))
             return ReleaseResult(Code.RELEASED, outcome.events)
 
         return self._run(op)
 
-    def _lock_reservation(self, conn: Conn, attempt: _Attempt, reservation_id: str, now: datetime) -> _Found | None:
+    def _foresee(self, reservation_id: str, guard: SettleGuard | None) -> list[StateKey]:
+        """The guard's state keys for a reservation this process made (its attribution never changes), so
+        they are locked with it in one round trip; empty when unknown here (they are locked after)."""
+        with self._budgets_lock:
+            made = self._made.pop(reservation_id, None)
+        return [] if guard is None or made is None else sorted(set(guard.state_keys(made)))
+
+    def _lock_reservation(self, conn: Conn, attempt: _Attempt, reservation_id: str, now: datetime,
+                          state_keys: Sequence[StateKey] = ()) -> _Found | None:
         """Lock one reservation and then its unsharded accounts (ascending id); read its sharded ones; None if
-        unknown. ``due`` is True when it is still pending but its lease has run out."""
+        unknown. ``due`` is True when it is still pending but its lease has run out. ``state_keys``: guard
+        states to lock and read in the same round trip (after the accounts, in the global order)."""
         with conn.pipeline():
             conn.execute("BEGIN")
             res = conn.execute(_SETTLE_READ, (now, reservation_id))
+            states = conn.execute(_LOCK_STATES, key_columns(state_keys)) if state_keys else None
         rows = res.fetchall()
+        read = {} if states is None else {StateKey(r[0], r[1]): state_of(r) for r in states.fetchall()}
         row = rows[0] if rows else None
         if row is None:
             if scalar(conn.execute(f"SELECT {_DUE}", (now,))):
@@ -753,17 +855,22 @@ class PostgresStore:
         by_id = {r[first]: r[first:] for r in rows if r[first] is not None}
         held = [by_id[i] for i in row[15] if i in by_id]  # in the reservation's order: alerts fire in it
         due_self = reservation.state is ReservationState.PENDING and reservation.expires_at <= now
-        return _Found(reservation, due_self, held, pe.holds(row[15], row[RES_N + 1]))
+        return _Found(reservation, due_self, held, pe.holds(row[15], row[RES_N + 1]), read, frozenset(state_keys))
 
     @staticmethod
-    def _settle_guard(conn: Conn, guard: SettleGuard | None, reservation: Reservation, cost_mc: int | None,
+    def _settle_guard(conn: Conn, guard: SettleGuard | None, found: _Found, cost_mc: int | None,
                       now: datetime) -> tuple[GuardOutcome, dict[StateKey, StoredState]]:
-        """Lock and read the guard's states (after the accounts), then run it."""
+        """Read the guard's states (locked after the accounts; unless locked with the reservation, one more
+        round trip), then run it."""
         if guard is None:
             return GuardOutcome(), {}
+        reservation = found.reservation
         keys = list(guard.state_keys(reservation))
-        rows = conn.execute(_LOCK_STATES, key_columns(keys)).fetchall() if keys else []
-        read = {StateKey(r[0], r[1]): state_of(r) for r in rows}
+        if found.locked.issuperset(keys):
+            read = {k: found.states[k] for k in keys if k in found.states}
+        else:
+            rows = conn.execute(_LOCK_STATES, key_columns(keys)).fetchall() if keys else []
+            read = {StateKey(r[0], r[1]): state_of(r) for r in rows}
         return guard.apply(reservation, cost_mc, read, now), read
 
     def reservation(self, reservation_id: str) -> Reservation | None:
