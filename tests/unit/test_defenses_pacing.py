@@ -19,6 +19,7 @@ from comptroller.domain.defenses.pacing import (
     apply_pacing,
     check_pace,
     pace_allowance_mc,
+    read_pace,
 )
 from comptroller.domain.defenses.pinning import Route, RouteReason
 from comptroller.domain.defenses.verdict import Rule, Verdict
@@ -156,3 +157,21 @@ def test_invalid_pacing_is_a_clear_error(changes: dict[str, object], words: str)
     """Out-of-range percentages, total budgets or unknown actions raise a naming error."""
     with pytest.raises(DefenseConfigError, match=words):
         PacingConfig(**changes)  # type: ignore[arg-type]
+
+
+ZONES = ("UTC", "Europe/Berlin", "America/Sao_Paulo", "Australia/Lord_Howe", "Asia/Kathmandu", "America/Havana")
+
+
+@given(zone=st.sampled_from(ZONES), period=st.sampled_from((Period.DAY, Period.WEEK, Period.MONTH)),
+       offsets=st.lists(st.integers(0, 4 * 366 * 86_400 * 1_000_000), min_size=1, max_size=40))
+def test_paced_period_is_the_budget_period_of_each_instant(zone: str, period: Period, offsets: list[int]) -> None:
+    """The period pacing reads (remembered from the previous call) is period_bounds' for every instant,
+    in any order, across DST changes (Havana and Sao Paulo changed clocks at midnight)."""
+    budget = Budget(level=Level.AGENT, scope=SCOPE, limit_mc=LIMIT, period=period, timezone=zone)
+    config = PacingConfig(periods=(period,))
+    start = datetime(2008, 1, 1, tzinfo=UTC)
+    for offset in sorted(offsets) + offsets:
+        now = start + timedelta(microseconds=offset)
+        reading = read_pace(config, account(0, budget=budget), 1, now)
+        assert reading is not None
+        assert (reading.start, reading.end) == period_bounds(period, zone, now)

@@ -132,11 +132,46 @@ class Defenses:
     loops: LoopConfig | None = field(default_factory=LoopConfig)
     pacing: PacingConfig | None = None
     fan_out: FanOutConfig | None = None
+    _plans: dict[Attribution, _AdmitPlan] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def budgets_only(cls) -> Defenses:
         """No runtime defense: only the budgets (and manual kill switches) apply."""
         return cls(breakers=None, retries=None, loops=None)
+
+    def admit_plan(self, attribution: Attribution) -> _AdmitPlan:
+        """The state keys and configs of an attribution's admit checks (memoised per attribution, bounded)."""
+        plan = self._plans.get(attribution)
+        if plan is None:
+            if len(self._plans) >= _PLANS_MAX:
+                self._plans.clear()
+            plan = self._plans[attribution] = _AdmitPlan(self, attribution)
+        return plan
+
+
+class _AdmitPlan:
+    """What the admit checks of one attribution read, under one configuration (see :meth:`Defenses.admit_plan`)."""
+
+    __slots__ = ("agent_scope", "breakers", "drift_key", "fan_out", "gate_key", "kills", "loop_key", "loop_level",
+                 "loop_scope", "scopes", "task")
+
+    def __init__(self, defenses: Defenses, attribution: Attribution) -> None:
+        self.scopes = attribution.scopes()
+        self.loop_level, self.loop_scope = loop_scope(attribution)
+        self.loop_key = scoped_key(LOOP, self.loop_level, self.loop_scope)
+        by_level = dict(self.scopes)
+        self.task = by_level.get(Level.TASK)
+        self.kills = [(scoped_key(KILL, level, scope), level, scope, defenses.kill_switches.get(level))
+                      for level, scope in self.scopes]
+        self.agent_scope = by_level[Level.AGENT]
+        self.drift_key = scoped_key(PIN_DRIFT, Level.AGENT, self.agent_scope)
+        conversation = attribution.conversation
+        self.gate_key = None if conversation is None else gate_key(attribution.namespace, conversation)
+        policy = defenses.breakers
+        self.fan_out = _fan_out_plan(defenses.fan_out, self.scopes)
+        self.breakers = [] if policy is None else [
+            (scoped_key(BREAKER, level, scope), level, scope, config)
+            for level, scope, config in policy.breakers_for(self.scopes)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,23 +274,19 @@ class AdmitDefenses:
         self.defenses = defenses
         self.facts = facts
         self.parsed = parsed or ParsedStates()
-        self._scopes = facts.attribution.scopes()
-        self._loop_level, self._loop_scope = loop_scope(facts.attribution)
-        self._task = dict(self._scopes).get(Level.TASK)
-        self._kill_keys = [scoped_key(KILL, level, scope) for level, scope in self._scopes]
-        self._agent_scope = dict(self._scopes)[Level.AGENT]
-        self._drift_key = scoped_key(PIN_DRIFT, Level.AGENT, self._agent_scope)
-        conversation = facts.attribution.conversation
-        self._gate_key = None if conversation is None else gate_key(facts.attribution.namespace, conversation)
-        policy = defenses.breakers
-        self._fan_out_plan = _fan_out_plan(defenses.fan_out, self._scopes)
-        self._breaker_plan = [] if policy is None else [
-            (scoped_key(BREAKER, level, scope), level, scope, config)
-            for level, scope, config in policy.breakers_for(self._scopes)]
+        plan = defenses.admit_plan(facts.attribution)
+        self._loop_level, self._loop_scope, self._loop_key = plan.loop_level, plan.loop_scope, plan.loop_key
+        self._task = plan.task
+        self._kill_plan = plan.kills
+        self._agent_scope = plan.agent_scope
+        self._drift_key = plan.drift_key
+        self._gate_key = plan.gate_key
+        self._fan_out_plan = plan.fan_out
+        self._breaker_plan = plan.breakers
 
     def state_keys(self) -> list[StateKey]:
         """The kill switches of every scope, the run, the retry state, the loop history, the breakers."""
-        keys = list(self._kill_keys)
+        keys = [key for key, _, _, _ in self._kill_plan]
         if self.facts.run_id is not None:
             keys.append(run_key(self.facts.attribution, self.facts.run_id))
         if self._gate_key is not None:
@@ -264,7 +295,7 @@ class AdmitDefenses:
             assert self._task is not None
             keys.append(StateKey(RETRY, self._task))
         if self._detects_loops():
-            keys.append(scoped_key(LOOP, self._loop_level, self._loop_scope))
+            keys.append(self._loop_key)
         keys += [key for key, _, _, _ in self._breaker_plan]
         keys += [key for key, _, _, _ in self._fan_out_plan]
         if self.defenses.pinning is not None:
@@ -301,15 +332,19 @@ class AdmitDefenses:
     # rank 1
     def _kill_switch(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
                      now: datetime, changes: _Changes) -> Verdict | None:
-        switches = []
-        for key, (level, scope) in zip(self._kill_keys, self._scopes, strict=True):
+        tripped = []
+        for key, level, scope, config in self._kill_plan:
+            fraction = config is not None and config.budget_pct_max is not None
+            if not fraction and key not in states:
+                continue  # no row: never tripped, and no budget trigger to check
             state = self.parsed.load(states, key, KillSwitchState.from_record,
                                      partial(KillSwitchState, level, scope))
-            config = self.defenses.kill_switches.get(level)
-            if config is not None and config.budget_pct_max is not None and not state.tripped:
+            if fraction and not state.tripped:
+                assert config is not None
                 state = self._budget_fraction(state, config, accounts, now=now, key=key, changes=changes)
-            switches.append(state)
-        return check_kill_switch(switches)
+            if state.tripped:
+                tripped.append(state)
+        return check_kill_switch(tripped) if tripped else None
 
     def _budget_fraction(self, state: KillSwitchState, config: KillSwitchConfig, accounts: Sequence[AccountView], *,
                          now: datetime, key: StateKey, changes: _Changes) -> KillSwitchState:

@@ -42,6 +42,9 @@ __all__ = ["PaceAction", "PaceReading", "PacingConfig", "apply_pacing", "check_p
            "read_pace"]
 
 _US = timedelta(microseconds=1)
+_ORDER = {level: i for i, level in enumerate(LEVELS)}
+_BOUNDS: dict[tuple[Period, str], tuple[datetime, datetime]] = {}  # the period last read per (period, zone)
+_BOUNDS_MAX = 1_024
 
 
 class PaceAction(StrEnum):
@@ -139,7 +142,7 @@ def read_pace(config: PacingConfig, account: AccountView, ceiling_mc: int, now: 
     budget = account.budget
     if budget.period not in config.periods:
         return None
-    bounds = period_bounds(budget.period, budget.timezone, now)
+    bounds = _period(budget.period, budget.timezone, now)
     if bounds is None:
         return None
     start, end = bounds
@@ -147,6 +150,20 @@ def read_pace(config: PacingConfig, account: AccountView, ceiling_mc: int, now: 
     period_us = (end - start) // _US
     elapsed_us = min(max((now - start) // _US, 0), period_us)
     return PaceReading(account, ceiling_mc, allowance, start, end, elapsed_us, period_us)
+
+
+def _period(period: Period, timezone: str, now: datetime) -> tuple[datetime, datetime] | None:
+    """:func:`~comptroller.domain.budgets.period_bounds`, memoised: periods tile time, so the last period
+    read for ``(period, timezone)`` is the answer for every ``now`` inside it."""
+    cached = _BOUNDS.get((period, timezone))
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached
+    bounds = period_bounds(period, timezone, now)
+    if bounds is not None:
+        if len(_BOUNDS) >= _BOUNDS_MAX:
+            _BOUNDS.clear()
+        _BOUNDS[(period, timezone)] = bounds
+    return bounds
 
 
 def check_pace(config: PacingConfig, accounts: Sequence[AccountView], ceiling_mc: int,
@@ -207,9 +224,12 @@ def _ceiling(ceilings_mc: Mapping[str, int], model: str) -> int:
 
 def _worst(config: PacingConfig, accounts: Sequence[AccountView], ceiling_mc: int,
            now: datetime) -> PaceReading | None:
-    order = {level: i for i, level in enumerate(LEVELS)}
-    over = [r for a in accounts if (r := read_pace(config, a, ceiling_mc, now)) is not None and r.over]
-    return min(over, key=lambda r: (order[r.account.budget.level], r.account.budget.id), default=None)
+    periods = config.periods
+    over = [r for a in accounts if a.budget.period in periods
+            and (r := read_pace(config, a, ceiling_mc, now)) is not None and r.over]
+    if not over:
+        return None
+    return min(over, key=lambda r: (_ORDER[r.account.budget.level], r.account.budget.id))
 
 
 def _retry_after_s(reading: PaceReading, config: PacingConfig, now: datetime) -> float:
