@@ -204,8 +204,11 @@ def record_spend(state: BreakerState, config: BreakerConfig, cost_mc: int, now: 
     """
     if type(cost_mc) is not int or cost_mc < 0:
         raise ValueError(f"cost_mc must be a non-negative integer of millicents, got {cost_mc!r}")
-    step = advance(state, config, now)
-    current, events = step.state, step.events
+    events: tuple[Event, ...] = ()
+    current = state
+    if state.status is not BreakerStatus.CLOSED:  # time alone changes nothing while closed (see advance)
+        step = advance(state, config, now)
+        current, events = step.state, step.events
     if current.status is BreakerStatus.CLOSED:
         counted = _count_closed(current, config, cost_mc, now)
         if isinstance(counted, tuple):  # opened
@@ -300,9 +303,10 @@ def _count_relative(state: BreakerState, config: BreakerConfig, now: datetime,
     if config.relative_k is None:
         return state, ()
     window, spend = state.rel.window_index, state.rel.window_spend_mc
+    if window is None or state.rel_last_over_index == window or spend <= config.relative_floor_mc:
+        return state, ()  # decided before the baseline is needed
     base = _relative_base_mc(state, config, now, fallback)
-    if (base is None or window is None or state.rel_last_over_index == window
-            or spend <= config.relative_floor_mc or spend <= config.relative_k * base):
+    if base is None or spend <= config.relative_k * base:
         return state, ()
     streak = state.rel_over_streak + 1 if state.rel_last_over_index == window - 1 else 1
     state = evolve(state, rel_over_streak=streak, rel_last_over_index=window)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from itertools import repeat
-from operator import attrgetter
-from typing import Any
 
 from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import parse_level, require_text
+from comptroller.domain.defenses._versions import versioner
 from comptroller.domain.defenses.baseline import SpendBaseline
 from comptroller.domain.defenses.verdict import JsonScalar
 from comptroller.domain.scopes import Level
@@ -82,16 +79,21 @@ class BreakerState:
 
     def to_record(self) -> dict[str, JsonScalar]:
         """A flat JSON record of this state (datetimes as ISO-8601 text)."""
+        opened, until, start, expires = self.opened_at, self.open_until, self.probe_window_start, self.probe_expires_at
+        rel = self.rel
         return {
             "level": str(self.level), "scope": self.scope, "status": str(self.status),
             "version": self.version, "window_index": self.window_index,
             "window_spend_mc": self.window_spend_mc, "over_streak": self.over_streak,
             "last_over_index": self.last_over_index, "trips": self.trips,
-            "opened_at": rec.iso(self.opened_at), "open_until": rec.iso(self.open_until),
-            "probe_window_start": rec.iso(self.probe_window_start), "probe_spend_mc": self.probe_spend_mc,
-            "probe_id": self.probe_id, "probe_expires_at": rec.iso(self.probe_expires_at),
-            **self.rel.to_record("rel_"), "rel_over_streak": self.rel_over_streak,
-            "rel_last_over_index": self.rel_last_over_index, "tripped_by": self.tripped_by,
+            "opened_at": None if opened is None else opened.isoformat(),
+            "open_until": None if until is None else until.isoformat(),
+            "probe_window_start": None if start is None else start.isoformat(), "probe_spend_mc": self.probe_spend_mc,
+            "probe_id": self.probe_id, "probe_expires_at": None if expires is None else expires.isoformat(),
+            "rel_window_index": rel.window_index, "rel_window_spend_mc": rel.window_spend_mc,
+            "rel_baseline_mmc": rel.baseline_mmc, "rel_since": None if rel.since is None else rel.since.isoformat(),
+            "rel_over_streak": self.rel_over_streak, "rel_last_over_index": self.rel_last_over_index,
+            "tripped_by": self.tripped_by,
         }
 
     @classmethod
@@ -116,19 +118,6 @@ class BreakerState:
         )
 
 
-_FIELDS = tuple(f.name for f in fields(BreakerState))
-_FIELD_INDEX = {name: i for i, name in enumerate(_FIELDS)}
-_VALUES = attrgetter(*_FIELDS)  # every field's value, in one C call
-_SLOTS = tuple(getattr(BreakerState, name) for name in _FIELDS)  # the slots' member descriptors
-_SET_SLOT = type(_SLOTS[0]).__set__  # sets a slot directly (a frozen dataclass refuses setattr)
-
-
-def evolve(state: BreakerState, **changes: Any) -> BreakerState:
-    """The next version of a valid state with ``changes`` (the breaker's own transitions: not validated again)."""
-    values = list(_VALUES(state))
-    for name, value in changes.items():
-        values[_FIELD_INDEX[name]] = value
-    values[_FIELD_INDEX["version"]] = state.version + 1
-    evolved = object.__new__(BreakerState)
-    deque(map(_SET_SLOT, _SLOTS, repeat(evolved), values), maxlen=0)  # the slots, set in C
-    return evolved
+evolve = versioner(BreakerState)
+"""``evolve(state, **changes)``: the next version of a valid state (the breaker's own transitions: not validated
+again; :func:`~comptroller.domain.defenses._versions.versioner`)."""

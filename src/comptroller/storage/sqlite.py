@@ -460,7 +460,8 @@ class SQLiteStore:
     def _commit(self, cur: sqlite3.Cursor, outcome: GuardOutcome) -> None:
         rows = []
         for w in outcome.writes:  # orjson: a state's JSON is written on every admit and settle (4x json's speed)
-            text = orjson.dumps(dict(w.record), option=orjson.OPT_SORT_KEYS).decode()
+            record = w.record if type(w.record) is dict else dict(w.record)  # orjson takes dicts only
+            text = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
             rows.append((w.key.kind, w.key.key, w.version, text))
             self._remember_state(w.key, text, w)
             self._rows[w.key] = w

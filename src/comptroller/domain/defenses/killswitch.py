@@ -28,6 +28,7 @@ from enum import StrEnum
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import parse_level, require_aware, require_int, require_text
+from comptroller.domain.defenses._versions import versioner
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
 from comptroller.domain.defenses.windows import window_index
 from comptroller.domain.ledger import Event
@@ -113,9 +114,11 @@ class KillSwitchState:
 
     def to_record(self) -> dict[str, JsonScalar]:
         """A flat JSON record of this state."""
+        at = self.tripped_at
         return {
             "level": str(self.level), "scope": self.scope, "tripped": self.tripped,
-            "mode": None if self.mode is None else str(self.mode), "tripped_at": rec.iso(self.tripped_at),
+            "mode": None if self.mode is None else str(self.mode),
+            "tripped_at": None if at is None else at.isoformat(),
             "by": self.by, "reason": self.reason, "window_index": self.window_index,
             "window_spend_mc": self.window_spend_mc, "version": self.version,
         }
@@ -131,6 +134,9 @@ class KillSwitchState:
             reason=rec.get_str(record, "reason"), window_index=rec.get_opt_int(record, "window_index"),
             window_spend_mc=rec.get_int(record, "window_spend_mc"), version=rec.get_int(record, "version"),
         )
+
+
+_next_version = versioner(KillSwitchState)  # a counted window: no __post_init__ again
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +205,7 @@ def record_spend(state: KillSwitchState, config: KillSwitchConfig, cost_mc: int,
         window, spend = state.window_index, state.window_spend_mc + cost_mc
     else:
         window, spend = index, cost_mc
-    counted = KillSwitchState(level=state.level, scope=state.scope, tripped=state.tripped, mode=state.mode,
-                              tripped_at=state.tripped_at, by=state.by, reason=state.reason, window_index=window,
-                              window_spend_mc=spend, version=state.version + 1)
+    counted = _next_version(state, window_index=window, window_spend_mc=spend)
     if state.tripped:
         return KillSwitchStep(counted)
     limit = config.window_spend_mc_max

@@ -32,13 +32,16 @@ def window_index(now: datetime, window_s: int) -> int:
     Raises:
         ValueError: on a naive ``now`` or a window shorter than 1 s.
     """
-    require_aware("now", now)
     length = _LENGTHS.get(window_s)
     if length is None:
         if window_s < 1:
             raise ValueError(f"window_s must be >= 1 second, got {window_s!r}")
         length = _LENGTHS[window_s] = timedelta(seconds=window_s)
-    return (now - EPOCH) // length
+    try:
+        return (now - EPOCH) // length
+    except TypeError:  # a naive datetime (or not a datetime): the ValueError below names it
+        require_aware("now", now)
+        raise
 
 
 def window_bounds(index: int, window_s: int) -> tuple[datetime, datetime]:
