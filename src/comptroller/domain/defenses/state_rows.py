@@ -1,0 +1,96 @@
+"""The defenses' state rows: their kinds and keys, a memo of parsed records, a guard's pending changes.
+
+See :mod:`comptroller.domain.defenses.chain` for the table of kinds and what each row holds.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from comptroller.domain.defenses.verdict import JsonScalar, Verdict
+from comptroller.domain.ledger import Event, ReserveRequest
+from comptroller.domain.scopes import Level
+from comptroller.domain.state import GuardOutcome, StateKey, StoredState
+
+__all__ = ["BREAKER", "FAN_OUT", "KILL", "LOOP", "PIN_DRIFT", "RATE", "RETRY", "RUN", "Changes", "ParsedStates",
+           "scoped_key"]
+
+BREAKER, KILL, RETRY, LOOP, RUN, RATE = "breaker", "kill_switch", "retry", "loop", "run", "rate"
+FAN_OUT = "fan_out"
+PIN_DRIFT = "pin_drift"
+
+
+def scoped_key(kind: str, level: Level, scope: str) -> StateKey:
+    """The state key of a per-scope state (``level:scope``; levels contain no ``:``)."""
+    return StateKey(kind, f"{level}:{scope}")
+
+
+class _Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    def to_record(self) -> dict[str, JsonScalar]: ...
+
+
+_S = TypeVar("_S")
+
+
+class ParsedStates:
+    """A memo of parsed state records, keyed by the record object itself (one per engine).
+
+    A store hands out the same record object while its row is unchanged (memory always;
+    SQLite while the row's text is unchanged), and the record a guard writes is memoised
+    with the state it came from, so most reads skip parsing. The memo holds each record
+    object, so an identity match is always the same record. Bounded; safe across threads
+    (a race only costs a parse).
+
+    Args:
+        entries_max: rows remembered; beyond it the memo starts over.
+    """
+
+    def __init__(self, entries_max: int = 16_384) -> None:
+        self._memo: dict[StateKey, tuple[Mapping[str, JsonScalar], object]] = {}
+        self._entries_max = entries_max
+
+    def load(self, states: Mapping[StateKey, StoredState], key: StateKey,
+             parse: Callable[[Mapping[str, JsonScalar]], _S], default: Callable[[], _S]) -> _S:
+        """The parsed state of ``key`` (``default()`` when the row does not exist)."""
+        stored = states.get(key)
+        if stored is None:
+            return default()
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is stored.record:
+            return hit[1]  # type: ignore[return-value]  # memoised from parse(record) of this very object
+        value = parse(stored.record)
+        self._remember(key, stored.record, value)
+        return value
+
+    def write(self, key: StateKey, before: _Versioned, after: _Versioned) -> tuple[StoredState, ...]:
+        """The write of a changed state (none if its version did not move), memoised for the next read."""
+        if after.version == before.version:
+            return ()
+        record = after.to_record()
+        self._remember(key, record, after)
+        return (StoredState(key, after.version, record),)
+
+    def _remember(self, key: StateKey, record: Mapping[str, JsonScalar], value: object) -> None:
+        if len(self._memo) >= self._entries_max:
+            self._memo.clear()
+        self._memo[key] = (record, value)
+
+
+@dataclass
+class Changes:
+    """What a guard's checks decided to write and append so far (a refusal's own in ``kept_*``)."""
+
+    writes: list[StoredState] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    kept_writes: list[StoredState] = field(default_factory=list)  # a refusal's own state (a loop lock tripping)
+    kept_events: list[Event] = field(default_factory=list)
+
+    def outcome(self, verdict: Verdict | None = None, request: ReserveRequest | None = None) -> GuardOutcome:
+        """The guard's answer: ``verdict`` (None: admit), these writes and events, ``request`` (a downgrade)."""
+        return GuardOutcome(verdict, tuple(self.writes), tuple(self.events), request)
