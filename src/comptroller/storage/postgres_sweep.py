@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from comptroller.storage.postgres_escrow import Move, apply, holds
+from comptroller.storage.postgres_pool import Attempt, RetryError
 from comptroller.storage.postgres_rows import (
     RES_COLS,
     RES_N,
@@ -19,11 +20,25 @@ from comptroller.storage.postgres_rows import (
     Conn,
     insert_events,
     reservation_of,
+    rollback,
     usage_row,
 )
 from comptroller.storage.rows import unknown_outcome_event, unknown_outcome_record
 
-__all__ = ["sweep"]
+__all__ = ["SWEEP_BATCH", "sweep", "sweep_first"]
+
+SWEEP_BATCH = 500
+"""Due leases one sweep transaction resolves at most."""
+
+
+def sweep_first(conn: Conn, attempt: Attempt, now: datetime) -> None:
+    """A lease is due: roll back, sweep a batch in a transaction of its own, and retry the operation
+    (:class:`RetryError`), once per operation; later calls return and the operation goes on."""
+    if not attempt.swept:
+        rollback(conn)
+        sweep(conn, now, SWEEP_BATCH)
+        attempt.swept = True
+        raise RetryError
 
 
 def sweep(conn: Conn, now: datetime, batch: int) -> int:
