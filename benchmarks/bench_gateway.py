@@ -19,6 +19,13 @@ rounds, with requests per second. ``added`` is gateway minus direct at the same 
     python benchmarks/bench_gateway.py --concurrency 1 --py-spy gw.txt   # sample it with py-spy instead
     python benchmarks/collapsed.py gw.txt --top 40           # ... and read where its time goes
     python benchmarks/bench_gateway.py --api messages --concurrency 1   # another API's adapter
+    python benchmarks/bench_gateway.py --callgrind 300       # user-space instructions per call (valgrind)
+
+``--callgrind N`` runs the gateway under ``valgrind --tool=callgrind --instr-atstart=no``,
+warms it up, and counts only the instructions of ``N`` calls at c=1 (``callgrind_control -i``):
+the gateway's user-space instructions per call, which the machine's load does not change
+(the kernel's share, socket sends included, is not counted). Run it with ``PYTHONPATH`` set
+to an older tree's ``src`` for a before/after pair.
 
 ``--api`` picks the API of every request (``chat``, ``responses``, ``messages`` with the key in
 ``x-api-key`` as the anthropic client sends it, ``embeddings``), all through the one metered
@@ -33,6 +40,7 @@ import json
 import os
 import platform
 import pstats
+import shutil
 import signal
 import socket
 import statistics
@@ -230,14 +238,61 @@ def table(results: dict[int, tuple[Stats, Stats]]) -> str:
     return "\n".join(lines)
 
 
+def callgrind_measure(gateway: subprocess.Popen[bytes], port: int, key: str, calls: int, api: str) -> int:
+    """Warm the gateway (running under callgrind) up, then count the instructions of ``calls`` calls at c=1.
+
+    Switching the count on can take longer than the stub's keep-alive (5 s): the gateway's pooled
+    connection is then gone and its next call answers 502 (aiohttp does not resend a POST). A few
+    primer calls take that; the ones answered 200 are added to the calls counted.
+
+    Returns:
+        The calls counted.
+    """
+    asyncio.run(load(port, key, 1, 200, 0, api=api))
+    subprocess.run(["callgrind_control", "-i", "on", str(gateway.pid)], check=True, capture_output=True, timeout=300)
+    primed = 0
+    for i in range(3):
+        try:
+            asyncio.run(load(port, key, 1, 1, 900 + i, api=api))
+        except RuntimeError:
+            continue
+        primed += 1
+    asyncio.run(load(port, key, 1, calls, 1_000, api=api))
+    subprocess.run(["callgrind_control", "-i", "off", str(gateway.pid)], check=True, capture_output=True,
+                   timeout=300)
+    return calls + primed
+
+
+def callgrind_total(out: Path) -> int:
+    """The instructions (Ir) counted in callgrind's output files ``out.*`` (their ``totals:`` lines)."""
+    total = 0
+    for path in out.parent.glob(out.name + ".*"):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+    return total
+
+
+def callgrind_report(gateway: subprocess.Popen[bytes], port: int, key: str, args: argparse.Namespace,
+                     out: Path) -> None:
+    """``--callgrind``: count, stop the gateway (callgrind writes its file at exit), print instructions per call."""
+    counted = callgrind_measure(gateway, port, key, args.callgrind, args.api)
+    stop(gateway, 300)
+    total = callgrind_total(out)
+    if args.callgrind_keep is not None:
+        for found in out.parent.glob(out.name + ".*"):
+            shutil.copy(found, args.callgrind_keep)  # for callgrind_annotate
+    print(f"gateway user-space instructions per call (callgrind, {counted} calls at c=1): {total / counted:,.0f}")
+
+
 def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
     process.send_signal(signal.SIGINT)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
 
@@ -278,6 +333,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--block", default="bench_gateway", help="the BENCHMARKS.md block to write")
     parser.add_argument("--api", choices=("chat", "responses", "messages", "embeddings"), default="chat",
                         help="the API every request uses")
+    parser.add_argument("--callgrind", type=int, default=None, metavar="N",
+                        help="run the gateway under callgrind and report its instructions per call over N calls "
+                             "at c=1 after a warm-up (no latency tables)")
+    parser.add_argument("--callgrind-keep", type=Path, default=None, metavar="FILE",
+                        help="--callgrind: keep callgrind's output file here (read it with callgrind_annotate)")
     return parser.parse_args(argv)
 
 
@@ -294,6 +354,15 @@ def ledger_url(db: str | None, work: Path) -> str:
     return f"{db}{'&' if '?' in db else '?'}options=-csearch_path%3D{schema}"
 
 
+def bench_key(url: str) -> str:
+    """A fresh key of the tenant ``bench`` (agent ``bench-agent``) in the key store at ``url``; its plaintext."""
+    record, key = new_key(tenant="bench", agent="bench-agent")
+    keys = keys_from_url(url)
+    keys.add(record)
+    keys.close()
+    return key
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -304,10 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         config.write_text(CONFIG.format(model=MODEL, claude=CLAUDE, stub_port=stub_port, defenses=defenses),
                           encoding="utf-8")
         url = ledger_url(args.db, work)
-        record, key = new_key(tenant="bench", agent="bench-agent")
-        keys = keys_from_url(url)
-        keys.add(record)
-        keys.close()
+        key = bench_key(url)
         stub = start([sys.executable, str(STUB), str(stub_port)], env={**os.environ, "PYTHONPATH": str(STUB.parent)})
         serve = ["serve", "--config", str(config), "--db", url, "--port", str(gateway_port),
                  "--workers", str(args.workers), "--log-level", "warning"]
@@ -315,11 +381,16 @@ def main(argv: list[str] | None = None) -> None:
         runner = work / "serve.py"
         runner.write_text("import sys\nfrom comptroller.cli.main import app\n\n"  # --workers N re-imports it
                           "if __name__ == '__main__':\n    sys.argv[0] = 'comptroller'\n    app()\n")
-        gateway = start([sys.executable, *(["-m", "cProfile", "-o", str(prof)] if args.profile else []),
-                         str(runner), *serve])
+        cg_out = work / "callgrind.out"
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={cg_out}.%p"]
+        gateway = start([*(valgrind if args.callgrind else []), sys.executable,
+                         *(["-m", "cProfile", "-o", str(prof)] if args.profile else []), str(runner), *serve])
         try:
             wait_port(stub_port, stub)
-            wait_port(gateway_port, gateway)
+            wait_port(gateway_port, gateway, 60 if args.callgrind is None else 900)
+            if args.callgrind is not None:
+                callgrind_report(gateway, gateway_port, key, args, cg_out)
+                return
             spy = None if args.py_spy is None else start(
                 ["py-spy", "record", "--pid", str(gateway.pid), "--subprocesses", "--rate", "250", "--format",
                  "raw", "--output", str(args.py_spy), "--gil"])

@@ -19,6 +19,10 @@ route                              what
 any other ``/v1`` path or method   404 ``unknown_endpoint`` in the API's shape (nothing passes unmetered)
 =================================  ==========================================================
 
+The metered routes are served before the router, through the same middlewares
+(:class:`~comptroller.gateway.hot_path.GatewayApp`): the router's walk and two wrappers per
+call were a few per cent of a call's CPU (BENCHMARKS.md, issue 14).
+
 :func:`app_from_env` builds one worker's app from ``COMPTROLLER_CONFIG`` (the policy
 TOML with its ``[gateway]`` table) and ``COMPTROLLER_DB`` (the ledger URL); uvicorn
 calls it once per worker process, so each has its own engine on the shared ledger.
@@ -57,6 +61,7 @@ from comptroller.gateway.cascades import CASCADE_PREFIX
 from comptroller.gateway.config import GatewayConfig, load_gateway_config, tier_models
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.groups import dispatch
+from comptroller.gateway.hot_path import GatewayApp
 from comptroller.gateway.identity import Identity, KeyPrefetch
 from comptroller.gateway.lifecycle import LedgerProbe, Roster, WorkerLife, die_with_parent
 from comptroller.gateway.metrics import GatewayMetrics, authorize_scrape
@@ -214,8 +219,9 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
             if on_shutdown is not None:
                 on_shutdown()
 
+    hot = api_routes()  # the metered calls: served before the router (comptroller.gateway.hot_path)
     routes = [
-        *api_routes(),
+        *hot,
         *batch_routes(),
         Route("/v1/groups/{group_id}/dispatch", _dispatch, methods=["POST"]),
         Route("/v1/runs", runs_endpoint, methods=["POST"]),
@@ -228,8 +234,8 @@ def create_app(*, engine: Engine, keys: KeyStore, config: GatewayConfig, namespa
         *ui_routes(engine=engine, keys=identity.keys, namespace=namespace, admin_key=config.admin_key(),  # /ui, /
                    transfers=transfers, margin_floor=margin_floor),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found},
-                     middleware=[Middleware(KeyPrefetch, identity=identity), Middleware(life.middleware)])
+    return GatewayApp(hot=hot, routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found},
+                      middleware=[Middleware(KeyPrefetch, identity=identity), Middleware(life.middleware)])
 
 
 def app_from_env() -> Starlette:

@@ -69,7 +69,8 @@ from comptroller.gateway.apis.pipeline import check_model_allowed
 from comptroller.gateway.attribution import attribute
 from comptroller.gateway.errors import GatewayError, error_response, verdict_response
 from comptroller.gateway.identity import Caller
-from comptroller.gateway.runtime import Gateway, MeteredEngine
+from comptroller.gateway.metered_engine import MeteredEngine
+from comptroller.gateway.runtime import Gateway
 from comptroller.gateway.upstream import Upstream
 from comptroller.routing import CascadeRequest, CascadeResult, Outcome, TierCall, TierReply
 

@@ -52,6 +52,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -69,6 +70,7 @@ TENANTS_TOP_DEFAULT = 20
 _RAW_COST, _RAW_CALLS, _RAW_TOKENS = ("comptroller_tenant_raw_cost_mc", "comptroller_tenant_raw_calls",
                                       "comptroller_tenant_raw_tokens")
 
+_Labelled = TypeVar("_Labelled", Counter, Gauge, Histogram)
 _OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _UPSTREAM_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -225,14 +227,27 @@ class GatewayMetrics:
         self.outbox_delivered = Counter("comptroller_outbox_delivered", "Call outcomes delivered from the outbox",
                                         registry=r)
         self._outbox: _Outbox | None = None
+        self._children: dict[tuple[int, tuple[str, ...]], Counter | Gauge | Histogram] = {}
+
+    def child(self, metric: _Labelled, *values: str) -> _Labelled:
+        """``metric.labels(*values)``, kept: the same child, without ``labels``' checks on every call.
+
+        prometheus_client gives the same child for the same values until it is removed, and no
+        gateway metric removes one; the kept children are as many as the labelled series.
+        """
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]
 
     def observe_settled(self, tenant: str, *, cost_mc: int, input_tokens: int, output_tokens: int) -> None:
         """Count one settled call of ``tenant`` in the tenant families (thread-safe)."""
         with self._tenant_lock:
-            self._tenant_cost.labels(tenant).inc(cost_mc)
-            self._tenant_calls.labels(tenant).inc()
-            self._tenant_tokens.labels(tenant, "input").inc(input_tokens)
-            self._tenant_tokens.labels(tenant, "output").inc(output_tokens)
+            self.child(self._tenant_cost, tenant).inc(cost_mc)
+            self.child(self._tenant_calls, tenant).inc()
+            self.child(self._tenant_tokens, tenant, "input").inc(input_tokens)
+            self.child(self._tenant_tokens, tenant, "output").inc(output_tokens)
 
     def _raw_tenants(self) -> Iterable[Metric]:
         with self._tenant_lock:

@@ -12,7 +12,8 @@ and SQLite's write lock are both free and taken at once, without waiting
 (:meth:`~comptroller.storage.sqlite.SQLiteStore.uncontended`); otherwise, and on PostgreSQL
 (a network round trip per call) and for every other ledger call, it runs in a worker thread
 whose wait is bounded. The hop to a thread and back was a third of a call's CPU (BENCHMARKS.md,
-issue 14). ``ledger_threads = false`` runs every call on the loop (unbounded). A ledger call,
+issue 14); the thread side is :mod:`comptroller.gateway.ledger_calls`. ``ledger_threads = false``
+runs every call on the loop (unbounded). A ledger call,
 once started, runs to its end even if the request is cancelled or stops waiting (client gone,
 shutdown, timeout), so every admitted call is settled or released exactly once. Any exception
 from the ledger other than a bad request (unknown model, no output bound) refuses the call
@@ -28,42 +29,39 @@ it; a late delivery corrects an ``unknown_outcome`` charge to the real cost.
 
 Cascades (``cascade/<name>`` models) are run by :mod:`comptroller.routing.runner`, which
 admits, settles and releases each tier attempt itself; it is handed a
-:class:`MeteredEngine`, so those attempts go through the same fail-closed admit, in-flight
-tracking (resolved at shutdown) and metrics as a plain call.
+:class:`~comptroller.gateway.metered_engine.MeteredEngine`, so those attempts go through the
+same fail-closed admit, in-flight tracking (resolved at shutdown) and metrics as a plain call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 
 from comptroller.domain.caps import NoOutputCapError
-from comptroller.domain.codes import Code
-from comptroller.domain.defenses.chain import Defenses
 from comptroller.domain.ledger import ReleaseResult, Reservation, SettleResult
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.gateway.config import GatewayConfig
 from comptroller.gateway.errors import GatewayError
 from comptroller.gateway.identity import Identity
+from comptroller.gateway.ledger_calls import BoundedCall, InlineLedger, holds_itself
 from comptroller.gateway.metrics import GatewayMetrics
 from comptroller.gateway.upstream import Upstreams
 from comptroller.groups import GroupService
-from comptroller.ports import Clock, LedgerStore, PriceSource
 from comptroller.prices import UnknownModelError
 from comptroller.routing import RoutingConfig
 from comptroller.storage.outbox import Outbox
 
-__all__ = ["BoundedCall", "Gateway", "InlineLedger", "MeteredEngine", "Settled"]
+__all__ = ["BoundedCall", "Gateway", "InlineLedger", "Settled"]
 
 log = logging.getLogger("comptroller.gateway")
 _T = TypeVar("_T")
@@ -72,83 +70,6 @@ _T = TypeVar("_T")
 def _ledger_unavailable(what: str) -> GatewayError:
     return GatewayError(503, f"the ledger cannot be reached, so {what}; retry shortly", type_="api_error",
                         code="ledger_unavailable", headers={"Retry-After": "1"})
-
-
-@runtime_checkable
-class InlineLedger(Protocol):
-    """A ledger store that can hold itself for one operation without waiting (SQLite's).
-
-    ``uncontended()`` yields True when the operation's calls will wait on no lock (they are
-    taken for the block), False when something holds them (run the operation where a wait is bounded).
-    """
-
-    def uncontended(self) -> AbstractContextManager[bool]:
-        """Take the store for one operation if it is free now; never waits."""
-
-
-@functools.cache
-def _holds_itself(store_type: type) -> bool:
-    """Whether a store class is an :class:`InlineLedger` (a protocol check is slow: once per class)."""
-    return issubclass(store_type, InlineLedger)
-
-
-class BoundedCall:
-    """One operation run in a worker thread, whose caller may stop waiting for it.
-
-    Whichever comes second, the operation's end or the caller giving up, decides: an
-    operation that ends after :meth:`finish` was called hands its result to ``late``
-    (in its own thread). A lock orders the two, so a result is used exactly once. The
-    operation runs at most once: :meth:`run` and :meth:`claim` take it first.
-
-    Args:
-        operation: the ledger operation.
-        args: its arguments.
-        late: called with a result nobody waited for.
-    """
-
-    def __init__(self, operation: Callable[..., Any], args: tuple[Any, ...], *, late: Callable[[Any], None]) -> None:
-        self._operation, self._args, self._late = operation, args, late
-        self._lock = threading.Lock()
-        self._outcome: tuple[bool, Any] | None = None  # (raised, value)
-        self._abandoned = False
-        self._claimed = False
-
-    def claim(self) -> bool:
-        """Take the operation to run it (then call :meth:`execute`); False when it has been taken already."""
-        with self._lock:
-            taken, self._claimed = self._claimed, True
-        return not taken
-
-    def run(self) -> None:
-        """Run the operation (in the worker thread), unless it was claimed already."""
-        if self.claim():
-            self.execute()
-
-    def execute(self) -> None:
-        """Run the operation, after :meth:`claim` gave True."""
-        try:
-            outcome: tuple[bool, Any] = (False, self._operation(*self._args))
-        except Exception as exc:
-            outcome = (True, exc)
-        with self._lock:
-            self._outcome = outcome
-            abandoned = self._abandoned
-        if abandoned and not outcome[0]:
-            self._late(outcome[1])
-
-    def finish(self) -> bool:
-        """Stop waiting: True when the outcome is in (use :meth:`result`), False when it will go to ``late``."""
-        with self._lock:
-            self._abandoned = self._outcome is None
-            return not self._abandoned
-
-    def result(self) -> Any:
-        """The operation's value, or its exception raised (after :meth:`finish` gave True)."""
-        assert self._outcome is not None
-        raised, value = self._outcome
-        if raised:
-            raise value
-        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +124,7 @@ class Gateway:
         (``Engine.on_settled``: wallet postings, their own connection and lock).
         """
         store = self.engine.store
-        if not _holds_itself(type(store)):
+        if not holds_itself(type(store)):
             return None
         if operation in (self.admit, self.release) or (operation == self.settle and not self.engine.on_settled):
             return cast(InlineLedger, store).uncontended()
@@ -262,7 +183,7 @@ class Gateway:
                 503 ``ledger_unavailable`` for any ledger failure.
         """
         try:
-            admission = self.engine.admit(replace(call, sends=True))  # forwarded right after: sent
+            admission = self.engine.admit(call if call.sends else replace(call, sends=True))  # forwarded: sent
         except UnknownModelError as exc:
             raise GatewayError(400, str(exc), code="model_not_found", param="model") from None
         except NoOutputCapError as exc:
@@ -316,10 +237,11 @@ class Gateway:
             raise _ledger_unavailable("the call was made; its charge is kept and delivered when the ledger "
                                       "answers") from None
         if result.record is not None:
-            self.metrics.cost_mc.labels(reservation.model).inc(result.record.cost_mc)
-            self.metrics.tokens.labels(reservation.model, "input").inc(usage.input_tokens)
-            self.metrics.tokens.labels(reservation.model, "output").inc(usage.output_tokens)
-            self.metrics.observe_settled(reservation.attribution.tenant, cost_mc=result.record.cost_mc,
+            metrics = self.metrics
+            metrics.child(metrics.cost_mc, reservation.model).inc(result.record.cost_mc)
+            metrics.child(metrics.tokens, reservation.model, "input").inc(usage.input_tokens)
+            metrics.child(metrics.tokens, reservation.model, "output").inc(usage.output_tokens)
+            metrics.observe_settled(reservation.attribution.tenant, cost_mc=result.record.cost_mc,
                                          input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
         return result
 
@@ -394,71 +316,3 @@ class Gateway:
                         "charges its ceiling as unknown_outcome at %s", reservation.id,
                         reservation.expires_at.isoformat())
         return len(left), len(pending) - len(left)
-
-
-class MeteredEngine:
-    """The engine as the cascade runner sees it inside the gateway, for one request
-    (a :class:`~comptroller.routing.runner.CascadeEngine`, by composition).
-
-    The same ledger, prices, clock and defenses as ``gateway.engine`` (read through to it),
-    but :meth:`admit`, :meth:`settle` and :meth:`release` go through the :class:`Gateway`:
-    fail-closed admission (``GatewayError`` 400/503), in-flight tracking (a tier attempt cut
-    short by shutdown is charged its bounds, never released to zero) and the cost and token metrics. Ledger
-    failures raise ``GatewayError`` 503.
-
-    Attributes:
-        current: the hold of the attempt admitted last (the runner admits, calls, then settles
-            or releases one attempt at a time), for the tier call's own exits.
-        cut_off: an attempt the runner released had been charged already: the request was cut
-            off (shutdown, client gone) and its attempt charged its bounds (DESIGN.md rule 12),
-            so no later tier is admitted.
-    """
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.current: Reservation | None = None
-        self.cut_off = False
-
-    @property
-    def prices(self) -> PriceSource:
-        """The gateway engine's price book."""
-        return self.gateway.engine.prices
-
-    @property
-    def clock(self) -> Clock:
-        """The gateway engine's clock."""
-        return self.gateway.engine.clock
-
-    @property
-    def store(self) -> LedgerStore:
-        """The gateway engine's ledger (the runner records its route event there)."""
-        return self.gateway.engine.store
-
-    @property
-    def defenses(self) -> Defenses:
-        """The gateway engine's defenses (the runner reads the model pins)."""
-        return self.gateway.engine.defenses
-
-    def admit(self, call: CallRequest) -> Admission:
-        """:meth:`Gateway.admit`; an admitted attempt becomes :attr:`current`.
-
-        Raises:
-            GatewayError: as :meth:`Gateway.admit`; 503 ``cut_off`` once the request was cut off.
-        """
-        if self.cut_off:
-            raise GatewayError(503, "the request was cut off (shutdown or the client left) and its tier attempt "
-                               "charged its bounds; no further tier is tried", type_="api_error", code="cut_off")
-        admission = self.gateway.admit(call)
-        self.current = admission.reservation
-        return admission
-
-    def settle(self, reservation: Reservation, usage: Usage) -> SettleResult:
-        """:meth:`Gateway.settle_result`."""
-        return self.gateway.settle_result(reservation, usage)
-
-    def release(self, reservation: Reservation) -> ReleaseResult:
-        """:meth:`Gateway.release_result`; a hold found charged already marks the request :attr:`cut_off`."""
-        result = self.gateway.release_result(reservation)
-        if result.code is Code.ALREADY_SETTLED:
-            self.cut_off = True
-        return result

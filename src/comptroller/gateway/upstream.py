@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from comptroller.gateway.config import GatewayConfig, ProviderConfig
 
-__all__ = ["Upstream", "UpstreamError", "UpstreamResponse", "UpstreamTimeoutError", "Upstreams"]
+__all__ = ["Upstream", "UpstreamError", "UpstreamResponse", "UpstreamTimeoutError", "Upstreams", "body_bytes"]
 
 
 class UpstreamError(Exception):
@@ -36,6 +37,19 @@ class UpstreamError(Exception):
 
 class UpstreamTimeoutError(UpstreamError):
     """The provider did not answer, or stopped sending, within the timeout."""
+
+
+def body_bytes(body: dict[str, Any]) -> bytes:
+    """A request body as compact UTF-8 JSON, by ``orjson`` (about 10x ``json``'s speed on the hot path).
+
+    What ``orjson`` cannot write (an integer beyond 64 bits, a lone surrogate: both only in a body
+    ``json`` decoded) is written by ``json`` as before. Both give the same JSON values (floats in
+    their shortest round-trip form; ``orjson`` spells ``1e+16`` as ``1e16``).
+    """
+    try:
+        return orjson.dumps(body)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _translate(exc: BaseException, provider: str) -> UpstreamError:
@@ -142,10 +156,10 @@ class Upstream:
         """
         if self._session is None:
             self._session = self._open_session()
-        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        content = body_bytes(body)
         for attempt in range(self._gateway.connect_retries + 1):
             try:
-                response = await self._session.post(self.root + path, data=content, headers=headers)
+                response = await self._session.post(self.root + path, data=content, headers=headers or None)
             except aiohttp.ClientConnectorError as exc:  # nothing was sent: safe to try again
                 if attempt == self._gateway.connect_retries:
                     raise _translate(exc, self.name) from None

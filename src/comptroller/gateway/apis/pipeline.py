@@ -172,7 +172,7 @@ async def _unary(gw: Gateway, api: Api, upstream: Upstream, body: dict[str, Any]
         raise
     response.release()
     returned = time.perf_counter()
-    gw.metrics.upstream_s.labels(upstream.name).observe(returned - sent)
+    gw.metrics.child(gw.metrics.upstream_s, upstream.name).observe(returned - sent)
     if not response.ok:
         await gw.run(gw.release, reservation)
         return _upstream_failure(response.status, raw, upstream.name, api.shape)
@@ -222,7 +222,7 @@ async def serve(gw: Gateway, request: Request, api: Api, caller: Caller, call: A
         output_tokens_extra=call.output_tokens_extra,
         run_id=headers.get("x-comptroller-run"), attempt_id=headers.get("x-comptroller-attempt"),
         fingerprint=call.fingerprint, text=call.text, message_id=headers.get("x-comptroller-message"),
-        input_recount=input_recount(call.body, api=api.name))  # asked only near a budget's edge
+        input_recount=input_recount(call.body, api=api.name), sends=True)  # recount: asked only near the edge
     admission = await gw.run(gw.admit, call_request)
     if admission.reservation is None:
         assert admission.verdict is not None

@@ -69,7 +69,7 @@ class Relay(Response):
     async def _settle(self) -> Outcome:
         if self.outcome is None:
             done = time.perf_counter()
-            self.gw.metrics.upstream_s.labels(self.upstream.name).observe(done - self.sent)
+            self.gw.metrics.child(self.gw.metrics.upstream_s, self.upstream.name).observe(done - self.sent)
             self.outcome = Outcome(Settled(None))  # claimed: a second caller never settles again
             reservation = self.admission.reservation
             assert reservation is not None

@@ -65,7 +65,7 @@ def _handler(api: Api) -> Callable[[Request], Awaitable[Response]]:
                 response = await serve(gw, request, api, caller, call, started=started)
         except GatewayError as exc:
             response = exc.response(api.shape)
-        gw.metrics.requests.labels(api.name, str(response.status_code)).inc()
+        gw.metrics.child(gw.metrics.requests, api.name, str(response.status_code)).inc()
         observe_call(gw.config, request, api, response, started=started, caller=caller, call=call)  # log, span
         return response
 
