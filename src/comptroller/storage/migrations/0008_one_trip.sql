@@ -3,6 +3,8 @@
 -- (comptroller.domain.admission): the functions only apply the same tests to the rows they lock and
 -- answer anything else with a status, so the caller takes the general path (storage/postgres.py).
 -- Lock order as everywhere: reservations, accounts (ascending id), shards (ascending account, shard).
+-- The functions plan their statements once per session (plan_cache_mode, PostgreSQL 12 or later): with
+-- custom plans the planner took about a quarter of a backend's CPU (BENCHMARKS.md, issue 14).
 
 -- Reserve p_ceiling on the accounts p_ids (the call's order; p_limits their budgets' limits as the caller
 -- read them at budgets version p_version; p_starts the shard each sharded account tries first, -1 for an
