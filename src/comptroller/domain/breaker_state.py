@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from comptroller.domain.breaker_config import BreakerConfig
 from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import parse_level, require_text
 from comptroller.domain.defenses._versions import versioner
 from comptroller.domain.defenses.baseline import SpendBaseline
 from comptroller.domain.defenses.verdict import JsonScalar
+from comptroller.domain.defenses.windows import window_index
 from comptroller.domain.scopes import Level
 
-__all__ = ["BreakerState", "BreakerStatus", "BreakerTransition", "evolve"]
+__all__ = ["BreakerState", "BreakerStatus", "BreakerTransition", "count_closed_record", "evolve"]
 
 
 class BreakerStatus(StrEnum):
@@ -121,3 +123,74 @@ class BreakerState:
 evolve = versioner(BreakerState)
 """``evolve(state, **changes)``: the next version of a valid state (the breaker's own transitions: not validated
 again; :func:`~comptroller.domain.defenses._versions.versioner`)."""
+
+
+_RECORD_KEYS = frozenset(BreakerState(Level.AGENT, "x").to_record())
+
+
+def count_closed_record(record: Mapping[str, JsonScalar], config: BreakerConfig, cost_mc: int,
+                        now: datetime) -> Mapping[str, JsonScalar] | None:
+    """The common settle of a closed breaker, on its record: what ``record_spend(...).state.to_record()`` gives.
+
+    A settle that stays in the current relative window and crosses no threshold (the fixed window
+    at or below ``threshold_mc``, the relative window at or below its floor) only adds the cost to
+    the window counters; this computes that record without building a :class:`BreakerState`. It
+    answers ``record`` itself when nothing changes (no write), and None when the settle needs
+    :func:`comptroller.domain.breaker.record_spend` (another status, a record of another version,
+    a new relative window, a window over its threshold), which then decides.
+
+    Args:
+        record: the stored record (:meth:`BreakerState.to_record`).
+        config: the breaker's configuration.
+        cost_mc: the settled cost, millicents (>= 0).
+        now: the settle time (aware UTC).
+
+    Raises:
+        ValueError: on a naive ``now``.
+    """
+    counters = _closed_counters(record)
+    if counters is None or type(cost_mc) is not int or cost_mc < 0:
+        return None
+    old_index, old_spend, last_over, rel_index, rel_spend, rel_last_over, version = counters
+    index = window_index(now, config.window_s)
+    if old_index is None or index > old_index:
+        window, spend = index, cost_mc
+    else:
+        window, spend = old_index, old_spend + cost_mc
+    changed = (window, spend) != (old_index, old_spend)
+    if changed and spend > config.threshold_mc and last_over != window:
+        return None  # an over window: a streak to count, maybe a trip
+    counted = dict(record)
+    if changed:
+        counted["window_index"], counted["window_spend_mc"] = window, spend
+    if config.relative_k is not None:
+        if rel_index is None or window_index(now, config.relative_window_s) > rel_index:
+            return None  # no relative window yet, or a new one: the baseline folds
+        if rel_last_over != rel_index and rel_spend + cost_mc > config.relative_floor_mc:
+            return None  # the relative window may be over: judged against a baseline
+        counted["rel_window_spend_mc"] = rel_spend + cost_mc
+    elif not changed:
+        return record
+    counted["version"] = version + 1
+    return counted
+
+
+_Counters = tuple[int | None, int, int | None, int | None, int, int | None, int]
+
+
+def _closed_counters(record: Mapping[str, JsonScalar]) -> _Counters | None:
+    """The counters of a closed breaker's record of the current shape, well typed; else None."""
+    if record.get("status") != "closed" or len(record) != len(_RECORD_KEYS) or not _RECORD_KEYS.issuperset(record):
+        return None
+    index, spend, last_over = record["window_index"], record["window_spend_mc"], record["last_over_index"]
+    rel_index, rel_spend, rel_last_over = (record["rel_window_index"], record["rel_window_spend_mc"],
+                                           record["rel_last_over_index"])
+    version = record["version"]
+    if (type(spend) is not int or type(rel_spend) is not int or type(version) is not int
+            or not (_opt_int(index) and _opt_int(last_over) and _opt_int(rel_index) and _opt_int(rel_last_over))):
+        return None
+    return index, spend, last_over, rel_index, rel_spend, rel_last_over, version  # type: ignore[return-value]
+
+
+def _opt_int(value: JsonScalar) -> bool:
+    return value is None or type(value) is int

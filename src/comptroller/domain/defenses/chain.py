@@ -49,7 +49,7 @@ from datetime import datetime
 from functools import partial
 
 from comptroller.domain import breaker
-from comptroller.domain.breaker import BreakerState
+from comptroller.domain.breaker import BreakerState, BreakerStatus
 from comptroller.domain.defenses import killswitch
 from comptroller.domain.defenses.deadline import ScheduledRun, check_deadline, check_run_cap, run_key, unknown_run
 from comptroller.domain.defenses.dispatch_rule import DispatchGate, check_dispatched
@@ -314,6 +314,9 @@ class AdmitDefenses:
     # rank 5
     def _breaker(self, states: Mapping[StateKey, StoredState], now: datetime, changes: Changes) -> Verdict | None:
         for key, level, scope, config in self._breaker_plan:
+            stored = states.get(key)
+            if stored is None or stored.record.get("status") == BreakerStatus.CLOSED:
+                continue  # a closed breaker admits, and time alone changes nothing while closed (breaker.advance)
             state = self.parsed.load(states, key, BreakerState.from_record, partial(BreakerState, level, scope))
             step = breaker.admit(state, config, self.facts.call_id, now)
             if step.verdict is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "KillSwitchState",
     "KillSwitchStep",
     "check_kill_switch",
+    "count_record",
     "record_spend",
     "reset",
     "trip",
@@ -220,6 +221,38 @@ def record_spend(state: KillSwitchState, config: KillSwitchConfig, cost_mc: int,
                f"the {pct}% kill threshold")
         return trip(counted, now, by="automatic", reason=why, mode=KillMode.BUDGET_FRACTION)
     return KillSwitchStep(counted)
+
+
+_RECORD_KEYS = frozenset(KillSwitchState(Level.NAMESPACE, "x").to_record())
+
+
+def count_record(record: Mapping[str, JsonScalar], config: KillSwitchConfig, cost_mc: int,
+                 now: datetime) -> Mapping[str, JsonScalar] | None:
+    """The common settle of an untripped switch, on its record: what ``record_spend(...).state.to_record()`` gives.
+
+    For a settle without budget figures (the breaker chain's: the budget trigger is checked at
+    admit) that does not take the window over ``window_spend_mc_max``: the window counters and the
+    version change, nothing else, so no :class:`KillSwitchState` is built. None when
+    :func:`record_spend` must decide (a tripped switch, a trip, a record of another shape).
+
+    Raises:
+        ValueError: on a naive ``now``.
+    """
+    if (record.get("tripped") is not False or len(record) != len(_RECORD_KEYS) or not _RECORD_KEYS.issuperset(record)
+            or type(cost_mc) is not int or cost_mc < 0):
+        return None
+    old_index, old_spend, version = record["window_index"], record["window_spend_mc"], record["version"]
+    if type(old_spend) is not int or type(version) is not int or not (old_index is None or type(old_index) is int):
+        return None
+    index = window_index(now, config.window_s)
+    same = old_index is not None and index <= old_index
+    window, spend = (old_index, old_spend + cost_mc) if same else (index, cost_mc)
+    limit = config.window_spend_mc_max
+    if limit is not None and spend > limit:
+        return None  # it trips
+    counted = dict(record)
+    counted["window_index"], counted["window_spend_mc"], counted["version"] = window, spend, version + 1
+    return counted
 
 
 def check_kill_switch(states: Iterable[KillSwitchState]) -> Verdict | None:

@@ -15,6 +15,7 @@ from functools import partial
 
 from comptroller.domain import breaker
 from comptroller.domain.breaker import BreakerConfig, BreakerState
+from comptroller.domain.breaker_state import count_closed_record
 from comptroller.domain.defenses import killswitch
 from comptroller.domain.defenses.baseline import RATE_SAMPLE, NamespaceRate, SpendBaseline, rate_sampled
 from comptroller.domain.defenses.fanout import InFlight, end_in_flight
@@ -102,12 +103,7 @@ class SettleDefenses:
                 fallback = self._remember_rate(rate_scope, namespace.baseline)
             else:
                 fallback = self._rates.get(rate_scope)
-        for key, config, empty in plan.breakers:
-            state = parsed.load(states, key, BreakerState.from_record, empty)
-            step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
-                    else breaker.record_spend(state, config, cost_mc, now, call_id=call_id, fallback=fallback))
-            changes.writes += parsed.write(key, state, step.state)
-            changes.events += step.events
+        self._breakers(plan, states, changes, call_id=call_id, cost_mc=cost_mc, now=now, fallback=fallback)
         if rate is not None and namespace is not None and cost_mc is not None and sampled:
             config = rate[2]
             counted = namespace.baseline.add(cost_mc * RATE_SAMPLE, now, window_s=config.relative_window_s,
@@ -117,12 +113,39 @@ class SettleDefenses:
                     namespace.scope, counted, namespace.version + 1))
                 self._remember_rate(rate[1], counted)
         if cost_mc is not None:
-            for key, kill_config, empty_switch in plan.kills:
-                switch = parsed.load(states, key, KillSwitchState.from_record, empty_switch)
-                kill_step = killswitch.record_spend(switch, kill_config, cost_mc, now)
-                changes.writes += parsed.write(key, switch, kill_step.state)
-                changes.events += kill_step.events
+            self._kill_switches(plan, cost_mc, states, now, changes)
         return changes.outcome()
+
+    def _breakers(self, plan: _SettlePlan, states: Mapping[StateKey, StoredState], changes: Changes, *, call_id: str,
+                  cost_mc: int | None, now: datetime, fallback: SpendBaseline | None) -> None:
+        """Count the cost in each breaker (the common settle on its record), or return a released probe's lease."""
+        for key, config, empty in plan.breakers:
+            stored = states.get(key)
+            if cost_mc is not None and stored is not None:
+                record = count_closed_record(stored.record, config, cost_mc, now)
+                if record is not None:
+                    if record is not stored.record:
+                        changes.writes.append(StoredState(key, stored.version + 1, record))
+                    continue
+            state = self.parsed.load(states, key, BreakerState.from_record, empty)
+            step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
+                    else breaker.record_spend(state, config, cost_mc, now, call_id=call_id, fallback=fallback))
+            changes.writes += self.parsed.write(key, state, step.state)
+            changes.events += step.events
+
+    def _kill_switches(self, plan: _SettlePlan, cost_mc: int, states: Mapping[StateKey, StoredState], now: datetime,
+                       changes: Changes) -> None:
+        """Count the cost in each switch with a window trigger (the common settle on its record)."""
+        for key, config, empty in plan.kills:
+            stored = states.get(key)
+            record = None if stored is None else killswitch.count_record(stored.record, config, cost_mc, now)
+            if stored is not None and record is not None:
+                changes.writes.append(StoredState(key, stored.version + 1, record))
+                continue
+            switch = self.parsed.load(states, key, KillSwitchState.from_record, empty)
+            step = killswitch.record_spend(switch, config, cost_mc, now)
+            changes.writes += self.parsed.write(key, switch, step.state)
+            changes.events += step.events
 
     def _remember_rate(self, namespace: str, baseline: SpendBaseline) -> SpendBaseline:
         if len(self._rates) >= PLANS_MAX:

@@ -1,0 +1,103 @@
+"""The common settle on a record (breaker and kill switch) is exactly what the full state machine writes.
+
+``count_closed_record`` and ``killswitch.count_record`` let a settle skip building a state when it
+only adds to window counters. Each must answer either None (the full path decides) or the very
+record ``record_spend(...).state.to_record()`` gives, with no event; these tests run random
+settle sequences through both and compare at every step.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from comptroller.domain.breaker import BreakerConfig, BreakerState, BreakerStatus, admit, record_spend
+from comptroller.domain.breaker_state import count_closed_record
+from comptroller.domain.defenses import killswitch
+from comptroller.domain.defenses.baseline import SpendBaseline
+from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState
+from comptroller.domain.scopes import Level
+
+T0 = datetime(2024, 6, 1, tzinfo=UTC)
+
+CONFIGS = st.builds(
+    BreakerConfig,
+    threshold_mc=st.one_of(st.integers(1, 40), st.integers(1, 5_000)),
+    window_s=st.sampled_from((1, 10, 60)),
+    trip_windows=st.integers(1, 3),
+    relative_k=st.one_of(st.none(), st.integers(1, 20)),
+    relative_floor_mc=st.one_of(st.integers(0, 80), st.integers(0, 20_000)),
+    relative_window_s=st.sampled_from((60, 120, 3_600)),
+    baseline_age_s_min=st.sampled_from((1.0, 60.0, 86_400.0)),
+)
+STEPS = st.lists(st.tuples(st.integers(0, 200_000), st.one_of(st.integers(0, 15), st.integers(0, 6_000))), min_size=1,
+                 max_size=60)  # small costs meet the thresholds exactly
+
+
+@settings(max_examples=300, deadline=None)
+@given(config=CONFIGS, steps=STEPS, fallback_mmc=st.one_of(st.none(), st.integers(0, 10_000_000)))
+def test_a_closed_breakers_record_counts_as_the_state_machine(config: BreakerConfig, steps: list[tuple[int, int]],
+                                                                fallback_mmc: int | None) -> None:
+    """Through trips, cooldowns and probes: wherever the record path answers, it equals the full path."""
+    state = BreakerState(Level.AGENT, "ns|t|a")
+    fallback = None if fallback_mmc is None else SpendBaseline(0, 0, fallback_mmc, T0 - timedelta(days=2))
+    now_ms = 0
+    for gap_ms, cost in steps:
+        now_ms += gap_ms
+        now = T0 + timedelta(milliseconds=now_ms)
+        state = admit(state, config, "probe", now).state  # half-open: the next settle is the probe's
+        record = state.to_record()
+        fast = count_closed_record(record, config, cost, now)
+        full = record_spend(state, config, cost, now, call_id="probe", fallback=fallback)
+        if fast is not None:
+            assert state.status is BreakerStatus.CLOSED
+            assert full.events == ()
+            if fast is record:
+                assert full.state.version == state.version
+            else:
+                assert fast == full.state.to_record()
+        state = full.state
+
+
+def test_the_record_path_takes_the_common_settle() -> None:
+    """A small settle in the current windows is answered on the record, one version up."""
+    config = BreakerConfig()
+    state = record_spend(BreakerState(Level.AGENT, "a"), config, 100, T0).state
+    record = state.to_record()
+    counted = count_closed_record(record, config, 250, T0 + timedelta(seconds=1))
+    assert counted is not None and counted is not record
+    assert counted["window_spend_mc"] == 350 and counted["rel_window_spend_mc"] == 350
+    assert counted["version"] == state.version + 1
+
+
+def test_records_of_older_shapes_and_other_statuses_take_the_full_path() -> None:
+    """A record without the relative fields (an older ledger), or with another status, is left to record_spend."""
+    config = BreakerConfig()
+    record = dict(record_spend(BreakerState(Level.AGENT, "a"), config, 100, T0).state.to_record())
+    old = {k: v for k, v in record.items() if k not in ("rel_over_streak", "rel_last_over_index", "tripped_by")}
+    assert count_closed_record(old, config, 1, T0) is None
+    assert BreakerState.from_record(old).rel_over_streak == 0  # the full path still reads it
+    assert count_closed_record({**record, "status": "open"}, config, 1, T0) is None
+    assert count_closed_record({**record, "window_spend_mc": "many"}, config, 1, T0) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(limit=st.one_of(st.none(), st.integers(1, 40), st.integers(1, 20_000)), window_s=st.sampled_from((1, 60, 3_600)),
+       steps=STEPS)
+def test_an_untripped_switchs_record_counts_as_record_spend(limit: int | None, window_s: int,
+                                                           steps: list[tuple[int, int]]) -> None:
+    """Wherever the switch's record path answers, it equals record_spend's record (and no event)."""
+    config = KillSwitchConfig(window_s=window_s, window_spend_mc_max=limit)
+    state = KillSwitchState(Level.NAMESPACE, "ns")
+    now_ms = 0
+    for gap_ms, cost in steps:
+        now_ms += gap_ms
+        now = T0 + timedelta(milliseconds=now_ms)
+        fast = killswitch.count_record(state.to_record(), config, cost, now)
+        full = killswitch.record_spend(state, config, cost, now)
+        if fast is not None:
+            assert not state.tripped and full.events == ()
+            assert fast == full.state.to_record()
+        state = full.state
