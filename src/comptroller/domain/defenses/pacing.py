@@ -224,12 +224,22 @@ def _ceiling(ceilings_mc: Mapping[str, int], model: str) -> int:
 
 def _worst(config: PacingConfig, accounts: Sequence[AccountView], ceiling_mc: int,
            now: datetime) -> PaceReading | None:
-    periods = config.periods
-    over = [r for a in accounts if a.budget.period in periods
-            and (r := read_pace(config, a, ceiling_mc, now)) is not None and r.over]
+    over = [r for a in accounts if _over(config, a, ceiling_mc, now) and (r := read_pace(config, a, ceiling_mc, now))]
     if not over:
         return None
     return min(over, key=lambda r: (_ORDER[r.account.budget.level], r.account.budget.id))
+
+
+def _over(config: PacingConfig, account: AccountView, ceiling_mc: int, now: datetime) -> bool:
+    """:attr:`PaceReading.over` of :func:`read_pace`'s reading (False if not paced), without building the reading."""
+    budget = account.budget
+    if budget.period not in config.periods:
+        return False
+    bounds = _period(budget.period, budget.timezone, now)
+    if bounds is None:
+        return False
+    allowance = pace_allowance_mc(config, budget.limit_mc, bounds[0], bounds[1], now)
+    return account.settled_mc + account.reserved_mc + ceiling_mc > allowance
 
 
 def _retry_after_s(reading: PaceReading, config: PacingConfig, now: datetime) -> float:
