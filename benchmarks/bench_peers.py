@@ -384,7 +384,7 @@ def start_litellm(work: Path, stub_port: int, python: str) -> Target:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
            "PYTHONPATH": str(folder), "NO_PROXY": "*", "no_proxy": "*"}
     env.pop("DATABASE_URL", None)
-    litellm = str(Path(python).parent / "litellm")
+    litellm = str(Path(python).absolute().parent / "litellm")  # absolute: the proxy runs in its own folder
     process = subprocess.Popen([litellm, "--config", str(folder / "config.yaml"), "--port", str(port),
                                 "--host", "127.0.0.1", "--num_workers", "1"], cwd=folder, env=env,
                                stdout=(folder / "out.log").open("wb"), stderr=subprocess.STDOUT)
