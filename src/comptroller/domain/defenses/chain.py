@@ -193,8 +193,8 @@ class AdmitDefenses:
         tripped = []
         for key, level, scope, config in self._kill_plan:
             fraction = config is not None and config.budget_pct_max is not None
-            if not fraction and key not in states:
-                continue  # no row: never tripped, and no budget trigger to check
+            if not fraction and (key not in states or states[key].record.get("tripped") is False):
+                continue  # not tripped (no row, or its record says so), and no budget trigger to check
             state = self.parsed.load(states, key, KillSwitchState.from_record,
                                      partial(KillSwitchState, level, scope))
             if fraction and not state.tripped:
