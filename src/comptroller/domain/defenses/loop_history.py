@@ -51,12 +51,29 @@ class LoopEntry:
     last_call_id: str
     template: str = ""
     reserved_mc: int = 0
-    _row: bytes = field(init=False, repr=False, compare=False)  # the JSON row, encoded once per entry
+    _row: str = field(default="", init=False, repr=False, compare=False)  # the JSON row, encoded once, when written
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_row", orjson.dumps([self.agent, self.fingerprint, _packed(self.sketch), self.count,
-                                                      self.first_at.timestamp(), self.last_at.timestamp(),
-                                                      self.last_call_id, self.template, self.reserved_mc]))
+    def row(self) -> str:
+        """The entry as a JSON list (its sketch packed by :func:`_packed`), encoded at the first call only."""
+        if not self._row:
+            object.__setattr__(
+                self,
+                "_row",
+                orjson.dumps(
+                    [
+                        self.agent,
+                        self.fingerprint,
+                        _packed(self.sketch),
+                        self.count,
+                        self.first_at.timestamp(),
+                        self.last_at.timestamp(),
+                        self.last_call_id,
+                        self.template,
+                        self.reserved_mc,
+                    ]
+                ).decode(),
+            )
+        return self._row
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +99,16 @@ class LoopHistory:
 
     def to_record(self) -> dict[str, JsonScalar]:
         """A flat JSON record (entries and turns as JSON text, times as UTC epoch seconds)."""
-        entries = b"[" + b",".join(e._row for e in self.entries) + b"]"  # each entry's row is encoded once
-        return {"level": str(self.level), "scope": self.scope, "entries": entries.decode(),
-                "turns": orjson.dumps(self.turns).decode(),
-                "turn_at": None if self.turn_at is None else self.turn_at.timestamp(),
-                **self.lock.to_record(), "version": self.version}
+        entries = "[" + ",".join(map(LoopEntry.row, self.entries)) + "]"  # each entry's row is encoded once
+        return {
+            "level": str(self.level),
+            "scope": self.scope,
+            "entries": entries,
+            "turns": orjson.dumps(self.turns).decode(),
+            "turn_at": None if self.turn_at is None else self.turn_at.timestamp(),
+            **self.lock.to_record(),
+            "version": self.version,
+        }
 
     @classmethod
     def from_record(cls, record: Mapping[str, JsonScalar]) -> LoopHistory:
@@ -96,14 +118,21 @@ class LoopHistory:
         try:
             entries = tuple(_entry(*row) for row in raw)
         except (TypeError, ValueError):
-            raise ValueError(f"state record field 'entries' must be a JSON list of [agent, fingerprint, "
-                             f"sketch, count, first_at, last_at, last_call_id, template, reserved_mc] rows "
-                             f"(the last two optional), got {raw!r:.200}") from None
+            raise ValueError(
+                f"state record field 'entries' must be a JSON list of [agent, fingerprint, "
+                f"sketch, count, first_at, last_at, last_call_id, template, reserved_mc] rows "
+                f"(the last two optional), got {raw!r:.200}"
+            ) from None
         turn_at = record.get("turn_at")
-        return cls(level=Level(rec.get_str(record, "level")), scope=rec.get_str(record, "scope"),
-                   entries=entries, turns=tuple(str(t) for t in turns),
-                   turn_at=None if turn_at is None else _at(turn_at), lock=LoopLock.from_record(record),
-                   version=rec.get_int(record, "version"))
+        return cls(
+            level=Level(rec.get_str(record, "level")),
+            scope=rec.get_str(record, "scope"),
+            entries=entries,
+            turns=tuple(str(t) for t in turns),
+            turn_at=None if turn_at is None else _at(turn_at),
+            lock=LoopLock.from_record(record),
+            version=rec.get_int(record, "version"),
+        )
 
 
 def _entry(*row: object) -> LoopEntry:
@@ -112,8 +141,17 @@ def _entry(*row: object) -> LoopEntry:
     template, reserved_mc = rest if len(rest) == 2 else ("", 0) if not rest else (None, None)
     if type(count) is not int or type(reserved_mc) is not int:
         raise TypeError("count and reserved_mc must be integers")
-    return LoopEntry(str(agent), str(fp), _unpacked(str(sketch)), count, _at(first_at), _at(last_at), str(call_id),
-                     str(template), reserved_mc)
+    return LoopEntry(
+        str(agent),
+        str(fp),
+        _unpacked(str(sketch)),
+        count,
+        _at(first_at),
+        _at(last_at),
+        str(call_id),
+        str(template),
+        reserved_mc,
+    )
 
 
 _PACKED = "~"  # marks a base64 sketch (a hex one never starts with it)

@@ -119,7 +119,7 @@ def mask_volatile(text: str) -> str:
 
 def _is_error_line(plain: str) -> bool:
     """Whether a normalised line reports a failure (substring tests first: most lines have none)."""
-    return any(word in plain for word in _ERROR_WORDS) or (
+    return any(map(plain.__contains__, _ERROR_WORDS)) or (  # map: the 13 tests run in C, not in a generator
         ("line " in plain or "status" in plain) and _ERROR_PATTERN.search(plain) is not None)
 
 
