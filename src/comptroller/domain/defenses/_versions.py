@@ -1,10 +1,12 @@
 """The next version of a frozen, slotted state dataclass, without validating it again (private).
 
-A state's own transitions start from a valid state and change a few fields; running the
-dataclass's ``__init__`` and ``__post_init__`` again (level parsing, text checks) for every
-counted settle is most of a settle's cost. :func:`versioner` builds, for one class, a
-function that copies every field with one :func:`~operator.attrgetter` call, applies the
-changes, increments ``version`` and sets the slots through their descriptors in C.
+A state's own transitions start from a valid state and change a few fields, so its
+``__post_init__`` checks (level parsing, text checks) need not run again. :func:`versioner`
+builds, for one class, a function that copies every field with one :func:`~operator.attrgetter`
+call, applies the changes, increments ``version`` and sets the slots through their descriptors.
+Measured under callgrind (Python 3.11): about 33 k instructions for a 19-field breaker state, against
+41 k for the dataclass constructor with its checks; setting a frozen slot costs ~1.5 k either way, so
+the hot settles avoid building states at all (``count_closed_record``, ``killswitch.count_record``).
 """
 
 from __future__ import annotations
