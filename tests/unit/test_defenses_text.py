@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import statistics
+import zlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comptroller.domain.defenses.similarity import Sketch, normalise_text, similarity, words_of
+from comptroller.domain.defenses.similarity import (
+    SKETCH_SIZE,
+    Sketch,
+    normalise_text,
+    similarity,
+    template_key,
+    words_of,
+)
 
 SPACE = re.compile(r"\s+")
 
@@ -43,3 +52,23 @@ def test_the_crc_sketch_estimates_the_jaccard_index_without_bias() -> None:
         errors.append(Sketch.of(left).similarity(Sketch.of(right)) - similarity(left, right))
     assert statistics.mean(abs(e) for e in errors) < 0.08
     assert abs(statistics.mean(errors)) < 0.02
+
+
+def _crc_sketch(words: list[str], k: int) -> tuple[int, ...]:
+    """The definition: CRC-32 of each k-word run joined by spaces (the whole list if shorter), k smallest kept."""
+    runs = [words[i : i + k] for i in range(len(words) - k + 1)] if len(words) >= k else [words]
+    return tuple(sorted({zlib.crc32(" ".join(run).encode()) for run in runs})[:SKETCH_SIZE])
+
+
+@given(words=st.lists(st.text(max_size=6), max_size=50), k=st.integers(1, 4))
+def test_a_sketch_of_words_hashes_each_run_of_k_words(words: list[str], k: int) -> None:
+    """Sketch.of_words (the encoded text split once, when no word holds a space) hashes as the definition does,
+    whatever the words (spaces, empty words, any code point)."""
+    assert Sketch.of_words(words, k).hashes == _crc_sketch(words, k)
+
+
+@given(words=st.lists(st.text(min_size=1, max_size=6), max_size=30))
+def test_a_template_key_masks_every_word_starting_with_a_digit(words: list[str]) -> None:
+    """template_key is the BLAKE2b-64 of the words joined by spaces, each starting with a digit replaced by "#"."""
+    masked = " ".join("#" if word[0].isdigit() else word for word in words)
+    assert template_key(words) == hashlib.blake2b(masked.encode(), digest_size=8).hexdigest()

@@ -47,8 +47,9 @@ import json
 import re
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
+from operator import itemgetter
 
 __all__ = ["SHINGLE_WORDS", "SKETCH_SIZE", "Sketch", "fingerprint", "mask_variables", "mask_volatile", "normalise_text",
            "shingles", "similarity", "template_key", "words_of"]
@@ -133,7 +134,10 @@ def template_key(words: Sequence[str]) -> str:
     :func:`mask_volatile` text, :func:`words_of`) with every word starting with a digit replaced by
     ``#`` (numbers, and ids such as ``3f2a9c``), so two requests filling one template with different
     values have the same key."""
-    masked = " ".join("#" if word[0].isdigit() else word for word in words)
+    if any(map(str.isdigit, map(itemgetter(0), words))):  # in C: most texts have no word starting with a digit
+        masked = " ".join("#" if word[0].isdigit() else word for word in words)
+    else:
+        masked = " ".join(words)
     return hashlib.blake2b(masked.encode("utf-8"), digest_size=8).hexdigest()
 
 
@@ -219,8 +223,15 @@ class Sketch:
         """
         if k < 1:
             raise ValueError(f"shingle length k must be >= 1 word, got {k!r}")
-        runs = zip(*(words[j:] for j in range(k)), strict=False) if len(words) >= k else [tuple(words)]
-        hashes = set(map(zlib.crc32, map(str.encode, map(" ".join, runs))))  # C loops: no bytecode per shingle
+        text = " ".join(words)
+        if len(words) < k:
+            shingles: Iterable[bytes] = (text.encode(),)
+        elif text.count(" ") == len(words) - 1:  # no word holds a space: split the encoded text, join bytes
+            encoded = text.encode().split(b" ")
+            shingles = map(b" ".join, zip(*(encoded[j:] for j in range(k)), strict=False))
+        else:
+            shingles = map(str.encode, map(" ".join, zip(*(words[j:] for j in range(k)), strict=False)))
+        hashes = set(map(zlib.crc32, shingles))  # C loops: no bytecode per shingle
         return cls(tuple(sorted(hashes)[:SKETCH_SIZE]))
 
     def to_hex(self) -> str:
