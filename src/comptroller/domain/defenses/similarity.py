@@ -51,8 +51,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from operator import itemgetter
 
-__all__ = ["SHINGLE_WORDS", "SKETCH_SIZE", "Sketch", "fingerprint", "mask_variables", "mask_volatile", "normalise_text",
-           "shingles", "similarity", "template_key", "words_of"]
+__all__ = [
+    "SHINGLE_WORDS",
+    "SKETCH_SIZE",
+    "Sketch",
+    "fingerprint",
+    "mask_variables",
+    "mask_volatile",
+    "normalise_text",
+    "shingles",
+    "similarity",
+    "template_key",
+    "words_of",
+]
 
 SHINGLE_WORDS = 3
 _WORD = re.compile(r"\w+")
@@ -61,25 +72,50 @@ _HASH_HEX = 8
 # What varies between retries, most specific first; each match becomes one placeholder word. The leading
 # lookahead is what every alternative starts with (a word starting with a digit or a-f, or a path's start): it
 # changes no match, but lets most positions fail once instead of six times (2.5x faster on prose).
-_VARIABLES = re.compile(r"(?=\b[\da-f]|[a-z]:\\|~?/)(?:" + "|".join((
-    r"(?P<uuid>\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b)",
-    r"(?P<ts>\b\d{4}-\d{2}-\d{2}[t ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)",
-    r"(?P<time>\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)",
-    r"(?P<path>(?:[a-z]:\\|~?/)[\w.\-]+(?:[/\\][\w.\-]+)+)",
-    r"(?P<hex>\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b)",
-    r"(?P<num>\b\d+(?:[.,]\d+)*\b)",
-)) + ")")
+_VARIABLES = re.compile(
+    r"(?=\b[\da-f]|[a-z]:\\|~?/)(?:"
+    + "|".join(
+        (
+            r"(?P<uuid>\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b)",
+            r"(?P<ts>\b\d{4}-\d{2}-\d{2}[t ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)",
+            r"(?P<time>\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)",
+            r"(?P<path>(?:[a-z]:\\|~?/)[\w.\-]+(?:[/\\][\w.\-]+)+)",
+            r"(?P<hex>\b0x[0-9a-f]+\b|\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b)",
+            r"(?P<num>\b\d+(?:[.,]\d+)*\b)",
+        )
+    )
+    + ")"
+)
 
 
 # A line that reports a failure: its numbers, ids and paths are what changes between two retries.
-_ERROR_WORDS = ("error", "fail", "exception", "traceback", "timeout", "timedout", "timed out", "time out", "errno",
-                "fatal", "panic", "unavailable", "refused")
+_ERROR_WORDS = (
+    "error",
+    "fail",
+    "exception",
+    "traceback",
+    "timeout",
+    "timedout",
+    "timed out",
+    "time out",
+    "errno",
+    "fatal",
+    "panic",
+    "unavailable",
+    "refused",
+)
 _ERROR_PATTERN = re.compile(r"\bline \d+\b|\bstatus(?: code)?:? ?[45]\d\d\b")
 # Outside error lines only the clock is masked: a timestamp or a time of day is never an item's content.
-_CLOCK = re.compile(r"(?=\b\d)(?:" + "|".join((
-    r"(?P<ts>\b\d{4}-\d{2}-\d{2}[t ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)",
-    r"(?P<time>\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)",
-)) + ")")
+_CLOCK = re.compile(
+    r"(?=\b\d)(?:"
+    + "|".join(
+        (
+            r"(?P<ts>\b\d{4}-\d{2}-\d{2}[t ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)",
+            r"(?P<time>\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b)",
+        )
+    )
+    + ")"
+)
 
 
 def normalise_text(text: str) -> str:
@@ -113,15 +149,21 @@ def mask_volatile(text: str) -> str:
     for line in lines:
         plain = normalise_text(line)
         if plain:
-            masked.append(_VARIABLES.sub(_placeholder, plain) if _is_error_line(plain)
-                          else _CLOCK.sub(_placeholder, plain) if ":" in plain else plain)  # times hold a ":"
+            masked.append(
+                _VARIABLES.sub(_placeholder, plain)
+                if _is_error_line(plain)
+                else _CLOCK.sub(_placeholder, plain)
+                if ":" in plain
+                else plain
+            )  # times hold a ":"
     return " ".join(masked)
 
 
 def _is_error_line(plain: str) -> bool:
     """Whether a normalised line reports a failure (substring tests first: most lines have none)."""
     return any(map(plain.__contains__, _ERROR_WORDS)) or (  # map: the 13 tests run in C, not in a generator
-        ("line " in plain or "status" in plain) and _ERROR_PATTERN.search(plain) is not None)
+        ("line " in plain or "status" in plain) and _ERROR_PATTERN.search(plain) is not None
+    )
 
 
 def words_of(text: str) -> list[str]:
@@ -166,8 +208,7 @@ def fingerprint(model: str, messages: Sequence[Mapping[str, object]]) -> str:
     Raises:
         TypeError: if a message holds a value JSON cannot encode.
     """
-    payload = json.dumps([model, _normalise(list(messages))], sort_keys=True, separators=(",", ":"),
-                         ensure_ascii=False)
+    payload = json.dumps([model, _normalise(list(messages))], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -186,7 +227,7 @@ def shingles(text: str, k: int = SHINGLE_WORDS) -> frozenset[tuple[str, ...]]:
     words = words_of(text)  # as of normalise_text(text): words ignore whitespace
     if len(words) < k:
         return frozenset({tuple(words)})
-    return frozenset(tuple(words[i:i + k]) for i in range(len(words) - k + 1))
+    return frozenset(tuple(words[i : i + k]) for i in range(len(words) - k + 1))
 
 
 def similarity(a: str, b: str, k: int = SHINGLE_WORDS) -> float:
