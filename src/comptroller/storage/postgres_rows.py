@@ -175,9 +175,18 @@ def scalar(cur: psycopg.Cursor[TupleRow]) -> Any:
 
 
 def rollback(conn: Conn) -> None:
-    """Roll back the open transaction, if any."""
+    """Roll back the open transaction, if any, through ``Connection.rollback()``.
+
+    That also makes psycopg forget the statements it believes prepared (and deallocates them), as
+    a ``ROLLBACK`` statement sent with ``execute`` does only until psycopg prepares that statement
+    itself (its sixth use). It matters after a failed pipeline: psycopg 3.3 records a statement as
+    prepared when it queues its ``Parse`` in pipeline mode, and when an earlier statement of the
+    pipeline fails the server skips that ``Parse``, so the name never exists and the next use
+    failed with "prepared statement ... does not exist" (seen in the 4-process escrow race;
+    tests/postgres/test_pg_prepared_after_abort.py).
+    """
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        conn.execute("ROLLBACK")
+        conn.rollback()
 
 
 def write_state(conn: Conn, state: StoredState, before: StoredState | None) -> None:
