@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from comptroller.gateway.apis.request_body import DEPTH_MAX, loads_object
@@ -21,6 +21,8 @@ _VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.
 
 @settings(max_examples=300, deadline=None)
 @given(body=st.dictionaries(st.text(max_size=8), _VALUES, max_size=5), ascii_only=st.booleans())
+@example(body={"": -(2**63) - 1}, ascii_only=False)  # 19 digits below int64: orjson reads it as a float
+@example(body={"": -(2**63), "b": 2**63, "c": 2**64 - 1, "d": 2**64}, ascii_only=False)
 def test_json_objects_decode_as_json_decodes_them(body: dict[str, Any], ascii_only: bool) -> None:
     """Any JSON object (big integers, floats, non-ASCII text included) decodes to json's value, with its types."""
     raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8")
