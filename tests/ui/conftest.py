@@ -90,9 +90,14 @@ def gateway(make_gateway: GatewayFactory) -> UiGateway:
     return make_gateway()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium under Playwright (skips when /usr/bin/chromium or playwright is absent)."""
+    """Debian's Chromium under Playwright (skips when /usr/bin/chromium or playwright is absent).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread while it is
+    open, so it closes after each browser module and a later test can still call ``asyncio.run``
+    (``tests/ui`` is no package, so a package scope would last the whole session).
+    """
     if not CHROMIUM.exists():
         pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (the dev extra)")

@@ -12,10 +12,13 @@ from the given texts: no model, no download.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
-from typing import Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
-import bm25s
+if TYPE_CHECKING:
+    import bm25s
 
 __all__ = ["Bm25Relevance", "Relevance"]
 
@@ -28,8 +31,14 @@ class Relevance(Protocol):
         ...
 
 
+def _bm25s() -> ModuleType:
+    """The ``bm25s`` module, imported on first use: it loads numpy and scipy (~0.2 s), which a
+    gateway or CLI with no group to dispatch never needs at start-up."""
+    return importlib.import_module("bm25s")
+
+
 def _tokens(texts: list[str]) -> list[list[str]]:
-    tokenized: list[list[str]] = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+    tokenized: list[list[str]] = _bm25s().tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
     return tokenized
 
 
@@ -46,8 +55,8 @@ class Bm25Relevance:
         self._vocab = frozenset(t for doc in corpus for t in doc)
         self._index: bm25s.BM25 | None = None
         if self._vocab:  # bm25s cannot index a corpus with no word at all
-            self._index = bm25s.BM25()
-            self._index.index(bm25s.tokenize(list(documents), stopwords="en", show_progress=False),
+            self._index = _bm25s().BM25()
+            self._index.index(_bm25s().tokenize(list(documents), stopwords="en", show_progress=False),
                               show_progress=False)
 
     def scores(self, text: str) -> list[float]:
