@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from comptroller.domain.defenses.similarity import (
     SKETCH_SIZE,
     Sketch,
+    mask_volatile,
     normalise_text,
     similarity,
+    sketch_and_template,
     template_key,
     words_of,
 )
@@ -72,3 +74,29 @@ def test_a_template_key_masks_every_word_starting_with_a_digit(words: list[str])
     """template_key is the BLAKE2b-64 of the words joined by spaces, each starting with a digit replaced by "#"."""
     masked = " ".join("#" if word[0].isdigit() else word for word in words)
     assert template_key(words) == hashlib.blake2b(masked.encode(), digest_size=8).hexdigest()
+
+
+ascii_texts = st.text(st.characters(max_codepoint=127), max_size=120)
+word_texts = st.lists(
+    st.one_of(st.sampled_from(["retry", "Error", "job_1", "7", "3f2a", "line", "-", "..", "x:y", "é", "٣"]),
+              st.text(max_size=5)),
+    max_size=30,
+).map(" ".join)
+
+
+@settings(max_examples=500)
+@given(st.one_of(ascii_texts, word_texts, st.text(max_size=60)))
+def test_sketch_and_template_equal_their_definitions(text: str) -> None:
+    """sketch_and_template (ASCII texts split as bytes) gives Sketch.of_words and template_key of words_of, for any
+    text: ASCII or not, words starting with digits or not, punctuation and underscores."""
+    words = words_of(text)
+    assert sketch_and_template(text) == (Sketch.of_words(words), template_key(words))
+
+
+@settings(max_examples=500)
+@given(st.one_of(ascii_texts, word_texts, st.text(max_size=60)), st.integers(1, 80))
+def test_a_masked_text_counts_its_words_by_its_spaces(text: str, chars_max: int) -> None:
+    """The loop check counts a masked text's whitespace-separated words as its spaces plus one (mask_volatile joins
+    words by single spaces), cut to chars_max and stripped, as len(split()) would."""
+    volatile = mask_volatile(text)[:chars_max].rstrip(" ")
+    assert (volatile.count(" ") + 1 if volatile else 0) == len(mask_volatile(text)[:chars_max].split())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import orjson
 import pytest
+from loop_rows import old_record, old_rows
 
 from comptroller.domain.defenses.loop_lock import LockStatus
 from comptroller.domain.defenses.loops import LoopConfig, LoopHistory, LoopRequest, check_loops
@@ -113,12 +113,11 @@ def test_an_unknown_ceiling_reaches_the_floors() -> None:
 def test_a_history_row_written_before_templates_were_kept_still_reads() -> None:
     """A 7-field entry row reads back with no template and nothing reserved; a malformed one is a clear error."""
     _, history = feed([req(0, ticket(0), 100)])
-    record = history.to_record()
-    old = [row[:7] for row in orjson.loads(str(record["entries"]))]
-    read = LoopHistory.from_record({**record, "entries": orjson.dumps(old).decode()})
+    old = [row[:7] for row in old_rows(history)]
+    read = LoopHistory.from_record(old_record(history, rows=old))
     assert read.entries[0].template == "" and read.entries[0].reserved_mc == 0
     with pytest.raises(ValueError, match="entries"):
-        LoopHistory.from_record({**record, "entries": orjson.dumps([[*old[0], "t"]]).decode()})
+        LoopHistory.from_record(old_record(history, rows=[[*old[0], "t"]]))
 
 
 @pytest.mark.parametrize("field", ["repeat_spend_mc_min", "template_spend_mc_min"])

@@ -97,9 +97,10 @@ class LoopConfig:
             )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoopRequest:
-    """What the detectors see of a call about to be made.
+    """What the detectors see of a call about to be made (never changed once built: built per admission,
+    where a frozen dataclass would cost four times as much).
 
     Attributes:
         call_id: the caller's id for the call (the reservation's idempotency key).
@@ -117,9 +118,10 @@ class LoopRequest:
     ceiling_mc: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoopStep:
-    """The new history (write it if its version moved), the refusal if any, and ``loop`` events."""
+    """The new history (write it if its version moved), the refusal if any, and ``loop`` events (never
+    changed once built)."""
 
     history: LoopHistory
     verdict: Verdict | None = None

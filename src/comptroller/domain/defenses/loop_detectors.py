@@ -46,12 +46,12 @@ class Seen:
         request: the request.
         fingerprint: its fingerprint, cut to the length the history keeps.
         sketch: the :class:`.similarity.Sketch` of its masked text (None for a short or no text).
-        sketch_hex: that sketch's hex ("" without one).
+        sketch_b64: that sketch as a history entry keeps it ("" without one).
         template: its :func:`.similarity.template_key` ("" without a sketch).
         reserved_mc: its ceiling, or the highest spend floor when unknown, millicents.
     """
 
-    __slots__ = ("fingerprint", "request", "reserved_mc", "sketch", "sketch_hex", "template")
+    __slots__ = ("fingerprint", "request", "reserved_mc", "sketch", "sketch_b64", "template")
 
     def __init__(
         self, request: LoopRequest, fingerprint: str, sketch: Sketch | None, template: str, reserved_mc: int
@@ -59,9 +59,14 @@ class Seen:
         self.request = request
         self.fingerprint = fingerprint
         self.sketch = sketch
-        self.sketch_hex = "" if sketch is None else sketch.to_hex()
+        self.sketch_b64 = "" if sketch is None else sketch.to_b64()
         self.template = template
         self.reserved_mc = reserved_mc
+
+    @property
+    def sketch_hex(self) -> str:
+        """The sketch's hex, as a lock keeps it ("" without one)."""
+        return "" if self.sketch is None else self.sketch.to_hex()
 
 
 def trip(
@@ -230,12 +235,17 @@ def near_duplicate(
     sketch = seen.sketch
     if sketch is None or exact is not None:
         return None  # an exact repeat is same_request's to judge (identical_max may be set high)
-    level, template, sketch_hex = config.near_duplicate_min, seen.template, seen.sketch_hex
+    if (
+        sum(map(_RESERVED, mine)) < config.repeat_spend_mc_min  # the candidates are some of mine (counts >= 0)
+        or sum(map(_COUNT, mine)) < config.near_duplicates_max
+    ):
+        return None  # in C: no candidate list for an agent whose families could not fire together
+    level, template, sketch_b64 = config.near_duplicate_min, seen.template, seen.sketch_b64
     candidates = [
         e
         for e in mine
         if e.sketch  # the same template with other values is repeated_template's
-        and (e.sketch == sketch_hex or e.template != template)
+        and (e.sketch == sketch_b64 or e.template != template)
     ]
     if (
         sum(map(_COUNT, candidates)) < config.near_duplicates_max
@@ -245,7 +255,7 @@ def near_duplicate(
     close = [
         (score, e)
         for e in candidates
-        if (score := sketch.similarity_at_least(Sketch.from_hex(e.sketch), level)) is not None
+        if (score := sketch.similarity_at_least(Sketch.from_b64(e.sketch), level)) is not None
     ]
     similar = sum(e.count for _, e in close)
     reserved = sum(e.reserved_mc for _, e in close)
@@ -286,6 +296,8 @@ def repeated_template(
     template = seen.template
     if not template or exact is not None:
         return None  # an exact repeat is same_request's to judge (identical_max may be set high)
+    if sum(map(_RESERVED, mine)) < config.template_spend_mc_min:
+        return None  # the template's families are some of mine (reserved >= 0)
     same = list(compress(mine, map(eq, repeat(template), map(_TEMPLATE_OF, mine))))
     calls, reserved = sum(map(_COUNT, same)), sum(map(_RESERVED, same))
     if calls < config.near_duplicates_max or reserved < config.template_spend_mc_min:

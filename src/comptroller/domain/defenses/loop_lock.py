@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
 
 from comptroller.domain.defenses.verdict import JsonScalar
 
@@ -121,6 +122,11 @@ class LoopLock:
 
     def to_record(self) -> dict[str, JsonScalar]:
         """Flat fields (``lock_*``) for the loop history's record; times as UTC epoch seconds."""
+        if self.trips == 0 and _OPTIONAL_FIELDS(self) == _UNSET:
+            return dict(_NEVER_TRIPPED)  # most scopes' lock: a copy of this constant
+        return self._fields()
+
+    def _fields(self) -> dict[str, JsonScalar]:
         return {"lock_trips": self.trips, "lock_detector": self.detector, "lock_agent": self.agent,
                 "lock_other_agent": self.other_agent, "lock_fingerprint": self.fingerprint,
                 "lock_sketch": self.sketch, "lock_template": self.template, "lock_opened_at": _ts(self.opened_at),
@@ -138,3 +144,9 @@ class LoopLock:
                    template=_opt_str(record, "lock_template"),
                    opened_at=_dt(record, "lock_opened_at"), open_until=_dt(record, "lock_open_until"),
                    last_trip_at=_dt(record, "lock_last_trip_at"))
+
+
+_OPTIONAL = ("detector", "agent", "other_agent", "fingerprint", "sketch", "template", "opened_at", "open_until",
+             "last_trip_at")
+_OPTIONAL_FIELDS, _UNSET = attrgetter(*_OPTIONAL), (None,) * len(_OPTIONAL)
+_NEVER_TRIPPED = LoopLock()._fields()

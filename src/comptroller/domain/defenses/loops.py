@@ -83,9 +83,9 @@ from comptroller.domain.defenses.loop_detectors import (
     same_request,
     trip,
 )
-from comptroller.domain.defenses.loop_history import LoopEntry, LoopHistory
+from comptroller.domain.defenses.loop_history import Columns, LoopEntry, LoopHistory
 from comptroller.domain.defenses.loop_lock import LockStatus, LoopLock, LoopTransition
-from comptroller.domain.defenses.similarity import Sketch, mask_volatile, template_key, words_of
+from comptroller.domain.defenses.similarity import Sketch, mask_volatile, sketch_and_template
 from comptroller.domain.ledger import Event
 from comptroller.domain.scopes import Attribution, Level
 
@@ -101,8 +101,8 @@ __all__ = [
 ]
 
 _FINGERPRINT_CHARS = 32  # 128 bits of the SHA-256: collision-free for a history of 32 families
-_CALL_ID, _AGENT, _LAST_AT = attrgetter("last_call_id"), attrgetter("agent"), attrgetter("last_at")
-_FINGERPRINT = attrgetter("fingerprint")
+_MARGIN_S = 0.001  # far above a float epoch time's rounding (under a microsecond)
+_FINGERPRINT, _SKETCH = attrgetter("fingerprint"), attrgetter("sketch")
 
 
 def loop_scope(attribution: Attribution) -> tuple[Level, str]:
@@ -128,11 +128,10 @@ def _text_sketch(text: str, chars_max: int, words_min: int) -> tuple[Sketch | No
     """
     if not text:
         return None, ""
-    volatile = mask_volatile(text)[:chars_max]
-    if len(volatile.split()) < words_min:
+    volatile = mask_volatile(text)[:chars_max].rstrip(" ")
+    if not volatile or volatile.count(" ") + 1 < words_min:  # its words are joined by single spaces
         return None, ""
-    words = words_of(volatile)
-    return Sketch.of_words(words), template_key(words)
+    return sketch_and_template(volatile)
 
 
 def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, now: datetime) -> LoopStep:
@@ -156,7 +155,8 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
     require_text("loop request", "call_id", request.call_id)
     require_text("loop request", "agent", request.agent)
     entries = history.entries
-    if request.call_id in map(_CALL_ID, entries):  # scans in C (map, compress) rather than in generators
+    call_ids, agents, last_at_s = history.columns()  # scans in C (in, map, compress) rather than in generators
+    if request.call_id in call_ids:
         return LoopStep(history)
     seen = _seen(config, request)
     lock = history.lock
@@ -181,14 +181,15 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
         )
         events = (loop_event(history, LoopTransition.CLOSED, now, {"probe_call_id": request.call_id}),)
     horizon = now - lookback(config.lookback_s)
-    live = (
-        entries
-        if not entries or min(map(_LAST_AT, entries)) > horizon
-        else tuple(e for e in entries if e.last_at > horizon)
-    )
+    now_s = now.timestamp()
+    if not entries or min(last_at_s) > now_s - config.lookback_s + _MARGIN_S:
+        live, live_agents = entries, agents  # every entry is live (the common case: decided on floats)
+    else:
+        alive = [e.last_at > horizon for e in entries]  # exact, on the datetimes
+        live, live_agents = tuple(compress(entries, alive)), tuple(compress(agents, alive))
     turns = history.turns if history.turn_at is not None and history.turn_at > horizon else ()
     agent = request.agent
-    mine = list(compress(live, map(eq, repeat(agent), map(_AGENT, live))))  # an agent is compared with itself
+    mine = list(compress(live, map(eq, repeat(agent), live_agents)))  # an agent is compared with itself
     fingerprint = seen.fingerprint
     exact = next(compress(mine, map(eq, repeat(fingerprint), map(_FINGERPRINT, mine))), None) if fingerprint else None
     fired = (
@@ -199,7 +200,9 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
     )
     if fired is not None:
         return LoopStep(fired.history, fired.verdict, (*events, *fired.events))
-    return LoopStep(_record(history, config, live, turns, _family(mine, seen), seen=seen, now=now), None, events)
+    match = _family(mine, seen)
+    columns = (call_ids, agents, last_at_s) if match is None and live is entries else None
+    return LoopStep(_record(history, config, live, turns, match, seen=seen, now=now, columns=columns), None, events)
 
 
 def reset_loops(history: LoopHistory, now: datetime, *, by: str = "admin") -> LoopStep:
@@ -234,11 +237,14 @@ def _record(
     *,
     seen: Seen,
     now: datetime,
+    columns: Columns | None = None,
 ) -> LoopHistory:
+    """The history with the request recorded (in its family ``match``, else a new one); ``columns``: the
+    history's columns when ``live`` is all of its entries and ``match`` is None (the new ones follow from them)."""
     agent, call_id = seen.request.agent, seen.request.call_id
     if match is None:
         entry = LoopEntry(
-            agent, seen.fingerprint, seen.sketch_hex, 1, now, now, call_id, seen.template, seen.reserved_mc
+            agent, seen.fingerprint, seen.sketch_b64, 1, now, now, call_id, seen.template, seen.reserved_mc
         )
         rest = live
     else:
@@ -254,21 +260,31 @@ def _record(
             match.reserved_mc + seen.reserved_mc,
         )
         rest = tuple(e for e in live if e is not match)
+    entry.row()  # encoded now, once: the history's record joins the entries' encodings
     keep = max(2, (config.alternation_turns_max or 1) + 1)
+    kept = -config.history_max
+    if columns is not None:
+        call_ids, agents, last_at_s = columns
+        columns = ((*call_ids, call_id)[kept:], (*agents, agent)[kept:], (*last_at_s, now.timestamp())[kept:])
     return LoopHistory(
         history.level,
         history.scope,
-        (*rest, entry)[-config.history_max :],
+        (*rest, entry)[kept:],
         (*turns, agent)[-keep:],
         now,
         history.lock,
         history.version + 1,
+        columns,
     )
 
 
 def _family(mine: Sequence[LoopEntry], seen: Seen) -> LoopEntry | None:
     """The entry of the agent's (``mine``) this request repeats: the same fingerprint or the same sketch."""
-    fingerprint, sketch = seen.fingerprint, seen.sketch_hex
+    fingerprint, sketch = seen.fingerprint, seen.sketch_b64
+    if (not fingerprint or fingerprint not in map(_FINGERPRINT, mine)) and (
+        not sketch or sketch not in map(_SKETCH, mine)
+    ):
+        return None  # a new family (scanned in C)
     for entry in reversed(mine):
         if (fingerprint and entry.fingerprint == fingerprint) or (sketch and entry.sketch == sketch):
             return entry
