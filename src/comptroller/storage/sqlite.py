@@ -137,11 +137,24 @@ def _budget(row: Sequence[Any]) -> Budget:
                   alert_thresholds_pct=tuple(json.loads(row[6])))
 
 
+_attributions: dict[tuple[Any, ...], Attribution] = {}  # by their columns: a settle reads back what a reserve wrote
+
+
 def _attribution(row: Sequence[Any], *, shared: bool = False, key_id: str | None = None) -> Attribution:
     """An attribution from its six columns; ``shared``: its conversation is a registered shared group;
-    ``key_id``: the API key the call came with."""
-    return Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3], task=row[4],
-                       phase=row[5], conversation_shared=shared, key_id=key_id)
+    ``key_id``: the API key the call came with.
+
+    Attributions are immutable and their checks pure, so the same columns give the same (remembered)
+    object; at most ``_CACHE_ENTRIES_MAX`` are kept, then they start over.
+    """
+    key = (*row, shared, key_id)
+    found = _attributions.get(key)
+    if found is None:
+        if len(_attributions) >= _CACHE_ENTRIES_MAX:
+            _attributions.clear()
+        found = _attributions[key] = Attribution(namespace=row[0], tenant=row[1], agent=row[2], conversation=row[3],
+                                                 task=row[4], phase=row[5], conversation_shared=shared, key_id=key_id)
+    return found
 
 
 class _BudgetCache:
@@ -185,6 +198,57 @@ class _BudgetCache:
             row = cur.execute(f"SELECT {_BUDGET_COLS} FROM budgets WHERE id = ?", (budget_id,)).fetchone()
             self._by_id[budget_id] = None if row is None else _budget(row)
         return self._by_id[budget_id]
+
+
+class _WriteTransaction:
+    """``SQLiteStore._write()``: the store's lock and one write transaction, committed at the end of the
+    block or rolled back if it raises (a class: cheaper than a generator's context manager, twice a call)."""
+
+    __slots__ = ("_cur", "_store")
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Cursor:
+        store = self._store
+        store._lock.acquire()
+        try:
+            self._cur = store._begin()
+        except BaseException:
+            store._lock.release()
+            raise
+        return self._cur
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        store = self._store
+        try:
+            if exc_type is not None:
+                store._abandon(self._cur)
+                return
+            try:
+                self._cur.execute("COMMIT")
+            except BaseException:
+                store._abandon(self._cur)
+                raise
+        finally:
+            store._lock.release()
+
+
+class _Hold:
+    """``SQLiteStore.uncontended()``: yields whether the store and SQLite's write lock were free and are held."""
+
+    __slots__ = ("_held", "_later_wait_ms", "_store")
+
+    def __init__(self, store: SQLiteStore, later_wait_ms: int) -> None:
+        self._store, self._later_wait_ms = store, later_wait_ms
+
+    def __enter__(self) -> bool:
+        self._held = self._store._hold(self._later_wait_ms)
+        return self._held
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._held:
+            self._store._let_go()
 
 
 class SQLiteStore:
@@ -239,24 +303,26 @@ class SQLiteStore:
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('budgets_version', '0')")
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            self._written = []
-            cur = self._conn.cursor()
-            if self._begun:  # the write lock uncontended() took
-                self._begun = False
-            else:
-                self._busy(self._later_wait_ms if self._held else self._busy_timeout_ms)
-                cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-                cur.execute("COMMIT")
-            except BaseException:
-                self._rows_as_of = -1  # rows this transaction wrote are not the file's: read them again
-                if self._conn.in_transaction:
-                    cur.execute("ROLLBACK")
-                raise
+    def _write(self) -> _WriteTransaction:
+        """One write transaction under the store's lock: ``with self._write() as cur`` (commits, or rolls back)."""
+        return _WriteTransaction(self)
+
+    def _begin(self) -> sqlite3.Cursor:
+        """Start a write transaction (the lock is held): the one :meth:`uncontended` began, or a new one."""
+        self._written = []
+        cur = self._conn.cursor()
+        if self._begun:  # the write lock uncontended() took
+            self._begun = False
+        else:
+            self._busy(self._later_wait_ms if self._held else self._busy_timeout_ms)
+            cur.execute("BEGIN IMMEDIATE")
+        return cur
+
+    def _abandon(self, cur: sqlite3.Cursor) -> None:
+        """A write transaction failed (the lock is held): roll it back and forget the rows it wrote."""
+        self._rows_as_of = -1  # rows this transaction wrote are not the file's: read them again
+        if self._conn.in_transaction:
+            cur.execute("ROLLBACK")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
@@ -271,8 +337,7 @@ class SQLiteStore:
             self._conn.execute(f"PRAGMA busy_timeout = {ms}")
             self._busy_ms_now = ms
 
-    @contextmanager
-    def uncontended(self, later_wait_s: float = 0.1) -> Iterator[bool]:
+    def uncontended(self, later_wait_s: float = 0.1) -> _Hold:
         """Take the store's connection and SQLite's write lock if both are free now, never waiting.
 
         For a caller that must not block (the gateway's event loop). Yields True when both are
@@ -287,25 +352,32 @@ class SQLiteStore:
         Args:
             later_wait_s: the longest a later write transaction of the block waits, seconds.
         """
+        return _Hold(self, int(later_wait_s * 1000))
+
+    def _hold(self, later_wait_ms: int) -> bool:
+        """:meth:`uncontended`'s start: True with the lock and SQLite's write lock taken, else False (nothing taken)."""
         if not self._lock.acquire(blocking=False):
-            yield False
-            return
+            return False
         try:
-            try:
-                self._busy(0)  # left at 0 after the block: calls made outside one set it back first
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error:  # SQLITE_BUSY: another connection writes; or a failing or closed file
-                yield False
-                return
-            self._begun = self._held = True
-            self._later_wait_ms = int(later_wait_s * 1000)
-            try:
-                yield True
-            finally:
-                self._held = False
-                if self._begun:  # no write transaction used it
-                    self._begun = False
-                    self._conn.execute("ROLLBACK")
+            self._busy(0)  # left at 0 after the block: calls made outside one set it back first
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:  # SQLITE_BUSY: another connection writes; or a failing or closed file
+            self._lock.release()
+            return False
+        except BaseException:
+            self._lock.release()
+            raise
+        self._begun = self._held = True
+        self._later_wait_ms = later_wait_ms
+        return True
+
+    def _let_go(self) -> None:
+        """:meth:`uncontended`'s end, after a True start: the write lock returned if no transaction used it."""
+        try:
+            self._held = False
+            if self._begun:  # no write transaction used it
+                self._begun = False
+                self._conn.execute("ROLLBACK")
         finally:
             self._lock.release()
 
