@@ -15,6 +15,7 @@ from loop_rows import old_record, old_rows
 
 from comptroller.domain.defenses.loop_history import LoopEntry, LoopHistory
 from comptroller.domain.defenses.loop_lock import LoopLock
+from comptroller.domain.defenses.state_rows import EncodedRecord
 from comptroller.domain.scopes import Level
 
 T0 = datetime(2025, 1, 6, 12, 0, tzinfo=UTC)
@@ -91,6 +92,16 @@ def test_a_row_of_the_json_entries_format_reads_to_the_same_history(history: Loo
     read = LoopHistory.from_record(orjson.loads(orjson.dumps(old)))
     assert read == history
     assert "families" in read.to_record() and "entries" not in read.to_record()
+
+
+@settings(max_examples=300)
+@given(histories)
+def test_the_record_carries_the_json_a_store_would_write(history: LoopHistory) -> None:
+    """The record's own JSON text (families spliced in) is exactly the JSON of its fields with keys sorted: a store
+    writing it instead of encoding the record writes the same row."""
+    record = history.to_record()
+    assert isinstance(record, EncodedRecord)
+    assert record.json_text == orjson.dumps(dict(record), option=orjson.OPT_SORT_KEYS).decode()
 
 
 def test_the_row_holds_the_sketch_as_base64() -> None:

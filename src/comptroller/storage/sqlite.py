@@ -21,6 +21,7 @@ cached budget is never older than the transaction that uses it.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -37,6 +38,7 @@ import orjson
 from comptroller.domain.admission import account_keys, alert_thresholds_crossed, decide, remaining_after
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
+from comptroller.domain.defenses.state_rows import EncodedRecord
 from comptroller.domain.defenses.verdict import Verdict
 from comptroller.domain.ledger import (
     AccountView,
@@ -168,16 +170,31 @@ class _BudgetCache:
 
     def __init__(self) -> None:
         self.version: object = None
+        self._as_of = -1  # the data_version the version was read at
         self._by_scope: dict[tuple[str, str], tuple[Budget, ...]] = {}
         self._by_id: dict[str, Budget | None] = {}
 
-    def sync(self, cur: sqlite3.Cursor) -> None:
-        """Drop everything if a budget changed since the last transaction that used the cache."""
+    def sync(self, cur: sqlite3.Cursor, data_version: int) -> None:
+        """Drop everything if a budget changed since the last transaction that used the cache.
+
+        ``data_version`` is the transaction's ``PRAGMA data_version``: while it is the one the
+        version was last read at, no other connection committed, so no budget changed but through
+        this store, which calls :meth:`forget` (the version row is not read again).
+        """
+        if data_version == self._as_of and self.version is not None:
+            return
         version = cur.execute("SELECT value FROM meta WHERE key = 'budgets_version'").fetchone()
         if version is None or version[0] != self.version:
             self._by_scope.clear()
             self._by_id.clear()
             self.version = None if version is None else version[0]
+        self._as_of = data_version
+
+    def forget(self) -> None:
+        """This store writes a budget: read the version (and the budgets) again at the next sync."""
+        self.version = None
+        self._by_scope.clear()
+        self._by_id.clear()
 
     def for_scope(self, cur: sqlite3.Cursor, level: str, scope: str) -> tuple[Budget, ...]:
         """The budgets set on exactly ``(level, scope)`` (``scope`` may be ``*``)."""
@@ -282,6 +299,9 @@ class SQLiteStore:
         self._rows: dict[StateKey, StoredState | None] = {}  # state rows as of data version _rows_as_of (None: absent)
         self._rows_as_of = -1  # PRAGMA data_version when _rows was last known to be the file's (-1: never)
         self._budgets = _BudgetCache()
+        self._dv: int | None = None  # the current write transaction's data_version, once read
+        self._expiry_bound: float | None = None  # no pending lease expires before it (None: unknown)
+        self._expiry_as_of = -1  # the data_version _expiry_bound holds at
         self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         _set_wal(self._conn, busy_timeout_s)
         self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -310,6 +330,7 @@ class SQLiteStore:
     def _begin(self) -> sqlite3.Cursor:
         """Start a write transaction (the lock is held): the one :meth:`uncontended` began, or a new one."""
         self._written = []
+        self._dv = None
         cur = self._conn.cursor()
         if self._begun:  # the write lock uncontended() took
             self._begun = False
@@ -321,12 +342,23 @@ class SQLiteStore:
     def _abandon(self, cur: sqlite3.Cursor) -> None:
         """A write transaction failed (the lock is held): roll it back and forget the rows it wrote."""
         self._rows_as_of = -1  # rows this transaction wrote are not the file's: read them again
+        self._expiry_as_of, self._expiry_bound = -1, None  # nor its expiries: scan again
+        self._budgets.forget()
         if self._conn.in_transaction:
             cur.execute("ROLLBACK")
+
+    def _data_version(self, cur: sqlite3.Cursor) -> int:
+        """The transaction's ``PRAGMA data_version`` (read once per write transaction): it changes when
+        another connection commits, never for this one's commits (SQLite docs, "PRAGMA data_version")."""
+        dv = self._dv
+        if dv is None:
+            dv = self._dv = int(cur.execute("PRAGMA data_version").fetchone()[0])
+        return dv
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
+            self._dv = None  # read afresh: this is not a write transaction
             if not self._held:
                 self._busy(self._busy_timeout_ms)
             yield self._conn.cursor()
@@ -428,6 +460,7 @@ class SQLiteStore:
     def put_budget(self, budget: Budget) -> None:
         """Create or replace a budget."""
         with self._write() as cur:
+            self._budgets.forget()
             cur.execute(
                 "INSERT OR REPLACE INTO budgets VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (budget.id, str(budget.level), budget.scope, str(budget.period), budget.timezone,
@@ -437,6 +470,7 @@ class SQLiteStore:
     def delete_budget(self, budget_id: str) -> bool:
         """Delete a budget; True if it existed."""
         with self._write() as cur:
+            self._budgets.forget()
             return cur.execute("DELETE FROM budgets WHERE id = ?", (budget_id,)).rowcount > 0
 
     def budgets(self) -> list[Budget]:
@@ -485,6 +519,8 @@ class SQLiteStore:
                  request.output_tokens_max, _ts(now), _ts(reservation.expires_at), "pending",
                  ",".join(map(str, ids)), int(request.sends), int(a.conversation_shared), a.key_id),
             )
+            if self._expiry_bound is not None:  # this lease is pending now: the bound covers it
+                self._expiry_bound = min(self._expiry_bound, _ts(reservation.expires_at))
             self._commit(cur, outcome)
             return ReserveResult(Code.OK, reservation=reservation, events=outcome.events,
                                  remaining_mc=remaining_after(request.ceiling_mc, views))
@@ -502,7 +538,7 @@ class SQLiteStore:
         if not wanted:
             return {}
         rows = self._rows
-        data_version = cur.execute("PRAGMA data_version").fetchone()[0]
+        data_version = self._data_version(cur)
         if data_version != self._rows_as_of or len(rows) >= _CACHE_ENTRIES_MAX:
             rows.clear()
             self._rows_as_of = data_version
@@ -532,8 +568,12 @@ class SQLiteStore:
     def _commit(self, cur: sqlite3.Cursor, outcome: GuardOutcome) -> None:
         rows = []
         for w in outcome.writes:  # orjson: a state's JSON is written on every admit and settle (4x json's speed)
-            record = w.record if type(w.record) is dict else dict(w.record)  # orjson takes dicts only
-            text = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+            record = w.record
+            if type(record) is EncodedRecord:  # its state built its JSON text (the loop history's long row)
+                text = record.json_text
+            else:
+                text = orjson.dumps(record if type(record) is dict else dict(record),  # orjson takes dicts only
+                                    option=orjson.OPT_SORT_KEYS).decode()
             rows.append((w.key.kind, w.key.key, w.version, text))
             self._remember_state(w.key, text, w)
             self._rows[w.key] = w
@@ -552,7 +592,7 @@ class SQLiteStore:
 
     def _candidate_budgets(self, cur: sqlite3.Cursor, scopes: Sequence[tuple[Level, str]]) -> list[Budget]:
         """Budgets set on one of the call's scopes or on its level's default ``*`` (from the cache)."""
-        self._budgets.sync(cur)
+        self._budgets.sync(cur, self._data_version(cur))
         candidates: list[Budget] = []
         for level, key in scopes:
             candidates += self._budgets.for_scope(cur, level, key)
@@ -604,7 +644,7 @@ class SQLiteStore:
                 return SettleResult(Code.SETTLED_LATE, record, tuple(self._written))
             late = reservation.state is not ReservationState.PENDING
             held = 0 if late else reservation.ceiling_mc
-            self._budgets.sync(cur)
+            self._budgets.sync(cur, self._data_version(cur))
             ids = _ids(row[15])
             fired = self._alerts(cur, ids, cost_mc, now)
             cur.executemany(
@@ -619,7 +659,7 @@ class SQLiteStore:
     def _correct(self, cur: sqlite3.Cursor, reservation: Reservation, account_ids: str, usage: Usage | None,
                  cost_mc: int, *, now: datetime) -> UsageRecord:
         """Replace an ``unknown_outcome`` ceiling charge by the real cost (``usage`` None: a release, zero)."""
-        self._budgets.sync(cur)
+        self._budgets.sync(cur, self._data_version(cur))
         ids = _ids(account_ids)
         delta = cost_mc - reservation.ceiling_mc
         fired = self._alerts(cur, ids, delta, now)
@@ -689,8 +729,33 @@ class SQLiteStore:
             return self._expire(cur, now)
 
     def _expire(self, cur: sqlite3.Cursor, now: datetime) -> int:
+        """Resolve every pending lease expired at ``now`` (in a write transaction); how many.
+
+        Most transactions find none, so the store keeps a bound no pending lease expires before,
+        valid while no other connection commits (``PRAGMA data_version``): before it, nothing is
+        read. The bound is the earliest pending expiry, read when a scan follows another scan with
+        no other writer between; a reserve lowers it to its own lease's expiry, and a settle or
+        release only removes leases (the bound stays low: safe). A transaction that rolls back
+        drops it (:meth:`_abandon`).
+        """
+        at = _ts(now)
+        data_version = self._data_version(cur)
+        bound = self._expiry_bound
+        if bound is not None and at < bound and data_version == self._expiry_as_of:
+            return 0
         rows = cur.execute(f"SELECT {_RES_COLS} FROM reservations WHERE state = 'pending' AND expires_at <= ? "
-                           "ORDER BY expires_at, id", (_ts(now),)).fetchall()
+                           "ORDER BY expires_at, id", (at,)).fetchall()
+        self._resolve_expired(cur, rows, now)
+        if data_version == self._expiry_as_of:  # no other writer since the last scan: worth a bound
+            earliest = cur.execute("SELECT min(expires_at) FROM reservations WHERE state = 'pending'").fetchone()[0]
+            self._expiry_bound = math.inf if earliest is None else float(earliest)
+        else:
+            self._expiry_bound = None
+        self._expiry_as_of = data_version
+        return len(rows)
+
+    def _resolve_expired(self, cur: sqlite3.Cursor, rows: list[Any], now: datetime) -> None:
+        """Charge each expired sent lease its ceiling (``unknown_outcome``); return the others' holds."""
         for row in rows:
             if row[16]:  # sent: the provider may have billed it, so its hold becomes its charge
                 reservation = self._reservation(row)
@@ -701,7 +766,6 @@ class SQLiteStore:
                 cur.execute("UPDATE reservations SET state = 'unknown_outcome' WHERE id = ?", (row[0],))
             else:
                 self._unhold(cur, row[0], row[9], row[15], "expired")
-        return len(rows)
 
     def renew(self, reservation_id: str, now: datetime, ttl_s: float) -> bool:
         """Extend a pending lease to ``now + ttl_s`` (never shorten it); False if it is resolved or expired."""

@@ -27,6 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from itertools import islice
 from operator import attrgetter
 from urllib.parse import quote, unquote
@@ -34,19 +35,20 @@ from urllib.parse import quote, unquote
 import orjson
 
 from comptroller.domain.defenses import _records as rec
-from comptroller.domain.defenses.loop_lock import LoopLock
+from comptroller.domain.defenses.loop_lock import UNTRIPPED, LoopLock
+from comptroller.domain.defenses.state_rows import EncodedRecord
 from comptroller.domain.defenses.verdict import JsonScalar
 from comptroller.domain.scopes import Level
 
-__all__ = ["Columns", "LoopEntry", "LoopHistory"]
+__all__ = ["Columns", "LoopEntry", "LoopHistory", "epoch_s"]
 
 _FIELDS = 9  # of an entry in the families field
 _SEP = "|"
 # What a raw field may not hold: the separator, "%" (the quoting's escape), what JSON escapes, lone surrogates.
 _UNSAFE = re.compile(r'[|%"\\\x00-\x1f\ud800-\udfff]')
-_ROW_OF, _CALL_ID, _AGENT = attrgetter("_row"), attrgetter("last_call_id"), attrgetter("agent")
-Columns = tuple[tuple[str, ...], tuple[str, ...], tuple[float, ...]]
-"""A history's entries as columns: last call ids, agents, last admissions (UTC epoch seconds)."""
+_CALL_ID, _AGENT = attrgetter("last_call_id"), attrgetter("agent")
+Columns = tuple[tuple[str, ...], tuple[str, ...], tuple[float, ...], tuple[str, ...]]
+"""A history's entries as columns: last call ids, agents, last admissions (UTC epoch seconds), row encodings."""
 
 
 @dataclass(slots=True)
@@ -82,7 +84,7 @@ class LoopEntry:
         """The entry's nine fields joined by ``|`` (see the module docstring), encoded at the first call only."""
         if not self._row:
             agent, fingerprint, call_id = self.agent, self.fingerprint, self.last_call_id
-            first_at = repr(self.first_at.timestamp())
+            first_at = repr(epoch_s(self.first_at))
             if _UNSAFE.search("".join((agent, fingerprint, call_id))) is not None:  # rare: one scan for the three
                 agent, fingerprint, call_id = _field(agent), _field(fingerprint), _field(call_id)
             self._row = _SEP.join(
@@ -92,7 +94,7 @@ class LoopEntry:
                     self.sketch,
                     str(self.count),
                     first_at,
-                    first_at if self.last_at is self.first_at else repr(self.last_at.timestamp()),  # a new family
+                    first_at if self.last_at is self.first_at else repr(epoch_s(self.last_at)),  # a new family
                     call_id,
                     self.template,
                     str(self.reserved_mc),
@@ -122,12 +124,13 @@ class LoopHistory:
     entries: tuple[LoopEntry, ...] = ()
     turns: tuple[str, ...] = ()
     turn_at: datetime | None = None
-    lock: LoopLock = field(default_factory=LoopLock)
+    lock: LoopLock = UNTRIPPED
     version: int = 0
     known_columns: Columns | None = field(default=None, repr=False, compare=False)
 
     def columns(self) -> Columns:
-        """The entries' last call ids, agents and last admissions (UTC epoch seconds), in entry order.
+        """The entries' last call ids, agents, last admissions (UTC epoch seconds) and :meth:`LoopEntry.row`
+        encodings, in entry order.
 
         Built once per history (or handed over by the step that built it): the admission scans them
         in C, and fetching an attribute of each entry costs more than comparing it.
@@ -137,27 +140,28 @@ class LoopHistory:
             self.known_columns = (
                 tuple(map(_CALL_ID, entries)),
                 tuple(map(_AGENT, entries)),
-                tuple(e.last_at.timestamp() for e in entries),
+                tuple(epoch_s(e.last_at) for e in entries),
+                tuple(map(LoopEntry.row, entries)),
             )
         return self.known_columns
 
     def to_record(self) -> dict[str, JsonScalar]:
-        """A flat JSON record (families and turns as ``|``-joined text, times as UTC epoch seconds)."""
-        rows = list(map(_ROW_OF, self.entries))  # each entry's part is encoded once (in C while all are)
-        if "" in rows:
-            rows = list(map(LoopEntry.row, self.entries))
-        turns = self.turns
-        if _UNSAFE.search("".join(turns)) is not None:  # rare: one scan for them all
-            turns = tuple(map(_field, turns))
-        return {
-            "level": self.level.value,
-            "scope": self.scope,
-            "families": _SEP.join(rows),
-            "turns": "".join((_SEP, _SEP.join(turns))) if turns else "",  # each turn after a "|"
-            "turn_at": None if self.turn_at is None else self.turn_at.timestamp(),
-            **self.lock.to_record(),
-            "version": self.version,
-        }
+        """A flat JSON record (families and turns as ``|``-joined text, times as UTC epoch seconds).
+
+        An :class:`.state_rows.EncodedRecord`: its JSON text is the JSON of the other fields with the
+        families field spliced in first (it sorts first and needs no escape), not the whole re-encoded.
+        """
+        record = self.lock.to_record()
+        record["level"] = str(self.level)
+        record["scope"] = self.scope
+        record["turns"] = "".join(map(_SEP.__add__, map(_known_field, self.turns)))  # each turn after a "|"
+        record["turn_at"] = None if self.turn_at is None else epoch_s(self.turn_at)
+        record["version"] = self.version
+        families = _SEP.join(self.columns()[3])  # each entry's part is encoded once
+        rest = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()  # "{...}": every key sorts after "families"
+        encoded = EncodedRecord(record, "".join(('{"families":"', families, '",', rest[1:])))
+        encoded["families"] = families
+        return encoded
 
     @classmethod
     def from_record(cls, record: Mapping[str, JsonScalar]) -> LoopHistory:
@@ -190,6 +194,27 @@ class LoopHistory:
 def _field(text: str) -> str:
     """A text field as the row writes it: as is, or percent-encoded when it holds an unsafe character."""
     return text if _UNSAFE.search(text) is None else quote(text, safe="", errors="surrogatepass")
+
+
+@lru_cache(maxsize=4_096)
+def _known_field(text: str) -> str:
+    """:func:`_field`, memoised (a history's turns are a few agents, encoded at every write)."""
+    return _field(text)
+
+
+_last_epoch: tuple[datetime | None, float] = (None, 0.0)
+
+
+def epoch_s(at: datetime) -> float:
+    """``at.timestamp()``, remembered for the last datetime object asked (an admission's time is asked for
+    its new entry, its turn and its columns)."""
+    global _last_epoch  # noqa: PLW0603  # one tuple, replaced whole: threads see a matching pair
+    last = _last_epoch
+    if last[0] is at:
+        return last[1]
+    seconds = at.timestamp()
+    _last_epoch = (at, seconds)
+    return seconds
 
 
 def _unfield(text: str) -> str:

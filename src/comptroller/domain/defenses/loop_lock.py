@@ -32,7 +32,7 @@ from operator import attrgetter
 
 from comptroller.domain.defenses.verdict import JsonScalar
 
-__all__ = ["LockStatus", "LoopLock", "LoopTransition"]
+__all__ = ["UNTRIPPED", "LockStatus", "LoopLock", "LoopTransition"]
 
 
 class LockStatus(StrEnum):
@@ -122,7 +122,7 @@ class LoopLock:
 
     def to_record(self) -> dict[str, JsonScalar]:
         """Flat fields (``lock_*``) for the loop history's record; times as UTC epoch seconds."""
-        if self.trips == 0 and _OPTIONAL_FIELDS(self) == _UNSET:
+        if self is UNTRIPPED or (self.trips == 0 and _OPTIONAL_FIELDS(self) == _UNSET):
             return dict(_NEVER_TRIPPED)  # most scopes' lock: a copy of this constant
         return self._fields()
 
@@ -138,6 +138,8 @@ class LoopLock:
         trips = record.get("lock_trips", 0)
         if type(trips) is not int:
             raise ValueError(f"state record field 'lock_trips' must be an integer, got {trips!r}")
+        if trips == 0 and all(record.get(key) is None for key in _OPTIONAL_KEYS):
+            return UNTRIPPED
         return cls(trips=trips, detector=_opt_str(record, "lock_detector"), agent=_opt_str(record, "lock_agent"),
                    other_agent=_opt_str(record, "lock_other_agent"),
                    fingerprint=_opt_str(record, "lock_fingerprint"), sketch=_opt_str(record, "lock_sketch"),
@@ -149,4 +151,7 @@ class LoopLock:
 _OPTIONAL = ("detector", "agent", "other_agent", "fingerprint", "sketch", "template", "opened_at", "open_until",
              "last_trip_at")
 _OPTIONAL_FIELDS, _UNSET = attrgetter(*_OPTIONAL), (None,) * len(_OPTIONAL)
-_NEVER_TRIPPED = LoopLock()._fields()
+_OPTIONAL_KEYS = tuple(f"lock_{name}" for name in _OPTIONAL)
+UNTRIPPED = LoopLock()
+"""The lock of a scope that never tripped (or forgot it): shared, as every lock is never changed."""
+_NEVER_TRIPPED = UNTRIPPED._fields()

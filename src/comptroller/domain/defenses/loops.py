@@ -83,7 +83,7 @@ from comptroller.domain.defenses.loop_detectors import (
     same_request,
     trip,
 )
-from comptroller.domain.defenses.loop_history import Columns, LoopEntry, LoopHistory
+from comptroller.domain.defenses.loop_history import Columns, LoopEntry, LoopHistory, epoch_s
 from comptroller.domain.defenses.loop_lock import LockStatus, LoopLock, LoopTransition
 from comptroller.domain.defenses.similarity import Sketch, mask_volatile, sketch_and_template
 from comptroller.domain.ledger import Event
@@ -155,7 +155,8 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
     require_text("loop request", "call_id", request.call_id)
     require_text("loop request", "agent", request.agent)
     entries = history.entries
-    call_ids, agents, last_at_s = history.columns()  # scans in C (in, map, compress) rather than in generators
+    columns = history.columns()  # scans in C (in, map, compress) rather than in generators
+    call_ids, agents, last_at_s, _ = columns
     if request.call_id in call_ids:
         return LoopStep(history)
     seen = _seen(config, request)
@@ -181,7 +182,7 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
         )
         events = (loop_event(history, LoopTransition.CLOSED, now, {"probe_call_id": request.call_id}),)
     horizon = now - lookback(config.lookback_s)
-    now_s = now.timestamp()
+    now_s = epoch_s(now)
     if not entries or min(last_at_s) > now_s - config.lookback_s + _MARGIN_S:
         live, live_agents = entries, agents  # every entry is live (the common case: decided on floats)
     else:
@@ -201,8 +202,8 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
     if fired is not None:
         return LoopStep(fired.history, fired.verdict, (*events, *fired.events))
     match = _family(mine, seen)
-    columns = (call_ids, agents, last_at_s) if match is None and live is entries else None
-    return LoopStep(_record(history, config, live, turns, match, seen=seen, now=now, columns=columns), None, events)
+    known = columns if match is None and live is entries else None
+    return LoopStep(_record(history, config, live, turns, match, seen=seen, now=now, columns=known), None, events)
 
 
 def reset_loops(history: LoopHistory, now: datetime, *, by: str = "admin") -> LoopStep:
@@ -260,12 +261,16 @@ def _record(
             match.reserved_mc + seen.reserved_mc,
         )
         rest = tuple(e for e in live if e is not match)
-    entry.row()  # encoded now, once: the history's record joins the entries' encodings
     keep = max(2, (config.alternation_turns_max or 1) + 1)
     kept = -config.history_max
     if columns is not None:
-        call_ids, agents, last_at_s = columns
-        columns = ((*call_ids, call_id)[kept:], (*agents, agent)[kept:], (*last_at_s, now.timestamp())[kept:])
+        call_ids, agents, last_at_s, rows = columns
+        columns = (
+            (*call_ids, call_id)[kept:],
+            (*agents, agent)[kept:],
+            (*last_at_s, epoch_s(now))[kept:],
+            (*rows, entry.row())[kept:],
+        )
     return LoopHistory(
         history.level,
         history.scope,

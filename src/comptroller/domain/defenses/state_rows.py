@@ -15,12 +15,32 @@ from comptroller.domain.ledger import Event, ReserveRequest
 from comptroller.domain.scopes import Level
 from comptroller.domain.state import GuardOutcome, StateKey, StoredState
 
-__all__ = ["BREAKER", "FAN_OUT", "KILL", "LOOP", "PIN_DRIFT", "RATE", "RETRY", "RUN", "Changes", "ParsedStates",
-           "scoped_key"]
+__all__ = ["BREAKER", "FAN_OUT", "KILL", "LOOP", "PIN_DRIFT", "RATE", "RETRY", "RUN", "Changes", "EncodedRecord",
+           "ParsedStates", "scoped_key"]
 
 BREAKER, KILL, RETRY, LOOP, RUN, RATE = "breaker", "kill_switch", "retry", "loop", "run", "rate"
 FAN_OUT = "fan_out"
 PIN_DRIFT = "pin_drift"
+
+
+class EncodedRecord(dict[str, JsonScalar]):
+    """A state record that carries its JSON text, keys sorted, as a store would write it (a store writes that text
+    instead of encoding the record again).
+
+    A state whose record holds one long field that needs no JSON escape (the loop history's families)
+    splices it into the JSON of its other fields: a copy, where the encoder would scan it byte by byte.
+    Never changed once built, like every state record.
+
+    Args:
+        fields: the record's fields.
+        json_text: ``orjson.dumps(fields, option=OPT_SORT_KEYS)`` as text (the builder guarantees it).
+    """
+
+    __slots__ = ("json_text",)
+
+    def __init__(self, fields: Mapping[str, JsonScalar], json_text: str) -> None:
+        super().__init__(fields)
+        self.json_text = json_text
 
 
 def scoped_key(kind: str, level: Level, scope: str) -> StateKey:
