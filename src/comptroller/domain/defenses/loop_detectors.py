@@ -235,11 +235,6 @@ def near_duplicate(
     sketch = seen.sketch
     if sketch is None or exact is not None:
         return None  # an exact repeat is same_request's to judge (identical_max may be set high)
-    if (
-        sum(map(_RESERVED, mine)) < config.repeat_spend_mc_min  # the candidates are some of mine (counts >= 0)
-        or sum(map(_COUNT, mine)) < config.near_duplicates_max
-    ):
-        return None  # in C: no candidate list for an agent whose families could not fire together
     level, template, sketch_b64 = config.near_duplicate_min, seen.template, seen.sketch_b64
     candidates = [
         e
@@ -296,8 +291,6 @@ def repeated_template(
     template = seen.template
     if not template or exact is not None:
         return None  # an exact repeat is same_request's to judge (identical_max may be set high)
-    if sum(map(_RESERVED, mine)) < config.template_spend_mc_min:
-        return None  # the template's families are some of mine (reserved >= 0)
     same = list(compress(mine, map(eq, repeat(template), map(_TEMPLATE_OF, mine))))
     calls, reserved = sum(map(_COUNT, same)), sum(map(_RESERVED, same))
     if calls < config.near_duplicates_max or reserved < config.template_spend_mc_min:

@@ -102,7 +102,7 @@ __all__ = [
 
 _FINGERPRINT_CHARS = 32  # 128 bits of the SHA-256: collision-free for a history of 32 families
 _MARGIN_S = 0.001  # far above a float epoch time's rounding (under a microsecond)
-_FINGERPRINT, _SKETCH = attrgetter("fingerprint"), attrgetter("sketch")
+_FINGERPRINT, _SKETCH, _RESERVED = attrgetter("fingerprint"), attrgetter("sketch"), attrgetter("reserved_mc")
 
 
 def loop_scope(attribution: Attribution) -> tuple[Level, str]:
@@ -161,7 +161,7 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
         return LoopStep(history)
     seen = _seen(config, request)
     lock = history.lock
-    status = lock.status(now)
+    status = LockStatus.CLOSED if lock.open_until is None else lock.status(now)
     events: tuple[Event, ...] = ()
     if status is LockStatus.OPEN:
         return LoopStep(history, locked_verdict(history, now))
@@ -193,17 +193,39 @@ def check_loops(history: LoopHistory, config: LoopConfig, request: LoopRequest, 
     mine = list(compress(live, map(eq, repeat(agent), live_agents)))  # an agent is compared with itself
     fingerprint = seen.fingerprint
     exact = next(compress(mine, map(eq, repeat(fingerprint), map(_FINGERPRINT, mine))), None) if fingerprint else None
-    fired = (
-        same_request(history, config, exact, seen, now)
-        or alternation(history, config, turns, seen, now)
-        or near_duplicate(history, config, mine, seen, now, exact=exact)
-        or repeated_template(history, config, mine, seen, now, exact=exact)
-    )
+    fired = _fired(history, config, seen, now, mine=mine, exact=exact, turns=turns)
     if fired is not None:
         return LoopStep(fired.history, fired.verdict, (*events, *fired.events))
-    match = _family(mine, seen)
+    sketch = seen.sketch_b64
+    match = None if exact is None and (not sketch or sketch not in map(_SKETCH, mine)) else _family(mine, seen)
     known = columns if match is None and live is entries else None
     return LoopStep(_record(history, config, live, turns, match, seen=seen, now=now, columns=known), None, events)
+
+
+def _fired(
+    history: LoopHistory,
+    config: LoopConfig,
+    seen: Seen,
+    now: datetime,
+    *,
+    mine: list[LoopEntry],
+    exact: LoopEntry | None,
+    turns: tuple[str, ...],
+) -> LoopStep | None:
+    """The first detector that fires, in order; each is called only when it could (its cheap conditions first:
+    an exact repeat, enough turns for a run, enough reserved by the agent's families for a spend floor)."""
+    fired = None if exact is None else same_request(history, config, exact, seen, now)
+    limit = config.alternation_turns_max
+    if fired is None and limit is not None and len(turns) >= limit:  # a longer run needs that many turns before
+        fired = alternation(history, config, turns, seen, now)
+    if fired is not None or exact is not None or not mine:
+        return fired  # an exact repeat is same_request's to judge, not near_duplicate's or repeated_template's
+    reserved = sum(map(_RESERVED, mine))  # what the candidates of both detectors reserved is at most this
+    if seen.sketch is not None and reserved >= config.repeat_spend_mc_min:
+        fired = near_duplicate(history, config, mine, seen, now, exact=None)
+    if fired is None and seen.template and reserved >= config.template_spend_mc_min:
+        fired = repeated_template(history, config, mine, seen, now, exact=None)
+    return fired
 
 
 def reset_loops(history: LoopHistory, now: datetime, *, by: str = "admin") -> LoopStep:
@@ -286,10 +308,6 @@ def _record(
 def _family(mine: Sequence[LoopEntry], seen: Seen) -> LoopEntry | None:
     """The entry of the agent's (``mine``) this request repeats: the same fingerprint or the same sketch."""
     fingerprint, sketch = seen.fingerprint, seen.sketch_b64
-    if (not fingerprint or fingerprint not in map(_FINGERPRINT, mine)) and (
-        not sketch or sketch not in map(_SKETCH, mine)
-    ):
-        return None  # a new family (scanned in C)
     for entry in reversed(mine):
         if (fingerprint and entry.fingerprint == fingerprint) or (sketch and entry.sketch == sketch):
             return entry
