@@ -102,10 +102,11 @@ def run_store_spread(store: PostgresStore, pairs: int, tag: str, offset: int) ->
 
 
 def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int, tag: str, shards: int,
-             barrier: Barrier, out: mp.SimpleQueue[Span]) -> None:
+             batch: int, barrier: Barrier, out: mp.SimpleQueue[Span]) -> None:
     """One replica: its own store, ``threads`` callers splitting ``pairs`` pairs."""
+    options = {} if batch < 0 else {"batch_max": batch}  # -1: the store's default (a tree without the option)
     store = PostgresStore(URL, schema=schema, min_size=threads, max_size=threads, durable=durable,
-                          escrow_shards=shards)
+                          escrow_shards=shards, **options)
     share = [pairs // threads + (1 if t < pairs % threads else 0) for t in range(threads)]
     failures: list[BaseException] = []
 
@@ -158,10 +159,10 @@ def server_cpu_s() -> float:
 
 
 def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, levels: str,
-             shards: int = 16) -> tuple[float, float, float]:
+             shards: int = 16, batch: int = -1) -> tuple[float, float, float]:
     """Aggregate pairs per wall-clock second, per client CPU-second and per server CPU-second (every
     ``postgres`` process, :func:`server_cpu_s`) of one run on a fresh schema (``shards``: escrow shards of
-    each namespace and tenant account, 0 for none)."""
+    each namespace and tenant account, 0 for none; ``batch``: the store's ``batch_max``, -1 its default)."""
     schema = fresh_schema(levels)
     server_before = server_cpu_s()
     ctx = mp.get_context("spawn")
@@ -169,7 +170,7 @@ def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, 
     out: mp.SimpleQueue[Span] = ctx.SimpleQueue()
     workers = [ctx.Process(target=_process, kwargs={
         "mode": mode, "schema": schema, "durable": durable, "pairs": pairs, "threads": threads, "tag": f"p{n}",
-        "shards": shards,
+        "shards": shards, "batch": batch,
         "barrier": barrier, "out": out}) for n in range(procs)]
     try:
         for w in workers:
@@ -195,6 +196,7 @@ class Result:
     mode: str
     levels: str
     shards: int
+    batch: int
     commit: str
     procs: int
     threads: int
@@ -221,13 +223,14 @@ def commit_latency_ms(samples: int = 50) -> float:
 def table(results: list[Result], flush_ms: float) -> str:
     """A markdown table of the medians and the spread."""
     lines = [f"Durable single-row commit on this server: {flush_ms:.1f} ms (median of 50).", "",
-             "| configuration | budgets | shards | commit | processes | threads each | pairs per process "
+             "| configuration | budgets | shards | batch_max | commit | processes | threads each | pairs per process "
              "| median pairs/s | client CPU ms/pair | server CPU ms/pair | runs (pairs/s) |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         runs = ", ".join(f"{x:,.0f}" for x in r.rates)
         server = statistics.median(r.server_rates)
-        lines.append(f"| postgres-{r.mode} | {r.levels} | {r.shards} | {r.commit} | {r.procs} | {r.threads} "
+        batch = "default" if r.batch < 0 else r.batch
+        lines.append(f"| postgres-{r.mode} | {r.levels} | {r.shards} | {batch} | {r.commit} | {r.procs} | {r.threads} "
                      f"| {r.pairs:,} | {statistics.median(r.rates):,.0f} | {1000 / statistics.median(r.cpu_rates):.2f} "
                      f"| {1000 / server if server else float('nan'):.2f} | {runs} |")
     return "\n".join(lines)
@@ -246,6 +249,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--levels", default="all", help="budget sets: all, no-namespace or both (comma-separated)")
     p.add_argument("--shards", default="16", help="escrow shards per namespace/tenant account, comma-separated "
                    "(0: none, every reserve locks the account row)")
+    p.add_argument("--batch", default="-1", help="the stores' batch_max (group commit), comma-separated "
+                   "(0: off; -1: the store's default)")
     p.add_argument("--markdown", type=Path, default=None, help="update the block in this markdown file")
     return p.parse_args(argv)
 
@@ -254,16 +259,16 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table."""
     args = parse_args(argv)
     results = []
-    for levels, shards, commit, config in itertools.product(
-            args.levels.split(","), [int(x) for x in args.shards.split(",")], args.commits.split(","),
-            args.configs.split(",")):
+    for levels, shards, batch, commit, config in itertools.product(
+            args.levels.split(","), [int(x) for x in args.shards.split(",")], [int(x) for x in args.batch.split(",")],
+            args.commits.split(","), args.configs.split(",")):
         mode, n = config.split("-")
         procs = args.procs if n == "N" else 1
         runs = [run_once(mode, procs=procs, threads=args.threads, pairs=args.pairs, durable=commit == "durable",
-                         levels=levels, shards=shards) for _ in range(args.repeats)]
-        results.append(Result(mode, levels, shards, commit, procs, args.threads, args.pairs, [w for w, _, _ in runs],
+                         levels=levels, shards=shards, batch=batch) for _ in range(args.repeats)]
+        results.append(Result(mode, levels, shards, batch, commit, procs, args.threads, args.pairs, [w for w, _, _ in runs],
                               [c for _, c, _ in runs], [s for _, _, s in runs]))
-        print(f"{config} {levels} shards={shards} {commit}: median {statistics.median(results[-1].rates):,.0f} pairs/s",
+        print(f"{config} {levels} shards={shards} batch={batch} {commit}: median {statistics.median(results[-1].rates):,.0f} pairs/s",
               file=sys.stderr, flush=True)
     text = table(results, commit_latency_ms())
     print(text)

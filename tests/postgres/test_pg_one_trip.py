@@ -15,7 +15,7 @@ from psycopg import sql
 from comptroller.domain.budgets import ANY_SCOPE, Budget
 from comptroller.domain.codes import Code
 from comptroller.domain.scopes import Level, scope_key
-from comptroller.storage.migrations import upgrade
+from comptroller.storage.migrations import LATEST_VERSION, upgrade
 from comptroller.storage.postgres import PostgresStore
 from ledger_kit import T0, USAGE, account_of, attribution, reserve_request
 from postgres.pg_kit import PG_URL, admin, new_schema
@@ -122,7 +122,7 @@ def test_a_charge_past_a_sharded_hold_is_settled_by_the_general_path_within_the_
 
 
 def test_a_ledger_at_version_7_upgrades_in_place_and_settles_a_hold_made_before() -> None:
-    """Migration 0008 adds functions only: a version-7 ledger with a pending hold on an account row upgrades,
+    """Migrations 0008 on add functions only: a version-7 ledger with a pending hold on an account row upgrades,
     and the new store settles that hold on the row it names."""
     schema = new_schema()
     with admin() as conn:
@@ -138,7 +138,7 @@ def test_a_ledger_at_version_7_upgrades_in_place_and_settles_a_hold_made_before(
                      "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids) VALUES "
                      "('r1', 'k1', %s, %s, %s, 'test-model', 100, 1000, 100, %s, %s, 'pending', %s)",
                      (who.namespace, who.tenant, who.agent, T0, T0 + timedelta(hours=1), [account[0]]))
-        assert upgrade(conn, schema=schema) == (7, 8)
+        assert upgrade(conn, schema=schema) == (7, LATEST_VERSION)
     store = _store(schema)
     try:
         result = store.settle("r1", USAGE, 40, T0)

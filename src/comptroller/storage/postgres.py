@@ -30,6 +30,11 @@ took at the same moment end in a unique violation; the transaction is rolled bac
 and run again, at most 12 times (also on a serialization failure or a
 deadlock, which the order above should make impossible).
 
+Group commit: reserves and settles without a guard that a store's callers make at the same
+moment go to the server as one batch, one call of ``ledger_reserve_batch`` /
+``ledger_settle_batch`` (migration 0009) in one transaction with one commit, each item answered
+on its own (:mod:`.postgres_batch`); what a batch leaves alone runs as below.
+
 Round trips: a reserve or a settle without a guard is one statement in its own transaction,
 a server function (``ledger_reserve``, ``ledger_settle``; migration 0008) that answers
 ``general`` outside its plain case; the general path sends its statements in libpq
@@ -64,6 +69,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from comptroller.domain import escrow
 from comptroller.domain.budgets import Budget
@@ -84,6 +90,7 @@ from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, Stat
 from comptroller.domain.usage import Usage
 from comptroller.storage import postgres_escrow as pe
 from comptroller.storage import postgres_settle
+from comptroller.storage.postgres_batch import Batcher
 from comptroller.storage.postgres_keys import PostgresKeyStore
 from comptroller.storage.postgres_pool import Attempt, Database
 from comptroller.storage.postgres_reserve import Reserver
@@ -102,7 +109,7 @@ from comptroller.storage.postgres_rows import (
     split_url,
     state_of,
 )
-from comptroller.storage.postgres_settle import commit
+from comptroller.storage.postgres_settle import SettleAnswer, SettleItem, commit
 from comptroller.storage.postgres_sweep import SWEEP_BATCH, sweep
 
 __all__ = ["PostgresKeyStore", "PostgresStore", "redact", "split_url"]
@@ -132,6 +139,8 @@ class PostgresStore:
             account row). The count is kept in the account, so replicas configured
             differently still agree on it. BENCHMARKS.md ("PostgreSQL") has the measurement
             behind the default.
+        batch_max: reserves (and settles) without a guard sent together in one transaction, at most, when
+            this store's callers make them at the same moment (group commit; 0 or 1: each alone).
 
     Raises:
         ValueError: on an ``escrow_shards`` that is not a whole number in 0..256.
@@ -141,7 +150,8 @@ class PostgresStore:
 
     def __init__(self, url: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 16,
                  timeout_s: float = 5.0, connect_timeout_s: float = 5.0, lock_timeout_s: float = 10.0,
-                 statement_timeout_s: float = 30.0, durable: bool = True, escrow_shards: int = 16) -> None:
+                 statement_timeout_s: float = 30.0, durable: bool = True, escrow_shards: int = 16,
+                 batch_max: int = 32) -> None:
         conninfo, options = split_url(url)
         shards = options.get("escrow_shards", escrow_shards)
         if not 0 <= shards <= escrow.SHARDS_MAX or shards != int(shards):
@@ -150,7 +160,17 @@ class PostgresStore:
                             timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, lock_timeout_s=lock_timeout_s,
                             statement_timeout_s=statement_timeout_s, durable=durable)
         self.where = self._db.where
-        self._reserver = Reserver(self._db, int(shards) if shards > 1 else 0)
+        self._reserver = Reserver(self._db, int(shards) if shards > 1 else 0, batch_max)
+        self._settles: Batcher[SettleItem, SettleAnswer] | None = None
+        if batch_max > 1:
+            self._settles = Batcher(lambda items: postgres_settle.send_settles(self._db, items), max_items=batch_max,
+                                    wait_s=self._db.timeout_s, alone=("alone", None))
+
+    @property
+    def batchers(self) -> tuple[Batcher[Any, Any] | None, Batcher[Any, Any] | None]:
+        """The group commits of this store's reserves and of its settles (None: ``batch_max`` < 2): how many
+        calls wait in each (``queued``), or a pause that gathers the calls made meanwhile into one batch."""
+        return self._reserver.batcher, self._settles
 
     # budgets -----------------------------------------------------------------------------------
 
@@ -243,8 +263,17 @@ class PostgresStore:
             LedgerUnavailableError: if the database cannot answer; retry with the same
                 reservation id (a repeat answers ``already_settled`` and charges nothing).
         """
+        foreseen = self._reserver.foresee(reservation_id, guard)
+        general = False
+        if guard is None and self._settles is not None:
+            item = SettleItem(reservation_id, usage, cost_mc, now)
+            answer = self._settles.submit(item)
+            done = postgres_settle.batched(item, answer)
+            if done is not None:
+                return done
+            general = answer[0] == "general"
         return postgres_settle.settle(self._db, reservation_id, usage, cost_mc, now, guard=guard,
-                                      foreseen=self._reserver.foresee(reservation_id, guard))
+                                      foreseen=foreseen, general=general)
 
     def release(self, reservation_id: str, now: datetime, guard: SettleGuard | None = None) -> ReleaseResult:
         """Return the whole hold once (the call failed or was abandoned).

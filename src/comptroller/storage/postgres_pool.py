@@ -80,7 +80,8 @@ class Database:
                  max_size: int, timeout_s: float, connect_timeout_s: float, lock_timeout_s: float,
                  statement_timeout_s: float, durable: bool) -> None:
         self.where = redact(conninfo) + (f" (schema {schema})" if schema else "")
-        self._timeout_s = options.get("timeout_s", timeout_s)
+        self.timeout_s = options.get("timeout_s", timeout_s)
+        """How long an operation waits for a free connection, seconds."""
         self._settings = {"TimeZone": "UTC", "lock_timeout": f"{int(lock_timeout_s * 1000)}ms",
                           "statement_timeout": f"{int(statement_timeout_s * 1000)}ms",
                           "idle_in_transaction_session_timeout": f"{int(max(lock_timeout_s, 60.0) * 1000)}ms",
@@ -95,7 +96,7 @@ class Database:
             conninfo, min_size=min(int(options.get("min_size", min_size)), max_conns), max_size=max_conns,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
                     **({} if "application_name=" in conninfo else {"application_name": "comptroller"})},
-            configure=self._configure, timeout=self._timeout_s, open=False, name="comptroller-ledger",
+            configure=self._configure, timeout=self.timeout_s, open=False, name="comptroller-ledger",
             reconnect_timeout=_RECONNECT_TIMEOUT_S)
         self._pool.open(wait=False)
         try:
@@ -116,7 +117,7 @@ class Database:
     def _unavailable(self, exc: Exception, *, outcome_unknown: bool = False) -> LedgerUnavailableError:
         if isinstance(exc, PoolTimeout):
             stats = self._pool.get_stats()
-            message = (f"ledger {self.where} unavailable: no database connection within {self._timeout_s:g} s "
+            message = (f"ledger {self.where} unavailable: no database connection within {self.timeout_s:g} s "
                        f"(pool of {self._pool.max_size}: {stats.get('pool_size', 0)} open, "
                        f"{stats.get('pool_available', 0)} free, {stats.get('requests_waiting', 0)} waiting); "
                        "the call is refused: retry later, or raise pool_max_size / pool_timeout_s")
@@ -131,18 +132,19 @@ class Database:
                         "applied: retry it with the same idempotency key or reservation id)")
         return LedgerUnavailableError(message, outcome_unknown=outcome_unknown)
 
-    def run(self, op: Callable[[Conn, Attempt], _T]) -> _T:
-        """Run ``op`` on a pooled connection, again after a conflict; its result.
+    def run(self, op: Callable[[Conn, Attempt], _T], attempt: Attempt | None = None) -> _T:
+        """Run ``op`` on a pooled connection, again after a conflict; its result. ``attempt``: the flags to
+        start from (default: none set).
 
         Raises:
             LedgerUnavailableError: on any connection problem, a lock or statement timeout, or
                 12 conflicts in a row (``outcome_unknown`` if ``COMMIT`` had been sent).
         """
-        attempt = Attempt()
+        attempt = attempt or Attempt()
         for n in range(_ATTEMPTS):
             attempt.commit_sent = False
             try:
-                with self._pool.connection(timeout=self._timeout_s) as conn:
+                with self._pool.connection(timeout=self.timeout_s) as conn:
                     try:
                         return op(conn, attempt)
                     except (RetryError, errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected):

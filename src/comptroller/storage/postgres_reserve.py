@@ -9,6 +9,13 @@ general path: read and lock in one round trip (the accounts, the guard's states)
 in Python (:func:`comptroller.domain.admission.decide`, the guard), then write and
 commit in a second.
 
+Group commit: a reserve without a guard whose budgets and accounts are cached is handed to the
+store's :class:`~.postgres_batch.Batcher`; the reserves its callers make while a batch is being
+committed go together in the next one, one call of ``ledger_reserve_batch`` (migration 0009),
+each item answered on its own (a lone reserve is a batch of one). An item the batch function leaves alone
+(``general``, ``due``, a known key) and every item of a batch that failed on a statement error
+take the paths above, alone, so one item's error fails only that item.
+
 Caches (each checked against the database, so a stale entry costs a retry, never a wrong
 answer): budgets parsed per ``(level, scope)`` for one ``meta.budgets_version``; account
 ids and shard counts by key (they never change); the reservations made here, so their
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import errors
 from psycopg.rows import TupleRow
 
@@ -37,6 +45,7 @@ from comptroller.domain.scopes import Level
 from comptroller.domain.state import AdmitGuard, GuardOutcome, SettleGuard, StateKey, StoredState
 from comptroller.errors import LedgerUnavailableError
 from comptroller.storage import postgres_escrow as pe
+from comptroller.storage.postgres_batch import Batcher
 from comptroller.storage.postgres_pool import Attempt, Database, RetryError
 from comptroller.storage.postgres_rows import (
     BUDGET_COLS,
@@ -57,6 +66,7 @@ from comptroller.storage.postgres_sql import (
     INSERT_HOLD,
     LOCK_STATES,
     READ_ACCOUNTS,
+    RESERVE_BATCH,
     RESERVE_ONE_TRIP,
     RESERVE_READ,
 )
@@ -69,6 +79,26 @@ _CACHE_ENTRIES_MAX = 100_000
 _MADE_MAX = 10_000
 """Reservations a store remembers from its own reserves (for their settle's guard keys), at most."""
 _SHARDED_LEVELS = frozenset({Level.NAMESPACE, Level.TENANT})
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A reserve waiting for its batch: the request, its time, the budgets version it was decided from, its
+    accounts (budget, scope, period; ids; the shard each tries first, -1 for a row) and its reservation."""
+
+    request: ReserveRequest
+    now: datetime
+    version: int
+    keys: list[tuple[Budget, str, str]]
+    ids: list[int]
+    starts: list[int]
+    reservation: Reservation
+
+
+_Answer = tuple[str, "str | None", "list[int]", "list[int]", "list[int]"]
+"""One item's answer from ``ledger_reserve_batch``: status, the known key's reservation id, and per account the
+settled, reserved and alert_pct_fired before its hold; status ``alone`` when the batch did not decide it."""
+_ALONE: _Answer = ("alone", None, [], [], [])
 
 
 @dataclass
@@ -85,11 +115,15 @@ class Reserver:
     Args:
         db: the store's connections.
         shards: escrow shards a new namespace or tenant account gets (0: none).
+        batch_max: reserves per group commit, at most (0 or 1: every reserve alone).
     """
 
-    def __init__(self, db: Database, shards: int) -> None:
+    def __init__(self, db: Database, shards: int, batch_max: int = 0) -> None:
         self._db = db
         self._shards = shards
+        self.batcher = (Batcher(self._send, max_items=batch_max, wait_s=db.timeout_s, alone=_ALONE)
+                        if batch_max > 1 else None)
+        """The group commit of this store's reserves (None: each alone)."""
         self._budgets = _Budgets()
         self._account_ids: dict[tuple[str, str, str], tuple[int, int]] = {}
         """Account id and shard count by ``(budget id, scope, period key)``: neither ever changes."""
@@ -104,6 +138,11 @@ class Reserver:
             LedgerUnavailableError: if the database cannot answer (the call must be refused).
         """
         scopes = request.attribution.scopes()
+        general = False
+        if guard is None and self.batcher is not None:
+            done, general = self._batched(self.batcher, request, now, scopes)
+            if done is not None:
+                return done
         state_keys = sorted(set(guard.state_keys())) if guard is not None else []
 
         def op(conn: Conn, attempt: Attempt) -> ReserveResult:
@@ -157,7 +196,135 @@ class Reserver:
             return self._admit(conn, attempt, request, now, guard=guard, views=views, ids=[r[0] for r in held],
                                read=read, starts=starts, locked=locked)
 
-        return self._db.run(op)
+        return self._db.run(op, Attempt(general=general))
+
+    def _batched(self, batcher: Batcher[_Item, _Answer], request: ReserveRequest, now: datetime,
+                 scopes: Sequence[tuple[Level, str]]) -> tuple[ReserveResult | None, bool]:
+        """Reserve in a group commit when the budgets and accounts are cached: the result, or None and whether
+        the batch found the call outside the one-trip plain case (it then runs alone, on the general path)."""
+        item = self._item(request, now, scopes)
+        if item is None:
+            return None, False
+        answer = batcher.submit(item)
+        return self._answer(item, answer), answer[0] == "general"
+
+    def _item(self, request: ReserveRequest, now: datetime, scopes: Sequence[tuple[Level, str]]) -> _Item | None:
+        """The batch item of a reserve whose budgets and accounts are cached; None otherwise (it runs alone)."""
+        wanted = [(str(level), key) for level, key in scopes]
+        wanted += [(str(level), ANY_SCOPE) for level, key in scopes if key != ANY_SCOPE]
+        with self._lock:
+            cache = self._budgets
+            if cache.version is None or not all(w in cache.by_scope for w in wanted):
+                return None
+            version, candidates = cache.version, [b for w in wanted for b in cache.by_scope[w]]
+            keys = account_keys(scopes, candidates, now)
+            known = [self._account_ids.get((b.id, s, p)) for b, s, p in keys]
+        ids, starts = [], []
+        for k in known:
+            if k is None:
+                return None
+            ids.append(k[0])
+            starts.append(escrow.shard_order(request.idempotency_key, k[1])[0] if k[1] > 0 else -1)
+        return _Item(request, now, version, keys, ids, starts, new_reservation(uuid.uuid4().hex, request, now))
+
+    def _send(self, items: Sequence[_Item]) -> list[_Answer]:
+        """Send a batch of reserves as one call of ``ledger_reserve_batch``; one answer per item.
+
+        A batch whose items read different budget versions, one that found a shard dry and
+        one that failed on a statement error (nothing was written) answer ``alone`` for every item.
+
+        Raises:
+            LedgerUnavailableError: if the database cannot answer (every item of the batch is refused).
+        """
+        if len({it.version for it in items}) > 1:
+            return [_ALONE] * len(items)
+        if len(items) == 1:  # the one-item function costs the server less than a batch of one
+            return [self._send_one(items[0])]
+        entry_item, accounts, limits, starts = [], [], [], []
+        for n, it in enumerate(items, 1):
+            for (budget, _, _), account, start in zip(it.keys, it.ids, it.starts, strict=True):
+                entry_item.append(n)
+                accounts.append(account)
+                limits.append(budget.limit_mc)
+                starts.append(start)
+        reqs = [it.request for it in items]
+        attrs = [r.attribution for r in reqs]
+        params = (items[0].version, max(it.now for it in items), [it.now for it in items],
+                  [it.reservation.id for it in items], [r.idempotency_key for r in reqs], [a.namespace for a in attrs],
+                  [a.tenant for a in attrs], [a.agent for a in attrs], [a.conversation for a in attrs],
+                  [a.task for a in attrs], [a.phase for a in attrs], [r.model for r in reqs],
+                  [r.ceiling_mc for r in reqs], [r.input_tokens_max for r in reqs], [r.output_tokens_max for r in reqs],
+                  [it.reservation.expires_at for it in items], [r.sends for r in reqs],
+                  [a.conversation_shared for a in attrs], [a.key_id for a in attrs], entry_item, accounts, limits,
+                  starts)
+
+        def op(conn: Conn, attempt: Attempt) -> TupleRow | None:
+            attempt.commit_sent = True  # one statement in its own transaction: once sent, it may have committed
+            return conn.execute(RESERVE_BATCH, params).fetchone()
+
+        try:
+            row = self._db.run(op)
+        except psycopg.Error:  # a shard ran dry, or an item's values failed a statement: nothing was written
+            return [_ALONE] * len(items)
+        if row is None:
+            return [_ALONE] * len(items)
+        statuses, existing, settled, reserved, fired = row
+        answers: list[_Answer] = []
+        lo = 0
+        for n, it in enumerate(items):
+            hi = lo + len(it.ids)
+            answers.append((statuses[n], existing[n], settled[lo:hi], reserved[lo:hi], fired[lo:hi]))
+            lo = hi
+        return answers
+
+    def _send_one(self, item: _Item) -> _Answer:
+        """Send one reserve as a call of ``ledger_reserve`` (its answer has the batch's shape).
+
+        Raises:
+            LedgerUnavailableError: if the database cannot answer (the call is refused).
+        """
+        request, a = item.request, item.request.attribution
+        params = (item.version, item.now, item.ids, [b.limit_mc for b, _, _ in item.keys], item.starts,
+                  item.reservation.id, request.idempotency_key, a.namespace, a.tenant, a.agent, a.conversation,
+                  a.task, a.phase, request.model, request.ceiling_mc, request.input_tokens_max,
+                  request.output_tokens_max, item.reservation.expires_at, request.sends, a.conversation_shared,
+                  a.key_id)
+
+        def op(conn: Conn, attempt: Attempt) -> TupleRow | None:
+            attempt.commit_sent = True  # one statement in its own transaction: once sent, it may have committed
+            return conn.execute(RESERVE_ONE_TRIP, params).fetchone()
+
+        try:
+            row = self._db.run(op)
+        except psycopg.Error:  # a shard ran dry, or a value failed the statement: nothing was written
+            return _ALONE
+        return _ALONE if row is None else (row[0], row[1], row[2] or [], row[3] or [], row[4] or [])
+
+    def _answer(self, item: _Item, answer: _Answer) -> ReserveResult | None:
+        """The result of a reserve its batch decided (admitted or refused); None when it must run alone."""
+        status, _, settled, reserved, fired = answer
+        if status == "stale":
+            self._forget_budgets()
+        if status not in ("ok", "refused"):
+            return None
+        request, now = item.request, item.now
+        views = [AccountView(b, s, p, settled[i], reserved[i], fired[i]) for i, (b, s, p) in enumerate(item.keys)]
+        refusal = decide(request.ceiling_mc, views, now)
+        if status == "refused" and refusal is not None:
+            verdict = Verdict.from_refusal(refusal)
+            event = refusal_event(verdict, request, now)
+
+            def log(conn: Conn, attempt: Attempt) -> None:
+                attempt.commit_sent = True
+                insert_events(conn, [event])
+
+            self._db.run(log)
+            return ReserveResult(Code.BUDGET_EXCEEDED, refusal=refusal, verdict=verdict, events=(event,))
+        if status == "refused" or refusal is not None:  # the function and the rule disagree: a bug, fail closed
+            raise LedgerUnavailableError(f"ledger {self._db.where}: ledger_reserve_batch answered {status!r} where "
+                                         "the admission rule did not; the call is refused")
+        return ReserveResult(Code.OK, reservation=item.reservation,
+                             remaining_mc=remaining_after(request.ceiling_mc, views))
 
     @staticmethod
     def _known_key(conn: Conn, request: ReserveRequest, existing_id: str) -> ReserveResult:

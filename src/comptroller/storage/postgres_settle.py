@@ -7,6 +7,11 @@ the reservation, then its unsharded accounts (ascending id) and the guard states
 from this process's own reserve, in one round trip; run the guard; then send the guard's
 writes, the money move, the usage row and ``COMMIT`` in a second (:func:`commit`). Locks
 follow the store's global order: reservations, accounts, defense states, shards.
+
+Group commit: the store hands settles without a guard to its :class:`~.postgres_batch.Batcher`
+(:class:`SettleItem`); :func:`send_settles` sends a batch as one call of ``ledger_settle_batch``
+(migration 0009) and :func:`batched` reads an item's answer. An item the batch leaves alone
+runs :func:`settle` by itself, which decides it exactly as before.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+import psycopg
 from psycopg.rows import TupleRow
 
 from comptroller.domain.codes import Code
@@ -50,6 +56,7 @@ from comptroller.storage.postgres_sql import (
     DUE,
     FIRE_ALERTS,
     LOCK_STATES,
+    SETTLE_BATCH,
     SETTLE_ONE_TRIP,
     SETTLE_READ,
     SETTLE_WRITE,
@@ -57,7 +64,7 @@ from comptroller.storage.postgres_sql import (
 from comptroller.storage.postgres_sweep import sweep_first
 from comptroller.storage.rows import corrected_record, settled_record, unknown_outcome_event
 
-__all__ = ["Found", "commit", "release", "settle"]
+__all__ = ["Found", "SettleAnswer", "SettleItem", "batched", "commit", "release", "send_settles", "settle"]
 
 
 class Found(NamedTuple):
@@ -71,6 +78,75 @@ class Found(NamedTuple):
     states: dict[StateKey, StoredState]
     """The guard states locked with the reservation (the keys foreseen from this process's own reserve)."""
     locked: frozenset[StateKey]
+
+
+class SettleItem(NamedTuple):
+    """A settle without a guard waiting for its batch: reservation id, usage, cost (millicents), time (UTC)."""
+
+    reservation_id: str
+    usage: Usage
+    cost_mc: int
+    now: datetime
+
+
+SettleAnswer = tuple[str, TupleRow | None]
+"""One item's answer: ``("settled", the reservation's RES_COLS row as it was)``, ``("general", None)`` (not the
+plain case: nothing written) or ``("alone", None)`` (the batch did not decide it)."""
+
+
+def send_settles(db: Database, items: Sequence[SettleItem]) -> list[SettleAnswer]:
+    """Send a batch of settles as one call of ``ledger_settle_batch``; one answer per item.
+
+    A batch that failed on a statement error (nothing was written) answers ``alone`` for every item.
+
+    Raises:
+        LedgerUnavailableError: if the database cannot answer; each item may be retried with its
+            reservation id (a repeat answers ``already_settled``).
+    """
+    if len(items) == 1:  # the one-item function costs the server less than a batch of one
+        return [_send_one(db, items[0])]
+    usages = [it.usage for it in items]
+    params = (max(it.now for it in items), [it.now for it in items], [it.reservation_id for it in items],
+              [it.cost_mc for it in items], [u.input_tokens for u in usages], [u.output_tokens for u in usages],
+              [u.cache_read_tokens for u in usages], [u.cache_write_tokens for u in usages],
+              [u.cache_write_1h_tokens for u in usages])
+
+    def op(conn: Conn, attempt: Attempt) -> list[TupleRow]:
+        attempt.commit_sent = True  # one statement in its own transaction: once sent, it may have committed
+        return conn.execute(SETTLE_BATCH, params).fetchall()
+
+    try:
+        rows = db.run(op)
+    except psycopg.Error:  # an item's values failed a statement: nothing was written
+        return [("alone", None)] * len(items)
+    by_item = {row[0]: row[1:] for row in rows}
+    return [("settled", by_item[n]) if n in by_item else ("general", None) for n in range(1, len(items) + 1)]
+
+
+def _send_one(db: Database, item: SettleItem) -> SettleAnswer:
+    """Send one settle as a call of ``ledger_settle`` (its answer has the batch's shape)."""
+    u = item.usage
+    params = (item.reservation_id, item.now, item.cost_mc, u.input_tokens, u.output_tokens, u.cache_read_tokens,
+              u.cache_write_tokens, u.cache_write_1h_tokens)
+
+    def op(conn: Conn, attempt: Attempt) -> TupleRow | None:
+        attempt.commit_sent = True  # one statement in its own transaction: once sent, it may have committed
+        return conn.execute(SETTLE_ONE_TRIP, params).fetchone()
+
+    try:
+        row = db.run(op)
+    except psycopg.Error:  # a value failed the statement: nothing was written
+        return ("alone", None)
+    return ("settled", row[1:]) if row is not None and row[0] == "settled" else ("general", None)
+
+
+def batched(item: SettleItem, answer: SettleAnswer) -> SettleResult | None:
+    """The result of a settle its batch made; None when it must run alone (:func:`settle`)."""
+    status, row = answer
+    if status != "settled" or row is None:
+        return None
+    return SettleResult(Code.SETTLED, settled_record(reservation_of(row), item.usage, item.cost_mc, item.now,
+                                                     late=False))
 
 
 def commit(conn: Conn, attempt: Attempt, outcome: GuardOutcome, read: Mapping[StateKey, StoredState],
@@ -93,11 +169,12 @@ def commit(conn: Conn, attempt: Attempt, outcome: GuardOutcome, read: Mapping[St
 
 
 def settle(db: Database, reservation_id: str, usage: Usage, cost_mc: int, now: datetime, *,
-           guard: SettleGuard | None, foreseen: Sequence[StateKey]) -> SettleResult:
+           guard: SettleGuard | None, foreseen: Sequence[StateKey], general: bool = False) -> SettleResult:
     """Charge the actual cost once (millicents), return the rest of the hold, append one usage row.
 
     ``foreseen``: guard state keys to lock with the reservation (``PostgresStore.settle`` knows them
-    for the reservations it made).
+    for the reservations it made); ``general``: skip the one-trip function (a batch found this settle
+    outside its plain case).
 
     Raises:
         LedgerUnavailableError: if the database cannot answer; retry with the same
@@ -128,7 +205,7 @@ def settle(db: Database, reservation_id: str, usage: Usage, cost_mc: int, now: d
         late = reservation.state is not ReservationState.PENDING or due
         return SettleResult(Code.SETTLED_LATE if late else Code.SETTLED, record, events)
 
-    return db.run(op)
+    return db.run(op, Attempt(general=general))
 
 def _resolve(conn: Conn, attempt: Attempt, found: Found, usage: Usage | None, *, cost_mc: int,
              now: datetime, guard: SettleGuard | None) -> tuple[UsageRecord, tuple[Event, ...]]:

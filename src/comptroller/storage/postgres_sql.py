@@ -11,7 +11,8 @@ from comptroller.storage.postgres_rows import RES_COLS, USAGE_COLS
 
 __all__ = [
     "BY_ID", "BY_KEY", "CORRECT_WRITE", "DUE", "FIRE_ALERTS", "INSERT_HOLD", "LOCK_STATES", "READ_ACCOUNTS",
-    "RESERVE_ONE_TRIP", "RESERVE_READ", "SETTLE_ONE_TRIP", "SETTLE_READ", "SETTLE_WRITE",
+    "RESERVE_BATCH", "RESERVE_ONE_TRIP", "RESERVE_READ", "SETTLE_BATCH", "SETTLE_ONE_TRIP", "SETTLE_READ",
+    "SETTLE_WRITE",
 ]
 
 BY_ID = "a.id = ANY(%s)"
@@ -55,3 +56,11 @@ SETTLE_READ = (
 the unsharded ones locked (ascending id), the sharded ones not."""
 
 
+RESERVE_BATCH = ("SELECT * FROM ledger_reserve_batch(%s, %s, %s::timestamptz[], %s::text[], %s::text[], %s::text[], "
+                 "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], "
+                 "%s::bigint[], %s::timestamptz[], %s::boolean[], %s::boolean[], %s::text[], %s::integer[], "
+                 "%s::bigint[], %s::bigint[], %s::integer[])")
+"""Group commit of reserves (migration 0009): one call for a batch of them."""
+SETTLE_BATCH = ("SELECT * FROM ledger_settle_batch(%s, %s::timestamptz[], %s::text[], %s::bigint[], %s::bigint[], "
+                "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])")
+"""Group commit of settles (migration 0009): one call for a batch of them."""
