@@ -266,10 +266,10 @@ def main(argv: list[str] | None = None) -> None:
         procs = args.procs if n == "N" else 1
         runs = [run_once(mode, procs=procs, threads=args.threads, pairs=args.pairs, durable=commit == "durable",
                          levels=levels, shards=shards, batch=batch) for _ in range(args.repeats)]
-        results.append(Result(mode, levels, shards, batch, commit, procs, args.threads, args.pairs, [w for w, _, _ in runs],
-                              [c for _, c, _ in runs], [s for _, _, s in runs]))
-        print(f"{config} {levels} shards={shards} batch={batch} {commit}: median {statistics.median(results[-1].rates):,.0f} pairs/s",
-              file=sys.stderr, flush=True)
+        results.append(Result(mode, levels, shards, batch, commit, procs, args.threads, args.pairs,
+                              [w for w, _, _ in runs], [c for _, c, _ in runs], [s for _, _, s in runs]))
+        print(f"{config} {levels} shards={shards} batch={batch} {commit}: "
+              f"median {statistics.median(results[-1].rates):,.0f} pairs/s", file=sys.stderr, flush=True)
     text = table(results, commit_latency_ms())
     print(text)
     if args.markdown is not None:
