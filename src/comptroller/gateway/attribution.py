@@ -41,6 +41,10 @@ from comptroller.groups import GroupService, UnknownGroupError
 
 __all__ = ["attribute", "shared_group_tenants"]
 
+_ATTRIBUTIONS_MAX = 10_000
+_attributions: dict[tuple[str | bool | None, ...], Attribution] = {}
+"""Attributions built, by their fields (immutable, their checks pure): an agent's calls share one."""
+
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
@@ -108,12 +112,20 @@ def attribute(caller: Caller, headers: Mapping[str, str], *, namespace: str,
                              "no member in it; name a conversation of your own, or ask an admin to add your "
                              "agent to the group", "x-comptroller-conversation", code="group_not_member")
         shared = members is not None
+    agent = key.agent or agent or "default"
+    task, phase = _header(headers, "x-comptroller-task"), _header(headers, "x-comptroller-phase")
+    fields = (namespace, key.tenant, agent, conversation, task, phase, shared, key.id)
+    found = _attributions.get(fields)
+    if found is not None:
+        return found
     try:
-        return Attribution(namespace=namespace, tenant=key.tenant, agent=key.agent or agent or "default",
-                           conversation=conversation, task=_header(headers, "x-comptroller-task"),
-                           phase=_header(headers, "x-comptroller-phase"), conversation_shared=shared,
-                           key_id=key.id)
+        attribution = Attribution(namespace=namespace, tenant=key.tenant, agent=agent, conversation=conversation,
+                                  task=task, phase=phase, conversation_shared=shared, key_id=key.id)
     except AttributionError as exc:
         field = str(exc).split(" ", 1)[0].removeprefix("attribution.")
         raise GatewayError(400, f"{exc}; fix the X-Comptroller-{field.capitalize()} header",
                            code="invalid_header", param=f"x-comptroller-{field}") from None
+    if len(_attributions) >= _ATTRIBUTIONS_MAX:
+        _attributions.clear()
+    _attributions[fields] = attribution
+    return attribution
