@@ -25,8 +25,9 @@ from comptroller.domain.defenses.similarity import (
 SPACE = re.compile(r"\s+")
 
 
-@settings(max_examples=500)
-@given(st.text(max_size=80))
+@settings(max_examples=1000)
+@given(st.one_of(st.text(max_size=80), st.text(st.characters(max_codepoint=127), max_size=80),
+                 st.text(" aB\t\x0b\x1c.", max_size=20)))
 def test_normalising_by_split_equals_the_whitespace_regex(text: str) -> None:
     """normalise_text is case-folding, runs of regex whitespace collapsed to one space, ends stripped."""
     assert normalise_text(text) == SPACE.sub(" ", text.casefold()).strip()

@@ -122,6 +122,8 @@ _CLOCK = re.compile(
 
 def normalise_text(text: str) -> str:
     """Case-folded, with runs of whitespace collapsed to one space and the ends stripped."""
+    if text.isascii() and text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text.lower()  # already single-spaced (the only printable ASCII space), and lower is ASCII's casefold
     return " ".join(text.casefold().split())  # str.split's whitespace is the regex \s's (checked for every code point)
 
 
