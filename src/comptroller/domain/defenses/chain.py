@@ -47,6 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from operator import attrgetter
 
 from comptroller.domain import breaker
 from comptroller.domain.breaker import BreakerState, BreakerStatus
@@ -96,6 +97,8 @@ __all__ = [
     "SettleDefenses",
     "scoped_key",
 ]
+
+_CEILING = attrgetter("ceiling_mc")
 
 @dataclass(frozen=True, slots=True)
 class CallFacts:
@@ -284,12 +287,11 @@ class AdmitDefenses:
         if not self._detects_loops():
             return None
         assert self.defenses.loops is not None
-        key = scoped_key(LOOP, self._loop_level, self._loop_scope)
-        level, scope = self._loop_level, self._loop_scope
+        key, level, scope = self._loop_key, self._loop_level, self._loop_scope
         history = self.parsed.load(states, key, LoopHistory.from_record, lambda: LoopHistory(level, scope))
-        request = LoopRequest(call_id=self.facts.call_id, agent=self.facts.attribution.agent,
-                              fingerprint=self.facts.fingerprint or "", text=self.facts.text or "",
-                              ceiling_mc=max(r.ceiling_mc for r in self.facts.requests.values()))
+        facts = self.facts
+        request = LoopRequest(facts.call_id, facts.attribution.agent, facts.fingerprint or "", facts.text or "",
+                              max(map(_CEILING, facts.requests.values())))
         step = check_loops(history, self.defenses.loops, request, now)
         writes = self.parsed.write(key, history, step.history)
         if step.verdict is None:
