@@ -100,6 +100,7 @@ __all__ = [
 
 _CEILING = attrgetter("ceiling_mc")
 
+
 @dataclass(frozen=True, slots=True)
 class CallFacts:
     """What the admit checks know of one call.
