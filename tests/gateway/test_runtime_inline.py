@@ -164,3 +164,34 @@ def test_only_sqlite_runs_ledger_calls_on_the_loop() -> None:
     assert isinstance(SQLiteStore(":memory:"), InlineLedger)
     assert not isinstance(MemoryStore(), InlineLedger)
     assert not hasattr(PostgresStore, "uncontended")
+
+
+def test_a_call_meeting_the_store_held_by_a_ledger_thread_waits_for_it_on_the_loop(
+        make_gateway: GatewayFactory) -> None:
+    """Another thread of the worker holds the store (as an operation sent to a thread does): the next call's
+    reserve and settle wait for it on the loop and run there, not in a thread of their own; charged once."""
+    gw = make_gateway(ledger_timeout_s=30.0)
+    seen = record_threads(gw, "reserve", "settle")
+    store = gw.engine.store
+    assert isinstance(store, SQLiteStore)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.uncontended() as free:
+            assert free
+            holding.set()
+            release.wait(15)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(15)
+    assert store.held_here()
+    threading.Timer(0.05, release.set).start()  # the call arrives while it is held, then it is let go
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {gw.key}"}, timeout=40) as client:
+        answer = chat(client, "behind a ledger thread")
+    holder.join(timeout=15)
+    assert answer.status_code == 200, answer.text
+    assert [name for name, _ in seen] == ["reserve", "settle"]
+    assert all(thread != WORKER_THREAD for _, thread in seen)
+    assert not store.held_here()
+    assert len(list(store.usage_records())) == 1 and gw.reserved_mc() == 0

@@ -29,6 +29,9 @@ class InlineLedger(Protocol):
     def uncontended(self) -> AbstractContextManager[bool]:
         """Take the store for one operation if it is free now; never waits."""
 
+    def held_here(self) -> bool:
+        """Whether another thread of this process holds the store now (its operation will end soon)."""
+
 
 @functools.cache
 def holds_itself(store_type: type) -> bool:

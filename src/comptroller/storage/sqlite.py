@@ -386,6 +386,14 @@ class SQLiteStore:
         """
         return _Hold(self, int(later_wait_s * 1000))
 
+    def held_here(self) -> bool:
+        """Whether another thread of this process holds the store now (an :meth:`uncontended` block
+        would find it taken until that thread's operation ends); a snapshot, never waits."""
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+            return False
+        return True
+
     def _hold(self, later_wait_ms: int) -> bool:
         """:meth:`uncontended`'s start: True with the lock and SQLite's write lock taken, else False (nothing taken)."""
         if not self._lock.acquire(blocking=False):
