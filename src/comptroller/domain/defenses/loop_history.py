@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from itertools import islice
 from operator import attrgetter
 from urllib.parse import quote, unquote
 
@@ -228,24 +227,24 @@ def _families(text: str) -> tuple[LoopEntry, ...]:
     parts = text.split(_SEP)
     if len(parts) % _FIELDS:
         raise ValueError(f"state record field 'families' must hold {_FIELDS} fields per entry, got {text!r:.200}")
-    fields = iter(parts)
     entries = []
     try:
-        while row := tuple(islice(fields, _FIELDS)):
+        for row in zip(*[iter(parts)] * _FIELDS, strict=True):  # nine fields at a time
             agent, fp, sketch, count, first_at, last_at, call_id, template, reserved_mc = row
-            entries.append(
-                LoopEntry(
-                    _unfield(agent),
-                    _unfield(fp),
-                    _b64_sketch(sketch),
-                    _count(count),
-                    _at(float(first_at)),
-                    _at(float(last_at)),
-                    _unfield(call_id),
-                    template,
-                    _count(reserved_mc),
-                )
+            first = _at(float(first_at))
+            entry = LoopEntry(
+                _unfield(agent),
+                _unfield(fp),
+                _b64_sketch(sketch),
+                _count(count),
+                first,
+                first if last_at == first_at else _at(float(last_at)),  # a family seen once
+                _unfield(call_id),
+                template,
+                _count(reserved_mc),
             )
+            entry._row = _SEP.join(row)  # its encoding is the text it was read from (it reads back to it)
+            entries.append(entry)
     except (TypeError, ValueError, OverflowError, OSError):
         raise ValueError(
             f"state record field 'families' must be entries of agent|fingerprint|sketch|count|first_at|"
