@@ -54,8 +54,8 @@ after 5 calls):
 
 The history keeps one entry per distinct request family (agent + fingerprint, or agent +
 masked-text sketch) with a repeat count and the ceilings it reserved, so the history row's
-size is bounded by ``history_max`` families of fixed size (a 256-character sketch and a
-16-character template key each), whatever the texts' length.
+size is bounded by ``history_max`` families of fixed size (a sketch of at most 172 base64
+characters and a 16-character template key each), whatever the texts' length.
 
 When a detector fires, the scope is locked (:mod:`.loop_lock`): open for a cooldown that
 doubles each trip, then half-open, where the loop's own retry is refused again (never

@@ -28,7 +28,7 @@
   either hash, mean 0.05, 95th percentile 0.14); A. Broder,
   "On the resemblance and containment of documents", 1997; E. Cohen and H.
   Kaplan, "Summarizing data using bottom-k sketches", PODC 2007). One hash
-  function, ``k`` values: a loop history stores 8 * k hex characters per entry
+  function, ``k`` values: a loop history stores them as base64 of 4 * k bytes per entry
   whatever the text's length, and :meth:`Sketch.similarity` estimates the
   Jaccard index (exact while a text has at most ``k`` shingles). We keep it here
   rather than depend on ``datasketch``: that library's MinHash needs numpy and
