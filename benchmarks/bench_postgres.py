@@ -57,8 +57,9 @@ URL = os.environ.get("COMPTROLLER_BENCH_PG_URL", "postgresql://postgres@127.0.0.
 CONFIGS = ("store-1", "engine-1", "store-N", "engine-N")
 """The default configurations; ``spread-1`` and ``spread-N`` run the store with each caller on its own
 attributions (``run_store_spread``)."""
-Span = tuple[float, float, float]
-"""One process's run: wall-clock start and end (``perf_counter``) and CPU seconds."""
+Span = tuple[float, float, float, int, int]
+"""One process's run: wall-clock start and end (``perf_counter``), CPU seconds, and the batches and calls its
+store's group commits sent (0, 0 without group commit)."""
 
 
 def fresh_schema(levels: str) -> str:
@@ -127,10 +128,11 @@ def _process(*, mode: str, schema: str, durable: bool, pairs: int, threads: int,
     for w in workers:
         w.join()
     end = time.perf_counter()
+    sent = [(b.batches, b.items) for b in getattr(store, "batchers", ()) if b is not None]
     store.close()
     if failures:
         raise SystemExit(f"a caller failed, so this run measures nothing: {failures[0]!r}")
-    out.put((start, end, time.process_time() - cpu))
+    out.put((start, end, time.process_time() - cpu, sum(b for b, _ in sent), sum(i for _, i in sent)))
 
 
 def server_cpu_s() -> float:
@@ -159,10 +161,11 @@ def server_cpu_s() -> float:
 
 
 def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, levels: str,
-             shards: int = 16, batch: int = -1) -> tuple[float, float, float]:
+             shards: int = 16, batch: int = -1) -> tuple[float, float, float, float]:
     """Aggregate pairs per wall-clock second, per client CPU-second and per server CPU-second (every
-    ``postgres`` process, :func:`server_cpu_s`) of one run on a fresh schema (``shards``: escrow shards of
-    each namespace and tenant account, 0 for none; ``batch``: the store's ``batch_max``, -1 its default)."""
+    ``postgres`` process, :func:`server_cpu_s`) of one run on a fresh schema, and the mean calls per group
+    commit batch (0: none) (``shards``: escrow shards of each namespace and tenant account, 0 for none;
+    ``batch``: the store's ``batch_max``, -1 its default)."""
     schema = fresh_schema(levels)
     server_before = server_cpu_s()
     ctx = mp.get_context("spawn")
@@ -184,9 +187,11 @@ def run_once(mode: str, *, procs: int, threads: int, pairs: int, durable: bool, 
         server = server_cpu_s() - server_before
     finally:
         drop_schema(schema)
-    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    wall = max(s[1] for s in spans) - min(s[0] for s in spans)
     total = pairs * procs
-    return total / wall, total / sum(cpu for _, _, cpu in spans), total / server if server > 0 else 0.0
+    batches = sum(s[3] for s in spans)
+    return (total / wall, total / sum(s[2] for s in spans), total / server if server > 0 else 0.0,
+            sum(s[4] for s in spans) / batches if batches else 0.0)
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,7 @@ class Result:
     rates: list[float]
     cpu_rates: list[float]
     server_rates: list[float]
+    batch_sizes: list[float]
 
 
 def commit_latency_ms(samples: int = 50) -> float:
@@ -224,15 +230,16 @@ def table(results: list[Result], flush_ms: float) -> str:
     """A markdown table of the medians and the spread."""
     lines = [f"Durable single-row commit on this server: {flush_ms:.1f} ms (median of 50).", "",
              "| configuration | budgets | shards | batch_max | commit | processes | threads each | pairs per process "
-             "| median pairs/s | client CPU ms/pair | server CPU ms/pair | runs (pairs/s) |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| median pairs/s | client CPU ms/pair | server CPU ms/pair | calls per batch | runs (pairs/s) |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         runs = ", ".join(f"{x:,.0f}" for x in r.rates)
         server = statistics.median(r.server_rates)
         batch = "default" if r.batch < 0 else r.batch
         lines.append(f"| postgres-{r.mode} | {r.levels} | {r.shards} | {batch} | {r.commit} | {r.procs} | {r.threads} "
                      f"| {r.pairs:,} | {statistics.median(r.rates):,.0f} | {1000 / statistics.median(r.cpu_rates):.2f} "
-                     f"| {1000 / server if server else float('nan'):.2f} | {runs} |")
+                     f"| {1000 / server if server else float('nan'):.2f} | {statistics.median(r.batch_sizes):.2f} "
+                     f"| {runs} |")
     return "\n".join(lines)
 
 
@@ -267,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = [run_once(mode, procs=procs, threads=args.threads, pairs=args.pairs, durable=commit == "durable",
                          levels=levels, shards=shards, batch=batch) for _ in range(args.repeats)]
         results.append(Result(mode, levels, shards, batch, commit, procs, args.threads, args.pairs,
-                              [w for w, _, _ in runs], [c for _, c, _ in runs], [s for _, _, s in runs]))
+                              [r[0] for r in runs], [r[1] for r in runs], [r[2] for r in runs],
+                              [r[3] for r in runs]))
         print(f"{config} {levels} shards={shards} batch={batch} {commit}: "
               f"median {statistics.median(results[-1].rates):,.0f} pairs/s", file=sys.stderr, flush=True)
     text = table(results, commit_latency_ms())
