@@ -111,3 +111,27 @@ def test_metrics_and_health(gw: Harness) -> None:
     assert httpx.get(f"{gw.url}/healthz").json()["status"] == "ok"
     gw.engine.store.close()
     wait_for(lambda: httpx.get(f"{gw.url}/healthz").status_code == 503, "the ledger probe to see the closed ledger")
+
+
+def test_loop_locks_are_listed_readably_and_reset_through_the_admin_api(gw: Harness) -> None:
+    """A loop the default policy locks shows in GET /loops as an open lock with its request family (not the
+    store's row encoding); POST /loops/reset closes it and clears the history, and the next call is served."""
+    calls = 0
+    with pytest.raises(openai.RateLimitError) as caught:
+        while calls < 200:
+            gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)
+            calls += 1
+    assert caught.value.code == "loop_detected"
+    with admin(gw) as client:
+        (loop,) = client.get("/loops").json()
+        assert (loop["status"], loop["lock"]["detector"], loop["lock"]["trips"]) == ("open", "same_request", 1)
+        (family,) = loop["families"]
+        assert family["count"] == calls
+        assert family["reserved_mc"] > 0 and family["first_at"] <= family["last_at"]
+        assert family["agent"] == loop["lock"]["agent"] and family["fingerprint"] == loop["lock"]["fingerprint"]
+        reset = client.post("/loops/reset", json={"level": loop["level"], "scope": loop["scope"]})
+        assert reset.status_code == 200
+        assert (reset.json()["status"], reset.json()["families"]) == ("closed", [])
+        unknown = client.post("/loops/reset", json={"level": "conversation", "scope": "no|such"})
+        assert (unknown.status_code, unknown.json()["error"]["param"]) == (404, "scope")
+    gw.client().chat.completions.create(model=MODEL, messages=MESSAGES)

@@ -58,6 +58,7 @@ from starlette.responses import Response
 
 from comptroller.domain.budgets import Budget, BudgetError, Period, budget_scope
 from comptroller.domain.defenses.errors import DefenseConfigError, UnknownScopeError
+from comptroller.domain.defenses.loop_history import LoopHistory
 from comptroller.domain.dispatch import Flag, GroupError
 from comptroller.domain.ledger import AccountView
 from comptroller.domain.reconcile import idle_budgets
@@ -328,14 +329,14 @@ def revoke_key(key_id: str, ctx: Ctx, _: AdminCaller) -> KeyOut:
     return _key_out(record)
 
 
-def _defense(op: Callable[[], Any]) -> dict[str, Any]:
+def _defense(op: Callable[[], Any], view: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     try:
         state = op()
     except UnknownScopeError as exc:
         raise _not_found(str(exc), "scope") from None
     except (DefenseConfigError, ConcurrentChangeError) as exc:
         raise _bad(exc) from None
-    record: dict[str, Any] = state.to_record()
+    record: dict[str, Any] = state.to_record() if view is None else view(state)
     return record
 
 
@@ -351,16 +352,45 @@ def reset_breaker(body: ScopeIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any
     return _defense(lambda: ctx.ops.reset_breaker(body.level, body.scope, by=f"key {caller.key.id}"))
 
 
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(UTC).isoformat()
+
+
+def loop_view(history: LoopHistory, now: datetime) -> dict[str, Any]:
+    """A loop scope as the admin API shows it (not its storage row, whose encoding is the store's).
+
+    Returns:
+        ``level``, ``scope``, ``status`` (closed, open, half-open at ``now``), ``lock`` (trips, detector,
+        agents, fingerprint, template, times as UTC ISO 8601), ``turns`` (agents of the last turns, oldest
+        first) and ``families``: one object per request family, least recently seen first (agent,
+        fingerprint, count, first_at, last_at, last_call_id, template, reserved_mc in millicents).
+    """
+    lock = history.lock
+    return {
+        "level": str(history.level), "scope": history.scope, "status": str(lock.status(now)),
+        "lock": {"trips": lock.trips, "detector": lock.detector, "agent": lock.agent,
+                 "other_agent": lock.other_agent, "fingerprint": lock.fingerprint, "template": lock.template,
+                 "opened_at": _iso(lock.opened_at), "open_until": _iso(lock.open_until),
+                 "last_trip_at": _iso(lock.last_trip_at)},
+        "turns": list(history.turns), "turn_at": _iso(history.turn_at),
+        "families": [{"agent": e.agent, "fingerprint": e.fingerprint, "count": e.count,
+                      "first_at": _iso(e.first_at), "last_at": _iso(e.last_at), "last_call_id": e.last_call_id,
+                      "template": e.template, "reserved_mc": e.reserved_mc} for e in history.entries],
+    }
+
+
 @defenses.get("/loops")
 def list_loops(ctx: Ctx, _: AdminCaller) -> list[dict[str, Any]]:
-    """Every loop history with its lock (admin)."""
-    return [h.to_record() for h in ctx.ops.loops()]
+    """Every loop scope with its lock and request families (admin; see :func:`loop_view`)."""
+    now = ctx.ops.clock.now()
+    return [loop_view(h, now) for h in ctx.ops.loops()]
 
 
 @defenses.post("/loops/reset")
 def reset_loop(body: ScopeIn, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
-    """Close a loop lock and clear the scope's loop history (admin)."""
-    return _defense(lambda: ctx.ops.reset_loop(body.level, body.scope, by=f"key {caller.key.id}"))
+    """Close a loop lock and clear the scope's loop history (admin; answers as :func:`loop_view`)."""
+    return _defense(lambda: ctx.ops.reset_loop(body.level, body.scope, by=f"key {caller.key.id}"),
+                    lambda history: loop_view(history, ctx.ops.clock.now()))
 
 
 @defenses.get("/kill-switches")
