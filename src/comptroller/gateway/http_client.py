@@ -294,7 +294,10 @@ class Origin:
                 ).encode() + body
         connection = await self._acquire()
         try:
-            connection.start(data)
+            try:
+                connection.start(data)
+            except (OSError, RuntimeError) as exc:  # the transport closed under the write
+                raise HttpError(f"the connection broke while sending: {exc}") from None
             while not connection.head_done:
                 await connection.wait(self.read_s)
         except BaseException:
