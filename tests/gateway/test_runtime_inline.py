@@ -195,3 +195,20 @@ def test_a_call_meeting_the_store_held_by_a_ledger_thread_waits_for_it_on_the_lo
     assert all(thread != WORKER_THREAD for _, thread in seen)
     assert not store.held_here()
     assert len(list(store.usage_records())) == 1 and gw.reserved_mc() == 0
+
+
+def test_a_call_behind_another_connections_brief_write_waits_on_the_loop(make_gateway: GatewayFactory) -> None:
+    """Another connection holds SQLite's write lock for a moment (as another worker's write does): the reserve
+    waits for it on the loop and runs there, not in a worker thread; charged once."""
+    gw = make_gateway(ledger_timeout_s=30.0)
+    seen = record_threads(gw, "reserve", "settle")
+    other = sqlite3.connect(gw.engine.store.path, isolation_level=None, check_same_thread=False)  # type: ignore[attr-defined]
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.03, lambda: other.execute("ROLLBACK")).start()  # well within the loop's wait (0.1 s)
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {gw.key}"}, timeout=40) as client:
+        answer = chat(client, "behind a brief writer")
+    other.close()
+    assert answer.status_code == 200, answer.text
+    assert [name for name, _ in seen] == ["reserve", "settle"]
+    assert all(thread != WORKER_THREAD for _, thread in seen)
+    assert len(list(gw.engine.store.usage_records())) == 1 and gw.reserved_mc() == 0

@@ -137,15 +137,16 @@ class Gateway:
 
         An admit, settle or release on SQLite runs at once on the loop when the store is free
         (:meth:`_inline`): it cannot wait on a lock there, and its write is a few hundred
-        microseconds. A store held by another thread of this worker is waited for on the loop, a
-        little (:meth:`_wait_for_thread`). Anything else, a store held by another process
-        (SQLITE_BUSY), or one held still after that wait, runs in a worker thread. There the
-        operation runs to its end whatever happens to the request (shielded from cancellation),
-        so every admitted call is settled or released exactly once. Past the timeout the request
-        stops waiting: an admission that lands later is released at once (its caller already
-        answered 503, nothing went upstream); a settle or release goes on in its thread, and its
-        caller gets the value its own failure would give (``Settled(None)``, None). With
-        ``ledger_threads = false`` it runs on the loop, unbounded.
+        microseconds. A store held by another thread of this worker or by another process's
+        writer is waited for on the loop, a little (:meth:`_wait_for_store`: at most a quarter of
+        ``ledger_timeout_s``, 0.1 s), shielded. Anything else, or a store still held after that
+        wait, runs in a worker thread. There the operation runs to its end whatever happens to the
+        request (shielded from cancellation), so every admitted call is settled or released
+        exactly once. Past the timeout the request stops waiting: an admission that lands later
+        is released at once (its caller already answered 503, nothing went upstream); a settle
+        or release goes on in its thread, and its caller gets the value its own failure would
+        give (``Settled(None)``, None). With ``ledger_threads = false`` it runs on the loop,
+        unbounded.
 
         Raises:
             GatewayError: 503 ``ledger_unavailable`` when an admission (or any other operation)
@@ -153,17 +154,19 @@ class Gateway:
         """
         if not self.config.ledger_threads:
             return operation(*args)
-        hold = self._inline(operation)
         waited_s = 0.0
-        if hold is not None:
-            with hold as free:
-                if free:
-                    return operation(*args)
-            free_now, waited_s = await self._wait_for_thread()
-            if free_now:  # then once more on the loop
-                with self._inline(operation) or contextlib.nullcontext(False) as free:
-                    if free:
-                        return operation(*args)
+        if self._inline(operation) is not None:
+            started = anyio.current_time()
+            deadline = started + min(_INLINE_WAIT_MAX_S, self.config.ledger_timeout_s / 4)
+            with anyio.CancelScope(shield=True):  # as the thread path: a settle or release that waits still runs
+                while True:
+                    with self._inline(operation) or contextlib.nullcontext(False) as free:
+                        if free:
+                            return operation(*args)
+                    if anyio.current_time() >= deadline:
+                        break
+                    await self._wait_for_store(deadline)
+            waited_s = anyio.current_time() - started
         call = BoundedCall(operation, args, late=self._late)
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.ledger_timeout_s - waited_s):
             await anyio.to_thread.run_sync(call.run, abandon_on_cancel=True)
@@ -179,31 +182,23 @@ class Gateway:
             return None if operation == self.release else Settled(None)  # type: ignore[return-value]
         raise _ledger_unavailable(f"no answer came within {self.config.ledger_timeout_s:g} s")
 
-    async def _wait_for_thread(self) -> tuple[bool, float]:
-        """Wait on the loop while another thread of this worker holds the store (an operation sent
-        to a thread earlier), ``_INLINE_WAIT_S`` at a time.
+    async def _wait_for_store(self, deadline: float) -> None:
+        """Wait on the loop for a held store, until ``deadline`` (anyio's clock) at the latest.
+
+        Another thread of this worker holding it (an operation sent to a thread earlier, the
+        ledger probe) is waited for ``_INLINE_WAIT_S`` at a time until it lets go; another
+        process's writer (SQLITE_BUSY) one step of ``_INLINE_WAIT_S`` (writers hold SQLite's lock
+        well under a millisecond). Then the caller tries the loop again; past the deadline the
+        operation goes to a thread, with the rest of ``ledger_timeout_s``.
 
         Without the wait, one operation in a thread made every call arriving meanwhile find the
         store held and go to a thread as well, which kept it held: at 32 concurrent calls about
         a quarter of the ledger calls went to threads (about 0.5 ms of CPU each), none at 1.
-        Shielded, as the thread path is: a settle or release that waits still runs.
-
-        The longest wait is a quarter of ``ledger_timeout_s`` (at most ``_INLINE_WAIT_MAX_S``);
-        the thread path then gets the rest of ``ledger_timeout_s``.
-
-        Returns:
-            Whether no thread of this worker holds the store now (True: try the loop again;
-            False: the operation goes to a thread), and the seconds waited.
         """
         store = cast(InlineLedger, self.engine.store)
-        started = anyio.current_time()
-        deadline = started + min(_INLINE_WAIT_MAX_S, self.config.ledger_timeout_s / 4)
-        with anyio.CancelScope(shield=True):
-            while store.held_here():
-                if anyio.current_time() >= deadline:
-                    return False, anyio.current_time() - started
-                await anyio.sleep(_INLINE_WAIT_S)
-        return True, anyio.current_time() - started
+        await anyio.sleep(_INLINE_WAIT_S)
+        while store.held_here() and anyio.current_time() < deadline:
+            await anyio.sleep(_INLINE_WAIT_S)
 
     def _late(self, result: object) -> None:
         """An operation's result that came after its caller stopped waiting: return a late admission's hold."""
