@@ -8,7 +8,7 @@ settle sequences through both and compare at every step.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,8 +17,15 @@ from comptroller.domain.breaker import BreakerConfig, BreakerState, BreakerStatu
 from comptroller.domain.breaker_state import count_closed_record
 from comptroller.domain.defenses import killswitch
 from comptroller.domain.defenses.baseline import SpendBaseline
+from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState
-from comptroller.domain.scopes import Level
+from comptroller.domain.defenses.layers import Defenses
+from comptroller.domain.defenses.settle_guard import SettleDefenses
+from comptroller.domain.defenses.windows import EPOCH, US_PER_S, epoch_us, window_index
+from comptroller.domain.ledger import ReserveRequest
+from comptroller.domain.scopes import Attribution, Level
+from comptroller.domain.state import StateKey, StoredState
+from comptroller.storage.rows import new_reservation
 
 T0 = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -101,3 +108,48 @@ def test_an_untripped_switchs_record_counts_as_record_spend(limit: int | None, w
             assert not state.tripped and full.events == ()
             assert fast == full.state.to_record()
         state = full.state
+
+
+@settings(max_examples=300, deadline=None)
+@given(us=st.integers(-10**15, 10**17), offset_min=st.integers(-23 * 60, 23 * 60),
+       window_s=st.one_of(st.integers(1, 86_400), st.sampled_from((1, 60, 3_600))))
+def test_epoch_microseconds_give_the_window_index(us: int, offset_min: int, window_s: int) -> None:
+    """``epoch_us(now) // (window_s * US_PER_S)`` is ``window_index(now, window_s)``, in any time zone."""
+    now = (EPOCH + timedelta(microseconds=us)).astimezone(timezone(timedelta(minutes=offset_min)))
+    assert epoch_us(now) == us
+    assert epoch_us(now) // (window_s * US_PER_S) == window_index(now, window_s)
+
+
+def _guard() -> SettleDefenses:
+    return SettleDefenses(Defenses(
+        breakers=BreakerPolicy(levels={Level.AGENT: BreakerConfig(threshold_mc=3_000, window_s=10),
+                                       Level.CONVERSATION: BreakerConfig(threshold_mc=50_000, relative_k=None)}),
+        kill_switches={Level.NAMESPACE: KillSwitchConfig(window_s=60, window_spend_mc_max=40_000)},
+        retries=None, loops=None))
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 30_000), st.one_of(st.integers(0, 15), st.integers(0, 2_500)),
+                                st.booleans()), min_size=1, max_size=50))
+def test_a_settle_on_its_own_records_writes_what_a_settle_on_read_records_writes(
+        steps: list[tuple[int, int, bool]]) -> None:
+    """The settle guard skips checking a record it wrote itself (handed back as the same object); its writes and
+    events equal those of a guard that reads every row afresh (a copy: each record checked), through trips."""
+    own, fresh = _guard(), _guard()
+    who = Attribution(namespace="ns", tenant="t", agent="a", conversation="c")
+    rows: dict[StateKey, StoredState] = {}
+    now = T0
+    for i, (gap_ms, cost, release) in enumerate(steps):
+        now += timedelta(milliseconds=gap_ms)
+        request = ReserveRequest(idempotency_key=f"k{i}", attribution=who, model="m", ceiling_mc=cost,
+                                 input_tokens_max=1, output_tokens_max=1)
+        reservation = new_reservation(f"r{i}", request, now)
+        keys = own.state_keys(reservation)
+        mine = {k: rows[k] for k in keys if k in rows}
+        copies = {k: StoredState(s.key, s.version, dict(s.record)) for k, s in mine.items()}
+        counted = None if release else cost
+        a, b = own.apply(reservation, counted, mine, now), fresh.apply(reservation, counted, copies, now)
+        assert [(w.key, w.version, dict(w.record)) for w in a.writes] == [
+            (w.key, w.version, dict(w.record)) for w in b.writes]
+        assert a.events == b.events
+        rows.update((w.key, w) for w in a.writes)

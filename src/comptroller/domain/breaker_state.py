@@ -13,10 +13,11 @@ from comptroller.domain.defenses._checks import parse_level, require_text
 from comptroller.domain.defenses._versions import versioner
 from comptroller.domain.defenses.baseline import SpendBaseline
 from comptroller.domain.defenses.verdict import JsonScalar
-from comptroller.domain.defenses.windows import window_index
+from comptroller.domain.defenses.windows import US_PER_S, epoch_us
 from comptroller.domain.scopes import Level
 
-__all__ = ["BreakerState", "BreakerStatus", "BreakerTransition", "count_closed_record", "evolve"]
+__all__ = ["BreakerState", "BreakerStatus", "BreakerTransition", "ClosedCounters", "closed_counters", "count_closed",
+           "count_closed_record", "counted_record", "evolve"]
 
 
 class BreakerStatus(StrEnum):
@@ -148,38 +149,22 @@ def count_closed_record(record: Mapping[str, JsonScalar], config: BreakerConfig,
     Raises:
         ValueError: on a naive ``now``.
     """
-    counters = _closed_counters(record)
+    counters = closed_counters(record)
     if counters is None or type(cost_mc) is not int or cost_mc < 0:
         return None
-    old_index, old_spend, last_over, rel_index, rel_spend, rel_last_over, version = counters
-    index = window_index(now, config.window_s)
-    if old_index is None or index > old_index:
-        window, spend = index, cost_mc
-    else:
-        window, spend = old_index, old_spend + cost_mc
-    changed = (window, spend) != (old_index, old_spend)
-    if changed and spend > config.threshold_mc and last_over != window:
-        return None  # an over window: a streak to count, maybe a trip
-    counted = dict(record)
-    if changed:
-        counted["window_index"], counted["window_spend_mc"] = window, spend
-    if config.relative_k is not None:
-        if rel_index is None or window_index(now, config.relative_window_s) > rel_index:
-            return None  # no relative window yet, or a new one: the baseline folds
-        if rel_last_over != rel_index and rel_spend + cost_mc > config.relative_floor_mc:
-            return None  # the relative window may be over: judged against a baseline
-        counted["rel_window_spend_mc"] = rel_spend + cost_mc
-    elif not changed:
-        return record
-    counted["version"] = version + 1
-    return counted
+    counted = count_closed(counters, config, cost_mc, epoch_us(now))
+    if counted is None or counted is counters:
+        return None if counted is None else record
+    return counted_record(record, counted)
 
 
-_Counters = tuple[int | None, int, int | None, int | None, int, int | None, int]
+ClosedCounters = tuple[int | None, int, int | None, int | None, int, int | None, int]
+"""A closed breaker's counters: window index and spend, last over window, relative window index and spend, last
+over relative window, version (:func:`closed_counters`)."""
 
-
-def _closed_counters(record: Mapping[str, JsonScalar]) -> _Counters | None:
-    """The counters of a closed breaker's record of the current shape, well typed; else None."""
+def closed_counters(record: Mapping[str, JsonScalar]) -> ClosedCounters | None:
+    """The counters of a closed breaker's record of the current shape, well typed; else None (``record_spend``
+    decides)."""
     if record.get("status") != "closed" or len(record) != len(_RECORD_KEYS) or not _RECORD_KEYS.issuperset(record):
         return None
     index, spend, last_over = record["window_index"], record["window_spend_mc"], record["last_over_index"]
@@ -190,6 +175,48 @@ def _closed_counters(record: Mapping[str, JsonScalar]) -> _Counters | None:
             or not (_opt_int(index) and _opt_int(last_over) and _opt_int(rel_index) and _opt_int(rel_last_over))):
         return None
     return index, spend, last_over, rel_index, rel_spend, rel_last_over, version  # type: ignore[return-value]
+
+
+def count_closed(counters: ClosedCounters, config: BreakerConfig, cost_mc: int, now_us: int) -> ClosedCounters | None:
+    """The common settle of a closed breaker, on its counters (:func:`count_closed_record` without the record).
+
+    Args:
+        counters: the breaker's counters (:func:`closed_counters`).
+        config: its configuration.
+        cost_mc: the settled cost, millicents (an int >= 0: the caller checks).
+        now_us: the settle time, microseconds since the epoch (:func:`.windows.epoch_us`).
+
+    Returns:
+        ``counters`` itself when nothing changes; the counters after the settle (one version up,
+        :func:`counted_record`); None when ``record_spend`` must decide.
+    """
+    old_index, old_spend, last_over, rel_index, rel_spend, rel_last_over, version = counters
+    index = now_us // (config.window_s * US_PER_S)
+    if old_index is None or index > old_index:
+        window, spend = index, cost_mc
+    else:
+        window, spend = old_index, old_spend + cost_mc
+    changed = window != old_index or spend != old_spend
+    if changed and spend > config.threshold_mc and last_over != window:
+        return None  # an over window: a streak to count, maybe a trip
+    if config.relative_k is not None:
+        if rel_index is None or now_us // (config.relative_window_s * US_PER_S) > rel_index:
+            return None  # no relative window yet, or a new one: the baseline folds
+        if rel_last_over != rel_index and rel_spend + cost_mc > config.relative_floor_mc:
+            return None  # the relative window may be over: judged against a baseline
+        rel_spend += cost_mc
+    elif not changed:
+        return counters
+    return window, spend, last_over, rel_index, rel_spend, rel_last_over, version + 1
+
+
+def counted_record(record: Mapping[str, JsonScalar], counted: ClosedCounters) -> dict[str, JsonScalar]:
+    """``record`` with the counters :func:`count_closed` gave it (window, its spend, relative spend, version)."""
+    fields = dict(record)
+    window, spend, _, _, rel_spend, _, version = counted
+    fields["window_index"], fields["window_spend_mc"], fields["rel_window_spend_mc"] = window, spend, rel_spend
+    fields["version"] = version
+    return fields
 
 
 def _opt_int(value: JsonScalar) -> bool:

@@ -30,7 +30,7 @@ from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import parse_level, require_aware, require_int, require_text
 from comptroller.domain.defenses._versions import versioner
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
-from comptroller.domain.defenses.windows import window_index
+from comptroller.domain.defenses.windows import US_PER_S, epoch_us, window_index
 from comptroller.domain.ledger import Event
 from comptroller.domain.money import format_usd
 from comptroller.domain.scopes import LEVELS, Level
@@ -40,10 +40,14 @@ __all__ = [
     "KillSwitchConfig",
     "KillSwitchState",
     "KillSwitchStep",
+    "SwitchCounters",
     "check_kill_switch",
     "count_record",
+    "count_switch",
+    "counted_record",
     "record_spend",
     "reset",
+    "switch_counters",
     "trip",
 ]
 
@@ -238,21 +242,57 @@ def count_record(record: Mapping[str, JsonScalar], config: KillSwitchConfig, cos
     Raises:
         ValueError: on a naive ``now``.
     """
-    if (record.get("tripped") is not False or len(record) != len(_RECORD_KEYS) or not _RECORD_KEYS.issuperset(record)
-            or type(cost_mc) is not int or cost_mc < 0):
+    counters = switch_counters(record)
+    if counters is None or type(cost_mc) is not int or cost_mc < 0:
+        return None
+    counted = count_switch(counters, config, cost_mc, epoch_us(now))
+    return None if counted is None else counted_record(record, counted)
+
+
+SwitchCounters = tuple[int | None, int, int]
+"""An untripped switch's counters: window index, its spend, version (:func:`switch_counters`)."""
+
+
+def switch_counters(record: Mapping[str, JsonScalar]) -> SwitchCounters | None:
+    """The counters of an untripped switch's record of the current shape, well typed; else None (``record_spend``
+    decides)."""
+    if record.get("tripped") is not False or len(record) != len(_RECORD_KEYS) or not _RECORD_KEYS.issuperset(record):
         return None
     old_index, old_spend, version = record["window_index"], record["window_spend_mc"], record["version"]
     if type(old_spend) is not int or type(version) is not int or not (old_index is None or type(old_index) is int):
         return None
-    index = window_index(now, config.window_s)
-    same = old_index is not None and index <= old_index
-    window, spend = (old_index, old_spend + cost_mc) if same else (index, cost_mc)
+    return old_index, old_spend, version  # type: ignore[return-value]  # checked just above
+
+
+def count_switch(counters: SwitchCounters, config: KillSwitchConfig, cost_mc: int,
+                 now_us: int) -> SwitchCounters | None:
+    """The common settle of an untripped switch, on its counters (:func:`count_record` without the record).
+
+    Args:
+        counters: the switch's counters (:func:`switch_counters`).
+        config: its automatic triggers.
+        cost_mc: the settled cost, millicents (an int >= 0: the caller checks).
+        now_us: the settle time, microseconds since the epoch (:func:`.windows.epoch_us`).
+
+    Returns:
+        The counters after the settle (one version up, :func:`counted_record`), or None when the
+        window goes over ``window_spend_mc_max`` (``record_spend`` trips the switch).
+    """
+    old_index, old_spend, version = counters
+    index = now_us // (config.window_s * US_PER_S)
+    window, spend = (old_index, old_spend + cost_mc) if old_index is not None and index <= old_index else (index,
+                                                                                                          cost_mc)
     limit = config.window_spend_mc_max
     if limit is not None and spend > limit:
         return None  # it trips
-    counted = dict(record)
-    counted["window_index"], counted["window_spend_mc"], counted["version"] = window, spend, version + 1
-    return counted
+    return window, spend, version + 1
+
+
+def counted_record(record: Mapping[str, JsonScalar], counted: SwitchCounters) -> dict[str, JsonScalar]:
+    """``record`` with the counters :func:`count_switch` gave it."""
+    fields = dict(record)
+    fields["window_index"], fields["window_spend_mc"], fields["version"] = counted
+    return fields
 
 
 def check_kill_switch(states: Iterable[KillSwitchState]) -> Verdict | None:

@@ -15,14 +15,32 @@ from functools import partial
 
 from comptroller.domain import breaker
 from comptroller.domain.breaker import BreakerConfig, BreakerState
-from comptroller.domain.breaker_state import count_closed_record
+from comptroller.domain.breaker_state import ClosedCounters, closed_counters, count_closed
+from comptroller.domain.breaker_state import counted_record as counted_breaker
 from comptroller.domain.defenses import killswitch
 from comptroller.domain.defenses.baseline import RATE_SAMPLE, NamespaceRate, SpendBaseline, rate_sampled
 from comptroller.domain.defenses.fanout import InFlight, end_in_flight
-from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState
+from comptroller.domain.defenses.killswitch import (
+    KillSwitchConfig,
+    KillSwitchState,
+    SwitchCounters,
+    count_switch,
+    counted_record,
+    switch_counters,
+)
 from comptroller.domain.defenses.layers import PLANS_MAX, Defenses, fan_out_plan
 from comptroller.domain.defenses.served_drift import ServedDrift, record_served
-from comptroller.domain.defenses.state_rows import BREAKER, KILL, PIN_DRIFT, RATE, Changes, ParsedStates, scoped_key
+from comptroller.domain.defenses.state_rows import (
+    BREAKER,
+    KILL,
+    PIN_DRIFT,
+    RATE,
+    Changes,
+    ParsedStates,
+    scoped_key,
+)
+from comptroller.domain.defenses.verdict import JsonScalar
+from comptroller.domain.defenses.windows import epoch_us
 from comptroller.domain.ledger import Reservation
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import GuardOutcome, SettleGuard, StateKey, StoredState
@@ -60,6 +78,10 @@ class SettleDefenses:
         self.parsed = parsed or ParsedStates()
         self._plans: dict[Attribution, _SettlePlan] = {}
         self._rates: dict[str, SpendBaseline] = {}  # namespace -> its baseline as last read or written here
+        # row -> the closed breaker's record last written here and its counters: a store hands that very object
+        # back while no other connection wrote the row, and then its shape needs no check
+        self._counted: dict[StateKey, tuple[Mapping[str, JsonScalar], ClosedCounters]] = {}
+        self._switches: dict[StateKey, tuple[Mapping[str, JsonScalar], SwitchCounters]] = {}  # the same for switches
 
     def _plan(self, attribution: Attribution) -> _SettlePlan:
         """The breakers and window-triggered kill switches of an attribution, with their keys (memoised)."""
@@ -103,7 +125,9 @@ class SettleDefenses:
                 fallback = self._remember_rate(rate_scope, namespace.baseline)
             else:
                 fallback = self._rates.get(rate_scope)
-        self._breakers(plan, states, changes, call_id=call_id, cost_mc=cost_mc, now=now, fallback=fallback)
+        now_us = epoch_us(now)
+        self._breakers(plan, states, changes, call_id=call_id, cost_mc=cost_mc, now=now, now_us=now_us,
+                       fallback=fallback)
         if rate is not None and namespace is not None and cost_mc is not None and sampled:
             config = rate[2]
             counted = namespace.baseline.add(cost_mc * RATE_SAMPLE, now, window_s=config.relative_window_s,
@@ -112,21 +136,31 @@ class SettleDefenses:
                 changes.writes += parsed.write(rate[0], namespace, NamespaceRate(
                     namespace.scope, counted, namespace.version + 1))
                 self._remember_rate(rate[1], counted)
-        if cost_mc is not None:
-            self._kill_switches(plan, cost_mc, states, now, changes)
+        if cost_mc is not None and plan.kills:
+            self._kill_switches(plan, cost_mc, states, now, changes, now_us=now_us)
         return changes.outcome()
 
     def _breakers(self, plan: _SettlePlan, states: Mapping[StateKey, StoredState], changes: Changes, *, call_id: str,
-                  cost_mc: int | None, now: datetime, fallback: SpendBaseline | None) -> None:
-        """Count the cost in each breaker (the common settle on its record), or return a released probe's lease."""
+                  cost_mc: int | None, now: datetime, now_us: int, fallback: SpendBaseline | None) -> None:
+        """Count the cost in each breaker (the common settle on its counters), or return a released probe's lease."""
+        memo = self._counted
         for key, config, empty in plan.breakers:
             stored = states.get(key)
-            if cost_mc is not None and stored is not None:
-                record = count_closed_record(stored.record, config, cost_mc, now)
-                if record is not None:
-                    if record is not stored.record:
+            if cost_mc is not None and stored is not None and type(cost_mc) is int and cost_mc >= 0:
+                record = stored.record
+                known = memo.get(key)
+                counters = known[1] if known is not None and known[0] is record else closed_counters(record)
+                if counters is not None:
+                    counted = count_closed(counters, config, cost_mc, now_us)
+                    if counted is counters:
+                        continue
+                    if counted is not None:
+                        record = counted_breaker(record, counted)
+                        if len(memo) >= PLANS_MAX:
+                            memo.clear()
+                        memo[key] = (record, counted)
                         changes.writes.append(StoredState(key, stored.version + 1, record))
-                    continue
+                        continue
             state = self.parsed.load(states, key, BreakerState.from_record, empty)
             step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
                     else breaker.record_spend(state, config, cost_mc, now, call_id=call_id, fallback=fallback))
@@ -134,14 +168,23 @@ class SettleDefenses:
             changes.events += step.events
 
     def _kill_switches(self, plan: _SettlePlan, cost_mc: int, states: Mapping[StateKey, StoredState], now: datetime,
-                       changes: Changes) -> None:
-        """Count the cost in each switch with a window trigger (the common settle on its record)."""
+                       changes: Changes, *, now_us: int) -> None:
+        """Count the cost in each switch with a window trigger (the common settle on its counters)."""
+        memo = self._switches
         for key, config, empty in plan.kills:
             stored = states.get(key)
-            record = None if stored is None else killswitch.count_record(stored.record, config, cost_mc, now)
-            if stored is not None and record is not None:
-                changes.writes.append(StoredState(key, stored.version + 1, record))
-                continue
+            if stored is not None and type(cost_mc) is int and cost_mc >= 0:
+                record = stored.record
+                known = memo.get(key)
+                counters = known[1] if known is not None and known[0] is record else switch_counters(record)
+                counted = None if counters is None else count_switch(counters, config, cost_mc, now_us)
+                if counted is not None:
+                    record = counted_record(record, counted)
+                    if len(memo) >= PLANS_MAX:
+                        memo.clear()
+                    memo[key] = (record, counted)
+                    changes.writes.append(StoredState(key, stored.version + 1, record))
+                    continue
             switch = self.parsed.load(states, key, KillSwitchState.from_record, empty)
             step = killswitch.record_spend(switch, config, cost_mc, now)
             changes.writes += self.parsed.write(key, switch, step.state)

@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 from comptroller.domain.defenses._checks import require_aware
 
-__all__ = ["EPOCH", "seconds_until", "window_bounds", "window_index"]
+__all__ = ["EPOCH", "US_PER_S", "epoch_us", "seconds_until", "window_bounds", "window_index"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US_PER_S = 1_000_000
 _LENGTHS: dict[int, timedelta] = {}  # window_s -> its timedelta (a few window lengths are configured)
 
 
@@ -42,6 +43,21 @@ def window_index(now: datetime, window_s: int) -> int:
     except TypeError:  # a naive datetime (or not a datetime): the ValueError below names it
         require_aware("now", now)
         raise
+
+
+def epoch_us(now: datetime) -> int:
+    """Whole microseconds from the epoch to ``now`` (exact): ``epoch_us(now) // (window_s * US_PER_S)`` is
+    :func:`window_index`, so a settle counting several windows subtracts once.
+
+    Raises:
+        ValueError: on a naive ``now``.
+    """
+    try:
+        since = now - EPOCH
+    except TypeError:  # a naive datetime (or not a datetime): the ValueError below names it
+        require_aware("now", now)
+        raise
+    return (since.days * 86_400 + since.seconds) * US_PER_S + since.microseconds
 
 
 def window_bounds(index: int, window_s: int) -> tuple[datetime, datetime]:
