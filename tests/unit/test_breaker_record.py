@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from hypothesis import given, settings
+import orjson
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from comptroller.domain.breaker import BreakerConfig, BreakerState, BreakerStatus, admit, record_spend
@@ -21,6 +22,7 @@ from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState
 from comptroller.domain.defenses.layers import Defenses
 from comptroller.domain.defenses.settle_guard import SettleDefenses
+from comptroller.domain.defenses.state_rows import JSON_INT_MAX, JSON_INT_MIN, EncodedRecord, text_parts
 from comptroller.domain.defenses.windows import EPOCH, US_PER_S, epoch_us, window_index
 from comptroller.domain.ledger import ReserveRequest
 from comptroller.domain.scopes import Attribution, Level
@@ -152,4 +154,46 @@ def test_a_settle_on_its_own_records_writes_what_a_settle_on_read_records_writes
         assert [(w.key, w.version, dict(w.record)) for w in a.writes] == [
             (w.key, w.version, dict(w.record)) for w in b.writes]
         assert a.events == b.events
+        for w in a.writes:  # a record carrying its text carries the encoder's
+            if isinstance(w.record, EncodedRecord):
+                assert w.record.json_text == orjson.dumps(dict(w.record), option=orjson.OPT_SORT_KEYS).decode()
         rows.update((w.key, w) for w in a.writes)
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(JSON_INT_MIN, JSON_INT_MAX), st.text(max_size=12),
+                    st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=st.dictionaries(st.text(max_size=8), SCALARS, min_size=1, max_size=12), data=st.data())
+@example(record={"a": "\x000\x00", "b": 1}, data=None)  # a field holding a sentinel: not cut
+def test_text_cut_around_integer_fields_fills_to_the_encoders_text(record: dict[str, object],
+                                                                   data: st.DataObject | None) -> None:
+    """Parts of a record's text filled with any integers are the encoder's text of the record with those values."""
+    names = ("b",) if data is None else tuple(sorted(data.draw(
+        st.sets(st.sampled_from(sorted(record)), min_size=1))))
+    parts = text_parts(record, names)  # type: ignore[arg-type]
+    if parts is None:  # only when another field holds a sentinel
+        assert any(isinstance(v, str) and "\x00" in v for k, v in record.items() if k not in names)
+        return
+    values = [0] * len(names) if data is None else data.draw(
+        st.lists(st.integers(JSON_INT_MIN, JSON_INT_MAX), min_size=len(names), max_size=len(names)))
+    filled = parts[0] + "".join(str(v) + p for v, p in zip(values, parts[1:], strict=True))
+    assert filled == orjson.dumps({**record, **dict(zip(names, values, strict=True))},
+                                  option=orjson.OPT_SORT_KEYS).decode()
+
+
+def test_a_counted_breaker_record_carries_its_text_from_the_second_settle_in_a_row() -> None:
+    """The guard cuts a breaker row's text at its second settle in a row, and writes the text at the third."""
+    guard = _guard()
+    who = Attribution(namespace="ns", tenant="t", agent="a", conversation="c")
+    rows: dict[StateKey, StoredState] = {}
+    kinds = []
+    for i in range(4):
+        request = ReserveRequest(idempotency_key=f"k{i}", attribution=who, model="m", ceiling_mc=10,
+                                 input_tokens_max=1, output_tokens_max=1)
+        reservation = new_reservation(f"r{i}", request, T0)
+        outcome = guard.apply(reservation, 10, {k: rows[k] for k in guard.state_keys(reservation) if k in rows}, T0)
+        kinds.append([type(w.record) is EncodedRecord for w in outcome.writes if w.key.kind == "breaker"])
+        rows.update((w.key, w) for w in outcome.writes)
+    assert kinds == [[False, False], [False, False], [True, True], [True, True]]

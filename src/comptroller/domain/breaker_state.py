@@ -12,12 +12,13 @@ from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import parse_level, require_text
 from comptroller.domain.defenses._versions import versioner
 from comptroller.domain.defenses.baseline import SpendBaseline
+from comptroller.domain.defenses.state_rows import JSON_INT_MAX, JSON_INT_MIN, EncodedRecord
 from comptroller.domain.defenses.verdict import JsonScalar
 from comptroller.domain.defenses.windows import US_PER_S, epoch_us
 from comptroller.domain.scopes import Level
 
-__all__ = ["BreakerState", "BreakerStatus", "BreakerTransition", "ClosedCounters", "closed_counters", "count_closed",
-           "count_closed_record", "counted_record", "evolve"]
+__all__ = ["COUNTED_FIELDS", "BreakerState", "BreakerStatus", "BreakerTransition", "ClosedCounters", "closed_counters",
+           "count_closed", "count_closed_record", "counted_record", "evolve"]
 
 
 class BreakerStatus(StrEnum):
@@ -210,10 +211,30 @@ def count_closed(counters: ClosedCounters, config: BreakerConfig, cost_mc: int, 
     return window, spend, last_over, rel_index, rel_spend, rel_last_over, version + 1
 
 
-def counted_record(record: Mapping[str, JsonScalar], counted: ClosedCounters) -> dict[str, JsonScalar]:
-    """``record`` with the counters :func:`count_closed` gave it (window, its spend, relative spend, version)."""
-    fields = dict(record)
+COUNTED_FIELDS = ("rel_window_spend_mc", "version", "window_index", "window_spend_mc")
+"""The record fields :func:`counted_record` moves, sorted (as they appear in the record's JSON text)."""
+
+
+def counted_record(record: Mapping[str, JsonScalar], counted: ClosedCounters,
+                   parts: tuple[str, ...] | None = None) -> dict[str, JsonScalar]:
+    """``record`` with the counters :func:`count_closed` gave it (window, its spend, relative spend, version).
+
+    Args:
+        record: the record counted.
+        counted: its counters after the settle.
+        parts: ``record``'s JSON text cut around :data:`COUNTED_FIELDS` (:func:`.state_rows.text_parts`), if
+            known: the record is then an :class:`~.state_rows.EncodedRecord` carrying its text, built
+            without the encoder.
+    """
     window, spend, _, _, rel_spend, _, version = counted
+    fields: dict[str, JsonScalar]
+    if (parts is not None and window is not None and JSON_INT_MIN <= spend <= JSON_INT_MAX
+            and JSON_INT_MIN <= rel_spend <= JSON_INT_MAX and JSON_INT_MIN <= version <= JSON_INT_MAX
+            and JSON_INT_MIN <= window <= JSON_INT_MAX):
+        p0, p1, p2, p3, p4 = parts
+        fields = EncodedRecord(record, f"{p0}{rel_spend}{p1}{version}{p2}{window}{p3}{spend}{p4}")
+    else:
+        fields = dict(record)
     fields["window_index"], fields["window_spend_mc"], fields["rel_window_spend_mc"] = window, spend, rel_spend
     fields["version"] = version
     return fields

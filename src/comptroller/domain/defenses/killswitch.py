@@ -261,7 +261,7 @@ def switch_counters(record: Mapping[str, JsonScalar]) -> SwitchCounters | None:
     old_index, old_spend, version = record["window_index"], record["window_spend_mc"], record["version"]
     if type(old_spend) is not int or type(version) is not int or not (old_index is None or type(old_index) is int):
         return None
-    return old_index, old_spend, version  # type: ignore[return-value]  # checked just above
+    return old_index, old_spend, version
 
 
 def count_switch(counters: SwitchCounters, config: KillSwitchConfig, cost_mc: int,

@@ -15,7 +15,7 @@ from functools import partial
 
 from comptroller.domain import breaker
 from comptroller.domain.breaker import BreakerConfig, BreakerState
-from comptroller.domain.breaker_state import ClosedCounters, closed_counters, count_closed
+from comptroller.domain.breaker_state import COUNTED_FIELDS, ClosedCounters, closed_counters, count_closed
 from comptroller.domain.breaker_state import counted_record as counted_breaker
 from comptroller.domain.defenses import killswitch
 from comptroller.domain.defenses.baseline import RATE_SAMPLE, NamespaceRate, SpendBaseline, rate_sampled
@@ -38,6 +38,7 @@ from comptroller.domain.defenses.state_rows import (
     Changes,
     ParsedStates,
     scoped_key,
+    text_parts,
 )
 from comptroller.domain.defenses.verdict import JsonScalar
 from comptroller.domain.defenses.windows import epoch_us
@@ -80,7 +81,7 @@ class SettleDefenses:
         self._rates: dict[str, SpendBaseline] = {}  # namespace -> its baseline as last read or written here
         # row -> the closed breaker's record last written here and its counters: a store hands that very object
         # back while no other connection wrote the row, and then its shape needs no check
-        self._counted: dict[StateKey, tuple[Mapping[str, JsonScalar], ClosedCounters]] = {}
+        self._counted: dict[StateKey, tuple[Mapping[str, JsonScalar], ClosedCounters, tuple[str, ...] | None]] = {}
         self._switches: dict[StateKey, tuple[Mapping[str, JsonScalar], SwitchCounters]] = {}  # the same for switches
 
     def _plan(self, attribution: Attribution) -> _SettlePlan:
@@ -149,16 +150,21 @@ class SettleDefenses:
             if cost_mc is not None and stored is not None and type(cost_mc) is int and cost_mc >= 0:
                 record = stored.record
                 known = memo.get(key)
-                counters = known[1] if known is not None and known[0] is record else closed_counters(record)
+                mine = known is not None and known[0] is record
+                counters = known[1] if mine else closed_counters(record)  # type: ignore[index]  # mine: known
                 if counters is not None:
                     counted = count_closed(counters, config, cost_mc, now_us)
                     if counted is counters:
                         continue
                     if counted is not None:
-                        record = counted_breaker(record, counted)
+                        # a row written here twice in a row: its text cut once (never for a store that hands
+                        # back fresh records, as PostgreSQL does)
+                        parts = (known[2] or text_parts(record, COUNTED_FIELDS)  # type: ignore[index]
+                                 if mine else None)
+                        record = counted_breaker(record, counted, parts)
                         if len(memo) >= PLANS_MAX:
                             memo.clear()
-                        memo[key] = (record, counted)
+                        memo[key] = (record, counted, parts)
                         changes.writes.append(StoredState(key, stored.version + 1, record))
                         continue
             state = self.parsed.load(states, key, BreakerState.from_record, empty)

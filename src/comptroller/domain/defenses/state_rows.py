@@ -10,13 +10,30 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+import orjson
+
 from comptroller.domain.defenses.verdict import JsonScalar, Verdict
 from comptroller.domain.ledger import Event, ReserveRequest
 from comptroller.domain.scopes import Level
 from comptroller.domain.state import GuardOutcome, StateKey, StoredState
 
-__all__ = ["BREAKER", "FAN_OUT", "KILL", "LOOP", "PIN_DRIFT", "RATE", "RETRY", "RUN", "Changes", "EncodedRecord",
-           "ParsedStates", "scoped_key"]
+__all__ = [
+    "BREAKER",
+    "FAN_OUT",
+    "JSON_INT_MAX",
+    "JSON_INT_MIN",
+    "KILL",
+    "LOOP",
+    "PIN_DRIFT",
+    "RATE",
+    "RETRY",
+    "RUN",
+    "Changes",
+    "EncodedRecord",
+    "ParsedStates",
+    "scoped_key",
+    "text_parts",
+]
 
 BREAKER, KILL, RETRY, LOOP, RUN, RATE = "breaker", "kill_switch", "retry", "loop", "run", "rate"
 FAN_OUT = "fan_out"
@@ -33,7 +50,8 @@ class EncodedRecord(dict[str, JsonScalar]):
 
     Args:
         fields: the record's fields.
-        json_text: ``orjson.dumps(fields, option=OPT_SORT_KEYS)`` as text (the builder guarantees it).
+        json_text: ``orjson.dumps(record, option=OPT_SORT_KEYS)`` as text, of the record handed out (the builder
+            guarantees it; it may set fields of the new record before handing it out).
     """
 
     __slots__ = ("json_text",)
@@ -41,6 +59,44 @@ class EncodedRecord(dict[str, JsonScalar]):
     def __init__(self, fields: Mapping[str, JsonScalar], json_text: str) -> None:
         super().__init__(fields)
         self.json_text = json_text
+
+
+def text_parts(record: Mapping[str, JsonScalar], names: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The JSON text of ``record`` (keys sorted, as ``orjson.dumps(..., option=OPT_SORT_KEYS)`` writes it) cut around
+    the values of ``names``; None if it cannot be cut so.
+
+    With ``parts`` so cut, ``parts[0] + str(v[0]) + parts[1] + ... + parts[-1]`` is the JSON text of ``record``
+    with ``names`` set to the integers ``v`` (each from :data:`JSON_INT_MIN` to :data:`JSON_INT_MAX`): a state
+    whose next record only moves integer counters builds its text without the encoder (a 22-field breaker
+    row: ~5 k instructions instead of ~15 k).
+
+    Args:
+        record: a flat JSON record holding every name.
+        names: fields in sorted order (the order of their values in the text).
+
+    Raises:
+        TypeError: when ``record`` is not JSON (orjson refuses it).
+    """
+    probe = dict(record)
+    marks = [f"\x00{i}\x00" for i in range(len(names))]  # sentinels no field of a state row holds (checked below)
+    for name, mark in zip(names, marks, strict=True):
+        if name not in probe:
+            return None
+        probe[name] = mark
+    text = orjson.dumps(probe, option=orjson.OPT_SORT_KEYS).decode()
+    parts: list[str] = []
+    for mark in marks:
+        quoted = orjson.dumps(mark).decode()
+        if text.count(quoted) != 1:
+            return None
+        head, _, text = text.partition(quoted)  # a mark out of order is then not in the rest: None above
+        parts.append(head)
+    parts.append(text)
+    return tuple(parts)
+
+
+JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**64 - 1
+"""The integers orjson writes (it refuses others)."""
 
 
 def scoped_key(kind: str, level: Level, scope: str) -> StateKey:
