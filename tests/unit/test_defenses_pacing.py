@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from comptroller.domain.budgets import Budget, Period, period_bounds
@@ -175,3 +175,24 @@ def test_paced_period_is_the_budget_period_of_each_instant(zone: str, period: Pe
         reading = read_pace(config, account(0, budget=budget), 1, now)
         assert reading is not None
         assert (reading.start, reading.end) == period_bounds(period, zone, now)
+
+
+@settings(max_examples=300, deadline=None)
+@given(zone=st.sampled_from(ZONES), period=st.sampled_from((Period.DAY, Period.WEEK, Period.MONTH)),
+       slack=st.integers(0, 1_000), burst=st.integers(0, 100),
+       calls=st.lists(st.tuples(st.integers(0, 3 * 366 * 86_400 * 1_000_000), st.integers(0, 2 * LIMIT),
+                                st.integers(0, LIMIT), st.integers(0, LIMIT // 10)), min_size=1, max_size=30))
+def test_the_pace_check_on_epoch_microseconds_is_the_readings(zone: str, period: Period, slack: int, burst: int,
+                                                              calls: list[tuple[int, int, int, int]]) -> None:
+    """check_pace (allowances on microseconds since the epoch, periods remembered) refuses exactly the calls whose
+    read_pace reading is over, in any order of instants, in any zone."""
+    budget = Budget(level=Level.AGENT, scope=SCOPE, limit_mc=LIMIT, period=period, timezone=zone)
+    config = PacingConfig(slack_pct=slack, burst_pct=burst, periods=(period,))
+    start = datetime(2008, 1, 1, tzinfo=UTC)
+    for offset, settled, reserved, ceiling in calls:
+        now = start + timedelta(microseconds=offset)
+        view = account(settled, reserved, budget=budget)
+        reading = read_pace(config, view, ceiling, now)
+        assert reading is not None
+        assert reading.allowance_mc == pace_allowance_mc(config, LIMIT, reading.start, reading.end, now)
+        assert (check_pace(config, [view], ceiling, now) is not None) == reading.over

@@ -33,7 +33,7 @@ from comptroller.domain.defenses._checks import require_aware, require_int
 from comptroller.domain.defenses.errors import DefenseConfigError
 from comptroller.domain.defenses.pinning import Route, RouteReason
 from comptroller.domain.defenses.verdict import Rule, Verdict
-from comptroller.domain.defenses.windows import seconds_until
+from comptroller.domain.defenses.windows import epoch_us, seconds_until
 from comptroller.domain.ledger import AccountView
 from comptroller.domain.money import format_usd
 from comptroller.domain.scopes import LEVELS
@@ -44,6 +44,7 @@ __all__ = ["PaceAction", "PaceReading", "PacingConfig", "apply_pacing", "check_p
 _US = timedelta(microseconds=1)
 _ORDER = {level: i for i, level in enumerate(LEVELS)}
 _BOUNDS: dict[tuple[Period, str], tuple[datetime, datetime]] = {}  # the period last read per (period, zone)
+_BOUNDS_US: dict[tuple[Period, str], tuple[int, int]] = {}  # the same, microseconds since the epoch
 _BOUNDS_MAX = 1_024
 
 
@@ -224,22 +225,46 @@ def _ceiling(ceilings_mc: Mapping[str, int], model: str) -> int:
 
 def _worst(config: PacingConfig, accounts: Sequence[AccountView], ceiling_mc: int,
            now: datetime) -> PaceReading | None:
-    over = [r for a in accounts if _over(config, a, ceiling_mc, now) and (r := read_pace(config, a, ceiling_mc, now))]
+    now_us = epoch_us(now)
+    over = [r for a in accounts
+            if _over(config, a, ceiling_mc, now, now_us) and (r := read_pace(config, a, ceiling_mc, now))]
     if not over:
         return None
     return min(over, key=lambda r: (_ORDER[r.account.budget.level], r.account.budget.id))
 
 
-def _over(config: PacingConfig, account: AccountView, ceiling_mc: int, now: datetime) -> bool:
-    """:attr:`PaceReading.over` of :func:`read_pace`'s reading (False if not paced), without building the reading."""
+def _over(config: PacingConfig, account: AccountView, ceiling_mc: int, now: datetime, now_us: int) -> bool:
+    """:attr:`PaceReading.over` of :func:`read_pace`'s reading (False if not paced), without building the reading:
+    :func:`pace_allowance_mc` on whole microseconds since the epoch (``now_us``, :func:`.windows.epoch_us`)."""
     budget = account.budget
     if budget.period not in config.periods:
         return False
-    bounds = _period(budget.period, budget.timezone, now)
+    bounds = _period_us(budget.period, budget.timezone, now, now_us)
     if bounds is None:
         return False
-    allowance = pace_allowance_mc(config, budget.limit_mc, bounds[0], bounds[1], now)
+    start_us, period_us = bounds
+    limit_mc = budget.limit_mc
+    if limit_mc < 0 or period_us <= 0:  # as pace_allowance_mc
+        raise ValueError(f"pace needs a non-empty period and a limit >= 0, got {period_us} us, {limit_mc}")
+    elapsed_us = min(max(now_us - start_us, 0), period_us)
+    allowance = (limit_mc * elapsed_us * (100 + config.slack_pct) // (period_us * 100)
+                 + limit_mc * config.burst_pct // 100)
     return account.settled_mc + account.reserved_mc + ceiling_mc > allowance
+
+
+def _period_us(period: Period, timezone: str, now: datetime, now_us: int) -> tuple[int, int] | None:
+    """The start of :func:`_period`'s period and its length, whole microseconds since the epoch (memoised)."""
+    cached = _BOUNDS_US.get((period, timezone))
+    if cached is not None and cached[0] <= now_us < cached[1]:
+        return cached[0], cached[1] - cached[0]
+    bounds = _period(period, timezone, now)
+    if bounds is None:
+        return None
+    start_us, end_us = epoch_us(bounds[0]), epoch_us(bounds[1])
+    if len(_BOUNDS_US) >= _BOUNDS_MAX:
+        _BOUNDS_US.clear()
+    _BOUNDS_US[(period, timezone)] = (start_us, end_us)
+    return start_us, end_us - start_us
 
 
 def _retry_after_s(reading: PaceReading, config: PacingConfig, now: datetime) -> float:
