@@ -196,3 +196,26 @@ def test_the_pace_check_on_epoch_microseconds_is_the_readings(zone: str, period:
         assert reading is not None
         assert reading.allowance_mc == pace_allowance_mc(config, LIMIT, reading.start, reading.end, now)
         assert (check_pace(config, [view], ceiling, now) is not None) == reading.over
+
+
+@settings(max_examples=300, deadline=None)
+@given(action=st.sampled_from(tuple(PaceAction)), day=st.integers(0, 29), settled=st.integers(0, LIMIT),
+       ceilings=st.lists(st.integers(0, LIMIT // 2), min_size=1, max_size=3))
+def test_apply_pacing_keeps_an_on_pace_route_and_refuses_as_check_pace(action: PaceAction, day: int, settled: int,
+                                                                        ceilings: list[int]) -> None:
+    """The admit guard asks check_pace first: None means apply_pacing keeps the route; in refuse mode its verdict
+    is apply_pacing's."""
+    config = PacingConfig(action=action)
+    now = JUNE + timedelta(days=day, hours=7)
+    models = [f"m{i}" for i in range(len(ceilings))]
+    route = Route(models[0], models[0], RouteReason.ALLOWED, "allowed")
+    accounts = [account(settled)]
+    checked = check_pace(config, accounts, ceilings[0], now)
+    applied = apply_pacing(config, accounts, route, ceilings_mc=dict(zip(models, ceilings, strict=True)),
+                           downgrades=models[1:], now=now)
+    if checked is None:
+        assert applied is route
+    elif action is PaceAction.REFUSE:
+        assert applied == checked
+    else:
+        assert applied is not route

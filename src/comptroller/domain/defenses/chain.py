@@ -58,7 +58,7 @@ from comptroller.domain.defenses.fanout import InFlight, admit_in_flight
 from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState, check_kill_switch
 from comptroller.domain.defenses.layers import Defenses
 from comptroller.domain.defenses.loops import LoopHistory, LoopRequest, check_loops
-from comptroller.domain.defenses.pacing import apply_pacing
+from comptroller.domain.defenses.pacing import PaceAction, apply_pacing, check_pace
 from comptroller.domain.defenses.pinning import Route
 from comptroller.domain.defenses.retries import RetryState, check_attempt, check_unlabelled
 from comptroller.domain.defenses.served_drift import ServedDrift, check_served_drift
@@ -333,7 +333,13 @@ class AdmitDefenses:
         config = self.defenses.pacing
         if config is None:
             return None
-        ceilings = {model: r.ceiling_mc for model, r in self.facts.requests.items()}
+        requests = self.facts.requests
+        routed = requests.get(route.model)
+        if routed is not None:  # apply_pacing's first check: on pace keeps the route, over it refuses if so set
+            over = check_pace(config, accounts, routed.ceiling_mc, now)
+            if over is None or config.action is PaceAction.REFUSE:
+                return over
+        ceilings = {model: r.ceiling_mc for model, r in requests.items()}
         downgrades = [m for m in self.facts.requests if m != route.model]
         paced = apply_pacing(config, accounts, route, ceilings_mc=ceilings, downgrades=downgrades, now=now)
         if isinstance(paced, Verdict):
