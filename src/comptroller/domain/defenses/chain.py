@@ -145,23 +145,25 @@ class AdmitDefenses:
         self._gate_key = plan.gate_key
         self._fan_out_plan = plan.fan_out
         self._breaker_plan = plan.breakers
+        self._plan = plan
+        self._attempts = defenses.retries is not None and plan.task is not None and (
+            facts.attempt_id is not None or facts.fingerprint is not None)  # rank 5 counts the attempt
+        self._detects = defenses.loops is not None and (facts.fingerprint is not None or facts.text is not None)
 
     def state_keys(self) -> list[StateKey]:
         """The kill switches of every scope, the run, the retry state, the loop history, the breakers."""
-        keys = [key for key, _, _, _ in self._kill_plan]
+        plan = self._plan
+        keys = list(plan.kill_keys)
         if self.facts.run_id is not None:
             keys.append(run_key(self.facts.attribution, self.facts.run_id))
-        if self._gate_key is not None:
-            keys.append(self._gate_key)
-        if self._counts_attempts():
-            assert self._task is not None
-            keys.append(StateKey(RETRY, self._task))
-        if self._detects_loops():
-            keys.append(self._loop_key)
-        keys += [key for key, _, _, _ in self._breaker_plan]
-        keys += [key for key, _, _, _ in self._fan_out_plan]
-        if self.defenses.pinning is not None:
-            keys.append(self._drift_key)
+        if plan.gate_key is not None:
+            keys.append(plan.gate_key)
+        if self._attempts:
+            assert plan.retry_key is not None
+            keys.append(plan.retry_key)
+        if self._detects:
+            keys.append(plan.loop_key)
+        keys += plan.tail_keys
         return keys
 
     def apply(self, states: Mapping[StateKey, StoredState], accounts: Sequence[AccountView],
@@ -261,16 +263,8 @@ class AdmitDefenses:
         return check_dispatched(gate, self.facts.attribution, self.facts.message_id)
 
     # rank 5
-    def _counts_attempts(self) -> bool:
-        return self.defenses.retries is not None and self._task is not None and (
-            self.facts.attempt_id is not None or self.facts.fingerprint is not None)
-
-    def _detects_loops(self) -> bool:
-        return self.defenses.loops is not None and (self.facts.fingerprint is not None
-                                                    or self.facts.text is not None)
-
     def _retries(self, states: Mapping[StateKey, StoredState], now: datetime, changes: Changes) -> Verdict | None:
-        if not self._counts_attempts():
+        if not self._attempts:
             return None
         assert self.defenses.retries is not None and self._task is not None
         key = StateKey(RETRY, self._task)
@@ -285,7 +279,7 @@ class AdmitDefenses:
         return step.verdict
 
     def _loops(self, states: Mapping[StateKey, StoredState], now: datetime, changes: Changes) -> Verdict | None:
-        if not self._detects_loops():
+        if not self._detects:
             return None
         assert self.defenses.loops is not None
         key, level, scope = self._loop_key, self._loop_level, self._loop_scope

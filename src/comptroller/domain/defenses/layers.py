@@ -16,7 +16,7 @@ from comptroller.domain.defenses.loops import LoopConfig, loop_scope
 from comptroller.domain.defenses.pacing import PacingConfig
 from comptroller.domain.defenses.pinning import PinningPolicy
 from comptroller.domain.defenses.retries import RetryPolicy
-from comptroller.domain.defenses.state_rows import BREAKER, FAN_OUT, KILL, LOOP, PIN_DRIFT, scoped_key
+from comptroller.domain.defenses.state_rows import BREAKER, FAN_OUT, KILL, LOOP, PIN_DRIFT, RETRY, scoped_key
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import StateKey
 
@@ -91,10 +91,15 @@ class AdmitPlan:
         gate_key: the conversation's dispatch gate row (None without a conversation).
         fan_out: the capped scopes (:func:`fan_out_plan`).
         breakers: ``(row, level, scope, config)`` of each breaker that applies.
+        kill_keys: the kill switches' rows, in ``kills`` order.
+        retry_key: the task's retry row (None without a task).
+        tail_keys: the breakers' rows, the capped scopes' rows, and the agent's ``pin_drift`` row with pinning
+            (the rows every admission of the attribution reads after its kill switches, run, gate, retry and
+            loop rows).
     """
 
-    __slots__ = ("agent_scope", "breakers", "drift_key", "fan_out", "gate_key", "kills", "loop_key", "loop_level",
-                 "loop_scope", "scopes", "task")
+    __slots__ = ("agent_scope", "breakers", "drift_key", "fan_out", "gate_key", "kill_keys", "kills", "loop_key",
+                 "loop_level", "loop_scope", "retry_key", "scopes", "tail_keys", "task")
 
     def __init__(self, defenses: Defenses, attribution: Attribution) -> None:
         self.scopes = attribution.scopes()
@@ -113,3 +118,7 @@ class AdmitPlan:
         self.breakers = [] if policy is None else [
             (scoped_key(BREAKER, level, scope), level, scope, config)
             for level, scope, config in policy.breakers_for(self.scopes)]
+        self.kill_keys = tuple(key for key, _, _, _ in self.kills)
+        self.retry_key = None if self.task is None else StateKey(RETRY, self.task)
+        self.tail_keys = (*(key for key, _, _, _ in self.breakers), *(key for key, _, _, _ in self.fan_out),
+                          *((self.drift_key,) if defenses.pinning is not None else ()))
