@@ -1,15 +1,15 @@
-"""The upstream side: one pool of keep-alive connections per configured provider, behind a small seam.
+"""The upstream side: one pooled ``aiohttp.ClientSession`` per configured provider, behind a small seam.
 
 Each provider gets keep-alive connections (at most ``pool_connections_max`` per worker),
 a connect timeout (pool wait included) and a read timeout between bytes. A failed
-connection attempt (:class:`~comptroller.gateway.http_client.ConnectError`: nothing was sent)
-is retried up to ``connect_retries`` times; nothing else is ever retried, so a request that
-reached the provider is never sent twice and a call is never paid twice.
+connection attempt (``aiohttp.ClientConnectorError``: nothing was sent) is retried up to
+``connect_retries`` times; nothing else is ever retried, so a request that reached the
+provider is never sent twice and a call is never paid twice.
 
-The client is :mod:`comptroller.gateway.http_client` (asyncio and httptools' C parser): on
-this project's 2-core VM an httpx ``AsyncClient`` round trip to a local stub cost about
-3.5 ms (almost all of it Python CPU in httpcore, h11 and anyio), aiohttp's about 145 µs of
-CPU, this client's about 36 µs (BENCHMARKS.md, issue 14).
+Why aiohttp and not httpx: on this project's 2-core VM an httpx ``AsyncClient`` round trip
+to a local stub costs about 3.5 ms (almost all of it Python CPU in httpcore, h11 and
+anyio), aiohttp's about 1.0 ms (C HTTP parser); the gateway's added-latency target is
+0.5 ms (see BENCHMARKS.md).
 
 :class:`UpstreamResponse` is all the call path sees: the status, the whole body or its
 lines, and ``release`` (done: the connection goes back to the pool) or ``abort`` (close
@@ -23,10 +23,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import orjson
 
 from comptroller.gateway.config import GatewayConfig, ProviderConfig
-from comptroller.gateway.http_client import Answer, ConnectError, HttpError, Origin
 
 __all__ = ["Upstream", "UpstreamError", "UpstreamResponse", "UpstreamTimeoutError", "Upstreams", "body_bytes"]
 
@@ -61,7 +61,7 @@ def _translate(exc: BaseException, provider: str) -> UpstreamError:
 class UpstreamResponse:
     """An open answer from a provider."""
 
-    def __init__(self, response: Answer, provider: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, provider: str) -> None:
         self._response = response
         self.provider = provider
         self.status = response.status
@@ -80,7 +80,7 @@ class UpstreamResponse:
         """
         try:
             return await self._response.read()
-        except (TimeoutError, HttpError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, self.provider) from None
 
     async def lines(self) -> AsyncIterator[str]:
@@ -90,9 +90,9 @@ class UpstreamResponse:
             UpstreamError: the connection broke or timed out.
         """
         try:
-            async for raw in self._response.lines():
+            async for raw in self._response.content:
                 yield raw.decode("utf-8").rstrip("\r\n")
-        except (TimeoutError, HttpError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, self.provider) from None
 
     def release(self) -> None:
@@ -123,7 +123,9 @@ class Upstream:
         self.name = name
         self.config = config
         self.root = config.base_url.rstrip("/")
-        self.headers = {"content-type": "application/json"}
+        # identity: the answer is read for its usage and passed on as received, and the session does
+        # not decompress (aiohttp would otherwise ask for gzip and hand over the compressed bytes).
+        self.headers = {"content-type": "application/json", "accept-encoding": "identity"}
         key = config.api_key()
         if config.kind == "anthropic":
             self.headers["anthropic-version"] = ANTHROPIC_VERSION
@@ -132,13 +134,15 @@ class Upstream:
         elif key is not None:
             self.headers["authorization"] = f"Bearer {key}"
         self._gateway = gateway
-        self._pool: Origin | None = None
+        self._session: aiohttp.ClientSession | None = None
 
-    def _open_pool(self) -> Origin:
+    def _open_session(self) -> aiohttp.ClientSession:
         g = self._gateway
-        return Origin(self.root, self.headers, connections_max=g.pool_connections_max,
-                      connect_s=g.pool_timeout_s + g.connect_timeout_s, sock_connect_s=g.connect_timeout_s,
-                      read_s=g.read_timeout_s)
+        connector = aiohttp.TCPConnector(limit=g.pool_connections_max, limit_per_host=g.pool_connections_max)
+        timeout = aiohttp.ClientTimeout(total=None, connect=g.pool_timeout_s + g.connect_timeout_s,
+                                        sock_connect=g.connect_timeout_s, sock_read=g.read_timeout_s)
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers,
+                                     auto_decompress=False, skip_auto_headers=("User-Agent",))
 
     async def open(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> UpstreamResponse:
         """POST ``body`` to ``path`` under the provider's root; the answer is open (read it, then release
@@ -150,21 +154,18 @@ class Upstream:
 
         Raises:
             UpstreamTimeoutError: the provider did not answer in time.
-            UpstreamError: the connection failed (after the connect retries), or the URL or a header
-                cannot be sent (nothing was).
+            UpstreamError: the connection failed (after the connect retries).
         """
+        if self._session is None:
+            self._session = self._open_session()
         content = body_bytes(body)
         for attempt in range(self._gateway.connect_retries + 1):
             try:
-                if self._pool is None:
-                    self._pool = self._open_pool()
-                response = await self._pool.post(path, content, headers)
-            except ValueError as exc:  # a URL without a host, a header with a line break: nothing was sent
-                raise _translate(exc, self.name) from None
-            except ConnectError as exc:  # nothing was sent: safe to try again
+                response = await self._session.post(self.root + path, data=content, headers=headers or None)
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent: safe to try again
                 if attempt == self._gateway.connect_retries:
                     raise _translate(exc, self.name) from None
-            except (TimeoutError, HttpError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _translate(exc, self.name) from None
             else:
                 return UpstreamResponse(response, self.name)
@@ -172,8 +173,8 @@ class Upstream:
 
     async def aclose(self) -> None:
         """Close the pool."""
-        if self._pool is not None:
-            await self._pool.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class Upstreams:
