@@ -1,5 +1,6 @@
-"""The upstream client asks providers for uncompressed answers: the gateway reads each answer for its usage
-and passes it on as received, and its session does not decompress."""
+"""The upstream client's session: it asks providers for uncompressed answers (the gateway reads each answer
+for its usage and passes it on as received; the session does not decompress), and it keeps no cookies (one
+session serves every tenant)."""
 
 from __future__ import annotations
 
@@ -16,33 +17,44 @@ from comptroller.gateway.upstream import Upstream
 ANSWER = {"id": "x", "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
 
 
-async def _call() -> tuple[str, bytes]:
-    """POST through an ``Upstream`` to a loopback provider that gzips whenever the request allows it."""
-    seen: list[str] = []
+async def _calls(n: int) -> tuple[list[tuple[str, str]], list[bytes]]:
+    """``n`` POSTs through one ``Upstream`` to a loopback provider that gzips whenever the request allows it
+    and sets a cookie on every answer; returns the (accept-encoding, cookie) headers it saw and the bodies."""
+    seen: list[tuple[str, str]] = []
 
     async def chat(request: web.Request) -> web.Response:
         accepted = request.headers.get("accept-encoding", "")
-        seen.append(accepted)
+        seen.append((accepted, request.headers.get("cookie", "")))
         body = json.dumps(ANSWER).encode()
+        headers = {"set-cookie": f"__cf_bm=tenant{len(seen)}; Path=/"}
         if "gzip" in accepted:
-            return web.Response(body=gzip.compress(body), headers={"content-encoding": "gzip"},
-                                content_type="application/json")
-        return web.Response(body=body, content_type="application/json")
+            headers["content-encoding"] = "gzip"
+            body = gzip.compress(body)
+        return web.Response(body=body, headers=headers, content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     async with TestServer(app, host="127.0.0.1") as server:
-        upstream = Upstream("p", ProviderConfig(base_url=str(server.make_url("/v1"))), GatewayConfig())
+        # by name: a cookie jar would keep the cookies of a named host (an IP address's it drops anyway)
+        base_url = str(server.make_url("/v1")).replace("127.0.0.1", "localhost")
+        upstream = Upstream("p", ProviderConfig(base_url=base_url), GatewayConfig())
+        bodies = []
         try:
-            response = await upstream.open("/chat/completions", {"model": "m", "messages": []})
-            body = await response.read()
-            response.release()
+            for _ in range(n):
+                response = await upstream.open("/chat/completions", {"model": "m", "messages": []})
+                bodies.append(await response.read())
+                response.release()
         finally:
             await upstream.aclose()
-    return seen[0], body
+    return seen, bodies
 
 
 def test_the_provider_is_asked_for_identity_and_its_answer_reads_as_json() -> None:
-    accepted, body = asyncio.run(_call())
-    assert accepted == "identity"
-    assert json.loads(body) == ANSWER
+    seen, bodies = asyncio.run(_calls(1))
+    assert seen[0][0] == "identity"
+    assert json.loads(bodies[0]) == ANSWER
+
+
+def test_a_cookie_the_provider_sets_is_not_sent_with_later_calls() -> None:
+    seen, _ = asyncio.run(_calls(3))
+    assert [cookie for _, cookie in seen] == ["", "", ""]

@@ -141,8 +141,11 @@ class Upstream:
         connector = aiohttp.TCPConnector(limit=g.pool_connections_max, limit_per_host=g.pool_connections_max)
         timeout = aiohttp.ClientTimeout(total=None, connect=g.pool_timeout_s + g.connect_timeout_s,
                                         sock_connect=g.connect_timeout_s, sock_read=g.read_timeout_s)
+        # No cookie jar: the session serves every tenant, so a cookie one answer sets (a CDN's, say) must not
+        # ride on the next tenant's request; it also spares each request the jar's filtering.
         return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers,
-                                     auto_decompress=False, skip_auto_headers=("User-Agent",))
+                                     auto_decompress=False, skip_auto_headers=("User-Agent",),
+                                     cookie_jar=aiohttp.DummyCookieJar())
 
     async def open(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> UpstreamResponse:
         """POST ``body`` to ``path`` under the provider's root; the answer is open (read it, then release
