@@ -61,7 +61,9 @@ class BatchUpstream:
         g = self.config
         timeout = aiohttp.ClientTimeout(total=None, connect=g.pool_timeout_s + g.connect_timeout_s,
                                         sock_connect=g.connect_timeout_s, sock_read=g.read_timeout_s)
-        return aiohttp.ClientSession(timeout=timeout, skip_auto_headers=("User-Agent",))
+        # No cookie jar: one session serves every tenant (see gateway.upstream.Upstream).
+        return aiohttp.ClientSession(timeout=timeout, skip_auto_headers=("User-Agent",),
+                                     cookie_jar=aiohttp.DummyCookieJar())
 
     def _headers(self, provider: str, anthropic: bool) -> dict[str, str]:
         key = self.config.providers[provider].api_key()

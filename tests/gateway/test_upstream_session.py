@@ -11,6 +11,7 @@ import json
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from comptroller.gateway.batches.provider import BatchUpstream
 from comptroller.gateway.config import GatewayConfig, ProviderConfig
 from comptroller.gateway.upstream import Upstream
 
@@ -58,3 +59,29 @@ def test_the_provider_is_asked_for_identity_and_its_answer_reads_as_json() -> No
 def test_a_cookie_the_provider_sets_is_not_sent_with_later_calls() -> None:
     seen, _ = asyncio.run(_calls(3))
     assert [cookie for _, cookie in seen] == ["", "", ""]
+
+
+async def _batch_calls(n: int) -> list[str]:
+    """``n`` GETs through one ``BatchUpstream`` to a loopback provider (by name) that sets a cookie on every
+    answer; returns the cookie header of each request it saw."""
+    seen: list[str] = []
+
+    async def batch(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("cookie", ""))
+        return web.json_response({"id": "batch_1"}, headers={"set-cookie": f"__cf_bm=tenant{len(seen)}; Path=/"})
+
+    app = web.Application()
+    app.router.add_get("/v1/batches/batch_1", batch)
+    async with TestServer(app, host="127.0.0.1") as server:
+        base_url = str(server.make_url("/v1")).replace("127.0.0.1", "localhost")
+        upstream = BatchUpstream(GatewayConfig(providers={"p": ProviderConfig(base_url=base_url)}))
+        try:
+            for _ in range(n):
+                assert (await upstream.call("p", "GET", "/batches/batch_1")).status == 200
+        finally:
+            await upstream.aclose()
+    return seen
+
+
+def test_the_batch_client_sends_no_cookie_a_provider_set() -> None:
+    assert asyncio.run(_batch_calls(3)) == ["", "", ""]
