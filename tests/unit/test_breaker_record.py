@@ -23,7 +23,7 @@ from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchS
 from comptroller.domain.defenses.layers import Defenses
 from comptroller.domain.defenses.settle_guard import SettleDefenses
 from comptroller.domain.defenses.state_rows import JSON_INT_MAX, JSON_INT_MIN, EncodedRecord, text_parts
-from comptroller.domain.defenses.windows import EPOCH, US_PER_S, epoch_us, window_index
+from comptroller.domain.defenses.windows import EPOCH, US_PER_S, epoch_seconds, epoch_us, window_index
 from comptroller.domain.ledger import ReserveRequest
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import StateKey, StoredState
@@ -115,11 +115,13 @@ def test_an_untripped_switchs_record_counts_as_record_spend(limit: int | None, w
 @settings(max_examples=300, deadline=None)
 @given(us=st.integers(-10**15, 10**17), offset_min=st.integers(-23 * 60, 23 * 60),
        window_s=st.one_of(st.integers(1, 86_400), st.sampled_from((1, 60, 3_600))))
-def test_epoch_microseconds_give_the_window_index(us: int, offset_min: int, window_s: int) -> None:
-    """``epoch_us(now) // (window_s * US_PER_S)`` is ``window_index(now, window_s)``, in any time zone."""
+def test_epoch_seconds_give_the_window_index(us: int, offset_min: int, window_s: int) -> None:
+    """``epoch_seconds(now) // window_s`` is ``window_index(now, window_s)``, in any time zone; ``epoch_us`` is
+    exact."""
     now = (EPOCH + timedelta(microseconds=us)).astimezone(timezone(timedelta(minutes=offset_min)))
     assert epoch_us(now) == us
-    assert epoch_us(now) // (window_s * US_PER_S) == window_index(now, window_s)
+    assert epoch_seconds(now) == us // US_PER_S
+    assert epoch_seconds(now) // window_s == window_index(now, window_s)
 
 
 def _guard() -> SettleDefenses:

@@ -14,7 +14,7 @@ from comptroller.domain.defenses._versions import versioner
 from comptroller.domain.defenses.baseline import SpendBaseline
 from comptroller.domain.defenses.state_rows import JSON_INT_MAX, JSON_INT_MIN, EncodedRecord
 from comptroller.domain.defenses.verdict import JsonScalar
-from comptroller.domain.defenses.windows import US_PER_S, epoch_us
+from comptroller.domain.defenses.windows import epoch_seconds
 from comptroller.domain.scopes import Level
 
 __all__ = ["COUNTED_FIELDS", "BreakerState", "BreakerStatus", "BreakerTransition", "ClosedCounters", "closed_counters",
@@ -153,7 +153,7 @@ def count_closed_record(record: Mapping[str, JsonScalar], config: BreakerConfig,
     counters = closed_counters(record)
     if counters is None or type(cost_mc) is not int or cost_mc < 0:
         return None
-    counted = count_closed(counters, config, cost_mc, epoch_us(now))
+    counted = count_closed(counters, config, cost_mc, epoch_seconds(now))
     if counted is None or counted is counters:
         return None if counted is None else record
     return counted_record(record, counted)
@@ -178,21 +178,21 @@ def closed_counters(record: Mapping[str, JsonScalar]) -> ClosedCounters | None:
     return index, spend, last_over, rel_index, rel_spend, rel_last_over, version  # type: ignore[return-value]
 
 
-def count_closed(counters: ClosedCounters, config: BreakerConfig, cost_mc: int, now_us: int) -> ClosedCounters | None:
+def count_closed(counters: ClosedCounters, config: BreakerConfig, cost_mc: int, now_s: int) -> ClosedCounters | None:
     """The common settle of a closed breaker, on its counters (:func:`count_closed_record` without the record).
 
     Args:
         counters: the breaker's counters (:func:`closed_counters`).
         config: its configuration.
         cost_mc: the settled cost, millicents (an int >= 0: the caller checks).
-        now_us: the settle time, microseconds since the epoch (:func:`.windows.epoch_us`).
+        now_s: the settle time, whole seconds since the epoch (:func:`.windows.epoch_seconds`).
 
     Returns:
         ``counters`` itself when nothing changes; the counters after the settle (one version up,
         :func:`counted_record`); None when ``record_spend`` must decide.
     """
     old_index, old_spend, last_over, rel_index, rel_spend, rel_last_over, version = counters
-    index = now_us // (config.window_s * US_PER_S)
+    index = now_s // config.window_s
     if old_index is None or index > old_index:
         window, spend = index, cost_mc
     else:
@@ -201,7 +201,7 @@ def count_closed(counters: ClosedCounters, config: BreakerConfig, cost_mc: int, 
     if changed and spend > config.threshold_mc and last_over != window:
         return None  # an over window: a streak to count, maybe a trip
     if config.relative_k is not None:
-        if rel_index is None or now_us // (config.relative_window_s * US_PER_S) > rel_index:
+        if rel_index is None or now_s // config.relative_window_s > rel_index:
             return None  # no relative window yet, or a new one: the baseline folds
         if rel_last_over != rel_index and rel_spend + cost_mc > config.relative_floor_mc:
             return None  # the relative window may be over: judged against a baseline

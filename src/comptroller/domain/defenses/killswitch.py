@@ -30,7 +30,7 @@ from comptroller.domain.defenses import _records as rec
 from comptroller.domain.defenses._checks import parse_level, require_aware, require_int, require_text
 from comptroller.domain.defenses._versions import versioner
 from comptroller.domain.defenses.verdict import JsonScalar, Rule, Verdict
-from comptroller.domain.defenses.windows import US_PER_S, epoch_us, window_index
+from comptroller.domain.defenses.windows import epoch_seconds, window_index
 from comptroller.domain.ledger import Event
 from comptroller.domain.money import format_usd
 from comptroller.domain.scopes import LEVELS, Level
@@ -245,7 +245,7 @@ def count_record(record: Mapping[str, JsonScalar], config: KillSwitchConfig, cos
     counters = switch_counters(record)
     if counters is None or type(cost_mc) is not int or cost_mc < 0:
         return None
-    counted = count_switch(counters, config, cost_mc, epoch_us(now))
+    counted = count_switch(counters, config, cost_mc, epoch_seconds(now))
     return None if counted is None else counted_record(record, counted)
 
 
@@ -265,21 +265,21 @@ def switch_counters(record: Mapping[str, JsonScalar]) -> SwitchCounters | None:
 
 
 def count_switch(counters: SwitchCounters, config: KillSwitchConfig, cost_mc: int,
-                 now_us: int) -> SwitchCounters | None:
+                 now_s: int) -> SwitchCounters | None:
     """The common settle of an untripped switch, on its counters (:func:`count_record` without the record).
 
     Args:
         counters: the switch's counters (:func:`switch_counters`).
         config: its automatic triggers.
         cost_mc: the settled cost, millicents (an int >= 0: the caller checks).
-        now_us: the settle time, microseconds since the epoch (:func:`.windows.epoch_us`).
+        now_s: the settle time, whole seconds since the epoch (:func:`.windows.epoch_seconds`).
 
     Returns:
         The counters after the settle (one version up, :func:`counted_record`), or None when the
         window goes over ``window_spend_mc_max`` (``record_spend`` trips the switch).
     """
     old_index, old_spend, version = counters
-    index = now_us // (config.window_s * US_PER_S)
+    index = now_s // config.window_s
     window, spend = (old_index, old_spend + cost_mc) if old_index is not None and index <= old_index else (index,
                                                                                                           cost_mc)
     limit = config.window_spend_mc_max

@@ -41,7 +41,7 @@ from comptroller.domain.defenses.state_rows import (
     text_parts,
 )
 from comptroller.domain.defenses.verdict import JsonScalar
-from comptroller.domain.defenses.windows import epoch_us
+from comptroller.domain.defenses.windows import epoch_seconds
 from comptroller.domain.ledger import Reservation
 from comptroller.domain.scopes import Attribution, Level
 from comptroller.domain.state import GuardOutcome, SettleGuard, StateKey, StoredState
@@ -126,8 +126,8 @@ class SettleDefenses:
                 fallback = self._remember_rate(rate_scope, namespace.baseline)
             else:
                 fallback = self._rates.get(rate_scope)
-        now_us = epoch_us(now)
-        self._breakers(plan, states, changes, call_id=call_id, cost_mc=cost_mc, now=now, now_us=now_us,
+        now_s = epoch_seconds(now)
+        self._breakers(plan, states, changes, call_id=call_id, cost_mc=cost_mc, now=now, now_s=now_s,
                        fallback=fallback)
         if rate is not None and namespace is not None and cost_mc is not None and sampled:
             config = rate[2]
@@ -138,11 +138,11 @@ class SettleDefenses:
                     namespace.scope, counted, namespace.version + 1))
                 self._remember_rate(rate[1], counted)
         if cost_mc is not None and plan.kills:
-            self._kill_switches(plan, cost_mc, states, now, changes, now_us=now_us)
+            self._kill_switches(plan, cost_mc, states, now, changes, now_s=now_s)
         return changes.outcome()
 
     def _breakers(self, plan: _SettlePlan, states: Mapping[StateKey, StoredState], changes: Changes, *, call_id: str,
-                  cost_mc: int | None, now: datetime, now_us: int, fallback: SpendBaseline | None) -> None:
+                  cost_mc: int | None, now: datetime, now_s: int, fallback: SpendBaseline | None) -> None:
         """Count the cost in each breaker (the common settle on its counters), or return a released probe's lease."""
         memo = self._counted
         for key, config, empty in plan.breakers:
@@ -153,7 +153,7 @@ class SettleDefenses:
                 mine = known is not None and known[0] is record
                 counters = known[1] if mine else closed_counters(record)  # type: ignore[index]  # mine: known
                 if counters is not None:
-                    counted = count_closed(counters, config, cost_mc, now_us)
+                    counted = count_closed(counters, config, cost_mc, now_s)
                     if counted is counters:
                         continue
                     if counted is not None:
@@ -174,7 +174,7 @@ class SettleDefenses:
             changes.events += step.events
 
     def _kill_switches(self, plan: _SettlePlan, cost_mc: int, states: Mapping[StateKey, StoredState], now: datetime,
-                       changes: Changes, *, now_us: int) -> None:
+                       changes: Changes, *, now_s: int) -> None:
         """Count the cost in each switch with a window trigger (the common settle on its counters)."""
         memo = self._switches
         for key, config, empty in plan.kills:
@@ -183,7 +183,7 @@ class SettleDefenses:
                 record = stored.record
                 known = memo.get(key)
                 counters = known[1] if known is not None and known[0] is record else switch_counters(record)
-                counted = None if counters is None else count_switch(counters, config, cost_mc, now_us)
+                counted = None if counters is None else count_switch(counters, config, cost_mc, now_s)
                 if counted is not None:
                     record = counted_record(record, counted)
                     if len(memo) >= PLANS_MAX:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from comptroller.domain.defenses._checks import require_aware
 
-__all__ = ["EPOCH", "US_PER_S", "epoch_us", "seconds_until", "window_bounds", "window_index"]
+__all__ = ["EPOCH", "US_PER_S", "epoch_seconds", "epoch_us", "seconds_until", "window_bounds", "window_index"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US_PER_S = 1_000_000
@@ -46,18 +46,32 @@ def window_index(now: datetime, window_s: int) -> int:
 
 
 def epoch_us(now: datetime) -> int:
-    """Whole microseconds from the epoch to ``now`` (exact): ``epoch_us(now) // (window_s * US_PER_S)`` is
-    :func:`window_index`, so a settle counting several windows subtracts once.
+    """Whole microseconds from the epoch to ``now`` (exact).
 
     Raises:
         ValueError: on a naive ``now``.
     """
+    since = _since_epoch(now)
+    return (since.days * 86_400 + since.seconds) * US_PER_S + since.microseconds
+
+
+def epoch_seconds(now: datetime) -> int:
+    """Whole seconds from the epoch to ``now``, rounded down (exact): ``epoch_seconds(now) // window_s`` is
+    :func:`window_index`, so a settle counting several windows subtracts once and divides small integers.
+
+    Raises:
+        ValueError: on a naive ``now``.
+    """
+    since = _since_epoch(now)
+    return since.days * 86_400 + since.seconds  # 0 <= microseconds < 1 s: the floor
+
+
+def _since_epoch(now: datetime) -> timedelta:
     try:
-        since = now - EPOCH
+        return now - EPOCH
     except TypeError:  # a naive datetime (or not a datetime): the ValueError below names it
         require_aware("now", now)
         raise
-    return (since.days * 86_400 + since.seconds) * US_PER_S + since.microseconds
 
 
 def window_bounds(index: int, window_s: int) -> tuple[datetime, datetime]:
