@@ -22,7 +22,7 @@ from comptroller.domain.defenses.breaker_policy import BreakerPolicy
 from comptroller.domain.defenses.killswitch import KillSwitchConfig, KillSwitchState
 from comptroller.domain.defenses.layers import Defenses
 from comptroller.domain.defenses.settle_guard import SettleDefenses
-from comptroller.domain.defenses.state_rows import JSON_INT_MAX, JSON_INT_MIN, EncodedRecord, text_parts
+from comptroller.domain.defenses.state_rows import JSON_INT_MAX, JSON_INT_MIN, EncodedRecord, stored_state, text_parts
 from comptroller.domain.defenses.windows import EPOCH, US_PER_S, epoch_seconds, epoch_us, window_index
 from comptroller.domain.ledger import ReserveRequest
 from comptroller.domain.scopes import Attribution, Level
@@ -199,3 +199,14 @@ def test_a_counted_breaker_record_carries_its_text_from_the_second_settle_in_a_r
         kinds.append([type(w.record) is EncodedRecord for w in outcome.writes if w.key.kind == "breaker"])
         rows.update((w.key, w) for w in outcome.writes)
     assert kinds == [[False, False], [False, False], [True, True], [True, True]]
+
+
+@given(kind=st.text(max_size=8), key=st.text(max_size=8), version=st.integers(), record=st.dictionaries(
+    st.text(max_size=4), SCALARS, max_size=4))
+def test_a_stored_state_built_on_its_slots_is_the_dataclasss(kind: str, key: str, version: int,
+                                                              record: dict[str, object]) -> None:
+    """stored_state builds what StoredState's constructor builds (equal, same type, every field)."""
+    built = stored_state(StateKey(kind, key), version, record)  # type: ignore[arg-type]
+    expected = StoredState(StateKey(kind, key), version, record)  # type: ignore[arg-type]
+    assert type(built) is StoredState and built == expected and hash(built.key) == hash(expected.key)
+    assert (built.key, built.version, built.record) == (expected.key, expected.version, expected.record)

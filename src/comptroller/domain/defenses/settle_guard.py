@@ -38,6 +38,7 @@ from comptroller.domain.defenses.state_rows import (
     Changes,
     ParsedStates,
     scoped_key,
+    stored_state,
     text_parts,
 )
 from comptroller.domain.defenses.verdict import JsonScalar
@@ -165,7 +166,7 @@ class SettleDefenses:
                         if len(memo) >= PLANS_MAX:
                             memo.clear()
                         memo[key] = (record, counted, parts)
-                        changes.writes.append(StoredState(key, stored.version + 1, record))
+                        changes.writes.append(stored_state(key, stored.version + 1, record))
                         continue
             state = self.parsed.load(states, key, BreakerState.from_record, empty)
             step = (breaker.release_probe(state, config, call_id, now) if cost_mc is None
@@ -189,7 +190,7 @@ class SettleDefenses:
                     if len(memo) >= PLANS_MAX:
                         memo.clear()
                     memo[key] = (record, counted)
-                    changes.writes.append(StoredState(key, stored.version + 1, record))
+                    changes.writes.append(stored_state(key, stored.version + 1, record))
                     continue
             switch = self.parsed.load(states, key, KillSwitchState.from_record, empty)
             step = killswitch.record_spend(switch, config, cost_mc, now)

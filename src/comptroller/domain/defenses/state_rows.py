@@ -32,6 +32,7 @@ __all__ = [
     "EncodedRecord",
     "ParsedStates",
     "scoped_key",
+    "stored_state",
     "text_parts",
 ]
 
@@ -99,6 +100,20 @@ JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**64 - 1
 """The integers orjson writes (it refuses others)."""
 
 
+_new = object.__new__
+_set_key, _set_version, _set_record = (vars(StoredState)[name].__set__ for name in ("key", "version", "record"))
+
+
+def stored_state(key: StateKey, version: int, record: Mapping[str, JsonScalar]) -> StoredState:
+    """``StoredState(key, version, record)`` with its slots set directly: a frozen dataclass's ``__init__`` pays
+    an ``object.__setattr__`` per field (~5.8 k instructions, ~3.6 k so); a guard writes a few per call."""
+    state = _new(StoredState)
+    _set_key(state, key)
+    _set_version(state, version)
+    _set_record(state, record)
+    return state
+
+
 def scoped_key(kind: str, level: Level, scope: str) -> StateKey:
     """The state key of a per-scope state (``level:scope``; levels contain no ``:``)."""
     return StateKey(kind, f"{level}:{scope}")
@@ -150,7 +165,7 @@ class ParsedStates:
             return ()
         record = after.to_record()
         self._remember(key, record, after)
-        return (StoredState(key, after.version, record),)
+        return (stored_state(key, after.version, record),)
 
     def _remember(self, key: StateKey, record: Mapping[str, JsonScalar], value: object) -> None:
         if len(self._memo) >= self._entries_max:
