@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from comptroller.domain.codes import Code
 from comptroller.domain.defenses.errors import DefenseConfigError
@@ -118,3 +120,20 @@ def test_invalid_pins_are_clear_errors(make: object, words: str) -> None:
     """An empty pin, an unknown tier or a fallback to a model the pin forbids raises a naming error."""
     with pytest.raises(DefenseConfigError, match=words):
         make()  # type: ignore[operator]
+
+
+@settings(max_examples=200, deadline=None)
+@given(asks=st.lists(st.tuples(st.sampled_from(("coder", "critic", "judge", "stranger")),
+                               st.sampled_from((*TIERS, "unknown-model"))), min_size=1, max_size=30),
+       default=st.booleans())
+def test_a_remembered_route_is_the_route_a_fresh_policy_gives(asks: list[tuple[str, str]], default: bool) -> None:
+    """route_request remembers a policy's routes per (agent, model): every answer, in any order of asks, equals
+    the answer of a policy that has seen nothing (refusals are not remembered and stay refusals)."""
+    def policy() -> PinningPolicy:
+        return PinningPolicy(pins=POLICY.pins, model_tiers=TIERS,
+                             default=AgentPin(tiers=("local",)) if default else None)
+
+    remembering = policy()
+    for agent, model in asks:
+        assert route_request(remembering, agent=agent, scope=SCOPE, model=model) == route_request(
+            policy(), agent=agent, scope=SCOPE, model=model)

@@ -124,6 +124,9 @@ class AgentPin:
             require_text("pin", "model or tier", name)
 
 
+_ROUTES_MAX = 8_192  # (agent, model) routes a policy remembers; beyond it the memo starts over
+
+
 @dataclass(frozen=True, slots=True)
 class PinningPolicy:
     """The pins of every agent.
@@ -141,6 +144,7 @@ class PinningPolicy:
     pins: Mapping[str, AgentPin] = field(default_factory=dict)
     default: AgentPin | None = None
     model_tiers: Mapping[str, str] = field(default_factory=dict)
+    _routes: dict[tuple[str, str], Route] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         known_tiers = set(self.model_tiers.values())
@@ -179,13 +183,22 @@ def route_request(policy: PinningPolicy, *, agent: str, scope: str, model: str) 
         scope: the agent's scope key (for the verdict).
         model: the resolved model id requested.
     """
+    routes = policy._routes  # this module's memo of the policy's answers
+    route = routes.get((agent, model))
+    if route is not None:
+        return route  # a policy never changes, and a Route neither
     pin = policy.pin_for(agent)
-    if pin is None:
-        return Route(model, model, RouteReason.UNPINNED,
-                     f"agent {agent!r} has no model pin; any model may be used")
-    if policy.allows(agent, model):
-        how = "by model" if model in pin.models else f"by tier {policy.model_tiers.get(model)!r}"
-        return Route(model, model, RouteReason.ALLOWED, f"{model!r} is allowed for agent {agent!r} {how}")
+    if pin is None or policy.allows(agent, model):
+        if pin is None:
+            route = Route(model, model, RouteReason.UNPINNED,
+                          f"agent {agent!r} has no model pin; any model may be used")
+        else:
+            how = "by model" if model in pin.models else f"by tier {policy.model_tiers.get(model)!r}"
+            route = Route(model, model, RouteReason.ALLOWED, f"{model!r} is allowed for agent {agent!r} {how}")
+        if len(routes) >= _ROUTES_MAX:
+            routes.clear()
+        routes[(agent, model)] = route
+        return route
     tier = policy.model_tiers.get(model)
     return Verdict(
         code=Code.MODEL_NOT_ALLOWED, rule=Rule.PINNING, detector="not_pinned", level=Level.AGENT, scope=scope,
