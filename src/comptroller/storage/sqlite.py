@@ -117,6 +117,7 @@ _TRIGGERS = tuple(
 )
 _BUDGET_COLS = "id, level, scope, period, timezone, limit_mc, alerts"
 _CACHE_ENTRIES_MAX = 100_000
+_RECORD_OVERHEAD_MAX = 24  # a states row's payload beyond its texts: header, serial types, version
 
 _RES_COLS = ("id, idempotency_key, namespace, tenant, agent, conversation, task, phase, model, ceiling_mc, "
              "input_tokens_max, output_tokens_max, created_at, expires_at, state, account_ids, sent, "
@@ -305,6 +306,8 @@ class SQLiteStore:
         self._conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         _set_wal(self._conn, busy_timeout_s)
         self._conn.execute("PRAGMA synchronous = NORMAL")
+        page = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        self._local_max, self._overflow_page = page - 35, page - 4  # a table leaf's payload bytes (fileformat.html)
         with self._write() as cur:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -574,7 +577,8 @@ class SQLiteStore:
         self._state_texts[key] = (text, stored)
 
     def _commit(self, cur: sqlite3.Cursor, outcome: GuardOutcome) -> None:
-        rows = []
+        rows: list[tuple[str, str, int, str]] = []
+        known: list[tuple[int, str, str, str]] = []  # rows this store read or wrote: (version, record, kind, key)
         for w in outcome.writes:  # orjson: a state's JSON is written on every admit and settle (4x json's speed)
             record = w.record
             if type(record) is EncodedRecord:  # its state built its JSON text (the loop history's long row)
@@ -582,15 +586,34 @@ class SQLiteStore:
             else:
                 text = orjson.dumps(record if type(record) is dict else dict(record),  # orjson takes dicts only
                                     option=orjson.OPT_SORT_KEYS).decode()
-            rows.append((w.key.kind, w.key.key, w.version, text))
+            if len(text) > self._local_max and text.isascii():
+                text = self._padded(w.key, text)
+            if self._rows.get(w.key) is not None:  # there, unless the transaction that created it rolled back
+                known.append((w.version, text, w.key.kind, w.key.key))
+            else:
+                rows.append((w.key.kind, w.key.key, w.version, text))
             self._remember_state(w.key, text, w)
             self._rows[w.key] = w
+        if known:  # an UPDATE on the primary key skips the upsert's new-rowid seek and its conflict check
+            cur.executemany("UPDATE states SET version = ?, record = ? WHERE kind = ? AND key = ?", known)
+            if cur.rowcount != len(known):  # a row was not there: upsert them all (the same values again)
+                rows += [(kind, key, version, text) for version, text, kind, key in known]
         if rows:  # an upsert updates the row in place (INSERT OR REPLACE deleted and re-inserted it and its key)
             cur.executemany("INSERT INTO states (kind, key, version, record) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, "
                             "record = excluded.record", rows)
         for event in outcome.events:
             self._insert_event(cur, event)
+
+    def _padded(self, key: StateKey, text: str) -> str:
+        """An ASCII record spilling over its leaf page, padded with spaces (JSON whitespace) to nearly fill its last
+        overflow page: its payload keeps one size while it grows within those pages, so SQLite overwrites the cell
+        and its overflow pages in place (btreeOverwriteCell) instead of freeing and allocating them (two more pages
+        written to the WAL: the freelist trunk and page 1)."""
+        size = len(text) + len(key.kind) + len(key.key) + _RECORD_OVERHEAD_MAX  # at least the payload's bytes
+        step = self._overflow_page
+        top = self._local_max + -(-(size - self._local_max) // step) * step  # the bytes those overflow pages hold
+        return text + " " * (top - size)
 
     def _after(self, cur: sqlite3.Cursor, guard: SettleGuard | None, reservation: Reservation,
                cost_mc: int | None, now: datetime) -> None:
