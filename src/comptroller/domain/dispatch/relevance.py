@@ -12,7 +12,6 @@ from the given texts: no model, no download.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
@@ -34,7 +33,10 @@ class Relevance(Protocol):
 def _bm25s() -> ModuleType:
     """The ``bm25s`` module, imported on first use: it loads numpy and scipy (~0.2 s), which a
     gateway or CLI with no group to dispatch never needs at start-up."""
-    return importlib.import_module("bm25s")
+    import bm25s  # noqa: PLC0415 (deferred on purpose, see above)
+
+    module: ModuleType = bm25s
+    return module
 
 
 def _tokens(texts: list[str]) -> list[list[str]]:
