@@ -82,6 +82,13 @@ class Running:
                 for sample in family.samples
                 if sample.name.startswith("comptroller_outbox_") and not sample.name.endswith("_created")}
 
+    def tenant_metrics(self) -> dict[str, float]:
+        """The tenant samples of the exposition (``comptroller_tenant_*``), by sample name, for tenant acme."""
+        text = self.app.state.gateway.metrics.exposition().decode()
+        return {sample.name: sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name.startswith("comptroller_tenant_") and sample.labels.get("tenant") == "acme"}
+
     def close(self) -> None:
         self.server.__exit__(None, None, None)
 
@@ -141,7 +148,12 @@ def test_settles_survive_a_locked_sqlite_ledger_and_are_charged_once(
     wait_for(lambda: gw.outbox_waiting() == 0, "the outbox to be delivered after the lock went", 60)
     assert gw.outbox_metrics() == {"comptroller_outbox_pending": 0, "comptroller_outbox_oldest_pending_age_seconds": 0,
                                    "comptroller_outbox_delivered_total": CALLS}
-    records = [r for r in gw.store.usage_records() if r.reservation_id not in before]
+    # the delivered charges count in the tenant's metrics as charges on the call path do (the warm call too)
+    every = list(gw.store.usage_records())
+    tenant = gw.tenant_metrics()
+    assert (tenant["comptroller_tenant_cost_mc"], tenant["comptroller_tenant_calls"]) == (
+        sum(r.cost_mc for r in every), CALLS + 1)
+    records = [r for r in every if r.reservation_id not in before]
     assert len(answers) == CALLS == len(stub.control.requests)
     assert len(records) == CALLS == len({r.reservation_id for r in records})
     for record in records:

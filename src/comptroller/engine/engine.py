@@ -342,7 +342,7 @@ class Engine:
                 cost, reservation.ceiling_mc)
         return SettleOutcome(reservation.id, now, usage, cost)
 
-    def deliver(self, outcome: SettleOutcome) -> Code:
+    def deliver(self, outcome: SettleOutcome, observe: Callable[[UsageRecord], None] | None = None) -> Code:
         """Hand a kept outcome to the ledger now; idempotent by reservation id.
 
         The ledger resolves it at delivery time (every lease due by then is resolved first,
@@ -350,6 +350,11 @@ class Engine:
         charges nothing; an outcome arriving after its lease was charged as ``unknown_outcome``
         corrects that charge (``settled_late``). ``outcome.at`` (when the call ended) stays in
         the outbox's record.
+
+        Args:
+            outcome: the kept outcome.
+            observe: called with the usage row the delivery wrote, if it wrote one (the gateway's
+                metrics count the charge then, as they do for a settle on the call path).
 
         Returns:
             The ledger's code (``reservation_not_found`` when the ledger never saw the id).
@@ -367,6 +372,8 @@ class Engine:
             result = self.store.settle(reservation.id, outcome.usage, outcome.cost_mc, self.clock.now(),
                                        self.limits.settle(self._settle_guard, outcome.usage))
             self._settled(result.record)
+            if observe is not None and result.record is not None:
+                observe(result.record)
         self._publish(result.events)
         return result.code
 

@@ -47,7 +47,7 @@ import anyio
 import anyio.to_thread
 
 from comptroller.domain.caps import NoOutputCapError
-from comptroller.domain.ledger import ReleaseResult, Reservation, SettleResult
+from comptroller.domain.ledger import ReleaseResult, Reservation, SettleResult, UsageRecord
 from comptroller.domain.usage import Usage
 from comptroller.engine import Admission, CallRequest, Engine
 from comptroller.gateway.config import GatewayConfig
@@ -268,13 +268,21 @@ class Gateway:
             raise _ledger_unavailable("the call was made; its charge is kept and delivered when the ledger "
                                       "answers") from None
         if result.record is not None:
-            metrics = self.metrics
-            metrics.child(metrics.cost_mc, reservation.model).inc(result.record.cost_mc)
-            metrics.child(metrics.tokens, reservation.model, "input").inc(usage.input_tokens)
-            metrics.child(metrics.tokens, reservation.model, "output").inc(usage.output_tokens)
-            metrics.observe_settled(reservation.attribution.tenant, cost_mc=result.record.cost_mc,
-                                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+            self._count_charge(reservation.model, reservation.attribution.tenant, result.record.cost_mc, usage)
         return result
+
+    def count_delivered(self, record: UsageRecord) -> None:
+        """Count a charge the outbox delivered (``Engine.deliver``'s ``observe``) as a settle on the call path is:
+        cost and tokens by model, and the tenant's figures."""
+        self._count_charge(record.model, record.attribution.tenant, record.cost_mc, record.usage)
+
+    def _count_charge(self, model: str, tenant: str, cost_mc: int, usage: Usage) -> None:
+        metrics = self.metrics
+        metrics.child(metrics.cost_mc, model).inc(cost_mc)
+        metrics.child(metrics.tokens, model, "input").inc(usage.input_tokens)
+        metrics.child(metrics.tokens, model, "output").inc(usage.output_tokens)
+        metrics.observe_settled(tenant, cost_mc=cost_mc, input_tokens=usage.input_tokens,
+                                output_tokens=usage.output_tokens)
 
     def settle(self, reservation: Reservation, usage: Usage, served_model: str | None = None) -> Settled:
         """:meth:`settle_result` for the plain call path: a ledger failure gives ``Settled(None)``."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -164,7 +165,8 @@ class Upkeep:
 
     async def deliver_once(self) -> tuple[int, int]:
         """One delivery round: ``(delivered, still waiting)``."""
-        delivered, waiting = await anyio.to_thread.run_sync(self.outbox.drain, self.gw.engine.deliver,
+        deliver = functools.partial(self.gw.engine.deliver, observe=self.gw.count_delivered)
+        delivered, waiting = await anyio.to_thread.run_sync(self.outbox.drain, deliver,
                                                             self.gw.engine.clock.now)
         if delivered:
             self.gw.metrics.outbox_delivered.inc(delivered)
