@@ -185,7 +185,8 @@ def test_an_item_that_fails_its_statement_fails_alone_and_known_keys_answer_once
         results = _gathered(store.batchers[0], [lambda k=k: store.reserve(reserve_request(k, 100), T0) for k in keys])
         assert isinstance(results[1], psycopg.DataError)
         codes = [getattr(r, "code", None) for r in results]
-        assert (codes[0], codes[2], codes[3]) == (Code.OK, Code.OK, Code.ALREADY_RESERVED)
+        # the failed batch's items then run alone, each on its caller's thread: either k1 may come first
+        assert codes[2] is Code.OK and sorted((codes[0], codes[3])) == sorted((Code.OK, Code.ALREADY_RESERVED))
         [namespace] = [a for a in store.accounts() if a.budget.level is Level.NAMESPACE]
         assert namespace.reserved_mc == 10 + 2 * 100
     finally:
