@@ -22,15 +22,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import sql
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from comptroller.domain.limit_rows import KIND
 from comptroller.domain.wallets.floors import FloorState, floor_key
 from comptroller.domain.wallets.transfers import AccountBalance, Transfer, TransferCode, TransferResult
-from comptroller.errors import LedgerUnavailableError
-from comptroller.storage.migrations import check_version
-from comptroller.storage.postgres import redact, split_url
+from comptroller.storage.postgres import split_url
+from comptroller.storage.postgres_pool import Attempt, Database, RetryError
 from comptroller.storage.transfers import apply_batch, floor_row, has_floor_row
 
 __all__ = ["PostgresTransferStore"]
@@ -38,7 +35,6 @@ __all__ = ["PostgresTransferStore"]
 _T = TypeVar("_T")
 _COLS = "id, debit_account, credit_account, amount_mc, kind, ts, ref"
 _ACCOUNT_COLS = "id, debits_mc, credits_mc, floor_mc"
-_ATTEMPTS = 3
 Conn = psycopg.Connection[Any]
 
 
@@ -71,38 +67,23 @@ class PostgresTransferStore:
 
     def __init__(self, url: str, *, schema: str | None = None, max_size: int = 4, timeout_s: float = 5.0) -> None:
         conninfo, options = split_url(url)
-        self.where = redact(conninfo) + (f" (schema {schema})" if schema else "")
-        self._schema = schema
-        self._timeout_s = options.get("timeout_s", timeout_s)
-        self._pool = ConnectionPool(conninfo, min_size=1, max_size=int(options.get("max_size", max_size)),
-                                    kwargs={"autocommit": True, "connect_timeout": 5}, configure=self._configure,
-                                    timeout=self._timeout_s, open=False, name="comptroller-wallets")
-        self._pool.open(wait=False)
-        try:
-            self._run(lambda conn: check_version(conn, self.where))
-        except BaseException:
-            self._pool.close()
-            raise
-
-    def _configure(self, conn: Conn) -> None:
-        conn.execute("SET TimeZone TO 'UTC'")
-        conn.execute("SET lock_timeout TO '10s'")
-        if self._schema is not None:
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+        self._db = Database(conninfo, options, schema=schema, min_size=1, max_size=max_size, timeout_s=timeout_s,
+                            connect_timeout_s=5.0, lock_timeout_s=10.0, statement_timeout_s=60.0, durable=True)
+        self.where = self._db.where
 
     def _run(self, op: Callable[[Conn], _T]) -> _T:
-        """Run ``op`` in one transaction; again (at most :data:`_ATTEMPTS` times) after a lost race."""
-        for _ in range(_ATTEMPTS):
+        """Run ``op`` in one transaction on the ledger's pool (:meth:`.postgres_pool.Database.run`): again after
+        a lost race, and every connection problem a ``LedgerUnavailableError`` (a batch retried with the
+        same transfer ids is safe)."""
+        def in_transaction(conn: Conn, attempt: Attempt) -> _T:
             try:
-                with self._pool.connection(timeout=self._timeout_s) as conn, conn.transaction():
-                    return op(conn)
+                with conn.transaction():
+                    result = op(conn)
+                    attempt.commit_sent = True  # the block's end sends COMMIT
             except _LostRaceError:
-                continue
-            except (PoolTimeout, psycopg.OperationalError) as exc:
-                raise LedgerUnavailableError(f"wallet ledger {self.where} unavailable: {exc.__class__.__name__}: "
-                                             f"{str(exc).strip()}; retry later with the same transfer ids") from exc
-        raise LedgerUnavailableError(f"wallet ledger {self.where}: a transfer id kept being created concurrently; "
-                                     "retry later with the same transfer ids")
+                raise RetryError from None
+            return result
+        return self._db.run(in_transaction)
 
     def create_transfers(self, transfers: Sequence[Transfer]) -> list[TransferResult]:
         """Decide and apply a batch in one transaction (see :class:`~comptroller.storage.transfers.TransferStore`)."""
@@ -138,7 +119,7 @@ class PostgresTransferStore:
 
     def close(self) -> None:
         """Close the pooled connections."""
-        self._pool.close()
+        self._db.close()
 
 
 def _create(conn: Conn, transfers: Sequence[Transfer]) -> list[TransferResult]:
