@@ -23,8 +23,9 @@ ACCOUNTS = ["agent:a", "agent:b", "tenant:t", "provider:m", "platform:revenue"]
 
 
 def _expected(t: Transfer, model: dict[str, Transfer], floors: dict[str, int],
-              balances: dict[str, int]) -> TransferCode:
-    """The code the reference model predicts (written apart from the domain's ``decide``)."""
+              balances: dict[str, int], funded: dict[str, int]) -> TransferCode:
+    """The code the reference model predicts (written apart from the domain's ``decide``); ``funded``: the
+    floor rows' funds by agent account (empty for a store without floor rows)."""
     if t.debit_account == t.credit_account:
         return TransferCode.ACCOUNTS_MUST_BE_DIFFERENT
     if t.amount_mc <= 0:
@@ -37,10 +38,15 @@ def _expected(t: Transfer, model: dict[str, Transfer], floors: dict[str, int],
     floor = floors.get(t.debit_account)
     if floor is not None and balances.get(t.debit_account, 0) - t.amount_mc < floor:
         return TransferCode.INSUFFICIENT_FUNDS
+    # an agent's floor row (stores with one: SQLite, PostgreSQL) counts what funds it apart from LLM-cost
+    # postings (the settle counts those), so a debit may not spend an llm_cost credit
+    if floor is not None and t.kind != "llm_cost" and t.debit_account in funded and \
+            t.amount_mc > funded[t.debit_account] - floor:
+        return TransferCode.INSUFFICIENT_FUNDS
     return TransferCode.OK
 
 
-def _machine(factory: Callable[[Path], TransferStore]) -> type[RuleBasedStateMachine]:
+def _machine(factory: Callable[[Path], TransferStore], floor_rows: bool) -> type[RuleBasedStateMachine]:
     class Transfers(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
@@ -49,16 +55,21 @@ def _machine(factory: Callable[[Path], TransferStore]) -> type[RuleBasedStateMac
             self.model: dict[str, Transfer] = {}
             self.floors: dict[str, int] = {}
             self.balances: dict[str, int] = {}
+            self.funded: dict[str, int] = {}  # floor rows: funds apart from llm_cost postings, by agent account
             self.tick = 0
 
         def _create(self, batch: list[Transfer]) -> None:
             results = self.store.create_transfers(batch)
             assert len(results) == len(batch)
             for t, result in zip(batch, results, strict=True):
-                code = _expected(t, self.model, self.floors, self.balances)
+                code = _expected(t, self.model, self.floors, self.balances, self.funded)
                 assert result.code is code, (t, result)
                 if code is TransferCode.OK:
                     self.model[t.id] = t
+                    if t.kind != "llm_cost":
+                        for account, sign in ((t.debit_account, -1), (t.credit_account, 1)):
+                            if account in self.funded:
+                                self.funded[account] += sign * t.amount_mc
                     self.balances[t.debit_account] = self.balances.get(t.debit_account, 0) - t.amount_mc
                     self.balances[t.credit_account] = self.balances.get(t.credit_account, 0) + t.amount_mc
 
@@ -91,6 +102,8 @@ def _machine(factory: Callable[[Path], TransferStore]) -> type[RuleBasedStateMac
         @rule(account=st.sampled_from(ACCOUNTS), floor_mc=st.none() | st.integers(-500, 0))
         def set_floor(self, account: str, floor_mc: int | None) -> None:
             self.store.set_floor(account, floor_mc)
+            if floor_rows and account.startswith("agent:") and account not in self.funded and floor_mc is not None:
+                self.funded[account] = self.balances.get(account, 0)  # a new row is funded at the balance
             if floor_mc is None:
                 self.floors.pop(account, None)
             else:
@@ -124,7 +137,7 @@ def _machine(factory: Callable[[Path], TransferStore]) -> type[RuleBasedStateMac
 @pytest.mark.parametrize("backend", list(TRANSFER_BACKENDS))
 def test_stateful_double_entry(backend: str) -> None:
     """Balances sum to zero, each transfer id is applied once, a replay is a no-op, on every backend."""
-    machine = _machine(TRANSFER_BACKENDS[backend])
+    machine = _machine(TRANSFER_BACKENDS[backend], floor_rows=backend != "memory")  # memory: no ledger, no rows
     examples = 15 if backend == "postgres" else 40
     machine.TestCase.settings = settings(max_examples=examples, stateful_step_count=20, deadline=None)
     machine.TestCase().runTest()
