@@ -155,17 +155,19 @@ class Gateway:
         if not self.config.ledger_threads:
             return operation(*args)
         waited_s = 0.0
-        if self._inline(operation) is not None:
+        hold = self._inline(operation)
+        if hold is not None:
+            with hold as free:  # the common case: the store is free, the operation runs here and now
+                if free:
+                    return operation(*args)
             started = anyio.current_time()
             deadline = started + min(_INLINE_WAIT_MAX_S, self.config.ledger_timeout_s / 4)
             with anyio.CancelScope(shield=True):  # as the thread path: a settle or release that waits still runs
-                while True:
-                    with self._inline(operation) or contextlib.nullcontext(False) as free:
+                while anyio.current_time() < deadline:
+                    await self._wait_for_store(deadline)
+                    with cast(InlineLedger, self.engine.store).uncontended() as free:
                         if free:
                             return operation(*args)
-                    if anyio.current_time() >= deadline:
-                        break
-                    await self._wait_for_store(deadline)
             waited_s = anyio.current_time() - started
         call = BoundedCall(operation, args, late=self._late)
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.ledger_timeout_s - waited_s):
